@@ -1,0 +1,138 @@
+//! Every limit and policy of a node, in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Largest payload the on-disk record format accepts, whatever the configured limit.
+/// The decoder refuses any length above it before allocating.
+pub const RECORD_PAYLOAD_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// When an appended entry counts as durable and may be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fdatasync before every acknowledgement; concurrent appends share one sync.
+    Always,
+    /// Acknowledge after the write; sync every given interval.
+    Batch(Duration),
+    /// Acknowledge after the write; the operating system decides when data reaches disk.
+    Never,
+}
+
+impl FsyncPolicy {
+    /// Parses `always`, `batch=MS` (MS ≥ 1) or `never`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for anything else.
+    pub fn parse(text: &str) -> Result<FsyncPolicy> {
+        match text {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => {
+                let ms = text
+                    .strip_prefix("batch=")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .filter(|&ms| ms >= 1)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "fsync policy must be always, batch=MS (MS >= 1) or never, not {text:?}"
+                        ))
+                    })?;
+                Ok(FsyncPolicy::Batch(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Batch(every) => write!(f, "batch={}", every.as_millis()),
+            FsyncPolicy::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// Configuration of one node. [`Config::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's own directory (the binary uses `DATA_DIR/<node_id>`). Created if missing.
+    pub dir: PathBuf,
+    /// Durability policy of appends.
+    pub fsync: FsyncPolicy,
+    /// Size at which the active segment is sealed and a new one opened (≥ 1). A record
+    /// never spans segments: one larger than this gets a segment of its own.
+    pub segment_bytes_max: u64,
+    /// Largest payload accepted by an append (≤ [`RECORD_PAYLOAD_MAX_BYTES`]).
+    pub payload_bytes_max: u64,
+    /// Segment files are preallocated to `min(segment_bytes_max, this)` so that a sync
+    /// does not have to grow the file.
+    pub segment_preallocate_bytes_max: u64,
+    /// Capacity of each actor's inbox.
+    pub inbox_capacity: usize,
+    /// Most requests the appender takes into one group commit.
+    pub batch_entries_max: usize,
+    /// A snapshot being written is synced every this many bytes, so that one large
+    /// fsync never stalls the log's own syncs.
+    pub snapshot_sync_chunk_bytes: u64,
+    /// How many durable snapshots are kept (the newest ones); at least 1.
+    pub snapshots_retained: usize,
+}
+
+impl Config {
+    /// The defaults, for a node living in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            dir: dir.into(),
+            fsync: FsyncPolicy::Always,
+            segment_bytes_max: 16 * 1024 * 1024,
+            payload_bytes_max: 1024 * 1024,
+            segment_preallocate_bytes_max: 64 * 1024 * 1024,
+            inbox_capacity: 4096,
+            batch_entries_max: 4096,
+            snapshot_sync_chunk_bytes: 4 * 1024 * 1024,
+            snapshots_retained: 2,
+        }
+    }
+
+    /// Checks every value against its range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first value out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::InvalidArgument(what.to_string()));
+        if self.segment_bytes_max < 1 {
+            return bad("max segment bytes must be at least 1");
+        }
+        if self.payload_bytes_max > RECORD_PAYLOAD_MAX_BYTES {
+            return bad("max payload bytes must be at most 268435456 (256 MiB)");
+        }
+        if self.inbox_capacity < 1 || self.batch_entries_max < 1 {
+            return bad("inbox capacity and batch size must be at least 1");
+        }
+        if self.snapshot_sync_chunk_bytes < 4096 {
+            return bad("snapshot sync chunk must be at least 4096 bytes");
+        }
+        if self.snapshots_retained < 1 {
+            return bad("at least one snapshot must be retained");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policy_parses_and_prints_back() {
+        for text in ["always", "never", "batch=5"] {
+            assert_eq!(FsyncPolicy::parse(text).unwrap().to_string(), text);
+        }
+        for bad in ["", "batch=", "batch=0", "batch=-1", "sometimes", "Always"] {
+            assert!(FsyncPolicy::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

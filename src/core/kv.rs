@@ -1,0 +1,182 @@
+//! The key-value state machine the log drives.
+//!
+//! Each payload is a command, applied in offset order:
+//! `set KEY=VALUE` (KEY non-empty and without whitespace, VALUE everything after the
+//! first `=`), `del KEY`, and anything else, which changes no key but is counted.
+//!
+//! The map is persistent (`imbl::OrdMap` of `Arc<str>`): cloning it is O(1) and shares
+//! structure, which is how the appender hands an immutable cut of the state to the
+//! snapshotter without a pause that grows with the state. Keys and values are
+//! reference-counted so that the nodes copied on write during a snapshot share the
+//! strings instead of duplicating them.
+
+use std::sync::Arc;
+
+use imbl::OrdMap;
+
+/// A parsed payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `set KEY=VALUE`.
+    Set {
+        /// The key.
+        key: &'a str,
+        /// The value, possibly empty.
+        value: &'a str,
+    },
+    /// `del KEY`.
+    Del {
+        /// The key.
+        key: &'a str,
+    },
+    /// Any other payload: logged, acknowledged, changes no key.
+    Other,
+}
+
+/// Whether `key` is a valid key: non-empty, no whitespace, no `=`.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && !key.contains(|c: char| c.is_whitespace() || c == '=')
+}
+
+impl<'a> Command<'a> {
+    /// Parses a payload. Never fails: what is not a valid command is [`Command::Other`].
+    pub fn parse(payload: &'a [u8]) -> Command<'a> {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return Command::Other;
+        };
+        if let Some(rest) = text.strip_prefix("set ") {
+            if let Some((key, value)) = rest.split_once('=') {
+                if valid_key(key) {
+                    return Command::Set { key, value };
+                }
+            }
+        } else if let Some(key) = text.strip_prefix("del ") {
+            if valid_key(key) {
+                return Command::Del { key };
+            }
+        }
+        Command::Other
+    }
+}
+
+/// The payload that sets `key` to `value`. The caller has checked the key.
+pub fn set_payload(key: &str, value: &str) -> String {
+    debug_assert!(valid_key(key));
+    format!("set {key}={value}")
+}
+
+/// The persistent map type of the state.
+pub type KvMap = OrdMap<Arc<str>, Arc<str>>;
+
+/// The state machine: keys and values, and a count of payloads that were not commands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvState {
+    /// Keys and values, in key order.
+    pub map: KvMap,
+    /// How many applied payloads were neither `set` nor `del`.
+    pub other_payloads: u64,
+}
+
+impl KvState {
+    /// Applies one payload.
+    pub fn apply(&mut self, payload: &[u8]) {
+        match Command::parse(payload) {
+            Command::Set { key, value } => {
+                self.map.insert(Arc::from(key), Arc::from(value));
+            }
+            Command::Del { key } => {
+                self.map.remove(key);
+            }
+            Command::Other => self.other_payloads += 1,
+        }
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&Arc<str>> {
+        self.map.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(payload: &str, expected: Command<'_>) {
+        assert_eq!(Command::parse(payload.as_bytes()), expected, "{payload:?}");
+    }
+
+    #[test]
+    fn parses_commands_as_the_protocol_defines_them() {
+        check(
+            "set a=1",
+            Command::Set {
+                key: "a",
+                value: "1",
+            },
+        );
+        check(
+            "set a=",
+            Command::Set {
+                key: "a",
+                value: "",
+            },
+        );
+        check(
+            "set a=b=c",
+            Command::Set {
+                key: "a",
+                value: "b=c",
+            },
+        );
+        check(
+            "set a= x y ",
+            Command::Set {
+                key: "a",
+                value: " x y ",
+            },
+        );
+        check("del a", Command::Del { key: "a" });
+        check("set =1", Command::Other);
+        check("set a b=1", Command::Other);
+        check("set a\t=1", Command::Other);
+        check("set a", Command::Other);
+        check("SET a=1", Command::Other);
+        check("set  a=1", Command::Other);
+        check("del ", Command::Other);
+        check("del a b", Command::Other);
+        check("del a=b", Command::Other);
+        check("hello", Command::Other);
+        check("", Command::Other);
+        assert_eq!(Command::parse(&[0xff, 0xfe]), Command::Other);
+    }
+
+    #[test]
+    fn applies_in_order_and_counts_other_payloads() {
+        let mut state = KvState::default();
+        for p in [
+            "set a=1",
+            "set b=2",
+            "noise",
+            "set a=3",
+            "del b",
+            "del missing",
+        ] {
+            state.apply(p.as_bytes());
+        }
+        assert_eq!(state.get("a").map(|v| &**v), Some("3"));
+        assert_eq!(state.get("b"), None);
+        assert_eq!(state.map.len(), 1);
+        assert_eq!(state.other_payloads, 1);
+    }
+
+    #[test]
+    fn a_clone_is_an_independent_cut() {
+        let mut state = KvState::default();
+        state.apply(b"set a=1");
+        let cut = state.clone();
+        state.apply(b"set a=2");
+        state.apply(b"del a");
+        assert_eq!(cut.get("a").map(|v| &**v), Some("1"));
+        assert_eq!(state.get("a"), None);
+    }
+}

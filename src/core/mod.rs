@@ -1,0 +1,4 @@
+//! The pure core: no threads, no I/O.
+
+pub mod kv;
+pub mod recovery;

@@ -1,0 +1,216 @@
+//! The filesystem trait through which every file operation of the node goes.
+//!
+//! The trait is deliberately small: positional reads and writes, data sync, size
+//! changes, and the directory operations a crash-safe store needs (create, rename,
+//! remove, list, sync the directory, lock). [`RealFs`] is the operating system; a
+//! simulated disk can implement the same trait to inject faults and crashes.
+//!
+//! Assumptions about disks, stated once: a completed `sync_data` makes the file's
+//! written bytes and size durable; a completed `sync_dir` makes the directory's
+//! creates, renames and removals durable; a rename is atomic; nothing else is
+//! promised to survive a power cut.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+
+/// An open file.
+pub trait File: Send {
+    /// Reads up to `buf.len()` bytes at `pos`; returns how many were read (0 at end).
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `pos`.
+    fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Makes written data (and the file's size) durable: fdatasync.
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// The file's current length.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends the file (extension reads as zeros).
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Reserves space up to `len` bytes so that later writes below it cannot fail for
+    /// lack of space and a sync need not grow the file. Extension reads as zeros.
+    fn allocate(&mut self, len: u64) -> io::Result<()>;
+
+    /// Reads exactly `buf.len()` bytes at `pos`, or fails with `UnexpectedEof`.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, pos)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    pos += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A held directory lock; dropping it releases the lock.
+pub trait Lock: Send {}
+
+/// Every file and directory operation the node performs.
+pub trait FileSystem: Send + Sync {
+    /// Creates the directory and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates (or truncates) a file for reading and writing.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn File>>;
+    /// Opens an existing file, for writing too when `writable`.
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Box<dyn File>>;
+    /// Atomically renames `from` to `to`, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory (files only matter to the node), unsorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Makes the directory's entries durable: fsync of the directory.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on the file at `path` (created if missing), failing at
+    /// once with `WouldBlock` if another process holds it; the error text names the
+    /// holder when it is known.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Lock>>;
+}
+
+/// The operating system's filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+struct RealFile(fs::File);
+
+impl File for RealFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.0, buf, pos)
+    }
+    fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, buf, pos)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        if self.len()? >= len {
+            return Ok(());
+        }
+        match FileExt::allocate(&self.0, len) {
+            Ok(()) => Ok(()),
+            // Filesystems without fallocate still get a file of the right size.
+            Err(err) if err.raw_os_error() == Some(libc_eopnotsupp()) => self.0.set_len(len),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+fn libc_eopnotsupp() -> i32 {
+    95 // EOPNOTSUPP on Linux
+}
+
+struct RealLock {
+    _file: fs::File,
+}
+
+impl Lock for RealLock {}
+
+impl FileSystem for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn File>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Box<dyn File>> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Lock>> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if let Err(err) = file.try_lock_exclusive() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("process {holder}")
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by {who} ({err})", path.display()),
+            ));
+        }
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        write!(file, "{}", std::process::id())?;
+        Ok(Box::new(RealLock { _file: file }))
+    }
+}
+
+/// Joins a directory and a file name.
+pub(crate) fn join(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_same_file_fails_naming_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("LOCK");
+        let held = RealFs.lock(&path).unwrap();
+        let err = RealFs.lock(&path).err().expect("second lock must fail");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        drop(held);
+        RealFs.lock(&path).expect("lock is free again after drop");
+    }
+
+    #[test]
+    fn allocate_extends_with_zeros_and_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = RealFs.create(&dir.path().join("f")).unwrap();
+        f.write_all_at(b"abc", 0).unwrap();
+        f.allocate(4096).unwrap();
+        assert_eq!(f.len().unwrap(), 4096);
+        let mut buf = [1u8; 8];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"abc\0\0\0\0\0");
+    }
+}

@@ -1,0 +1,6 @@
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod fs;
+pub mod snapshot;
+pub mod wal;

@@ -1,0 +1,707 @@
+//! The segmented write-ahead log: appending, syncing, rolling, reading, recovering.
+//!
+//! [`Log`] is owned by the appender thread alone. It keeps, per segment, the byte
+//! position of every record so that a read is one positional read.
+//!
+//! Architecture Invariant: a segment is sealed only after a sync of its data, so every
+//! segment but the last holds exactly the entries up to the next segment's start, and
+//! damage there is corruption, never a torn write. Only the last segment can have a
+//! torn tail, and recovery cuts it off (keeping the bytes in a `.broken` file).
+//!
+//! Architecture Invariant: a segment file appears under its `.log` name only after its
+//! header is durable (temp file, sync, rename, directory sync), so an acknowledged
+//! entry never lives in a file whose directory entry could vanish.
+
+pub mod meta;
+pub mod record;
+pub mod segment;
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fs::{File, FileSystem, join};
+
+/// What the log knows about one segment, as reported to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// File name.
+    pub file: String,
+    /// Offset of its first entry.
+    pub start_offset: u64,
+    /// Offset of its last entry, `None` when empty.
+    pub end_offset: Option<u64>,
+    /// Bytes of data (header and records, not the preallocated zeros).
+    pub size_bytes: u64,
+    /// Whether it is sealed (every segment but the active one).
+    pub sealed: bool,
+}
+
+/// An entry read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadEntry {
+    /// The payload bytes as stored.
+    pub payload: Vec<u8>,
+    /// Whether the record's checksum verified.
+    pub checksum_valid: bool,
+}
+
+struct Segment {
+    start: u64,
+    name: String,
+    /// Byte position of each record, indexed by `offset - start`.
+    positions: Vec<u64>,
+    /// End of the data: header plus records.
+    data_end: u64,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.start + self.positions.len() as u64
+    }
+}
+
+/// Figures from recovering the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogRecovery {
+    /// Segments found live.
+    pub segments: usize,
+    /// Entries applied to the state machine (those at or after the snapshot).
+    pub entries_replayed: u64,
+    /// Bytes cut off a torn tail.
+    pub bytes_truncated: u64,
+    /// Where the cut bytes were kept.
+    pub broken_file: Option<String>,
+    /// Segments below the first offset deleted (an interrupted compaction finished).
+    pub segments_deleted: usize,
+}
+
+/// The log. See the module documentation.
+pub struct Log {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    segments: VecDeque<Segment>,
+    active: Box<dyn File>,
+    first_offset: u64,
+    segment_bytes_max: u64,
+    preallocate_bytes_max: u64,
+    unsynced: bool,
+    readers: Vec<(u64, Box<dyn File>)>,
+    scratch: Vec<u8>,
+}
+
+const READERS_CACHED_MAX: usize = 8;
+const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+
+impl Log {
+    /// Offset the next entry gets.
+    pub fn next_offset(&self) -> u64 {
+        self.segments
+            .back()
+            .expect("log has an active segment")
+            .end()
+    }
+
+    /// First live offset (entries below it were compacted away).
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset
+    }
+
+    /// Live entries.
+    pub fn live_entries(&self) -> u64 {
+        self.next_offset() - self.first_offset
+    }
+
+    /// Bytes of log data on disk (headers and records, over live segments).
+    pub fn total_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.data_end).sum()
+    }
+
+    /// Whether something was written since the last sync.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// The segment size limit.
+    pub fn segment_bytes_max(&self) -> u64 {
+        self.segment_bytes_max
+    }
+
+    /// Changes the segment size limit; it applies from the next append on.
+    pub fn set_segment_bytes_max(&mut self, bytes: u64) {
+        assert!(bytes >= 1);
+        self.segment_bytes_max = bytes;
+    }
+
+    /// Every live segment, the active one last.
+    pub fn segment_infos(&self) -> Vec<SegmentInfo> {
+        let n = self.segments.len();
+        self.segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SegmentInfo {
+                file: s.name.clone(),
+                start_offset: s.start,
+                end_offset: s.end().checked_sub(1).filter(|_| !s.positions.is_empty()),
+                size_bytes: s.data_end,
+                sealed: i + 1 < n,
+            })
+            .collect()
+    }
+
+    /// Sealed segments whose every entry lies below `offset`: what compacting to
+    /// `offset` may delete. Returns `(start, file name)`.
+    pub fn sealed_below(&self, offset: u64) -> Vec<(u64, String)> {
+        let n = self.segments.len();
+        self.segments
+            .iter()
+            .take(n - 1)
+            .filter(|s| s.end() <= offset)
+            .map(|s| (s.start, s.name.clone()))
+            .collect()
+    }
+
+    /// Whether `count` more records of `pending_bytes` in all, plus one with a payload
+    /// of `payload_len` bytes, fit into the active segment. A record always fits an
+    /// empty segment.
+    pub fn fits(&self, count: usize, pending_bytes: u64, payload_len: usize) -> bool {
+        let active = self.segments.back().expect("active segment");
+        if active.positions.is_empty() && count == 0 {
+            return true;
+        }
+        active.data_end + pending_bytes + record::record_bytes(payload_len)
+            <= self.segment_bytes_max
+    }
+
+    /// Writes records for `payloads` at the next offsets into the active segment,
+    /// without syncing. The caller checked with [`Log::fits`].
+    ///
+    /// # Errors
+    /// The write's I/O error; the log's view is then unchanged (the bytes beyond the
+    /// data end are garbage that recovery would cut).
+    pub fn append<'a>(&mut self, payloads: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
+        let mut offset = self.next_offset();
+        let active = self.segments.back_mut().expect("active segment");
+        self.scratch.clear();
+        let mut positions = Vec::new();
+        for payload in payloads {
+            positions.push(active.data_end + self.scratch.len() as u64);
+            record::encode(&mut self.scratch, offset, payload);
+            offset += 1;
+        }
+        if positions.is_empty() {
+            return Ok(());
+        }
+        self.active.write_all_at(&self.scratch, active.data_end)?;
+        self.unsynced = true;
+        active.data_end += self.scratch.len() as u64;
+        active.positions.extend(positions);
+        Ok(())
+    }
+
+    /// fdatasync of the active segment.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.active.sync_data()?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Seals the active segment (syncing it) and opens a new one at the next offset,
+    /// durable in the directory before this returns.
+    ///
+    /// # Errors
+    /// An error from the seal's sync means data may be lost (the caller poisons);
+    /// an error while creating the new segment leaves the old one active and synced.
+    pub fn roll(&mut self) -> std::result::Result<(), RollError> {
+        if self.unsynced {
+            self.sync().map_err(RollError::Sync)?;
+        }
+        let start = self.next_offset();
+        let target = self.segment_bytes_max.min(self.preallocate_bytes_max);
+        let file =
+            create_segment(&*self.fs, &self.dir, start, target).map_err(RollError::Create)?;
+        self.active = file;
+        self.segments.push_back(Segment {
+            start,
+            name: segment::file_name(start),
+            positions: Vec::new(),
+            data_end: segment::HEADER_BYTES,
+        });
+        Ok(())
+    }
+
+    /// Reads the entry at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] below the first offset or at/after the next offset;
+    /// [`Error::Unavailable`] when the file cannot be read.
+    pub fn read(&mut self, offset: u64) -> Result<ReadEntry> {
+        if offset < self.first_offset {
+            return Err(Error::NotFound(format!(
+                "offset {offset} was compacted away (first live offset is {})",
+                self.first_offset
+            )));
+        }
+        let next = self.next_offset();
+        if offset >= next {
+            return Err(Error::NotFound(format!(
+                "offset {offset} is past the end of the log (next offset is {next})"
+            )));
+        }
+        let idx = self.segments.partition_point(|s| s.start <= offset) - 1;
+        let seg = &self.segments[idx];
+        let i = (offset - seg.start) as usize;
+        let pos = seg.positions[i];
+        let rec_end = seg.positions.get(i + 1).copied().unwrap_or(seg.data_end);
+        let mut buf = vec![0u8; (rec_end - pos) as usize];
+        let is_active = idx + 1 == self.segments.len();
+        let (start, name) = (seg.start, seg.name.clone());
+        let io_err = |e: io::Error| Error::Unavailable(format!("reading {name}: {e}"));
+        if is_active {
+            self.active.read_exact_at(&mut buf, pos).map_err(io_err)?;
+        } else {
+            let file = match self.readers.iter().position(|(s, _)| *s == start) {
+                Some(k) => &self.readers[k].1,
+                None => {
+                    let f = match self.fs.open(&join(&self.dir, &name), false) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            return Err(Error::NotFound(format!(
+                                "offset {offset} was compacted away"
+                            )));
+                        }
+                        Err(e) => return Err(io_err(e)),
+                    };
+                    if self.readers.len() >= READERS_CACHED_MAX {
+                        self.readers.remove(0);
+                    }
+                    self.readers.push((start, f));
+                    &self.readers.last().unwrap().1
+                }
+            };
+            file.read_exact_at(&mut buf, pos).map_err(io_err)?;
+        }
+        Ok(match record::decode(&buf, offset) {
+            Ok((payload, _)) => ReadEntry {
+                payload: payload.to_vec(),
+                checksum_valid: true,
+            },
+            Err(_) => ReadEntry {
+                payload: buf.get(record::HEADER_BYTES..).unwrap_or_default().to_vec(),
+                checksum_valid: false,
+            },
+        })
+    }
+
+    /// Forgets segments the compactor deleted and moves the first offset. The active
+    /// segment is never among them.
+    pub fn compacted(&mut self, first_offset: u64, removed: &[u64]) {
+        self.first_offset = self.first_offset.max(first_offset);
+        let active = self.segments.back().map(|s| s.start);
+        self.segments
+            .retain(|s| Some(s.start) == active || !removed.contains(&s.start));
+        self.readers.retain(|(s, _)| !removed.contains(s));
+    }
+}
+
+/// Why a roll failed.
+#[derive(Debug)]
+pub enum RollError {
+    /// Syncing the segment being sealed failed: acknowledged-to-be data may be lost.
+    Sync(io::Error),
+    /// Creating the next segment failed; nothing was written.
+    Create(io::Error),
+}
+
+fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    start: u64,
+    prealloc: u64,
+) -> io::Result<Box<dyn File>> {
+    let name = segment::file_name(start);
+    let temp = join(dir, &format!("{name}.tmp"));
+    let result = (|| {
+        let mut file = fs.create(&temp)?;
+        file.write_all_at(&segment::encode_header(start), 0)?;
+        file.allocate(prealloc.max(segment::HEADER_BYTES))?;
+        file.sync_data()?;
+        fs.rename(&temp, &join(dir, &name))?;
+        fs.sync_dir(dir)?;
+        // Reopen under the final name so the handle is the segment's.
+        fs.open(&join(dir, &name), true)
+    })();
+    if result.is_err() {
+        let _ = fs.remove(&temp);
+    }
+    result
+}
+
+/// Reads a segment file in chunks.
+struct Scanner<'f> {
+    file: &'f dyn File,
+    len: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl<'f> Scanner<'f> {
+    fn new(file: &'f dyn File) -> io::Result<Scanner<'f>> {
+        Ok(Scanner {
+            len: file.len()?,
+            file,
+            buf: Vec::new(),
+            buf_start: 0,
+        })
+    }
+
+    /// Up to `n` bytes at `pos` (fewer at the end of the file).
+    fn bytes(&mut self, pos: u64, n: usize) -> io::Result<&[u8]> {
+        let pos = pos.min(self.len);
+        let end = (pos + n as u64).min(self.len);
+        let have_end = self.buf_start + self.buf.len() as u64;
+        if pos < self.buf_start || end > have_end {
+            let read_end = end.max((pos + SCAN_CHUNK_BYTES as u64).min(self.len));
+            self.buf.resize((read_end - pos) as usize, 0);
+            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.buf_start = pos;
+        }
+        Ok(&self.buf[(pos - self.buf_start) as usize..(end - self.buf_start) as usize])
+    }
+
+    /// Position just past the last non-zero byte at or after `pos`, if any.
+    fn last_nonzero_end(&mut self, pos: u64) -> io::Result<Option<u64>> {
+        let mut found = None;
+        let mut at = pos;
+        while at < self.len {
+            let chunk = self.bytes(at, SCAN_CHUNK_BYTES)?;
+            let n = chunk.len() as u64;
+            if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+                found = Some(at + i as u64 + 1);
+            }
+            at += n;
+        }
+        Ok(found)
+    }
+
+    /// Decodes the record at `pos`, expecting `offset`.
+    fn record(
+        &mut self,
+        pos: u64,
+        offset: u64,
+    ) -> io::Result<std::result::Result<(Vec<u8>, u64), record::Invalid>> {
+        let head = self.bytes(pos, record::HEADER_BYTES)?;
+        let len = match head.try_into() {
+            Ok(h) => match record::decode_header(h) {
+                record::HeaderRead::Header(h) => h.len as usize,
+                record::HeaderRead::End => return Ok(Err(record::Invalid::End)),
+                record::HeaderRead::BadLength(_) => return Ok(Err(record::Invalid::Corrupt)),
+            },
+            Err(_) => {
+                let all_zero = head.iter().all(|&b| b == 0);
+                return Ok(Err(if all_zero {
+                    record::Invalid::End
+                } else {
+                    record::Invalid::Truncated
+                }));
+            }
+        };
+        let bytes = self.bytes(pos, record::HEADER_BYTES + len)?;
+        Ok(record::decode(bytes, offset).map(|(p, n)| (p.to_vec(), n as u64)))
+    }
+}
+
+/// Inputs of log recovery, decided by the caller from the directory listing.
+pub struct RecoverLog<'a> {
+    /// The configuration (directory, limits).
+    pub config: &'a Config,
+    /// Segments found, as `(start, file name)`, any order.
+    pub segments: Vec<(u64, String)>,
+    /// First live offset from `log.meta`.
+    pub first_offset: u64,
+    /// Entries from this offset on are handed to `visit` (the snapshot's offset).
+    pub replay_from: u64,
+}
+
+impl Log {
+    /// Recovers the log: finishes an interrupted compaction, checks every segment's
+    /// header and continuity, cuts a torn tail off the last segment, and hands every
+    /// entry at or after `replay_from` to `visit` in offset order.
+    ///
+    /// # Errors
+    /// [`Error::Open`] naming the file and offset on corruption in a sealed segment,
+    /// a gap or overlap between segments, or a log that does not reach back to
+    /// `replay_from`.
+    pub fn recover(
+        fs: Arc<dyn FileSystem>,
+        input: RecoverLog<'_>,
+        visit: &mut dyn FnMut(u64, &[u8]),
+    ) -> Result<(Log, LogRecovery)> {
+        let RecoverLog {
+            config,
+            mut segments,
+            first_offset,
+            replay_from,
+        } = input;
+        let dir = config.dir.clone();
+        let mut report = LogRecovery::default();
+        segments.sort();
+
+        // Finish an interrupted compaction: whole segments below the first offset go.
+        let keep_from = segments
+            .windows(2)
+            .take_while(|w| w[1].0 <= first_offset)
+            .count();
+        for (_, name) in segments.drain(..keep_from) {
+            fs.remove(&join(&dir, &name))
+                .map_err(|e| Error::open_io(format!("removing compacted segment {name}"), &e))?;
+            log::info!("removed segment {name}, compacted before the last shutdown");
+            report.segments_deleted += 1;
+        }
+        if report.segments_deleted > 0 {
+            fs.sync_dir(&dir)
+                .map_err(|e| Error::open_io(dir.display(), &e))?;
+        }
+
+        let prealloc = config
+            .segment_bytes_max
+            .min(config.segment_preallocate_bytes_max);
+        if segments.is_empty() {
+            if first_offset > 0 || replay_from > 0 {
+                return Err(Error::Open(format!(
+                    "{}: no log segment found, but the log was compacted to offset {first_offset} \
+                     and the snapshot covers up to {replay_from}: segments are missing",
+                    dir.display()
+                )));
+            }
+            let active = create_segment(&*fs, &dir, 0, prealloc).map_err(|e| {
+                Error::open_io(
+                    format!("creating the first segment in {}", dir.display()),
+                    &e,
+                )
+            })?;
+            let log = Log::new(
+                fs,
+                config,
+                first_offset,
+                active,
+                VecDeque::from([Segment {
+                    start: 0,
+                    name: segment::file_name(0),
+                    positions: Vec::new(),
+                    data_end: segment::HEADER_BYTES,
+                }]),
+            );
+            report.segments = 1;
+            return Ok((log, report));
+        }
+
+        let needed = first_offset.min(replay_from);
+        let first_start = segments[0].0;
+        if first_start > needed {
+            return Err(Error::Open(format!(
+                "{}: the log starts at offset {first_start} ({}), but entries from offset {needed} \
+                 are needed: a segment is missing",
+                dir.display(),
+                segments[0].1
+            )));
+        }
+
+        let mut live = VecDeque::new();
+        let mut active = None;
+        let n = segments.len();
+        for (i, (start, name)) in segments.iter().enumerate() {
+            let path = join(&dir, name);
+            let is_last = i + 1 == n;
+            let file = fs
+                .open(&path, is_last)
+                .map_err(|e| Error::open_io(format!("opening {}", path.display()), &e))?;
+            let mut scan = Scanner::new(&*file).map_err(|e| Error::open_io(path.display(), &e))?;
+            let head = scan
+                .bytes(0, segment::HEADER_BYTES as usize)
+                .map_err(|e| Error::open_io(path.display(), &e))?;
+            let head_start = head
+                .try_into()
+                .map_err(|_| "file shorter than a segment header".to_string())
+                .and_then(segment::decode_header)
+                .map_err(|why| Error::Open(format!("{}: {why}", path.display())))?;
+            if head_start != *start {
+                return Err(Error::Open(format!(
+                    "{}: header says the segment starts at offset {head_start}, its name says {start}",
+                    path.display()
+                )));
+            }
+            if let Some(prev) = live.back() {
+                let prev: &Segment = prev;
+                if prev.end() != *start {
+                    return Err(Error::Open(format!(
+                        "{}: gap in the log: {} ends before offset {}, but the next segment starts at {start}",
+                        path.display(),
+                        prev.name,
+                        prev.end()
+                    )));
+                }
+            }
+            let until = segments.get(i + 1).map(|(s, _)| *s);
+            let mut seg = Segment {
+                start: *start,
+                name: name.clone(),
+                positions: Vec::new(),
+                data_end: segment::HEADER_BYTES,
+            };
+            loop {
+                let offset = seg.end();
+                if until == Some(offset) {
+                    // Sealed segment complete; a further valid record means overlap.
+                    if let Ok(Ok(_)) = scan.record(seg.data_end, offset) {
+                        return Err(Error::Open(format!(
+                            "{}: segments overlap: it holds offset {offset} at byte {}, which {} starts with",
+                            path.display(),
+                            seg.data_end,
+                            segments[i + 1].1
+                        )));
+                    }
+                    break;
+                }
+                match scan
+                    .record(seg.data_end, offset)
+                    .map_err(|e| Error::open_io(path.display(), &e))?
+                {
+                    Ok((payload, len)) => {
+                        if offset >= replay_from && offset >= first_offset {
+                            visit(offset, &payload);
+                            report.entries_replayed += 1;
+                            if report.entries_replayed % 1_000_000 == 0 {
+                                log::info!(
+                                    "recovery: {} entries replayed",
+                                    report.entries_replayed
+                                );
+                            }
+                        }
+                        seg.positions.push(seg.data_end);
+                        seg.data_end += len;
+                    }
+                    Err(why) if !is_last => {
+                        return Err(Error::Open(format!(
+                            "{}: corrupt record at byte {} (offset {offset}): {} \
+                             (the next segment starts at {})",
+                            path.display(),
+                            seg.data_end,
+                            describe(why),
+                            until.unwrap_or(offset)
+                        )));
+                    }
+                    Err(_) => break,
+                }
+            }
+            if is_last {
+                let cut_end = scan
+                    .last_nonzero_end(seg.data_end)
+                    .map_err(|e| Error::open_io(path.display(), &e))?;
+                drop(scan);
+                let mut file = file;
+                if let Some(cut_end) = cut_end {
+                    let broken = cut_tail(
+                        &*fs,
+                        &dir,
+                        name,
+                        &mut *file,
+                        seg.data_end,
+                        cut_end,
+                        prealloc,
+                    )?;
+                    report.bytes_truncated = cut_end - seg.data_end;
+                    log::warn!(
+                        "{}: torn tail of {} bytes at byte {} (offset {}) cut off, kept in {broken}",
+                        path.display(),
+                        report.bytes_truncated,
+                        seg.data_end,
+                        seg.end()
+                    );
+                    report.broken_file = Some(broken);
+                }
+                active = Some(file);
+            }
+            live.push_back(seg);
+        }
+
+        let log = Log::new(
+            fs,
+            config,
+            first_offset,
+            active.expect("last segment opened"),
+            live,
+        );
+        let next = log.next_offset();
+        if next < replay_from || next < first_offset {
+            return Err(Error::Open(format!(
+                "{}: the log ends at offset {next}, before the snapshot ({replay_from}) or the \
+                 first live offset ({first_offset}) it must reach",
+                config.dir.display()
+            )));
+        }
+        report.segments = log.segments.len();
+        Ok((log, report))
+    }
+
+    fn new(
+        fs: Arc<dyn FileSystem>,
+        config: &Config,
+        first_offset: u64,
+        active: Box<dyn File>,
+        segments: VecDeque<Segment>,
+    ) -> Log {
+        Log {
+            fs,
+            dir: config.dir.clone(),
+            segments,
+            active,
+            first_offset,
+            segment_bytes_max: config.segment_bytes_max,
+            preallocate_bytes_max: config.segment_preallocate_bytes_max,
+            unsynced: false,
+            readers: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+fn describe(why: record::Invalid) -> String {
+    match why {
+        record::Invalid::End => "the data ends early".into(),
+        record::Invalid::Truncated => "the record is cut short".into(),
+        record::Invalid::Corrupt => "checksum or length does not verify".into(),
+        record::Invalid::WrongOffset(o) => format!("a record of offset {o} stands there"),
+    }
+}
+
+/// Keeps bytes `[from, to)` of the last segment in a `.broken` file, then zeroes them
+/// (truncate and re-extend), durably.
+fn cut_tail(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    file: &mut dyn File,
+    from: u64,
+    to: u64,
+    prealloc: u64,
+) -> Result<String> {
+    let broken = format!("{name}.{from}.broken");
+    let path = join(dir, &broken);
+    let fail =
+        |e: io::Error| Error::open_io(format!("cutting the torn tail of {name} into {broken}"), &e);
+    let mut bytes = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut bytes, from).map_err(fail)?;
+    let mut out = fs.create(&path).map_err(fail)?;
+    out.write_all_at(&bytes, 0).map_err(fail)?;
+    out.sync_data().map_err(fail)?;
+    fs.sync_dir(dir).map_err(fail)?;
+    let len = file.len().map_err(fail)?;
+    file.set_len(from).map_err(fail)?;
+    file.allocate(len.max(prealloc)).map_err(fail)?;
+    file.sync_data().map_err(fail)?;
+    Ok(broken)
+}
