@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use fs2::FileExt;
 
 /// An open file.
+#[allow(clippy::len_without_is_empty)]
 pub trait File: Send {
     /// Reads up to `buf.len()` bytes at `pos`; returns how many were read (0 at end).
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;

@@ -1,6 +1,32 @@
+//! flintlog: a durable, checksummed, segmented write-ahead log of a key-value state
+//! machine, with snapshots cut off the append path, compaction behind durable
+//! snapshots, and crash recovery.
+//!
+//! Open a [`Node`] on a directory; talk to it through its three handles:
+//! [`AppenderHandle`] (appends, reads, key-value operations, figures),
+//! [`SnapshotterHandle`] and [`CompactorHandle`]. Every blocking method has a `_with`
+//! twin that takes a [`Reply`] callback, which is how the binary's router keeps many
+//! requests in flight. See `ARCHITECTURE.md` for the threads and the invariants.
+
+pub mod actor;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod fs;
+mod node;
+pub mod router;
 pub mod snapshot;
+pub mod types;
 pub mod wal;
+
+pub use actor::Reply;
+pub use actor::appender::{AppenderHandle, CasPredicate};
+pub use actor::compactor::CompactorHandle;
+pub use actor::snapshotter::SnapshotterHandle;
+pub use config::{Config, FsyncPolicy};
+pub use error::{Error, Result};
+pub use node::Node;
+pub use snapshot::SnapshotFile;
+pub use types::{
+    Compaction, Counters, Info, ReadEntry, RecoveryReport, SegmentInfo, SegmentList, Status,
+};

@@ -44,16 +44,16 @@ impl<'a> Command<'a> {
         let Ok(text) = std::str::from_utf8(payload) else {
             return Command::Other;
         };
-        if let Some(rest) = text.strip_prefix("set ") {
-            if let Some((key, value)) = rest.split_once('=') {
-                if valid_key(key) {
-                    return Command::Set { key, value };
-                }
-            }
-        } else if let Some(key) = text.strip_prefix("del ") {
-            if valid_key(key) {
-                return Command::Del { key };
-            }
+        if let Some(rest) = text.strip_prefix("set ")
+            && let Some((key, value)) = rest.split_once('=')
+            && valid_key(key)
+        {
+            return Command::Set { key, value };
+        }
+        if let Some(key) = text.strip_prefix("del ")
+            && valid_key(key)
+        {
+            return Command::Del { key };
         }
         Command::Other
     }

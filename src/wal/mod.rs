@@ -183,14 +183,13 @@ impl Log {
     /// The write's I/O error; the log's view is then unchanged (the bytes beyond the
     /// data end are garbage that recovery would cut).
     pub fn append<'a>(&mut self, payloads: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
-        let mut offset = self.next_offset();
+        let first = self.next_offset();
         let active = self.segments.back_mut().expect("active segment");
         self.scratch.clear();
         let mut positions = Vec::new();
-        for payload in payloads {
+        for (offset, payload) in (first..).zip(payloads) {
             positions.push(active.data_end + self.scratch.len() as u64);
             record::encode(&mut self.scratch, offset, payload);
-            offset += 1;
         }
         if positions.is_empty() {
             return Ok(());

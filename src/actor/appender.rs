@@ -1,0 +1,685 @@
+//! The appender: owns the log and the state machine; group commit.
+//!
+//! The loop takes one request, then every request already queued (up to a batch
+//! limit), stages the writes among them into one buffer, writes it with one positional
+//! write, syncs once (under `--fsync always`), applies the batch to the state machine,
+//! and only then answers. Requests that arrive during the sync form the next batch:
+//! that is group commit, with no timer.
+//!
+//! Reads and compare-and-set inside a batch see the batch's own earlier writes through
+//! a small overlay; their answers wait for the batch's sync like everything else, so a
+//! read never returns a value that is not yet durable. Requests that look at the log
+//! or cut the state (log reads, info, snapshot, compaction, status) first flush the
+//! batch before them.
+//!
+//! Architecture Invariant: the state machine only ever holds durable entries (under
+//! `--fsync always`), so a snapshot cut from it never covers an entry the log could
+//! lose. Under the other policies a cut first syncs the log.
+//!
+//! Architecture Invariant: after a failed write or sync nothing more is acknowledged:
+//! the appender is poisoned and refuses writes until the node is reopened.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use crate::actor::snapshotter::SnapshotterMsg;
+use crate::actor::{Feedback, Reply, call};
+use crate::config::{Config, FsyncPolicy};
+use crate::core::kv::{self, KvState};
+use crate::error::{Error, Result};
+use crate::snapshot::SnapshotFile;
+use crate::types::{Compaction, Counters, Info, ReadEntry, RecoveryReport, SegmentList, Status};
+use crate::wal::{Log, RollError, record};
+
+/// A predicate over the current value, for compare-and-set.
+pub type CasPredicate = Box<dyn FnOnce(&str) -> bool + Send>;
+
+pub(crate) enum AppenderMsg {
+    Append {
+        payload: Vec<u8>,
+        reply: Reply<u64>,
+    },
+    Read {
+        offset: u64,
+        reply: Reply<ReadEntry>,
+    },
+    KvGet {
+        key: String,
+        reply: Reply<String>,
+    },
+    KvSet {
+        key: String,
+        value: String,
+        reply: Reply<u64>,
+    },
+    KvCas {
+        key: String,
+        expected: CasPredicate,
+        value: String,
+        reply: Reply<u64>,
+    },
+    Info {
+        reply: Reply<Info>,
+    },
+    Segments {
+        reply: Reply<SegmentList>,
+    },
+    SetSegmentBytesMax {
+        bytes: u64,
+        reply: Reply<u64>,
+    },
+    Snapshot {
+        reply: Reply<SnapshotFile>,
+    },
+    Compact {
+        at: u64,
+        reply: Reply<Compaction>,
+    },
+    Status {
+        reply: Reply<Status>,
+    },
+    Shutdown,
+}
+
+/// Handle to the appender: appends, reads, the key-value operations, and the log's
+/// figures. Cheap to clone; every method blocks until the answer, and each has a
+/// `_with` twin that takes a [`Reply`] and returns at once.
+#[derive(Clone)]
+pub struct AppenderHandle {
+    pub(crate) tx: Sender<AppenderMsg>,
+    payload_bytes_max: u64,
+}
+
+impl AppenderHandle {
+    pub(crate) fn submit(&self, msg: AppenderMsg) {
+        // On failure the message (and its Reply) is dropped, which answers Crashed.
+        if self.tx.send(msg).is_err() {
+            log::debug!("request sent to a stopped appender");
+        }
+    }
+
+    fn check_payload(&self, len: usize) -> Result<()> {
+        if len as u64 > self.payload_bytes_max {
+            return Err(Error::InvalidArgument(format!(
+                "payload of {len} bytes is over the limit of {} bytes",
+                self.payload_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends `payload`; returns its offset once durable under the fsync policy.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] over the payload limit; [`Error::Unavailable`] when
+    /// nothing was written (disk full); [`Error::Crashed`] when the outcome is unknown.
+    pub fn append(&self, payload: impl Into<Vec<u8>>) -> Result<u64> {
+        let payload = payload.into();
+        call(|reply| self.append_with(payload, reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::append`].
+    pub fn append_with(&self, payload: Vec<u8>, reply: Reply<u64>) {
+        match self.check_payload(payload.len()) {
+            Ok(()) => self.submit(AppenderMsg::Append { payload, reply }),
+            Err(e) => reply.send(Err(e)),
+        }
+    }
+
+    /// Reads the entry at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if it was compacted away or is past the end.
+    pub fn read(&self, offset: u64) -> Result<ReadEntry> {
+        call(|reply| self.read_with(offset, reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::read`].
+    pub fn read_with(&self, offset: u64, reply: Reply<ReadEntry>) {
+        self.submit(AppenderMsg::Read { offset, reply });
+    }
+
+    /// The value stored under `key` (the text after `=`).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the key is not set.
+    pub fn kv_get(&self, key: &str) -> Result<String> {
+        call(|reply| self.kv_get_with(key.to_string(), reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::kv_get`].
+    pub fn kv_get_with(&self, key: String, reply: Reply<String>) {
+        self.submit(AppenderMsg::KvGet { key, reply });
+    }
+
+    fn check_key_value(&self, key: &str, value: &str) -> Result<()> {
+        if !kv::valid_key(key) {
+            return Err(Error::InvalidArgument(format!(
+                "key {key:?} is empty or contains whitespace or '='"
+            )));
+        }
+        self.check_payload(kv::set_payload(key, value).len())
+    }
+
+    /// Sets `key` to `value` through the log (`set KEY=VALUE`); returns the offset.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a key that is empty or has whitespace or `=`;
+    /// otherwise as [`AppenderHandle::append`].
+    pub fn kv_set(&self, key: &str, value: &str) -> Result<u64> {
+        call(|reply| self.kv_set_with(key.to_string(), value.to_string(), reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::kv_set`].
+    pub fn kv_set_with(&self, key: String, value: String, reply: Reply<u64>) {
+        match self.check_key_value(&key, &value) {
+            Ok(()) => self.submit(AppenderMsg::KvSet { key, value, reply }),
+            Err(e) => reply.send(Err(e)),
+        }
+    }
+
+    /// Atomically sets `key` to `value` if its current value is exactly `from`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the key is not set, [`Error::PreconditionFailed`] if it
+    /// holds another value; otherwise as [`AppenderHandle::kv_set`].
+    pub fn kv_cas(&self, key: &str, from: &str, value: &str) -> Result<u64> {
+        let from = from.to_string();
+        call(|reply| {
+            self.kv_cas_with(
+                key.to_string(),
+                Box::new(move |cur| cur == from),
+                value.to_string(),
+                reply,
+            )
+        })
+    }
+
+    /// Non-blocking compare-and-set with any predicate over the current value.
+    pub fn kv_cas_with(
+        &self,
+        key: String,
+        expected: CasPredicate,
+        value: String,
+        reply: Reply<u64>,
+    ) {
+        match self.check_key_value(&key, &value) {
+            Ok(()) => self.submit(AppenderMsg::KvCas {
+                key,
+                expected,
+                value,
+                reply,
+            }),
+            Err(e) => reply.send(Err(e)),
+        }
+    }
+
+    /// Live entries, bytes on disk, and whether everything acknowledged is durable.
+    pub fn info(&self) -> Result<Info> {
+        call(|reply| self.info_with(reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::info`].
+    pub fn info_with(&self, reply: Reply<Info>) {
+        self.submit(AppenderMsg::Info { reply });
+    }
+
+    /// Every live segment.
+    pub fn segments(&self) -> Result<SegmentList> {
+        call(|reply| self.segments_with(reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::segments`].
+    pub fn segments_with(&self, reply: Reply<SegmentList>) {
+        self.submit(AppenderMsg::Segments { reply });
+    }
+
+    /// Sets the size at which the active segment is sealed (≥ 1); returns it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for 0.
+    pub fn set_segment_bytes_max(&self, bytes: u64) -> Result<u64> {
+        call(|reply| self.set_segment_bytes_max_with(bytes, reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::set_segment_bytes_max`].
+    pub fn set_segment_bytes_max_with(&self, bytes: u64, reply: Reply<u64>) {
+        if bytes < 1 {
+            return reply.send(Err(Error::InvalidArgument(
+                "max_segment_bytes must be at least 1".into(),
+            )));
+        }
+        self.submit(AppenderMsg::SetSegmentBytesMax { bytes, reply });
+    }
+
+    /// Everything an operator wants at a glance.
+    pub fn status(&self) -> Result<Status> {
+        call(|reply| self.status_with(reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::status`].
+    pub fn status_with(&self, reply: Reply<Status>) {
+        self.submit(AppenderMsg::Status { reply });
+    }
+}
+
+pub(crate) struct Appender {
+    log: Log,
+    state: KvState,
+    fsync: FsyncPolicy,
+    payload_bytes_max: u64,
+    batch_entries_max: usize,
+    inbox: Receiver<AppenderMsg>,
+    feedback: Receiver<Feedback>,
+    snapshotter: Sender<SnapshotterMsg>,
+    poisoned: Option<String>,
+    counters: Counters,
+    latest_snapshot: Option<SnapshotFile>,
+    last_snapshot_ms: Option<u64>,
+    recovery: RecoveryReport,
+    batch: Batch,
+}
+
+type Pending = Box<dyn FnOnce(&Result<()>) + Send>;
+
+#[derive(Default)]
+struct Batch {
+    payloads: Vec<Vec<u8>>,
+    bytes: u64,
+    overlay: HashMap<Arc<str>, Option<Arc<str>>>,
+    pending: Vec<Pending>,
+}
+
+pub(crate) struct AppenderParts {
+    pub log: Log,
+    pub state: KvState,
+    pub config: Config,
+    pub snapshotter: Sender<SnapshotterMsg>,
+    pub feedback: Receiver<Feedback>,
+    pub recovery: RecoveryReport,
+    pub latest_snapshot: Option<SnapshotFile>,
+}
+
+impl Appender {
+    pub(crate) fn spawn(
+        parts: AppenderParts,
+    ) -> std::io::Result<(AppenderHandle, std::thread::JoinHandle<()>)> {
+        let (tx, inbox) = crossbeam_channel::bounded(parts.config.inbox_capacity);
+        let actor = Appender {
+            log: parts.log,
+            state: parts.state,
+            fsync: parts.config.fsync,
+            payload_bytes_max: parts.config.payload_bytes_max,
+            batch_entries_max: parts.config.batch_entries_max,
+            inbox,
+            feedback: parts.feedback,
+            snapshotter: parts.snapshotter,
+            poisoned: None,
+            counters: Counters::default(),
+            latest_snapshot: parts.latest_snapshot,
+            last_snapshot_ms: None,
+            recovery: parts.recovery,
+            batch: Batch::default(),
+        };
+        let handle = AppenderHandle {
+            tx,
+            payload_bytes_max: parts.config.payload_bytes_max,
+        };
+        let join = std::thread::Builder::new()
+            .name("flintlog-appender".into())
+            .spawn(move || actor.run())?;
+        Ok((handle, join))
+    }
+
+    fn run(mut self) {
+        let ticker = match self.fsync {
+            FsyncPolicy::Batch(every) => crossbeam_channel::tick(every),
+            _ => crossbeam_channel::never(),
+        };
+        loop {
+            self.drain_feedback();
+            let first = select! {
+                recv(self.inbox) -> msg => match msg {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                },
+                recv(self.feedback) -> ev => {
+                    if let Ok(ev) = ev {
+                        self.on_feedback(ev);
+                    }
+                    continue;
+                }
+                recv(ticker) -> _ => {
+                    self.periodic_sync();
+                    continue;
+                }
+            };
+            let mut stop = self.handle(first);
+            let mut taken = 1;
+            while !stop && taken < self.batch_entries_max {
+                match self.inbox.try_recv() {
+                    Ok(msg) => {
+                        stop = self.handle(msg);
+                        taken += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.flush();
+            if stop {
+                break;
+            }
+        }
+        self.flush();
+        if self.poisoned.is_none()
+            && self.log.has_unsynced()
+            && let Err(e) = self.log.sync()
+        {
+            log::error!("final sync of the log failed: {e}");
+        }
+        log::debug!("appender stopped");
+    }
+
+    fn drain_feedback(&mut self) {
+        while let Ok(ev) = self.feedback.try_recv() {
+            self.on_feedback(ev);
+        }
+    }
+
+    fn on_feedback(&mut self, ev: Feedback) {
+        match ev {
+            Feedback::SnapshotDurable {
+                snapshot,
+                duration_ms,
+            } => {
+                self.counters.snapshots += 1;
+                self.last_snapshot_ms = Some(duration_ms);
+                self.latest_snapshot = Some(snapshot);
+            }
+            Feedback::Compacted {
+                first_offset,
+                removed,
+                bytes_freed,
+            } => {
+                self.counters.compactions += 1;
+                self.counters.bytes_freed += bytes_freed;
+                self.log.compacted(first_offset, &removed);
+            }
+        }
+    }
+
+    fn periodic_sync(&mut self) {
+        if self.poisoned.is_none() && self.log.has_unsynced() {
+            self.counters.fsyncs += 1;
+            if let Err(e) = self.log.sync() {
+                self.poison(format!("periodic fsync of the log failed: {e}"));
+            }
+        }
+    }
+
+    fn poison(&mut self, why: String) -> Error {
+        log::error!("{why}; refusing writes until the node is reopened");
+        self.poisoned = Some(why.clone());
+        Error::Crashed(why)
+    }
+
+    fn refuse_if_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Crashed(format!(
+                "node refuses writes: {why}; reopen it to recover"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Handles one request; returns true to stop.
+    fn handle(&mut self, msg: AppenderMsg) -> bool {
+        match msg {
+            AppenderMsg::Append { payload, reply } => {
+                let staged = self.stage(payload);
+                self.defer(reply, staged);
+            }
+            AppenderMsg::KvSet { key, value, reply } => {
+                let staged = self.stage(kv::set_payload(&key, &value).into_bytes());
+                self.defer(reply, staged);
+            }
+            AppenderMsg::KvCas {
+                key,
+                expected,
+                value,
+                reply,
+            } => {
+                let outcome = match self.current(&key) {
+                    None => Err(Error::NotFound(format!("key {key} does not exist"))),
+                    Some(cur) if !expected(&cur) => Err(Error::PreconditionFailed(format!(
+                        "key {key} does not hold the expected value (it holds {cur})"
+                    ))),
+                    Some(_) => self.stage(kv::set_payload(&key, &value).into_bytes()),
+                };
+                self.defer(reply, outcome);
+            }
+            AppenderMsg::KvGet { key, reply } => {
+                let outcome = self
+                    .current(&key)
+                    .map(|v| v.to_string())
+                    .ok_or_else(|| Error::NotFound(format!("key {key} does not exist")));
+                self.defer(reply, outcome);
+            }
+            other => {
+                self.flush();
+                return self.handle_barrier(other);
+            }
+        }
+        false
+    }
+
+    fn handle_barrier(&mut self, msg: AppenderMsg) -> bool {
+        match msg {
+            AppenderMsg::Read { offset, reply } => reply.send(self.log.read(offset)),
+            AppenderMsg::Info { reply } => reply.send(Ok(Info {
+                entries: self.log.live_entries(),
+                total_bytes: self.log.total_bytes(),
+                fsynced: !self.log.has_unsynced(),
+            })),
+            AppenderMsg::Segments { reply } => {
+                let segments = self.log.segment_infos();
+                let active_segment = segments.last().expect("active segment").file.clone();
+                reply.send(Ok(SegmentList {
+                    segments,
+                    active_segment,
+                }));
+            }
+            AppenderMsg::SetSegmentBytesMax { bytes, reply } => {
+                self.log.set_segment_bytes_max(bytes);
+                reply.send(Ok(bytes));
+            }
+            AppenderMsg::Snapshot { reply } => match self.cut() {
+                Ok((offset, state)) => self.forward(SnapshotterMsg::Snapshot {
+                    offset,
+                    state,
+                    reply,
+                }),
+                Err(e) => reply.send(Err(e)),
+            },
+            AppenderMsg::Compact { at, reply } => self.compact(at, reply),
+            AppenderMsg::Status { reply } => reply.send(Ok(self.status())),
+            AppenderMsg::Shutdown => return true,
+            AppenderMsg::Append { .. }
+            | AppenderMsg::KvSet { .. }
+            | AppenderMsg::KvCas { .. }
+            | AppenderMsg::KvGet { .. } => {
+                unreachable!("batched requests are not barriers")
+            }
+        }
+        false
+    }
+
+    fn forward(&mut self, msg: SnapshotterMsg) {
+        // If the snapshotter is gone, the message's Reply answers Crashed on drop.
+        if self.snapshotter.send(msg).is_err() {
+            log::error!("snapshotter stopped; snapshot and compaction requests fail");
+        }
+    }
+
+    fn compact(&mut self, at: u64, reply: Reply<Compaction>) {
+        let next = self.log.next_offset();
+        if at > next {
+            return reply.send(Err(Error::PreconditionFailed(format!(
+                "cannot compact to offset {at}: the log ends at offset {next}"
+            ))));
+        }
+        if at <= self.log.first_offset() {
+            let live = self.log.live_entries();
+            let snapshot_offset = self.latest_snapshot.as_ref().map_or(at, |s| s.offset);
+            return reply.send(Ok(Compaction {
+                snapshot_offset,
+                entries_before: live,
+                entries_after: live,
+                bytes_freed: 0,
+            }));
+        }
+        match self.cut() {
+            Ok((offset, state)) => {
+                let segments = self.log.sealed_below(at);
+                self.forward(SnapshotterMsg::Compact {
+                    at,
+                    offset,
+                    state,
+                    next_offset: next,
+                    segments,
+                    reply,
+                });
+            }
+            Err(e) => reply.send(Err(e)),
+        }
+    }
+
+    /// An immutable cut of the durable state: O(1), whatever the state's size.
+    fn cut(&mut self) -> Result<(u64, KvState)> {
+        self.refuse_if_poisoned()?;
+        if self.log.has_unsynced() {
+            self.counters.fsyncs += 1;
+            if let Err(e) = self.log.sync() {
+                return Err(self.poison(format!("fsync of the log before a snapshot failed: {e}")));
+            }
+        }
+        Ok((self.log.next_offset(), self.state.clone()))
+    }
+
+    fn current(&self, key: &str) -> Option<Arc<str>> {
+        match self.batch.overlay.get(key) {
+            Some(v) => v.clone(),
+            None => self.state.get(key).cloned(),
+        }
+    }
+
+    fn defer<T: Send + 'static>(&mut self, reply: Reply<T>, value: Result<T>) {
+        self.batch
+            .pending
+            .push(Box::new(move |outcome: &Result<()>| {
+                match (outcome, value) {
+                    (Ok(()), v) => reply.send(v),
+                    (Err(e), Ok(_)) => reply.send(Err(e.clone())),
+                    (Err(_), Err(e)) => reply.send(Err(e)),
+                }
+            }));
+    }
+
+    /// Adds one entry to the batch; returns the offset it will have.
+    fn stage(&mut self, payload: Vec<u8>) -> Result<u64> {
+        self.refuse_if_poisoned()?;
+        debug_assert!(payload.len() as u64 <= self.payload_bytes_max);
+        if !self
+            .log
+            .fits(self.batch.payloads.len(), self.batch.bytes, payload.len())
+        {
+            self.flush();
+            self.refuse_if_poisoned()?;
+            match self.log.roll() {
+                Ok(()) => {}
+                Err(RollError::Sync(e)) => {
+                    return Err(self.poison(format!("fsync while sealing a segment failed: {e}")));
+                }
+                Err(RollError::Create(e)) => {
+                    log::warn!("could not open a new segment: {e}");
+                    return Err(Error::Unavailable(format!(
+                        "could not open a new segment (nothing was written): {e}"
+                    )));
+                }
+            }
+        }
+        let offset = self.log.next_offset() + self.batch.payloads.len() as u64;
+        match kv::Command::parse(&payload) {
+            kv::Command::Set { key, value } => {
+                self.batch
+                    .overlay
+                    .insert(Arc::from(key), Some(Arc::from(value)));
+            }
+            kv::Command::Del { key } => {
+                self.batch.overlay.insert(Arc::from(key), None);
+            }
+            kv::Command::Other => {}
+        }
+        self.batch.bytes += record::record_bytes(payload.len());
+        self.batch.payloads.push(payload);
+        Ok(offset)
+    }
+
+    /// Writes, syncs (per policy) and applies the batch, then answers its requests.
+    fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let outcome = if batch.payloads.is_empty() {
+            Ok(())
+        } else {
+            self.write_batch(&batch.payloads)
+        };
+        if outcome.is_ok() {
+            for payload in &batch.payloads {
+                self.state.apply(payload);
+            }
+            self.counters.appends += batch.payloads.len() as u64;
+        }
+        for pending in batch.pending {
+            pending(&outcome);
+        }
+    }
+
+    fn write_batch(&mut self, payloads: &[Vec<u8>]) -> Result<()> {
+        self.counters.batches += 1;
+        if let Err(e) = self.log.append(payloads.iter().map(|p| p.as_slice())) {
+            return Err(self.poison(format!("write to the log failed: {e}")));
+        }
+        if self.fsync == FsyncPolicy::Always {
+            self.counters.fsyncs += 1;
+            if let Err(e) = self.log.sync() {
+                return Err(self.poison(format!("fsync of the log failed: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        let segments = self.log.segment_infos();
+        Status {
+            first_offset: self.log.first_offset(),
+            next_offset: self.log.next_offset(),
+            entries: self.log.live_entries(),
+            total_bytes: self.log.total_bytes(),
+            segments: segments.len(),
+            active_segment: segments.last().expect("active segment").file.clone(),
+            keys: self.state.map.len() as u64,
+            other_payloads: self.state.other_payloads,
+            fsync: self.fsync,
+            fsynced: !self.log.has_unsynced(),
+            segment_bytes_max: self.log.segment_bytes_max(),
+            payload_bytes_max: self.payload_bytes_max,
+            latest_snapshot: self.latest_snapshot.clone(),
+            last_snapshot_ms: self.last_snapshot_ms,
+            counters: self.counters,
+            poisoned: self.poisoned.clone(),
+            recovery: self.recovery.clone(),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The compactor: deletes log segments that a durable snapshot covers.
+//!
+//! A request reaches it only from the snapshotter, together with the offset of a
+//! durable snapshot at or past the compaction point. It first persists the new first
+//! offset (`log.meta`, crash-safely), then deletes the whole segments below it,
+//! then syncs the directory, then tells the appender and answers.
+//!
+//! Architecture Invariant: no segment is deleted before a durable snapshot covers
+//! every entry in it and the new first offset is durable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::actor::appender::{AppenderHandle, AppenderMsg};
+use crate::actor::{Feedback, Reply, call};
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, join};
+use crate::types::Compaction;
+use crate::wal::meta;
+
+pub(crate) enum CompactorMsg {
+    Compact {
+        at: u64,
+        snapshot_offset: u64,
+        next_offset: u64,
+        segments: Vec<(u64, String)>,
+        reply: Reply<Compaction>,
+    },
+}
+
+/// Handle to compaction. A request enters through the appender's inbox (which knows
+/// the log's end and cuts a snapshot if none covers the offset), passes the
+/// snapshotter, and is carried out by the compactor thread.
+#[derive(Clone)]
+pub struct CompactorHandle {
+    pub(crate) appender: AppenderHandle,
+}
+
+impl CompactorHandle {
+    /// Removes every entry below `at`, after a durable snapshot covers it (taking one
+    /// first if needed). Compacting to an offset already compacted succeeds and frees
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Error::PreconditionFailed`] if `at` is past the log's end;
+    /// [`Error::Unavailable`] if the snapshot or the metadata could not be written
+    /// (nothing was deleted).
+    pub fn compact(&self, at: u64) -> Result<Compaction> {
+        call(|reply| self.compact_with(at, reply))
+    }
+
+    /// Non-blocking [`CompactorHandle::compact`].
+    pub fn compact_with(&self, at: u64, reply: Reply<Compaction>) {
+        self.appender.submit(AppenderMsg::Compact { at, reply });
+    }
+}
+
+pub(crate) struct Compactor {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    first_offset: u64,
+    inbox: Receiver<CompactorMsg>,
+    feedback: Sender<Feedback>,
+}
+
+impl Compactor {
+    pub(crate) fn spawn(
+        fs: Arc<dyn FileSystem>,
+        dir: PathBuf,
+        first_offset: u64,
+        capacity: usize,
+        feedback: Sender<Feedback>,
+    ) -> std::io::Result<(Sender<CompactorMsg>, std::thread::JoinHandle<()>)> {
+        let (tx, inbox) = crossbeam_channel::bounded(capacity);
+        let actor = Compactor {
+            fs,
+            dir,
+            first_offset,
+            inbox,
+            feedback,
+        };
+        let join = std::thread::Builder::new()
+            .name("flintlog-compactor".into())
+            .spawn(move || actor.run())?;
+        Ok((tx, join))
+    }
+
+    fn run(mut self) {
+        while let Ok(CompactorMsg::Compact {
+            at,
+            snapshot_offset,
+            next_offset,
+            segments,
+            reply,
+        }) = self.inbox.recv()
+        {
+            reply.send(self.compact(at, snapshot_offset, next_offset, &segments));
+        }
+        log::debug!("compactor stopped");
+    }
+
+    fn compact(
+        &mut self,
+        at: u64,
+        snapshot_offset: u64,
+        next_offset: u64,
+        segments: &[(u64, String)],
+    ) -> Result<Compaction> {
+        assert!(
+            snapshot_offset >= at,
+            "compaction to {at} without a snapshot covering it"
+        );
+        let before = self.first_offset;
+        if at <= before {
+            let live = next_offset.saturating_sub(before);
+            return Ok(Compaction {
+                snapshot_offset,
+                entries_before: live,
+                entries_after: live,
+                bytes_freed: 0,
+            });
+        }
+        meta::write(&*self.fs, &self.dir, at).map_err(|e| {
+            Error::Unavailable(format!(
+                "could not persist the new first offset {at} (nothing deleted): {e}"
+            ))
+        })?;
+        self.first_offset = at;
+        let mut bytes_freed = 0;
+        let mut removed = Vec::new();
+        for (start, name) in segments {
+            let path = join(&self.dir, name);
+            let size = match self.fs.open(&path, false).and_then(|f| f.len()) {
+                Ok(size) => size,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    log::warn!("could not stat {name} before deleting it: {e}");
+                    0
+                }
+            };
+            match self.fs.remove(&path) {
+                Ok(()) => {
+                    bytes_freed += size;
+                    removed.push(*start);
+                }
+                Err(e) => log::warn!(
+                    "could not delete compacted segment {name}: {e}; recovery will retry"
+                ),
+            }
+        }
+        if !removed.is_empty()
+            && let Err(e) = self.fs.sync_dir(&self.dir)
+        {
+            log::warn!(
+                "directory sync after deleting segments failed: {e}; recovery will finish the deletions"
+            );
+        }
+        log::info!(
+            "compacted to offset {at}: {} segments deleted, {bytes_freed} bytes freed",
+            removed.len()
+        );
+        let _ = self.feedback.send(Feedback::Compacted {
+            first_offset: at,
+            removed,
+            bytes_freed,
+        });
+        Ok(Compaction {
+            snapshot_offset,
+            entries_before: next_offset - before,
+            entries_after: next_offset - at,
+            bytes_freed,
+        })
+    }
+}

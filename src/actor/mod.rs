@@ -1,0 +1,77 @@
+//! The actors: one thread each, a private struct, a public handle, a message enum.
+//!
+//! Requests enter through the appender's bounded inbox and travel down
+//! `appender -> snapshotter -> compactor` with blocking sends (a DAG, so no cycle of
+//! full queues can form). Answers travel back on each request's own [`Reply`]. The
+//! only upward edge is the `Feedback` channel into the appender (a durable snapshot,
+//! a finished compaction): it is never blocked on, and holds at most one message per
+//! request in flight.
+
+pub mod appender;
+pub mod compactor;
+pub mod snapshotter;
+
+use crate::error::{Error, Result};
+use crate::snapshot::SnapshotFile;
+
+/// Where the answer to one request goes: a callback run exactly once.
+///
+/// If the request is dropped unanswered (its actor stopped or panicked), the callback
+/// still runs, with [`Error::Crashed`]: no caller ever waits forever.
+pub struct Reply<T: 'static> {
+    f: Option<Box<dyn FnOnce(Result<T>) + Send>>,
+}
+
+impl<T: 'static> Reply<T> {
+    /// A reply that calls `f` with the outcome.
+    pub fn new(f: impl FnOnce(Result<T>) + Send + 'static) -> Reply<T> {
+        Reply {
+            f: Some(Box::new(f)),
+        }
+    }
+
+    /// Delivers the outcome.
+    pub fn send(mut self, outcome: Result<T>) {
+        if let Some(f) = self.f.take() {
+            f(outcome);
+        }
+    }
+}
+
+impl<T: 'static> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.f.take() {
+            f(Err(Error::Crashed(
+                "the node stopped before answering this request".into(),
+            )));
+        }
+    }
+}
+
+/// Runs `submit` with a reply that a blocking caller waits on.
+pub(crate) fn call<T: Send + 'static>(submit: impl FnOnce(Reply<T>)) -> Result<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    submit(Reply::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.recv().unwrap_or_else(|_| {
+        Err(Error::Crashed(
+            "the node stopped before answering this request".into(),
+        ))
+    })
+}
+
+/// News from the snapshotter and the compactor to the appender.
+pub(crate) enum Feedback {
+    /// A snapshot is durable.
+    SnapshotDurable {
+        snapshot: SnapshotFile,
+        duration_ms: u64,
+    },
+    /// Segments were deleted and the first offset moved.
+    Compacted {
+        first_offset: u64,
+        removed: Vec<u64>,
+        bytes_freed: u64,
+    },
+}

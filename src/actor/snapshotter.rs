@@ -1,0 +1,217 @@
+//! The snapshotter: serializes cuts of the state to disk, off the append path.
+//!
+//! It receives immutable cuts from the appender (persistent maps, shared with the
+//! appender's live state), one at a time. Requests that queue while a snapshot is
+//! being written share the next one: the newest cut among them is written once and
+//! answers them all. Compaction requests pass through here so that they reach the
+//! compactor only with a durable snapshot that covers them.
+//!
+//! Architecture Invariant: a snapshot is reported durable (to the requester, to the
+//! appender and to the compactor) only after temp-file fsync, rename and directory
+//! fsync have all completed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::actor::appender::{AppenderHandle, AppenderMsg};
+use crate::actor::compactor::CompactorMsg;
+use crate::actor::{Feedback, Reply, call};
+use crate::config::Config;
+use crate::core::kv::KvState;
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, join};
+use crate::snapshot::{self, SnapshotFile};
+use crate::types::Compaction;
+
+pub(crate) enum SnapshotterMsg {
+    Snapshot {
+        offset: u64,
+        state: KvState,
+        reply: Reply<SnapshotFile>,
+    },
+    Compact {
+        at: u64,
+        offset: u64,
+        state: KvState,
+        next_offset: u64,
+        segments: Vec<(u64, String)>,
+        reply: Reply<Compaction>,
+    },
+}
+
+impl SnapshotterMsg {
+    fn cut_offset(&self) -> u64 {
+        match self {
+            SnapshotterMsg::Snapshot { offset, .. } | SnapshotterMsg::Compact { offset, .. } => {
+                *offset
+            }
+        }
+    }
+}
+
+/// Handle to snapshotting. A request enters through the appender's inbox, so the cut
+/// it takes includes every write submitted before it; the snapshot itself is written
+/// by the snapshotter thread.
+#[derive(Clone)]
+pub struct SnapshotterHandle {
+    pub(crate) appender: AppenderHandle,
+}
+
+impl SnapshotterHandle {
+    /// Cuts a snapshot of the state and returns it once the file is durable.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if writing it failed (the previous snapshot stays);
+    /// [`Error::Crashed`] if the node refuses writes.
+    pub fn snapshot(&self) -> Result<SnapshotFile> {
+        call(|reply| self.snapshot_with(reply))
+    }
+
+    /// Non-blocking [`SnapshotterHandle::snapshot`].
+    pub fn snapshot_with(&self, reply: Reply<SnapshotFile>) {
+        self.appender.submit(AppenderMsg::Snapshot { reply });
+    }
+}
+
+pub(crate) struct Snapshotter {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    sync_chunk: u64,
+    retained: usize,
+    inbox: Receiver<SnapshotterMsg>,
+    compactor: Sender<CompactorMsg>,
+    feedback: Sender<Feedback>,
+    durable: Option<SnapshotFile>,
+    /// Snapshot files on disk, oldest first.
+    on_disk: Vec<(u64, String)>,
+}
+
+pub(crate) struct SnapshotterParts {
+    pub fs: Arc<dyn FileSystem>,
+    pub config: Config,
+    pub compactor: Sender<CompactorMsg>,
+    pub feedback: Sender<Feedback>,
+    pub durable: Option<SnapshotFile>,
+    pub on_disk: Vec<(u64, String)>,
+}
+
+impl Snapshotter {
+    pub(crate) fn spawn(
+        parts: SnapshotterParts,
+    ) -> std::io::Result<(Sender<SnapshotterMsg>, std::thread::JoinHandle<()>)> {
+        let (tx, inbox) = crossbeam_channel::bounded(parts.config.inbox_capacity);
+        let actor = Snapshotter {
+            fs: parts.fs,
+            dir: parts.config.dir.clone(),
+            sync_chunk: parts.config.snapshot_sync_chunk_bytes,
+            retained: parts.config.snapshots_retained,
+            inbox,
+            compactor: parts.compactor,
+            feedback: parts.feedback,
+            durable: parts.durable,
+            on_disk: parts.on_disk,
+        };
+        let join = std::thread::Builder::new()
+            .name("flintlog-snapshotter".into())
+            .spawn(move || actor.run())?;
+        Ok((tx, join))
+    }
+
+    fn run(mut self) {
+        while let Ok(first) = self.inbox.recv() {
+            let mut group = vec![first];
+            group.extend(self.inbox.try_iter());
+            self.handle_group(group);
+        }
+        log::debug!("snapshotter stopped");
+    }
+
+    fn handle_group(&mut self, group: Vec<SnapshotterMsg>) {
+        let durable_offset = self.durable.as_ref().map(|s| s.offset);
+        let needs_write = group.iter().any(|m| match m {
+            SnapshotterMsg::Snapshot { offset, .. } => durable_offset < Some(*offset),
+            SnapshotterMsg::Compact { at, .. } => durable_offset < Some(*at),
+        });
+        let mut failure = None;
+        if needs_write {
+            let newest = group
+                .iter()
+                .max_by_key(|m| m.cut_offset())
+                .expect("non-empty group");
+            let (offset, state) = match newest {
+                SnapshotterMsg::Snapshot { offset, state, .. }
+                | SnapshotterMsg::Compact { offset, state, .. } => (*offset, state),
+            };
+            if let Err(e) = self.write(offset, state) {
+                failure = Some(Error::Unavailable(format!(
+                    "writing the snapshot at offset {offset} failed: {e}"
+                )));
+            }
+        }
+        for msg in group {
+            match msg {
+                SnapshotterMsg::Snapshot { reply, .. } => match (&failure, &self.durable) {
+                    (Some(e), _) => reply.send(Err(e.clone())),
+                    (None, Some(s)) => reply.send(Ok(s.clone())),
+                    (None, None) => {
+                        unreachable!("a snapshot request always leaves a durable snapshot")
+                    }
+                },
+                SnapshotterMsg::Compact {
+                    at,
+                    next_offset,
+                    segments,
+                    reply,
+                    ..
+                } => match self.durable.as_ref().filter(|s| s.offset >= at) {
+                    Some(s) => {
+                        let msg = CompactorMsg::Compact {
+                            at,
+                            snapshot_offset: s.offset,
+                            next_offset,
+                            segments,
+                            reply,
+                        };
+                        if self.compactor.send(msg).is_err() {
+                            log::error!("compactor stopped; compaction requests fail");
+                        }
+                    }
+                    None => reply.send(Err(failure.clone().unwrap_or_else(|| {
+                        Error::Unavailable(format!("no durable snapshot covers offset {at}"))
+                    }))),
+                },
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, state: &KvState) -> std::io::Result<()> {
+        let started = Instant::now();
+        let written = snapshot::write(&*self.fs, &self.dir, offset, state, self.sync_chunk)?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        log::info!(
+            "snapshot {} durable: {} keys, {} bytes, {duration_ms} ms",
+            written.file,
+            state.map.len(),
+            written.size_bytes
+        );
+        self.on_disk.retain(|(o, _)| *o != offset);
+        self.on_disk.push((offset, written.file.clone()));
+        self.on_disk.sort();
+        self.durable = Some(written.clone());
+        let _ = self.feedback.send(Feedback::SnapshotDurable {
+            snapshot: written,
+            duration_ms,
+        });
+        while self.on_disk.len() > self.retained {
+            let (_, name) = self.on_disk.remove(0);
+            match self.fs.remove(&join(&self.dir, &name)) {
+                Ok(()) => log::debug!("removed old snapshot {name}"),
+                Err(e) => log::warn!("could not remove old snapshot {name}: {e}"),
+            }
+        }
+        Ok(())
+    }
+}

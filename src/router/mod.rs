@@ -1,0 +1,578 @@
+//! The I/O router: the only code that knows JSON.
+//!
+//! A reader thread turns stdin into lines (bounded in length and in number queued);
+//! the router thread `select!`s over those lines and over finished requests. Each
+//! request goes to the node through a handle's non-blocking `_with` method, whose
+//! [`Reply`] callback sends the finished body back to the router.
+//!
+//! Ordering: every request gets a slot in its source's queue as it is read; a reply
+//! is written only when every earlier slot of the same source has been written, so
+//! replies to one source keep request order while sources stay independent. `msg_id`
+//! is assigned at write time, so it goes up by exactly one per line.
+//!
+//! Bounds: the router stops reading stdin while `queued_max` replies are outstanding,
+//! and that bound is below every inbox's capacity, so the router's sends never wait
+//! on a full actor and the completion channel never fills.
+
+pub mod json;
+pub mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+
+use crossbeam_channel::{Receiver, Sender, select};
+use serde_json::{Value, json};
+
+use crate::actor::Reply;
+use crate::config::Config;
+use crate::error::Error;
+use crate::node::Node;
+use crate::types::Status;
+use wire::{Envelope, Request, WireError, code};
+
+/// How the router opens its node.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The node lives in `data_dir/<node_id>`.
+    pub data_dir: PathBuf,
+    /// Template for the node's configuration (`dir` is set at init).
+    pub node: Config,
+    /// Longest input line accepted; longer lines are dropped with a warning.
+    pub line_bytes_max: usize,
+    /// Most replies outstanding before the router stops reading input.
+    pub queued_max: usize,
+}
+
+impl RouterConfig {
+    /// Defaults derived from the node's configuration.
+    pub fn new(data_dir: PathBuf, node: Config) -> RouterConfig {
+        // A payload whose every character is escaped as \uXXXX, plus the envelope.
+        let line_bytes_max = (node.payload_bytes_max as usize)
+            .saturating_mul(6)
+            .saturating_add(64 * 1024);
+        let queued_max = node.inbox_capacity.min(4096);
+        RouterConfig {
+            data_dir,
+            node,
+            line_bytes_max,
+            queued_max,
+        }
+    }
+}
+
+enum Line {
+    Data(Vec<u8>),
+    TooLong(usize),
+}
+
+/// Reads lines of at most `max` bytes; longer ones are skipped to their newline.
+fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let mut line = Vec::new();
+    let mut dropped = 0usize;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("reading stdin failed: {e}; treating it as end of input");
+                break;
+            }
+        };
+        if buf.is_empty() {
+            if dropped > 0 {
+                let _ = tx.send(Line::TooLong(dropped));
+            } else if !line.is_empty() {
+                let _ = tx.send(Line::Data(std::mem::take(&mut line)));
+            }
+            break;
+        }
+        let (chunk, newline) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        if dropped > 0 || line.len() + chunk.len() > max {
+            dropped += line.len() + chunk.len();
+            line.clear();
+        } else {
+            line.extend_from_slice(chunk);
+        }
+        let used = newline.unwrap_or(buf.len());
+        reader.consume(used);
+        if newline.is_some() {
+            let msg = if dropped > 0 {
+                Line::TooLong(dropped)
+            } else {
+                Line::Data(std::mem::take(&mut line))
+            };
+            dropped = 0;
+            if tx.send(msg).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// A reply body: type, then fields in order (`in_reply_to` and `msg_id` are added
+/// when written).
+pub struct Body {
+    kind: &'static str,
+    fields: Vec<(&'static str, Value)>,
+}
+
+fn ok(kind: &'static str, fields: Vec<(&'static str, Value)>) -> Body {
+    Body { kind, fields }
+}
+
+fn error_body(code: u64, text: impl Into<String>) -> Body {
+    Body {
+        kind: "error",
+        fields: vec![("code", json!(code)), ("text", Value::String(text.into()))],
+    }
+}
+
+/// The Maelstrom code of a library error.
+pub fn error_code(e: &Error) -> u64 {
+    match e {
+        Error::InvalidArgument(_) => code::MALFORMED_REQUEST,
+        Error::NotFound(_) => code::KEY_DOES_NOT_EXIST,
+        Error::PreconditionFailed(_) => code::PRECONDITION_FAILED,
+        Error::Unavailable(_) => code::TEMPORARILY_UNAVAILABLE,
+        Error::Crashed(_) | Error::Open(_) => code::CRASH,
+    }
+}
+
+fn from_error(e: &Error) -> Body {
+    error_body(error_code(e), e.text())
+}
+
+fn from_wire(e: WireError) -> Body {
+    error_body(e.code, e.text)
+}
+
+struct Done {
+    src: String,
+    seq: u64,
+    body: Body,
+}
+
+#[derive(Default)]
+struct SourceQueue {
+    /// Sequence number of the front slot.
+    base: u64,
+    /// `(in_reply_to, body once finished)`, in request order.
+    slots: VecDeque<(u64, Option<Body>)>,
+}
+
+/// The router's state.
+struct Router<W: Write> {
+    config: RouterConfig,
+    out: W,
+    next_msg_id: u64,
+    node: Option<(String, Node)>,
+    queues: HashMap<String, SourceQueue>,
+    queued: usize,
+    done_tx: Sender<Done>,
+    fatal: bool,
+}
+
+/// Runs the node's protocol over `input` and `output` until end of input; returns the
+/// process exit code (0, or 1 if the node could not be opened or failed to stop).
+pub fn run(input: impl Read + Send + 'static, output: impl Write, config: RouterConfig) -> i32 {
+    let (line_tx, line_rx) = crossbeam_channel::bounded(1024);
+    let line_bytes_max = config.line_bytes_max;
+    let reader = std::thread::Builder::new()
+        .name("flintlog-stdin".into())
+        .spawn(move || read_lines(input, line_bytes_max, line_tx))
+        .expect("spawn the stdin reader");
+    let (done_tx, done_rx) = crossbeam_channel::bounded(config.queued_max.max(1));
+    let mut router = Router {
+        config,
+        out: output,
+        next_msg_id: 0,
+        node: None,
+        queues: HashMap::new(),
+        queued: 0,
+        done_tx,
+        fatal: false,
+    };
+    let code = router.run(line_rx, done_rx);
+    // The reader thread ends at end of input; if we stop early (fatal), it is left
+    // blocked on stdin and the process exits around it.
+    if code == 0 {
+        let _ = reader.join();
+    }
+    code
+}
+
+impl<W: Write> Router<W> {
+    fn run(&mut self, lines: Receiver<Line>, done: Receiver<Done>) -> i32 {
+        let never = crossbeam_channel::never();
+        let mut eof = false;
+        while !(self.fatal || eof && self.queued == 0) {
+            let input = if eof || self.queued >= self.config.queued_max {
+                &never
+            } else {
+                &lines
+            };
+            select! {
+                recv(input) -> line => match line {
+                    Ok(Line::Data(bytes)) => self.on_line(&bytes),
+                    Ok(Line::TooLong(n)) => log::warn!("dropped an input line of {n} bytes: over the limit of {} bytes", self.config.line_bytes_max),
+                    Err(_) => eof = true,
+                },
+                recv(done) -> d => {
+                    let d = d.expect("the router holds a sender");
+                    self.finish(&d.src, d.seq, d.body);
+                }
+            }
+        }
+        let mut code = if self.fatal { 1 } else { 0 };
+        if let Some((_, node)) = self.node.take()
+            && let Err(e) = node.shutdown()
+        {
+            log::error!("{e}");
+            code = 1;
+        }
+        code
+    }
+
+    fn on_line(&mut self, line: &[u8]) {
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        let (env, request) = match wire::parse_line(line) {
+            Ok(parsed) => parsed,
+            Err(w) => {
+                log::warn!("ignoring input line: {}", w.0);
+                return;
+            }
+        };
+        let seq = self.enqueue(&env);
+        match request {
+            Err(e) => self.finish(&env.src, seq, from_wire(e)),
+            Ok(Request::Init { node_id, node_ids }) => {
+                let body = self.init(node_id, &node_ids);
+                self.finish(&env.src, seq, body);
+            }
+            Ok(_) if self.node.is_none() => self.finish(
+                &env.src,
+                seq,
+                error_body(
+                    code::TEMPORARILY_UNAVAILABLE,
+                    "the node is not initialized yet: send init first",
+                ),
+            ),
+            Ok(request) => self.dispatch(env.src, seq, request),
+        }
+    }
+
+    fn enqueue(&mut self, env: &Envelope) -> u64 {
+        let q = self.queues.entry(env.src.clone()).or_default();
+        let seq = q.base + q.slots.len() as u64;
+        q.slots.push_back((env.msg_id, None));
+        self.queued += 1;
+        seq
+    }
+
+    /// Records a finished reply and writes every reply of `src` now in order.
+    fn finish(&mut self, src: &str, seq: u64, body: Body) {
+        let q = self
+            .queues
+            .get_mut(src)
+            .expect("a queue for every outstanding source");
+        q.slots[(seq - q.base) as usize].1 = Some(body);
+        while let Some((_, Some(_))) = q.slots.front() {
+            let (in_reply_to, body) = q.slots.pop_front().expect("front exists");
+            q.base += 1;
+            self.queued -= 1;
+            let line = render(
+                self.node.as_ref().map(|(id, _)| id.as_str()).unwrap_or(""),
+                src,
+                in_reply_to,
+                self.next_msg_id,
+                &body.expect("finished"),
+            );
+            self.next_msg_id += 1;
+            let written = self
+                .out
+                .write_all(line.as_bytes())
+                .and_then(|()| self.out.flush());
+            if let Err(e) = written {
+                log::error!("writing to stdout failed: {e}");
+            }
+        }
+        if q.slots.is_empty() {
+            self.queues.remove(src);
+        }
+    }
+
+    fn init(&mut self, node_id: String, node_ids: &[String]) -> Body {
+        if let Some((current, _)) = &self.node {
+            return if *current == node_id {
+                ok("init_ok", vec![])
+            } else {
+                error_body(
+                    code::PRECONDITION_FAILED,
+                    format!("already initialized as {current}, not {node_id}"),
+                )
+            };
+        }
+        if node_id.is_empty()
+            || node_id == "."
+            || node_id == ".."
+            || node_id.contains(['/', '\\', '\0'])
+        {
+            return error_body(
+                code::MALFORMED_REQUEST,
+                format!("node_id {node_id:?} cannot name a directory"),
+            );
+        }
+        if !node_ids.is_empty() && !node_ids.contains(&node_id) {
+            log::warn!("node_id {node_id} is not among node_ids {node_ids:?}");
+        }
+        let mut config = self.config.node.clone();
+        config.dir = self.config.data_dir.join(&node_id);
+        match Node::open(config) {
+            Ok(node) => {
+                self.node = Some((node_id, node));
+                ok("init_ok", vec![])
+            }
+            Err(e) => {
+                log::error!("{e}");
+                self.fatal = true;
+                error_body(code::CRASH, e.to_string())
+            }
+        }
+    }
+
+    fn reply<T: Send + 'static>(
+        &self,
+        src: String,
+        seq: u64,
+        f: impl FnOnce(T) -> Body + Send + 'static,
+    ) -> Reply<T> {
+        let done = self.done_tx.clone();
+        Reply::new(move |r: crate::Result<T>| {
+            let body = match r {
+                Ok(v) => f(v),
+                Err(e) => from_error(&e),
+            };
+            let _ = done.send(Done { src, seq, body });
+        })
+    }
+
+    fn dispatch(&mut self, src: String, seq: u64, request: Request) {
+        let node = &self.node.as_ref().expect("initialized").1;
+        let a = node.appender();
+        match request {
+            Request::Init { .. } => unreachable!("handled by the router"),
+            Request::WalAppend { payload } => a.append_with(
+                payload.into_bytes(),
+                self.reply(src, seq, |offset: u64| {
+                    ok("wal_append_ok", vec![("offset", json!(offset))])
+                }),
+            ),
+            Request::WalRead { offset } => a.read_with(
+                offset,
+                self.reply(src, seq, |e: crate::ReadEntry| {
+                    ok(
+                        "wal_read_ok",
+                        vec![
+                            (
+                                "payload",
+                                Value::String(String::from_utf8_lossy(&e.payload).into_owned()),
+                            ),
+                            ("checksum_valid", Value::Bool(e.checksum_valid)),
+                        ],
+                    )
+                }),
+            ),
+            Request::WalInfo => a.info_with(self.reply(src, seq, |i: crate::Info| {
+                ok(
+                    "wal_info_ok",
+                    vec![
+                        ("entries", json!(i.entries)),
+                        ("total_bytes", json!(i.total_bytes)),
+                        ("fsynced", json!(i.fsynced)),
+                    ],
+                )
+            })),
+            Request::WalSegmentConfig { max_segment_bytes } => a.set_segment_bytes_max_with(
+                max_segment_bytes,
+                self.reply(src, seq, |b: u64| {
+                    ok(
+                        "wal_segment_config_ok",
+                        vec![("max_segment_bytes", json!(b))],
+                    )
+                }),
+            ),
+            Request::WalSegmentInfo => {
+                a.segments_with(self.reply(src, seq, |l: crate::SegmentList| {
+                    let segments = l
+                        .segments
+                        .iter()
+                        .map(|s| {
+                            json!({
+                                "file": s.file,
+                                "start_offset": s.start_offset,
+                                "end_offset": s.end_offset,
+                                "size_bytes": s.size_bytes,
+                                "sealed": s.sealed,
+                            })
+                        })
+                        .collect();
+                    ok(
+                        "wal_segment_info_ok",
+                        vec![
+                            ("segments", Value::Array(segments)),
+                            ("active_segment", json!(l.active_segment)),
+                        ],
+                    )
+                }))
+            }
+            Request::WalSnapshot => {
+                node.snapshotter()
+                    .snapshot_with(self.reply(src, seq, |s: crate::SnapshotFile| {
+                        ok(
+                            "wal_snapshot_ok",
+                            vec![
+                                ("snapshot_offset", json!(s.offset)),
+                                ("snapshot_size_bytes", json!(s.size_bytes)),
+                            ],
+                        )
+                    }))
+            }
+            Request::WalCompact { snapshot_at_offset } => node.compactor().compact_with(
+                snapshot_at_offset,
+                self.reply(src, seq, |c: crate::Compaction| {
+                    ok(
+                        "wal_compact_ok",
+                        vec![
+                            ("snapshot_offset", json!(c.snapshot_offset)),
+                            ("entries_before", json!(c.entries_before)),
+                            ("entries_after", json!(c.entries_after)),
+                            ("bytes_freed", json!(c.bytes_freed)),
+                        ],
+                    )
+                }),
+            ),
+            Request::WalStatus => a.status_with(self.reply(src, seq, |s: Status| {
+                ok("wal_status_ok", vec![("status", status_json(&s))])
+            })),
+            Request::Read { key } => a.kv_get_with(
+                key,
+                self.reply(src, seq, |text: String| {
+                    ok("read_ok", vec![("value", wire::stored_to_json(&text))])
+                }),
+            ),
+            Request::Write { key, value } => a.kv_set_with(
+                key,
+                value,
+                self.reply(src, seq, |_: u64| ok("write_ok", vec![])),
+            ),
+            Request::Cas { key, from, to } => a.kv_cas_with(
+                key,
+                Box::new(move |current| wire::stored_to_json(current) == from),
+                to,
+                self.reply(src, seq, |_: u64| ok("cas_ok", vec![])),
+            ),
+        }
+    }
+}
+
+/// One output line, newline included.
+fn render(node_id: &str, dest: &str, in_reply_to: u64, msg_id: u64, body: &Body) -> String {
+    let mut out = String::with_capacity(128);
+    out.push_str("{\"src\": ");
+    json::write_str(&mut out, node_id);
+    out.push_str(", \"dest\": ");
+    json::write_str(&mut out, dest);
+    out.push_str(", \"body\": {\"type\": ");
+    json::write_str(&mut out, body.kind);
+    out.push_str(&format!(", \"in_reply_to\": {in_reply_to}"));
+    for (name, value) in &body.fields {
+        out.push_str(", ");
+        json::write_str(&mut out, name);
+        out.push_str(": ");
+        json::write_value(&mut out, value);
+    }
+    out.push_str(&format!(", \"msg_id\": {msg_id}}}}}\n"));
+    out
+}
+
+fn status_json(s: &Status) -> Value {
+    let snapshot = s.latest_snapshot.as_ref().map(
+        |snap| json!({"file": snap.file, "offset": snap.offset, "size_bytes": snap.size_bytes}),
+    );
+    let r = &s.recovery;
+    json!({
+        "first_offset": s.first_offset,
+        "next_offset": s.next_offset,
+        "entries": s.entries,
+        "total_bytes": s.total_bytes,
+        "segments": s.segments,
+        "active_segment": s.active_segment,
+        "keys": s.keys,
+        "other_payloads": s.other_payloads,
+        "fsynced": s.fsynced,
+        "poisoned": s.poisoned,
+        "policy": {
+            "fsync": s.fsync.to_string(),
+            "max_segment_bytes": s.segment_bytes_max,
+            "max_payload_bytes": s.payload_bytes_max,
+        },
+        "latest_snapshot": snapshot,
+        "last_snapshot_ms": s.last_snapshot_ms,
+        "counters": {
+            "appends": s.counters.appends,
+            "group_commits": s.counters.batches,
+            "fsyncs": s.counters.fsyncs,
+            "snapshots": s.counters.snapshots,
+            "compactions": s.counters.compactions,
+            "bytes_freed": s.counters.bytes_freed,
+        },
+        "last_recovery": {
+            "snapshot": r.snapshot.as_ref().map(|snap| snap.file.clone()),
+            "snapshot_offset": r.snapshot.as_ref().map(|snap| snap.offset),
+            "snapshots_skipped": r.snapshots_skipped,
+            "entries_replayed": r.entries_replayed,
+            "bytes_truncated": r.bytes_truncated,
+            "broken_file": r.broken_file,
+            "temp_files_removed": r.temp_files_removed,
+            "segments_deleted": r.segments_deleted,
+            "foreign_files": r.foreign_files,
+            "duration_ms": r.duration_ms,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_sample_init_reply_byte_for_byte() {
+        let line = render("n1", "c0", 1, 0, &ok("init_ok", vec![]));
+        assert_eq!(
+            line,
+            "{\"src\": \"n1\", \"dest\": \"c0\", \"body\": {\"type\": \"init_ok\", \"in_reply_to\": 1, \"msg_id\": 0}}\n"
+        );
+    }
+
+    #[test]
+    fn long_lines_are_dropped_whole_and_reading_goes_on() {
+        let input = format!("short\n{}\nafter\nend", "x".repeat(100));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        read_lines(std::io::Cursor::new(input.into_bytes()), 10, tx);
+        let got: Vec<String> = rx
+            .iter()
+            .map(|l| match l {
+                Line::Data(d) => String::from_utf8(d).unwrap(),
+                Line::TooLong(n) => format!("<{n}>"),
+            })
+            .collect();
+        assert_eq!(got, ["short", "<100>", "after", "end"]);
+    }
+}

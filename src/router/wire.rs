@@ -1,0 +1,355 @@
+//! Parsing one input line into an envelope and a typed request.
+//!
+//! A line that is not a JSON object with a string `src`, or whose body has no integer
+//! `msg_id` to reply to, is a [`Warning`]: logged, never answered. Anything else gets
+//! either a [`Request`] or a [`WireError`] with its Maelstrom code.
+
+use serde_json::{Map, Value};
+
+use crate::core::kv::valid_key;
+
+/// Maelstrom error codes used by the node.
+pub mod code {
+    /// Request type not supported.
+    pub const NOT_SUPPORTED: u64 = 10;
+    /// Temporarily unavailable: nothing happened, try again.
+    pub const TEMPORARILY_UNAVAILABLE: u64 = 11;
+    /// Malformed request.
+    pub const MALFORMED_REQUEST: u64 = 12;
+    /// Crash: the outcome is unknown.
+    pub const CRASH: u64 = 13;
+    /// Key (or offset) does not exist.
+    pub const KEY_DOES_NOT_EXIST: u64 = 20;
+    /// Precondition failed.
+    pub const PRECONDITION_FAILED: u64 = 22;
+}
+
+/// A line that gets no reply, with the reason for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning(pub String);
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// Maelstrom error code.
+    pub code: u64,
+    /// What went wrong.
+    pub text: String,
+}
+
+fn malformed(text: impl Into<String>) -> WireError {
+    WireError {
+        code: code::MALFORMED_REQUEST,
+        text: text.into(),
+    }
+}
+
+/// Where a reply goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The request's `src`: the reply's `dest`.
+    pub src: String,
+    /// The request's `dest`, if a string (the reply's `src` before init).
+    pub dest: Option<String>,
+    /// The request's `msg_id`: the reply's `in_reply_to`.
+    pub msg_id: u64,
+}
+
+/// A request the node understands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `init {node_id, node_ids}`.
+    Init {
+        node_id: String,
+        node_ids: Vec<String>,
+    },
+    /// `wal_append {payload}`.
+    WalAppend { payload: String },
+    /// `wal_read {offset}`.
+    WalRead { offset: u64 },
+    /// `wal_info {}`.
+    WalInfo,
+    /// `wal_segment_config {max_segment_bytes}`.
+    WalSegmentConfig { max_segment_bytes: u64 },
+    /// `wal_segment_info {}`.
+    WalSegmentInfo,
+    /// `wal_snapshot {}`.
+    WalSnapshot,
+    /// `wal_compact {snapshot_at_offset}`.
+    WalCompact { snapshot_at_offset: u64 },
+    /// `wal_status {}`.
+    WalStatus,
+    /// lin-kv `read {key}`.
+    Read { key: String },
+    /// lin-kv `write {key, value}`; `value` is the JSON text to store.
+    Write { key: String, value: String },
+    /// lin-kv `cas {key, from, to}`; `to` is the JSON text to store.
+    Cas {
+        key: String,
+        from: Value,
+        to: String,
+    },
+}
+
+/// Parses one line (without its newline).
+pub fn parse_line(line: &[u8]) -> Result<(Envelope, Result<Request, WireError>), Warning> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| Warning(format!("not JSON ({e})")))?;
+    let Value::Object(mut top) = value else {
+        return Err(Warning("not a JSON object".into()));
+    };
+    let src = match top.remove("src") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(Warning("`src` is not a string".into())),
+        None => return Err(Warning("no `src`".into())),
+    };
+    let dest = match top.remove("dest") {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let Some(Value::Object(body)) = top.remove("body") else {
+        return Err(Warning(format!("message from {src} has no `body` object")));
+    };
+    let msg_id = match body.get("msg_id") {
+        Some(v) => v.as_u64().ok_or_else(|| {
+            Warning(format!(
+                "message from {src}: `msg_id` {v} is not a non-negative integer"
+            ))
+        })?,
+        None => {
+            return Err(Warning(format!(
+                "message from {src} has no `msg_id` to reply to"
+            )));
+        }
+    };
+    let envelope = Envelope { src, dest, msg_id };
+    Ok((envelope, parse_body(&body)))
+}
+
+fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
+    let kind = match body.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => return Err(malformed("field `type` must be a string")),
+        None => return Err(malformed("missing field `type`")),
+    };
+    let f = Fields(body);
+    Ok(match kind {
+        "init" => Request::Init {
+            node_id: f.string("node_id")?,
+            node_ids: match f.get("node_ids")? {
+                Value::Array(ids) => ids
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| malformed("field `node_ids` must be an array of strings"))?,
+                _ => return Err(malformed("field `node_ids` must be an array of strings")),
+            },
+        },
+        "wal_append" => Request::WalAppend {
+            payload: f.string("payload")?,
+        },
+        "wal_read" => Request::WalRead {
+            offset: f.u64("offset")?,
+        },
+        "wal_info" => Request::WalInfo,
+        "wal_segment_config" => {
+            let max_segment_bytes = f.u64("max_segment_bytes")?;
+            if max_segment_bytes < 1 {
+                return Err(malformed(
+                    "field `max_segment_bytes` must be an integer >= 1",
+                ));
+            }
+            Request::WalSegmentConfig { max_segment_bytes }
+        }
+        "wal_segment_info" => Request::WalSegmentInfo,
+        "wal_snapshot" => Request::WalSnapshot,
+        "wal_compact" => Request::WalCompact {
+            snapshot_at_offset: f.u64("snapshot_at_offset")?,
+        },
+        "wal_status" => Request::WalStatus,
+        "read" => Request::Read { key: f.key()? },
+        "write" => Request::Write {
+            key: f.key()?,
+            value: json_text(f.get("value")?),
+        },
+        "cas" => Request::Cas {
+            key: f.key()?,
+            from: f.get("from")?.clone(),
+            to: json_text(f.get("to")?),
+        },
+        other => {
+            return Err(WireError {
+                code: code::NOT_SUPPORTED,
+                text: format!("request type {other:?} is not supported"),
+            });
+        }
+    })
+}
+
+fn json_text(v: &Value) -> String {
+    serde_json::to_string(v).expect("a parsed value serializes")
+}
+
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn get(&self, name: &str) -> Result<&Value, WireError> {
+        self.0
+            .get(name)
+            .ok_or_else(|| malformed(format!("missing field `{name}`")))
+    }
+
+    fn string(&self, name: &str) -> Result<String, WireError> {
+        match self.get(name)? {
+            Value::String(s) => Ok(s.clone()),
+            _ => Err(malformed(format!("field `{name}` must be a string"))),
+        }
+    }
+
+    fn u64(&self, name: &str) -> Result<u64, WireError> {
+        let v = self.get(name)?;
+        v.as_u64().ok_or_else(|| match v {
+            Value::Number(_) => malformed(format!(
+                "field `{name}` must be an integer from 0 to 18446744073709551615, not {v}"
+            )),
+            _ => malformed(format!("field `{name}` must be a non-negative integer")),
+        })
+    }
+
+    /// A key: a string as is, anything else as its JSON text.
+    fn key(&self) -> Result<String, WireError> {
+        let key = match self.get("key")? {
+            Value::String(s) => s.clone(),
+            other => json_text(other),
+        };
+        if !valid_key(&key) {
+            return Err(malformed(format!(
+                "key {key:?} is empty or contains whitespace or '='"
+            )));
+        }
+        Ok(key)
+    }
+}
+
+/// What a `read` returns for a stored value text: the JSON it parses as, or the text
+/// as a string.
+pub fn stored_to_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(body: &str) -> Result<Request, WireError> {
+        let line = format!(r#"{{"src":"c1","dest":"n1","body":{body}}}"#);
+        parse_line(line.as_bytes()).expect("not a warning").1
+    }
+
+    fn code_of(body: &str) -> u64 {
+        req(body).expect_err("should be an error").code
+    }
+
+    #[test]
+    fn lines_without_src_body_or_msg_id_are_warnings() {
+        for line in [
+            "not json",
+            "[1,2]",
+            r#"{"dest":"n1","body":{"type":"wal_info","msg_id":1}}"#,
+            r#"{"src":5,"body":{"type":"wal_info","msg_id":1}}"#,
+            r#"{"src":"c1","body":"x"}"#,
+            r#"{"src":"c1","body":{"type":"wal_info"}}"#,
+            r#"{"src":"c1","body":{"type":"wal_info","msg_id":-1}}"#,
+            r#"{"src":"c1","body":{"type":"wal_info","msg_id":1.5}}"#,
+        ] {
+            assert!(parse_line(line.as_bytes()).is_err(), "{line}");
+        }
+        let deep = "[".repeat(100_000);
+        assert!(parse_line(deep.as_bytes()).is_err());
+        assert!(parse_line(&[b'{', 0xff, b'}']).is_err());
+    }
+
+    #[test]
+    fn unknown_top_level_keys_are_ignored() {
+        let line = r#"{"id":7,"src":"c1","dest":"n1","body":{"type":"wal_info","msg_id":3}}"#;
+        let (env, r) = parse_line(line.as_bytes()).unwrap();
+        assert_eq!(
+            env,
+            Envelope {
+                src: "c1".into(),
+                dest: Some("n1".into()),
+                msg_id: 3
+            }
+        );
+        assert_eq!(r, Ok(Request::WalInfo));
+    }
+
+    #[test]
+    fn validates_fields_with_maelstrom_codes() {
+        assert_eq!(
+            code_of(r#"{"type":"nope","msg_id":1}"#),
+            code::NOT_SUPPORTED
+        );
+        assert_eq!(code_of(r#"{"msg_id":1}"#), code::MALFORMED_REQUEST);
+        assert_eq!(code_of(r#"{"type":5,"msg_id":1}"#), code::MALFORMED_REQUEST);
+        for bad in ["-1", "1.5", "1e3", "\"3\"", "null", "18446744073709551616"] {
+            let body = format!(r#"{{"type":"wal_read","msg_id":1,"offset":{bad}}}"#);
+            assert_eq!(code_of(&body), code::MALFORMED_REQUEST, "{bad}");
+        }
+        assert_eq!(
+            code_of(r#"{"type":"wal_append","msg_id":1,"payload":5}"#),
+            code::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"type":"wal_segment_config","msg_id":1,"max_segment_bytes":0}"#),
+            code::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"type":"write","msg_id":1,"key":"a b","value":1}"#),
+            code::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"type":"write","msg_id":1,"key":"a=b","value":1}"#),
+            code::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"type":"write","msg_id":1,"key":"","value":1}"#),
+            code::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"type":"write","msg_id":1,"key":"a"}"#),
+            code::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code_of(r#"{"type":"init","msg_id":1,"node_id":"n1"}"#),
+            code::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            req(r#"{"type":"wal_read","msg_id":1,"offset":18446744073709551615}"#),
+            Ok(Request::WalRead { offset: u64::MAX })
+        );
+    }
+
+    #[test]
+    fn keys_and_values_are_stored_as_json_text() {
+        assert_eq!(
+            req(r#"{"type":"write","msg_id":1,"key":3,"value":"hi"}"#),
+            Ok(Request::Write {
+                key: "3".into(),
+                value: "\"hi\"".into()
+            })
+        );
+        assert_eq!(
+            req(r#"{"type":"cas","msg_id":1,"key":"k","from":1,"to":[1,2]}"#),
+            Ok(Request::Cas {
+                key: "k".into(),
+                from: serde_json::json!(1),
+                to: "[1,2]".into()
+            })
+        );
+        assert_eq!(stored_to_json("1"), serde_json::json!(1));
+        assert_eq!(stored_to_json("hi"), serde_json::json!("hi"));
+        assert_eq!(stored_to_json("\"1\""), serde_json::json!("1"));
+        assert_eq!(stored_to_json(""), serde_json::json!(""));
+    }
+}

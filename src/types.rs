@@ -1,0 +1,117 @@
+//! Result types of the node's requests.
+
+use crate::config::FsyncPolicy;
+use crate::snapshot::SnapshotFile;
+pub use crate::wal::{ReadEntry, SegmentInfo};
+
+/// Answer to an info request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Live entries.
+    pub entries: u64,
+    /// Bytes of log data on disk.
+    pub total_bytes: u64,
+    /// Whether every acknowledged entry is durable.
+    pub fsynced: bool,
+}
+
+/// Answer to a segment listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentList {
+    /// Every live segment in offset order, the active one last.
+    pub segments: Vec<SegmentInfo>,
+    /// File name of the active segment.
+    pub active_segment: String,
+}
+
+/// Answer to a compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Offset of the durable snapshot that covers the compaction.
+    pub snapshot_offset: u64,
+    /// Live entries before.
+    pub entries_before: u64,
+    /// Live entries after.
+    pub entries_after: u64,
+    /// Bytes the filesystem got back (sizes of the deleted segment files).
+    pub bytes_freed: u64,
+}
+
+/// Figures from opening a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<SnapshotFile>,
+    /// Snapshots that did not verify (newer than the one loaded), with the reason.
+    pub snapshots_skipped: Vec<String>,
+    /// Entries replayed from the log on top of the snapshot.
+    pub entries_replayed: u64,
+    /// Bytes of a torn tail cut off the last segment.
+    pub bytes_truncated: u64,
+    /// Where those bytes were kept.
+    pub broken_file: Option<String>,
+    /// Leftover temporary files removed.
+    pub temp_files_removed: usize,
+    /// Segments below the first offset removed (a compaction finished).
+    pub segments_deleted: usize,
+    /// Files in the directory that are not the node's.
+    pub foreign_files: Vec<String>,
+    /// Wall time of recovery.
+    pub duration_ms: u64,
+}
+
+/// Counters since the node opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Entries appended (including key-value writes).
+    pub appends: u64,
+    /// Group commits: batches written together.
+    pub batches: u64,
+    /// fdatasync calls on the log.
+    pub fsyncs: u64,
+    /// Snapshots made durable.
+    pub snapshots: u64,
+    /// Compactions that deleted something or moved the first offset.
+    pub compactions: u64,
+    /// Bytes freed by compactions.
+    pub bytes_freed: u64,
+}
+
+/// Everything an operator wants at a glance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// First live offset.
+    pub first_offset: u64,
+    /// Offset of the next entry.
+    pub next_offset: u64,
+    /// Live entries.
+    pub entries: u64,
+    /// Bytes of log data on disk.
+    pub total_bytes: u64,
+    /// Live segments.
+    pub segments: usize,
+    /// File name of the active segment.
+    pub active_segment: String,
+    /// Keys in the state machine.
+    pub keys: u64,
+    /// Applied payloads that were not commands.
+    pub other_payloads: u64,
+    /// Durability policy.
+    pub fsync: FsyncPolicy,
+    /// Whether every acknowledged entry is durable.
+    pub fsynced: bool,
+    /// Segment size limit.
+    pub segment_bytes_max: u64,
+    /// Payload size limit.
+    pub payload_bytes_max: u64,
+    /// The newest durable snapshot.
+    pub latest_snapshot: Option<SnapshotFile>,
+    /// How long the last snapshot took, end to end.
+    pub last_snapshot_ms: Option<u64>,
+    /// Counters since the node opened.
+    pub counters: Counters,
+    /// Why the node refuses writes, if it does.
+    pub poisoned: Option<String>,
+    /// What recovery did when the node opened.
+    pub recovery: RecoveryReport,
+}
