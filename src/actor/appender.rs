@@ -469,6 +469,7 @@ impl Appender {
             }
             other => {
                 self.flush();
+                self.drain_feedback();
                 return self.handle_barrier(other);
             }
         }

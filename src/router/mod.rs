@@ -10,6 +10,11 @@
 //! replies to one source keep request order while sources stay independent. `msg_id`
 //! is assigned at write time, so it goes up by exactly one per line.
 //!
+//! A source's requests sent after its own `wal_snapshot` or `wal_compact` are held
+//! back until that request has answered, so a client that pipelines sees the effects
+//! of its own snapshots and compactions in its later requests. Other sources are not
+//! held: one client's snapshot never delays another's appends.
+//!
 //! Bounds: the router stops reading stdin while `queued_max` replies are outstanding,
 //! and that bound is below every inbox's capacity, so the router's sends never wait
 //! on a full actor and the completion channel never fills.
@@ -157,12 +162,23 @@ struct Done {
     body: Body,
 }
 
+struct Slot {
+    in_reply_to: u64,
+    /// The request's `dest`: the reply's `src` while the node has no id yet.
+    dest: Option<String>,
+    body: Option<Body>,
+}
+
 #[derive(Default)]
 struct SourceQueue {
     /// Sequence number of the front slot.
     base: u64,
-    /// `(in_reply_to, body once finished)`, in request order.
-    slots: VecDeque<(u64, Option<Body>)>,
+    /// The outstanding snapshot or compaction that later requests wait for.
+    barrier: Option<u64>,
+    /// Requests waiting for the barrier, in order.
+    held: VecDeque<(u64, Request)>,
+    /// Requests in order, with their replies once finished.
+    slots: VecDeque<Slot>,
 }
 
 /// The router's state.
@@ -264,14 +280,34 @@ impl<W: Write> Router<W> {
                     "the node is not initialized yet: send init first",
                 ),
             ),
-            Ok(request) => self.dispatch(env.src, seq, request),
+            Ok(request) => self.submit(env.src, seq, request),
         }
+    }
+
+    /// Dispatches a request, or holds it behind its source's barrier.
+    fn submit(&mut self, src: String, seq: u64, request: Request) {
+        let q = self
+            .queues
+            .get_mut(&src)
+            .expect("a queue for every outstanding source");
+        if q.barrier.is_some() {
+            q.held.push_back((seq, request));
+            return;
+        }
+        if matches!(request, Request::WalSnapshot | Request::WalCompact { .. }) {
+            q.barrier = Some(seq);
+        }
+        self.dispatch(src, seq, request);
     }
 
     fn enqueue(&mut self, env: &Envelope) -> u64 {
         let q = self.queues.entry(env.src.clone()).or_default();
         let seq = q.base + q.slots.len() as u64;
-        q.slots.push_back((env.msg_id, None));
+        q.slots.push_back(Slot {
+            in_reply_to: env.msg_id,
+            dest: env.dest.clone(),
+            body: None,
+        });
         self.queued += 1;
         seq
     }
@@ -282,18 +318,23 @@ impl<W: Write> Router<W> {
             .queues
             .get_mut(src)
             .expect("a queue for every outstanding source");
-        q.slots[(seq - q.base) as usize].1 = Some(body);
-        while let Some((_, Some(_))) = q.slots.front() {
-            let (in_reply_to, body) = q.slots.pop_front().expect("front exists");
+        q.slots[(seq - q.base) as usize].body = Some(body);
+        let released = if q.barrier == Some(seq) {
+            q.barrier = None;
+            std::mem::take(&mut q.held)
+        } else {
+            VecDeque::new()
+        };
+        while q.slots.front().is_some_and(|s| s.body.is_some()) {
+            let slot = q.slots.pop_front().expect("front exists");
             q.base += 1;
             self.queued -= 1;
-            let line = render(
-                self.node.as_ref().map(|(id, _)| id.as_str()).unwrap_or(""),
-                src,
-                in_reply_to,
-                self.next_msg_id,
-                &body.expect("finished"),
-            );
+            let from = match &self.node {
+                Some((id, _)) => id.as_str(),
+                None => slot.dest.as_deref().unwrap_or(""),
+            };
+            let body = slot.body.expect("finished");
+            let line = render(from, src, slot.in_reply_to, self.next_msg_id, &body);
             self.next_msg_id += 1;
             let written = self
                 .out
@@ -305,6 +346,9 @@ impl<W: Write> Router<W> {
         }
         if q.slots.is_empty() {
             self.queues.remove(src);
+        }
+        for (seq, request) in released {
+            self.submit(src.to_string(), seq, request);
         }
     }
 

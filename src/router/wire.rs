@@ -210,7 +210,7 @@ impl Fields<'_> {
         let v = self.get(name)?;
         v.as_u64().ok_or_else(|| match v {
             Value::Number(_) => malformed(format!(
-                "field `{name}` must be an integer from 0 to 18446744073709551615, not {v}"
+                "field `{name}` must be a non-negative 64-bit integer, not {v}"
             )),
             _ => malformed(format!("field `{name}` must be a non-negative integer")),
         })

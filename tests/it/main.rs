@@ -1,0 +1,7 @@
+//! The one integration-test binary: the real `flintlog` binary driven over its
+//! protocol, and the library driven through its handles.
+
+mod conversations;
+mod library;
+mod node;
+mod support;

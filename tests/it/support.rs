@@ -1,0 +1,137 @@
+//! Running the real binary and checking what it writes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_flintlog")
+}
+
+/// What one run of the node printed.
+pub struct Run {
+    pub lines: Vec<String>,
+    pub stderr: String,
+    pub code: Option<i32>,
+}
+
+impl Run {
+    /// Replies parsed as JSON.
+    pub fn replies(&self) -> Vec<Value> {
+        self.lines
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("reply is JSON"))
+            .collect()
+    }
+
+    /// The body of the reply to `msg_id` from `src`.
+    pub fn reply_to(&self, src: &str, msg_id: u64) -> Value {
+        self.replies()
+            .into_iter()
+            .find(|r| r["dest"] == src && r["body"]["in_reply_to"] == msg_id)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no reply to {src}/{msg_id} in:\n{}\nstderr:\n{}",
+                    self.lines.join("\n"),
+                    self.stderr
+                )
+            })["body"]
+            .clone()
+    }
+}
+
+/// Starts the node with `args`, optionally on `data_dir`.
+pub fn spawn(args: &[&str], data_dir: Option<&Path>) -> Child {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .env_remove("FLINTLOG_DATA_DIR")
+        .env("RUST_LOG", "info");
+    if let Some(dir) = data_dir {
+        cmd.arg("--data-dir").arg(dir);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary")
+}
+
+/// Runs the node over `input` to end of input.
+pub fn run(args: &[&str], data_dir: Option<&Path>, input: &[u8]) -> Run {
+    let mut child = spawn(args, data_dir);
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for the binary");
+    writer.join().unwrap();
+    finish(out)
+}
+
+pub fn finish(out: Output) -> Run {
+    let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+    Run {
+        lines: stdout.lines().map(str::to_string).collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    }
+}
+
+/// A request line from `src`.
+pub fn msg(src: &str, body: Value) -> String {
+    serde_json::json!({"src": src, "dest": "n1", "body": body}).to_string()
+}
+
+/// The init line for node n1.
+pub fn init(msg_id: u64) -> String {
+    msg(
+        "c0",
+        serde_json::json!({"type": "init", "msg_id": msg_id, "node_id": "n1", "node_ids": ["n1"]}),
+    )
+}
+
+/// Joins lines into an input stream.
+pub fn lines(lines: &[String]) -> Vec<u8> {
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s.into_bytes()
+}
+
+/// The node's directory under a data dir.
+pub fn node_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("n1")
+}
+
+/// Files in the node's directory, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Checks every line with Python: `json.dumps(json.loads(line)) == line`.
+pub fn assert_python_round_trip(lines: &[String]) {
+    let script = "import json,sys\nbad=[l for l in sys.stdin.read().split('\\n') if l and json.dumps(json.loads(l))!=l]\nprint(len(bad))\nprint('\\n'.join(bad[:5]))\nsys.exit(1 if bad else 0)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to check the output format");
+    let mut stdin = child.stdin.take().unwrap();
+    let text = lines.join("\n");
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "lines differ from Python's json.dumps:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
