@@ -583,6 +583,15 @@ impl Log {
                         seg.positions.push(seg.data_end);
                         seg.data_end += len;
                     }
+                    Err(record::Invalid::End) if !is_last => {
+                        return Err(Error::Open(format!(
+                            "{}: gap in the log: the segment ends at offset {offset}, but the next \
+                             segment {} starts at offset {}: a segment is missing",
+                            path.display(),
+                            segments[i + 1].1,
+                            segments[i + 1].0
+                        )));
+                    }
                     Err(why) if !is_last => {
                         return Err(Error::Open(format!(
                             "{}: corrupt record at byte {} (offset {offset}): {} \

@@ -1,1 +1,452 @@
-//! Binary tests.
+//! The real binary: compaction, ordering, restarts, the lock, and damaged directories.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{self, files, init, lines, msg, node_dir, run};
+
+fn append(id: u64, payload: &str) -> String {
+    msg(
+        "c1",
+        json!({"type": "wal_append", "msg_id": id, "payload": payload}),
+    )
+}
+
+fn req(id: u64, kind: &str, extra: Value) -> String {
+    let mut body = json!({"type": kind, "msg_id": id});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    msg("c1", body)
+}
+
+/// Sizes of the node's segment files.
+fn segment_sizes(dir: &Path) -> HashMap<String, u64> {
+    files(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .map(|n| {
+            let len = std::fs::metadata(dir.join(&n)).unwrap().len();
+            (n, len)
+        })
+        .collect()
+}
+
+#[test]
+fn the_protocol_compaction_example_frees_whole_segments_and_survives_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let mut input = vec![
+        init(1),
+        req(2, "wal_segment_config", json!({"max_segment_bytes": 4096})),
+    ];
+    for i in 0..500 {
+        input.push(append(10 + i, &format!("set k{i}=v{i}")));
+    }
+    input.push(req(600, "wal_snapshot", json!({})));
+    for i in 500..1000 {
+        input.push(append(10 + i + 100, &format!("set k{i}=v{i}")));
+    }
+    let r = run(&[], Some(data.path()), &lines(&input));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.reply_to("c1", 600)["snapshot_offset"], 500);
+    assert_eq!(r.reply_to("c1", 1109)["offset"], 999);
+    let before = segment_sizes(&node_dir(data.path()));
+    assert!(before.len() > 2, "small segments expected: {before:?}");
+
+    let input = vec![
+        init(1),
+        req(2, "wal_compact", json!({"snapshot_at_offset": 500})),
+        req(3, "wal_read", json!({"offset": 499})),
+        req(4, "wal_read", json!({"offset": 500})),
+        req(5, "wal_info", json!({})),
+    ];
+    let r = run(&[], Some(data.path()), &lines(&input));
+    let c = r.reply_to("c1", 2);
+    assert_eq!(c["type"], "wal_compact_ok", "{c}");
+    assert_eq!(c["snapshot_offset"], 500);
+    assert_eq!(c["entries_before"], 1000);
+    assert_eq!(c["entries_after"], 500);
+    let after = segment_sizes(&node_dir(data.path()));
+    let freed: u64 = before
+        .iter()
+        .filter(|(n, _)| !after.contains_key(*n))
+        .map(|(_, s)| s)
+        .sum();
+    assert!(freed > 0);
+    assert_eq!(
+        c["bytes_freed"], freed,
+        "bytes_freed must be what the deleted files held"
+    );
+    assert_eq!(r.reply_to("c1", 3)["code"], 20);
+    assert_eq!(r.reply_to("c1", 4)["payload"], "set k500=v500");
+    assert_eq!(r.reply_to("c1", 5)["entries"], 500);
+
+    // After a restart: compacted entries stay gone, every key is there.
+    let mut input = vec![
+        init(1),
+        req(2, "wal_read", json!({"offset": 499})),
+        req(3, "wal_info", json!({})),
+    ];
+    for i in 0..1000 {
+        input.push(req(10 + i, "read", json!({"key": format!("k{i}")})));
+    }
+    let r = run(&[], Some(data.path()), &lines(&input));
+    assert_eq!(r.reply_to("c1", 2)["code"], 20);
+    assert_eq!(r.reply_to("c1", 3)["entries"], 500);
+    for i in 0..1000 {
+        assert_eq!(r.reply_to("c1", 10 + i)["value"], format!("v{i}"));
+    }
+}
+
+#[test]
+fn compacting_with_no_snapshot_takes_one_first() {
+    let mut input = vec![init(1)];
+    for i in 0..10 {
+        input.push(append(10 + i, &format!("set k{i}=v{i}")));
+    }
+    input.push(req(30, "wal_compact", json!({"snapshot_at_offset": 5})));
+    input.push(req(31, "wal_status", json!({})));
+    let r = run(&[], None, &lines(&input));
+    let c = r.reply_to("c1", 30);
+    assert_eq!(c["type"], "wal_compact_ok", "{c}");
+    assert_eq!(c["snapshot_offset"], 10);
+    assert_eq!(
+        (c["entries_before"].as_u64(), c["entries_after"].as_u64()),
+        (Some(10), Some(5))
+    );
+    let status = &r.reply_to("c1", 31)["status"];
+    assert_eq!(status["latest_snapshot"]["offset"], 10);
+    assert_eq!(status["first_offset"], 5);
+}
+
+#[test]
+fn replies_keep_per_source_order_and_msg_ids_count_up_by_one() {
+    let mut input = vec![init(1)];
+    let sources = ["a", "b", "c"];
+    let mut sent: HashMap<&str, Vec<u64>> = HashMap::new();
+    for i in 0..3000u64 {
+        let src = sources[(i % 3) as usize];
+        let body = match i % 500 {
+            7 => json!({"type": "wal_snapshot", "msg_id": i}),
+            9 => json!({"type": "wal_compact", "msg_id": i, "snapshot_at_offset": i / 2}),
+            13 => json!({"type": "wal_status", "msg_id": i}),
+            17 => json!({"type": "nonsense", "msg_id": i}),
+            _ => {
+                json!({"type": "write", "msg_id": i, "key": format!("{src}{}", i % 50), "value": i})
+            }
+        };
+        input.push(msg(src, body));
+        sent.entry(src).or_default().push(i);
+    }
+    let r = run(&[], None, &lines(&input));
+    assert_eq!(r.code, Some(0));
+    let replies = r.replies();
+    assert_eq!(replies.len(), 3001, "exactly one reply per request");
+    let mut got: HashMap<String, Vec<u64>> = HashMap::new();
+    for (n, reply) in replies.iter().enumerate() {
+        assert_eq!(reply["body"]["msg_id"], n as u64, "msg_id must count lines");
+        assert_eq!(reply["src"], "n1");
+        got.entry(reply["dest"].as_str().unwrap().to_string())
+            .or_default()
+            .push(reply["body"]["in_reply_to"].as_u64().unwrap());
+    }
+    for src in sources {
+        assert_eq!(got[src], sent[src], "replies to {src} out of request order");
+    }
+    support::assert_python_round_trip(&r.lines);
+}
+
+#[test]
+fn a_second_process_on_the_same_directory_fails_fast_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut first = support::spawn(&[], Some(data.path()));
+    let mut first_in = first.stdin.take().unwrap();
+    writeln!(first_in, "{}", init(1)).unwrap();
+    let mut first_out = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    first_out.read_line(&mut line).unwrap();
+    assert!(line.contains("init_ok"), "{line}");
+
+    let mut second = support::spawn(&[], Some(data.path()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdin = second.stdin.take().unwrap();
+    // Keep the second node's stdin open: it must exit on its own, not at end of input.
+    writeln!(stdin, "{}", init(1)).unwrap();
+    std::thread::spawn(move || {
+        let _ = tx.send(second.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("second process must exit, not wait")
+        .unwrap();
+    drop(stdin);
+    let r = support::finish(out);
+    assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
+    let dir = node_dir(data.path());
+    assert!(
+        r.stderr.contains(&dir.display().to_string()) && r.stderr.contains("locked by process"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.reply_to("c0", 1)["code"], 13);
+
+    drop(first_in);
+    assert!(first.wait().unwrap().success());
+}
+
+/// Writes `input` through a node on `data`, expecting a clean run.
+fn run_ok(data: &Path, args: &[&str], input: &[String]) -> support::Run {
+    let r = run(args, Some(data), &lines(input));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_kept_in_a_broken_file() {
+    let data = tempfile::tempdir().unwrap();
+    run_ok(
+        data.path(),
+        &[],
+        &[
+            init(1),
+            append(2, "set a=1"),
+            append(3, "set b=2"),
+            append(4, "set c=3"),
+        ],
+    );
+    let seg = node_dir(data.path()).join("00000000000000000000.log");
+    // Header, then three records of 16 + 7 bytes; a torn fourth record after them.
+    let end = 32 + 3 * (16 + 7);
+    let torn = b"\x11\x22\x33\x44\x07\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00set";
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[end..end + torn.len()].copy_from_slice(torn);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let r = run_ok(
+        data.path(),
+        &[],
+        &[
+            init(1),
+            req(5, "wal_read", json!({"offset": 2})),
+            req(6, "wal_read", json!({"offset": 3})),
+            append(7, "set d=4"),
+            req(8, "wal_status", json!({})),
+        ],
+    );
+    assert_eq!(r.reply_to("c1", 5)["payload"], "set c=3");
+    assert_eq!(r.reply_to("c1", 6)["code"], 20);
+    assert_eq!(r.reply_to("c1", 7)["offset"], 3);
+    let rec = &r.reply_to("c1", 8)["status"]["last_recovery"];
+    assert_eq!(rec["bytes_truncated"], torn.len());
+    let broken = rec["broken_file"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read(node_dir(data.path()).join(&broken)).unwrap(),
+        torn
+    );
+    assert!(r.stderr.contains("torn tail"), "{}", r.stderr);
+
+    let r = run_ok(
+        data.path(),
+        &[],
+        &[
+            init(1),
+            req(9, "read", json!({"key": "d"})),
+            req(10, "wal_status", json!({})),
+        ],
+    );
+    assert_eq!(r.reply_to("c1", 9)["value"], 4);
+    assert_eq!(
+        r.reply_to("c1", 10)["status"]["last_recovery"]["bytes_truncated"],
+        0
+    );
+}
+
+#[test]
+fn leftover_temp_files_are_removed_and_foreign_files_left_alone() {
+    let data = tempfile::tempdir().unwrap();
+    run_ok(data.path(), &[], &[init(1), append(2, "set a=1")]);
+    let dir = node_dir(data.path());
+    for name in [
+        "00000000000000000007.snap.tmp",
+        "log.meta.tmp",
+        "00000000000000000009.log.tmp",
+        "notes.txt",
+    ] {
+        std::fs::write(dir.join(name), b"leftover").unwrap();
+    }
+    let r = run_ok(
+        data.path(),
+        &[],
+        &[
+            init(1),
+            req(3, "wal_status", json!({})),
+            req(4, "read", json!({"key": "a"})),
+        ],
+    );
+    let rec = &r.reply_to("c1", 3)["status"]["last_recovery"];
+    assert_eq!(rec["temp_files_removed"], 3);
+    assert_eq!(rec["foreign_files"], json!(["notes.txt"]));
+    assert_eq!(r.reply_to("c1", 4)["value"], 1);
+    assert_eq!(
+        files(&dir),
+        ["00000000000000000000.log", "LOCK", "notes.txt"]
+    );
+}
+
+/// Three sealed segments and an active one, with a snapshot at 8 of 12 entries.
+fn several_segments(data: &Path) {
+    let mut input = vec![
+        init(1),
+        req(2, "wal_segment_config", json!({"max_segment_bytes": 100})),
+    ];
+    for i in 0..12 {
+        input.push(append(10 + i, &format!("set k{i}=value{i:02}")));
+        if i == 7 {
+            input.push(req(50, "wal_snapshot", json!({})));
+        }
+    }
+    run_ok(data, &[], &input);
+}
+
+fn refused(data: &Path) -> String {
+    let r = run(&[], Some(data), &lines(&[init(1)]));
+    assert_eq!(
+        r.code,
+        Some(1),
+        "the node must refuse to start; stderr: {}",
+        r.stderr
+    );
+    assert_eq!(r.reply_to("c0", 1)["code"], 13);
+    r.stderr
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_refuses_to_start_naming_file_and_offset() {
+    let data = tempfile::tempdir().unwrap();
+    several_segments(data.path());
+    // Two records per segment: the segment of offsets 2 and 3 is sealed.
+    let seg = node_dir(data.path()).join("00000000000000000002.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let second_record = 32 + 16 + "set k2=value02".len();
+    bytes[second_record + 16 + 2] ^= 0x01; // inside the payload of offset 3
+    std::fs::write(&seg, &bytes).unwrap();
+    let stderr = refused(data.path());
+    assert!(
+        stderr.contains("00000000000000000002.log") && stderr.contains("offset 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_middle_segment_refuses_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    several_segments(data.path());
+    let dir = node_dir(data.path());
+    let segs: Vec<String> = files(&dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    assert!(segs.len() >= 4, "{segs:?}");
+    std::fs::remove_file(dir.join(&segs[1])).unwrap();
+    let stderr = refused(data.path());
+    assert!(
+        stderr.contains("gap") && stderr.contains(&segs[0]) && stderr.contains(&segs[2]),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_an_older_one_the_log_still_reaches() {
+    let data = tempfile::tempdir().unwrap();
+    several_segments(data.path());
+    run_ok(
+        data.path(),
+        &[],
+        &[init(1), req(60, "wal_snapshot", json!({}))],
+    );
+    let dir = node_dir(data.path());
+    let newest = dir.join("00000000000000000012.snap");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&newest, &bytes).unwrap();
+
+    let mut input = vec![init(1), req(2, "wal_status", json!({}))];
+    for i in 0..12 {
+        input.push(req(10 + i, "read", json!({"key": format!("k{i}")})));
+    }
+    let r = run_ok(data.path(), &[], &input);
+    let rec = &r.reply_to("c1", 2)["status"]["last_recovery"];
+    assert_eq!(rec["snapshot_offset"], 8);
+    assert_eq!(rec["entries_replayed"], 4);
+    assert!(
+        rec["snapshots_skipped"][0]
+            .as_str()
+            .unwrap()
+            .contains("00000000000000000012.snap"),
+        "{rec}"
+    );
+    for i in 0..12 {
+        assert_eq!(r.reply_to("c1", 10 + i)["value"], format!("value{i:02}"));
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_the_compacted_log_depends_on_refuses_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    several_segments(data.path());
+    run_ok(
+        data.path(),
+        &[],
+        &[
+            init(1),
+            req(60, "wal_compact", json!({"snapshot_at_offset": 8})),
+        ],
+    );
+    let snap = node_dir(data.path()).join("00000000000000000008.snap");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    bytes[45] ^= 0x01;
+    std::fs::write(&snap, &bytes).unwrap();
+    let stderr = refused(data.path());
+    assert!(
+        stderr.contains("compacted to offset 8") && stderr.contains("00000000000000000008.snap"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wal_status_reports_offsets_policy_counters_and_recovery() {
+    let data = tempfile::tempdir().unwrap();
+    several_segments(data.path());
+    let r = run_ok(
+        data.path(),
+        &["--fsync", "batch=5", "--max-payload-bytes", "1000"],
+        &[
+            init(1),
+            append(2, "noise"),
+            req(3, "wal_compact", json!({"snapshot_at_offset": 4})),
+            req(4, "wal_status", json!({})),
+        ],
+    );
+    let s = &r.reply_to("c1", 4)["status"];
+    assert_eq!(s["first_offset"], 4);
+    assert_eq!(s["next_offset"], 13);
+    assert_eq!(s["entries"], 9);
+    assert_eq!(s["keys"], 12);
+    assert_eq!(s["other_payloads"], 1);
+    assert_eq!(
+        s["policy"],
+        json!({"fsync": "batch=5", "max_segment_bytes": 16777216, "max_payload_bytes": 1000})
+    );
+    // The snapshot at 8 already covers offset 4: no new one is cut.
+    assert_eq!(s["latest_snapshot"]["offset"], 8);
+    assert_eq!(s["counters"]["appends"], 1);
+    assert_eq!(s["counters"]["compactions"], 1);
+    assert_eq!(s["last_recovery"]["snapshot"], "00000000000000000008.snap");
+    assert_eq!(s["last_recovery"]["entries_replayed"], 4);
+    assert!(s["active_segment"].as_str().unwrap().ends_with(".log"));
+}

@@ -13,23 +13,21 @@ pub fn binary() -> &'static str {
 /// What one run of the node printed.
 pub struct Run {
     pub lines: Vec<String>,
+    parsed: Vec<Value>,
     pub stderr: String,
     pub code: Option<i32>,
 }
 
 impl Run {
     /// Replies parsed as JSON.
-    pub fn replies(&self) -> Vec<Value> {
-        self.lines
-            .iter()
-            .map(|l| serde_json::from_str(l).expect("reply is JSON"))
-            .collect()
+    pub fn replies(&self) -> &[Value] {
+        &self.parsed
     }
 
     /// The body of the reply to `msg_id` from `src`.
     pub fn reply_to(&self, src: &str, msg_id: u64) -> Value {
-        self.replies()
-            .into_iter()
+        self.parsed
+            .iter()
             .find(|r| r["dest"] == src && r["body"]["in_reply_to"] == msg_id)
             .unwrap_or_else(|| {
                 panic!(
@@ -73,8 +71,13 @@ pub fn run(args: &[&str], data_dir: Option<&Path>, input: &[u8]) -> Run {
 
 pub fn finish(out: Output) -> Run {
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+    let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
     Run {
-        lines: stdout.lines().map(str::to_string).collect(),
+        parsed: lines
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("reply is JSON"))
+            .collect(),
+        lines,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         code: out.status.code(),
     }
