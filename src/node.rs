@@ -96,7 +96,7 @@ impl Node {
         report.foreign_files = listing.foreign.clone();
 
         let first_offset = meta::read(&*fs, &dir)?;
-        let (snapshot, state) =
+        let (snapshot, state, damaged) =
             choose_snapshot(&*fs, &config, &listing.snapshots, first_offset, &mut report)?;
         let mut state = state;
         let replay_from = snapshot.as_ref().map_or(0, |s| s.offset);
@@ -110,6 +110,16 @@ impl Node {
             },
             &mut |_, payload| state.apply(payload),
         )?;
+        // Snapshots that did not verify are moved aside (bytes kept) so that they are
+        // neither verified again at every start nor counted by retention.
+        for name in &damaged {
+            let broken = format!("{name}.broken");
+            fs.rename(&join(&dir, name), &join(&dir, &broken))
+                .map_err(|e| {
+                    Error::open_io(format!("cannot move damaged snapshot {name} aside"), &e)
+                })?;
+            log::warn!("moved damaged snapshot {name} to {broken}");
+        }
         report.snapshot = snapshot.clone();
         report.entries_replayed = log_report.entries_replayed;
         report.bytes_truncated = log_report.bytes_truncated;
@@ -141,7 +151,7 @@ impl Node {
         let on_disk = listing
             .snapshots
             .iter()
-            .filter(|(o, _)| *o <= replay_from || snapshot.is_none())
+            .filter(|(_, name)| !damaged.contains(name))
             .cloned()
             .collect();
         let (snapshotter_tx, snapshotter_join) = Snapshotter::spawn(SnapshotterParts {
@@ -242,7 +252,8 @@ fn choose_snapshot(
     snapshots: &[(u64, String)],
     first_offset: u64,
     report: &mut RecoveryReport,
-) -> Result<(Option<SnapshotFile>, KvState)> {
+) -> Result<(Option<SnapshotFile>, KvState, Vec<String>)> {
+    let mut damaged = Vec::new();
     for (offset, name) in snapshots.iter().rev() {
         let path = join(&config.dir, name);
         if *offset < first_offset {
@@ -259,17 +270,20 @@ fn choose_snapshot(
                         size_bytes,
                     }),
                     state,
+                    damaged,
                 ));
             }
             Ok((o, _)) => {
                 let why = format!("{name}: header says offset {o}, the name says {offset}");
                 log::warn!("skipping snapshot {why}");
                 report.snapshots_skipped.push(why);
+                damaged.push(name.clone());
             }
             Err(why) => {
                 let why = format!("{name}: {why}");
                 log::warn!("skipping snapshot {why}");
                 report.snapshots_skipped.push(why);
+                damaged.push(name.clone());
             }
         }
     }
@@ -288,5 +302,5 @@ fn choose_snapshot(
     if !snapshots.is_empty() {
         log::warn!("no snapshot verified; replaying the whole log from offset 0");
     }
-    Ok((None, KvState::default()))
+    Ok((None, KvState::default(), damaged))
 }

@@ -393,6 +393,15 @@ fn a_damaged_newest_snapshot_falls_back_to_an_older_one_the_log_still_reaches() 
     for i in 0..12 {
         assert_eq!(r.reply_to("c1", 10 + i)["value"], format!("value{i:02}"));
     }
+    let names = files(&dir);
+    assert!(
+        names.contains(&"00000000000000000012.snap.broken".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"00000000000000000012.snap".to_string()),
+        "{names:?}"
+    );
 }
 
 #[test]
