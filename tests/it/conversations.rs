@@ -125,7 +125,7 @@ fn every_testdata_conversation_is_run() {
             .or_else(|| name.strip_suffix(".jsonl"))
         {
             assert!(
-                CONVERSATIONS.contains(&stem) || stem == "demo",
+                CONVERSATIONS.contains(&stem) || stem.starts_with("demo"),
                 "testdata/{name} is not in CONVERSATIONS"
             );
         }
