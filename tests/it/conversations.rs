@@ -104,6 +104,7 @@ const CONVERSATIONS: &[&str] = &[
     "restart",
     "fresh",
     "fsync_never",
+    "snapshot",
 ];
 
 #[test]
