@@ -179,6 +179,31 @@ impl FileSystem for RealFs {
     }
 }
 
+/// Creates `dir/name` crash-safely: `fill` writes `dir/name.tmp`, which is then
+/// fdatasync'd, renamed to `name`, and the directory fsync'd. A crash at any point
+/// leaves either no file under `name` or the complete one; on error the temp file is
+/// removed (best effort; recovery removes leftovers too).
+pub fn create_durably(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut dyn File) -> io::Result<()>,
+) -> io::Result<()> {
+    let temp = join(dir, &format!("{name}.tmp"));
+    let result = (|| {
+        let mut file = fs.create(&temp)?;
+        fill(&mut *file)?;
+        file.sync_data()?;
+        drop(file);
+        fs.rename(&temp, &join(dir, name))?;
+        fs.sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs.remove(&temp);
+    }
+    result
+}
+
 /// Joins a directory and a file name.
 pub(crate) fn join(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)

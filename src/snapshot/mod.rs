@@ -27,7 +27,7 @@ use bincode::config::Configuration;
 use crate::config::RECORD_PAYLOAD_MAX_BYTES;
 use crate::core::kv::{KvMap, KvState};
 use crate::core::recovery::SNAPSHOT_SUFFIX;
-use crate::fs::{File, FileSystem, join};
+use crate::fs::{File, FileSystem, create_durably};
 
 /// Bytes of the snapshot header.
 pub const HEADER_BYTES: u64 = 40;
@@ -155,11 +155,10 @@ pub fn write(
     sync_chunk: u64,
 ) -> io::Result<SnapshotFile> {
     let name = file_name(offset);
-    let temp = join(dir, &format!("{name}.tmp"));
-    let result = (|| {
-        let mut file = fs.create(&temp)?;
+    let mut size_bytes = 0;
+    create_durably(fs, dir, &name, |file| {
         let mut w = ChunkWriter {
-            file: &mut *file,
+            file,
             pos: HEADER_BYTES,
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES + 4096),
             crc: 0,
@@ -178,22 +177,14 @@ pub fn write(
             body_len: w.pos - HEADER_BYTES,
             body_crc: w.crc,
         };
-        let size_bytes = w.pos;
-        file.write_all_at(&encode_header(&header), 0)?;
-        file.sync_data()?;
-        drop(file);
-        fs.rename(&temp, &join(dir, &name))?;
-        fs.sync_dir(dir)?;
-        Ok(SnapshotFile {
-            file: name.clone(),
-            offset,
-            size_bytes,
-        })
-    })();
-    if result.is_err() {
-        let _ = fs.remove(&temp);
-    }
-    result
+        size_bytes = w.pos;
+        w.file.write_all_at(&encode_header(&header), 0)
+    })?;
+    Ok(SnapshotFile {
+        file: name,
+        offset,
+        size_bytes,
+    })
 }
 
 struct ChunkReader<'f> {

@@ -12,12 +12,10 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, join};
+use crate::fs::{FileSystem, create_durably, join};
 
 /// File name of the metadata file.
 pub const FILE_NAME: &str = "log.meta";
-/// Temporary name while it is written.
-pub const TEMP_NAME: &str = "log.meta.tmp";
 const MAGIC: &[u8; 8] = b"FLNTMETA";
 const VERSION: u32 = 1;
 const BYTES: usize = 24;
@@ -77,13 +75,9 @@ pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
 
 /// Writes the first offset crash-safely: temp file, fsync, rename, directory fsync.
 pub fn write(fs: &dyn FileSystem, dir: &Path, first_offset: u64) -> std::io::Result<()> {
-    let temp = join(dir, TEMP_NAME);
-    let mut file = fs.create(&temp)?;
-    file.write_all_at(&encode(first_offset), 0)?;
-    file.sync_data()?;
-    drop(file);
-    fs.rename(&temp, &join(dir, FILE_NAME))?;
-    fs.sync_dir(dir)
+    create_durably(fs, dir, FILE_NAME, |file| {
+        file.write_all_at(&encode(first_offset), 0)
+    })
 }
 
 #[cfg(test)]
@@ -109,6 +103,6 @@ mod tests {
         assert_eq!(read(&RealFs, dir.path()).unwrap(), 0);
         write(&RealFs, dir.path(), 1234).unwrap();
         assert_eq!(read(&RealFs, dir.path()).unwrap(), 1234);
-        assert!(!dir.path().join(TEMP_NAME).exists());
+        assert!(!dir.path().join("log.meta.tmp").exists());
     }
 }

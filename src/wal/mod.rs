@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fs::{File, FileSystem, join};
+use crate::fs::{File, FileSystem, create_durably, join};
 
 /// What the log knows about one segment, as reported to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,21 +322,11 @@ fn create_segment(
     prealloc: u64,
 ) -> io::Result<Box<dyn File>> {
     let name = segment::file_name(start);
-    let temp = join(dir, &format!("{name}.tmp"));
-    let result = (|| {
-        let mut file = fs.create(&temp)?;
+    create_durably(fs, dir, &name, |file| {
         file.write_all_at(&segment::encode_header(start), 0)?;
-        file.allocate(prealloc.max(segment::HEADER_BYTES))?;
-        file.sync_data()?;
-        fs.rename(&temp, &join(dir, &name))?;
-        fs.sync_dir(dir)?;
-        // Reopen under the final name so the handle is the segment's.
-        fs.open(&join(dir, &name), true)
-    })();
-    if result.is_err() {
-        let _ = fs.remove(&temp);
-    }
-    result
+        file.allocate(prealloc.max(segment::HEADER_BYTES))
+    })?;
+    fs.open(&join(dir, &name), true)
 }
 
 /// Reads a segment file in chunks.

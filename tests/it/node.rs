@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{self, files, init, lines, msg, node_dir, run};
+use crate::support::{self, files, flip_byte, init, lines, msg, node_dir, run};
 
 fn append(id: u64, payload: &str) -> String {
     msg(
@@ -330,10 +330,8 @@ fn corruption_in_a_sealed_segment_refuses_to_start_naming_file_and_offset() {
     several_segments(data.path());
     // Two records per segment: the segment of offsets 2 and 3 is sealed.
     let seg = node_dir(data.path()).join("00000000000000000002.log");
-    let mut bytes = std::fs::read(&seg).unwrap();
     let second_record = 32 + 16 + "set k2=value02".len();
-    bytes[second_record + 16 + 2] ^= 0x01; // inside the payload of offset 3
-    std::fs::write(&seg, &bytes).unwrap();
+    flip_byte(&seg, (second_record + 16 + 2) as isize, 0x01); // inside the payload of offset 3
     let stderr = refused(data.path());
     assert!(
         stderr.contains("00000000000000000002.log") && stderr.contains("offset 3"),
@@ -370,10 +368,7 @@ fn a_damaged_newest_snapshot_falls_back_to_an_older_one_the_log_still_reaches() 
     );
     let dir = node_dir(data.path());
     let newest = dir.join("00000000000000000012.snap");
-    let mut bytes = std::fs::read(&newest).unwrap();
-    let n = bytes.len();
-    bytes[n - 3] ^= 0xff;
-    std::fs::write(&newest, &bytes).unwrap();
+    flip_byte(&newest, -3, 0xff);
 
     let mut input = vec![init(1), req(2, "wal_status", json!({}))];
     for i in 0..12 {
@@ -417,9 +412,7 @@ fn a_damaged_snapshot_the_compacted_log_depends_on_refuses_to_start() {
         ],
     );
     let snap = node_dir(data.path()).join("00000000000000000008.snap");
-    let mut bytes = std::fs::read(&snap).unwrap();
-    bytes[45] ^= 0x01;
-    std::fs::write(&snap, &bytes).unwrap();
+    flip_byte(&snap, 45, 0x01);
     let stderr = refused(data.path());
     assert!(
         stderr.contains("compacted to offset 8") && stderr.contains("00000000000000000008.snap"),

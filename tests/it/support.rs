@@ -108,6 +108,18 @@ pub fn node_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("n1")
 }
 
+/// XORs the byte at `index` of the file at `path` with `mask` (negative: from the end).
+pub fn flip_byte(path: &Path, index: isize, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = if index < 0 {
+        bytes.len() - index.unsigned_abs()
+    } else {
+        index as usize
+    };
+    bytes[i] ^= mask;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 /// Files in the node's directory, sorted.
 pub fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
