@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
 
+pub mod sim;
+
 /// An open file.
 #[allow(clippy::len_without_is_empty)]
 pub trait File: Send {
