@@ -681,7 +681,7 @@ mod tests {
         for seed in 0..50 {
             let image = &fs.crash(seed, CrashMode::TearLast).contents()[Path::new("/d/f")];
             assert!(
-                image.is_empty() || (image.len() as u64) % SECTOR_BYTES == 0,
+                image.is_empty() || (image.len() as u64).is_multiple_of(SECTOR_BYTES),
                 "{}",
                 image.len()
             );
