@@ -2,6 +2,7 @@
 //! protocol, and the library driven through its handles.
 
 mod conversations;
+mod crash;
 mod library;
 mod node;
 mod support;
