@@ -102,6 +102,19 @@ impl Rng {
     }
 }
 
+/// One counted operation, as recorded in [`SimFs::trace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpRecord {
+    /// Its number.
+    pub op: u64,
+    /// `create`, `write`, `set_len`, `fdatasync`, `rename`, `unlink` or `fsync(dir)`.
+    pub kind: &'static str,
+    /// The file (for `rename`, the source; for `fsync(dir)`, the directory).
+    pub path: PathBuf,
+    /// The destination of a `rename`.
+    pub to: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 enum FileOp {
     Write { pos: u64, data: Vec<u8> },
@@ -152,6 +165,7 @@ struct Inner {
     locks: BTreeSet<PathBuf>,
     ops: u64,
     faults: Faults,
+    trace: Vec<OpRecord>,
 }
 
 fn eio(what: &str, op: u64) -> io::Error {
@@ -160,9 +174,15 @@ fn eio(what: &str, op: u64) -> io::Error {
 
 impl Inner {
     /// Counts one mutating operation; fails it if a fault says so.
-    fn op(&mut self, what: &str) -> io::Result<u64> {
+    fn op(&mut self, what: &'static str, path: &Path, to: Option<&Path>) -> io::Result<u64> {
         let op = self.ops;
         self.ops += 1;
+        self.trace.push(OpRecord {
+            op,
+            kind: what,
+            path: path.to_path_buf(),
+            to: to.map(Path::to_path_buf),
+        });
         if self.faults.crash_at.is_some_and(|k| op >= k) {
             return Err(eio(what, op));
         }
@@ -216,6 +236,11 @@ impl SimFs {
     /// Operations counted so far.
     pub fn ops(&self) -> u64 {
         self.lock_inner().ops
+    }
+
+    /// Every operation counted so far, in order (failed ones included).
+    pub fn trace(&self) -> Vec<OpRecord> {
+        self.lock_inner().trace.clone()
     }
 
     /// The disk after a clean shutdown: every current image, durable.
@@ -407,6 +432,7 @@ fn crash_file(f: &FileData, mode: CrashMode, rng: &mut Rng) -> Vec<u8> {
 struct SimFile {
     fs: SimFs,
     id: usize,
+    path: PathBuf,
     writable: bool,
 }
 
@@ -427,7 +453,7 @@ impl File for SimFile {
             return Err(io::Error::from_raw_os_error(9)); // EBADF
         }
         let mut inner = self.fs.lock_inner();
-        inner.op("write")?;
+        inner.op("write", &self.path, None)?;
         inner.check_space(
             self.id,
             (pos + buf.len() as u64).max(inner.files[self.id].current.len() as u64),
@@ -443,7 +469,7 @@ impl File for SimFile {
     }
     fn sync_data(&mut self) -> io::Result<()> {
         let mut inner = self.fs.lock_inner();
-        let failed = inner.op("fdatasync");
+        let failed = inner.op("fdatasync", &self.path, None);
         let f = &mut inner.files[self.id];
         match failed {
             Ok(_) => {
@@ -463,7 +489,7 @@ impl File for SimFile {
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         let mut inner = self.fs.lock_inner();
-        inner.op("set_len")?;
+        inner.op("set_len", &self.path, None)?;
         inner.check_space(self.id, len)?;
         let op = FileOp::SetLen(len);
         let f = &mut inner.files[self.id];
@@ -505,7 +531,7 @@ impl FileSystem for SimFs {
         if !inner.dirs.contains(path.parent().unwrap_or(Path::new(""))) {
             return Err(io::ErrorKind::NotFound.into());
         }
-        inner.op("create")?;
+        inner.op("create", path, None)?;
         let id = match inner.current.get(path) {
             Some(&id) => {
                 let op = FileOp::SetLen(0);
@@ -528,6 +554,7 @@ impl FileSystem for SimFs {
         Ok(Box::new(SimFile {
             fs: self.clone(),
             id,
+            path: path.to_path_buf(),
             writable: true,
         }))
     }
@@ -537,13 +564,14 @@ impl FileSystem for SimFs {
         Ok(Box::new(SimFile {
             fs: self.clone(),
             id,
+            path: path.to_path_buf(),
             writable,
         }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut inner = self.lock_inner();
         let id = *inner.current.get(from).ok_or(io::ErrorKind::NotFound)?;
-        inner.op("rename")?;
+        inner.op("rename", from, Some(to))?;
         inner.current.remove(from);
         inner.current.insert(to.to_path_buf(), id);
         inner.dir_pending.push(DirOp::Rename {
@@ -558,7 +586,7 @@ impl FileSystem for SimFs {
         if !inner.current.contains_key(path) {
             return Err(io::ErrorKind::NotFound.into());
         }
-        inner.op("unlink")?;
+        inner.op("unlink", path, None)?;
         inner.current.remove(path);
         inner.dir_pending.push(DirOp::Unlink {
             path: path.to_path_buf(),
@@ -579,7 +607,7 @@ impl FileSystem for SimFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut inner = self.lock_inner();
-        inner.op("fsync(dir)")?;
+        inner.op("fsync(dir)", dir, None)?;
         let (mine, others): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut inner.dir_pending)
             .into_iter()
             .partition(|op| op.dir() == dir);
