@@ -353,8 +353,7 @@ fn crash_in_the_middle_of_recovery_then_recover_again() {
         let (last, bytes) = base
             .contents()
             .into_iter()
-            .filter(|(p, _)| name_ends(p, ".log"))
-            .next_back()
+            .rfind(|(p, _)| name_ends(p, ".log"))
             .unwrap();
         let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let mut torn = bytes.clone();
