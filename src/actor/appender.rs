@@ -29,6 +29,7 @@ use crate::actor::{Feedback, Reply, call};
 use crate::config::{Config, FsyncPolicy};
 use crate::core::kv::{self, KvState};
 use crate::error::{Error, Result};
+use crate::fs::is_sync_failure;
 use crate::snapshot::SnapshotFile;
 use crate::types::{Compaction, Counters, Info, ReadEntry, RecoveryReport, SegmentList, Status};
 use crate::wal::{Log, RollError, record};
@@ -398,6 +399,9 @@ impl Appender {
                 self.last_snapshot_ms = Some(duration_ms);
                 self.latest_snapshot = Some(snapshot);
             }
+            Feedback::Poisoned(why) => {
+                self.poison(why);
+            }
             Feedback::Compacted {
                 first_offset,
                 removed,
@@ -421,7 +425,8 @@ impl Appender {
 
     fn poison(&mut self, why: String) -> Error {
         log::error!("{why}; refusing writes until the node is reopened");
-        self.poisoned = Some(why.clone());
+        // The first failure is the one worth reporting.
+        let why = self.poisoned.get_or_insert(why).clone();
         Error::Crashed(why)
     }
 
@@ -436,6 +441,8 @@ impl Appender {
 
     /// Handles one request; returns true to stop.
     fn handle(&mut self, msg: AppenderMsg) -> bool {
+        // News sent before an answer the client saw precedes the client's next request.
+        self.drain_feedback();
         match msg {
             AppenderMsg::Append { payload, reply } => {
                 let staged = self.stage(payload);
@@ -469,7 +476,6 @@ impl Appender {
             }
             other => {
                 self.flush();
-                self.drain_feedback();
                 return self.handle_barrier(other);
             }
         }
@@ -602,6 +608,9 @@ impl Appender {
                 Ok(()) => {}
                 Err(RollError::Sync(e)) => {
                     return Err(self.poison(format!("fsync while sealing a segment failed: {e}")));
+                }
+                Err(RollError::Create(e)) if is_sync_failure(&e) => {
+                    return Err(self.poison(format!("creating a new segment failed: {e}")));
                 }
                 Err(RollError::Create(e)) => {
                     log::warn!("could not open a new segment: {e}");

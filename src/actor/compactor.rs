@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::actor::appender::{AppenderHandle, AppenderMsg};
 use crate::actor::{Feedback, Reply, call};
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, join};
+use crate::fs::{FileSystem, is_sync_failure, join};
 use crate::types::Compaction;
 use crate::wal::meta;
 
@@ -63,6 +63,8 @@ pub(crate) struct Compactor {
     first_offset: u64,
     inbox: Receiver<CompactorMsg>,
     feedback: Sender<Feedback>,
+    /// Set after a failed sync: every later request fails.
+    poisoned: Option<String>,
 }
 
 impl Compactor {
@@ -80,6 +82,7 @@ impl Compactor {
             first_offset,
             inbox,
             feedback,
+            poisoned: None,
         };
         let join = std::thread::Builder::new()
             .name("flintlog-compactor".into())
@@ -101,6 +104,13 @@ impl Compactor {
         log::debug!("compactor stopped");
     }
 
+    fn poison(&mut self, why: String) -> Error {
+        log::error!("{why}");
+        self.poisoned = Some(why.clone());
+        let _ = self.feedback.send(Feedback::Poisoned(why.clone()));
+        Error::Crashed(why)
+    }
+
     fn compact(
         &mut self,
         at: u64,
@@ -112,6 +122,9 @@ impl Compactor {
             snapshot_offset >= at,
             "compaction to {at} without a snapshot covering it"
         );
+        if let Some(why) = &self.poisoned {
+            return Err(Error::Crashed(why.clone()));
+        }
         let before = self.first_offset;
         if at <= before {
             let live = next_offset.saturating_sub(before);
@@ -122,11 +135,17 @@ impl Compactor {
                 bytes_freed: 0,
             });
         }
-        meta::write(&*self.fs, &self.dir, at).map_err(|e| {
-            Error::Unavailable(format!(
-                "could not persist the new first offset {at} (nothing deleted): {e}"
-            ))
-        })?;
+        if let Err(e) = meta::write(&*self.fs, &self.dir, at) {
+            return Err(if is_sync_failure(&e) {
+                self.poison(format!(
+                    "a sync while persisting the first offset {at} failed: {e}"
+                ))
+            } else {
+                Error::Unavailable(format!(
+                    "could not persist the new first offset {at} (nothing deleted): {e}"
+                ))
+            });
+        }
         self.first_offset = at;
         let mut bytes_freed = 0;
         let mut removed = Vec::new();
@@ -150,22 +169,25 @@ impl Compactor {
                 ),
             }
         }
+        let _ = self.feedback.send(Feedback::Compacted {
+            first_offset: at,
+            removed: removed.clone(),
+            bytes_freed,
+        });
         if !removed.is_empty()
             && let Err(e) = self.fs.sync_dir(&self.dir)
         {
-            log::warn!(
-                "directory sync after deleting segments failed: {e}; recovery will finish the deletions"
-            );
+            // The deletions may not be durable (recovery redoes them), but a failed sync
+            // is fail-stop all the same.
+            return Err(self.poison(format!(
+                "the directory sync after deleting segments failed: {e}"
+            )));
         }
         log::info!(
             "compacted to offset {at}: {} segments deleted, {bytes_freed} bytes freed",
             removed.len()
         );
-        let _ = self.feedback.send(Feedback::Compacted {
-            first_offset: at,
-            removed,
-            bytes_freed,
-        });
+
         Ok(Compaction {
             snapshot_offset,
             entries_before: next_offset - before,

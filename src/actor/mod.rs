@@ -68,6 +68,8 @@ pub(crate) enum Feedback {
         snapshot: SnapshotFile,
         duration_ms: u64,
     },
+    /// A sync failed in another actor: the node must stop acknowledging writes.
+    Poisoned(String),
     /// Segments were deleted and the first offset moved.
     Compacted {
         first_offset: u64,

@@ -22,7 +22,7 @@ use crate::actor::{Feedback, Reply, call};
 use crate::config::Config;
 use crate::core::kv::KvState;
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, join};
+use crate::fs::{FileSystem, is_sync_failure, join};
 use crate::snapshot::{self, SnapshotFile};
 use crate::types::Compaction;
 
@@ -87,6 +87,8 @@ pub(crate) struct Snapshotter {
     durable: Option<SnapshotFile>,
     /// Snapshot files on disk, oldest first.
     on_disk: Vec<(u64, String)>,
+    /// Set after a failed sync: every later request fails.
+    poisoned: Option<String>,
 }
 
 pub(crate) struct SnapshotterParts {
@@ -113,6 +115,7 @@ impl Snapshotter {
             feedback: parts.feedback,
             durable: parts.durable,
             on_disk: parts.on_disk,
+            poisoned: None,
         };
         let join = std::thread::Builder::new()
             .name("flintlog-snapshotter".into())
@@ -135,8 +138,8 @@ impl Snapshotter {
             SnapshotterMsg::Snapshot { offset, .. } => durable_offset < Some(*offset),
             SnapshotterMsg::Compact { at, .. } => durable_offset < Some(*at),
         });
-        let mut failure = None;
-        if needs_write {
+        let mut failure = self.poisoned.clone().map(Error::Crashed);
+        if needs_write && failure.is_none() {
             let newest = group
                 .iter()
                 .max_by_key(|m| m.cut_offset())
@@ -146,9 +149,19 @@ impl Snapshotter {
                 | SnapshotterMsg::Compact { offset, state, .. } => (*offset, state),
             };
             if let Err(e) = self.write(offset, state) {
-                failure = Some(Error::Unavailable(format!(
-                    "writing the snapshot at offset {offset} failed: {e}"
-                )));
+                failure = Some(if is_sync_failure(&e) {
+                    // Fail-stop: the node acknowledges nothing more until reopened.
+                    let why =
+                        format!("a sync while writing the snapshot at offset {offset} failed: {e}");
+                    log::error!("{why}");
+                    self.poisoned = Some(why.clone());
+                    let _ = self.feedback.send(Feedback::Poisoned(why.clone()));
+                    Error::Crashed(why)
+                } else {
+                    Error::Unavailable(format!(
+                        "writing the snapshot at offset {offset} failed (nothing changed): {e}"
+                    ))
+                });
             }
         }
         for msg in group {
@@ -160,6 +173,9 @@ impl Snapshotter {
                         unreachable!("a snapshot request always leaves a durable snapshot")
                     }
                 },
+                SnapshotterMsg::Compact { reply, .. } if self.poisoned.is_some() => reply.send(
+                    Err(Error::Crashed(self.poisoned.clone().unwrap_or_default())),
+                ),
                 SnapshotterMsg::Compact {
                     at,
                     next_offset,

@@ -181,6 +181,29 @@ impl FileSystem for RealFs {
     }
 }
 
+/// Marks an I/O error as a failed fdatasync or directory fsync: the fate of the data
+/// it covered is unknown, and the node must stop acknowledging (fail-stop).
+#[derive(Debug)]
+pub struct SyncFailed(pub io::Error);
+
+impl std::fmt::Display for SyncFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sync failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SyncFailed {}
+
+/// Wraps the error of a sync so that callers can tell it from other failures.
+pub fn sync_failed(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), SyncFailed(e))
+}
+
+/// Whether `e` came from a failed sync (see [`sync_failed`]).
+pub fn is_sync_failure(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SyncFailed>())
+}
+
 /// Creates `dir/name` crash-safely: `fill` writes `dir/name.tmp`, which is then
 /// fdatasync'd, renamed to `name`, and the directory fsync'd. A crash at any point
 /// leaves either no file under `name` or the complete one; on error the temp file is
@@ -195,10 +218,10 @@ pub fn create_durably(
     let result = (|| {
         let mut file = fs.create(&temp)?;
         fill(&mut *file)?;
-        file.sync_data()?;
+        file.sync_data().map_err(sync_failed)?;
         drop(file);
         fs.rename(&temp, &join(dir, name))?;
-        fs.sync_dir(dir)
+        fs.sync_dir(dir).map_err(sync_failed)
     })();
     if result.is_err() {
         let _ = fs.remove(&temp);

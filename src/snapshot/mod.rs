@@ -27,7 +27,7 @@ use bincode::config::Configuration;
 use crate::config::RECORD_PAYLOAD_MAX_BYTES;
 use crate::core::kv::{KvMap, KvState};
 use crate::core::recovery::SNAPSHOT_SUFFIX;
-use crate::fs::{File, FileSystem, create_durably};
+use crate::fs::{File, FileSystem, create_durably, sync_failed};
 
 /// Bytes of the snapshot header.
 pub const HEADER_BYTES: u64 = 40;
@@ -114,7 +114,7 @@ impl ChunkWriter<'_> {
         self.since_sync += self.buf.len() as u64;
         self.buf.clear();
         if self.since_sync >= self.sync_chunk {
-            self.file.sync_data()?;
+            self.file.sync_data().map_err(sync_failed)?;
             self.since_sync = 0;
         }
         Ok(())

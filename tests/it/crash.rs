@@ -43,29 +43,38 @@ fn payload(i: u64) -> Vec<u8> {
 /// 400 appends, a snapshot every 60 (6), a compaction every 60 (7; the first with no
 /// snapshot covering it). Stops at the first error: after a power cut nothing works.
 fn workload(fs: &SimFs) -> Outcome {
+    run_workload(fs, false).0
+}
+
+/// The workload; with `keep_going`, it goes on after errors and returns the result of
+/// every request that changes something (appends, snapshots, compactions), in order.
+fn run_workload(fs: &SimFs, keep_going: bool) -> (Outcome, Vec<flintlog::Result<()>>) {
     let mut out = Outcome::default();
+    let mut results = Vec::new();
     let Ok(node) = Node::open_with_fs(config(), Arc::new(fs.clone())) else {
-        return out;
+        return (out, results);
     };
     for i in 0..400u64 {
         let p = payload(i);
         out.submitted.push(p.clone());
-        match node.appender().append(p.clone()) {
-            Ok(offset) => {
-                assert_eq!(offset, i, "offsets are consecutive");
-                out.acked.insert(offset, p);
-            }
-            Err(_) => break,
+        let appended = node.appender().append(p.clone());
+        if let Ok(offset) = appended {
+            assert_eq!(offset, i, "offsets are consecutive");
+            out.acked.insert(offset, p);
         }
-        if i % 60 == 50 && node.snapshotter().snapshot().is_err() {
-            break;
+        results.push(appended.map(drop));
+        if i % 60 == 50 {
+            results.push(node.snapshotter().snapshot().map(drop));
         }
-        if i % 60 == 20 && node.compactor().compact(i - 15).is_err() {
+        if i % 60 == 20 {
+            results.push(node.compactor().compact(i - 15).map(drop));
+        }
+        if !keep_going && results.iter().any(|r| r.is_err()) {
             break;
         }
     }
     let _ = node.shutdown();
-    out
+    (out, results)
 }
 
 /// Recovers `disk` and checks the oracle; returns the recovered (next offset, keys).
@@ -391,4 +400,48 @@ fn crash_in_the_middle_of_recovery_then_recover_again() {
         }
     }
     println!("crash during recovery: {recovery_points} crash states checked");
+}
+
+#[test]
+fn a_failed_sync_anywhere_is_fail_stop() {
+    let syncs: Vec<u64> = clean_trace()
+        .iter()
+        .filter(|r| r.kind == "fdatasync" || r.kind == "fsync(dir)")
+        .map(|r| r.op)
+        .collect();
+    let mut states = 0;
+    for &k in &syncs {
+        let fs = SimFs::new();
+        fs.set_faults(Faults {
+            eio_at: Some(k),
+            ..Faults::default()
+        });
+        let (outcome, results) = run_workload(&fs, true);
+        if let Some(first) = results.iter().position(|r| r.is_err()) {
+            match &results[first] {
+                Err(flintlog::Error::Crashed(_)) => {}
+                other => panic!(
+                    "sync op={k}: the request waiting on the failed sync got {other:?}, not error 13"
+                ),
+            }
+            if let Some(late) = results[first..].iter().position(|r| r.is_ok()) {
+                panic!(
+                    "sync op={k}: request {} was acknowledged after the failed sync",
+                    first + late
+                );
+            }
+        }
+        for mode in CrashMode::ALL {
+            for seed in seeds(mode) {
+                states += 1;
+                if let Err(why) = check_twice(&fs.crash(seed, mode), &outcome) {
+                    panic!("after a failed sync: seed={seed} op={k} mode={mode:?}: {why}");
+                }
+            }
+        }
+    }
+    println!(
+        "failed syncs: {} sync operations failed one at a time, {states} crash states checked",
+        syncs.len()
+    );
 }
