@@ -3,6 +3,7 @@
 
 mod conversations;
 mod crash;
+mod input;
 mod library;
 mod node;
 mod support;
