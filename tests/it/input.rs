@@ -275,16 +275,16 @@ fn peak_rss_kib(n: u64) -> u64 {
     });
     let mut peak = 0;
     while child.try_wait().unwrap().is_none() {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kib) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
-                peak = peak.max(
-                    kib.trim()
-                        .trim_end_matches(" kB")
-                        .trim()
-                        .parse()
-                        .unwrap_or(0),
-                );
-            }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(kib) = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))
+        {
+            peak = peak.max(
+                kib.trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0),
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
