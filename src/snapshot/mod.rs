@@ -351,3 +351,99 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::fs::sim::SimFs;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    fn arb_state() -> impl Strategy<Value = KvState> {
+        (
+            proptest::collection::btree_map("[a-z0-9]{1,12}", ".{0,40}", 0..60),
+            0u64..1000,
+        )
+            .prop_map(|(m, other)| {
+                let mut s = KvState::default();
+                for (k, v) in m {
+                    s.map.insert(Arc::from(k.as_str()), Arc::from(v.as_str()));
+                }
+                s.other_payloads = other;
+                s
+            })
+    }
+
+    fn disk_with(bytes: Vec<u8>) -> (SimFs, PathBuf) {
+        let fs = SimFs::new();
+        let dir = PathBuf::from("/d");
+        fs.create_dir_all(&dir).unwrap();
+        let path = dir.join("x.snap");
+        fs.create(&path).unwrap();
+        fs.overwrite(&path, bytes);
+        (fs, path)
+    }
+
+    proptest! {
+        #[test]
+        fn any_state_round_trips(state in arb_state(), offset: u64) {
+            let fs = SimFs::new();
+            let dir = PathBuf::from("/d");
+            fs.create_dir_all(&dir).unwrap();
+            let snap = write(&fs, &dir, offset, &state, 4096).unwrap();
+            let (o, back) = read(&fs, &dir.join(&snap.file)).unwrap();
+            prop_assert_eq!(o, offset);
+            prop_assert_eq!(back, state);
+        }
+
+        #[test]
+        fn truncations_and_flips_are_refused(
+            state in arb_state(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let fs = SimFs::new();
+            let dir = PathBuf::from("/d");
+            fs.create_dir_all(&dir).unwrap();
+            let snap = write(&fs, &dir, 9, &state, 4096).unwrap();
+            let good = fs.contents()[&dir.join(&snap.file)].clone();
+            let (t, tp) = disk_with(good[..cut.index(good.len())].to_vec());
+            prop_assert!(read(&t, &tp).is_err());
+            let mut bad = good.clone();
+            bad[flip.index(good.len())] ^= 1 << bit;
+            let (f, fp) = disk_with(bad);
+            prop_assert!(read(&f, &fp).is_err());
+        }
+
+        #[test]
+        fn arbitrary_files_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let (fs, path) = disk_with(bytes);
+            let _ = read(&fs, &path);
+        }
+    }
+
+    #[test]
+    fn a_huge_claimed_length_is_refused_before_allocating() {
+        // A valid header whose body claims a string of 2^62 bytes: reading must fail
+        // on the limit, not try to allocate it.
+        let mut body = Vec::new();
+        bincode::encode_into_std_write((1u64, 0u64), &mut body, bincode_config()).unwrap();
+        body.push(253); // varint marker: a u64 length follows
+        body.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        body.extend_from_slice(b"tail");
+        let header = Header {
+            offset: 1,
+            body_len: body.len() as u64,
+            body_crc: crc32c::crc32c(&body),
+        };
+        let mut file = encode_header(&header).to_vec();
+        file.extend_from_slice(&body);
+        let (fs, path) = disk_with(file);
+        let err = read(&fs, &path).unwrap_err();
+        assert!(
+            err.contains("does not decode") && err.to_lowercase().contains("limit"),
+            "{err}"
+        );
+    }
+}

@@ -192,3 +192,40 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_record_round_trips(offset: u64, payload in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut buf = Vec::new();
+            encode(&mut buf, offset, &payload);
+            prop_assert_eq!(decode(&buf, offset), Ok((&payload[..], buf.len())));
+        }
+
+        #[test]
+        fn truncations_and_flips_never_yield_a_record(
+            offset: u64,
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut buf = Vec::new();
+            encode(&mut buf, offset, &payload);
+            let cut = cut.index(buf.len());
+            prop_assert!(decode(&buf[..cut], offset).is_err());
+            let i = flip.index(buf.len());
+            buf[i] ^= 1 << bit;
+            prop_assert!(decode(&buf, offset).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), offset: u64) {
+            let _ = decode(&bytes, offset);
+        }
+    }
+}
