@@ -415,15 +415,207 @@ pub struct RecoverLog<'a> {
     pub replay_from: u64,
 }
 
+/// One segment as a scan found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedSegment {
+    /// Offset of its first entry.
+    pub start: u64,
+    /// File name.
+    pub name: String,
+    /// Entries it holds.
+    pub entries: u64,
+    /// End of its valid data (header and records).
+    pub data_end: u64,
+    /// Length of the file (preallocation included).
+    pub file_bytes: u64,
+    positions: Vec<u64>,
+}
+
+/// Bytes after the last valid record of the last segment, which recovery cuts off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment.
+    pub name: String,
+    /// First byte cut (the end of the valid data).
+    pub from: u64,
+    /// One past the last non-zero byte.
+    pub to: u64,
+    /// The offset the cut bytes would have had.
+    pub offset: u64,
+}
+
+/// What a read-only scan of the log found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogScan {
+    /// Live segments in offset order (empty for a fresh directory).
+    pub segments: Vec<ScannedSegment>,
+    /// Segments wholly below the first offset, left by an interrupted compaction.
+    pub compacted_leftovers: Vec<String>,
+    /// A torn tail of the last segment, if any.
+    pub torn_tail: Option<TornTail>,
+    /// Entries handed to `visit`.
+    pub entries_replayed: u64,
+}
+
+impl LogScan {
+    /// Offset of the next entry (0 for a fresh directory).
+    pub fn next_offset(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.start + s.entries)
+    }
+}
+
+/// Scans the log without changing anything: checks every segment's header and the
+/// continuity between segments, reads sealed segments by count, finds a torn tail in
+/// the last one, and hands every entry at or after `replay_from` (and the first
+/// offset) to `visit` in offset order.
+///
+/// # Errors
+/// [`Error::Open`] naming the file and offset on corruption in a sealed segment, a gap
+/// or overlap between segments, or a log that does not reach `replay_from`.
+pub fn scan(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    mut segments: Vec<(u64, String)>,
+    first_offset: u64,
+    replay_from: u64,
+    visit: &mut dyn FnMut(u64, &[u8]),
+) -> Result<LogScan> {
+    let mut out = LogScan::default();
+    segments.sort();
+    // Whole segments below the first offset: an interrupted compaction's leftovers.
+    let keep_from = segments
+        .windows(2)
+        .take_while(|w| w[1].0 <= first_offset)
+        .count();
+    out.compacted_leftovers = segments.drain(..keep_from).map(|(_, name)| name).collect();
+
+    if segments.is_empty() {
+        if first_offset > 0 || replay_from > 0 {
+            return Err(Error::Open(format!(
+                "{}: no log segment found, but the log was compacted to offset {first_offset} \
+                 and the snapshot covers up to {replay_from}: segments are missing",
+                dir.display()
+            )));
+        }
+        return Ok(out);
+    }
+    let needed = first_offset.min(replay_from);
+    if segments[0].0 > needed {
+        return Err(Error::Open(format!(
+            "{}: the log starts at offset {} ({}), but entries from offset {needed} are needed: \
+             a segment is missing",
+            dir.display(),
+            segments[0].0,
+            segments[0].1
+        )));
+    }
+
+    let n = segments.len();
+    for (i, (start, name)) in segments.iter().enumerate() {
+        let path = join(dir, name);
+        let io = |e: io::Error| Error::open_io(path.display(), &e);
+        let is_last = i + 1 == n;
+        let file = fs.open(&path, false).map_err(io)?;
+        let mut scanner = Scanner::new(&*file).map_err(io)?;
+        let head = scanner
+            .bytes(0, segment::HEADER_BYTES as usize)
+            .map_err(io)?;
+        let head_start = head
+            .try_into()
+            .map_err(|_| "file shorter than a segment header".to_string())
+            .and_then(segment::decode_header)
+            .map_err(|why| Error::Open(format!("{}: {why}", path.display())))?;
+        if head_start != *start {
+            return Err(Error::Open(format!(
+                "{}: header says the segment starts at offset {head_start}, its name says {start}",
+                path.display()
+            )));
+        }
+        let until = segments.get(i + 1).map(|(s, _)| *s);
+        let mut seg = ScannedSegment {
+            start: *start,
+            name: name.clone(),
+            entries: 0,
+            data_end: segment::HEADER_BYTES,
+            file_bytes: scanner.len,
+            positions: Vec::new(),
+        };
+        loop {
+            let offset = seg.start + seg.entries;
+            if until == Some(offset) {
+                // Sealed segment complete; a further valid record means overlap.
+                if let Ok(Ok(_)) = scanner.record(seg.data_end, offset) {
+                    return Err(Error::Open(format!(
+                        "{}: segments overlap: it holds offset {offset} at byte {}, which {} starts with",
+                        path.display(),
+                        seg.data_end,
+                        segments[i + 1].1
+                    )));
+                }
+                break;
+            }
+            match scanner.record(seg.data_end, offset).map_err(io)? {
+                Ok((payload, len)) => {
+                    if offset >= replay_from && offset >= first_offset {
+                        visit(offset, &payload);
+                        out.entries_replayed += 1;
+                        if out.entries_replayed % 1_000_000 == 0 {
+                            log::info!("recovery: {} entries replayed", out.entries_replayed);
+                        }
+                    }
+                    seg.positions.push(seg.data_end);
+                    seg.data_end += len;
+                    seg.entries += 1;
+                }
+                Err(record::Invalid::End) if !is_last => {
+                    return Err(Error::Open(format!(
+                        "{}: gap in the log: the segment ends at offset {offset}, but the next \
+                         segment {} starts at offset {}: a segment is missing",
+                        path.display(),
+                        segments[i + 1].1,
+                        segments[i + 1].0
+                    )));
+                }
+                Err(why) if !is_last => {
+                    return Err(Error::Open(format!(
+                        "{}: corrupt record at byte {} (offset {offset}): {} (the next segment starts at {})",
+                        path.display(),
+                        seg.data_end,
+                        describe(why),
+                        until.unwrap_or(offset)
+                    )));
+                }
+                Err(_) => break,
+            }
+        }
+        if is_last && let Some(to) = scanner.last_nonzero_end(seg.data_end).map_err(io)? {
+            out.torn_tail = Some(TornTail {
+                name: name.clone(),
+                from: seg.data_end,
+                to,
+                offset: seg.start + seg.entries,
+            });
+        }
+        out.segments.push(seg);
+    }
+    let next = out.next_offset();
+    if next < replay_from || next < first_offset {
+        return Err(Error::Open(format!(
+            "{}: the log ends at offset {next}, before the snapshot ({replay_from}) or the first \
+             live offset ({first_offset}) it must reach",
+            dir.display()
+        )));
+    }
+    Ok(out)
+}
+
 impl Log {
-    /// Recovers the log: finishes an interrupted compaction, checks every segment's
-    /// header and continuity, cuts a torn tail off the last segment, and hands every
-    /// entry at or after `replay_from` to `visit` in offset order.
+    /// Recovers the log: [`scan`]s it, then finishes an interrupted compaction, cuts a
+    /// torn tail off the last segment (keeping the bytes in a `.broken` file), and
+    /// opens the last segment for appending (creating segment 0 in a fresh directory).
     ///
     /// # Errors
-    /// [`Error::Open`] naming the file and offset on corruption in a sealed segment,
-    /// a gap or overlap between segments, or a log that does not reach back to
-    /// `replay_from`.
+    /// As [`scan`], and [`Error::Open`] when a repair fails.
     pub fn recover(
         fs: Arc<dyn FileSystem>,
         input: RecoverLog<'_>,
@@ -431,21 +623,19 @@ impl Log {
     ) -> Result<(Log, LogRecovery)> {
         let RecoverLog {
             config,
-            mut segments,
+            segments,
             first_offset,
             replay_from,
         } = input;
         let dir = config.dir.clone();
-        let mut report = LogRecovery::default();
-        segments.sort();
+        let found = scan(&*fs, &dir, segments, first_offset, replay_from, visit)?;
+        let mut report = LogRecovery {
+            entries_replayed: found.entries_replayed,
+            ..LogRecovery::default()
+        };
 
-        // Finish an interrupted compaction: whole segments below the first offset go.
-        let keep_from = segments
-            .windows(2)
-            .take_while(|w| w[1].0 <= first_offset)
-            .count();
-        for (_, name) in segments.drain(..keep_from) {
-            fs.remove(&join(&dir, &name))
+        for name in &found.compacted_leftovers {
+            fs.remove(&join(&dir, name))
                 .map_err(|e| Error::open_io(format!("removing compacted segment {name}"), &e))?;
             log::info!("removed segment {name}, compacted before the last shutdown");
             report.segments_deleted += 1;
@@ -458,191 +648,55 @@ impl Log {
         let prealloc = config
             .segment_bytes_max
             .min(config.segment_preallocate_bytes_max);
-        if segments.is_empty() {
-            if first_offset > 0 || replay_from > 0 {
-                return Err(Error::Open(format!(
-                    "{}: no log segment found, but the log was compacted to offset {first_offset} \
-                     and the snapshot covers up to {replay_from}: segments are missing",
-                    dir.display()
-                )));
-            }
-            let active = create_segment(&*fs, &dir, 0, prealloc).map_err(|e| {
-                Error::open_io(
-                    format!("creating the first segment in {}", dir.display()),
-                    &e,
-                )
-            })?;
-            let log = Log::new(
-                fs,
-                config,
-                first_offset,
-                active,
-                VecDeque::from([Segment {
+        let mut live: VecDeque<Segment> = found
+            .segments
+            .into_iter()
+            .map(|s| Segment {
+                start: s.start,
+                name: s.name,
+                positions: s.positions,
+                data_end: s.data_end,
+            })
+            .collect();
+        let active = match live.back() {
+            None => {
+                live.push_back(Segment {
                     start: 0,
                     name: segment::file_name(0),
                     positions: Vec::new(),
                     data_end: segment::HEADER_BYTES,
-                }]),
-            );
-            report.segments = 1;
-            return Ok((log, report));
-        }
-
-        let needed = first_offset.min(replay_from);
-        let first_start = segments[0].0;
-        if first_start > needed {
-            return Err(Error::Open(format!(
-                "{}: the log starts at offset {first_start} ({}), but entries from offset {needed} \
-                 are needed: a segment is missing",
-                dir.display(),
-                segments[0].1
-            )));
-        }
-
-        let mut live = VecDeque::new();
-        let mut active = None;
-        let n = segments.len();
-        for (i, (start, name)) in segments.iter().enumerate() {
-            let path = join(&dir, name);
-            let is_last = i + 1 == n;
-            let file = fs
-                .open(&path, is_last)
-                .map_err(|e| Error::open_io(format!("opening {}", path.display()), &e))?;
-            let mut scan = Scanner::new(&*file).map_err(|e| Error::open_io(path.display(), &e))?;
-            let head = scan
-                .bytes(0, segment::HEADER_BYTES as usize)
-                .map_err(|e| Error::open_io(path.display(), &e))?;
-            let head_start = head
-                .try_into()
-                .map_err(|_| "file shorter than a segment header".to_string())
-                .and_then(segment::decode_header)
-                .map_err(|why| Error::Open(format!("{}: {why}", path.display())))?;
-            if head_start != *start {
-                return Err(Error::Open(format!(
-                    "{}: header says the segment starts at offset {head_start}, its name says {start}",
-                    path.display()
-                )));
+                });
+                create_segment(&*fs, &dir, 0, prealloc).map_err(|e| {
+                    Error::open_io(
+                        format!("creating the first segment in {}", dir.display()),
+                        &e,
+                    )
+                })?
             }
-            if let Some(prev) = live.back() {
-                let prev: &Segment = prev;
-                if prev.end() != *start {
-                    return Err(Error::Open(format!(
-                        "{}: gap in the log: {} ends before offset {}, but the next segment starts at {start}",
-                        path.display(),
-                        prev.name,
-                        prev.end()
-                    )));
-                }
-            }
-            let until = segments.get(i + 1).map(|(s, _)| *s);
-            let mut seg = Segment {
-                start: *start,
-                name: name.clone(),
-                positions: Vec::new(),
-                data_end: segment::HEADER_BYTES,
-            };
-            loop {
-                let offset = seg.end();
-                if until == Some(offset) {
-                    // Sealed segment complete; a further valid record means overlap.
-                    if let Ok(Ok(_)) = scan.record(seg.data_end, offset) {
-                        return Err(Error::Open(format!(
-                            "{}: segments overlap: it holds offset {offset} at byte {}, which {} starts with",
-                            path.display(),
-                            seg.data_end,
-                            segments[i + 1].1
-                        )));
-                    }
-                    break;
-                }
-                match scan
-                    .record(seg.data_end, offset)
-                    .map_err(|e| Error::open_io(path.display(), &e))?
-                {
-                    Ok((payload, len)) => {
-                        if offset >= replay_from && offset >= first_offset {
-                            visit(offset, &payload);
-                            report.entries_replayed += 1;
-                            if report.entries_replayed % 1_000_000 == 0 {
-                                log::info!(
-                                    "recovery: {} entries replayed",
-                                    report.entries_replayed
-                                );
-                            }
-                        }
-                        seg.positions.push(seg.data_end);
-                        seg.data_end += len;
-                    }
-                    Err(record::Invalid::End) if !is_last => {
-                        return Err(Error::Open(format!(
-                            "{}: gap in the log: the segment ends at offset {offset}, but the next \
-                             segment {} starts at offset {}: a segment is missing",
-                            path.display(),
-                            segments[i + 1].1,
-                            segments[i + 1].0
-                        )));
-                    }
-                    Err(why) if !is_last => {
-                        return Err(Error::Open(format!(
-                            "{}: corrupt record at byte {} (offset {offset}): {} \
-                             (the next segment starts at {})",
-                            path.display(),
-                            seg.data_end,
-                            describe(why),
-                            until.unwrap_or(offset)
-                        )));
-                    }
-                    Err(_) => break,
-                }
-            }
-            if is_last {
-                let cut_end = scan
-                    .last_nonzero_end(seg.data_end)
-                    .map_err(|e| Error::open_io(path.display(), &e))?;
-                drop(scan);
-                let mut file = file;
-                if let Some(cut_end) = cut_end {
+            Some(last) => {
+                let path = join(&dir, &last.name);
+                let mut file = fs
+                    .open(&path, true)
+                    .map_err(|e| Error::open_io(format!("opening {}", path.display()), &e))?;
+                if let Some(torn) = &found.torn_tail {
                     let broken = cut_tail(
-                        &*fs,
-                        &dir,
-                        name,
-                        &mut *file,
-                        seg.data_end,
-                        cut_end,
-                        prealloc,
+                        &*fs, &dir, &torn.name, &mut *file, torn.from, torn.to, prealloc,
                     )?;
-                    report.bytes_truncated = cut_end - seg.data_end;
+                    report.bytes_truncated = torn.to - torn.from;
                     log::warn!(
                         "{}: torn tail of {} bytes at byte {} (offset {}) cut off, kept in {broken}",
                         path.display(),
                         report.bytes_truncated,
-                        seg.data_end,
-                        seg.end()
+                        torn.from,
+                        torn.offset
                     );
                     report.broken_file = Some(broken);
                 }
-                active = Some(file);
+                file
             }
-            live.push_back(seg);
-        }
-
-        let log = Log::new(
-            fs,
-            config,
-            first_offset,
-            active.expect("last segment opened"),
-            live,
-        );
-        let next = log.next_offset();
-        if next < replay_from || next < first_offset {
-            return Err(Error::Open(format!(
-                "{}: the log ends at offset {next}, before the snapshot ({replay_from}) or the \
-                 first live offset ({first_offset}) it must reach",
-                config.dir.display()
-            )));
-        }
-        report.segments = log.segments.len();
-        Ok((log, report))
+        };
+        report.segments = live.len();
+        Ok((Log::new(fs, config, first_offset, active, live), report))
     }
 
     fn new(
