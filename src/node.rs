@@ -9,11 +9,10 @@ use crate::actor::appender::{Appender, AppenderHandle, AppenderMsg, AppenderPart
 use crate::actor::compactor::{Compactor, CompactorHandle};
 use crate::actor::snapshotter::{Snapshotter, SnapshotterHandle, SnapshotterParts};
 use crate::config::Config;
-use crate::core::kv::KvState;
 use crate::core::recovery::{self, LOCK_NAME};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, RealFs, join};
-use crate::snapshot::{self, SnapshotFile};
+use crate::snapshot;
 use crate::types::RecoveryReport;
 use crate::wal::{Log, RecoverLog, meta};
 
@@ -96,8 +95,18 @@ impl Node {
         report.foreign_files = listing.foreign.clone();
 
         let first_offset = meta::read(&*fs, &dir)?;
-        let (snapshot, state, damaged) =
-            choose_snapshot(&*fs, &config, &listing.snapshots, first_offset, &mut report)?;
+        let chosen = snapshot::choose(&*fs, &dir, &listing.snapshots, first_offset)?;
+        report.snapshots_skipped = chosen
+            .skipped
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect();
+        let damaged: Vec<String> = chosen
+            .skipped
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        let (snapshot, state) = (chosen.snapshot, chosen.state);
         let mut state = state;
         let replay_from = snapshot.as_ref().map_or(0, |s| s.offset);
         let (log, log_report) = Log::recover(
@@ -243,64 +252,4 @@ impl Node {
             )))
         }
     }
-}
-
-/// Picks the newest snapshot that verifies and that the log still connects to.
-fn choose_snapshot(
-    fs: &dyn FileSystem,
-    config: &Config,
-    snapshots: &[(u64, String)],
-    first_offset: u64,
-    report: &mut RecoveryReport,
-) -> Result<(Option<SnapshotFile>, KvState, Vec<String>)> {
-    let mut damaged = Vec::new();
-    for (offset, name) in snapshots.iter().rev() {
-        let path = join(&config.dir, name);
-        if *offset < first_offset {
-            break;
-        }
-        match snapshot::read(fs, &path) {
-            Ok((o, state)) if o == *offset => {
-                let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
-                log::info!("loaded snapshot {name}: {} keys", state.map.len());
-                return Ok((
-                    Some(SnapshotFile {
-                        file: name.clone(),
-                        offset: o,
-                        size_bytes,
-                    }),
-                    state,
-                    damaged,
-                ));
-            }
-            Ok((o, _)) => {
-                let why = format!("{name}: header says offset {o}, the name says {offset}");
-                log::warn!("skipping snapshot {why}");
-                report.snapshots_skipped.push(why);
-                damaged.push(name.clone());
-            }
-            Err(why) => {
-                let why = format!("{name}: {why}");
-                log::warn!("skipping snapshot {why}");
-                report.snapshots_skipped.push(why);
-                damaged.push(name.clone());
-            }
-        }
-    }
-    if first_offset > 0 {
-        let tried = if report.snapshots_skipped.is_empty() {
-            "none found".to_string()
-        } else {
-            report.snapshots_skipped.join("; ")
-        };
-        return Err(Error::Open(format!(
-            "{}: the log was compacted to offset {first_offset}, but no verified snapshot at or \
-             after it exists (snapshots: {tried}); refusing to start without the compacted state",
-            config.dir.display()
-        )));
-    }
-    if !snapshots.is_empty() {
-        log::warn!("no snapshot verified; replaying the whole log from offset 0");
-    }
-    Ok((None, KvState::default(), damaged))
 }

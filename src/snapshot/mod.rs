@@ -286,6 +286,85 @@ pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<(u64, KvState), String> 
     ))
 }
 
+/// The snapshot recovery loads, and the newer ones it had to skip.
+#[derive(Debug)]
+pub struct Chosen {
+    /// The newest snapshot that verifies, if any.
+    pub snapshot: Option<SnapshotFile>,
+    /// Its state (empty without one).
+    pub state: KvState,
+    /// Newer snapshots that did not verify: `(file name, why)`.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Picks the newest snapshot in `dir` that fully verifies and is at or past the log's
+/// first offset (older ones cannot connect to the log).
+///
+/// # Errors
+/// [`crate::Error::Open`] when the log was compacted (`first_offset` > 0) and no
+/// verified snapshot covers it: starting empty would lose the compacted state.
+pub fn choose(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    snapshots: &[(u64, String)],
+    first_offset: u64,
+) -> crate::Result<Chosen> {
+    let mut skipped = Vec::new();
+    for (offset, name) in snapshots.iter().rev() {
+        if *offset < first_offset {
+            break;
+        }
+        let path = dir.join(name);
+        match read(fs, &path) {
+            Ok((o, state)) if o == *offset => {
+                let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
+                log::info!("loaded snapshot {name}: {} keys", state.map.len());
+                let snapshot = Some(SnapshotFile {
+                    file: name.clone(),
+                    offset: o,
+                    size_bytes,
+                });
+                return Ok(Chosen {
+                    snapshot,
+                    state,
+                    skipped,
+                });
+            }
+            Ok((o, _)) => skipped.push((
+                name.clone(),
+                format!("header says offset {o}, the name says {offset}"),
+            )),
+            Err(why) => skipped.push((name.clone(), why)),
+        }
+        let (name, why) = skipped.last().expect("just pushed");
+        log::warn!("skipping snapshot {name}: {why}");
+    }
+    if first_offset > 0 {
+        let tried = if skipped.is_empty() {
+            "none found".to_string()
+        } else {
+            skipped
+                .iter()
+                .map(|(n, w)| format!("{n}: {w}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        return Err(crate::Error::Open(format!(
+            "{}: the log was compacted to offset {first_offset}, but no verified snapshot at or \
+             after it exists (snapshots: {tried}); refusing to start without the compacted state",
+            dir.display()
+        )));
+    }
+    if !snapshots.is_empty() {
+        log::warn!("no snapshot verified; replaying the whole log from offset 0");
+    }
+    Ok(Chosen {
+        snapshot: None,
+        state: KvState::default(),
+        skipped,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
