@@ -13,6 +13,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod fs;
+pub mod inspect;
 mod node;
 pub mod router;
 pub mod snapshot;

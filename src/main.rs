@@ -1,22 +1,27 @@
-//! The flintlog binary: a Maelstrom node over the library (see `PROTOCOL.md`).
+//! The flintlog binary: a Maelstrom node over the library (see `PROTOCOL.md`), and
+//! the offline `verify` and `inspect` commands.
 //!
-//! It parses arguments, sets up logging to stderr, picks the data directory, and hands
-//! stdin and stdout to the router. Exit code 0 at end of input; 1 if the node could
-//! not be opened (locked or damaged directory) or failed to stop cleanly; 2 for bad
-//! arguments.
+//! As a node it parses arguments, sets up logging to stderr, picks the data directory,
+//! and hands stdin and stdout to the router. Exit code 0 at end of input; 1 if the node
+//! could not be opened (locked or damaged directory) or failed to stop cleanly; 2 for
+//! bad arguments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use flintlog::fs::RealFs;
 use flintlog::router::{self, RouterConfig};
-use flintlog::{Config, FsyncPolicy};
+use flintlog::{Config, FsyncPolicy, inspect};
 
 /// A durable, checksummed, segmented write-ahead log of a key-value state machine,
 /// run as a Maelstrom node: JSON messages on stdin, replies on stdout, logs on stderr.
 #[derive(Parser, Debug)]
 #[command(name = "flintlog", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Keep the node's files in DIR/<node_id>/ (locked against a second process).
     /// Without it (and without FLINTLOG_DATA_DIR), the node uses a fresh private
     /// temporary directory removed at exit, so every run starts empty.
@@ -41,15 +46,69 @@ struct Args {
     max_payload_bytes: u64,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a node's directory offline without changing it: headers, checksums and
+    /// continuity of the log, every snapshot, which snapshot recovery would load and
+    /// what it would repair. Exits 1 if anything is damaged or recovery would refuse.
+    Verify {
+        /// The node's own directory (DATA_DIR/<node_id>).
+        dir: PathBuf,
+    },
+    /// Print a node directory's segments, snapshots and offsets, offline.
+    Inspect {
+        /// The node's own directory (DATA_DIR/<node_id>).
+        dir: PathBuf,
+        /// Print one JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `verify` or `inspect`; returns the exit code.
+fn offline(command: Command) -> u8 {
+    let (dir, json, verify) = match command {
+        Command::Verify { dir } => (dir, false, true),
+        Command::Inspect { dir, json } => (dir, json, false),
+    };
+    let ex = inspect::examine(&RealFs, &dir);
+    if ex.refusal.is_none() && ex.segments.is_empty() && ex.snapshots.is_empty() {
+        eprintln!(
+            "{}: no flintlog segments or snapshots here; give the node's own directory (DATA_DIR/<node_id>)",
+            dir.display()
+        );
+        return 1;
+    }
+    if verify {
+        print!("{}", inspect::verify_report(&ex));
+    } else if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&inspect::inspect_json(&ex)).expect("JSON")
+        );
+    } else {
+        print!("{}", inspect::inspect_table(&ex));
+    }
+    u8::from(ex.damaged())
+}
+
 fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
     FsyncPolicy::parse(text).map_err(|e| e.text().to_string())
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let args = Args::parse();
+    let default_level = if args.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .target(env_logger::Target::Stderr)
         .init();
-    let args = Args::parse();
+    if let Some(command) = args.command {
+        return ExitCode::from(offline(command));
+    }
 
     // Holds the private directory (if any) until the router has shut the node down.
     let temp_dir;

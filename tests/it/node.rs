@@ -452,3 +452,98 @@ fn wal_status_reports_offsets_policy_counters_and_recovery() {
     assert_eq!(s["last_recovery"]["entries_replayed"], 4);
     assert!(s["active_segment"].as_str().unwrap().ends_with(".log"));
 }
+
+/// Runs an offline command; returns (exit code, stdout).
+fn offline(args: &[&str], dir: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(support::binary())
+        .args(args)
+        .arg(dir)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+/// Every file's bytes, to show a command changed nothing.
+fn snapshot_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    files(dir)
+        .into_iter()
+        .map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn verify_and_inspect_report_a_healthy_directory() {
+    let data = tempfile::tempdir().unwrap();
+    several_segments(data.path());
+    let dir = node_dir(data.path());
+    let (code, out) = offline(&["verify"], &dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("offsets 0..12")
+            && out.contains("00000000000000000008.snap")
+            && out.ends_with("OK\n"),
+        "{out}"
+    );
+    let (code, out) = offline(&["inspect", "--json"], &dir);
+    assert_eq!(code, Some(0));
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["next_offset"], 12);
+    assert_eq!(doc["keys"], 12);
+    assert_eq!(doc["segments"].as_array().unwrap().len(), 6);
+    assert_eq!(doc["snapshots"][0]["used_by_recovery"], true);
+    let (code, out) = offline(&["inspect"], &dir);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("SEGMENT") && out.contains("verified, used by recovery"),
+        "{out}"
+    );
+}
+
+#[test]
+fn verify_says_what_recovery_would_repair_and_changes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    run_ok(data.path(), &[], &[init(1), append(2, "set a=1")]);
+    let dir = node_dir(data.path());
+    let seg = dir.join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[32 + 23..32 + 23 + 5].copy_from_slice(b"junk!");
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::write(
+        dir.join("00000000000000000001.snap.tmp"),
+        b"half a snapshot",
+    )
+    .unwrap();
+    let before = snapshot_of(&dir);
+    let (code, out) = offline(&["verify"], &dir);
+    assert_eq!(code, Some(0), "crash debris is not damage: {out}");
+    assert!(
+        out.contains("torn tail of 5 bytes") && out.contains("00000000000000000001.snap.tmp"),
+        "{out}"
+    );
+    assert_eq!(
+        snapshot_of(&dir),
+        before,
+        "verify must not change the directory"
+    );
+}
+
+#[test]
+fn verify_fails_on_damage_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    several_segments(data.path());
+    let dir = node_dir(data.path());
+    flip_byte(&dir.join("00000000000000000008.snap"), -1, 0x20);
+    let (code, out) = offline(&["verify"], &dir);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("damaged snapshot 00000000000000000008.snap") && out.ends_with("DAMAGED\n"),
+        "{out}"
+    );
+    flip_byte(&dir.join("00000000000000000002.log"), 32 + 16 + 3, 0x01);
+    let (code, out) = offline(&["verify"], &dir);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("refuse") && out.contains("00000000000000000002.log"),
+        "{out}"
+    );
+}

@@ -1,0 +1,298 @@
+//! Offline examination of a node's directory, for `flintlog verify` and
+//! `flintlog inspect`. It runs the same checks as recovery (the same listing, snapshot
+//! choice and log scan) and changes nothing: it says what recovery would do.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::core::recovery;
+use crate::fs::FileSystem;
+use crate::snapshot;
+use crate::wal::{self, ScannedSegment, TornTail, meta};
+
+/// A snapshot file and what reading it found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// File name.
+    pub file: String,
+    /// Offset its name gives.
+    pub offset: u64,
+    /// File size.
+    pub size_bytes: u64,
+    /// `None` if it verifies, else why not.
+    pub damage: Option<String>,
+    /// Keys it holds (when it verifies).
+    pub keys: Option<u64>,
+}
+
+/// What an examination found.
+#[derive(Debug, Clone, Default)]
+pub struct Examination {
+    /// The directory examined.
+    pub dir: PathBuf,
+    /// First live offset (from `log.meta`).
+    pub first_offset: u64,
+    /// Offset the next entry would get.
+    pub next_offset: u64,
+    /// Live segments.
+    pub segments: Vec<ScannedSegment>,
+    /// Every snapshot file, oldest first.
+    pub snapshots: Vec<SnapshotReport>,
+    /// The snapshot recovery would load.
+    pub snapshot_used: Option<String>,
+    /// Entries recovery would replay on top of it.
+    pub entries_to_replay: u64,
+    /// Keys after recovery.
+    pub keys: u64,
+    /// A torn tail recovery would cut.
+    pub torn_tail: Option<TornTail>,
+    /// Temp files recovery would remove.
+    pub temp_files: Vec<String>,
+    /// Segments an interrupted compaction left, which recovery would delete.
+    pub compacted_leftovers: Vec<String>,
+    /// Files set aside by earlier recoveries.
+    pub broken_files: Vec<String>,
+    /// Files that are not the node's.
+    pub foreign_files: Vec<String>,
+    /// Why recovery would refuse to start, if it would.
+    pub refusal: Option<String>,
+}
+
+impl Examination {
+    /// Whether anything is damaged: recovery would refuse, or a snapshot does not verify.
+    /// Crash debris that recovery cleans up (a torn tail, temp files, an unfinished
+    /// compaction) is not damage.
+    pub fn damaged(&self) -> bool {
+        self.refusal.is_some() || self.snapshots.iter().any(|s| s.damage.is_some())
+    }
+}
+
+/// Examines `dir` (a node's own directory) without changing it.
+pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
+    let mut ex = Examination {
+        dir: dir.to_path_buf(),
+        ..Examination::default()
+    };
+    let names = match fs.list(dir) {
+        Ok(names) => names,
+        Err(e) => {
+            ex.refusal = Some(format!("cannot list {}: {e}", dir.display()));
+            return ex;
+        }
+    };
+    let listing = recovery::classify(names);
+    ex.temp_files = listing.temps.clone();
+    ex.broken_files = listing.broken.clone();
+    ex.foreign_files = listing.foreign.clone();
+    for (offset, name) in &listing.snapshots {
+        let path = dir.join(name);
+        let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
+        let (damage, keys) = match snapshot::read(fs, &path) {
+            Ok((o, _)) if o != *offset => (
+                Some(format!("header says offset {o}, the name says {offset}")),
+                None,
+            ),
+            Ok((_, state)) => (None, Some(state.map.len() as u64)),
+            Err(why) => (Some(why), None),
+        };
+        ex.snapshots.push(SnapshotReport {
+            file: name.clone(),
+            offset: *offset,
+            size_bytes,
+            damage,
+            keys,
+        });
+    }
+    let result = (|| -> crate::Result<()> {
+        ex.first_offset = meta::read(fs, dir)?;
+        let chosen = snapshot::choose(fs, dir, &listing.snapshots, ex.first_offset)?;
+        let replay_from = chosen.snapshot.as_ref().map_or(0, |s| s.offset);
+        ex.snapshot_used = chosen.snapshot.map(|s| s.file);
+        let mut state = chosen.state;
+        let scan = wal::scan(
+            fs,
+            dir,
+            listing.segments.clone(),
+            ex.first_offset,
+            replay_from,
+            &mut |_, p| state.apply(p),
+        )?;
+        ex.keys = state.map.len() as u64;
+        ex.entries_to_replay = scan.entries_replayed;
+        ex.next_offset = scan.next_offset().max(ex.first_offset);
+        ex.segments = scan.segments;
+        ex.torn_tail = scan.torn_tail;
+        ex.compacted_leftovers = scan.compacted_leftovers;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        ex.refusal = Some(e.text().to_string());
+    }
+    ex
+}
+
+/// The `verify` report, one finding a line; the last line is `OK` or `DAMAGED`.
+pub fn verify_report(ex: &Examination) -> String {
+    let mut out = format!("flintlog verify {}\n", ex.dir.display());
+    if let Some(why) = &ex.refusal {
+        out.push_str(&format!("  recovery would refuse to start: {why}\n"));
+    } else {
+        out.push_str(&format!(
+            "  log: {} segments, offsets {}..{} ({} live entries): headers, checksums and continuity verified\n",
+            ex.segments.len(),
+            ex.first_offset,
+            ex.next_offset,
+            ex.next_offset - ex.first_offset
+        ));
+        match &ex.snapshot_used {
+            Some(s) => out.push_str(&format!(
+                "  recovery would load snapshot {s} and replay {} entries: {} keys\n",
+                ex.entries_to_replay, ex.keys
+            )),
+            None => out.push_str(&format!(
+                "  no snapshot: recovery would replay {} entries: {} keys\n",
+                ex.entries_to_replay, ex.keys
+            )),
+        }
+    }
+    for s in &ex.snapshots {
+        if let Some(why) = &s.damage {
+            out.push_str(&format!("  damaged snapshot {}: {why}\n", s.file));
+        }
+    }
+    if let Some(t) = &ex.torn_tail {
+        out.push_str(&format!(
+            "  recovery would cut a torn tail of {} bytes from byte {} of {} (offset {}), keeping it in a .broken file\n",
+            t.to - t.from,
+            t.from,
+            t.name,
+            t.offset
+        ));
+    }
+    if !ex.temp_files.is_empty() {
+        out.push_str(&format!(
+            "  recovery would remove leftover temp files: {}\n",
+            ex.temp_files.join(", ")
+        ));
+    }
+    if !ex.compacted_leftovers.is_empty() {
+        out.push_str(&format!(
+            "  recovery would finish a compaction by deleting: {}\n",
+            ex.compacted_leftovers.join(", ")
+        ));
+    }
+    if !ex.foreign_files.is_empty() {
+        out.push_str(&format!(
+            "  foreign files (ignored): {}\n",
+            ex.foreign_files.join(", ")
+        ));
+    }
+    out.push_str(if ex.damaged() { "DAMAGED\n" } else { "OK\n" });
+    out
+}
+
+/// The `inspect` tables.
+pub fn inspect_table(ex: &Examination) -> String {
+    let mut out = format!("directory     {}\n", ex.dir.display());
+    out.push_str(&format!(
+        "first offset  {}\nnext offset   {}\nlive entries  {}\n",
+        ex.first_offset,
+        ex.next_offset,
+        ex.next_offset.saturating_sub(ex.first_offset)
+    ));
+    if let Some(why) = &ex.refusal {
+        out.push_str(&format!("problem       {why}\n"));
+    }
+    out.push_str(&format!(
+        "\n{:<26} {:>20} {:>20} {:>9} {:>12} {:>12} {:>7}\n",
+        "SEGMENT", "START", "END", "ENTRIES", "DATA BYTES", "FILE BYTES", "SEALED"
+    ));
+    let n = ex.segments.len();
+    for (i, s) in ex.segments.iter().enumerate() {
+        let end = if s.entries == 0 {
+            "-".to_string()
+        } else {
+            (s.start + s.entries - 1).to_string()
+        };
+        out.push_str(&format!(
+            "{:<26} {:>20} {:>20} {:>9} {:>12} {:>12} {:>7}\n",
+            s.name,
+            s.start,
+            end,
+            s.entries,
+            s.data_end,
+            s.file_bytes,
+            if i + 1 < n { "yes" } else { "no" }
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<26} {:>20} {:>12} {:>9}  STATUS\n",
+        "SNAPSHOT", "OFFSET", "BYTES", "KEYS"
+    ));
+    for s in &ex.snapshots {
+        let status = match (
+            &s.damage,
+            ex.snapshot_used.as_deref() == Some(s.file.as_str()),
+        ) {
+            (Some(why), _) => format!("damaged: {why}"),
+            (None, true) => "verified, used by recovery".to_string(),
+            (None, false) => "verified".to_string(),
+        };
+        let keys = s.keys.map_or("-".to_string(), |k| k.to_string());
+        out.push_str(&format!(
+            "{:<26} {:>20} {:>12} {:>9}  {status}\n",
+            s.file, s.offset, s.size_bytes, keys
+        ));
+    }
+    for (what, files) in [
+        ("temp files", &ex.temp_files),
+        ("broken files", &ex.broken_files),
+        ("foreign files", &ex.foreign_files),
+    ] {
+        if !files.is_empty() {
+            out.push_str(&format!("\n{what}: {}\n", files.join(", ")));
+        }
+    }
+    out
+}
+
+/// The `inspect --json` document.
+pub fn inspect_json(ex: &Examination) -> Value {
+    let n = ex.segments.len();
+    json!({
+        "dir": ex.dir.display().to_string(),
+        "first_offset": ex.first_offset,
+        "next_offset": ex.next_offset,
+        "entries": ex.next_offset.saturating_sub(ex.first_offset),
+        "keys": ex.keys,
+        "segments": ex.segments.iter().enumerate().map(|(i, s)| json!({
+            "file": s.name,
+            "start_offset": s.start,
+            "end_offset": if s.entries == 0 { Value::Null } else { json!(s.start + s.entries - 1) },
+            "entries": s.entries,
+            "size_bytes": s.data_end,
+            "file_bytes": s.file_bytes,
+            "sealed": i + 1 < n,
+        })).collect::<Vec<_>>(),
+        "snapshots": ex.snapshots.iter().map(|s| json!({
+            "file": s.file,
+            "offset": s.offset,
+            "size_bytes": s.size_bytes,
+            "keys": s.keys,
+            "damage": s.damage,
+            "used_by_recovery": ex.snapshot_used.as_deref() == Some(s.file.as_str()),
+        })).collect::<Vec<_>>(),
+        "recovery": {
+            "snapshot": ex.snapshot_used,
+            "entries_to_replay": ex.entries_to_replay,
+            "torn_tail_bytes": ex.torn_tail.as_ref().map_or(0, |t| t.to - t.from),
+            "temp_files": ex.temp_files,
+            "compacted_leftovers": ex.compacted_leftovers,
+            "refusal": ex.refusal,
+        },
+        "broken_files": ex.broken_files,
+        "foreign_files": ex.foreign_files,
+        "damaged": ex.damaged(),
+    })
+}
