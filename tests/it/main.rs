@@ -4,6 +4,7 @@
 mod conversations;
 mod crash;
 mod input;
+mod kill;
 mod library;
 mod node;
 mod support;

@@ -1,5 +1,6 @@
 //! Running the real binary and checking what it writes.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,6 +15,8 @@ pub fn binary() -> &'static str {
 pub struct Run {
     pub lines: Vec<String>,
     parsed: Vec<Value>,
+    /// (dest, in_reply_to) -> index in `parsed`; the first reply wins.
+    index: HashMap<(String, u64), usize>,
     pub stderr: String,
     pub code: Option<i32>,
 }
@@ -26,17 +29,14 @@ impl Run {
 
     /// The body of the reply to `msg_id` from `src`.
     pub fn reply_to(&self, src: &str, msg_id: u64) -> Value {
-        self.parsed
-            .iter()
-            .find(|r| r["dest"] == src && r["body"]["in_reply_to"] == msg_id)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no reply to {src}/{msg_id} in:\n{}\nstderr:\n{}",
-                    self.lines.join("\n"),
-                    self.stderr
-                )
-            })["body"]
-            .clone()
+        match self.index.get(&(src.to_string(), msg_id)) {
+            Some(&i) => self.parsed[i]["body"].clone(),
+            None => panic!(
+                "no reply to {src}/{msg_id} in:\n{}\nstderr:\n{}",
+                self.lines.join("\n"),
+                self.stderr
+            ),
+        }
     }
 }
 
@@ -72,11 +72,19 @@ pub fn run(args: &[&str], data_dir: Option<&Path>, input: &[u8]) -> Run {
 pub fn finish(out: Output) -> Run {
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
     let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("reply is JSON"))
+        .collect();
+    let mut index = HashMap::new();
+    for (i, r) in parsed.iter().enumerate() {
+        if let (Some(dest), Some(id)) = (r["dest"].as_str(), r["body"]["in_reply_to"].as_u64()) {
+            index.entry((dest.to_string(), id)).or_insert(i);
+        }
+    }
     Run {
-        parsed: lines
-            .iter()
-            .map(|l| serde_json::from_str(l).expect("reply is JSON"))
-            .collect(),
+        index,
+        parsed,
         lines,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         code: out.status.code(),
