@@ -7,4 +7,5 @@ mod input;
 mod kill;
 mod library;
 mod node;
+mod strace;
 mod support;

@@ -1,0 +1,357 @@
+//! The order of syscalls, checked with strace on the real binary.
+//!
+//! Under a load with segment rolls, snapshots and compactions, the trace must show:
+//! every `wal_append_ok` written to stdout after an fdatasync of the segment holding
+//! that entry (which completed after the entry's pwrite), and after the directory
+//! fsync that made that segment's name durable; every snapshot rename after an
+//! fdatasync of its temp file and followed by a directory fsync before any segment is
+//! unlinked and before the snapshot is acknowledged; every segment unlink after the new
+//! first offset (`log.meta`) was renamed into place and its directory synced.
+//! Skipped, saying why, where strace is missing or not permitted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::{init, lines, msg};
+
+#[derive(Debug, Clone)]
+struct Call {
+    name: String,
+    args: Vec<Arg>,
+    ret: i64,
+    /// Line where the call started and where it completed.
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Arg {
+    Bytes(Vec<u8>),
+    Other(String),
+}
+
+impl Arg {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Arg::Bytes(b) => b,
+            Arg::Other(o) => panic!("expected a string argument, got {o}"),
+        }
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(self.bytes()).into_owned()
+    }
+    fn int(&self) -> i64 {
+        match self {
+            Arg::Other(o) => o.trim().parse().unwrap_or(-1),
+            Arg::Bytes(_) => -1,
+        }
+    }
+}
+
+/// Splits `a, "\x41\x42", 3` into arguments, decoding `-xx` strings.
+fn parse_args(s: &str) -> Vec<Arg> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b' ' || b[i] == b',') {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        if b[i] == b'"' {
+            let mut bytes = Vec::new();
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                // -xx prints every byte as \xHH
+                let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
+                bytes.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 4;
+            }
+            i += 1;
+            if b.get(i..i + 3) == Some(b"...") {
+                i += 3;
+            }
+            out.push(Arg::Bytes(bytes));
+        } else {
+            let start = i;
+            let mut depth = 0;
+            while i < b.len() && !(b[i] == b',' && depth == 0) {
+                match b[i] {
+                    b'[' | b'{' | b'(' => depth += 1,
+                    b']' | b'}' | b')' => depth -= 1,
+                    _ => {}
+                }
+                i += 1;
+            }
+            out.push(Arg::Other(s[start..i].trim().to_string()));
+        }
+    }
+    out
+}
+
+fn parse_trace(text: &str) -> Vec<Call> {
+    let mut pending: HashMap<String, (String, usize)> = HashMap::new();
+    let mut calls = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let (full, start) = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid.to_string(), (head.to_string(), idx));
+            continue;
+        } else if let Some(tail) = rest.strip_prefix("<... ") {
+            let Some((_, after)) = tail.split_once("resumed>") else {
+                continue;
+            };
+            let Some((head, start)) = pending.remove(pid) else {
+                continue;
+            };
+            (format!("{head}{after}"), start)
+        } else {
+            (rest.to_string(), idx)
+        };
+        // `name(args) = ret`, where strace pads short calls with spaces before `=`.
+        let Some(open) = full.find('(') else { continue };
+        let Some(eq) = full.rfind(" = ") else {
+            continue;
+        };
+        let Some(args) = full[open + 1..eq].trim_end().strip_suffix(')') else {
+            continue;
+        };
+        let ret = full[eq + 3..]
+            .split_whitespace()
+            .next()
+            .unwrap_or("-1")
+            .parse()
+            .unwrap_or(-1);
+        calls.push(Call {
+            name: full[..open].to_string(),
+            args: parse_args(args),
+            ret,
+            start,
+            end: idx,
+        });
+    }
+    calls
+}
+
+/// Offsets of the records in a pwrite to a segment.
+fn record_offsets(mut data: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    while data.len() >= 16 {
+        let len = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
+        out.push(u64::from_le_bytes(data[8..16].try_into().unwrap()));
+        data = &data[(16 + len).min(data.len())..];
+    }
+    out
+}
+
+fn workload() -> Vec<u8> {
+    let mut input = vec![init(1)];
+    let mut sent = 0u64;
+    for n in 0..600u64 {
+        let src = format!("c{}", n % 3);
+        input.push(msg(
+            &src,
+            json!({"type": "wal_append", "msg_id": n, "payload": format!("set k{n}=value-{n}")}),
+        ));
+        sent += 1;
+        if n % 50 == 49 {
+            input.push(msg("adm", json!({"type": "wal_snapshot", "msg_id": n})));
+        }
+        if n % 120 == 119 {
+            input.push(msg("adm", json!({"type": "wal_compact", "msg_id": n + 10_000, "snapshot_at_offset": sent - 100})));
+        }
+    }
+    lines(&input)
+}
+
+#[test]
+fn syscalls_happen_in_the_durable_order() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        println!("syscall order: SKIPPED, strace is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace_path = dir.path().join("trace");
+    let mut child = Command::new("strace")
+        .args(["-f", "-xx", "-s", "1000000", "-o"])
+        .arg(&trace_path)
+        .args(["-e", "trace=openat,close,pwrite64,write,fdatasync,fsync,rename,renameat,renameat2,unlink,unlinkat"])
+        .arg(crate::support::binary())
+        .args(["--max-segment-bytes", "512", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = workload();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success()
+        && (stderr.contains("PTRACE") || stderr.contains("Operation not permitted"))
+    {
+        println!(
+            "syscall order: SKIPPED, strace may not trace here: {}",
+            stderr.lines().next().unwrap_or("")
+        );
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
+    let calls = parse_trace(&std::fs::read_to_string(&trace_path).unwrap());
+
+    // Replay the trace: paths of descriptors, and the events worth checking.
+    let mut fd_path: HashMap<i64, String> = HashMap::new();
+    let mut record_written: BTreeMap<u64, (usize, String)> = BTreeMap::new();
+    let mut datasyncs: Vec<(usize, String)> = Vec::new();
+    let mut dir_syncs: Vec<usize> = Vec::new();
+    let mut renames: Vec<(usize, String, String)> = Vec::new();
+    let mut unlinks: Vec<(usize, String)> = Vec::new();
+    let mut last_write: HashMap<String, usize> = HashMap::new();
+    let mut replies: Vec<(usize, Value)> = Vec::new();
+    for c in &calls {
+        match c.name.as_str() {
+            "openat" if c.ret >= 0 => {
+                fd_path.insert(c.ret, c.args[1].text());
+            }
+            "close" => {
+                fd_path.remove(&c.args[0].int());
+            }
+            "pwrite64" if c.ret >= 0 => {
+                let path = fd_path.get(&c.args[0].int()).cloned().unwrap_or_default();
+                last_write.insert(path.clone(), c.end);
+                if path.ends_with(".log") && c.args[3].int() >= 32 {
+                    for o in record_offsets(c.args[1].bytes()) {
+                        record_written.insert(o, (c.end, path.clone()));
+                    }
+                }
+            }
+            "fdatasync" if c.ret == 0 => {
+                datasyncs.push((
+                    c.end,
+                    fd_path.get(&c.args[0].int()).cloned().unwrap_or_default(),
+                ));
+            }
+            "fsync" if c.ret == 0 => dir_syncs.push(c.end),
+            "rename" | "renameat" | "renameat2" if c.ret == 0 => {
+                let strings: Vec<String> = c
+                    .args
+                    .iter()
+                    .filter(|a| matches!(a, Arg::Bytes(_)))
+                    .map(Arg::text)
+                    .collect();
+                renames.push((c.end, strings[0].clone(), strings[1].clone()));
+            }
+            "unlink" | "unlinkat" if c.ret == 0 => {
+                let path = c
+                    .args
+                    .iter()
+                    .find(|a| matches!(a, Arg::Bytes(_)))
+                    .unwrap()
+                    .text();
+                unlinks.push((c.end, path));
+            }
+            "write" if c.args[0].int() == 1 => {
+                for line in c.args[1].text().lines() {
+                    replies.push((
+                        c.start,
+                        serde_json::from_str(line).expect("a protocol line"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let synced_between = |path: &str, after: usize, before: usize| {
+        datasyncs
+            .iter()
+            .any(|(i, p)| p == path && *i > after && *i < before)
+    };
+    let dir_synced_between =
+        |after: usize, before: usize| dir_syncs.iter().any(|i| *i > after && *i < before);
+    let mut violations = Vec::new();
+
+    let mut acks = 0;
+    for (at, r) in &replies {
+        let body = &r["body"];
+        if body["type"] == "wal_append_ok" {
+            acks += 1;
+            let o = body["offset"].as_u64().unwrap();
+            let Some((written, path)) = record_written.get(&o) else {
+                violations.push(format!("offset {o} acknowledged but never written"));
+                continue;
+            };
+            if !synced_between(path, *written, *at) {
+                violations.push(format!(
+                    "offset {o} acknowledged before an fdatasync of {path}"
+                ));
+            }
+            match renames.iter().rfind(|(_, _, to)| to == path) {
+                Some((r, _, _)) if dir_synced_between(*r, *at) => {}
+                _ => violations.push(format!(
+                    "offset {o} acknowledged before {path} was durable in its directory"
+                )),
+            }
+        }
+    }
+    let mut snapshot_renames = 0;
+    for (r, from, to) in renames.iter().filter(|(_, f, _)| f.ends_with(".snap.tmp")) {
+        snapshot_renames += 1;
+        if !synced_between(from, last_write.get(from).copied().unwrap_or(0).min(*r), *r) {
+            violations.push(format!("{to} renamed before its temp file was synced"));
+        }
+        let next_unlink = unlinks
+            .iter()
+            .find(|(u, p)| u > r && p.ends_with(".log"))
+            .map_or(usize::MAX, |(u, _)| *u);
+        let ack = replies
+            .iter()
+            .filter(|(at, reply)| at > r && reply["body"]["type"] == "wal_snapshot_ok")
+            .map(|(at, _)| *at)
+            .next()
+            .unwrap_or(usize::MAX);
+        if !dir_synced_between(*r, next_unlink.min(ack)) {
+            violations.push(format!(
+                "{to}: no directory fsync between its rename and the next unlink or acknowledgement"
+            ));
+        }
+    }
+    let mut segment_unlinks = 0;
+    for (u, path) in unlinks.iter().filter(|(_, p)| p.ends_with(".log")) {
+        segment_unlinks += 1;
+        match renames
+            .iter()
+            .rfind(|(r, from, _)| r < u && from.ends_with("log.meta.tmp"))
+        {
+            Some((m, _, _)) if dir_synced_between(*m, *u) => {}
+            _ => violations.push(format!(
+                "{path} unlinked before the new first offset was durable"
+            )),
+        }
+    }
+    println!(
+        "syscall order: {} syscalls traced, {acks} acknowledgements, {snapshot_renames} snapshot renames, \
+         {segment_unlinks} segment unlinks checked, {} violations",
+        calls.len(),
+        violations.len()
+    );
+    assert!(
+        acks == 600 && snapshot_renames > 0 && segment_unlinks > 0,
+        "the workload must exercise every rule"
+    );
+    assert!(
+        violations.is_empty(),
+        "{}",
+        violations[..violations.len().min(10)].join("\n")
+    );
+}
