@@ -101,17 +101,19 @@ impl File for RealFile {
         if self.len()? >= len {
             return Ok(());
         }
-        match FileExt::allocate(&self.0, len) {
-            Ok(()) => Ok(()),
+        let off =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0);
+        // posix_fallocate returns its error number instead of setting errno (fs2's
+        // wrapper reads errno, and so reports a full disk as "Success").
+        // SAFETY: a valid descriptor owned by `self.0`, and plain integers.
+        match unsafe { libc::posix_fallocate(fd, 0, off) } {
+            0 => Ok(()),
             // Filesystems without fallocate still get a file of the right size.
-            Err(err) if err.raw_os_error() == Some(libc_eopnotsupp()) => self.0.set_len(len),
-            Err(err) => Err(err),
+            libc::EOPNOTSUPP => self.0.set_len(len),
+            errno => Err(io::Error::from_raw_os_error(errno)),
         }
     }
-}
-
-fn libc_eopnotsupp() -> i32 {
-    95 // EOPNOTSUPP on Linux
 }
 
 struct RealLock {

@@ -3,6 +3,7 @@
 
 mod conversations;
 mod crash;
+mod disk;
 mod input;
 mod kill;
 mod library;
