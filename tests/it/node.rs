@@ -357,45 +357,96 @@ fn a_missing_middle_segment_refuses_to_start() {
     );
 }
 
+/// Ways to damage a snapshot file.
+fn damage_snapshot(path: &Path, how: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    match how {
+        "flipped byte" => {
+            let n = bytes.len();
+            bytes[n - 3] ^= 0xff;
+        }
+        "truncated" => bytes.truncate(bytes.len() - 7),
+        "wrong version" => {
+            // A valid header of format version 2.
+            bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+            let crc = crc32c::crc32c(&bytes[0..36]);
+            bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+        }
+        _ => unreachable!(),
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
 #[test]
 fn a_damaged_newest_snapshot_falls_back_to_an_older_one_the_log_still_reaches() {
+    for how in ["flipped byte", "truncated", "wrong version"] {
+        let data = tempfile::tempdir().unwrap();
+        several_segments(data.path());
+        run_ok(
+            data.path(),
+            &[],
+            &[init(1), req(60, "wal_snapshot", json!({}))],
+        );
+        let dir = node_dir(data.path());
+        damage_snapshot(&dir.join("00000000000000000012.snap"), how);
+
+        let mut input = vec![init(1), req(2, "wal_status", json!({}))];
+        for i in 0..12 {
+            input.push(req(10 + i, "read", json!({"key": format!("k{i}")})));
+        }
+        let r = run_ok(data.path(), &[], &input);
+        let rec = &r.reply_to("c1", 2)["status"]["last_recovery"];
+        assert_eq!(rec["snapshot_offset"], 8, "{how}");
+        assert_eq!(rec["entries_replayed"], 4, "{how}");
+        let skipped = rec["snapshots_skipped"][0].as_str().unwrap();
+        assert!(
+            skipped.contains("00000000000000000012.snap"),
+            "{how}: {rec}"
+        );
+        if how == "wrong version" {
+            assert!(
+                skipped.contains("unsupported snapshot format version 2"),
+                "{skipped}"
+            );
+        }
+        for i in 0..12 {
+            assert_eq!(
+                r.reply_to("c1", 10 + i)["value"],
+                format!("value{i:02}"),
+                "{how}"
+            );
+        }
+        let names = files(&dir);
+        assert!(
+            names.contains(&"00000000000000000012.snap.broken".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"00000000000000000012.snap".to_string()),
+            "{names:?}"
+        );
+    }
+}
+
+#[test]
+fn overlapping_segments_refuse_to_start_naming_both() {
     let data = tempfile::tempdir().unwrap();
     several_segments(data.path());
-    run_ok(
-        data.path(),
-        &[],
-        &[init(1), req(60, "wal_snapshot", json!({}))],
-    );
     let dir = node_dir(data.path());
-    let newest = dir.join("00000000000000000012.snap");
-    flip_byte(&newest, -3, 0xff);
-
-    let mut input = vec![init(1), req(2, "wal_status", json!({}))];
-    for i in 0..12 {
-        input.push(req(10 + i, "read", json!({"key": format!("k{i}")})));
-    }
-    let r = run_ok(data.path(), &[], &input);
-    let rec = &r.reply_to("c1", 2)["status"]["last_recovery"];
-    assert_eq!(rec["snapshot_offset"], 8);
-    assert_eq!(rec["entries_replayed"], 4);
+    // Segment 2 (offsets 2 and 3) gains the records of segment 4 (offsets 4 and 5).
+    let record = 16 + "set k2=value02".len();
+    let two = std::fs::read(dir.join("00000000000000000002.log")).unwrap();
+    let four = std::fs::read(dir.join("00000000000000000004.log")).unwrap();
+    let mut merged = two[..32 + 2 * record].to_vec();
+    merged.extend_from_slice(&four[32..32 + 2 * record]);
+    merged.resize(merged.len().max(two.len()), 0);
+    std::fs::write(dir.join("00000000000000000002.log"), merged).unwrap();
+    let stderr = refused(data.path());
     assert!(
-        rec["snapshots_skipped"][0]
-            .as_str()
-            .unwrap()
-            .contains("00000000000000000012.snap"),
-        "{rec}"
-    );
-    for i in 0..12 {
-        assert_eq!(r.reply_to("c1", 10 + i)["value"], format!("value{i:02}"));
-    }
-    let names = files(&dir);
-    assert!(
-        names.contains(&"00000000000000000012.snap.broken".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        !names.contains(&"00000000000000000012.snap".to_string()),
-        "{names:?}"
+        stderr.contains("overlap")
+            && stderr.contains("00000000000000000002.log")
+            && stderr.contains("00000000000000000004.log"),
+        "{stderr}"
     );
 }
 
