@@ -13,6 +13,8 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod inspect;
 mod node;
 pub mod router;

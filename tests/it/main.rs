@@ -4,6 +4,7 @@
 mod conversations;
 mod crash;
 mod disk;
+mod fuzz_corpus;
 mod input;
 mod kill;
 mod library;
