@@ -73,6 +73,8 @@ pub struct Faults {
     pub capacity_bytes: Option<u64>,
     /// Every read returns at most half of what was asked (at least one byte).
     pub short_reads: bool,
+    /// This operation, if a write, lands only its first half, then fails with EIO.
+    pub short_write_at: Option<u64>,
 }
 
 /// A small deterministic random generator (SplitMix64).
@@ -453,11 +455,11 @@ impl File for SimFile {
             return Err(io::Error::from_raw_os_error(9)); // EBADF
         }
         let mut inner = self.fs.lock_inner();
-        inner.op("write", &self.path, None)?;
-        inner.check_space(
-            self.id,
-            (pos + buf.len() as u64).max(inner.files[self.id].current.len() as u64),
-        )?;
+        let op_number = inner.op("write", &self.path, None)?;
+        let short = inner.faults.short_write_at == Some(op_number);
+        let buf = if short { &buf[..buf.len() / 2] } else { buf };
+        let new_len = (pos + buf.len() as u64).max(inner.files[self.id].current.len() as u64);
+        inner.check_space(self.id, new_len)?;
         let op = FileOp::Write {
             pos,
             data: buf.to_vec(),
@@ -465,6 +467,9 @@ impl File for SimFile {
         let f = &mut inner.files[self.id];
         apply(&mut f.current, &op);
         f.pending.push(op);
+        if short {
+            return Err(eio("write (short)", op_number));
+        }
         Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {
@@ -478,8 +483,11 @@ impl File for SimFile {
                 Ok(())
             }
             Err(e) => {
-                // Linux drops the dirty pages' "dirty" state: they never reach the disk.
-                f.pending.clear();
+                // A power cut changes nothing; an EIO from the disk makes Linux drop the
+                // dirty pages' "dirty" state: they never reach the disk.
+                if inner.faults.crash_at.is_none_or(|k| inner.ops <= k) {
+                    inner.files[self.id].pending.clear();
+                }
                 Err(e)
             }
         }

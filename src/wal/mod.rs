@@ -8,6 +8,14 @@
 //! damage there is corruption, never a torn write. Only the last segment can have a
 //! torn tail, and recovery cuts it off (keeping the bytes in a `.broken` file).
 //!
+//! Architecture Invariant: every batch of records (one group commit) starts on a
+//! [`BATCH_ALIGN_BYTES`] boundary, and nothing is ever written before the data end.
+//! So a write that is not yet synced never shares a disk sector with synced bytes,
+//! and a power cut that garbles the sectors under an unsynced write cannot reach the
+//! segment header or an acknowledged record. The zeros between batches are padding:
+//! a zero header inside a block means "skip to the next boundary", at a boundary it
+//! means the end of the data.
+//!
 //! Architecture Invariant: a segment file appears under its `.log` name only after its
 //! header is durable (temp file, sync, rename, directory sync), so an acknowledged
 //! entry never lives in a file whose directory entry could vanish.
@@ -93,6 +101,14 @@ pub struct Log {
     scratch: Vec<u8>,
 }
 
+/// Alignment of every batch of records: a sector of any disk (4 KiB for 4Kn drives).
+pub const BATCH_ALIGN_BYTES: u64 = 4096;
+
+/// `pos` rounded up to a batch boundary.
+pub fn align_up(pos: u64) -> u64 {
+    pos.div_ceil(BATCH_ALIGN_BYTES) * BATCH_ALIGN_BYTES
+}
+
 const READERS_CACHED_MAX: usize = 8;
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -172,7 +188,7 @@ impl Log {
         if active.positions.is_empty() && count == 0 {
             return true;
         }
-        active.data_end + pending_bytes + record::record_bytes(payload_len)
+        align_up(active.data_end) + pending_bytes + record::record_bytes(payload_len)
             <= self.segment_bytes_max
     }
 
@@ -185,18 +201,19 @@ impl Log {
     pub fn append<'a>(&mut self, payloads: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
         let first = self.next_offset();
         let active = self.segments.back_mut().expect("active segment");
+        let start = align_up(active.data_end);
         self.scratch.clear();
         let mut positions = Vec::new();
         for (offset, payload) in (first..).zip(payloads) {
-            positions.push(active.data_end + self.scratch.len() as u64);
+            positions.push(start + self.scratch.len() as u64);
             record::encode(&mut self.scratch, offset, payload);
         }
         if positions.is_empty() {
             return Ok(());
         }
-        self.active.write_all_at(&self.scratch, active.data_end)?;
+        self.active.write_all_at(&self.scratch, start)?;
         self.unsynced = true;
-        active.data_end += self.scratch.len() as u64;
+        active.data_end = start + self.scratch.len() as u64;
         active.positions.extend(positions);
         Ok(())
     }
@@ -288,10 +305,21 @@ impl Log {
                 payload: payload.to_vec(),
                 checksum_valid: true,
             },
-            Err(_) => ReadEntry {
-                payload: buf.get(record::HEADER_BYTES..).unwrap_or_default().to_vec(),
-                checksum_valid: false,
-            },
+            Err(_) => {
+                // Report the bytes the header claims (within the record's extent), so
+                // that padding after a batch is not mistaken for payload.
+                let claimed = buf
+                    .get(4..8)
+                    .map_or(0, |l| u32::from_le_bytes(l.try_into().unwrap()) as usize);
+                let end = (record::HEADER_BYTES + claimed).min(buf.len());
+                ReadEntry {
+                    payload: buf
+                        .get(record::HEADER_BYTES..end)
+                        .unwrap_or_default()
+                        .to_vec(),
+                    checksum_valid: false,
+                }
+            }
         })
     }
 
@@ -374,6 +402,17 @@ impl<'f> Scanner<'f> {
             at += n;
         }
         Ok(found)
+    }
+
+    /// Where the next record starts at or after `pos`: a zero header inside a block is
+    /// padding after a batch, so the record is at the next boundary.
+    fn next_record_at(&mut self, pos: u64) -> io::Result<u64> {
+        let padding = !pos.is_multiple_of(BATCH_ALIGN_BYTES)
+            && self
+                .bytes(pos, record::HEADER_BYTES)?
+                .iter()
+                .all(|&b| b == 0);
+        Ok(if padding { align_up(pos) } else { pos })
     }
 
     /// Decodes the record at `pos`, expecting `offset`.
@@ -542,19 +581,19 @@ pub fn scan(
         };
         loop {
             let offset = seg.start + seg.entries;
+            let at = scanner.next_record_at(seg.data_end).map_err(io)?;
             if until == Some(offset) {
                 // Sealed segment complete; a further valid record means overlap.
-                if let Ok(Ok(_)) = scanner.record(seg.data_end, offset) {
+                if let Ok(Ok(_)) = scanner.record(at, offset) {
                     return Err(Error::Open(format!(
-                        "{}: segments overlap: it holds offset {offset} at byte {}, which {} starts with",
+                        "{}: segments overlap: it holds offset {offset} at byte {at}, which {} starts with",
                         path.display(),
-                        seg.data_end,
                         segments[i + 1].1
                     )));
                 }
                 break;
             }
-            match scanner.record(seg.data_end, offset).map_err(io)? {
+            match scanner.record(at, offset).map_err(io)? {
                 Ok((payload, len)) => {
                     if offset >= replay_from && offset >= first_offset {
                         visit(offset, &payload);
@@ -563,8 +602,8 @@ pub fn scan(
                             log::info!("recovery: {} entries replayed", out.entries_replayed);
                         }
                     }
-                    seg.positions.push(seg.data_end);
-                    seg.data_end += len;
+                    seg.positions.push(at);
+                    seg.data_end = at + len;
                     seg.entries += 1;
                 }
                 Err(record::Invalid::End) if !is_last => {
@@ -578,9 +617,8 @@ pub fn scan(
                 }
                 Err(why) if !is_last => {
                     return Err(Error::Open(format!(
-                        "{}: corrupt record at byte {} (offset {offset}): {} (the next segment starts at {})",
+                        "{}: corrupt record at byte {at} (offset {offset}): {} (the next segment starts at {})",
                         path.display(),
-                        seg.data_end,
                         describe(why),
                         until.unwrap_or(offset)
                     )));

@@ -219,8 +219,9 @@ fn a_torn_tail_is_cut_off_and_kept_in_a_broken_file() {
         ],
     );
     let seg = node_dir(data.path()).join("00000000000000000000.log");
-    // Header, then three records of 16 + 7 bytes; a torn fourth record after them.
-    let end = 32 + 3 * (16 + 7);
+    // A torn fourth record right after the data (where it lands depends on how the
+    // three appends were grouped into commits).
+    let end = data_end(&node_dir(data.path()), "00000000000000000000.log") as usize;
     let torn = b"\x11\x22\x33\x44\x07\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00set";
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[end..end + torn.len()].copy_from_slice(torn);
@@ -297,7 +298,25 @@ fn leftover_temp_files_are_removed_and_foreign_files_left_alone() {
     );
 }
 
-/// Three sealed segments and an active one, with a snapshot at 8 of 12 entries.
+/// Where every batch of records starts: a 4 KiB boundary.
+const ALIGN: usize = flintlog::wal::BATCH_ALIGN_BYTES as usize;
+
+/// The end of a segment's data, as `inspect` reports it.
+fn data_end(dir: &Path, segment: &str) -> u64 {
+    let (_, out) = offline(&["inspect", "--json"], dir);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    doc["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["file"] == segment)
+        .unwrap()["size_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Twelve entries, one per segment (the limit is below one 4 KiB block), with a
+/// snapshot at 8.
 fn several_segments(data: &Path) {
     let mut input = vec![
         init(1),
@@ -328,13 +347,12 @@ fn refused(data: &Path) -> String {
 fn corruption_in_a_sealed_segment_refuses_to_start_naming_file_and_offset() {
     let data = tempfile::tempdir().unwrap();
     several_segments(data.path());
-    // Two records per segment: the segment of offsets 2 and 3 is sealed.
-    let seg = node_dir(data.path()).join("00000000000000000002.log");
-    let second_record = 32 + 16 + "set k2=value02".len();
-    flip_byte(&seg, (second_record + 16 + 2) as isize, 0x01); // inside the payload of offset 3
+    // One record per segment: the sealed segment of offset 3.
+    let seg = node_dir(data.path()).join("00000000000000000003.log");
+    flip_byte(&seg, ALIGN as isize + 16 + 2, 0x01); // inside the payload of offset 3
     let stderr = refused(data.path());
     assert!(
-        stderr.contains("00000000000000000002.log") && stderr.contains("offset 3"),
+        stderr.contains("00000000000000000003.log") && stderr.contains("offset 3"),
         "{stderr}"
     );
 }
@@ -433,19 +451,19 @@ fn overlapping_segments_refuse_to_start_naming_both() {
     let data = tempfile::tempdir().unwrap();
     several_segments(data.path());
     let dir = node_dir(data.path());
-    // Segment 2 (offsets 2 and 3) gains the records of segment 4 (offsets 4 and 5).
+    // Segment 2 (offset 2) gains, in the next block, the record of segment 3.
     let record = 16 + "set k2=value02".len();
     let two = std::fs::read(dir.join("00000000000000000002.log")).unwrap();
-    let four = std::fs::read(dir.join("00000000000000000004.log")).unwrap();
-    let mut merged = two[..32 + 2 * record].to_vec();
-    merged.extend_from_slice(&four[32..32 + 2 * record]);
-    merged.resize(merged.len().max(two.len()), 0);
+    let three = std::fs::read(dir.join("00000000000000000003.log")).unwrap();
+    let mut merged = two[..ALIGN + record].to_vec();
+    merged.resize(2 * ALIGN, 0);
+    merged.extend_from_slice(&three[ALIGN..ALIGN + record]);
     std::fs::write(dir.join("00000000000000000002.log"), merged).unwrap();
     let stderr = refused(data.path());
     assert!(
         stderr.contains("overlap")
             && stderr.contains("00000000000000000002.log")
-            && stderr.contains("00000000000000000004.log"),
+            && stderr.contains("00000000000000000003.log"),
         "{stderr}"
     );
 }
@@ -540,7 +558,7 @@ fn verify_and_inspect_report_a_healthy_directory() {
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["next_offset"], 12);
     assert_eq!(doc["keys"], 12);
-    assert_eq!(doc["segments"].as_array().unwrap().len(), 6);
+    assert_eq!(doc["segments"].as_array().unwrap().len(), 12);
     assert_eq!(doc["snapshots"][0]["used_by_recovery"], true);
     let (code, out) = offline(&["inspect"], &dir);
     assert_eq!(code, Some(0));
@@ -556,8 +574,9 @@ fn verify_says_what_recovery_would_repair_and_changes_nothing() {
     run_ok(data.path(), &[], &[init(1), append(2, "set a=1")]);
     let dir = node_dir(data.path());
     let seg = dir.join("00000000000000000000.log");
+    let end = data_end(&dir, "00000000000000000000.log") as usize;
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[32 + 23..32 + 23 + 5].copy_from_slice(b"junk!");
+    bytes[end..end + 5].copy_from_slice(b"junk!");
     std::fs::write(&seg, &bytes).unwrap();
     std::fs::write(
         dir.join("00000000000000000001.snap.tmp"),
@@ -590,11 +609,36 @@ fn verify_fails_on_damage_naming_it() {
         out.contains("damaged snapshot 00000000000000000008.snap") && out.ends_with("DAMAGED\n"),
         "{out}"
     );
-    flip_byte(&dir.join("00000000000000000002.log"), 32 + 16 + 3, 0x01);
+    flip_byte(
+        &dir.join("00000000000000000002.log"),
+        ALIGN as isize + 16 + 3,
+        0x01,
+    );
     let (code, out) = offline(&["verify"], &dir);
     assert_eq!(code, Some(1));
     assert!(
         out.contains("refuse") && out.contains("00000000000000000002.log"),
         "{out}"
     );
+}
+
+#[test]
+fn a_pipelining_client_sees_its_own_compaction_in_its_next_requests() {
+    let mut input = vec![init(1)];
+    for i in 0..20 {
+        input.push(append(10 + i, &format!("set k{i}=v{i}")));
+    }
+    input.push(req(40, "wal_compact", json!({"snapshot_at_offset": 15})));
+    input.push(req(41, "wal_read", json!({"offset": 14})));
+    input.push(req(42, "wal_info", json!({})));
+    input.push(req(43, "wal_segment_info", json!({})));
+    // All sent at once, without waiting for any answer.
+    let r = run(&[], None, &lines(&input));
+    assert_eq!(r.reply_to("c1", 40)["type"], "wal_compact_ok");
+    assert_eq!(
+        r.reply_to("c1", 41)["code"],
+        20,
+        "a read after the compaction must not see compacted entries"
+    );
+    assert_eq!(r.reply_to("c1", 42)["entries"], 5);
 }
