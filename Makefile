@@ -1,13 +1,20 @@
 # flintlog: the commands a newcomer needs.
 #   make demo   build the release binary, run a conversation, restart, show recovery
 #   make test   formatting, lints, every test (what CI runs)
+#   make crash  the reliability layers, each printing what it covered (see RELIABILITY.md)
+#   make soak   the same, longer: 2000 kill -9 iterations, 4 seeds per crash mode
+#   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
 
 CARGO   ?= cargo
 BIN     := target/release/flintlog
 DEMO_DIR ?= target/demo-data
 APPENDS ?= 20000
 
-.PHONY: all build test fmt lint demo clean
+FUZZ_SECONDS ?= 60
+# Lines the reliability tests print about what they covered.
+COVERAGE := 'crash enumeration|failed syncs|short writes|crash during recovery|kill -9|syscall order|bad input|peak RSS|disk full|read-only directory|fuzz corpus|SKIPPED|test result'
+
+.PHONY: all build test fmt lint demo crash soak fuzz clean
 
 all: build
 
@@ -46,6 +53,21 @@ demo: build
 	 acks=$$(grep -c wal_append_ok $(DEMO_DIR)/burst.out); \
 	 commits=$$(tail -n 1 $(DEMO_DIR)/burst.out | grep -o '"group_commits": [0-9]*' | grep -o '[0-9]*$$'); \
 	 echo "$$acks appends acknowledged in $$ms ms (process start to exit): $$(( acks * 1000 / (ms > 0 ? ms : 1) )) appends/s, $$commits group commits ($$(( acks / (commits > 0 ? commits : 1) )) entries per fdatasync)"
+
+crash:
+	$(CARGO) test --test it -- crash:: kill:: strace:: disk:: input:: fuzz_corpus:: --nocapture 2>&1 | grep -E $(COVERAGE)
+
+soak:
+	KILL9_ITERATIONS=2000 KILL9_SECONDS=3600 SEEDS=4 \
+	  $(CARGO) test --test it -- crash:: kill:: --nocapture 2>&1 | grep -E $(COVERAGE)
+
+fuzz:
+	@if ! $(CARGO) +nightly --version >/dev/null 2>&1 || ! $(CARGO) +nightly fuzz --help >/dev/null 2>&1; then \
+	  echo "make fuzz needs a nightly toolchain and cargo-fuzz: rustup toolchain install nightly && cargo install cargo-fuzz"; \
+	  exit 1; fi
+	cd fuzz && for t in wire_line record snapshot; do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; done
+	@echo "new corpus inputs are in fuzz/corpus/; the stable test replays them"
 
 clean:
 	$(CARGO) clean

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::support::{self, files, init, lines, msg, node_dir};
 
-const ARGS: &[&str] = &["--max-segment-bytes", "2048"];
+const ARGS: &[&str] = &["--max-segment-bytes", "65536"];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -184,7 +184,7 @@ fn syscalls_happen_in_the_durable_order() {
         .arg(&trace_path)
         .args(["-e", "trace=openat,close,pwrite64,write,fdatasync,fsync,rename,renameat,renameat2,unlink,unlinkat"])
         .arg(crate::support::binary())
-        .args(["--max-segment-bytes", "512", "--data-dir"])
+        .args(["--max-segment-bytes", "8192", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
