@@ -1,6 +1,7 @@
 # flintlog: the commands a newcomer needs.
-#   make demo   build the release binary, run a conversation, restart, show recovery
+#   make load   build, then load-test the node binary (~30 s plus a 1M-key pre-fill)
 #   make test   formatting, lints, every test (what CI runs)
+#   make demo   build the release binary, run a conversation, restart, show recovery
 #   make crash  the reliability layers, each printing what it covered (see RELIABILITY.md)
 #   make soak   the same, longer: 2000 kill -9 iterations, 4 seeds per crash mode
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
@@ -14,7 +15,10 @@ FUZZ_SECONDS ?= 60
 # Lines the reliability tests print about what they covered.
 COVERAGE := 'crash enumeration|failed syncs|short writes|crash during recovery|kill -9|syscall order|bad input|peak RSS|disk full|read-only directory|fuzz corpus|SKIPPED|test result'
 
-.PHONY: all build test fmt lint demo crash soak fuzz clean
+# Flags for flintlog-load, e.g. make load LOAD_ARGS="--duration 60 --clients 8 --fsync batch=5"
+LOAD_ARGS ?=
+
+.PHONY: all build test fmt lint demo load crash soak fuzz clean
 
 all: build
 
@@ -30,6 +34,9 @@ lint:
 
 test: lint
 	$(CARGO) test
+
+load: build
+	target/release/flintlog-load $(LOAD_ARGS)
 
 demo: build
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)

@@ -7,6 +7,7 @@ mod disk;
 mod fuzz_corpus;
 mod input;
 mod kill;
+mod load;
 mod library;
 mod node;
 mod strace;
