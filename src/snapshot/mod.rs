@@ -165,12 +165,7 @@ pub fn write(
             since_sync: 0,
             sync_chunk,
         };
-        let head = (state.map.len() as u64, state.other_payloads);
-        bincode::encode_into_std_write(head, &mut w, bincode_config()).map_err(encode_err)?;
-        for (k, v) in state.map.iter() {
-            bincode::encode_into_std_write((&**k, &**v), &mut w, bincode_config())
-                .map_err(encode_err)?;
-        }
+        write_body(&mut w, state)?;
         w.flush()?;
         let header = Header {
             offset,
@@ -185,6 +180,32 @@ pub fn write(
         offset,
         size_bytes,
     })
+}
+
+/// Encodes the body: the key count and other-payload count, then the pairs in key order.
+fn write_body(w: &mut impl Write, state: &KvState) -> io::Result<()> {
+    let head = (state.map.len() as u64, state.other_payloads);
+    bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    for (k, v) in state.map.iter() {
+        bincode::encode_into_std_write((&**k, &**v), &mut *w, bincode_config())
+            .map_err(encode_err)?;
+    }
+    Ok(())
+}
+
+/// The bytes of the snapshot file of `state` at `offset`, in memory (what [`write`]
+/// puts on disk).
+pub fn to_bytes(offset: u64, state: &KvState) -> Vec<u8> {
+    let mut body = Vec::new();
+    write_body(&mut body, state).expect("writing to memory cannot fail");
+    let header = Header {
+        offset,
+        body_len: body.len() as u64,
+        body_crc: crc32c::crc32c(&body),
+    };
+    let mut out = encode_header(&header).to_vec();
+    out.extend_from_slice(&body);
+    out
 }
 
 struct ChunkReader<'f> {
@@ -523,6 +544,26 @@ mod properties {
         assert!(
             err.contains("does not decode") && err.to_lowercase().contains("limit"),
             "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod in_memory {
+    use super::*;
+    use crate::fs::RealFs;
+
+    #[test]
+    fn to_bytes_is_exactly_the_file_write_produces() {
+        let mut s = KvState::default();
+        for i in 0..500 {
+            s.apply(format!("set k{i}=v{i}").as_bytes());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let snap = write(&RealFs, dir.path(), 77, &s, 4096).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join(snap.file)).unwrap(),
+            to_bytes(77, &s)
         );
     }
 }

@@ -1,0 +1,599 @@
+//! `flintlog-bench`: the node's performance, each figure a ratio against a baseline
+//! measured in the same run (this machine is shared and noisy). Every measurement is
+//! the median of `--runs` runs after an untimed warm-up, on a real disk (never tmpfs),
+//! with the two sides of a ratio interleaved. `--markdown FILE` writes the tables.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use flintlog::core::kv::KvState;
+use flintlog::wal::record;
+use flintlog::{Config, Node, Reply};
+use hdrhistogram::Histogram;
+
+/// Benchmarks of flintlog, as ratios measured side by side.
+#[derive(Parser, Debug)]
+#[command(name = "flintlog-bench")]
+struct Args {
+    /// Runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per throughput run.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Keys of the large state (snapshot, recovery, RSS benchmarks).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Entries of the full-history replay that recovery is compared with.
+    #[arg(long, default_value_t = 10_000_000)]
+    replay_entries: u64,
+    /// Working directory, on a real disk.
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+    /// Write the tables as Markdown to this file too.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Only the benchmarks whose letter is given (e.g. `ac`).
+    #[arg(long, default_value = "abcdef")]
+    only: String,
+}
+
+const PAYLOAD: &str = "set key0000000=vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv"; // 64 bytes
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("bench directory");
+    d
+}
+
+fn config(dir: &Path) -> Config {
+    let mut c = Config::new(dir.join("n1"));
+    c.segment_bytes_max = 64 * 1024 * 1024;
+    c
+}
+
+/// Output: a title, then rows of cells; printed and kept for Markdown.
+struct Report {
+    md: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str, note: &str) {
+        println!("\n== {title}\n{note}");
+        self.md.push_str(&format!("\n### {title}\n\n{note}\n\n"));
+    }
+    fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:>w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        println!(
+            "{}",
+            line(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        );
+        for r in rows {
+            println!("{}", line(r));
+        }
+        self.md.push_str(&format!(
+            "| {} |\n|{}|\n",
+            header.join(" | "),
+            header.iter().map(|_| "---:").collect::<Vec<_>>().join("|")
+        ));
+        for r in rows {
+            self.md.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        self.md.push('\n');
+    }
+}
+
+/// Appends from `writers` threads, each waiting for its answer, for `seconds`.
+/// Returns (appends/s, entries per fdatasync).
+fn group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) {
+    let node = Node::open(config(dir)).expect("open");
+    let before = node.appender().status().expect("status").counters;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|_| {
+            let a = node.appender().clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    a.append(PAYLOAD).expect("append");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = handles.into_iter().map(|h| h.join().expect("writer")).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = node.appender().status().expect("status").counters;
+    node.shutdown().expect("shutdown");
+    let fsyncs = (after.fsyncs - before.fsyncs).max(1);
+    (
+        total as f64 / elapsed,
+        (after.appends - before.appends) as f64 / fsyncs as f64,
+    )
+}
+
+/// The raw baseline: records of the same size written `batch` at a time into a file,
+/// each write followed by fdatasync. `prealloc`: the file is zero-filled and synced first
+/// (else it grows with every write). Returns records/s.
+fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("raw.dat");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("raw file");
+    let size = 256 * 1024 * 1024u64;
+    if prealloc {
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..size >> 20 {
+            file.write_all_at(&zeros, i << 20).expect("zero fill");
+        }
+        file.sync_all().expect("sync");
+    }
+    let mut buf = Vec::new();
+    for i in 0..batch {
+        record::encode(&mut buf, i as u64, PAYLOAD.as_bytes());
+    }
+    let started = Instant::now();
+    let (mut pos, mut n) = (0u64, 0u64);
+    while started.elapsed().as_secs_f64() < seconds && pos + (buf.len() as u64) < size {
+        file.write_all_at(&buf, pos).expect("write");
+        file.sync_data().expect("fdatasync");
+        pos += buf.len() as u64;
+        n += batch as u64;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    rate
+}
+
+fn bench_group_commit(args: &Args, r: &mut Report) {
+    r.section(
+        "a. Group commit",
+        "Acknowledged appends/s of 64-byte payloads under `--fsync always`, each writer waiting \
+         for its answer, against the raw baseline: the same records written with `pwrite` + \
+         `fdatasync` into a zero-filled preallocated file, at the batch size flintlog achieved. \
+         Batch 1 is also compared with a file that grows with each write.",
+    );
+    let mut rows = Vec::new();
+    for writers in [1usize, 8, 64] {
+        let (mut ours, mut per_sync, mut base, mut grow) = (vec![], vec![], vec![], vec![]);
+        let d = fresh(&args.dir, "a");
+        group_commit(&d, writers, 0.3); // warm-up
+        for _ in 0..args.runs {
+            let d = fresh(&args.dir, "a");
+            let (rate, e) = group_commit(&d, writers, args.seconds);
+            ours.push(rate);
+            per_sync.push(e);
+            let batch = e.round().max(1.0) as usize;
+            base.push(raw(&d, batch, args.seconds, true));
+            if writers == 1 {
+                grow.push(raw(&d, 1, args.seconds, false));
+            }
+        }
+        let (ours, e, base) = (median(ours), median(per_sync), median(base));
+        let grow_cell = if grow.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}x", ours / median(grow))
+        };
+        rows.push(vec![
+            writers.to_string(),
+            format!("{ours:.0}"),
+            format!("{e:.1}"),
+            format!("{base:.0}"),
+            format!("{:.2}x", ours / base),
+            grow_cell,
+        ]);
+    }
+    r.table(
+        &[
+            "writers",
+            "appends/s",
+            "entries/fdatasync",
+            "raw at that batch",
+            "vs raw",
+            "vs growing file",
+        ],
+        &rows,
+    );
+}
+
+fn big_state(keys: u64) -> KvState {
+    let mut s = KvState::default();
+    for i in 0..keys {
+        s.apply(format!("set key{i:010}=value-{i:010}-0123456789abcdef").as_bytes());
+    }
+    s
+}
+
+fn bench_snapshot(args: &Args, r: &mut Report) {
+    r.section(
+        &format!("c. Snapshot of {} keys, end to end", args.keys),
+        "Serialize, write, fsync in 4 MiB chunks, rename and fsync the directory, against \
+         serializing the same state (same format, same encoder) into a Vec in memory.",
+    );
+    let state = big_state(args.keys);
+    let d = fresh(&args.dir, "c");
+    let fs = flintlog::fs::RealFs;
+    let to_memory = |state: &KvState| {
+        let started = Instant::now();
+        let bytes = flintlog::snapshot::to_bytes(1, state);
+        std::hint::black_box(bytes);
+        started.elapsed().as_secs_f64()
+    };
+    to_memory(&state);
+    let (mut disk, mut mem, mut size) = (vec![], vec![], 0);
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let snap = flintlog::snapshot::write(&fs, &d, 1, &state, 4 << 20).expect("snapshot");
+        disk.push(started.elapsed().as_secs_f64());
+        size = snap.size_bytes;
+        mem.push(to_memory(&state));
+    }
+    let (disk, mem) = (median(disk), median(mem));
+    r.table(
+        &[
+            "keys",
+            "snapshot bytes",
+            "end to end (s)",
+            "in memory (s)",
+            "in-memory / end-to-end",
+        ],
+        &[vec![
+            args.keys.to_string(),
+            size.to_string(),
+            format!("{disk:.3}"),
+            format!("{mem:.3}"),
+            format!("{:.2}x", mem / disk),
+        ]],
+    );
+}
+
+/// Appends `n` entries through the library, pipelined; each sets one of `keys` keys.
+fn fill(node: &Node, n: u64, keys: u64) {
+    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<u64>>(8192);
+    let mut in_flight = 0;
+    for i in 0..n {
+        if in_flight >= 4096 {
+            rx.recv().expect("answer").expect("append");
+            in_flight -= 1;
+        }
+        let tx = tx.clone();
+        let k = i % keys;
+        node.appender().append_with(
+            format!("set key{k:010}=value-{i:010}-0123456789abcdef").into_bytes(),
+            Reply::new(move |r| drop(tx.send(r))),
+        );
+        in_flight += 1;
+    }
+    for _ in 0..in_flight {
+        rx.recv().expect("answer").expect("append");
+    }
+}
+
+fn open_time(dir: &Path) -> (f64, u64) {
+    let started = Instant::now();
+    let node = Node::open(config(dir)).expect("recover");
+    let t = started.elapsed().as_secs_f64();
+    let replayed = node.recovery().entries_replayed;
+    node.shutdown().expect("shutdown");
+    (t, replayed)
+}
+
+fn bench_recovery(args: &Args, r: &mut Report) {
+    r.section(
+        "d. Recovery",
+        &format!(
+            "Opening a node whose directory holds a snapshot of {k} keys and a tail of {k} \
+             entries, against one holding the whole history of {n} entries and no snapshot \
+             (page cache dropped neither way: both are warm, as after a process restart).",
+            k = args.keys,
+            n = args.replay_entries
+        ),
+    );
+    let a = fresh(&args.dir, "d-snapshot");
+    let node = Node::open(config(&a)).expect("open");
+    fill(&node, args.keys, args.keys);
+    let snap = node.snapshotter().snapshot().expect("snapshot");
+    node.compactor().compact(snap.offset).expect("compact");
+    fill(&node, args.keys, args.keys);
+    node.shutdown().expect("shutdown");
+    let b = fresh(&args.dir, "d-replay");
+    let node = Node::open(config(&b)).expect("open");
+    fill(&node, args.replay_entries, args.keys);
+    node.shutdown().expect("shutdown");
+    open_time(&a);
+    open_time(&b);
+    let (mut ta, mut tb, mut ra, mut rb) = (vec![], vec![], 0, 0);
+    for _ in 0..args.runs {
+        let (t, n) = open_time(&a);
+        ta.push(t);
+        ra = n;
+        let (t, n) = open_time(&b);
+        tb.push(t);
+        rb = n;
+    }
+    let (ta, tb) = (median(ta), median(tb));
+    r.table(
+        &["directory", "entries replayed", "open (s)", "speed-up"],
+        &[
+            vec![
+                format!("snapshot + {} tail", args.keys),
+                ra.to_string(),
+                format!("{ta:.3}"),
+                format!("{:.1}x", tb / ta),
+            ],
+            vec![
+                format!("{} entries, no snapshot", args.replay_entries),
+                rb.to_string(),
+                format!("{tb:.3}"),
+                "1.0x".into(),
+            ],
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+/// Latencies of appends by 8 writers: (idle histogram, histogram while `during` runs,
+/// duration of `during`).
+fn latency_around(
+    node: &Node,
+    idle: Duration,
+    during: impl FnOnce(),
+) -> (Histogram<u64>, Histogram<u64>, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(0)); // 0 warm-up, 1 idle, 2 during, 3 after
+    let hists = Arc::new(Mutex::new((
+        Histogram::<u64>::new(3).unwrap(),
+        Histogram::<u64>::new(3).unwrap(),
+    )));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (a, stop, phase, hists) = (
+                node.appender().clone(),
+                stop.clone(),
+                phase.clone(),
+                hists.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    a.append(PAYLOAD).expect("append");
+                    let us = t.elapsed().as_micros().max(1) as u64;
+                    match phase.load(Ordering::Relaxed) {
+                        1 => hists.lock().unwrap().0.record(us).ok(),
+                        2 => hists.lock().unwrap().1.record(us).ok(),
+                        _ => None,
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    phase.store(1, Ordering::Relaxed);
+    std::thread::sleep(idle);
+    phase.store(2, Ordering::Relaxed);
+    let started = Instant::now();
+    during();
+    let took = started.elapsed().as_secs_f64();
+    phase.store(3, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writers.into_iter().for_each(|w| w.join().expect("writer"));
+    let h = hists.lock().unwrap();
+    (h.0.clone(), h.1.clone(), took)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
+    r.section(
+        &format!("b. Appends during a snapshot of {} keys", args.keys),
+        "Eight writers append continuously; latency while the snapshotter writes a snapshot \
+         of the large state, against the idle period just before it. The hand-off pause is \
+         what the append path spends giving the state to the snapshotter: a clone of the \
+         persistent map and a channel send, measured directly.",
+    );
+    let d = fresh(&args.dir, "b");
+    let node = Node::open(config(&d)).expect("open");
+    fill(&node, args.keys, args.keys);
+    let mut rows = Vec::new();
+    let (mut idle99, mut snap99, mut idlemax, mut snapmax) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.runs {
+        let (idle, during, took) = latency_around(&node, Duration::from_secs(1), || {
+            node.snapshotter().snapshot().expect("snapshot");
+        });
+        idle99.push(ms(&idle, 0.99));
+        snap99.push(ms(&during, 0.99));
+        idlemax.push(idle.max() as f64 / 1000.0);
+        snapmax.push(during.max() as f64 / 1000.0);
+        rows.push(took);
+    }
+    node.shutdown().expect("shutdown");
+    let state = big_state(args.keys);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let mut pauses = vec![];
+    for _ in 0..args.runs.max(3) {
+        let t = Instant::now();
+        tx.send(state.clone()).expect("send");
+        pauses.push(t.elapsed().as_secs_f64() * 1e6);
+        drop(rx.recv());
+    }
+    let (i99, s99) = (median(idle99), median(snap99));
+    r.table(
+        &[
+            "p99 idle (ms)",
+            "p99 during (ms)",
+            "p99 ratio",
+            "max idle (ms)",
+            "max during (ms)",
+            "snapshot (s)",
+            "hand-off pause (µs)",
+        ],
+        &[vec![
+            format!("{i99:.2}"),
+            format!("{s99:.2}"),
+            format!("{:.2}x", s99 / i99),
+            format!("{:.2}", median(idlemax)),
+            format!("{:.2}", median(snapmax)),
+            format!("{:.2}", median(rows)),
+            format!("{:.1}", median(pauses)),
+        ]],
+    );
+}
+
+fn bench_appends_during_compaction(args: &Args, r: &mut Report) {
+    r.section(
+        "e. Appends while compaction deletes segments",
+        "Eight writers append continuously; latency while a compaction deletes about 1 GiB of \
+         sealed 16 MiB segments (a durable snapshot already covers them), against the idle \
+         period just before it.",
+    );
+    let (mut i99, mut c99, mut cmax, mut freed) = (vec![], vec![], vec![], 0);
+    for _ in 0..args.runs {
+        let d = fresh(&args.dir, "e");
+        let mut c = config(&d);
+        c.segment_bytes_max = 16 * 1024 * 1024;
+        let node = Node::open(c).expect("open");
+        fill(&node, 4_000_000, 100_000);
+        let snap = node.snapshotter().snapshot().expect("snapshot");
+        let (idle, during, _) = latency_around(&node, Duration::from_secs(1), || {
+            freed = node
+                .compactor()
+                .compact(snap.offset)
+                .expect("compact")
+                .bytes_freed;
+        });
+        i99.push(ms(&idle, 0.99));
+        c99.push(ms(&during, 0.99).max(ms(&idle, 0.5)));
+        cmax.push(during.max() as f64 / 1000.0);
+        node.shutdown().expect("shutdown");
+    }
+    let (i, c) = (median(i99), median(c99));
+    r.table(
+        &[
+            "bytes freed",
+            "p99 idle (ms)",
+            "p99 during (ms)",
+            "ratio",
+            "max during (ms)",
+        ],
+        &[vec![
+            freed.to_string(),
+            format!("{i:.2}"),
+            format!("{c:.2}"),
+            format!("{:.2}x", c / i),
+            format!("{:.2}", median(cmax)),
+        ]],
+    );
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+fn bench_rss(args: &Args, r: &mut Report) {
+    r.section(
+        &format!("f. Memory during a snapshot of {} keys", args.keys),
+        "Resident memory of the process while a snapshot is written and eight writers keep \
+         appending (so the persistent map copies the nodes they touch), against the steady \
+         state just before it.",
+    );
+    let d = fresh(&args.dir, "f");
+    let node = Node::open(config(&d)).expect("open");
+    fill(&node, args.keys, args.keys);
+    let steady = rss_kib();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(steady));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    latency_around(&node, Duration::from_millis(100), || {
+        node.snapshotter().snapshot().expect("snapshot");
+    });
+    done.store(true, Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    node.shutdown().expect("shutdown");
+    let peak = peak.load(Ordering::Relaxed);
+    r.table(
+        &["steady RSS (MiB)", "peak during snapshot (MiB)", "ratio"],
+        &[vec![
+            format!("{:.1}", steady as f64 / 1024.0),
+            format!("{:.1}", peak as f64 / 1024.0),
+            format!("{:.2}x", peak as f64 / steady as f64),
+        ]],
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir).expect("bench directory");
+    let mut r = Report { md: String::new() };
+    let started = Instant::now();
+    for letter in args.only.chars() {
+        match letter {
+            'a' => bench_group_commit(&args, &mut r),
+            'b' => bench_appends_during_snapshot(&args, &mut r),
+            'c' => bench_snapshot(&args, &mut r),
+            'd' => bench_recovery(&args, &mut r),
+            'e' => bench_appends_during_compaction(&args, &mut r),
+            'f' => bench_rss(&args, &mut r),
+            other => eprintln!("no benchmark {other:?}"),
+        }
+        std::io::stdout().flush().ok();
+    }
+    println!("\nall benchmarks: {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &r.md).expect("write the Markdown tables");
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+}
