@@ -79,6 +79,11 @@ pub struct Config {
     pub snapshot_sync_chunk_bytes: u64,
     /// How many durable snapshots are kept (the newest ones); at least 1.
     pub snapshots_retained: usize,
+    /// Prepare the next segment zero-filled on a helper thread while the active one
+    /// fills, so that syncs never convert unwritten extents (a journal commit each on
+    /// ext4). Off, segments are preallocated with fallocate when they are opened; the
+    /// simulated-disk tests turn it off to keep operation counts deterministic.
+    pub segment_prefill: bool,
 }
 
 impl Config {
@@ -94,6 +99,7 @@ impl Config {
             batch_entries_max: 4096,
             snapshot_sync_chunk_bytes: 4 * 1024 * 1024,
             snapshots_retained: 2,
+            segment_prefill: true,
         }
     }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fs::{File, FileSystem, create_durably, join};
+use crate::fs::{File, FileSystem, create_durably, join, sync_failed};
 
 /// What the log knows about one segment, as reported to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +99,22 @@ pub struct Log {
     unsynced: bool,
     readers: Vec<(u64, Box<dyn File>)>,
     scratch: Vec<u8>,
+    /// The next segment being prepared zero-filled on a helper thread.
+    spare: Option<std::thread::JoinHandle<io::Result<()>>>,
+    prefill: bool,
+}
+
+/// Name of the segment prepared in advance; a leftover is removed at recovery.
+const SPARE_NAME: &str = "spare.log.tmp";
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // A clean shutdown leaves no spare behind.
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+            let _ = self.fs.remove(&join(&self.dir, SPARE_NAME));
+        }
+    }
 }
 
 /// Alignment of every batch of records: a sector of any disk (4 KiB for 4Kn drives).
@@ -237,9 +253,26 @@ impl Log {
         }
         let start = self.next_offset();
         let target = self.segment_bytes_max.min(self.preallocate_bytes_max);
-        let file =
-            create_segment(&*self.fs, &self.dir, start, target).map_err(RollError::Create)?;
+        let prepared = match self.spare.take().map(|h| h.join()) {
+            Some(Ok(Ok(()))) => Some(self.promote_spare(start).map_err(RollError::Create)?),
+            Some(Ok(Err(e))) => {
+                log::warn!("preparing the next segment failed: {e}; creating it now");
+                None
+            }
+            Some(Err(_)) => {
+                log::warn!("the segment preparation thread panicked; creating the segment now");
+                None
+            }
+            None => None,
+        };
+        let file = match prepared {
+            Some(file) => file,
+            None => {
+                create_segment(&*self.fs, &self.dir, start, target).map_err(RollError::Create)?
+            }
+        };
         self.active = file;
+        self.start_spare();
         self.segments.push_back(Segment {
             start,
             name: segment::file_name(start),
@@ -247,6 +280,65 @@ impl Log {
             data_end: segment::HEADER_BYTES,
         });
         Ok(())
+    }
+
+    /// Starts preparing the next segment: `spare.log.tmp`, zero-filled to the
+    /// preallocation size and synced, on a helper thread.
+    fn start_spare(&mut self) {
+        if !self.prefill || self.spare.is_some() {
+            return;
+        }
+        let fs = self.fs.clone();
+        let path = join(&self.dir, SPARE_NAME);
+        let size = self
+            .segment_bytes_max
+            .min(self.preallocate_bytes_max)
+            .max(2 * BATCH_ALIGN_BYTES);
+        let spawned = std::thread::Builder::new()
+            .name("flintlog-prefill".into())
+            .spawn(move || {
+                let result = (|| {
+                    let mut file = fs.create(&path)?;
+                    let zeros = vec![0u8; 1 << 20];
+                    let mut at = 0;
+                    while at < size {
+                        let n = (size - at).min(zeros.len() as u64);
+                        file.write_all_at(&zeros[..n as usize], at)?;
+                        at += n;
+                    }
+                    file.sync_data()
+                })();
+                if result.is_err() {
+                    // Give back whatever space it took (a full disk is the usual reason).
+                    let _ = fs.remove(&path);
+                }
+                result
+            });
+        match spawned {
+            Ok(handle) => self.spare = Some(handle),
+            Err(e) => log::warn!("cannot start the segment preparation thread: {e}"),
+        }
+    }
+
+    /// Turns the prepared spare into the segment starting at `start`, with the same
+    /// recipe as a new segment: header, sync, rename, directory sync; then reopens it
+    /// under its final name.
+    fn promote_spare(&mut self, start: u64) -> io::Result<Box<dyn File>> {
+        let spare = join(&self.dir, SPARE_NAME);
+        let name = segment::file_name(start);
+        let result = (|| {
+            let mut file = self.fs.open(&spare, true)?;
+            file.write_all_at(&segment::encode_header(start), 0)?;
+            file.sync_data().map_err(sync_failed)?;
+            drop(file);
+            self.fs.rename(&spare, &join(&self.dir, &name))?;
+            self.fs.sync_dir(&self.dir).map_err(sync_failed)?;
+            self.fs.open(&join(&self.dir, &name), true)
+        })();
+        if result.is_err() {
+            let _ = self.fs.remove(&spare);
+        }
+        result
     }
 
     /// Reads the entry at `offset`.
@@ -404,15 +496,22 @@ impl<'f> Scanner<'f> {
         Ok(found)
     }
 
-    /// Where the next record starts at or after `pos`: a zero header inside a block is
-    /// padding after a batch, so the record is at the next boundary.
-    fn next_record_at(&mut self, pos: u64) -> io::Result<u64> {
-        let padding = !pos.is_multiple_of(BATCH_ALIGN_BYTES)
-            && self
-                .bytes(pos, record::HEADER_BYTES)?
-                .iter()
-                .all(|&b| b == 0);
-        Ok(if padding { align_up(pos) } else { pos })
+    /// Where the record of `offset` starts, at or after the data end `pos`. A batch
+    /// starts on a block boundary, so the bytes between the previous batch's end and
+    /// the boundary are zero padding — which may be shorter than a record header. A
+    /// record that verifies at `pos` wins (records run across boundaries inside a
+    /// batch); otherwise, if everything up to the boundary is zero, the record is at
+    /// the boundary.
+    fn next_record_at(&mut self, pos: u64, offset: u64) -> io::Result<u64> {
+        if pos.is_multiple_of(BATCH_ALIGN_BYTES) || self.record(pos, offset)?.is_ok() {
+            return Ok(pos);
+        }
+        let boundary = align_up(pos);
+        let padding = self
+            .bytes(pos, (boundary - pos) as usize)?
+            .iter()
+            .all(|&b| b == 0);
+        Ok(if padding { boundary } else { pos })
     }
 
     /// Decodes the record at `pos`, expecting `offset`.
@@ -581,7 +680,7 @@ pub fn scan(
         };
         loop {
             let offset = seg.start + seg.entries;
-            let at = scanner.next_record_at(seg.data_end).map_err(io)?;
+            let at = scanner.next_record_at(seg.data_end, offset).map_err(io)?;
             if until == Some(offset) {
                 // Sealed segment complete; a further valid record means overlap.
                 if let Ok(Ok(_)) = scanner.record(at, offset) {
@@ -744,7 +843,7 @@ impl Log {
         active: Box<dyn File>,
         segments: VecDeque<Segment>,
     ) -> Log {
-        Log {
+        let mut log = Log {
             fs,
             dir: config.dir.clone(),
             segments,
@@ -755,7 +854,11 @@ impl Log {
             unsynced: false,
             readers: Vec::new(),
             scratch: Vec::new(),
-        }
+            spare: None,
+            prefill: config.segment_prefill,
+        };
+        log.start_spare();
+        log
     }
 }
 

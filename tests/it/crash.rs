@@ -22,6 +22,8 @@ fn config() -> Config {
     // and every batch starts on a 4 KiB boundary.
     c.segment_bytes_max = 11 * flintlog::wal::BATCH_ALIGN_BYTES;
     c.inbox_capacity = 64;
+    // A helper thread preparing segments would make operation counts vary between runs.
+    c.segment_prefill = false;
     c
 }
 
