@@ -5,6 +5,7 @@
 #   make crash  the reliability layers, each printing what it covered (see RELIABILITY.md)
 #   make soak   the same, longer: 2000 kill -9 iterations, 4 seeds per crash mode
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
+#   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
 
 CARGO   ?= cargo
 BIN     := target/release/flintlog
@@ -18,7 +19,10 @@ COVERAGE := 'crash enumeration|failed syncs|short writes|crash during recovery|k
 # Flags for flintlog-load, e.g. make load LOAD_ARGS="--duration 60 --clients 8 --fsync batch=5"
 LOAD_ARGS ?=
 
-.PHONY: all build test fmt lint demo load crash soak fuzz clean
+# Flags for flintlog-bench, e.g. make bench BENCH_ARGS="--runs 5 --only ab"
+BENCH_ARGS ?=
+
+.PHONY: all build test fmt lint demo load bench crash soak fuzz clean
 
 all: build
 
@@ -37,6 +41,14 @@ test: lint
 
 load: build
 	target/release/flintlog-load $(LOAD_ARGS)
+
+bench: build
+	target/release/flintlog-bench --markdown target/bench-tables.md $(BENCH_ARGS)
+	@{ echo "# Benchmarks"; echo; \
+	   echo "Written by \`make bench\` (\`flintlog-bench\`) on $$(date -u +%Y-%m-%d): every table below comes from that run."; \
+	   echo "Machine: $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -g | awk '/Mem:/{print $$2}') GiB of memory, $$(df -T . | awk 'NR==2{print $$2}') on $$(df . | awk 'NR==2{print $$1}'); shared and noisy, hence ratios measured side by side, medians of several runs after a warm-up."; \
+	   cat target/bench-tables.md; } > BENCHMARKS.md
+	@echo "wrote BENCHMARKS.md"
 
 demo: build
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)

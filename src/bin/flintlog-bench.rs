@@ -65,9 +65,15 @@ fn config(dir: &Path) -> Config {
 /// Output: a title, then rows of cells; printed and kept for Markdown.
 struct Report {
     md: String,
+    /// (what, measured, target, met)
+    targets: Vec<(String, String, String, bool)>,
 }
 
 impl Report {
+    fn target(&mut self, what: &str, measured: String, target: &str, met: bool) {
+        self.targets
+            .push((what.to_string(), measured, target.to_string(), met));
+    }
     fn section(&mut self, title: &str, note: &str) {
         println!("\n== {title}\n{note}");
         self.md.push_str(&format!("\n### {title}\n\n{note}\n\n"));
@@ -155,7 +161,7 @@ fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool) -> f64 {
         .truncate(true)
         .open(&path)
         .expect("raw file");
-    let size = 256 * 1024 * 1024u64;
+    let size = 128 * 1024 * 1024u64;
     if prealloc {
         let zeros = vec![0u8; 1 << 20];
         for i in 0..size >> 20 {
@@ -206,6 +212,21 @@ fn bench_group_commit(args: &Args, r: &mut Report) {
             }
         }
         let (ours, e, base) = (median(ours), median(per_sync), median(base));
+        r.target(
+            &format!("group commit, {writers} writers, vs raw at the same batch"),
+            format!("{:.2}x", ours / base),
+            ">= 0.9x",
+            ours / base >= 0.9,
+        );
+        if !grow.is_empty() {
+            let g = ours / median(grow.clone());
+            r.target(
+                "batch 1 vs a growing file",
+                format!("{g:.2}x"),
+                ">= 1.6x",
+                g >= 1.6,
+            );
+        }
         let grow_cell = if grow.is_empty() {
             "-".into()
         } else {
@@ -266,6 +287,18 @@ fn bench_snapshot(args: &Args, r: &mut Report) {
         mem.push(to_memory(&state));
     }
     let (disk, mem) = (median(disk), median(mem));
+    r.target(
+        "snapshot end to end vs in-memory serialize",
+        format!("{:.2}x", mem / disk),
+        ">= 0.7x",
+        mem / disk >= 0.7,
+    );
+    r.target(
+        &format!("snapshot of {} keys, end to end", args.keys),
+        format!("{disk:.3} s"),
+        "<= 0.6 s",
+        disk <= 0.6,
+    );
     r.table(
         &[
             "keys",
@@ -349,6 +382,18 @@ fn bench_recovery(args: &Args, r: &mut Report) {
         rb = n;
     }
     let (ta, tb) = (median(ta), median(tb));
+    r.target(
+        &format!("recovery of {k} + {k}", k = args.keys),
+        format!("{ta:.3} s"),
+        "<= 2.5 s",
+        ta <= 2.5,
+    );
+    r.target(
+        "recovery vs full replay",
+        format!("{:.1}x", tb / ta),
+        ">= 5x",
+        tb / ta >= 5.0,
+    );
     r.table(
         &["directory", "entries replayed", "open (s)", "speed-up"],
         &[
@@ -456,6 +501,25 @@ fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
         drop(rx.recv());
     }
     let (i99, s99) = (median(idle99), median(snap99));
+    let (smax, pause) = (median(snapmax.clone()), median(pauses.clone()));
+    r.target(
+        "append p99 during a snapshot vs idle",
+        format!("{:.2}x", s99 / i99),
+        "<= 1.5x",
+        s99 / i99 <= 1.5,
+    );
+    r.target(
+        "append max during a snapshot",
+        format!("{smax:.1} ms"),
+        "<= 20 ms",
+        smax <= 20.0,
+    );
+    r.target(
+        "hand-off pause",
+        format!("{pause:.1} µs"),
+        "<= 10 ms",
+        pause <= 10_000.0,
+    );
     r.table(
         &[
             "p99 idle (ms)",
@@ -481,8 +545,8 @@ fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
 fn bench_appends_during_compaction(args: &Args, r: &mut Report) {
     r.section(
         "e. Appends while compaction deletes segments",
-        "Eight writers append continuously; latency while a compaction deletes about 1 GiB of \
-         sealed 16 MiB segments (a durable snapshot already covers them), against the idle \
+        "Eight writers append continuously; latency while a compaction deletes the 4 million \
+         entries of sealed 16 MiB segments a durable snapshot covers, against the idle \
          period just before it.",
     );
     let (mut i99, mut c99, mut cmax, mut freed) = (vec![], vec![], vec![], 0);
@@ -506,6 +570,12 @@ fn bench_appends_during_compaction(args: &Args, r: &mut Report) {
         node.shutdown().expect("shutdown");
     }
     let (i, c) = (median(i99), median(c99));
+    r.target(
+        "append p99 while compacting vs idle",
+        format!("{:.2}x", c / i),
+        "<= 1.2x",
+        c / i <= 1.2,
+    );
     r.table(
         &[
             "bytes freed",
@@ -564,6 +634,13 @@ fn bench_rss(args: &Args, r: &mut Report) {
     sampler.join().expect("sampler");
     node.shutdown().expect("shutdown");
     let peak = peak.load(Ordering::Relaxed);
+    let ratio = peak as f64 / steady as f64;
+    r.target(
+        "peak RSS during a snapshot vs steady",
+        format!("{ratio:.2}x"),
+        "<= 1.5x",
+        ratio <= 1.5,
+    );
     r.table(
         &["steady RSS (MiB)", "peak during snapshot (MiB)", "ratio"],
         &[vec![
@@ -577,7 +654,10 @@ fn bench_rss(args: &Args, r: &mut Report) {
 fn main() {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir).expect("bench directory");
-    let mut r = Report { md: String::new() };
+    let mut r = Report {
+        md: String::new(),
+        targets: Vec::new(),
+    };
     let started = Instant::now();
     for letter in args.only.chars() {
         match letter {
@@ -591,6 +671,21 @@ fn main() {
         }
         std::io::stdout().flush().ok();
     }
+    let rows: Vec<Vec<String>> = r
+        .targets
+        .clone()
+        .into_iter()
+        .map(|(what, measured, target, met)| {
+            vec![
+                what,
+                measured,
+                target,
+                if met { "met".into() } else { "MISSED".into() },
+            ]
+        })
+        .collect();
+    r.section("Targets", "Each target against what this run measured.");
+    r.table(&["what", "measured", "target", ""], &rows);
     println!("\nall benchmarks: {:.0} s", started.elapsed().as_secs_f64());
     if let Some(path) = &args.markdown {
         std::fs::write(path, &r.md).expect("write the Markdown tables");

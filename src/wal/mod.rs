@@ -267,9 +267,8 @@ impl Log {
         };
         let file = match prepared {
             Some(file) => file,
-            None => {
-                create_segment(&*self.fs, &self.dir, start, target).map_err(RollError::Create)?
-            }
+            None => create_segment(&*self.fs, &self.dir, start, target, self.prefill)
+                .map_err(RollError::Create)?,
         };
         self.active = file;
         self.start_spare();
@@ -299,13 +298,7 @@ impl Log {
             .spawn(move || {
                 let result = (|| {
                     let mut file = fs.create(&path)?;
-                    let zeros = vec![0u8; 1 << 20];
-                    let mut at = 0;
-                    while at < size {
-                        let n = (size - at).min(zeros.len() as u64);
-                        file.write_all_at(&zeros[..n as usize], at)?;
-                        at += n;
-                    }
+                    zero_fill(&mut *file, 0, size)?;
                     file.sync_data()
                 })();
                 if result.is_err() {
@@ -435,16 +428,34 @@ pub enum RollError {
     Create(io::Error),
 }
 
+/// Writes zeros over `[from, to)`. Written zeros, not an fallocated range: a later
+/// fdatasync of data written there has no unwritten extents to convert.
+fn zero_fill(file: &mut dyn File, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
 fn create_segment(
     fs: &dyn FileSystem,
     dir: &Path,
     start: u64,
     prealloc: u64,
+    prefill: bool,
 ) -> io::Result<Box<dyn File>> {
     let name = segment::file_name(start);
     create_durably(fs, dir, &name, |file| {
         file.write_all_at(&segment::encode_header(start), 0)?;
-        file.allocate(prealloc.max(segment::HEADER_BYTES))
+        let size = prealloc.max(segment::HEADER_BYTES);
+        if !prefill {
+            return file.allocate(size);
+        }
+        zero_fill(file, segment::HEADER_BYTES, size)
     })?;
     fs.open(&join(dir, &name), true)
 }
@@ -803,7 +814,7 @@ impl Log {
                     positions: Vec::new(),
                     data_end: segment::HEADER_BYTES,
                 });
-                create_segment(&*fs, &dir, 0, prealloc).map_err(|e| {
+                create_segment(&*fs, &dir, 0, prealloc, config.segment_prefill).map_err(|e| {
                     Error::open_io(
                         format!("creating the first segment in {}", dir.display()),
                         &e,
