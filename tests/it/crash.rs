@@ -170,6 +170,22 @@ fn seeds(mode: CrashMode) -> Vec<u64> {
     (0..n).collect()
 }
 
+/// Recovers every disk a power cut now could leave (every mode, the configured
+/// seeds) and checks each; returns how many were checked and what failed, each
+/// failure labelled `seed=S op=K mode=M`.
+fn check_every_crash(fs: &SimFs, outcome: &Outcome, op: u64) -> (u64, Vec<String>) {
+    let (mut states, mut failures) = (0, Vec::new());
+    for mode in CrashMode::ALL {
+        for seed in seeds(mode) {
+            states += 1;
+            if let Err(why) = check_twice(&fs.crash(seed, mode), outcome) {
+                failures.push(format!("seed={seed} op={op} mode={mode:?}: {why}"));
+            }
+        }
+    }
+    (states, failures)
+}
+
 #[test]
 fn every_crash_point_in_every_mode_keeps_every_acknowledged_entry() {
     let clean = SimFs::new();
@@ -193,14 +209,9 @@ fn every_crash_point_in_every_mode_keeps_every_acknowledged_entry() {
             ..Faults::default()
         });
         let outcome = workload(&fs);
-        for mode in CrashMode::ALL {
-            for seed in seeds(mode) {
-                states += 1;
-                if let Err(why) = check_twice(&fs.crash(seed, mode), &outcome) {
-                    failures.push(format!("seed={seed} op={k} mode={mode:?}: {why}"));
-                }
-            }
-        }
+        let (n, failed) = check_every_crash(&fs, &outcome, k);
+        states += n;
+        failures.extend(failed);
     }
     println!(
         "crash enumeration: K={total_ops} storage operations, {} crash points, {states} crash states checked, {} failures",
@@ -243,12 +254,9 @@ fn crash_window(window: &str, k: u64) {
         ..Faults::default()
     });
     let outcome = workload(&fs);
-    for mode in CrashMode::ALL {
-        for seed in seeds(mode) {
-            if let Err(why) = check_twice(&fs.crash(seed, mode), &outcome) {
-                panic!("window {window:?}: seed={seed} op={k} mode={mode:?}: {why}");
-            }
-        }
+    let (_, failed) = check_every_crash(&fs, &outcome, k);
+    if let Some(first) = failed.first() {
+        panic!("window {window:?}: {first}");
     }
 }
 
@@ -434,13 +442,10 @@ fn a_failed_sync_anywhere_is_fail_stop() {
                 );
             }
         }
-        for mode in CrashMode::ALL {
-            for seed in seeds(mode) {
-                states += 1;
-                if let Err(why) = check_twice(&fs.crash(seed, mode), &outcome) {
-                    panic!("after a failed sync: seed={seed} op={k} mode={mode:?}: {why}");
-                }
-            }
+        let (n, failed) = check_every_crash(&fs, &outcome, k);
+        states += n;
+        if let Some(first) = failed.first() {
+            panic!("after a failed sync: {first}");
         }
     }
     println!(
@@ -464,13 +469,10 @@ fn a_short_write_anywhere_keeps_every_acknowledged_entry() {
             ..Faults::default()
         });
         let outcome = workload(&fs);
-        for mode in CrashMode::ALL {
-            for seed in seeds(mode) {
-                states += 1;
-                if let Err(why) = check_twice(&fs.crash(seed, mode), &outcome) {
-                    panic!("after a short write: seed={seed} op={k} mode={mode:?}: {why}");
-                }
-            }
+        let (n, failed) = check_every_crash(&fs, &outcome, k);
+        states += n;
+        if let Some(first) = failed.first() {
+            panic!("after a short write: {first}");
         }
         // Without a power cut too: the node reopens from what the page cache holds.
         if let Err(why) = check_twice(&fs.clean_copy(), &outcome) {
