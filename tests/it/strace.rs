@@ -219,7 +219,15 @@ fn syscalls_happen_in_the_durable_order() {
     let mut unlinks: Vec<(usize, String)> = Vec::new();
     let mut last_write: HashMap<String, usize> = HashMap::new();
     let mut replies: Vec<(usize, Value)> = Vec::new();
-    for c in &calls {
+    // A close releases its descriptor as it starts, so another thread's open may
+    // complete (and be printed) before the close returns: replay closes at their
+    // start, everything else at its completion.
+    let mut ordered: Vec<(usize, &Call)> = calls
+        .iter()
+        .map(|c| (if c.name == "close" { c.start } else { c.end }, c))
+        .collect();
+    ordered.sort_by_key(|(at, _)| *at);
+    for (_, c) in ordered {
         match c.name.as_str() {
             "openat" if c.ret >= 0 => {
                 fd_path.insert(c.ret, c.args[1].text());
