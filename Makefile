@@ -7,6 +7,10 @@
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
 #   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
 
+# A pipeline fails when any command in it fails (make crash filters test output).
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
 CARGO   ?= cargo
 BIN     := target/release/flintlog
 DEMO_DIR ?= target/demo-data
