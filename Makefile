@@ -6,6 +6,7 @@
 #   make soak   the same, longer: 2000 kill -9 iterations, 4 seeds per crash mode
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
 #   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
+#   make bench-peers  the same appends against okaywal, raft-engine, SQLite; BENCHMARKS.md
 
 # A pipeline fails when any command in it fails (make crash filters test output).
 SHELL       := /bin/bash
@@ -25,8 +26,10 @@ LOAD_ARGS ?=
 
 # Flags for flintlog-bench, e.g. make bench BENCH_ARGS="--runs 5 --only ab"
 BENCH_ARGS ?=
+# Flags for flintlog-peers, e.g. make bench-peers PEERS_ARGS="--runs 5 --seconds 3"
+PEERS_ARGS ?=
 
-.PHONY: all build test fmt lint demo load bench crash soak fuzz clean
+.PHONY: all build test fmt lint demo load bench bench-peers crash soak fuzz clean
 
 all: build
 
@@ -47,12 +50,12 @@ load: build
 	target/release/flintlog-load $(LOAD_ARGS)
 
 bench: build
-	target/release/flintlog-bench --markdown target/bench-tables.md $(BENCH_ARGS)
-	@{ echo "# Benchmarks"; echo; \
-	   echo "Written by \`make bench\` (\`flintlog-bench\`) on $$(date -u +%Y-%m-%d): every table below comes from that run."; \
-	   echo "Machine: $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $$(free -g | awk '/Mem:/{print $$2}') GiB of memory, $$(df -T . | awk 'NR==2{print $$2}') on $$(df . | awk 'NR==2{print $$1}'); shared and noisy, hence ratios measured side by side, medians of several runs after a warm-up."; \
-	   cat target/bench-tables.md; } > BENCHMARKS.md
-	@echo "wrote BENCHMARKS.md"
+	target/release/flintlog-bench --markdown BENCHMARKS.md $(BENCH_ARGS)
+
+# The peers are a separate workspace member: only this target compiles them.
+bench-peers:
+	$(CARGO) build --release -p flintlog-peers
+	target/release/flintlog-peers --markdown BENCHMARKS.md $(PEERS_ARGS)
 
 demo: build
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use clap::Parser;
+use common::{PAYLOAD, Report, fresh, median, raw};
 use flintlog::core::kv::KvState;
-use flintlog::wal::record;
 use flintlog::{Config, Node, Reply};
 use hdrhistogram::Histogram;
 
@@ -42,77 +44,10 @@ struct Args {
     only: String,
 }
 
-const PAYLOAD: &str = "set key0000000=vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv"; // 64 bytes
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
-}
-
-fn fresh(dir: &Path, name: &str) -> PathBuf {
-    let d = dir.join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("bench directory");
-    d
-}
-
 fn config(dir: &Path) -> Config {
     let mut c = Config::new(dir.join("n1"));
     c.segment_bytes_max = 64 * 1024 * 1024;
     c
-}
-
-/// Output: a title, then rows of cells; printed and kept for Markdown.
-struct Report {
-    md: String,
-    /// (what, measured, target, met)
-    targets: Vec<(String, String, String, bool)>,
-}
-
-impl Report {
-    fn target(&mut self, what: &str, measured: String, target: &str, met: bool) {
-        self.targets
-            .push((what.to_string(), measured, target.to_string(), met));
-    }
-    fn section(&mut self, title: &str, note: &str) {
-        println!("\n== {title}\n{note}");
-        self.md.push_str(&format!("\n### {title}\n\n{note}\n\n"));
-    }
-    fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
-        let widths: Vec<usize> = (0..header.len())
-            .map(|i| {
-                rows.iter()
-                    .map(|r| r[i].len())
-                    .chain([header[i].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: &[String]| {
-            cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:>w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        println!(
-            "{}",
-            line(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        );
-        for r in rows {
-            println!("{}", line(r));
-        }
-        self.md.push_str(&format!(
-            "| {} |\n|{}|\n",
-            header.join(" | "),
-            header.iter().map(|_| "---:").collect::<Vec<_>>().join("|")
-        ));
-        for r in rows {
-            self.md.push_str(&format!("| {} |\n", r.join(" | ")));
-        }
-        self.md.push('\n');
-    }
 }
 
 /// Appends from `writers` threads, each waiting for its answer, for `seconds`.
@@ -147,44 +82,6 @@ fn group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) {
         total as f64 / elapsed,
         (after.appends - before.appends) as f64 / fsyncs as f64,
     )
-}
-
-/// The raw baseline: records of the same size written `batch` at a time into a file,
-/// each write followed by fdatasync. `prealloc`: the file is zero-filled and synced first
-/// (else it grows with every write). Returns records/s.
-fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool) -> f64 {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join("raw.dat");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .expect("raw file");
-    let size = 128 * 1024 * 1024u64;
-    if prealloc {
-        let zeros = vec![0u8; 1 << 20];
-        for i in 0..size >> 20 {
-            file.write_all_at(&zeros, i << 20).expect("zero fill");
-        }
-        file.sync_all().expect("sync");
-    }
-    let mut buf = Vec::new();
-    for i in 0..batch {
-        record::encode(&mut buf, i as u64, PAYLOAD.as_bytes());
-    }
-    let started = Instant::now();
-    let (mut pos, mut n) = (0u64, 0u64);
-    while started.elapsed().as_secs_f64() < seconds && pos + (buf.len() as u64) < size {
-        file.write_all_at(&buf, pos).expect("write");
-        file.sync_data().expect("fdatasync");
-        pos += buf.len() as u64;
-        n += batch as u64;
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    drop(file);
-    let _ = std::fs::remove_file(&path);
-    rate
 }
 
 fn bench_group_commit(args: &Args, r: &mut Report) {
@@ -654,6 +551,7 @@ fn bench_rss(args: &Args, r: &mut Report) {
 fn main() {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir).expect("bench directory");
+    let head = common::machine(&args.dir);
     let mut r = Report {
         md: String::new(),
         targets: Vec::new(),
@@ -688,7 +586,12 @@ fn main() {
     r.table(&["what", "measured", "target", ""], &rows);
     println!("\nall benchmarks: {:.0} s", started.elapsed().as_secs_f64());
     if let Some(path) = &args.markdown {
-        std::fs::write(path, &r.md).expect("write the Markdown tables");
+        let body = format!(
+            "## The node\n\nWritten by `make bench` (`flintlog-bench`), {}\n{}",
+            head, r.md
+        );
+        common::splice(path, "node", &body).expect("write the Markdown");
+        println!("wrote the node part of {}", path.display());
     }
     let _ = std::fs::remove_dir_all(&args.dir);
 }

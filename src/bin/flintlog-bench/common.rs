@@ -1,0 +1,169 @@
+//! What `flintlog-bench` and the peers comparison share: the report (printed tables
+//! and their Markdown), medians, scratch directories and the raw `fdatasync` baseline.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use flintlog::wal::record;
+
+pub const PAYLOAD: &str = "set key0000000=vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv"; // 64 bytes
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+pub fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("bench directory");
+    d
+}
+
+/// Output: a title, then rows of cells; printed and kept for Markdown.
+pub struct Report {
+    pub md: String,
+    /// (what, measured, target, met)
+    pub targets: Vec<(String, String, String, bool)>,
+}
+
+impl Report {
+    pub fn target(&mut self, what: &str, measured: String, target: &str, met: bool) {
+        self.targets
+            .push((what.to_string(), measured, target.to_string(), met));
+    }
+    pub fn section(&mut self, title: &str, note: &str) {
+        println!("\n== {title}\n{note}");
+        self.md.push_str(&format!("\n### {title}\n\n{note}\n\n"));
+    }
+    pub fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:>w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        println!(
+            "{}",
+            line(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        );
+        for r in rows {
+            println!("{}", line(r));
+        }
+        self.md.push_str(&format!(
+            "| {} |\n|{}|\n",
+            header.join(" | "),
+            header.iter().map(|_| "---:").collect::<Vec<_>>().join("|")
+        ));
+        for r in rows {
+            self.md.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        self.md.push('\n');
+    }
+}
+
+/// The raw baseline: records of the same size written `batch` at a time into a file,
+/// each write followed by fdatasync. `prealloc`: the file is zero-filled and synced first
+/// (else it grows with every write). Returns records/s.
+pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("raw.dat");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("raw file");
+    let size = 128 * 1024 * 1024u64;
+    if prealloc {
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..size >> 20 {
+            file.write_all_at(&zeros, i << 20).expect("zero fill");
+        }
+        file.sync_all().expect("sync");
+    }
+    let mut buf = Vec::new();
+    for i in 0..batch {
+        record::encode(&mut buf, i as u64, PAYLOAD.as_bytes());
+    }
+    let started = Instant::now();
+    let (mut pos, mut n) = (0u64, 0u64);
+    while started.elapsed().as_secs_f64() < seconds && pos + (buf.len() as u64) < size {
+        file.write_all_at(&buf, pos).expect("write");
+        file.sync_data().expect("fdatasync");
+        pos += buf.len() as u64;
+        n += batch as u64;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    rate
+}
+
+/// The machine and the day, for the head of a generated section.
+pub fn machine(dir: &Path) -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| (kib as f64 / 1024.0 / 1024.0).round() as u64)
+        .unwrap_or(0);
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let dir = dir.to_string_lossy();
+    let fs = run("df", &["--output=fstype,source", &dir]);
+    let fs = fs
+        .lines()
+        .nth(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" on "))
+        .unwrap_or_else(|| "unknown filesystem".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "run on {}. Machine: {cores} cores ({cpu}), {mem_gib} GiB of memory, {fs}; shared \
+         and noisy, hence ratios measured side by side, medians of several runs after a warm-up.",
+        run("date", &["-u", "+%Y-%m-%d"])
+    )
+}
+
+/// Replaces the part of the Markdown file `path` between `<!-- begin NAME -->` and
+/// `<!-- end NAME -->` with `body` (appending the part if the file lacks it), so that
+/// each benchmark program rewrites only what it measured.
+pub fn splice(path: &Path, name: &str, body: &str) -> std::io::Result<()> {
+    let (begin, end) = (
+        format!("<!-- begin {name} -->\n"),
+        format!("<!-- end {name} -->\n"),
+    );
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let part = format!("{begin}{body}{end}");
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{part}{}", &old[..b], &old[e + end.len()..]),
+        _ => format!("{}\n{part}", old.trim_end_matches('\n')),
+    };
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, new)?;
+    std::fs::rename(tmp, path)
+}
