@@ -84,6 +84,13 @@ pub struct Config {
     /// ext4). Off, segments are preallocated with fallocate when they are opened; the
     /// simulated-disk tests turn it off to keep operation counts deterministic.
     pub segment_prefill: bool,
+    /// Compaction frees a segment by truncating it this many bytes at a time, pausing
+    /// [`Config::delete_pause`] between steps, before it unlinks the empty file: freeing
+    /// a large file at once lands on the disk as one burst that the log's next fdatasync
+    /// waits behind (with online discard, inside a journal commit). 0: unlink at once.
+    pub delete_chunk_bytes: u64,
+    /// The pause between two truncation steps of a compacted segment.
+    pub delete_pause: std::time::Duration,
 }
 
 impl Config {
@@ -100,6 +107,8 @@ impl Config {
             snapshot_sync_chunk_bytes: 4 * 1024 * 1024,
             snapshots_retained: 2,
             segment_prefill: true,
+            delete_chunk_bytes: 1024 * 1024,
+            delete_pause: std::time::Duration::from_millis(10),
         }
     }
 

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::actor::appender::{Appender, AppenderHandle, AppenderMsg, AppenderParts};
-use crate::actor::compactor::{Compactor, CompactorHandle};
+use crate::actor::compactor::{Compactor, CompactorHandle, Pacing};
 use crate::actor::snapshotter::{Snapshotter, SnapshotterHandle, SnapshotterParts};
 use crate::config::Config;
 use crate::core::recovery::{self, LOCK_NAME};
@@ -95,7 +95,9 @@ impl Node {
         report.foreign_files = listing.foreign.clone();
 
         let first_offset = meta::read(&*fs, &dir)?;
+        let loading = Instant::now();
         let chosen = snapshot::choose(&*fs, &dir, &listing.snapshots, first_offset)?;
+        report.snapshot_load_ms = loading.elapsed().as_millis() as u64;
         report.snapshots_skipped = chosen
             .skipped
             .iter()
@@ -109,6 +111,7 @@ impl Node {
         let (snapshot, state) = (chosen.snapshot, chosen.state);
         let mut state = state;
         let replay_from = snapshot.as_ref().map_or(0, |s| s.offset);
+        let replaying = Instant::now();
         let (log, log_report) = Log::recover(
             fs.clone(),
             RecoverLog {
@@ -119,6 +122,7 @@ impl Node {
             },
             &mut |_, payload| state.apply(payload),
         )?;
+        report.replay_ms = replaying.elapsed().as_millis() as u64;
         // Snapshots that did not verify are moved aside (bytes kept) so that they are
         // neither verified again at every start nor counted by retention.
         for name in &damaged {
@@ -155,6 +159,10 @@ impl Node {
             first_offset,
             config.inbox_capacity,
             feedback_tx.clone(),
+            Pacing {
+                chunk_bytes: config.delete_chunk_bytes,
+                pause: config.delete_pause,
+            },
         )
         .map_err(spawn_err)?;
         let on_disk = listing

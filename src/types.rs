@@ -58,6 +58,10 @@ pub struct RecoveryReport {
     pub foreign_files: Vec<String>,
     /// Wall time of recovery.
     pub duration_ms: u64,
+    /// Of which: choosing, verifying and loading the snapshot.
+    pub snapshot_load_ms: u64,
+    /// Of which: scanning the log and replaying its entries on top of the snapshot.
+    pub replay_ms: u64,
 }
 
 /// Counters since the node opened.

@@ -179,6 +179,7 @@ fn main() {
     let mut r = Report {
         md: String::new(),
         targets: Vec::new(),
+        notes: Vec::new(),
     };
     let started = Instant::now();
     let writer_counts = [1usize, 64];
@@ -195,7 +196,7 @@ fn main() {
                 rates[w][e].push(rate);
             }
             let d = fresh(&args.dir, "raw");
-            let rate = raw(&d, writers, args.seconds, true);
+            let rate = raw(&d, writers, args.seconds, true, false);
             println!("run {run}: raw batch {writers:>2}: {rate:>8.0} records/s");
             rates[w][ENGINES.len()].push(rate);
         }

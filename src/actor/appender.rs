@@ -428,6 +428,10 @@ impl Appender {
             Feedback::Poisoned(why) => {
                 self.poison(why);
             }
+            Feedback::Fence { first_offset, ack } => {
+                self.log.compacted(first_offset, &[]);
+                let _ = ack.send(());
+            }
             Feedback::Compacted {
                 first_offset,
                 removed,

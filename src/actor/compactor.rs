@@ -8,7 +8,7 @@
 //! Architecture Invariant: no segment is deleted before a durable snapshot covers
 //! every entry in it and the new first offset is durable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -63,8 +63,22 @@ pub(crate) struct Compactor {
     first_offset: u64,
     inbox: Receiver<CompactorMsg>,
     feedback: Sender<Feedback>,
+    pacing: Pacing,
     /// Set after a failed sync: every later request fails.
     poisoned: Option<String>,
+}
+
+/// How long the compactor waits for the appender to fence reads off compacted
+/// segments before it falls back to unlinking them at once.
+const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How compaction spreads the freeing of a segment over time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    /// Bytes truncated per step (0: unlink at once).
+    pub chunk_bytes: u64,
+    /// Pause between steps.
+    pub pause: std::time::Duration,
 }
 
 impl Compactor {
@@ -74,6 +88,7 @@ impl Compactor {
         first_offset: u64,
         capacity: usize,
         feedback: Sender<Feedback>,
+        pacing: Pacing,
     ) -> std::io::Result<(Sender<CompactorMsg>, std::thread::JoinHandle<()>)> {
         let (tx, inbox) = crossbeam_channel::bounded(capacity);
         let actor = Compactor {
@@ -82,6 +97,7 @@ impl Compactor {
             first_offset,
             inbox,
             feedback,
+            pacing,
             poisoned: None,
         };
         let join = std::thread::Builder::new()
@@ -109,6 +125,25 @@ impl Compactor {
         self.poisoned = Some(why.clone());
         let _ = self.feedback.send(Feedback::Poisoned(why.clone()));
         Error::Crashed(why)
+    }
+
+    /// Deletes a compacted segment of `size` bytes, truncating it step by step first.
+    /// The segment lies wholly below the durable first offset, so recovery removes it
+    /// by name without reading it, however far the truncation got.
+    fn free(&self, path: &Path, size: u64, truncate: bool) -> std::io::Result<()> {
+        let Pacing { chunk_bytes, pause } = self.pacing;
+        if truncate && size > chunk_bytes {
+            let mut file = self.fs.open(path, true)?;
+            let mut len = size;
+            while len > 0 {
+                len = len.saturating_sub(chunk_bytes);
+                file.set_len(len)?;
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+        self.fs.remove(path)
     }
 
     fn compact(
@@ -147,6 +182,20 @@ impl Compactor {
             });
         }
         self.first_offset = at;
+        // Truncating shrinks files the appender may hold open for reads, so it first
+        // has to stop reading below `at`; if it does not answer in time (it may be
+        // blocked handing work down to us), the segments are unlinked at once, which
+        // open readers survive.
+        let truncate = self.pacing.chunk_bytes > 0 && !segments.is_empty() && {
+            let (ack, acked) = crossbeam_channel::bounded(1);
+            self.feedback
+                .send(Feedback::Fence {
+                    first_offset: at,
+                    ack,
+                })
+                .is_ok()
+                && acked.recv_timeout(FENCE_WAIT).is_ok()
+        };
         let mut bytes_freed = 0;
         let mut removed = Vec::new();
         for (start, name) in segments {
@@ -159,7 +208,7 @@ impl Compactor {
                     0
                 }
             };
-            match self.fs.remove(&path) {
+            match self.free(&path, size, truncate) {
                 Ok(()) => {
                     bytes_freed += size;
                     removed.push(*start);

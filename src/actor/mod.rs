@@ -109,6 +109,13 @@ pub(crate) enum Feedback {
     },
     /// A sync failed in another actor: the node must stop acknowledging writes.
     Poisoned(String),
+    /// The compactor is about to free segments below `first_offset` (already durable
+    /// in the log's metadata): reads below it must stop before their files shrink.
+    /// The appender answers on `ack` once no later read can reach them.
+    Fence {
+        first_offset: u64,
+        ack: crossbeam_channel::Sender<()>,
+    },
     /// Segments were deleted and the first offset moved.
     Compacted {
         first_offset: u64,

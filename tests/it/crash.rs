@@ -24,6 +24,9 @@ fn config() -> Config {
     c.inbox_capacity = 64;
     // A helper thread preparing segments would make operation counts vary between runs.
     c.segment_prefill = false;
+    // Compaction shrinks segments in steps before unlinking them: crash between any two.
+    c.delete_chunk_bytes = 2 * flintlog::wal::BATCH_ALIGN_BYTES;
+    c.delete_pause = std::time::Duration::ZERO;
     c
 }
 
@@ -312,12 +315,31 @@ fn crash_after_the_snapshot_directory_fsync() {
 }
 
 /// The first compaction that deletes at least two segments: index of its first unlink.
+/// (Compaction shrinks each segment with `set_len` steps before unlinking it.)
 fn multi_segment_deletion(t: &[OpRecord]) -> usize {
     (0..t.len() - 1)
         .find(|&i| {
-            t[i].kind == "unlink" && name_ends(&t[i].path, ".log") && t[i + 1].kind == "unlink"
+            t[i].kind == "unlink"
+                && name_ends(&t[i].path, ".log")
+                && t[i + 1..]
+                    .iter()
+                    .find(|r| r.kind != "set_len")
+                    .is_some_and(|r| r.kind == "unlink")
         })
         .expect("a compaction deletes two segments or more")
+}
+
+#[test]
+fn crash_while_a_compacted_segment_is_being_shrunk() {
+    let t = clean_trace();
+    let i = find(&t, 0, |r| r.kind == "set_len" && name_ends(&r.path, ".log"));
+    assert_eq!(
+        t[i + 1].kind,
+        "set_len",
+        "a segment shrinks in several steps"
+    );
+    assert_eq!(t[i + 1].path, t[i].path);
+    crash_window("while a compacted segment is being shrunk", t[i + 1].op);
 }
 
 #[test]
@@ -331,7 +353,7 @@ fn crash_between_two_segment_deletions() {
 fn crash_after_the_segment_deletions_before_the_directory_fsync() {
     let t = clean_trace();
     let i = multi_segment_deletion(&t);
-    let j = find(&t, i, |r| r.kind != "unlink");
+    let j = find(&t, i, |r| r.kind != "unlink" && r.kind != "set_len");
     assert_eq!(t[j].kind, "fsync(dir)");
     crash_window(
         "after the segment deletions, before the directory fsync",

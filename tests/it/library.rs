@@ -272,3 +272,59 @@ fn a_batch_ending_just_before_a_block_boundary_reads_back_after_restart() {
     assert_eq!(node.appender().kv_get("a").unwrap(), "1");
     node.shutdown().unwrap();
 }
+
+#[test]
+fn reads_racing_a_paced_compaction_get_their_entry_or_not_found() {
+    let (_t, path) = dir();
+    let mut config = Config::new(&path);
+    config.segment_bytes_max = 64 * 1024;
+    config.segment_prefill = false;
+    // Segments shrink 4 KiB at a time, slowly: reads have every chance to land on a
+    // file being truncated.
+    config.delete_chunk_bytes = 4096;
+    config.delete_pause = Duration::from_millis(1);
+    let node = Node::open(config).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let n = 20_000;
+    for i in 0..n {
+        node.appender()
+            .append_with(format!("set k{i}={i}").into_bytes(), collect(&tx, i));
+    }
+    for _ in 0..n {
+        rx.recv().unwrap().1.unwrap();
+    }
+    let at = node.snapshotter().snapshot().unwrap().offset;
+    assert_eq!(at, n as u64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (appender, stop) = (node.appender().clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut found, mut gone) = (0u64, 0u64);
+            let mut offset = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                match appender.read(offset) {
+                    Ok(e) => {
+                        assert!(e.checksum_valid, "offset {offset} read back damaged");
+                        assert_eq!(e.payload, format!("set k{offset}={offset}").into_bytes());
+                        found += 1;
+                    }
+                    Err(Error::NotFound(_)) => gone += 1,
+                    Err(e) => panic!("offset {offset}: {e}"),
+                }
+                offset = (offset + 997) % at;
+            }
+            (found, gone)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let compaction = node.compactor().compact(at - 100).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (found, gone) = reader.join().unwrap();
+    assert!(compaction.bytes_freed > 0);
+    assert!(found > 0 && gone > 0, "found {found}, gone {gone}");
+    assert_eq!(
+        node.appender().read(at - 1).unwrap().payload,
+        format!("set k{}={}", at - 1, at - 1).into_bytes()
+    );
+    node.shutdown().unwrap();
+}

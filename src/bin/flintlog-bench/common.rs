@@ -25,9 +25,14 @@ pub struct Report {
     pub md: String,
     /// (what, measured, target, met)
     pub targets: Vec<(String, String, String, bool)>,
+    /// Analyses of missed targets, from what the run measured.
+    pub notes: Vec<String>,
 }
 
 impl Report {
+    pub fn note(&mut self, text: String) {
+        self.notes.push(text);
+    }
     pub fn target(&mut self, what: &str, measured: String, target: &str, met: bool) {
         self.targets
             .push((what.to_string(), measured, target.to_string(), met));
@@ -75,8 +80,9 @@ impl Report {
 
 /// The raw baseline: records of the same size written `batch` at a time into a file,
 /// each write followed by fdatasync. `prealloc`: the file is zero-filled and synced first
-/// (else it grows with every write). Returns records/s.
-pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool) -> f64 {
+/// (else it grows with every write). `aligned`: each batch starts on a 4 KiB boundary,
+/// as flintlog's group commits do. Returns records/s.
+pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool, aligned: bool) -> f64 {
     use std::os::unix::fs::FileExt;
     let path = dir.join("raw.dat");
     let file = std::fs::OpenOptions::new()
@@ -103,6 +109,9 @@ pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool) -> f64 {
         file.write_all_at(&buf, pos).expect("write");
         file.sync_data().expect("fdatasync");
         pos += buf.len() as u64;
+        if aligned {
+            pos = pos.next_multiple_of(4096);
+        }
         n += batch as u64;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
