@@ -27,9 +27,11 @@ pub use actor::appender::{AppenderHandle, CasPredicate};
 pub use actor::compactor::CompactorHandle;
 pub use actor::snapshotter::SnapshotterHandle;
 pub use config::{Config, FsyncPolicy};
+pub use core::policy::{Policy, PolicyUpdate};
 pub use error::{Error, Result};
 pub use node::Node;
 pub use snapshot::SnapshotFile;
 pub use types::{
-    Compaction, Counters, Info, ReadEntry, RecoveryReport, SegmentInfo, SegmentList, Status,
+    Compaction, Counters, Info, KeptSnapshot, Management, ReadEntry, RecoveryReport, SegmentInfo,
+    SegmentList, Status, TriggerStatus,
 };

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use flintlog::fs::RealFs;
 use flintlog::router::{self, RouterConfig};
-use flintlog::{Config, FsyncPolicy, inspect};
+use flintlog::{Config, FsyncPolicy, Policy, inspect};
 
 /// A durable, checksummed, segmented write-ahead log of a key-value state machine,
 /// run as a Maelstrom node: JSON messages on stdin, replies on stdout, logs on stderr.
@@ -44,6 +44,37 @@ struct Args {
     /// carry; larger ones get error 12. At most 268435456.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(0..=268_435_456), value_name = "BYTES")]
     max_payload_bytes: u64,
+
+    /// Cut a snapshot on its own after this many entries since the last one (0: off).
+    /// Every threshold is jittered per node and per snapshot (see --jitter-percent).
+    /// Clients change the policy at run time with `wal_policy`.
+    #[arg(long, default_value_t = Policy::default().snapshot_entries, value_name = "N", help_heading = "Log management")]
+    snapshot_entries: u64,
+
+    /// Cut a snapshot after this many bytes of log since the last one (0: off).
+    #[arg(long, default_value_t = Policy::default().snapshot_bytes, value_name = "BYTES", help_heading = "Log management")]
+    snapshot_bytes: u64,
+
+    /// Cut a snapshot when the last one is this old and entries are pending (0: off).
+    #[arg(long, default_value_t = Policy::default().snapshot_age_ms, value_name = "MS", help_heading = "Log management")]
+    snapshot_age_ms: u64,
+
+    /// Spread each threshold by up to ± this percentage (0 to 90), seeded by the node
+    /// id, so that replicas do not snapshot together.
+    #[arg(long, default_value_t = Policy::default().jitter_percent, value_parser = clap::value_parser!(u64).range(0..=90), value_name = "PERCENT", help_heading = "Log management")]
+    jitter_percent: u64,
+
+    /// Compact the log after each durable snapshot: `true` or `false`.
+    #[arg(long, default_value_t = Policy::default().auto_compact, action = clap::ArgAction::Set, value_name = "BOOL", help_heading = "Log management")]
+    auto_compact: bool,
+
+    /// Entries kept behind the snapshot when compacting on its own.
+    #[arg(long, default_value_t = Policy::default().trailing_entries, value_name = "N", help_heading = "Log management")]
+    trailing_entries: u64,
+
+    /// Durable snapshots kept, newest first (at least 1).
+    #[arg(long, default_value_t = Policy::default().retain_snapshots, value_parser = clap::value_parser!(u64).range(1..), value_name = "N", help_heading = "Log management")]
+    retain_snapshots: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +165,15 @@ fn main() -> ExitCode {
     node.fsync = args.fsync;
     node.segment_bytes_max = args.max_segment_bytes;
     node.payload_bytes_max = args.max_payload_bytes;
+    node.policy = Policy {
+        snapshot_entries: args.snapshot_entries,
+        snapshot_bytes: args.snapshot_bytes,
+        snapshot_age_ms: args.snapshot_age_ms,
+        jitter_percent: args.jitter_percent,
+        auto_compact: args.auto_compact,
+        trailing_entries: args.trailing_entries,
+        retain_snapshots: args.retain_snapshots,
+    };
 
     let code = router::run(
         std::io::stdin(),

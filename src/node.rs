@@ -2,6 +2,7 @@
 //! order.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -165,19 +166,21 @@ impl Node {
             },
         )
         .map_err(spawn_err)?;
-        let on_disk = listing
+        let on_disk: Vec<(u64, String)> = listing
             .snapshots
             .iter()
             .filter(|(_, name)| !damaged.contains(name))
             .cloned()
             .collect();
+        let retain = Arc::new(AtomicU64::new(config.policy.retain_snapshots));
         let (snapshotter_tx, snapshotter_join) = Snapshotter::spawn(SnapshotterParts {
             fs: fs.clone(),
             config: config.clone(),
             compactor: compactor_tx,
             feedback: feedback_tx,
             durable: snapshot.clone(),
-            on_disk,
+            on_disk: on_disk.clone(),
+            retain: retain.clone(),
         })
         .map_err(spawn_err)?;
         let (appender, appender_join) = Appender::spawn(AppenderParts {
@@ -188,6 +191,8 @@ impl Node {
             feedback: feedback_rx,
             recovery: report.clone(),
             latest_snapshot: snapshot,
+            snapshots_on_disk: on_disk,
+            retain,
         })
         .map_err(spawn_err)?;
         Ok(Node {

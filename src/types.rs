@@ -118,4 +118,51 @@ pub struct Status {
     pub poisoned: Option<String>,
     /// What recovery did when the node opened.
     pub recovery: RecoveryReport,
+    /// The log-management policy and where the node stands against it.
+    pub management: Management,
+}
+
+/// How far one snapshot trigger is from firing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerStatus {
+    /// `entries`, `bytes` or `age_ms`.
+    pub name: &'static str,
+    /// The jittered threshold in force; `None` when the trigger is off.
+    pub threshold: Option<u64>,
+    /// The progress since the last snapshot cut.
+    pub current: u64,
+    /// What is left before it fires (0: due).
+    pub remaining: Option<u64>,
+}
+
+/// One snapshot file kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptSnapshot {
+    pub file: String,
+    /// `full` (every snapshot is a full one).
+    pub kind: &'static str,
+    pub offset: u64,
+    /// Known for snapshots written or loaded since the node opened.
+    pub size_bytes: Option<u64>,
+    /// Milliseconds since it became durable, for those written since the node opened.
+    pub age_ms: Option<u64>,
+}
+
+/// The log-management view of `wal_status`: policy, triggers, what is kept and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Management {
+    pub policy: crate::core::policy::Policy,
+    pub triggers: Vec<TriggerStatus>,
+    /// Snapshots on disk, oldest first.
+    pub snapshots: Vec<KeptSnapshot>,
+    /// Bytes of the last snapshot written since the node opened.
+    pub last_snapshot_bytes: Option<u64>,
+    /// Bytes a compaction to the newest snapshot would free now.
+    pub bytes_reclaimable: u64,
+    /// Entries a restart would replay on top of the newest snapshot.
+    pub replay_entries: u64,
+    /// Estimated recovery time on restart (snapshot load plus replay).
+    pub replay_estimate_ms: u64,
+    /// The oldest live segment and why it cannot be deleted yet.
+    pub oldest_segment: Option<(String, &'static str)>,
 }

@@ -106,6 +106,8 @@ pub(crate) enum Feedback {
     SnapshotDurable {
         snapshot: SnapshotFile,
         duration_ms: u64,
+        /// Every snapshot kept on disk after retention, as (offset, file), oldest first.
+        on_disk: Vec<(u64, String)>,
     },
     /// A sync failed in another actor: the node must stop acknowledging writes.
     Poisoned(String),

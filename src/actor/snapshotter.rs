@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -21,6 +22,7 @@ use crate::actor::compactor::CompactorMsg;
 use crate::actor::{Feedback, Reply, call};
 use crate::config::Config;
 use crate::core::kv::KvState;
+use crate::core::policy;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, is_sync_failure, join};
 use crate::snapshot::{self, SnapshotFile};
@@ -80,7 +82,8 @@ pub(crate) struct Snapshotter {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     sync_chunk: u64,
-    retained: usize,
+    /// Snapshots kept, as the policy says now (the appender updates it).
+    retain: Arc<AtomicU64>,
     inbox: Receiver<SnapshotterMsg>,
     compactor: Sender<CompactorMsg>,
     feedback: Sender<Feedback>,
@@ -98,6 +101,7 @@ pub(crate) struct SnapshotterParts {
     pub feedback: Sender<Feedback>,
     pub durable: Option<SnapshotFile>,
     pub on_disk: Vec<(u64, String)>,
+    pub retain: Arc<AtomicU64>,
 }
 
 impl Snapshotter {
@@ -109,7 +113,7 @@ impl Snapshotter {
             fs: parts.fs,
             dir: parts.config.dir.clone(),
             sync_chunk: parts.config.snapshot_sync_chunk_bytes,
-            retained: parts.config.snapshots_retained,
+            retain: parts.retain,
             inbox,
             compactor: parts.compactor,
             feedback: parts.feedback,
@@ -217,17 +221,21 @@ impl Snapshotter {
         self.on_disk.push((offset, written.file.clone()));
         self.on_disk.sort();
         self.durable = Some(written.clone());
-        let _ = self.feedback.send(Feedback::SnapshotDurable {
-            snapshot: written,
-            duration_ms,
-        });
-        while self.on_disk.len() > self.retained {
-            let (_, name) = self.on_disk.remove(0);
+        for (offset, name) in policy::retention(&self.on_disk, self.retain.load(Ordering::Relaxed))
+        {
             match self.fs.remove(&join(&self.dir, &name)) {
-                Ok(()) => log::debug!("removed old snapshot {name}"),
+                Ok(()) => {
+                    log::debug!("removed old snapshot {name}");
+                    self.on_disk.retain(|(o, _)| *o != offset);
+                }
                 Err(e) => log::warn!("could not remove old snapshot {name}: {e}"),
             }
         }
+        let _ = self.feedback.send(Feedback::SnapshotDurable {
+            snapshot: written,
+            duration_ms,
+            on_disk: self.on_disk.clone(),
+        });
         Ok(())
     }
 }

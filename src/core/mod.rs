@@ -1,4 +1,5 @@
 //! The pure core: no threads, no I/O.
 
 pub mod kv;
+pub mod policy;
 pub mod recovery;

@@ -378,6 +378,7 @@ impl<W: Write> Router<W> {
         }
         let mut config = self.config.node.clone();
         config.dir = self.config.data_dir.join(&node_id);
+        config.jitter_seed = crate::core::policy::seed_of(&node_id);
         match Node::open(config) {
             Ok(node) => {
                 self.node = Some((node_id, node));
@@ -450,6 +451,12 @@ impl<W: Write> Router<W> {
                         "wal_segment_config_ok",
                         vec![("max_segment_bytes", json!(b))],
                     )
+                }),
+            ),
+            Request::WalPolicy { update } => a.set_policy_with(
+                update,
+                self.reply(src, seq, |p: crate::Policy| {
+                    ok("wal_policy_ok", vec![("policy", policy_json(&p))])
                 }),
             ),
             Request::WalSegmentInfo => {
@@ -546,6 +553,54 @@ fn render(node_id: &str, dest: &str, in_reply_to: u64, msg_id: u64, body: &Body)
     out
 }
 
+/// The log-management policy, field by field in a fixed order.
+pub fn policy_json(p: &crate::Policy) -> Value {
+    json!({
+        "snapshot_entries": p.snapshot_entries,
+        "snapshot_bytes": p.snapshot_bytes,
+        "snapshot_age_ms": p.snapshot_age_ms,
+        "jitter_percent": p.jitter_percent,
+        "auto_compact": p.auto_compact,
+        "trailing_entries": p.trailing_entries,
+        "retain_snapshots": p.retain_snapshots,
+    })
+}
+
+fn management_json(m: &crate::Management) -> Value {
+    let triggers: serde_json::Map<String, Value> = m
+        .triggers
+        .iter()
+        .map(|t| {
+            (
+                t.name.to_string(),
+                json!({"threshold": t.threshold, "current": t.current, "remaining": t.remaining}),
+            )
+        })
+        .collect();
+    let snapshots: Vec<Value> = m
+        .snapshots
+        .iter()
+        .map(|k| {
+            json!({
+                "file": k.file,
+                "kind": k.kind,
+                "offset": k.offset,
+                "size_bytes": k.size_bytes,
+                "age_ms": k.age_ms,
+            })
+        })
+        .collect();
+    json!({
+        "triggers": triggers,
+        "snapshots": snapshots,
+        "last_snapshot_bytes": m.last_snapshot_bytes,
+        "bytes_reclaimable": m.bytes_reclaimable,
+        "replay_entries": m.replay_entries,
+        "replay_estimate_ms": m.replay_estimate_ms,
+        "oldest_segment": m.oldest_segment.as_ref().map(|(file, why)| json!({"file": file, "kept_because": why})),
+    })
+}
+
 fn status_json(s: &Status) -> Value {
     let snapshot = s.latest_snapshot.as_ref().map(
         |snap| json!({"file": snap.file, "offset": snap.offset, "size_bytes": snap.size_bytes}),
@@ -566,7 +621,9 @@ fn status_json(s: &Status) -> Value {
             "fsync": s.fsync.to_string(),
             "max_segment_bytes": s.segment_bytes_max,
             "max_payload_bytes": s.payload_bytes_max,
+            "log_management": policy_json(&s.management.policy),
         },
+        "log_management": management_json(&s.management),
         "latest_snapshot": snapshot,
         "last_snapshot_ms": s.last_snapshot_ms,
         "counters": {

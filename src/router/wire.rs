@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use crate::core::kv::valid_key;
+use crate::core::policy::PolicyUpdate;
 
 /// Maelstrom error codes used by the node.
 pub mod code {
@@ -79,6 +80,8 @@ pub enum Request {
     WalCompact { snapshot_at_offset: u64 },
     /// `wal_status {}`.
     WalStatus,
+    /// `wal_policy {any subset of the policy's fields}`.
+    WalPolicy { update: PolicyUpdate },
     /// lin-kv `read {key}`.
     Read { key: String },
     /// lin-kv `write {key, value}`; `value` is the JSON text to store.
@@ -167,6 +170,21 @@ fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
             snapshot_at_offset: f.u64("snapshot_at_offset")?,
         },
         "wal_status" => Request::WalStatus,
+        "wal_policy" => Request::WalPolicy {
+            update: PolicyUpdate {
+                snapshot_entries: f.opt_u64("snapshot_entries")?,
+                snapshot_bytes: f.opt_u64("snapshot_bytes")?,
+                snapshot_age_ms: f.opt_u64("snapshot_age_ms")?,
+                jitter_percent: f.opt_u64("jitter_percent")?,
+                auto_compact: match body.get("auto_compact") {
+                    None => None,
+                    Some(Value::Bool(b)) => Some(*b),
+                    Some(_) => return Err(malformed("field `auto_compact` must be true or false")),
+                },
+                trailing_entries: f.opt_u64("trailing_entries")?,
+                retain_snapshots: f.opt_u64("retain_snapshots")?,
+            },
+        },
         "read" => Request::Read { key: f.key()? },
         "write" => Request::Write {
             key: f.key()?,
@@ -214,6 +232,13 @@ impl Fields<'_> {
             )),
             _ => malformed(format!("field `{name}` must be a non-negative integer")),
         })
+    }
+
+    fn opt_u64(&self, name: &str) -> Result<Option<u64>, WireError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(_) => self.u64(name).map(Some),
+        }
     }
 
     /// A key: a string as is, anything else as its JSON text.

@@ -10,5 +10,6 @@ mod kill;
 mod library;
 mod load;
 mod node;
+mod policy;
 mod strace;
 mod support;

@@ -511,7 +511,35 @@ fn wal_status_reports_offsets_policy_counters_and_recovery() {
     assert_eq!(s["other_payloads"], 1);
     assert_eq!(
         s["policy"],
-        json!({"fsync": "batch=5", "max_segment_bytes": 16777216, "max_payload_bytes": 1000})
+        json!({"fsync": "batch=5", "max_segment_bytes": 16777216, "max_payload_bytes": 1000,
+               "log_management": {"snapshot_entries": 10000, "snapshot_bytes": 67108864,
+                                  "snapshot_age_ms": 0, "jitter_percent": 25,
+                                  "auto_compact": true, "trailing_entries": 5000,
+                                  "retain_snapshots": 2}})
+    );
+    let m = &s["log_management"];
+    let entries = &m["triggers"]["entries"];
+    let threshold = entries["threshold"].as_u64().unwrap();
+    assert!((7_500..=12_500).contains(&threshold), "{m}");
+    assert_eq!(entries["current"], 1, "one append since the node opened");
+    assert_eq!(entries["remaining"], threshold - 1);
+    assert_eq!(
+        m["triggers"]["age_ms"]["threshold"],
+        Value::Null,
+        "off by default"
+    );
+    let chain = m["snapshots"].as_array().unwrap();
+    assert_eq!(
+        chain.last().unwrap()["file"],
+        "00000000000000000008.snap",
+        "{m}"
+    );
+    assert_eq!(chain.last().unwrap()["kind"], "full");
+    assert_eq!(m["replay_entries"], 13 - 8);
+    assert!(m["replay_estimate_ms"].is_u64() && m["bytes_reclaimable"].is_u64());
+    assert_eq!(
+        m["oldest_segment"]["kept_because"], "it holds trailing entries kept behind the snapshot",
+        "{m}"
     );
     // The snapshot at 8 already covers offset 4: no new one is cut.
     assert_eq!(s["latest_snapshot"]["offset"], 8);

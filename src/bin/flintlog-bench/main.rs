@@ -47,6 +47,14 @@ struct Args {
 fn config(dir: &Path) -> Config {
     let mut c = Config::new(dir.join("n1"));
     c.segment_bytes_max = 64 * 1024 * 1024;
+    // Each benchmark cuts its own snapshots and compactions where it measures them.
+    c.policy = flintlog::Policy {
+        snapshot_entries: 0,
+        snapshot_bytes: 0,
+        snapshot_age_ms: 0,
+        auto_compact: false,
+        ..flintlog::Policy::default()
+    };
     c
 }
 

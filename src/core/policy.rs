@@ -1,0 +1,411 @@
+//! Log-management policy: when to cut a snapshot on its own, how far to compact behind
+//! it, how many snapshots to keep. Every decision here is a pure function of the
+//! policy, the node's progress and a clock reading passed in, so that it is tested
+//! directly; the appender only gathers the inputs and carries out the answer.
+
+use crate::error::{Error, Result};
+use crate::types::TriggerStatus;
+
+/// The policy an operator reads and changes (`Config::policy`, CLI flags, the
+/// `wal_policy` request). A threshold of 0 turns its trigger off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Cut a snapshot once this many entries were appended since the last cut.
+    pub snapshot_entries: u64,
+    /// Cut a snapshot once this many bytes of log were written since the last cut.
+    pub snapshot_bytes: u64,
+    /// Cut a snapshot once the last one is this old (milliseconds) and entries are
+    /// pending.
+    pub snapshot_age_ms: u64,
+    /// Each threshold is drawn anew for every snapshot within ± this percentage of its
+    /// value (0 to 90), from a per-node seed, so replicas do not snapshot together.
+    pub jitter_percent: u64,
+    /// Compact the log after each durable snapshot.
+    pub auto_compact: bool,
+    /// Entries kept behind the snapshot when compacting on its own, for followers
+    /// that catch up from the log.
+    pub trailing_entries: u64,
+    /// Durable snapshots kept (the newest ones); at least 1.
+    pub retain_snapshots: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            snapshot_entries: 10_000,
+            snapshot_bytes: 64 * 1024 * 1024,
+            snapshot_age_ms: 0,
+            jitter_percent: 25,
+            auto_compact: true,
+            trailing_entries: 5_000,
+            retain_snapshots: 2,
+        }
+    }
+}
+
+/// A change to some of the policy's fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyUpdate {
+    pub snapshot_entries: Option<u64>,
+    pub snapshot_bytes: Option<u64>,
+    pub snapshot_age_ms: Option<u64>,
+    pub jitter_percent: Option<u64>,
+    pub auto_compact: Option<bool>,
+    pub trailing_entries: Option<u64>,
+    pub retain_snapshots: Option<u64>,
+}
+
+/// The names of the policy's fields, as the protocol and the CLI spell them.
+pub const FIELDS: [&str; 7] = [
+    "snapshot_entries",
+    "snapshot_bytes",
+    "snapshot_age_ms",
+    "jitter_percent",
+    "auto_compact",
+    "trailing_entries",
+    "retain_snapshots",
+];
+
+impl Policy {
+    /// Checks every value against its range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first value out of range.
+    pub fn validate(&self) -> Result<()> {
+        if self.jitter_percent > 90 {
+            return Err(Error::InvalidArgument(format!(
+                "jitter_percent must be between 0 and 90, not {}",
+                self.jitter_percent
+            )));
+        }
+        if self.retain_snapshots < 1 {
+            return Err(Error::InvalidArgument(
+                "retain_snapshots must be at least 1: the newest snapshot is never deleted".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This policy with `update` applied, or an error and no change.
+    ///
+    /// # Errors
+    /// As [`Policy::validate`] on the result.
+    pub fn with(&self, update: &PolicyUpdate) -> Result<Policy> {
+        let p = Policy {
+            snapshot_entries: update.snapshot_entries.unwrap_or(self.snapshot_entries),
+            snapshot_bytes: update.snapshot_bytes.unwrap_or(self.snapshot_bytes),
+            snapshot_age_ms: update.snapshot_age_ms.unwrap_or(self.snapshot_age_ms),
+            jitter_percent: update.jitter_percent.unwrap_or(self.jitter_percent),
+            auto_compact: update.auto_compact.unwrap_or(self.auto_compact),
+            trailing_entries: update.trailing_entries.unwrap_or(self.trailing_entries),
+            retain_snapshots: update.retain_snapshots.unwrap_or(self.retain_snapshots),
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The thresholds for snapshot number `round` of the node seeded `seed`: each
+    /// within ± `jitter_percent` of the policy's value, different per round and seed.
+    pub fn thresholds(&self, seed: u64, round: u64) -> Thresholds {
+        let jitter = |value: u64, which: u64| -> u64 {
+            if value == 0 || self.jitter_percent == 0 {
+                return value;
+            }
+            // A uniform draw in [-1, 1], then scaled to the allowed spread.
+            let r = mix(seed ^ mix(round.wrapping_mul(4).wrapping_add(which)));
+            let unit = (r >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+            let spread = value as f64 * self.jitter_percent as f64 / 100.0;
+            ((value as f64 + unit * spread).round() as u64).max(1)
+        };
+        Thresholds {
+            entries: jitter(self.snapshot_entries, 1),
+            bytes: jitter(self.snapshot_bytes, 2),
+            age_ms: jitter(self.snapshot_age_ms, 3),
+        }
+    }
+}
+
+/// splitmix64's finalizer: a well-spread 64-bit hash of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A node's jitter seed, from its id (FNV-1a).
+pub fn seed_of(node_id: &str) -> u64 {
+    node_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The jittered thresholds in force for the next snapshot (0: trigger off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub entries: u64,
+    pub bytes: u64,
+    pub age_ms: u64,
+}
+
+/// What the node did since its last snapshot cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Entries appended since the last cut.
+    pub entries: u64,
+    /// Bytes of log written since the last cut.
+    pub bytes: u64,
+    /// Milliseconds since the last cut (or since the node opened).
+    pub age_ms: u64,
+}
+
+/// Why a snapshot is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Entries,
+    Bytes,
+    Age,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Entries => "entries",
+            Trigger::Bytes => "bytes",
+            Trigger::Age => "age",
+        }
+    }
+}
+
+/// The trigger that fires now, if any. Nothing fires without pending entries.
+pub fn due(t: &Thresholds, p: &Progress) -> Option<Trigger> {
+    if p.entries == 0 {
+        return None;
+    }
+    if t.entries > 0 && p.entries >= t.entries {
+        Some(Trigger::Entries)
+    } else if t.bytes > 0 && p.bytes >= t.bytes {
+        Some(Trigger::Bytes)
+    } else if t.age_ms > 0 && p.age_ms >= t.age_ms {
+        Some(Trigger::Age)
+    } else {
+        None
+    }
+}
+
+/// How far each trigger is from firing (`threshold` and `remaining` are `None` for
+/// triggers that are off).
+pub fn distances(t: &Thresholds, p: &Progress) -> [TriggerStatus; 3] {
+    let d = |name, threshold: u64, current: u64| TriggerStatus {
+        name,
+        threshold: (threshold > 0).then_some(threshold),
+        current,
+        remaining: (threshold > 0).then(|| threshold.saturating_sub(current)),
+    };
+    [
+        d("entries", t.entries, p.entries),
+        d("bytes", t.bytes, p.bytes),
+        d("age_ms", t.age_ms, p.age_ms),
+    ]
+}
+
+/// Where to compact after a durable snapshot at `snapshot_offset`, keeping
+/// `trailing` entries behind it: `None` if that does not move the first offset.
+pub fn compaction_target(snapshot_offset: u64, trailing: u64, first_offset: u64) -> Option<u64> {
+    let at = snapshot_offset.saturating_sub(trailing);
+    (at > first_offset).then_some(at)
+}
+
+/// Which durable snapshots retention deletes: given every snapshot on disk as
+/// (offset, name), all but the `retain` newest — never the newest one.
+pub fn retention(on_disk: &[(u64, String)], retain: u64) -> Vec<(u64, String)> {
+    let mut sorted = on_disk.to_vec();
+    sorted.sort();
+    let keep = (retain.max(1) as usize).min(sorted.len());
+    sorted.truncate(sorted.len() - keep);
+    sorted
+}
+
+/// Why the oldest live segment is still on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeper {
+    /// It is the active segment.
+    Active,
+    /// No durable snapshot covers all its entries.
+    NoSnapshot,
+    /// A snapshot covers it, but it holds some of the trailing entries kept for
+    /// followers.
+    TrailingEntries,
+    /// A snapshot covers it and it is beyond the trailing entries, but auto-compaction
+    /// is off (or has not run yet).
+    AwaitingCompaction,
+}
+
+impl Keeper {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Keeper::Active => "it is the active segment",
+            Keeper::NoSnapshot => "no durable snapshot covers all its entries",
+            Keeper::TrailingEntries => "it holds trailing entries kept behind the snapshot",
+            Keeper::AwaitingCompaction => "a snapshot covers it; it goes at the next compaction",
+        }
+    }
+}
+
+/// Why a segment holding entries `[start, end)` stays, given the newest durable
+/// snapshot's offset and the trailing entries kept behind it.
+pub fn keeper(sealed: bool, end: u64, snapshot: Option<u64>, trailing: u64) -> Keeper {
+    match snapshot {
+        _ if !sealed => Keeper::Active,
+        None => Keeper::NoSnapshot,
+        Some(s) if end > s => Keeper::NoSnapshot,
+        Some(s) if end > s.saturating_sub(trailing) => Keeper::TrailingEntries,
+        Some(_) => Keeper::AwaitingCompaction,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds(entries: u64, bytes: u64, age_ms: u64) -> Thresholds {
+        Thresholds {
+            entries,
+            bytes,
+            age_ms,
+        }
+    }
+
+    #[test]
+    fn each_trigger_fires_exactly_at_its_threshold() {
+        let t = thresholds(100, 1000, 5000);
+        let p = |entries, bytes, age_ms| Progress {
+            entries,
+            bytes,
+            age_ms,
+        };
+        assert_eq!(due(&t, &p(99, 999, 4999)), None);
+        assert_eq!(due(&t, &p(100, 0, 0)), Some(Trigger::Entries));
+        assert_eq!(due(&t, &p(1, 1000, 0)), Some(Trigger::Bytes));
+        assert_eq!(due(&t, &p(1, 0, 5000)), Some(Trigger::Age));
+        // Age alone never fires without pending entries.
+        assert_eq!(due(&t, &p(0, 0, 1_000_000)), None);
+        // Off triggers never fire.
+        let off = thresholds(0, 0, 0);
+        assert_eq!(due(&off, &p(u64::MAX, u64::MAX, u64::MAX)), None);
+    }
+
+    #[test]
+    fn distances_count_down_to_zero() {
+        let t = thresholds(100, 0, 5000);
+        let p = Progress {
+            entries: 40,
+            bytes: 7,
+            age_ms: 6000,
+        };
+        let d = distances(&t, &p);
+        let row = |s: &TriggerStatus| (s.name, s.threshold, s.current, s.remaining);
+        assert_eq!(row(&d[0]), ("entries", Some(100), 40, Some(60)));
+        assert_eq!(row(&d[1]), ("bytes", None, 7, None));
+        assert_eq!(row(&d[2]), ("age_ms", Some(5000), 6000, Some(0)));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bounds_and_differs_between_nodes() {
+        let policy = Policy {
+            snapshot_entries: 10_000,
+            snapshot_bytes: 64 << 20,
+            snapshot_age_ms: 60_000,
+            jitter_percent: 25,
+            ..Policy::default()
+        };
+        let (a, b) = (seed_of("n1"), seed_of("n2"));
+        let mut differ = 0;
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..1000 {
+            let (ta, tb) = (policy.thresholds(a, round), policy.thresholds(b, round));
+            for t in [ta, tb] {
+                assert!((7_500..=12_500).contains(&t.entries), "{t:?}");
+                assert!((48 << 20..=80 << 20).contains(&t.bytes), "{t:?}");
+                assert!((45_000..=75_000).contains(&t.age_ms), "{t:?}");
+            }
+            differ += usize::from(ta.entries != tb.entries);
+            seen.insert(ta.entries);
+        }
+        assert!(differ > 990, "two nodes drew the same threshold too often");
+        // The draws spread over the whole range, not a corner of it.
+        assert!(*seen.first().unwrap() < 7_600 && *seen.last().unwrap() > 12_400);
+        // Deterministic per (seed, round); no jitter gives the value itself.
+        assert_eq!(policy.thresholds(a, 7), policy.thresholds(a, 7));
+        let exact = Policy {
+            jitter_percent: 0,
+            ..policy
+        };
+        assert_eq!(exact.thresholds(a, 3), thresholds(10_000, 64 << 20, 60_000));
+        // An off trigger stays off whatever the jitter.
+        let off = Policy {
+            snapshot_age_ms: 0,
+            ..policy
+        };
+        assert_eq!(off.thresholds(a, 3).age_ms, 0);
+    }
+
+    #[test]
+    fn updates_apply_some_fields_and_refuse_bad_values_whole() {
+        let p = Policy::default();
+        let q = p
+            .with(&PolicyUpdate {
+                snapshot_entries: Some(5),
+                auto_compact: Some(false),
+                ..PolicyUpdate::default()
+            })
+            .unwrap();
+        assert_eq!(q.snapshot_entries, 5);
+        assert!(!q.auto_compact);
+        assert_eq!(q.trailing_entries, p.trailing_entries);
+        for bad in [
+            PolicyUpdate {
+                jitter_percent: Some(91),
+                ..PolicyUpdate::default()
+            },
+            PolicyUpdate {
+                snapshot_entries: Some(1),
+                retain_snapshots: Some(0),
+                ..PolicyUpdate::default()
+            },
+        ] {
+            assert!(matches!(p.with(&bad), Err(Error::InvalidArgument(_))));
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_the_trailing_entries_and_never_moves_backwards() {
+        assert_eq!(compaction_target(10_000, 5_000, 0), Some(5_000));
+        assert_eq!(compaction_target(10_000, 5_000, 5_000), None);
+        assert_eq!(compaction_target(4_000, 5_000, 0), None);
+        assert_eq!(compaction_target(10_000, 0, 9_999), Some(10_000));
+    }
+
+    #[test]
+    fn retention_never_deletes_the_newest_snapshot() {
+        let snaps: Vec<(u64, String)> = [30, 10, 20]
+            .iter()
+            .map(|o| (*o, format!("snap-{o}")))
+            .collect();
+        let names = |v: Vec<(u64, String)>| v.into_iter().map(|(o, _)| o).collect::<Vec<_>>();
+        assert_eq!(names(retention(&snaps, 2)), vec![10]);
+        assert_eq!(names(retention(&snaps, 1)), vec![10, 20]);
+        assert_eq!(names(retention(&snaps, 0)), vec![10, 20], "0 acts as 1");
+        assert!(retention(&snaps, 5).is_empty());
+        assert!(retention(&[], 1).is_empty());
+    }
+
+    #[test]
+    fn each_kept_segment_has_its_reason() {
+        assert_eq!(keeper(false, 0, Some(100), 0), Keeper::Active);
+        assert_eq!(keeper(true, 50, None, 0), Keeper::NoSnapshot);
+        assert_eq!(keeper(true, 150, Some(100), 0), Keeper::NoSnapshot);
+        assert_eq!(keeper(true, 80, Some(100), 30), Keeper::TrailingEntries);
+        assert_eq!(keeper(true, 70, Some(100), 30), Keeper::AwaitingCompaction);
+    }
+}

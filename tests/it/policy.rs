@@ -1,0 +1,265 @@
+//! The log-management policy, end to end: snapshots and compactions that happen on
+//! their own, retention, and `wal_policy` over the wire. (When exactly a trigger fires
+//! is tested on the pure functions in `src/core/policy.rs`, with an injected clock.)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flintlog::{Config, Node, Policy, PolicyUpdate, Status};
+use serde_json::{Value, json};
+
+use crate::support::{self, init, lines, msg, node_dir, run};
+
+fn config(dir: &Path, policy: Policy) -> Config {
+    let mut c = Config::new(dir);
+    c.segment_bytes_max = 32 * 1024;
+    c.segment_prefill = false;
+    c.delete_pause = Duration::ZERO;
+    c.policy = policy;
+    c
+}
+
+/// Polls the node's status until `done` holds (the policy acts in the background).
+fn wait_for(node: &Node, what: &str, done: impl Fn(&Status) -> bool) -> Status {
+    let started = Instant::now();
+    loop {
+        let s = node.appender().status().unwrap();
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited 30 s for {what}; status: {s:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    support::files(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".snap"))
+        .collect()
+}
+
+fn append_all(node: &Node, from: u64, to: u64) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for i in from..to {
+        let tx = tx.clone();
+        node.appender().append_with(
+            format!("set k{}={i}", i % 500).into_bytes(),
+            flintlog::Reply::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+    }
+    for _ in from..to {
+        rx.recv().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn with_no_request_from_anyone_the_log_stays_bounded_and_recovers_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let policy = Policy {
+        snapshot_entries: 2_000,
+        trailing_entries: 500,
+        jitter_percent: 0,
+        ..Policy::default()
+    };
+    let node = Node::open(config(&dir, policy)).unwrap();
+    let mut most_live = 0;
+    for round in 0..20 {
+        append_all(&node, round * 1_000, (round + 1) * 1_000);
+        most_live = most_live.max(node.appender().status().unwrap().entries);
+    }
+    let s = wait_for(&node, "the last automatic compaction", |s| {
+        s.latest_snapshot
+            .as_ref()
+            .is_some_and(|l| l.offset >= 20_000)
+            && s.first_offset + 500 >= 20_000
+    });
+    assert!(s.counters.snapshots >= 10, "{s:#?}");
+    assert!(s.counters.compactions >= 9, "{s:#?}");
+    // At most one snapshot interval, the trailing entries and a segment of slack
+    // (a segment goes only once all of it is behind the compaction point).
+    assert!(
+        most_live <= 2_000 + 500 + 1_000 + 2_000,
+        "{most_live} live entries"
+    );
+    assert!(
+        snapshot_files(&dir).len() <= 2,
+        "{:?}",
+        snapshot_files(&dir)
+    );
+    node.shutdown().unwrap();
+
+    let node = Node::open(config(&dir, policy)).unwrap();
+    let r = node.recovery().clone();
+    assert_eq!(r.snapshot.as_ref().unwrap().offset, 20_000);
+    assert_eq!(r.entries_replayed, 0);
+    for k in 0..500 {
+        // The last write of key k was entry 19_500 + k.
+        assert_eq!(
+            node.appender().kv_get(&format!("k{k}")).unwrap(),
+            (19_500 + k).to_string()
+        );
+    }
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn retention_keeps_the_newest_snapshots_and_never_the_last_one() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let policy = Policy {
+        snapshot_entries: 300,
+        jitter_percent: 0,
+        retain_snapshots: 1,
+        ..Policy::default()
+    };
+    let node = Node::open(config(&dir, policy)).unwrap();
+    for round in 0..5 {
+        append_all(&node, round * 300, (round + 1) * 300);
+        let want = (round + 1) * 300;
+        wait_for(&node, "the automatic snapshot", |s| {
+            s.latest_snapshot.as_ref().is_some_and(|l| l.offset == want)
+        });
+        assert_eq!(
+            snapshot_files(&dir),
+            vec![format!("{want:020}.snap")],
+            "only the newest snapshot is kept"
+        );
+    }
+    // Keeping three from now on: the next snapshots accumulate up to three.
+    node.appender()
+        .set_policy(PolicyUpdate {
+            retain_snapshots: Some(3),
+            ..PolicyUpdate::default()
+        })
+        .unwrap();
+    for round in 5..9 {
+        append_all(&node, round * 300, (round + 1) * 300);
+        let want = (round + 1) * 300;
+        wait_for(&node, "the automatic snapshot", |s| {
+            s.latest_snapshot.as_ref().is_some_and(|l| l.offset == want)
+        });
+    }
+    let kept = snapshot_files(&dir);
+    assert_eq!(
+        kept,
+        [
+            "00000000000000002100.snap",
+            "00000000000000002400.snap",
+            "00000000000000002700.snap"
+        ]
+    );
+    let s = node.appender().status().unwrap();
+    let chain: Vec<_> = s
+        .management
+        .snapshots
+        .iter()
+        .map(|k| k.file.clone())
+        .collect();
+    assert_eq!(chain, kept, "wal_status lists every snapshot kept");
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn the_age_trigger_cuts_a_snapshot_of_pending_entries_on_its_own() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let policy = Policy {
+        snapshot_entries: 0,
+        snapshot_bytes: 0,
+        snapshot_age_ms: 200,
+        jitter_percent: 0,
+        ..Policy::default()
+    };
+    let node = Node::open(config(&dir, policy)).unwrap();
+    // Nothing pending: no snapshot however long the node idles.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(node.appender().status().unwrap().counters.snapshots, 0);
+    // The node has been up longer than the age threshold: the first commit fires it
+    // (whatever part of the three it held); the rest is cut once the age passes again.
+    append_all(&node, 0, 3);
+    let s = wait_for(&node, "the age trigger", |s| {
+        s.latest_snapshot.as_ref().is_some_and(|l| l.offset == 3)
+    });
+    assert!((1..=3).contains(&s.counters.snapshots), "{s:#?}");
+    std::thread::sleep(Duration::from_millis(400));
+    let idle = node.appender().status().unwrap();
+    assert_eq!(
+        idle.counters.snapshots, s.counters.snapshots,
+        "nothing pending, nothing cut"
+    );
+    node.shutdown().unwrap();
+}
+
+fn policy_req(id: u64, fields: Value) -> String {
+    let mut body = json!({"type": "wal_policy", "msg_id": id});
+    body.as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
+    msg("c1", body)
+}
+
+#[test]
+fn wal_policy_changes_some_fields_answers_the_whole_policy_and_refuses_bad_values_whole() {
+    let data = tempfile::tempdir().unwrap();
+    let mut input = vec![
+        init(1),
+        policy_req(
+            2,
+            json!({"snapshot_entries": 50, "jitter_percent": 0, "trailing_entries": 10}),
+        ),
+        // One bad field refuses the whole request: snapshot_entries stays 50.
+        policy_req(3, json!({"snapshot_entries": 7, "jitter_percent": 95})),
+        policy_req(4, json!({"retain_snapshots": 0})),
+        policy_req(5, json!({"auto_compact": "yes"})),
+        policy_req(6, json!({"snapshot_bytes": -1})),
+        policy_req(7, json!({})),
+    ];
+    for i in 0..120u64 {
+        input.push(msg(
+            "c2",
+            json!({"type": "wal_append", "msg_id": 100 + i, "payload": format!("set k{i}=v")}),
+        ));
+    }
+    input.push(msg("c2", json!({"type": "wal_status", "msg_id": 999})));
+    let r = run(&[], Some(data.path()), &lines(&input));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let want = json!({"snapshot_entries": 50, "snapshot_bytes": 67108864, "snapshot_age_ms": 0,
+                      "jitter_percent": 0, "auto_compact": true, "trailing_entries": 10,
+                      "retain_snapshots": 2});
+    let ok = r.reply_to("c1", 2);
+    assert_eq!(ok["type"], "wal_policy_ok");
+    assert_eq!(ok["policy"], want);
+    for id in [3, 4, 5, 6] {
+        let e = r.reply_to("c1", id);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_u64()),
+            (Some("error"), Some(12)),
+            "{e}"
+        );
+    }
+    assert!(
+        r.reply_to("c1", 3)["text"]
+            .as_str()
+            .unwrap()
+            .contains("jitter_percent")
+    );
+    assert_eq!(r.reply_to("c1", 7)["policy"], want, "nothing changed");
+    // The new policy acted: a snapshot was cut on its own once 50 entries were in.
+    let s = &r.reply_to("c2", 999)["status"];
+    assert_eq!(s["policy"]["log_management"], want);
+    let snaps = snapshot_files(&node_dir(data.path()));
+    let newest: u64 = snaps
+        .last()
+        .expect("an automatic snapshot")
+        .trim_end_matches(".snap")
+        .parse()
+        .unwrap();
+    assert!(newest >= 50, "{snaps:?}");
+}
