@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::core::recovery;
+use crate::core::{policy, recovery};
 use crate::fs::FileSystem;
 use crate::snapshot;
 use crate::wal::{self, ScannedSegment, TornTail, meta};
@@ -22,7 +22,7 @@ pub struct SnapshotReport {
     pub size_bytes: u64,
     /// `None` if it verifies, else why not.
     pub damage: Option<String>,
-    /// Keys it holds (when it verifies).
+    /// Keys it holds (when it verifies); for a delta, the keys it sets or deletes.
     pub keys: Option<u64>,
 }
 
@@ -39,8 +39,12 @@ pub struct Examination {
     pub segments: Vec<ScannedSegment>,
     /// Every snapshot file, oldest first.
     pub snapshots: Vec<SnapshotReport>,
-    /// The snapshot recovery would load.
+    /// The snapshot recovery would load (the tip of the chain it would load).
     pub snapshot_used: Option<String>,
+    /// The files of that chain, the full snapshot first.
+    pub snapshot_chain: Vec<String>,
+    /// The offset that snapshot covers.
+    pub snapshot_offset: Option<u64>,
     /// Entries recovery would replay on top of it.
     pub entries_to_replay: u64,
     /// Keys after recovery.
@@ -88,12 +92,18 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
     for (offset, name) in &listing.snapshots {
         let path = dir.join(name);
         let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
-        let (damage, keys) = match snapshot::read(fs, &path) {
+        // For a delta, `keys` counts the keys it sets or deletes.
+        let read = if snapshot::is_delta(name) {
+            snapshot::read_delta(fs, &path).map(|d| (d.offset, d.changes.len() as u64))
+        } else {
+            snapshot::read(fs, &path).map(|(o, state)| (o, state.map.len() as u64))
+        };
+        let (damage, keys) = match read {
             Ok((o, _)) if o != *offset => (
                 Some(format!("header says offset {o}, the name says {offset}")),
                 None,
             ),
-            Ok((_, state)) => (None, Some(state.map.len() as u64)),
+            Ok((_, keys)) => (None, Some(keys)),
             Err(why) => (Some(why), None),
         };
         ex.snapshots.push(SnapshotReport {
@@ -108,7 +118,9 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
         ex.first_offset = meta::read(fs, dir)?;
         let chosen = snapshot::choose(fs, dir, &listing.snapshots, ex.first_offset)?;
         let replay_from = chosen.snapshot.as_ref().map_or(0, |s| s.offset);
+        ex.snapshot_offset = chosen.snapshot.as_ref().map(|s| s.offset);
         ex.snapshot_used = chosen.snapshot.map(|s| s.file);
+        ex.snapshot_chain = chosen.chain.iter().map(|f| f.file.clone()).collect();
         let mut state = chosen.state;
         let scan = wal::scan(
             fs,
@@ -245,6 +257,19 @@ pub fn inspect_table(ex: &Examination) -> String {
             s.file, s.offset, s.size_bytes, keys
         ));
     }
+    if !ex.snapshot_chain.is_empty() {
+        out.push_str(&format!(
+            "\nchain loaded  {}\n",
+            ex.snapshot_chain.join(" <- ")
+        ));
+    }
+    out.push_str(&format!(
+        "reclaimable   {} bytes (a compaction to the loaded snapshot)\n",
+        ex.bytes_reclaimable()
+    ));
+    if let Some((file, why)) = ex.oldest_segment() {
+        out.push_str(&format!("oldest kept   {file}: {why}\n"));
+    }
     for (what, files) in [
         ("temp files", &ex.temp_files),
         ("broken files", &ex.broken_files),
@@ -255,6 +280,42 @@ pub fn inspect_table(ex: &Examination) -> String {
         }
     }
     out
+}
+
+impl Examination {
+    /// Bytes of the sealed segments a compaction to the loaded snapshot would free.
+    pub fn bytes_reclaimable(&self) -> u64 {
+        let n = self.segments.len();
+        self.segments
+            .iter()
+            .take(n.saturating_sub(1))
+            .filter(|s| {
+                self.snapshot_offset
+                    .is_some_and(|o| s.start + s.entries <= o)
+            })
+            .map(|s| s.file_bytes)
+            .sum()
+    }
+
+    /// The oldest segment and why it is still there. Offline, the policy (and so the
+    /// trailing entries a running node keeps) is unknown: none are assumed.
+    pub fn oldest_segment(&self) -> Option<(String, &'static str)> {
+        let n = self.segments.len();
+        self.segments.first().map(|s| {
+            (
+                s.name.clone(),
+                policy::keeper(n > 1, s.start + s.entries, self.snapshot_offset, 0).reason(),
+            )
+        })
+    }
+}
+
+fn kind(file: &str) -> &'static str {
+    if snapshot::is_delta(file) {
+        "delta"
+    } else {
+        "full"
+    }
 }
 
 /// The `inspect --json` document.
@@ -277,12 +338,18 @@ pub fn inspect_json(ex: &Examination) -> Value {
         })).collect::<Vec<_>>(),
         "snapshots": ex.snapshots.iter().map(|s| json!({
             "file": s.file,
+            "kind": kind(&s.file),
             "offset": s.offset,
             "size_bytes": s.size_bytes,
             "keys": s.keys,
             "damage": s.damage,
             "used_by_recovery": ex.snapshot_used.as_deref() == Some(s.file.as_str()),
         })).collect::<Vec<_>>(),
+        "log_management": {
+            "snapshot_chain": ex.snapshot_chain,
+            "bytes_reclaimable": ex.bytes_reclaimable(),
+            "oldest_segment": ex.oldest_segment().map(|(file, why)| json!({"file": file, "kept_because": why})),
+        },
         "recovery": {
             "snapshot": ex.snapshot_used,
             "entries_to_replay": ex.entries_to_replay,

@@ -72,9 +72,20 @@ struct Args {
     #[arg(long, default_value_t = Policy::default().trailing_entries, value_name = "N", help_heading = "Log management")]
     trailing_entries: u64,
 
-    /// Durable snapshots kept, newest first (at least 1).
+    /// Snapshot chains kept, newest first (at least 1; a chain is a full snapshot and
+    /// the deltas building on it).
     #[arg(long, default_value_t = Policy::default().retain_snapshots, value_parser = clap::value_parser!(u64).range(1..), value_name = "N", help_heading = "Log management")]
     retain_snapshots: u64,
+
+    /// Most deltas (incremental snapshots) in a chain before the next snapshot is a
+    /// full one (0: every snapshot is full).
+    #[arg(long, default_value_t = Policy::default().max_chain, value_name = "N", help_heading = "Log management")]
+    max_chain: u64,
+
+    /// Cut a full snapshot once the chain's deltas together pass this percentage of
+    /// the full snapshot's size.
+    #[arg(long, default_value_t = Policy::default().delta_share_percent, value_name = "PERCENT", help_heading = "Log management")]
+    delta_share_percent: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +184,8 @@ fn main() -> ExitCode {
         auto_compact: args.auto_compact,
         trailing_entries: args.trailing_entries,
         retain_snapshots: args.retain_snapshots,
+        max_chain: args.max_chain,
+        delta_share_percent: args.delta_share_percent,
     };
 
     let code = router::run(

@@ -2,7 +2,6 @@
 //! order.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -109,7 +108,9 @@ impl Node {
             .iter()
             .map(|(name, _)| name.clone())
             .collect();
-        let (snapshot, state) = (chosen.snapshot, chosen.state);
+        let (snapshot, chain, state) = (chosen.snapshot, chosen.chain, chosen.state);
+        // The snapshotter builds the next delta on the chain's tip (an O(1) clone).
+        let tip_state = state.clone();
         let mut state = state;
         let replay_from = snapshot.as_ref().map_or(0, |s| s.offset);
         let replaying = Instant::now();
@@ -172,7 +173,6 @@ impl Node {
             .filter(|(_, name)| !damaged.contains(name))
             .cloned()
             .collect();
-        let retain = Arc::new(AtomicU64::new(config.policy.retain_snapshots));
         let (snapshotter_tx, snapshotter_join) = Snapshotter::spawn(SnapshotterParts {
             fs: fs.clone(),
             config: config.clone(),
@@ -180,7 +180,8 @@ impl Node {
             feedback: feedback_tx,
             durable: snapshot.clone(),
             on_disk: on_disk.clone(),
-            retain: retain.clone(),
+            chain,
+            tip_state,
         })
         .map_err(spawn_err)?;
         let (appender, appender_join) = Appender::spawn(AppenderParts {
@@ -192,7 +193,6 @@ impl Node {
             recovery: report.clone(),
             latest_snapshot: snapshot,
             snapshots_on_disk: on_disk,
-            retain,
         })
         .map_err(spawn_err)?;
         Ok(Node {

@@ -139,7 +139,7 @@ pub struct TriggerStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptSnapshot {
     pub file: String,
-    /// `full` (every snapshot is a full one).
+    /// `full` or `delta`.
     pub kind: &'static str,
     pub offset: u64,
     /// Known for snapshots written or loaded since the node opened.

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the appender busy-waits for the next request before it sleeps.
@@ -40,7 +40,7 @@ use crate::actor::snapshotter::SnapshotterMsg;
 use crate::actor::{Feedback, Reply, call};
 use crate::config::{Config, FsyncPolicy};
 use crate::core::kv::{self, KvState};
-use crate::core::policy::{self, Policy, PolicyUpdate, Progress, Thresholds};
+use crate::core::policy::{self, Policy, PolicyUpdate, Progress, SnapshotMode, Thresholds};
 use crate::error::{Error, Result};
 use crate::fs::is_sync_failure;
 use crate::snapshot::SnapshotFile;
@@ -88,6 +88,7 @@ pub(crate) enum AppenderMsg {
         reply: Reply<u64>,
     },
     Snapshot {
+        mode: SnapshotMode,
         reply: Reply<SnapshotFile>,
     },
     Compact {
@@ -333,8 +334,6 @@ struct Auto {
     busy: Arc<AtomicBool>,
     /// A compaction the policy asked for after a durable snapshot.
     compact_due: Option<u64>,
-    /// Shared with the snapshotter, which applies retention.
-    retain: Arc<AtomicU64>,
     /// Snapshots on disk (offset, file), oldest first.
     on_disk: Vec<(u64, String)>,
     /// Size and time of the snapshots that became durable (or were loaded) here.
@@ -379,7 +378,6 @@ pub(crate) struct AppenderParts {
     pub recovery: RecoveryReport,
     pub latest_snapshot: Option<SnapshotFile>,
     pub snapshots_on_disk: Vec<(u64, String)>,
-    pub retain: Arc<AtomicU64>,
 }
 
 impl Appender {
@@ -412,7 +410,6 @@ impl Appender {
                 last_cut: Instant::now(),
                 busy: Arc::new(AtomicBool::new(false)),
                 compact_due: None,
-                retain: parts.retain,
                 on_disk: parts.snapshots_on_disk,
                 known: parts
                     .latest_snapshot
@@ -548,6 +545,8 @@ impl Appender {
                 self.forward(SnapshotterMsg::Snapshot {
                     offset,
                     state,
+                    mode: SnapshotMode::Auto,
+                    policy: self.auto.policy,
                     reply: Reply::new(move |r| {
                         busy.store(false, Ordering::Release);
                         if let Err(e) = r {
@@ -699,12 +698,14 @@ impl Appender {
                 self.log.set_segment_bytes_max(bytes);
                 reply.send(Ok(bytes));
             }
-            AppenderMsg::Snapshot { reply } => match self.cut() {
+            AppenderMsg::Snapshot { mode, reply } => match self.cut() {
                 Ok((offset, state)) => {
                     self.auto.cut(Instant::now());
                     self.forward(SnapshotterMsg::Snapshot {
                         offset,
                         state,
+                        mode,
+                        policy: self.auto.policy,
                         reply,
                     })
                 }
@@ -715,7 +716,6 @@ impl Appender {
                     let auto = &mut self.auto;
                     auto.policy = p;
                     auto.thresholds = p.thresholds(auto.seed, auto.round);
-                    auto.retain.store(p.retain_snapshots, Ordering::Relaxed);
                     log::info!("log-management policy now {p:?}");
                     reply.send(Ok(p));
                 }
@@ -765,6 +765,7 @@ impl Appender {
                     at,
                     offset,
                     state,
+                    policy: self.auto.policy,
                     next_offset: next,
                     segments,
                     reply,
@@ -919,7 +920,11 @@ impl Appender {
                 let known = auto.known.get(offset);
                 KeptSnapshot {
                     file: file.clone(),
-                    kind: "full",
+                    kind: if crate::snapshot::is_delta(file) {
+                        "delta"
+                    } else {
+                        "full"
+                    },
                     offset: *offset,
                     size_bytes: known.map(|k| k.0),
                     age_ms: known

@@ -12,7 +12,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -22,7 +21,7 @@ use crate::actor::compactor::CompactorMsg;
 use crate::actor::{Feedback, Reply, call};
 use crate::config::Config;
 use crate::core::kv::KvState;
-use crate::core::policy;
+use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, is_sync_failure, join};
 use crate::snapshot::{self, SnapshotFile};
@@ -32,12 +31,15 @@ pub(crate) enum SnapshotterMsg {
     Snapshot {
         offset: u64,
         state: KvState,
+        mode: SnapshotMode,
+        policy: Policy,
         reply: Reply<SnapshotFile>,
     },
     Compact {
         at: u64,
         offset: u64,
         state: KvState,
+        policy: Policy,
         next_offset: u64,
         segments: Vec<(u64, String)>,
         reply: Reply<Compaction>,
@@ -74,7 +76,21 @@ impl SnapshotterHandle {
 
     /// Non-blocking [`SnapshotterHandle::snapshot`].
     pub fn snapshot_with(&self, reply: Reply<SnapshotFile>) {
-        self.appender.submit(AppenderMsg::Snapshot { reply });
+        self.snapshot_mode_with(SnapshotMode::Auto, reply);
+    }
+
+    /// [`SnapshotterHandle::snapshot`], written full or as a delta on the current
+    /// chain as `mode` asks (`Auto`: as the policy decides).
+    ///
+    /// # Errors
+    /// As [`SnapshotterHandle::snapshot`].
+    pub fn snapshot_mode(&self, mode: SnapshotMode) -> Result<SnapshotFile> {
+        call(|reply| self.snapshot_mode_with(mode, reply))
+    }
+
+    /// Non-blocking [`SnapshotterHandle::snapshot_mode`].
+    pub fn snapshot_mode_with(&self, mode: SnapshotMode, reply: Reply<SnapshotFile>) {
+        self.appender.submit(AppenderMsg::Snapshot { mode, reply });
     }
 }
 
@@ -82,8 +98,10 @@ pub(crate) struct Snapshotter {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     sync_chunk: u64,
-    /// Snapshots kept, as the policy says now (the appender updates it).
-    retain: Arc<AtomicU64>,
+    /// The chain the next delta would extend: its files (the full snapshot first)
+    /// and the state at its tip.
+    chain: Vec<SnapshotFile>,
+    tip_state: KvState,
     inbox: Receiver<SnapshotterMsg>,
     compactor: Sender<CompactorMsg>,
     feedback: Sender<Feedback>,
@@ -101,7 +119,8 @@ pub(crate) struct SnapshotterParts {
     pub feedback: Sender<Feedback>,
     pub durable: Option<SnapshotFile>,
     pub on_disk: Vec<(u64, String)>,
-    pub retain: Arc<AtomicU64>,
+    pub chain: Vec<SnapshotFile>,
+    pub tip_state: KvState,
 }
 
 impl Snapshotter {
@@ -113,7 +132,8 @@ impl Snapshotter {
             fs: parts.fs,
             dir: parts.config.dir.clone(),
             sync_chunk: parts.config.snapshot_sync_chunk_bytes,
-            retain: parts.retain,
+            chain: parts.chain,
+            tip_state: parts.tip_state,
             inbox,
             compactor: parts.compactor,
             feedback: parts.feedback,
@@ -148,11 +168,33 @@ impl Snapshotter {
                 .iter()
                 .max_by_key(|m| m.cut_offset())
                 .expect("non-empty group");
-            let (offset, state) = match newest {
-                SnapshotterMsg::Snapshot { offset, state, .. }
-                | SnapshotterMsg::Compact { offset, state, .. } => (*offset, state),
+            let (offset, state, policy) = match newest {
+                SnapshotterMsg::Snapshot {
+                    offset,
+                    state,
+                    policy,
+                    ..
+                }
+                | SnapshotterMsg::Compact {
+                    offset,
+                    state,
+                    policy,
+                    ..
+                } => (*offset, state, *policy),
             };
-            if let Err(e) = self.write(offset, state) {
+            // A request for a full snapshot wins, then one for a delta.
+            let modes = group.iter().filter_map(|m| match m {
+                SnapshotterMsg::Snapshot { mode, .. } => Some(*mode),
+                SnapshotterMsg::Compact { .. } => None,
+            });
+            let mode = modes.fold(SnapshotMode::Auto, |a, m| match (a, m) {
+                (SnapshotMode::Full, _) | (_, SnapshotMode::Full) => SnapshotMode::Full,
+                (SnapshotMode::Incremental, _) | (_, SnapshotMode::Incremental) => {
+                    SnapshotMode::Incremental
+                }
+                _ => SnapshotMode::Auto,
+            });
+            if let Err(e) = self.write(offset, state, mode, &policy) {
                 failure = Some(if is_sync_failure(&e) {
                     // Fail-stop: the node acknowledges nothing more until reopened.
                     let why =
@@ -207,22 +249,60 @@ impl Snapshotter {
         }
     }
 
-    fn write(&mut self, offset: u64, state: &KvState) -> std::io::Result<()> {
+    fn write(
+        &mut self,
+        offset: u64,
+        state: &KvState,
+        mode: SnapshotMode,
+        policy: &Policy,
+    ) -> std::io::Result<()> {
         let started = Instant::now();
-        let written = snapshot::write(&*self.fs, &self.dir, offset, state, self.sync_chunk)?;
+        let chain = self.chain.split_first().map(|(base, deltas)| ChainSize {
+            deltas: deltas.len() as u64,
+            deltas_bytes: deltas.iter().map(|d| d.size_bytes).sum(),
+            base_bytes: base.size_bytes,
+        });
+        let written = if policy::next_is_delta(mode, chain, policy) {
+            let parent = self.chain.last().expect("a chain to extend");
+            let changes = self.tip_state.changes_to(state);
+            let d = snapshot::write_delta(
+                &*self.fs,
+                &self.dir,
+                offset,
+                parent,
+                &changes,
+                state.other_payloads,
+                self.sync_chunk,
+            )?;
+            log::info!(
+                "delta {} durable: {} changes on {}, {} bytes, {} ms",
+                d.file,
+                changes.len(),
+                parent.file,
+                d.size_bytes,
+                started.elapsed().as_millis()
+            );
+            self.chain.push(d.clone());
+            d
+        } else {
+            let f = snapshot::write(&*self.fs, &self.dir, offset, state, self.sync_chunk)?;
+            log::info!(
+                "snapshot {} durable: {} keys, {} bytes, {} ms",
+                f.file,
+                state.map.len(),
+                f.size_bytes,
+                started.elapsed().as_millis()
+            );
+            self.chain = vec![f.clone()];
+            f
+        };
+        self.tip_state = state.clone();
         let duration_ms = started.elapsed().as_millis() as u64;
-        log::info!(
-            "snapshot {} durable: {} keys, {} bytes, {duration_ms} ms",
-            written.file,
-            state.map.len(),
-            written.size_bytes
-        );
         self.on_disk.retain(|(o, _)| *o != offset);
         self.on_disk.push((offset, written.file.clone()));
         self.on_disk.sort();
         self.durable = Some(written.clone());
-        for (offset, name) in policy::retention(&self.on_disk, self.retain.load(Ordering::Relaxed))
-        {
+        for (offset, name) in policy::retention(&self.on_disk, policy.retain_snapshots) {
             match self.fs.remove(&join(&self.dir, &name)) {
                 Ok(()) => {
                     log::debug!("removed old snapshot {name}");

@@ -95,11 +95,69 @@ impl KvState {
     pub fn get(&self, key: &str) -> Option<&Arc<str>> {
         self.map.get(key)
     }
+
+    /// What turns `self` into `newer`: the keys set (with their new value) or deleted
+    /// (`None`), in key order. Cheap when the two share most of their structure, as two
+    /// cuts of the same persistent map do.
+    pub fn changes_to(&self, newer: &KvState) -> Vec<Change> {
+        use imbl::ordmap::DiffItem;
+        let mut out: Vec<Change> = self
+            .map
+            .diff(&newer.map)
+            .map(|item| match item {
+                DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => {
+                    (k.clone(), Some(v.clone()))
+                }
+                DiffItem::Remove(k, _) => (k.clone(), None),
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Applies changes made by [`KvState::changes_to`].
+    pub fn apply_changes(&mut self, changes: &[Change], other_payloads: u64) {
+        for (k, v) in changes {
+            match v {
+                Some(v) => {
+                    self.map.insert(k.clone(), v.clone());
+                }
+                None => {
+                    self.map.remove(k);
+                }
+            }
+        }
+        self.other_payloads = other_payloads;
+    }
 }
+
+/// One key set to a value, or deleted (`None`).
+pub type Change = (Arc<str>, Option<Arc<str>>);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_turn_one_cut_into_a_later_one() {
+        let mut old = KvState::default();
+        for i in 0..1000 {
+            old.apply(format!("set k{i}=v{i}").as_bytes());
+        }
+        let mut new = old.clone();
+        new.apply(b"set k5=changed");
+        new.apply(b"del k7");
+        new.apply(b"set new=1");
+        new.apply(b"noise");
+        let changes = old.changes_to(&new);
+        let keys: Vec<&str> = changes.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(keys, ["k5", "k7", "new"]);
+        assert_eq!(changes[1].1, None);
+        let mut replayed = old.clone();
+        replayed.apply_changes(&changes, new.other_payloads);
+        assert_eq!(replayed, new);
+        assert!(new.changes_to(&new).is_empty());
+    }
 
     fn check(payload: &str, expected: Command<'_>) {
         assert_eq!(Command::parse(payload.as_bytes()), expected, "{payload:?}");

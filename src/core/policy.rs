@@ -25,8 +25,15 @@ pub struct Policy {
     /// Entries kept behind the snapshot when compacting on its own, for followers
     /// that catch up from the log.
     pub trailing_entries: u64,
-    /// Durable snapshots kept (the newest ones); at least 1.
+    /// Snapshot chains kept (the newest ones; a chain is a full snapshot and the
+    /// deltas building on it); at least 1.
     pub retain_snapshots: u64,
+    /// Most deltas in a chain before the next snapshot is a full one (0: every
+    /// snapshot is full).
+    pub max_chain: u64,
+    /// A full snapshot is also cut once the chain's deltas together pass this
+    /// percentage of the full snapshot's size.
+    pub delta_share_percent: u64,
 }
 
 impl Default for Policy {
@@ -39,6 +46,8 @@ impl Default for Policy {
             auto_compact: true,
             trailing_entries: 5_000,
             retain_snapshots: 2,
+            max_chain: 8,
+            delta_share_percent: 50,
         }
     }
 }
@@ -53,10 +62,12 @@ pub struct PolicyUpdate {
     pub auto_compact: Option<bool>,
     pub trailing_entries: Option<u64>,
     pub retain_snapshots: Option<u64>,
+    pub max_chain: Option<u64>,
+    pub delta_share_percent: Option<u64>,
 }
 
 /// The names of the policy's fields, as the protocol and the CLI spell them.
-pub const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 9] = [
     "snapshot_entries",
     "snapshot_bytes",
     "snapshot_age_ms",
@@ -64,6 +75,8 @@ pub const FIELDS: [&str; 7] = [
     "auto_compact",
     "trailing_entries",
     "retain_snapshots",
+    "max_chain",
+    "delta_share_percent",
 ];
 
 impl Policy {
@@ -99,6 +112,10 @@ impl Policy {
             auto_compact: update.auto_compact.unwrap_or(self.auto_compact),
             trailing_entries: update.trailing_entries.unwrap_or(self.trailing_entries),
             retain_snapshots: update.retain_snapshots.unwrap_or(self.retain_snapshots),
+            max_chain: update.max_chain.unwrap_or(self.max_chain),
+            delta_share_percent: update
+                .delta_share_percent
+                .unwrap_or(self.delta_share_percent),
         };
         p.validate()?;
         Ok(p)
@@ -216,14 +233,70 @@ pub fn compaction_target(snapshot_offset: u64, trailing: u64, first_offset: u64)
     (at > first_offset).then_some(at)
 }
 
-/// Which durable snapshots retention deletes: given every snapshot on disk as
-/// (offset, name), all but the `retain` newest — never the newest one.
+/// Which snapshot files retention deletes: given every snapshot and delta on disk as
+/// (offset, name), everything older than the `retain` newest chains (a chain starts
+/// at a full snapshot, a name ending in `.snap`) — never the newest chain.
 pub fn retention(on_disk: &[(u64, String)], retain: u64) -> Vec<(u64, String)> {
     let mut sorted = on_disk.to_vec();
     sorted.sort();
-    let keep = (retain.max(1) as usize).min(sorted.len());
-    sorted.truncate(sorted.len() - keep);
+    let bases: Vec<usize> = (0..sorted.len())
+        .filter(|&i| {
+            sorted[i]
+                .1
+                .ends_with(crate::core::recovery::SNAPSHOT_SUFFIX)
+        })
+        .collect();
+    let keep = retain.max(1) as usize;
+    if bases.len() <= keep {
+        return Vec::new();
+    }
+    sorted.truncate(bases[bases.len() - keep]);
     sorted
+}
+
+/// How a snapshot request wants the snapshot written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// The policy decides (full or delta).
+    #[default]
+    Auto,
+    Full,
+    Incremental,
+}
+
+impl SnapshotMode {
+    /// `full` or `incremental`, as the protocol spells them.
+    pub fn parse(text: &str) -> Option<SnapshotMode> {
+        match text {
+            "full" => Some(SnapshotMode::Full),
+            "incremental" => Some(SnapshotMode::Incremental),
+            _ => None,
+        }
+    }
+}
+
+/// The chain the next snapshot would extend: its deltas and sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainSize {
+    pub deltas: u64,
+    pub deltas_bytes: u64,
+    pub base_bytes: u64,
+}
+
+/// Whether the next snapshot is a delta on `chain` (with no chain, it is full).
+pub fn next_is_delta(mode: SnapshotMode, chain: Option<ChainSize>, policy: &Policy) -> bool {
+    let Some(c) = chain else {
+        return false;
+    };
+    match mode {
+        SnapshotMode::Full => false,
+        SnapshotMode::Incremental => true,
+        SnapshotMode::Auto => {
+            c.deltas < policy.max_chain
+                && c.deltas_bytes.saturating_mul(100)
+                    <= policy.delta_share_percent.saturating_mul(c.base_bytes)
+        }
+    }
 }
 
 /// Why the oldest live segment is still on disk.
@@ -387,10 +460,57 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_grows_until_its_length_or_size_limit_then_a_full_one_is_cut() {
+        let p = Policy::default(); // 8 deltas, 50 %
+        let c = |deltas, deltas_bytes| {
+            Some(ChainSize {
+                deltas,
+                deltas_bytes,
+                base_bytes: 1000,
+            })
+        };
+        assert!(!next_is_delta(SnapshotMode::Auto, None, &p), "no chain yet");
+        assert!(next_is_delta(SnapshotMode::Auto, c(0, 0), &p));
+        assert!(next_is_delta(SnapshotMode::Auto, c(7, 500), &p));
+        assert!(
+            !next_is_delta(SnapshotMode::Auto, c(8, 10), &p),
+            "max_chain"
+        );
+        assert!(!next_is_delta(SnapshotMode::Auto, c(2, 501), &p), "share");
+        assert!(next_is_delta(SnapshotMode::Incremental, c(8, 5000), &p));
+        assert!(!next_is_delta(SnapshotMode::Incremental, None, &p));
+        assert!(!next_is_delta(SnapshotMode::Full, c(0, 0), &p));
+        let off = Policy { max_chain: 0, ..p };
+        assert!(!next_is_delta(SnapshotMode::Auto, c(0, 0), &off));
+    }
+
+    #[test]
+    fn retention_keeps_whole_chains() {
+        let files: Vec<(u64, String)> = [
+            (10, "10.snap"),
+            (15, "15.delta"),
+            (20, "20.snap"),
+            (25, "25.delta"),
+            (27, "27.delta"),
+            (30, "30.snap"),
+            (35, "35.delta"),
+        ]
+        .iter()
+        .map(|(o, n)| (*o, n.to_string()))
+        .collect();
+        let names = |v: Vec<(u64, String)>| v.into_iter().map(|(o, _)| o).collect::<Vec<_>>();
+        assert_eq!(names(retention(&files, 2)), vec![10, 15]);
+        assert_eq!(names(retention(&files, 1)), vec![10, 15, 20, 25, 27]);
+        assert!(retention(&files, 3).is_empty());
+        // Deltas whose full snapshot is gone go with the older chains.
+        assert_eq!(names(retention(&files[1..], 1)), vec![15, 20, 25, 27]);
+    }
+
+    #[test]
     fn retention_never_deletes_the_newest_snapshot() {
         let snaps: Vec<(u64, String)> = [30, 10, 20]
             .iter()
-            .map(|o| (*o, format!("snap-{o}")))
+            .map(|o| (*o, format!("{o}.snap")))
             .collect();
         let names = |v: Vec<(u64, String)>| v.into_iter().map(|(o, _)| o).collect::<Vec<_>>();
         assert_eq!(names(retention(&snaps, 2)), vec![10]);

@@ -7,7 +7,7 @@ use crate::wal::{meta, segment};
 pub struct DirListing {
     /// Log segments, `(start offset, name)`, in offset order.
     pub segments: Vec<(u64, String)>,
-    /// Snapshots, `(offset, name)`, in offset order.
+    /// Snapshots and deltas, `(offset, name)`, in offset order.
     pub snapshots: Vec<(u64, String)>,
     /// Whether `log.meta` exists.
     pub meta: bool,
@@ -23,6 +23,8 @@ pub struct DirListing {
 pub const LOCK_NAME: &str = "LOCK";
 /// Suffix of snapshot files.
 pub const SNAPSHOT_SUFFIX: &str = ".snap";
+/// Suffix of delta files (incremental snapshots).
+pub const DELTA_SUFFIX: &str = ".delta";
 
 /// Sorts a directory's names.
 pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
@@ -30,7 +32,9 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
     for name in names {
         if let Some(start) = segment::parse_name(&name) {
             out.segments.push((start, name));
-        } else if let Some(offset) = segment::parse_offset_name(&name, SNAPSHOT_SUFFIX) {
+        } else if let Some(offset) = segment::parse_offset_name(&name, SNAPSHOT_SUFFIX)
+            .or_else(|| segment::parse_offset_name(&name, DELTA_SUFFIX))
+        {
             out.snapshots.push((offset, name));
         } else if name == meta::FILE_NAME {
             out.meta = true;

@@ -294,7 +294,10 @@ impl<W: Write> Router<W> {
             q.held.push_back((seq, request));
             return;
         }
-        if matches!(request, Request::WalSnapshot | Request::WalCompact { .. }) {
+        if matches!(
+            request,
+            Request::WalSnapshot { .. } | Request::WalCompact { .. }
+        ) {
             q.barrier = Some(seq);
         }
         self.dispatch(src, seq, request);
@@ -483,18 +486,18 @@ impl<W: Write> Router<W> {
                     )
                 }))
             }
-            Request::WalSnapshot => {
-                node.snapshotter()
-                    .snapshot_with(self.reply(src, seq, |s: crate::SnapshotFile| {
-                        ok(
-                            "wal_snapshot_ok",
-                            vec![
-                                ("snapshot_offset", json!(s.offset)),
-                                ("snapshot_size_bytes", json!(s.size_bytes)),
-                            ],
-                        )
-                    }))
-            }
+            Request::WalSnapshot { mode } => node.snapshotter().snapshot_mode_with(
+                mode,
+                self.reply(src, seq, |s: crate::SnapshotFile| {
+                    ok(
+                        "wal_snapshot_ok",
+                        vec![
+                            ("snapshot_offset", json!(s.offset)),
+                            ("snapshot_size_bytes", json!(s.size_bytes)),
+                        ],
+                    )
+                }),
+            ),
             Request::WalCompact { snapshot_at_offset } => node.compactor().compact_with(
                 snapshot_at_offset,
                 self.reply(src, seq, |c: crate::Compaction| {
@@ -563,6 +566,8 @@ pub fn policy_json(p: &crate::Policy) -> Value {
         "auto_compact": p.auto_compact,
         "trailing_entries": p.trailing_entries,
         "retain_snapshots": p.retain_snapshots,
+        "max_chain": p.max_chain,
+        "delta_share_percent": p.delta_share_percent,
     })
 }
 

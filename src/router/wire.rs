@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 
 use crate::core::kv::valid_key;
-use crate::core::policy::PolicyUpdate;
+use crate::core::policy::{PolicyUpdate, SnapshotMode};
 
 /// Maelstrom error codes used by the node.
 pub mod code {
@@ -74,8 +74,8 @@ pub enum Request {
     WalSegmentConfig { max_segment_bytes: u64 },
     /// `wal_segment_info {}`.
     WalSegmentInfo,
-    /// `wal_snapshot {}`.
-    WalSnapshot,
+    /// `wal_snapshot {mode?}`: `full`, `incremental`, or absent (the policy decides).
+    WalSnapshot { mode: SnapshotMode },
     /// `wal_compact {snapshot_at_offset}`.
     WalCompact { snapshot_at_offset: u64 },
     /// `wal_status {}`.
@@ -165,7 +165,17 @@ fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
             Request::WalSegmentConfig { max_segment_bytes }
         }
         "wal_segment_info" => Request::WalSegmentInfo,
-        "wal_snapshot" => Request::WalSnapshot,
+        "wal_snapshot" => Request::WalSnapshot {
+            mode: match body.get("mode") {
+                None => SnapshotMode::Auto,
+                Some(Value::String(m)) => SnapshotMode::parse(m).ok_or_else(|| {
+                    malformed(format!(
+                        "field `mode` must be \"full\" or \"incremental\", not {m:?}"
+                    ))
+                })?,
+                Some(_) => return Err(malformed("field `mode` must be a string")),
+            },
+        },
         "wal_compact" => Request::WalCompact {
             snapshot_at_offset: f.u64("snapshot_at_offset")?,
         },
@@ -183,6 +193,8 @@ fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
                 },
                 trailing_entries: f.opt_u64("trailing_entries")?,
                 retain_snapshots: f.opt_u64("retain_snapshots")?,
+                max_chain: f.opt_u64("max_chain")?,
+                delta_share_percent: f.opt_u64("delta_share_percent")?,
             },
         },
         "read" => Request::Read { key: f.key()? },

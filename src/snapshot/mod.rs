@@ -13,6 +13,19 @@
 //! offset give byte-identical files. A snapshot named `<offset>.snap` covers entries
 //! `[0, offset)`.
 //!
+//! A delta (`<offset>.delta`, magic `FLNTDLTA`, the same header) holds what changed
+//! since its parent, the snapshot or delta it builds on:
+//!
+//! ```text
+//! body: (parent_offset u64, parent_checksum u32, other_payloads u64, change_count u64),
+//!   then change_count pairs (key, Option<value>) in strictly ascending key order;
+//!   None deletes the key
+//! ```
+//!
+//! A file's identity is its body checksum: a delta names its parent by offset and
+//! checksum, so a chain (a full snapshot, then deltas each building on the one before)
+//! cannot be mixed up with another chain's files.
+//!
 //! Writing follows the one recipe that survives a power cut at any point: write
 //! `<name>.tmp` (synced every few MiB so that no single fsync stalls the log's syncs),
 //! write the header last, fsync, rename to `<name>`, fsync the directory. Only then is
@@ -25,13 +38,15 @@ use std::sync::Arc;
 use bincode::config::Configuration;
 
 use crate::config::RECORD_PAYLOAD_MAX_BYTES;
+use crate::core::kv::Change;
 use crate::core::kv::{KvMap, KvState};
-use crate::core::recovery::SNAPSHOT_SUFFIX;
+use crate::core::recovery::{DELTA_SUFFIX, SNAPSHOT_SUFFIX};
 use crate::fs::{File, FileSystem, create_durably, sync_failed};
 
 /// Bytes of the snapshot header.
 pub const HEADER_BYTES: u64 = 40;
 const MAGIC: &[u8; 8] = b"FLNTSNAP";
+const DELTA_MAGIC: &[u8; 8] = b"FLNTDLTA";
 const VERSION: u32 = 1;
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Most bytes one decoded pair may take: two strings of the largest payload.
@@ -46,15 +61,27 @@ pub fn file_name(offset: u64) -> String {
     format!("{offset:020}{SNAPSHOT_SUFFIX}")
 }
 
-/// A snapshot made durable.
+/// The file name of the delta at `offset`.
+pub fn delta_file_name(offset: u64) -> String {
+    format!("{offset:020}{DELTA_SUFFIX}")
+}
+
+/// Whether a snapshot file name is a delta's.
+pub fn is_delta(name: &str) -> bool {
+    name.ends_with(DELTA_SUFFIX)
+}
+
+/// A snapshot (full or delta) made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotFile {
-    /// File name.
+    /// File name (`.snap` for a full snapshot, `.delta` for a delta).
     pub file: String,
     /// Entries `[0, offset)` are covered.
     pub offset: u64,
     /// Size of the file.
     pub size_bytes: u64,
+    /// The body checksum: the file's identity, which a delta names its parent by.
+    pub checksum: u32,
 }
 
 struct Header {
@@ -63,9 +90,9 @@ struct Header {
     body_crc: u32,
 }
 
-fn encode_header(h: &Header) -> [u8; HEADER_BYTES as usize] {
+fn encode_header(h: &Header, magic: &[u8; 8]) -> [u8; HEADER_BYTES as usize] {
     let mut b = [0u8; HEADER_BYTES as usize];
-    b[0..8].copy_from_slice(MAGIC);
+    b[0..8].copy_from_slice(magic);
     b[8..12].copy_from_slice(&VERSION.to_le_bytes());
     b[16..24].copy_from_slice(&h.offset.to_le_bytes());
     b[24..32].copy_from_slice(&h.body_len.to_le_bytes());
@@ -75,9 +102,16 @@ fn encode_header(h: &Header) -> [u8; HEADER_BYTES as usize] {
     b
 }
 
-fn decode_header(b: &[u8; HEADER_BYTES as usize]) -> Result<Header, String> {
-    if &b[0..8] != MAGIC {
-        return Err("not a snapshot file (bad magic)".into());
+fn decode_header(b: &[u8; HEADER_BYTES as usize], magic: &[u8; 8]) -> Result<Header, String> {
+    if &b[0..8] != magic {
+        return Err(format!(
+            "not a {} file (bad magic)",
+            if magic == DELTA_MAGIC {
+                "delta"
+            } else {
+                "snapshot"
+            }
+        ));
     }
     if crc32c::crc32c(&b[0..36]) != u32::from_le_bytes(b[36..40].try_into().unwrap()) {
         return Err("header checksum mismatch".into());
@@ -155,7 +189,7 @@ pub fn write(
     sync_chunk: u64,
 ) -> io::Result<SnapshotFile> {
     let name = file_name(offset);
-    let mut size_bytes = 0;
+    let (mut size_bytes, mut checksum) = (0, 0);
     create_durably(fs, dir, &name, |file| {
         let mut w = ChunkWriter {
             file,
@@ -173,13 +207,166 @@ pub fn write(
             body_crc: w.crc,
         };
         size_bytes = w.pos;
-        w.file.write_all_at(&encode_header(&header), 0)
+        checksum = w.crc;
+        w.file.write_all_at(&encode_header(&header, MAGIC), 0)
     })?;
     Ok(SnapshotFile {
         file: name,
         offset,
         size_bytes,
+        checksum,
     })
+}
+
+/// Writes the delta at `offset` building on `parent`: `changes` (from
+/// [`KvState::changes_to`]) and the other-payload count, crash-safely as [`write`].
+///
+/// # Errors
+/// As [`write`].
+pub fn write_delta(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    offset: u64,
+    parent: &SnapshotFile,
+    changes: &[Change],
+    other_payloads: u64,
+    sync_chunk: u64,
+) -> io::Result<SnapshotFile> {
+    let name = delta_file_name(offset);
+    let (mut size_bytes, mut checksum) = (0, 0);
+    create_durably(fs, dir, &name, |file| {
+        let mut w = ChunkWriter {
+            file,
+            pos: HEADER_BYTES,
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES + 4096),
+            crc: 0,
+            since_sync: 0,
+            sync_chunk,
+        };
+        write_delta_body(&mut w, parent, changes, other_payloads)?;
+        w.flush()?;
+        let header = Header {
+            offset,
+            body_len: w.pos - HEADER_BYTES,
+            body_crc: w.crc,
+        };
+        size_bytes = w.pos;
+        checksum = w.crc;
+        w.file.write_all_at(&encode_header(&header, DELTA_MAGIC), 0)
+    })?;
+    Ok(SnapshotFile {
+        file: name,
+        offset,
+        size_bytes,
+        checksum,
+    })
+}
+
+fn write_delta_body(
+    w: &mut impl Write,
+    parent: &SnapshotFile,
+    changes: &[Change],
+    other_payloads: u64,
+) -> io::Result<()> {
+    let head = (
+        parent.offset,
+        parent.checksum,
+        other_payloads,
+        changes.len() as u64,
+    );
+    bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    for (k, v) in changes {
+        bincode::encode_into_std_write((&**k, v.as_deref()), &mut *w, bincode_config())
+            .map_err(encode_err)?;
+    }
+    Ok(())
+}
+
+/// A delta read back and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub offset: u64,
+    pub checksum: u32,
+    pub parent_offset: u64,
+    pub parent_checksum: u32,
+    pub other_payloads: u64,
+    pub changes: Vec<Change>,
+}
+
+/// Reads and fully verifies the delta at `path`.
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn read_delta(fs: &dyn FileSystem, path: &Path) -> Result<Delta, String> {
+    let file = fs
+        .open(path, false)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let (header, mut r) = open_body(&*file, DELTA_MAGIC)?;
+    let bad = |e: bincode::error::DecodeError| format!("body does not decode: {e}");
+    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
+    let (parent_offset, parent_checksum, other_payloads, count): (u64, u32, u64, u64) =
+        bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+    if count > header.body_len / 2 {
+        return Err(format!(
+            "body claims {count} changes in {} bytes",
+            header.body_len
+        ));
+    }
+    if parent_offset >= header.offset {
+        return Err(format!(
+            "parent offset {parent_offset} is not before the delta's offset {}",
+            header.offset
+        ));
+    }
+    let mut changes: Vec<Change> = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (k, v): (String, Option<String>) =
+            bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+        let k: Arc<str> = Arc::from(k);
+        if changes.last().is_some_and(|(l, _)| *l >= k) {
+            return Err("keys are not in strictly ascending order".into());
+        }
+        changes.push((k, v.map(Arc::from)));
+    }
+    r.finish(&header)?;
+    Ok(Delta {
+        offset: header.offset,
+        checksum: header.body_crc,
+        parent_offset,
+        parent_checksum,
+        other_payloads,
+        changes,
+    })
+}
+
+/// Checks the header and length of a snapshot or delta file and returns a reader of
+/// its body that checksums as it goes.
+fn open_body<'f>(file: &'f dyn File, magic: &[u8; 8]) -> Result<(Header, ChunkReader<'f>), String> {
+    let len = file.len().map_err(|e| e.to_string())?;
+    if len < HEADER_BYTES {
+        return Err(format!(
+            "file of {len} bytes is shorter than a snapshot header"
+        ));
+    }
+    let mut hb = [0u8; HEADER_BYTES as usize];
+    file.read_exact_at(&mut hb, 0).map_err(|e| e.to_string())?;
+    let header = decode_header(&hb, magic)?;
+    if header.body_len.checked_add(HEADER_BYTES) != Some(len) {
+        return Err(format!(
+            "header says {} body bytes, the file has {}",
+            header.body_len,
+            len - HEADER_BYTES
+        ));
+    }
+    let r = ChunkReader {
+        file,
+        pos: HEADER_BYTES,
+        end: len,
+        buf: Vec::new(),
+        at: 0,
+        crc: 0,
+    };
+    Ok((header, r))
 }
 
 /// Encodes the body: the key count and other-payload count, then the pairs in key order.
@@ -203,7 +390,7 @@ pub fn to_bytes(offset: u64, state: &KvState) -> Vec<u8> {
         body_len: body.len() as u64,
         body_crc: crc32c::crc32c(&body),
     };
-    let mut out = encode_header(&header).to_vec();
+    let mut out = encode_header(&header, MAGIC).to_vec();
     out.extend_from_slice(&body);
     out
 }
@@ -215,6 +402,19 @@ struct ChunkReader<'f> {
     buf: Vec<u8>,
     at: usize,
     crc: u32,
+}
+
+impl ChunkReader<'_> {
+    /// Checks that the body ended exactly at the file's end with the right checksum.
+    fn finish(&self, header: &Header) -> Result<(), String> {
+        if self.at != self.buf.len() || self.pos != self.end {
+            return Err("body has bytes after its last key".into());
+        }
+        if self.crc != header.body_crc {
+            return Err("body checksum mismatch".into());
+        }
+        Ok(())
+    }
 }
 
 impl Read for ChunkReader<'_> {
@@ -243,33 +443,15 @@ impl Read for ChunkReader<'_> {
 /// # Errors
 /// A sentence saying what is wrong, for the caller to prefix with the path.
 pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<(u64, KvState), String> {
+    read_full(fs, path).map(|(offset, _, state)| (offset, state))
+}
+
+/// [`read`], with the body checksum.
+fn read_full(fs: &dyn FileSystem, path: &Path) -> Result<(u64, u32, KvState), String> {
     let file = fs
         .open(path, false)
         .map_err(|e| format!("cannot open: {e}"))?;
-    let len = file.len().map_err(|e| e.to_string())?;
-    if len < HEADER_BYTES {
-        return Err(format!(
-            "file of {len} bytes is shorter than a snapshot header"
-        ));
-    }
-    let mut hb = [0u8; HEADER_BYTES as usize];
-    file.read_exact_at(&mut hb, 0).map_err(|e| e.to_string())?;
-    let header = decode_header(&hb)?;
-    if header.body_len.checked_add(HEADER_BYTES) != Some(len) {
-        return Err(format!(
-            "header says {} body bytes, the file has {}",
-            header.body_len,
-            len - HEADER_BYTES
-        ));
-    }
-    let mut r = ChunkReader {
-        file: &*file,
-        pos: HEADER_BYTES,
-        end: len,
-        buf: Vec::new(),
-        at: 0,
-        crc: 0,
-    };
+    let (header, mut r) = open_body(&*file, MAGIC)?;
     let bad = |e: bincode::error::DecodeError| format!("body does not decode: {e}");
     let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
     let (count, other_payloads): (u64, u64) =
@@ -292,14 +474,10 @@ pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<(u64, KvState), String> 
         map.insert(k.clone(), Arc::from(v));
         last = Some(k);
     }
-    if r.at != r.buf.len() || r.pos != r.end {
-        return Err("body has bytes after its last key".into());
-    }
-    if r.crc != header.body_crc {
-        return Err("body checksum mismatch".into());
-    }
+    r.finish(&header)?;
     Ok((
         header.offset,
+        header.body_crc,
         KvState {
             map,
             other_payloads,
@@ -307,58 +485,139 @@ pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<(u64, KvState), String> 
     ))
 }
 
-/// The snapshot recovery loads, and the newer ones it had to skip.
+/// The snapshot chain recovery loads, and the newer files it had to skip.
 #[derive(Debug)]
 pub struct Chosen {
-    /// The newest snapshot that verifies, if any.
+    /// The tip of the newest chain that verifies (a full snapshot, or the last delta
+    /// of its longest verified prefix), if any.
     pub snapshot: Option<SnapshotFile>,
-    /// Its state (empty without one).
+    /// The files of that chain, the full snapshot first.
+    pub chain: Vec<SnapshotFile>,
+    /// The state at the tip (empty without one).
     pub state: KvState,
-    /// Newer snapshots that did not verify: `(file name, why)`.
+    /// Newer files that did not verify, or that build on one that did not:
+    /// `(file name, why)`.
     pub skipped: Vec<(String, String)>,
 }
 
-/// Picks the newest snapshot in `dir` that fully verifies and is at or past the log's
-/// first offset (older ones cannot connect to the log).
+/// Picks the newest snapshot chain in `dir` that verifies up to a tip at or past the
+/// log's first offset (an older tip cannot connect to the log): the newest full
+/// snapshot that verifies, then its deltas in order for as long as each verifies and
+/// builds on the one before. Every newer file left out is reported in `skipped`.
 ///
 /// # Errors
 /// [`crate::Error::Open`] when the log was compacted (`first_offset` > 0) and no
-/// verified snapshot covers it: starting empty would lose the compacted state.
+/// verified chain reaches it: starting from less would lose the compacted state.
 pub fn choose(
     fs: &dyn FileSystem,
     dir: &Path,
     snapshots: &[(u64, String)],
     first_offset: u64,
 ) -> crate::Result<Chosen> {
-    let mut skipped = Vec::new();
-    for (offset, name) in snapshots.iter().rev() {
-        if *offset < first_offset {
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let size_of = |name: &str| {
+        fs.open(&dir.join(name), false)
+            .and_then(|f| f.len())
+            .unwrap_or(0)
+    };
+    let bases: Vec<usize> = (0..snapshots.len())
+        .filter(|&i| !is_delta(&snapshots[i].1))
+        .collect();
+    let mut chosen = None;
+    for (n, &b) in bases.iter().enumerate().rev() {
+        // This chain's files end before the next full snapshot.
+        let end = bases.get(n + 1).copied().unwrap_or(snapshots.len());
+        if snapshots[b..end].iter().all(|(o, _)| *o < first_offset) {
+            break; // older chains reach even less far
+        }
+        let (offset, name) = &snapshots[b];
+        let (o, checksum, mut state) = match read_full(fs, &dir.join(name)) {
+            Ok((o, c, s)) if o == *offset => (o, c, s),
+            Ok((o, _, _)) => {
+                skipped.push((
+                    name.clone(),
+                    format!("header says offset {o}, the name says {offset}"),
+                ));
+                continue;
+            }
+            Err(why) => {
+                skipped.push((name.clone(), why));
+                continue;
+            }
+        };
+        let mut chain = vec![SnapshotFile {
+            file: name.clone(),
+            offset: o,
+            size_bytes: size_of(name),
+            checksum,
+        }];
+        for (d_offset, d_name) in &snapshots[b + 1..end] {
+            let tip = chain.last().expect("a base");
+            match read_delta(fs, &dir.join(d_name)) {
+                Ok(d)
+                    if d.offset == *d_offset
+                        && d.parent_offset == tip.offset
+                        && d.parent_checksum == tip.checksum =>
+                {
+                    state.apply_changes(&d.changes, d.other_payloads);
+                    chain.push(SnapshotFile {
+                        file: d_name.clone(),
+                        offset: d.offset,
+                        size_bytes: size_of(d_name),
+                        checksum: d.checksum,
+                    });
+                }
+                Ok(d) => {
+                    skipped.push((
+                        d_name.clone(),
+                        format!(
+                            "builds on offset {} (checksum {:08x}), not on {} (checksum {:08x})",
+                            d.parent_offset, d.parent_checksum, tip.file, tip.checksum
+                        ),
+                    ));
+                    break;
+                }
+                Err(why) => {
+                    skipped.push((d_name.clone(), why));
+                    break;
+                }
+            }
+        }
+        let tip = chain.last().expect("a base").clone();
+        if tip.offset < first_offset {
+            // A damaged delta cut this chain short of what the log still holds.
             break;
         }
-        let path = dir.join(name);
-        match read(fs, &path) {
-            Ok((o, state)) if o == *offset => {
-                let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
-                log::info!("loaded snapshot {name}: {} keys", state.map.len());
-                let snapshot = Some(SnapshotFile {
-                    file: name.clone(),
-                    offset: o,
-                    size_bytes,
-                });
-                return Ok(Chosen {
-                    snapshot,
-                    state,
-                    skipped,
-                });
-            }
-            Ok((o, _)) => skipped.push((
+        chosen = Some((tip, chain, state));
+        break;
+    }
+    // Every newer file left out goes aside with its reason (or as orphaned).
+    let tip_offset = chosen.as_ref().map(|(t, _, _)| t.offset);
+    for (offset, name) in snapshots {
+        if tip_offset.is_none_or(|t| *offset > t) && !skipped.iter().any(|(n, _)| n == name) {
+            skipped.push((
                 name.clone(),
-                format!("header says offset {o}, the name says {offset}"),
-            )),
-            Err(why) => skipped.push((name.clone(), why)),
+                "builds on a snapshot file that did not verify".into(),
+            ));
         }
-        let (name, why) = skipped.last().expect("just pushed");
-        log::warn!("skipping snapshot {name}: {why}");
+    }
+    for (name, why) in &skipped {
+        log::warn!("skipping snapshot file {name}: {why}");
+    }
+    if let Some((snapshot, chain, state)) = chosen {
+        log::info!(
+            "loaded snapshot chain {} ({} deltas) up to offset {}: {} keys",
+            chain[0].file,
+            chain.len() - 1,
+            snapshot.offset,
+            state.map.len()
+        );
+        return Ok(Chosen {
+            snapshot: Some(snapshot),
+            chain,
+            state,
+            skipped,
+        });
     }
     if first_offset > 0 {
         let tried = if skipped.is_empty() {
@@ -381,6 +640,7 @@ pub fn choose(
     }
     Ok(Chosen {
         snapshot: None,
+        chain: Vec::new(),
         state: KvState::default(),
         skipped,
     })
@@ -537,7 +797,7 @@ mod properties {
             body_len: body.len() as u64,
             body_crc: crc32c::crc32c(&body),
         };
-        let mut file = encode_header(&header).to_vec();
+        let mut file = encode_header(&header, MAGIC).to_vec();
         file.extend_from_slice(&body);
         let (fs, path) = disk_with(file);
         let err = read(&fs, &path).unwrap_err();

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flintlog::core::kv::KvState;
+use flintlog::core::policy::SnapshotMode;
 use flintlog::fs::sim::{CrashMode, Faults, OpRecord, SimFs};
 use flintlog::{Config, Node};
 
@@ -27,6 +28,9 @@ fn config() -> Config {
     // Compaction shrinks segments in steps before unlinking them: crash between any two.
     c.delete_chunk_bytes = 2 * flintlog::wal::BATCH_ALIGN_BYTES;
     c.delete_pause = std::time::Duration::ZERO;
+    // Snapshots after the first are deltas (the workload's few keys all change between
+    // two snapshots, which the default size share would answer with full snapshots).
+    c.policy.delta_share_percent = 1000;
     c
 }
 
@@ -306,6 +310,23 @@ fn crash_after_the_snapshot_rename_before_the_directory_fsync() {
 }
 
 #[test]
+fn crash_while_a_delta_is_written_and_after_its_rename() {
+    let t = clean_trace();
+    let i = find(&t, 0, |r| {
+        r.kind == "rename" && name_ends(&r.path, ".delta.tmp")
+    });
+    crash_window("before a delta's rename", t[i].op);
+    crash_window(
+        "after a delta's rename, before the directory fsync",
+        t[i + 1].op,
+    );
+    let w = find(&t, 0, |r| {
+        r.kind == "write" && name_ends(&r.path, ".delta.tmp")
+    });
+    crash_window("after a delta's first write", t[w + 1].op);
+}
+
+#[test]
 fn crash_after_the_snapshot_directory_fsync() {
     let t = clean_trace();
     let i = find(&t, 0, |r| {
@@ -536,7 +557,14 @@ fn policy_workload(fs: &SimFs, policy: flintlog::Policy, ops: &[u8]) -> Outcome 
     };
     for (i, op) in ops.iter().enumerate() {
         let done = match op % 16 {
-            0 => node.snapshotter().snapshot().map(drop),
+            0 => {
+                let mode = [
+                    SnapshotMode::Auto,
+                    SnapshotMode::Full,
+                    SnapshotMode::Incremental,
+                ][(op / 16 % 3) as usize];
+                node.snapshotter().snapshot_mode(mode).map(drop)
+            }
             1 => {
                 let next = out.submitted.len() as u64;
                 node.compactor().compact(next / 2).map(drop)
@@ -574,6 +602,8 @@ proptest::proptest! {
         retain_snapshots in 1u64..4,
         auto_compact in proptest::bool::ANY,
         jitter_percent in 0u64..60,
+        max_chain in 0u64..5,
+        delta_share_percent in 1u64..200,
         ops in proptest::collection::vec(proptest::num::u8::ANY, 20..160),
         crash_at in 0.0f64..1.0,
         seed in proptest::num::u64::ANY,
@@ -587,6 +617,8 @@ proptest::proptest! {
             auto_compact,
             trailing_entries,
             retain_snapshots,
+            max_chain,
+            delta_share_percent,
         };
         // A clean run counts the storage operations; the cut lands among them.
         let clean = SimFs::new();

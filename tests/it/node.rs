@@ -403,7 +403,7 @@ fn a_damaged_newest_snapshot_falls_back_to_an_older_one_the_log_still_reaches() 
         run_ok(
             data.path(),
             &[],
-            &[init(1), req(60, "wal_snapshot", json!({}))],
+            &[init(1), req(60, "wal_snapshot", json!({"mode": "full"}))],
         );
         let dir = node_dir(data.path());
         damage_snapshot(&dir.join("00000000000000000012.snap"), how);
@@ -444,6 +444,115 @@ fn a_damaged_newest_snapshot_falls_back_to_an_older_one_the_log_still_reaches() 
             "{names:?}"
         );
     }
+}
+
+/// Snapshot 8 (full), then deltas at 12 and 16 on it.
+fn a_chain_of_two_deltas(data: &Path) {
+    several_segments(data);
+    let mut input = vec![
+        init(1),
+        req(60, "wal_snapshot", json!({"mode": "incremental"})),
+    ];
+    for i in 12..16 {
+        input.push(append(10 + i, &format!("set k{i}=value{i:02}")));
+    }
+    input.push(req(61, "wal_snapshot", json!({"mode": "incremental"})));
+    let r = run_ok(data, &[], &input);
+    assert_eq!(r.reply_to("c1", 61)["snapshot_offset"], 16);
+    let names = files(&node_dir(data));
+    for f in [
+        "00000000000000000008.snap",
+        "00000000000000000012.delta",
+        "00000000000000000016.delta",
+    ] {
+        assert!(names.contains(&f.to_string()), "{names:?}");
+    }
+}
+
+#[test]
+fn recovery_loads_a_chain_and_a_damaged_delta_falls_back_to_the_verified_prefix() {
+    let data = tempfile::tempdir().unwrap();
+    a_chain_of_two_deltas(data.path());
+    let status = |data: &Path| {
+        let mut input = vec![init(1), req(2, "wal_status", json!({}))];
+        for i in 0..16 {
+            input.push(req(10 + i, "read", json!({"key": format!("k{i}")})));
+        }
+        let r = run_ok(data, &[], &input);
+        for i in 0..16 {
+            assert_eq!(r.reply_to("c1", 10 + i)["value"], format!("value{i:02}"));
+        }
+        r.reply_to("c1", 2)["status"].clone()
+    };
+    // Whole chain: base, both deltas, nothing to replay.
+    let s = status(data.path());
+    assert_eq!(s["last_recovery"]["snapshot"], "00000000000000000016.delta");
+    assert_eq!(s["last_recovery"]["entries_replayed"], 0);
+    let kinds: Vec<&str> = s["log_management"]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["full", "delta", "delta"]);
+    // The offline view knows the chain too.
+    let (code, out) = offline(&["inspect", "--json"], &node_dir(data.path()));
+    assert_eq!(code, Some(0), "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["log_management"]["snapshot_chain"],
+        json!([
+            "00000000000000000008.snap",
+            "00000000000000000012.delta",
+            "00000000000000000016.delta"
+        ])
+    );
+    assert_eq!(doc["snapshots"][1]["kind"], "delta");
+    assert!(doc["log_management"]["oldest_segment"]["kept_because"].is_string());
+
+    // The first delta damaged: the base alone, the log replayed from 8; both deltas
+    // (the second builds on the first) are moved aside.
+    let dir = node_dir(data.path());
+    damage_snapshot(&dir.join("00000000000000000012.delta"), "flipped byte");
+    let s = status(data.path());
+    let rec = &s["last_recovery"];
+    assert_eq!(rec["snapshot"], "00000000000000000008.snap", "{rec}");
+    assert_eq!(rec["entries_replayed"], 8);
+    let skipped = rec["snapshots_skipped"].to_string();
+    assert!(
+        skipped.contains("00000000000000000012.delta: body")
+            && skipped.contains("00000000000000000016.delta: builds on"),
+        "{skipped}"
+    );
+    let names = files(&dir);
+    assert!(
+        names.contains(&"00000000000000000012.delta.broken".to_string())
+            && names.contains(&"00000000000000000016.delta.broken".to_string()),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_damaged_delta_the_compacted_log_depends_on_refuses_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    a_chain_of_two_deltas(data.path());
+    run_ok(
+        data.path(),
+        &[],
+        &[
+            init(1),
+            req(2, "wal_compact", json!({"snapshot_at_offset": 16})),
+        ],
+    );
+    damage_snapshot(
+        &node_dir(data.path()).join("00000000000000000012.delta"),
+        "truncated",
+    );
+    let stderr = refused(data.path());
+    assert!(
+        stderr.contains("compacted to offset 16") && stderr.contains("00000000000000000012.delta"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -515,7 +624,8 @@ fn wal_status_reports_offsets_policy_counters_and_recovery() {
                "log_management": {"snapshot_entries": 10000, "snapshot_bytes": 67108864,
                                   "snapshot_age_ms": 0, "jitter_percent": 25,
                                   "auto_compact": true, "trailing_entries": 5000,
-                                  "retain_snapshots": 2}})
+                                  "retain_snapshots": 2, "max_chain": 8,
+                                  "delta_share_percent": 50}})
     );
     let m = &s["log_management"];
     let entries = &m["triggers"]["entries"];

@@ -36,9 +36,10 @@ fn wait_for(node: &Node, what: &str, done: impl Fn(&Status) -> bool) -> Status {
 }
 
 fn snapshot_files(dir: &Path) -> Vec<String> {
+    // Full snapshots and deltas, in offset order.
     support::files(dir)
         .into_iter()
-        .filter(|n| n.ends_with(".snap"))
+        .filter(|n| n.ends_with(".snap") || n.ends_with(".delta"))
         .collect()
 }
 
@@ -88,10 +89,11 @@ fn with_no_request_from_anyone_the_log_stays_bounded_and_recovers_whole() {
         most_live <= 2_000 + 500 + 1_000 + 2_000,
         "{most_live} live entries"
     );
+    // Two chains at most (a full snapshot and up to 8 deltas each).
+    let kept = snapshot_files(&dir);
     assert!(
-        snapshot_files(&dir).len() <= 2,
-        "{:?}",
-        snapshot_files(&dir)
+        kept.iter().filter(|n| n.ends_with(".snap")).count() <= 2 && kept.len() <= 18,
+        "{kept:?}"
     );
     node.shutdown().unwrap();
 
@@ -117,6 +119,7 @@ fn retention_keeps_the_newest_snapshots_and_never_the_last_one() {
         snapshot_entries: 300,
         jitter_percent: 0,
         retain_snapshots: 1,
+        max_chain: 0, // every snapshot full; chains below
         ..Policy::default()
     };
     let node = Node::open(config(&dir, policy)).unwrap();
@@ -232,7 +235,7 @@ fn wal_policy_changes_some_fields_answers_the_whole_policy_and_refuses_bad_value
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let want = json!({"snapshot_entries": 50, "snapshot_bytes": 67108864, "snapshot_age_ms": 0,
                       "jitter_percent": 0, "auto_compact": true, "trailing_entries": 10,
-                      "retain_snapshots": 2});
+                      "retain_snapshots": 2, "max_chain": 8, "delta_share_percent": 50});
     let ok = r.reply_to("c1", 2);
     assert_eq!(ok["type"], "wal_policy_ok");
     assert_eq!(ok["policy"], want);
@@ -255,11 +258,44 @@ fn wal_policy_changes_some_fields_answers_the_whole_policy_and_refuses_bad_value
     let s = &r.reply_to("c2", 999)["status"];
     assert_eq!(s["policy"]["log_management"], want);
     let snaps = snapshot_files(&node_dir(data.path()));
-    let newest: u64 = snaps
-        .last()
-        .expect("an automatic snapshot")
-        .trim_end_matches(".snap")
+    let newest: u64 = snaps.last().expect("an automatic snapshot")[..20]
         .parse()
         .unwrap();
     assert!(newest >= 50, "{snaps:?}");
+}
+
+#[test]
+fn retention_keeps_whole_chains_of_deltas() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let policy = Policy {
+        snapshot_entries: 300,
+        jitter_percent: 0,
+        retain_snapshots: 1,
+        max_chain: 2,
+        delta_share_percent: 1000,
+        ..Policy::default()
+    };
+    let node = Node::open(config(&dir, policy)).unwrap();
+    let mut seen = Vec::new();
+    for round in 0..5 {
+        append_all(&node, round * 300, (round + 1) * 300);
+        let want = (round + 1) * 300;
+        wait_for(&node, "the automatic snapshot", |s| {
+            s.latest_snapshot.as_ref().is_some_and(|l| l.offset == want)
+        });
+        seen.push(snapshot_files(&dir));
+    }
+    // 300 full, 600 and 900 deltas on it, 1200 full (the chain had 2 deltas), 1500 a
+    // delta on that: the older chain went once the newer full snapshot was durable.
+    let delta = |o: u64| format!("{o:020}.delta");
+    let full = |o: u64| format!("{o:020}.snap");
+    assert_eq!(seen[2], [full(300), delta(600), delta(900)]);
+    assert_eq!(seen[3], [full(1200)]);
+    assert_eq!(seen[4], [full(1200), delta(1500)]);
+    node.shutdown().unwrap();
+    let node = Node::open(config(&dir, policy)).unwrap();
+    assert_eq!(node.recovery().snapshot.as_ref().unwrap().file, delta(1500));
+    assert_eq!(node.appender().kv_get("k499").unwrap(), "1499");
+    node.shutdown().unwrap();
 }

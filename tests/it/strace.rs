@@ -313,7 +313,9 @@ fn syscalls_happen_in_the_durable_order() {
         }
     }
     let mut snapshot_renames = 0;
-    for (r, from, to) in renames.iter().filter(|(_, f, _)| f.ends_with(".snap.tmp")) {
+    // Full snapshots and deltas follow the same recipe.
+    let snapshot_temp = |f: &str| f.ends_with(".snap.tmp") || f.ends_with(".delta.tmp");
+    for (r, from, to) in renames.iter().filter(|(_, f, _)| snapshot_temp(f)) {
         snapshot_renames += 1;
         if !synced_between(from, last_write.get(from).copied().unwrap_or(0).min(*r), *r) {
             violations.push(format!("{to} renamed before its temp file was synced"));

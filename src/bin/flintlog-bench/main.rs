@@ -14,6 +14,7 @@ mod common;
 use clap::Parser;
 use common::{PAYLOAD, Report, fresh, median, raw};
 use flintlog::core::kv::KvState;
+use flintlog::core::policy::SnapshotMode;
 use flintlog::{Config, Node, Reply};
 use hdrhistogram::Histogram;
 
@@ -40,7 +41,7 @@ struct Args {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Only the benchmarks whose letter is given (e.g. `ac`).
-    #[arg(long, default_value = "abcdef")]
+    #[arg(long, default_value = "abcdefgh")]
     only: String,
 }
 
@@ -201,8 +202,9 @@ fn big_state(keys: u64) -> KvState {
 fn bench_snapshot(args: &Args, r: &mut Report) {
     r.section(
         &format!("c. Snapshot of {} keys, end to end", args.keys),
-        "Serialize, write, fsync in 4 MiB chunks, rename and fsync the directory, against \
-         serializing the same state (same format, same encoder) into a Vec in memory.",
+        "Serialize, write, fsync every `snapshot_sync_chunk_bytes` (256 KiB), rename and fsync \
+         the directory, against serializing the same state (same format, same encoder) into a \
+         Vec in memory.",
     );
     let state = big_state(args.keys);
     let d = fresh(&args.dir, "c");
@@ -217,7 +219,8 @@ fn bench_snapshot(args: &Args, r: &mut Report) {
     let (mut disk, mut mem, mut size) = (vec![], vec![], 0);
     for _ in 0..args.runs {
         let started = Instant::now();
-        let snap = flintlog::snapshot::write(&fs, &d, 1, &state, 4 << 20).expect("snapshot");
+        let chunk = config(&d).snapshot_sync_chunk_bytes;
+        let snap = flintlog::snapshot::write(&fs, &d, 1, &state, chunk).expect("snapshot");
         disk.push(started.elapsed().as_secs_f64());
         size = snap.size_bytes;
         mem.push(to_memory(&state));
@@ -254,10 +257,185 @@ fn bench_snapshot(args: &Args, r: &mut Report) {
 }
 
 /// Appends `n` entries through the library, pipelined; each sets one of `keys` keys.
+/// The state after changing every hundredth key of `state` (1%), round `round`.
+fn changed(state: &KvState, round: u64) -> KvState {
+    let mut s = state.clone();
+    let keys = state.map.len() as u64;
+    for i in (round % 100..keys).step_by(100) {
+        s.apply(format!("set key{i:010}=changed-in-round-{round}").as_bytes());
+    }
+    s
+}
+
+fn bench_delta(args: &Args, r: &mut Report) {
+    r.section(
+        &format!(
+            "g. Incremental snapshot of {} keys after 1% changed",
+            args.keys
+        ),
+        "A delta (the keys changed since the parent snapshot, found by diffing the two \
+         persistent maps, which skips their shared structure) against a full snapshot of the \
+         same state, both written end to end (write, fsync, rename, directory fsync).",
+    );
+    let base = big_state(args.keys);
+    let d = fresh(&args.dir, "g");
+    let fs = flintlog::fs::RealFs;
+    let chunk = config(&d).snapshot_sync_chunk_bytes;
+    let parent = flintlog::snapshot::write(&fs, &d, 1, &base, chunk).expect("base");
+    let (mut tf, mut td, mut sf, mut sd, mut n) = (vec![], vec![], 0, 0, 0);
+    for run in 0..args.runs as u64 + 1 {
+        let next = changed(&base, run);
+        let started = Instant::now();
+        let full = flintlog::snapshot::write(&fs, &d, 2, &next, chunk).expect("full");
+        let t_full = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let changes = base.changes_to(&next);
+        let delta = flintlog::snapshot::write_delta(
+            &fs,
+            &d,
+            2,
+            &parent,
+            &changes,
+            next.other_payloads,
+            chunk,
+        )
+        .expect("delta");
+        let t_delta = started.elapsed().as_secs_f64();
+        if run > 0 {
+            // run 0 is the warm-up
+            tf.push(t_full);
+            td.push(t_delta);
+        }
+        (sf, sd, n) = (full.size_bytes, delta.size_bytes, changes.len());
+    }
+    let (tf, td) = (median(tf), median(td));
+    let (bytes, time) = (sd as f64 / sf as f64, td / tf);
+    r.target(
+        "delta bytes vs full, 1% changed",
+        format!("{:.2}%", bytes * 100.0),
+        "<= 5%",
+        bytes <= 0.05,
+    );
+    r.target(
+        "delta time vs full, 1% changed",
+        format!("{:.2}%", time * 100.0),
+        "<= 10%",
+        time <= 0.10,
+    );
+    r.table(
+        &[
+            "keys changed",
+            "full bytes",
+            "delta bytes",
+            "bytes ratio",
+            "full (s)",
+            "delta (s)",
+            "time ratio",
+        ],
+        &[vec![
+            n.to_string(),
+            sf.to_string(),
+            sd.to_string(),
+            format!("{:.2}%", bytes * 100.0),
+            format!("{tf:.3}"),
+            format!("{td:.4}"),
+            format!("{:.2}%", time * 100.0),
+        ]],
+    );
+}
+
+fn bench_chain_recovery(args: &Args, r: &mut Report) {
+    r.section(
+        "h. Recovery from a chain of deltas",
+        &format!(
+            "Opening a node whose state ({k} keys) is a full snapshot plus 8 deltas (1% of \
+             the keys changed before each), against a node with the same entries and one full \
+             snapshot of the same final state; both logs compacted to the snapshot.",
+            k = args.keys
+        ),
+    );
+    let build = |name: &str, deltas: bool| {
+        let d = fresh(&args.dir, name);
+        let node = Node::open(config(&d)).expect("open");
+        fill(&node, args.keys, args.keys);
+        let mut at = args.keys;
+        if deltas {
+            node.snapshotter()
+                .snapshot_mode(SnapshotMode::Full)
+                .expect("base");
+        }
+        for _ in 0..8 {
+            // 1% of the keys: entry i sets key i % keys, so a run of keys/100 entries.
+            fill_range(&node, at, at + args.keys / 100, args.keys);
+            at += args.keys / 100;
+            if deltas {
+                node.snapshotter()
+                    .snapshot_mode(SnapshotMode::Incremental)
+                    .expect("delta");
+            }
+        }
+        let snap = node
+            .snapshotter()
+            .snapshot_mode(if deltas {
+                SnapshotMode::Incremental
+            } else {
+                SnapshotMode::Full
+            })
+            .expect("snapshot");
+        node.compactor().compact(snap.offset).expect("compact");
+        node.shutdown().expect("shutdown");
+        d
+    };
+    let chain = build("h-chain", true);
+    let full = build("h-full", false);
+    open_time(&chain);
+    open_time(&full);
+    let (mut tc, mut tf, mut lc, mut lf) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.runs {
+        let (t, _, load, _) = open_time(&chain);
+        tc.push(t);
+        lc.push(load);
+        let (t, _, load, _) = open_time(&full);
+        tf.push(t);
+        lf.push(load);
+    }
+    let (tc, tf) = (median(tc), median(tf));
+    r.target(
+        "recovery from base + 8 deltas vs one full snapshot",
+        format!("{:.2}x", tc / tf),
+        "<= 1.2x",
+        tc / tf <= 1.2,
+    );
+    r.table(
+        &["directory", "open (s)", "snapshot load (s)", "ratio"],
+        &[
+            vec![
+                "full snapshot + 8 deltas".into(),
+                format!("{tc:.3}"),
+                format!("{:.3}", median(lc)),
+                format!("{:.2}x", tc / tf),
+            ],
+            vec![
+                "one full snapshot".into(),
+                format!("{tf:.3}"),
+                format!("{:.3}", median(lf)),
+                "1.00x".into(),
+            ],
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&chain);
+    let _ = std::fs::remove_dir_all(&full);
+}
+
 fn fill(node: &Node, n: u64, keys: u64) {
+    fill_range(node, 0, n, keys);
+}
+
+/// Appends entries `from..to`, entry i setting key `i % keys`, 4096 in flight.
+fn fill_range(node: &Node, from: u64, to: u64, keys: u64) {
     let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<u64>>(8192);
     let mut in_flight = 0;
-    for i in 0..n {
+    for i in from..to {
         if in_flight >= 4096 {
             rx.recv().expect("answer").expect("append");
             in_flight -= 1;
@@ -644,6 +822,8 @@ fn main() {
             'd' => bench_recovery(&args, &mut r),
             'e' => bench_appends_during_compaction(&args, &mut r),
             'f' => bench_rss(&args, &mut r),
+            'g' => bench_delta(&args, &mut r),
+            'h' => bench_chain_recovery(&args, &mut r),
             other => eprintln!("no benchmark {other:?}"),
         }
         std::io::stdout().flush().ok();
