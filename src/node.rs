@@ -6,12 +6,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::actor::appender::{Appender, AppenderHandle, AppenderMsg, AppenderParts};
-use crate::actor::compactor::{Compactor, CompactorHandle, Pacing};
+use crate::actor::compactor::{Compactor, CompactorHandle};
 use crate::actor::snapshotter::{Snapshotter, SnapshotterHandle, SnapshotterParts};
 use crate::config::Config;
 use crate::core::recovery::{self, LOCK_NAME};
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, Lock, RealFs, join};
+use crate::fs::{FileSystem, Lock, Pacing, RealFs, join};
 use crate::snapshot;
 use crate::types::RecoveryReport;
 use crate::wal::{Log, RecoverLog, meta};

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::actor::appender::{AppenderHandle, AppenderMsg};
 use crate::actor::{Feedback, Reply, call};
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, is_sync_failure, join};
+use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::types::Compaction;
 use crate::wal::meta;
 
@@ -72,15 +72,6 @@ pub(crate) struct Compactor {
 /// segments before it falls back to unlinking them at once.
 const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How compaction spreads the freeing of a segment over time.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Pacing {
-    /// Bytes truncated per step (0: unlink at once).
-    pub chunk_bytes: u64,
-    /// Pause between steps.
-    pub pause: std::time::Duration,
-}
-
 impl Compactor {
     pub(crate) fn spawn(
         fs: Arc<dyn FileSystem>,
@@ -131,19 +122,11 @@ impl Compactor {
     /// The segment lies wholly below the durable first offset, so recovery removes it
     /// by name without reading it, however far the truncation got.
     fn free(&self, path: &Path, size: u64, truncate: bool) -> std::io::Result<()> {
-        let Pacing { chunk_bytes, pause } = self.pacing;
-        if truncate && size > chunk_bytes {
-            let mut file = self.fs.open(path, true)?;
-            let mut len = size;
-            while len > 0 {
-                len = len.saturating_sub(chunk_bytes);
-                file.set_len(len)?;
-                if !pause.is_zero() {
-                    std::thread::sleep(pause);
-                }
-            }
+        if truncate {
+            self.pacing.free(&*self.fs, path, size)
+        } else {
+            self.fs.remove(path)
         }
-        self.fs.remove(path)
     }
 
     fn compact(

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::core::kv::KvState;
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, is_sync_failure, join};
+use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::snapshot::{self, SnapshotFile};
 use crate::types::Compaction;
 
@@ -102,6 +102,11 @@ pub(crate) struct Snapshotter {
     /// and the state at its tip.
     chain: Vec<SnapshotFile>,
     tip_state: KvState,
+    /// Snapshot files retention dropped, freed before the requesters are answered.
+    retiring: Vec<String>,
+    /// The news of the snapshot just written, for the appender.
+    announce: Option<Feedback>,
+    pacing: Pacing,
     inbox: Receiver<SnapshotterMsg>,
     compactor: Sender<CompactorMsg>,
     feedback: Sender<Feedback>,
@@ -134,6 +139,12 @@ impl Snapshotter {
             sync_chunk: parts.config.snapshot_sync_chunk_bytes,
             chain: parts.chain,
             tip_state: parts.tip_state,
+            retiring: Vec::new(),
+            announce: None,
+            pacing: Pacing {
+                chunk_bytes: parts.config.delete_chunk_bytes,
+                pause: parts.config.delete_pause,
+            },
             inbox,
             compactor: parts.compactor,
             feedback: parts.feedback,
@@ -154,6 +165,39 @@ impl Snapshotter {
             self.handle_group(group);
         }
         log::debug!("snapshotter stopped");
+    }
+
+    /// Frees the snapshot files retention dropped. Each is first renamed to a temp
+    /// name (which recovery removes) and the rename made durable, so that a crash in
+    /// the middle never leaves a shortened file under a snapshot's name; then it is
+    /// freed in paced steps, like a compacted segment. This happens before the
+    /// requesters are answered, so that a client's next request never races it.
+    fn retire(&mut self) {
+        for name in std::mem::take(&mut self.retiring) {
+            let doomed = join(&self.dir, &format!("{name}.retired.tmp"));
+            if let Err(e) = self.fs.rename(&join(&self.dir, &name), &doomed) {
+                log::warn!("could not remove old snapshot {name}: {e}");
+                continue;
+            }
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                let why = format!("the directory sync after retiring snapshot {name} failed: {e}");
+                log::error!("{why}");
+                self.poisoned.get_or_insert(why.clone());
+                let _ = self.feedback.send(Feedback::Poisoned(why));
+                return;
+            }
+            let freed = self
+                .fs
+                .open(&doomed, false)
+                .and_then(|f| f.len())
+                .and_then(|size| self.pacing.free(&*self.fs, &doomed, size));
+            match freed {
+                Ok(()) => log::debug!("removed old snapshot {name}"),
+                Err(e) => {
+                    log::warn!("could not free retired snapshot {name}: {e}; recovery removes it")
+                }
+            }
+        }
     }
 
     fn handle_group(&mut self, group: Vec<SnapshotterMsg>) {
@@ -209,6 +253,10 @@ impl Snapshotter {
                     ))
                 });
             }
+        }
+        self.retire();
+        if let Some(news) = self.announce.take() {
+            let _ = self.feedback.send(news);
         }
         for msg in group {
             match msg {
@@ -303,15 +351,12 @@ impl Snapshotter {
         self.on_disk.sort();
         self.durable = Some(written.clone());
         for (offset, name) in policy::retention(&self.on_disk, policy.retain_snapshots) {
-            match self.fs.remove(&join(&self.dir, &name)) {
-                Ok(()) => {
-                    log::debug!("removed old snapshot {name}");
-                    self.on_disk.retain(|(o, _)| *o != offset);
-                }
-                Err(e) => log::warn!("could not remove old snapshot {name}: {e}"),
-            }
+            self.on_disk.retain(|(o, _)| *o != offset);
+            self.retiring.push(name);
         }
-        let _ = self.feedback.send(Feedback::SnapshotDurable {
+        // Announced once retention is done, so that whoever learns of the new snapshot
+        // finds the old files gone.
+        self.announce = Some(Feedback::SnapshotDurable {
             snapshot: written,
             duration_ms,
             on_disk: self.on_disk.clone(),

@@ -498,6 +498,20 @@ fn run(args: &Args) -> Result<(), String> {
         "offsets unique and contiguous: {}; errors: {errors}",
         contiguous && duplicates == 0
     );
+    if let (Some(first), Some(last)) = (dir_sizes.first(), dir_sizes.last()) {
+        // Bounded means the second half of the run needs no more room than the first.
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let half = dir_sizes.len() / 2;
+        let largest = |part: &[(f64, u64)]| part.iter().map(|(_, b)| *b).max().unwrap_or(0);
+        println!(
+            "data directory: {:.1} MiB at the start, {:.1} MiB at the end; largest {:.1} MiB in \
+             the first half of the run, {:.1} MiB in the second",
+            mib(first.1),
+            mib(last.1),
+            mib(largest(&dir_sizes[..half])),
+            mib(largest(&dir_sizes[half..]))
+        );
+    }
     println!(
         "report: {}\nplot:   {}",
         args.out.join("report.json").display(),

@@ -27,9 +27,9 @@
 //! cannot be mixed up with another chain's files.
 //!
 //! Writing follows the one recipe that survives a power cut at any point: write
-//! `<name>.tmp` (synced every few MiB so that no single fsync stalls the log's syncs),
-//! write the header last, fsync, rename to `<name>`, fsync the directory. Only then is
-//! the snapshot reported durable.
+//! `<name>.tmp` (synced every `snapshot_sync_chunk_bytes` so that the log's syncs never
+//! queue behind much of it), write the header last, fsync, rename to `<name>`, fsync
+//! the directory. Only then is the snapshot reported durable.
 
 use std::io::{self, Read, Write};
 use std::path::Path;

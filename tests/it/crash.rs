@@ -31,6 +31,10 @@ fn config() -> Config {
     // Snapshots after the first are deltas (the workload's few keys all change between
     // two snapshots, which the default size share would answer with full snapshots).
     c.policy.delta_share_percent = 1000;
+    // Chains of a full snapshot and two deltas, one kept: the workload's third full
+    // snapshot retires the first chain (rename, directory fsync, shrink, unlink).
+    c.policy.max_chain = 2;
+    c.policy.retain_snapshots = 1;
     c
 }
 
@@ -324,6 +328,20 @@ fn crash_while_a_delta_is_written_and_after_its_rename() {
         r.kind == "write" && name_ends(&r.path, ".delta.tmp")
     });
     crash_window("after a delta's first write", t[w + 1].op);
+}
+
+#[test]
+fn crash_while_an_old_snapshot_is_retired() {
+    let t = clean_trace();
+    let i = find(&t, 0, |r| {
+        r.kind == "rename"
+            && r.to
+                .as_deref()
+                .is_some_and(|to| name_ends(to, ".retired.tmp"))
+    });
+    assert_eq!(t[i + 1].kind, "fsync(dir)");
+    crash_window("after a retired snapshot's rename", t[i + 1].op);
+    crash_window("after a retired snapshot's directory fsync", t[i + 2].op);
 }
 
 #[test]
