@@ -151,10 +151,13 @@ pub fn machine(dir: &Path) -> String {
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" on "))
         .unwrap_or_else(|| "unknown filesystem".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let command: Vec<String> = std::env::args().collect();
     format!(
-        "run on {}. Machine: {cores} cores ({cpu}), {mem_gib} GiB of memory, {fs}; shared \
-         and noisy, hence ratios measured side by side, medians of several runs after a warm-up.",
-        run("date", &["-u", "+%Y-%m-%d"])
+        "run on {} as `{}`. Machine: {cores} cores ({cpu}), {mem_gib} GiB of memory, {fs}; \
+         shared and noisy, hence ratios measured side by side, medians of several runs after \
+         a warm-up.",
+        run("date", &["-u", "+%Y-%m-%d"]),
+        command.join(" ")
     )
 }
 

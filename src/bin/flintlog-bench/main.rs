@@ -695,9 +695,10 @@ fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
              the worst append {smax:.1} ms, within its 20 ms target). The hand-off is not the \
              cause ({pause:.1} µs): the snapshot's writes share the one disk with the log, \
              and each log fdatasync waits behind up to one sync chunk (256 KiB) of snapshot \
-             data. Smaller chunks lowered the worst case but not the p99 much (measured \
-             with 4 MiB, 1 MiB, 256 KiB, 128 KiB and 64 KiB chunks); what would close it is \
-             an I/O scheduler that favours the log (ioprio with BFQ; this disk uses \
+             data. Smaller chunks lowered the worst case (in one series of runs: 9 ms with \
+             4 MiB chunks, 3-4 ms with 256 KiB and below) but left the p99 several times \
+             idle at every size tried (4 MiB down to 64 KiB); what would close it is an I/O \
+             scheduler that favours the log (ioprio with BFQ; this disk uses \
              mq-deadline) or writing snapshots at a paced rate, at the price of longer \
              snapshots.",
             s99 / i99
