@@ -180,7 +180,7 @@ impl Node {
             feedback: feedback_tx,
             durable: snapshot.clone(),
             on_disk: on_disk.clone(),
-            chain,
+            chain: chain.clone(),
             tip_state,
         })
         .map_err(spawn_err)?;
@@ -192,6 +192,7 @@ impl Node {
             feedback: feedback_rx,
             recovery: report.clone(),
             latest_snapshot: snapshot,
+            loaded_chain: chain,
             snapshots_on_disk: on_disk,
         })
         .map_err(spawn_err)?;

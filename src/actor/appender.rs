@@ -377,6 +377,8 @@ pub(crate) struct AppenderParts {
     pub feedback: Receiver<Feedback>,
     pub recovery: RecoveryReport,
     pub latest_snapshot: Option<SnapshotFile>,
+    /// The snapshot chain recovery loaded, the full snapshot first.
+    pub loaded_chain: Vec<SnapshotFile>,
     pub snapshots_on_disk: Vec<(u64, String)>,
 }
 
@@ -412,7 +414,7 @@ impl Appender {
                 compact_due: None,
                 on_disk: parts.snapshots_on_disk,
                 known: parts
-                    .latest_snapshot
+                    .loaded_chain
                     .iter()
                     .map(|s| (s.offset, (s.size_bytes, None)))
                     .collect(),

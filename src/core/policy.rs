@@ -66,19 +66,6 @@ pub struct PolicyUpdate {
     pub delta_share_percent: Option<u64>,
 }
 
-/// The names of the policy's fields, as the protocol and the CLI spell them.
-pub const FIELDS: [&str; 9] = [
-    "snapshot_entries",
-    "snapshot_bytes",
-    "snapshot_age_ms",
-    "jitter_percent",
-    "auto_compact",
-    "trailing_entries",
-    "retain_snapshots",
-    "max_chain",
-    "delta_share_percent",
-];
-
 impl Policy {
     /// Checks every value against its range.
     ///

@@ -495,6 +495,13 @@ fn recovery_loads_a_chain_and_a_damaged_delta_falls_back_to_the_verified_prefix(
         .map(|k| k["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["full", "delta", "delta"]);
+    let sizes = s["log_management"]["snapshots"].as_array().unwrap();
+    assert!(
+        sizes
+            .iter()
+            .all(|k| k["size_bytes"].as_u64().is_some_and(|b| b > 40)),
+        "every file of the loaded chain has its size: {sizes:?}"
+    );
     // The offline view knows the chain too.
     let (code, out) = offline(&["inspect", "--json"], &node_dir(data.path()));
     assert_eq!(code, Some(0), "{out}");
