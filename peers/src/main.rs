@@ -176,11 +176,7 @@ fn main() {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir).expect("bench directory");
     let head = common::machine(&args.dir);
-    let mut r = Report {
-        md: String::new(),
-        targets: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut r = Report::default();
     let started = Instant::now();
     let writer_counts = [1usize, 64];
     // rates[writers index][engine index, then raw last]

@@ -188,33 +188,8 @@ pub fn write(
     state: &KvState,
     sync_chunk: u64,
 ) -> io::Result<SnapshotFile> {
-    let name = file_name(offset);
-    let (mut size_bytes, mut checksum) = (0, 0);
-    create_durably(fs, dir, &name, |file| {
-        let mut w = ChunkWriter {
-            file,
-            pos: HEADER_BYTES,
-            buf: Vec::with_capacity(WRITE_BUFFER_BYTES + 4096),
-            crc: 0,
-            since_sync: 0,
-            sync_chunk,
-        };
-        write_body(&mut w, state)?;
-        w.flush()?;
-        let header = Header {
-            offset,
-            body_len: w.pos - HEADER_BYTES,
-            body_crc: w.crc,
-        };
-        size_bytes = w.pos;
-        checksum = w.crc;
-        w.file.write_all_at(&encode_header(&header, MAGIC), 0)
-    })?;
-    Ok(SnapshotFile {
-        file: name,
-        offset,
-        size_bytes,
-        checksum,
+    write_file(fs, dir, file_name(offset), MAGIC, offset, sync_chunk, |w| {
+        write_body(w, state)
     })
 }
 
@@ -233,6 +208,22 @@ pub fn write_delta(
     sync_chunk: u64,
 ) -> io::Result<SnapshotFile> {
     let name = delta_file_name(offset);
+    write_file(fs, dir, name, DELTA_MAGIC, offset, sync_chunk, |w| {
+        write_delta_body(w, parent, changes, other_payloads)
+    })
+}
+
+/// The recipe both kinds share: the body streamed after a placeholder header (synced
+/// every `sync_chunk` bytes), then the real header, all through [`create_durably`].
+fn write_file(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: String,
+    magic: &[u8; 8],
+    offset: u64,
+    sync_chunk: u64,
+    body: impl FnOnce(&mut ChunkWriter<'_>) -> io::Result<()>,
+) -> io::Result<SnapshotFile> {
     let (mut size_bytes, mut checksum) = (0, 0);
     create_durably(fs, dir, &name, |file| {
         let mut w = ChunkWriter {
@@ -243,7 +234,7 @@ pub fn write_delta(
             since_sync: 0,
             sync_chunk,
         };
-        write_delta_body(&mut w, parent, changes, other_payloads)?;
+        body(&mut w)?;
         w.flush()?;
         let header = Header {
             offset,
@@ -252,7 +243,7 @@ pub fn write_delta(
         };
         size_bytes = w.pos;
         checksum = w.crc;
-        w.file.write_all_at(&encode_header(&header, DELTA_MAGIC), 0)
+        w.file.write_all_at(&encode_header(&header, magic), 0)
     })?;
     Ok(SnapshotFile {
         file: name,

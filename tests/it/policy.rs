@@ -59,6 +59,18 @@ fn append_all(node: &Node, from: u64, to: u64) {
     }
 }
 
+/// Appends entries `300 * round .. 300 * (round + 1)` and waits for the automatic
+/// snapshot at the end of them (policies here cut one every 300 entries); returns its
+/// offset.
+fn round_of_300(node: &Node, round: u64) -> u64 {
+    append_all(node, round * 300, (round + 1) * 300);
+    let want = (round + 1) * 300;
+    wait_for(node, "the automatic snapshot", |s| {
+        s.latest_snapshot.as_ref().is_some_and(|l| l.offset == want)
+    });
+    want
+}
+
 #[test]
 fn with_no_request_from_anyone_the_log_stays_bounded_and_recovers_whole() {
     let t = tempfile::tempdir().unwrap();
@@ -124,11 +136,7 @@ fn retention_keeps_the_newest_snapshots_and_never_the_last_one() {
     };
     let node = Node::open(config(&dir, policy)).unwrap();
     for round in 0..5 {
-        append_all(&node, round * 300, (round + 1) * 300);
-        let want = (round + 1) * 300;
-        wait_for(&node, "the automatic snapshot", |s| {
-            s.latest_snapshot.as_ref().is_some_and(|l| l.offset == want)
-        });
+        let want = round_of_300(&node, round);
         assert_eq!(
             snapshot_files(&dir),
             vec![format!("{want:020}.snap")],
@@ -143,11 +151,7 @@ fn retention_keeps_the_newest_snapshots_and_never_the_last_one() {
         })
         .unwrap();
     for round in 5..9 {
-        append_all(&node, round * 300, (round + 1) * 300);
-        let want = (round + 1) * 300;
-        wait_for(&node, "the automatic snapshot", |s| {
-            s.latest_snapshot.as_ref().is_some_and(|l| l.offset == want)
-        });
+        round_of_300(&node, round);
     }
     let kept = snapshot_files(&dir);
     assert_eq!(
@@ -279,11 +283,7 @@ fn retention_keeps_whole_chains_of_deltas() {
     let node = Node::open(config(&dir, policy)).unwrap();
     let mut seen = Vec::new();
     for round in 0..5 {
-        append_all(&node, round * 300, (round + 1) * 300);
-        let want = (round + 1) * 300;
-        wait_for(&node, "the automatic snapshot", |s| {
-            s.latest_snapshot.as_ref().is_some_and(|l| l.offset == want)
-        });
+        round_of_300(&node, round);
         seen.push(snapshot_files(&dir));
     }
     // 300 full, 600 and 900 deltas on it, 1200 full (the chain had 2 deltas), 1500 a

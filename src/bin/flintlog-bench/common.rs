@@ -21,6 +21,7 @@ pub fn fresh(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Output: a title, then rows of cells; printed and kept for Markdown.
+#[derive(Default)]
 pub struct Report {
     pub md: String,
     /// (what, measured, target, met)

@@ -865,11 +865,7 @@ fn main() {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir).expect("bench directory");
     let head = common::machine(&args.dir);
-    let mut r = Report {
-        md: String::new(),
-        targets: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut r = Report::default();
     let started = Instant::now();
     for letter in args.only.chars() {
         match letter {
