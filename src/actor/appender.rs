@@ -39,7 +39,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::actor::snapshotter::SnapshotterMsg;
 use crate::actor::{Feedback, Reply, call};
 use crate::config::{Config, FsyncPolicy};
-use crate::core::kv::{self, KvState};
+use crate::core::kv::{self, KvState, Written};
 use crate::core::policy::{self, Policy, PolicyUpdate, Progress, SnapshotMode, Thresholds};
 use crate::error::{Error, Result};
 use crate::fs::is_sync_failure;
@@ -317,6 +317,9 @@ pub(crate) struct Appender {
     recovery: RecoveryReport,
     batch: Batch,
     auto: Auto,
+    /// The writes since the last cut (key and last value): handed with the next cut to
+    /// the snapshotter, which writes a delta from them instead of diffing the whole map.
+    changed: Written,
 }
 
 /// The appender's side of the log-management policy.
@@ -402,6 +405,7 @@ impl Appender {
             last_snapshot_ms: None,
             recovery: parts.recovery,
             batch: Batch::default(),
+            changed: Written::new(),
             auto: Auto {
                 policy: parts.config.policy,
                 seed: parts.config.jitter_seed,
@@ -536,7 +540,7 @@ impl Appender {
             return;
         };
         match self.cut() {
-            Ok((offset, state)) => {
+            Ok((offset, state, changed)) => {
                 log::info!(
                     "snapshot due ({} trigger): cutting at offset {offset}",
                     trigger.name()
@@ -547,6 +551,7 @@ impl Appender {
                 self.forward(SnapshotterMsg::Snapshot {
                     offset,
                     state,
+                    changed,
                     mode: SnapshotMode::Auto,
                     policy: self.auto.policy,
                     reply: Reply::new(move |r| {
@@ -701,11 +706,12 @@ impl Appender {
                 reply.send(Ok(bytes));
             }
             AppenderMsg::Snapshot { mode, reply } => match self.cut() {
-                Ok((offset, state)) => {
+                Ok((offset, state, changed)) => {
                     self.auto.cut(Instant::now());
                     self.forward(SnapshotterMsg::Snapshot {
                         offset,
                         state,
+                        changed,
                         mode,
                         policy: self.auto.policy,
                         reply,
@@ -761,12 +767,13 @@ impl Appender {
             }));
         }
         match self.cut() {
-            Ok((offset, state)) => {
+            Ok((offset, state, changed)) => {
                 let segments = self.log.sealed_below(at);
                 self.forward(SnapshotterMsg::Compact {
                     at,
                     offset,
                     state,
+                    changed,
                     policy: self.auto.policy,
                     next_offset: next,
                     segments,
@@ -778,7 +785,8 @@ impl Appender {
     }
 
     /// An immutable cut of the durable state: O(1), whatever the state's size.
-    fn cut(&mut self) -> Result<(u64, KvState)> {
+    /// Returns the offset, the state and the writes since the previous cut.
+    fn cut(&mut self) -> Result<(u64, KvState, Written)> {
         self.refuse_if_poisoned()?;
         if self.log.has_unsynced() {
             self.counters.fsyncs += 1;
@@ -786,7 +794,8 @@ impl Appender {
                 return Err(self.poison(format!("fsync of the log before a snapshot failed: {e}")));
             }
         }
-        Ok((self.log.next_offset(), self.state.clone()))
+        let changed = std::mem::take(&mut self.changed);
+        Ok((self.log.next_offset(), self.state.clone(), changed))
     }
 
     fn current(&self, key: &str) -> Option<Arc<str>> {
@@ -853,21 +862,28 @@ impl Appender {
 
     /// Writes, syncs (per policy) and applies the batch, then answers its requests.
     fn flush(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
-        let outcome = if batch.payloads.is_empty() {
+        let Batch {
+            payloads,
+            bytes,
+            overlay,
+            pending,
+        } = std::mem::take(&mut self.batch);
+        let outcome = if payloads.is_empty() {
             Ok(())
         } else {
-            self.write_batch(&batch.payloads)
+            self.write_batch(&payloads)
         };
         if outcome.is_ok() {
-            for payload in &batch.payloads {
+            for payload in &payloads {
                 self.state.apply(payload);
             }
-            self.counters.appends += batch.payloads.len() as u64;
-            self.auto.entries += batch.payloads.len() as u64;
-            self.auto.bytes += batch.bytes;
+            // The overlay holds exactly this batch's writes, each key's last value.
+            self.changed.extend(overlay);
+            self.counters.appends += payloads.len() as u64;
+            self.auto.entries += payloads.len() as u64;
+            self.auto.bytes += bytes;
         }
-        for pending in batch.pending {
+        for pending in pending {
             pending(&outcome);
         }
     }

@@ -20,7 +20,7 @@ use crate::actor::appender::{AppenderHandle, AppenderMsg};
 use crate::actor::compactor::CompactorMsg;
 use crate::actor::{Feedback, Reply, call};
 use crate::config::Config;
-use crate::core::kv::KvState;
+use crate::core::kv::{self, Change, KvState, Written};
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
@@ -31,6 +31,8 @@ pub(crate) enum SnapshotterMsg {
     Snapshot {
         offset: u64,
         state: KvState,
+        /// The writes since the previous cut.
+        changed: Written,
         mode: SnapshotMode,
         policy: Policy,
         reply: Reply<SnapshotFile>,
@@ -39,6 +41,7 @@ pub(crate) enum SnapshotterMsg {
         at: u64,
         offset: u64,
         state: KvState,
+        changed: Written,
         policy: Policy,
         next_offset: u64,
         segments: Vec<(u64, String)>,
@@ -102,6 +105,11 @@ pub(crate) struct Snapshotter {
     /// and the state at its tip.
     chain: Vec<SnapshotFile>,
     tip_state: KvState,
+    /// The writes since the tip's cut, from every cut received since, later ones
+    /// winning (complete once a snapshot was written here: the log replayed at recovery
+    /// is not in it, so the first delta after opening diffs the two maps instead).
+    since_tip: Written,
+    since_tip_complete: bool,
     /// Snapshot files retention dropped, freed before the requesters are answered.
     retiring: Vec<String>,
     /// The news of the snapshot just written, for the appender.
@@ -128,6 +136,16 @@ pub(crate) struct SnapshotterParts {
     pub tip_state: KvState,
 }
 
+/// Whether `changes` (from the keys written) hold every change of `diff` (from
+/// comparing the maps), and nothing else but rewrites of a value the tip already has.
+fn covers(changes: &[Change], diff: &[Change], tip: &KvState) -> bool {
+    let all: std::collections::HashMap<_, _> = changes.iter().cloned().collect();
+    diff.iter().all(|(k, v)| all.get(k) == Some(v))
+        && changes
+            .iter()
+            .all(|(k, v)| diff.iter().any(|(d, _)| d == k) || tip.map.get(k) == v.as_ref())
+}
+
 impl Snapshotter {
     pub(crate) fn spawn(
         parts: SnapshotterParts,
@@ -139,6 +157,8 @@ impl Snapshotter {
             sync_chunk: parts.config.snapshot_sync_chunk_bytes,
             chain: parts.chain,
             tip_state: parts.tip_state,
+            since_tip: Written::new(),
+            since_tip_complete: false,
             retiring: Vec::new(),
             announce: None,
             pacing: Pacing {
@@ -200,7 +220,12 @@ impl Snapshotter {
         }
     }
 
-    fn handle_group(&mut self, group: Vec<SnapshotterMsg>) {
+    fn handle_group(&mut self, mut group: Vec<SnapshotterMsg>) {
+        for msg in &mut group {
+            let (SnapshotterMsg::Snapshot { changed, .. }
+            | SnapshotterMsg::Compact { changed, .. }) = msg;
+            self.since_tip.extend(std::mem::take(changed));
+        }
         let durable_offset = self.durable.as_ref().map(|s| s.offset);
         let needs_write = group.iter().any(|m| match m {
             SnapshotterMsg::Snapshot { offset, .. } => durable_offset < Some(*offset),
@@ -312,7 +337,16 @@ impl Snapshotter {
         });
         let written = if policy::next_is_delta(mode, chain, policy) {
             let parent = self.chain.last().expect("a chain to extend");
-            let changes = self.tip_state.changes_to(state);
+            let changes = if self.since_tip_complete {
+                let changes = kv::changes_of(&self.since_tip);
+                debug_assert!(
+                    covers(&changes, &self.tip_state.changes_to(state), &self.tip_state),
+                    "the writes since the tip do not give the state of the cut"
+                );
+                changes
+            } else {
+                self.tip_state.changes_to(state)
+            };
             let d = snapshot::write_delta(
                 &*self.fs,
                 &self.dir,
@@ -345,6 +379,8 @@ impl Snapshotter {
             f
         };
         self.tip_state = state.clone();
+        self.since_tip.clear();
+        self.since_tip_complete = true;
         let duration_ms = started.elapsed().as_millis() as u64;
         self.on_disk.retain(|(o, _)| *o != offset);
         self.on_disk.push((offset, written.file.clone()));

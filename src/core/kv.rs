@@ -134,6 +134,21 @@ impl KvState {
 /// One key set to a value, or deleted (`None`).
 pub type Change = (Arc<str>, Option<Arc<str>>);
 
+/// The keys written (set, or deleted: `None`) over some stretch of the log, each with
+/// its last value. Extending one with a later one gives the writes of both stretches.
+pub type Written = std::collections::HashMap<Arc<str>, Option<Arc<str>>>;
+
+/// The writes as changes, in key order: what turns the state before the stretch into
+/// the state after it.
+pub fn changes_of(written: &Written) -> Vec<Change> {
+    let mut out: Vec<Change> = written
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +172,19 @@ mod tests {
         replayed.apply_changes(&changes, new.other_payloads);
         assert_eq!(replayed, new);
         assert!(new.changes_to(&new).is_empty());
+        // From the writes instead of a diff: the same, plus no-op rewrites.
+        let written: Written = [
+            ("k5", Some("changed")),
+            ("k7", None),
+            ("new", Some("1")),
+            ("k9", Some("v9")),
+        ]
+        .iter()
+        .map(|(k, v)| (Arc::from(*k), v.map(Arc::from)))
+        .collect();
+        let mut replayed = old.clone();
+        replayed.apply_changes(&changes_of(&written), new.other_payloads);
+        assert_eq!(replayed, new);
     }
 
     fn check(payload: &str, expected: Command<'_>) {

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use flintlog::core::policy::SnapshotMode;
 use flintlog::{Config, Node, Policy, PolicyUpdate, Status};
 use serde_json::{Value, json};
 
@@ -297,5 +298,59 @@ fn retention_keeps_whole_chains_of_deltas() {
     let node = Node::open(config(&dir, policy)).unwrap();
     assert_eq!(node.recovery().snapshot.as_ref().unwrap().file, delta(1500));
     assert_eq!(node.appender().kv_get("k499").unwrap(), "1499");
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn the_first_delta_after_a_restart_holds_the_entries_replayed_at_recovery() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    // Snapshots only when asked; every one after the first may be a delta.
+    let policy = Policy {
+        snapshot_entries: 0,
+        snapshot_bytes: 0,
+        auto_compact: false,
+        delta_share_percent: 1000,
+        ..Policy::default()
+    };
+    let node = Node::open(config(&dir, policy)).unwrap();
+    for k in 0..100 {
+        node.appender().kv_set(&format!("k{k}"), "a").unwrap();
+    }
+    node.snapshotter()
+        .snapshot_mode(SnapshotMode::Full)
+        .unwrap();
+    for k in 0..50 {
+        node.appender().kv_set(&format!("k{k}"), "b").unwrap();
+    }
+    node.shutdown().unwrap();
+
+    // Those 50 writes come back from the log; the delta cut next must carry them.
+    let node = Node::open(config(&dir, policy)).unwrap();
+    assert_eq!(node.recovery().entries_replayed, 50);
+    node.appender().kv_set("k60", "c").unwrap();
+    let delta = node
+        .snapshotter()
+        .snapshot_mode(SnapshotMode::Incremental)
+        .unwrap();
+    assert!(delta.file.ends_with(".delta"), "{delta:?}");
+    node.compactor().compact(delta.offset).unwrap();
+    node.shutdown().unwrap();
+
+    let node = Node::open(config(&dir, policy)).unwrap();
+    assert_eq!(node.recovery().snapshot.as_ref().unwrap().file, delta.file);
+    assert_eq!(node.recovery().entries_replayed, 0);
+    for k in 0..100 {
+        let want = match k {
+            0..50 => "b",
+            60 => "c",
+            _ => "a",
+        };
+        assert_eq!(
+            node.appender().kv_get(&format!("k{k}")).unwrap(),
+            want,
+            "k{k}"
+        );
+    }
     node.shutdown().unwrap();
 }
