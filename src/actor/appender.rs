@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 /// How long the appender busy-waits for the next request before it sleeps.
 const SPIN_FOR_REQUEST: Duration = Duration::from_micros(50);
 
+/// The appender keeps the writes since the last cut for at most this many keys, or
+/// half the state's keys if more.
+const WRITTEN_MAX: usize = 4096;
+
 /// How often the appender checks the policy's age trigger when no request comes.
 const POLICY_TICK: Duration = Duration::from_millis(100);
 
@@ -319,7 +323,9 @@ pub(crate) struct Appender {
     auto: Auto,
     /// The writes since the last cut (key and last value): handed with the next cut to
     /// the snapshotter, which writes a delta from them instead of diffing the whole map.
-    changed: Written,
+    /// `None` when deltas are off, or when the writes grew past [`WRITTEN_MAX`]: a delta
+    /// that large would not be cut, and the memory is better returned.
+    changed: Option<Written>,
 }
 
 /// The appender's side of the log-management policy.
@@ -405,7 +411,7 @@ impl Appender {
             last_snapshot_ms: None,
             recovery: parts.recovery,
             batch: Batch::default(),
-            changed: Written::new(),
+            changed: (parts.config.policy.max_chain > 0).then(Written::new),
             auto: Auto {
                 policy: parts.config.policy,
                 seed: parts.config.jitter_seed,
@@ -785,8 +791,9 @@ impl Appender {
     }
 
     /// An immutable cut of the durable state: O(1), whatever the state's size.
-    /// Returns the offset, the state and the writes since the previous cut.
-    fn cut(&mut self) -> Result<(u64, KvState, Written)> {
+    /// Returns the offset, the state and the writes since the previous cut (`None` if
+    /// they were not all kept).
+    fn cut(&mut self) -> Result<(u64, KvState, Option<Written>)> {
         self.refuse_if_poisoned()?;
         if self.log.has_unsynced() {
             self.counters.fsyncs += 1;
@@ -794,7 +801,8 @@ impl Appender {
                 return Err(self.poison(format!("fsync of the log before a snapshot failed: {e}")));
             }
         }
-        let changed = std::mem::take(&mut self.changed);
+        let next = (self.auto.policy.max_chain > 0).then(Written::new);
+        let changed = std::mem::replace(&mut self.changed, next);
         Ok((self.log.next_offset(), self.state.clone(), changed))
     }
 
@@ -878,7 +886,12 @@ impl Appender {
                 self.state.apply(payload);
             }
             // The overlay holds exactly this batch's writes, each key's last value.
-            self.changed.extend(overlay);
+            if let Some(changed) = &mut self.changed {
+                changed.extend(overlay);
+                if changed.len() > WRITTEN_MAX.max(self.state.map.len() / 2) {
+                    self.changed = None;
+                }
+            }
             self.counters.appends += payloads.len() as u64;
             self.auto.entries += payloads.len() as u64;
             self.auto.bytes += bytes;

@@ -31,8 +31,8 @@ pub(crate) enum SnapshotterMsg {
     Snapshot {
         offset: u64,
         state: KvState,
-        /// The writes since the previous cut.
-        changed: Written,
+        /// The writes since the previous cut (`None` if the appender did not keep them).
+        changed: Option<Written>,
         mode: SnapshotMode,
         policy: Policy,
         reply: Reply<SnapshotFile>,
@@ -41,7 +41,7 @@ pub(crate) enum SnapshotterMsg {
         at: u64,
         offset: u64,
         state: KvState,
-        changed: Written,
+        changed: Option<Written>,
         policy: Policy,
         next_offset: u64,
         segments: Vec<(u64, String)>,
@@ -224,7 +224,14 @@ impl Snapshotter {
         for msg in &mut group {
             let (SnapshotterMsg::Snapshot { changed, .. }
             | SnapshotterMsg::Compact { changed, .. }) = msg;
-            self.since_tip.extend(std::mem::take(changed));
+            match changed.take() {
+                Some(written) => self.since_tip.extend(written),
+                None => {
+                    // A stretch of writes is missing: the next delta diffs the maps.
+                    self.since_tip_complete = false;
+                    self.since_tip.clear();
+                }
+            }
         }
         let durable_offset = self.durable.as_ref().map(|s| s.offset);
         let needs_write = group.iter().any(|m| match m {

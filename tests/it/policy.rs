@@ -354,3 +354,49 @@ fn the_first_delta_after_a_restart_holds_the_entries_replayed_at_recovery() {
     }
     node.shutdown().unwrap();
 }
+
+#[test]
+fn a_delta_after_more_writes_than_the_appender_keeps_is_still_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let policy = Policy {
+        snapshot_entries: 0,
+        snapshot_bytes: 0,
+        auto_compact: false,
+        delta_share_percent: 1000,
+        ..Policy::default()
+    };
+    let node = Node::open(config(&dir, policy)).unwrap();
+    node.appender().kv_set("first", "1").unwrap();
+    node.snapshotter()
+        .snapshot_mode(SnapshotMode::Full)
+        .unwrap();
+    // More distinct keys than the appender keeps writes for (4096): it stops keeping
+    // them, and the delta must come from comparing the maps.
+    append_all(&node, 0, 6_000);
+    let key = |i: u64| format!("k{}", i % 500);
+    for i in 0..6_000u64 {
+        node.appender()
+            .kv_set(&format!("d{i}"), &i.to_string())
+            .unwrap();
+    }
+    let delta = node
+        .snapshotter()
+        .snapshot_mode(SnapshotMode::Incremental)
+        .unwrap();
+    assert!(delta.file.ends_with(".delta"), "{delta:?}");
+    node.compactor().compact(delta.offset).unwrap();
+    node.shutdown().unwrap();
+
+    let node = Node::open(config(&dir, policy)).unwrap();
+    assert_eq!(node.recovery().snapshot.as_ref().unwrap().file, delta.file);
+    assert_eq!(node.appender().kv_get("first").unwrap(), "1");
+    assert_eq!(node.appender().kv_get(&key(5_999)).unwrap(), "5999");
+    for i in (0..6_000u64).step_by(97) {
+        assert_eq!(
+            node.appender().kv_get(&format!("d{i}")).unwrap(),
+            i.to_string()
+        );
+    }
+    node.shutdown().unwrap();
+}
