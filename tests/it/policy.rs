@@ -301,18 +301,23 @@ fn retention_keeps_whole_chains_of_deltas() {
     node.shutdown().unwrap();
 }
 
-#[test]
-fn the_first_delta_after_a_restart_holds_the_entries_replayed_at_recovery() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path().join("n1");
-    // Snapshots only when asked; every one after the first may be a delta.
-    let policy = Policy {
+/// Snapshots and compactions only when asked; every snapshot after the first may be
+/// a delta, whatever its size.
+fn snapshots_when_asked() -> Policy {
+    Policy {
         snapshot_entries: 0,
         snapshot_bytes: 0,
         auto_compact: false,
         delta_share_percent: 1000,
         ..Policy::default()
-    };
+    }
+}
+
+#[test]
+fn the_first_delta_after_a_restart_holds_the_entries_replayed_at_recovery() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let policy = snapshots_when_asked();
     let node = Node::open(config(&dir, policy)).unwrap();
     for k in 0..100 {
         node.appender().kv_set(&format!("k{k}"), "a").unwrap();
@@ -359,13 +364,7 @@ fn the_first_delta_after_a_restart_holds_the_entries_replayed_at_recovery() {
 fn a_delta_after_more_writes_than_the_appender_keeps_is_still_whole() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("n1");
-    let policy = Policy {
-        snapshot_entries: 0,
-        snapshot_bytes: 0,
-        auto_compact: false,
-        delta_share_percent: 1000,
-        ..Policy::default()
-    };
+    let policy = snapshots_when_asked();
     let node = Node::open(config(&dir, policy)).unwrap();
     node.appender().kv_set("first", "1").unwrap();
     node.snapshotter()
