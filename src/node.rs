@@ -178,7 +178,6 @@ impl Node {
             config: config.clone(),
             compactor: compactor_tx,
             feedback: feedback_tx,
-            durable: snapshot.clone(),
             on_disk: on_disk.clone(),
             chain: chain.clone(),
             tip_state,

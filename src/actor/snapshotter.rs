@@ -118,7 +118,6 @@ pub(crate) struct Snapshotter {
     inbox: Receiver<SnapshotterMsg>,
     compactor: Sender<CompactorMsg>,
     feedback: Sender<Feedback>,
-    durable: Option<SnapshotFile>,
     /// Snapshot files on disk, oldest first.
     on_disk: Vec<(u64, String)>,
     /// Set after a failed sync: every later request fails.
@@ -130,7 +129,6 @@ pub(crate) struct SnapshotterParts {
     pub config: Config,
     pub compactor: Sender<CompactorMsg>,
     pub feedback: Sender<Feedback>,
-    pub durable: Option<SnapshotFile>,
     pub on_disk: Vec<(u64, String)>,
     pub chain: Vec<SnapshotFile>,
     pub tip_state: KvState,
@@ -168,7 +166,6 @@ impl Snapshotter {
             inbox,
             compactor: parts.compactor,
             feedback: parts.feedback,
-            durable: parts.durable,
             on_disk: parts.on_disk,
             poisoned: None,
         };
@@ -233,7 +230,8 @@ impl Snapshotter {
                 }
             }
         }
-        let durable_offset = self.durable.as_ref().map(|s| s.offset);
+        // The newest durable snapshot is the tip of the chain.
+        let durable_offset = self.chain.last().map(|s| s.offset);
         let needs_write = group.iter().any(|m| match m {
             SnapshotterMsg::Snapshot { offset, .. } => durable_offset < Some(*offset),
             SnapshotterMsg::Compact { at, .. } => durable_offset < Some(*at),
@@ -292,7 +290,7 @@ impl Snapshotter {
         }
         for msg in group {
             match msg {
-                SnapshotterMsg::Snapshot { reply, .. } => match (&failure, &self.durable) {
+                SnapshotterMsg::Snapshot { reply, .. } => match (&failure, self.chain.last()) {
                     (Some(e), _) => reply.send(Err(e.clone())),
                     (None, Some(s)) => reply.send(Ok(s.clone())),
                     (None, None) => {
@@ -308,7 +306,7 @@ impl Snapshotter {
                     segments,
                     reply,
                     ..
-                } => match self.durable.as_ref().filter(|s| s.offset >= at) {
+                } => match self.chain.last().filter(|s| s.offset >= at) {
                     Some(s) => {
                         let msg = CompactorMsg::Compact {
                             at,
@@ -392,7 +390,6 @@ impl Snapshotter {
         self.on_disk.retain(|(o, _)| *o != offset);
         self.on_disk.push((offset, written.file.clone()));
         self.on_disk.sort();
-        self.durable = Some(written.clone());
         for (offset, name) in policy::retention(&self.on_disk, policy.retain_snapshots) {
             self.on_disk.retain(|(o, _)| *o != offset);
             self.retiring.push(name);
