@@ -28,7 +28,8 @@ pub fn record(data: &[u8]) {
     let offset = u64::from_le_bytes(*head);
     if let Ok((payload, len)) = wal::record::decode(rest, offset) {
         let mut again = Vec::new();
-        wal::record::encode(&mut again, offset, payload);
+        let after_sync = rest[7] & 0x80 != 0;
+        wal::record::encode_flagged(&mut again, offset, payload, after_sync);
         assert_eq!(again, rest[..len], "decode and encode disagree");
     }
 }

@@ -220,9 +220,13 @@ impl Log {
         let start = align_up(active.data_end);
         self.scratch.clear();
         let mut positions = Vec::new();
+        // Everything before this write is synced: its first record says so, which
+        // lets recovery tell damage to synced data from a torn write (see `scan`).
+        let after_sync = !self.unsynced;
         for (offset, payload) in (first..).zip(payloads) {
             positions.push(start + self.scratch.len() as u64);
-            record::encode(&mut self.scratch, offset, payload);
+            let flag = after_sync && positions.len() == 1;
+            record::encode_flagged(&mut self.scratch, offset, payload, flag);
         }
         if positions.is_empty() {
             return Ok(());
@@ -525,6 +529,28 @@ impl<'f> Scanner<'f> {
         Ok(if padding { boundary } else { pos })
     }
 
+    /// The first valid record with the after-sync flag at a block boundary after
+    /// `pos`, as `(byte, offset)`. Every write starts at a boundary, and one flagged
+    /// record was written when everything before it had been synced: so one found
+    /// after a bad record at `pos` proves that record was synced, and damaged since.
+    fn written_after_sync(&mut self, pos: u64) -> io::Result<Option<(u64, u64)>> {
+        let mut at = align_up(pos + 1);
+        while at + record::HEADER_BYTES as u64 <= self.len {
+            let head: [u8; record::HEADER_BYTES] = self
+                .bytes(at, record::HEADER_BYTES)?
+                .try_into()
+                .expect("a whole header below the file's length");
+            if let record::HeaderRead::Header(h) = record::decode_header(&head)
+                && h.after_sync
+                && self.record(at, h.offset)?.is_ok()
+            {
+                return Ok(Some((at, h.offset)));
+            }
+            at += BATCH_ALIGN_BYTES;
+        }
+        Ok(None)
+    }
+
     /// Decodes the record at `pos`, expecting `offset`.
     fn record(
         &mut self,
@@ -733,7 +759,20 @@ pub fn scan(
                         until.unwrap_or(offset)
                     )));
                 }
-                Err(_) => break,
+                Err(why) => {
+                    // The end of the log, or a torn write: unless a record written
+                    // after a sync stands further on, which a crash cannot produce.
+                    if let Some((pos, later)) = scanner.written_after_sync(at).map_err(io)? {
+                        return Err(Error::Open(format!(
+                            "{}: damaged record at byte {at} (offset {offset}): {}; a record \
+                             written after it was synced stands at byte {pos} (offset {later}), \
+                             so this is damage to synced data, not a torn write",
+                            path.display(),
+                            describe(why)
+                        )));
+                    }
+                    break;
+                }
             }
         }
         if is_last && let Some(to) = scanner.last_nonzero_end(seg.data_end).map_err(io)? {

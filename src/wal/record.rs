@@ -7,7 +7,12 @@
 //! +----------+----------+------------+-----------------+
 //! ```
 //!
-//! The checksum (CRC-32C) covers `len`, `offset` and the payload, so a record copied
+//! The top bit of `len` is the **after-sync** flag ([`AFTER_SYNC`]): set on the first
+//! record of a write made when everything before it in the segment was already synced.
+//! Recovery uses it as proof: a valid flagged record after a bad one shows that the bad
+//! one had been synced, so it was damaged after the fact, not torn by a crash.
+//!
+//! The checksum (CRC-32C) covers `len` (flag included), `offset` and the payload, so a record copied
 //! to the wrong place, or a stale record from an older write, does not verify at the
 //! position where another offset is expected. Segments are preallocated with zeros; a
 //! header of sixteen zero bytes marks the end of the data (a real record never has an
@@ -18,6 +23,10 @@ use crate::config::RECORD_PAYLOAD_MAX_BYTES;
 
 /// Bytes of a record header.
 pub const HEADER_BYTES: usize = 16;
+
+/// The after-sync flag in the stored `len` field (see the module documentation).
+/// Payload lengths are at most 256 MiB, so the bit is otherwise always clear.
+pub const AFTER_SYNC: u32 = 1 << 31;
 
 /// Total on-disk size of a record with a payload of `payload_len` bytes.
 pub fn record_bytes(payload_len: usize) -> u64 {
@@ -32,11 +41,17 @@ fn checksum(len: u32, offset: u64, payload: &[u8]) -> u32 {
 
 /// Appends the encoding of one record to `out`.
 pub fn encode(out: &mut Vec<u8>, offset: u64, payload: &[u8]) {
+    encode_flagged(out, offset, payload, false);
+}
+
+/// Appends the encoding of one record to `out`, with the after-sync flag when
+/// `after_sync` is true.
+pub fn encode_flagged(out: &mut Vec<u8>, offset: u64, payload: &[u8], after_sync: bool) {
     assert!(
         payload.len() as u64 <= RECORD_PAYLOAD_MAX_BYTES,
         "payload too large"
     );
-    let len = payload.len() as u32;
+    let len = payload.len() as u32 | if after_sync { AFTER_SYNC } else { 0 };
     out.extend_from_slice(&checksum(len, offset, payload).to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
@@ -48,10 +63,20 @@ pub fn encode(out: &mut Vec<u8>, offset: u64, payload: &[u8]) {
 pub struct Header {
     /// Stored checksum.
     pub crc: u32,
-    /// Payload length, already checked against [`RECORD_PAYLOAD_MAX_BYTES`].
+    /// Payload length (flag removed), already checked against
+    /// [`RECORD_PAYLOAD_MAX_BYTES`].
     pub len: u32,
     /// The entry's offset.
     pub offset: u64,
+    /// Whether the after-sync flag is set.
+    pub after_sync: bool,
+}
+
+impl Header {
+    /// The `len` field as stored (with the flag), which the checksum covers.
+    fn stored_len(&self) -> u32 {
+        self.len | if self.after_sync { AFTER_SYNC } else { 0 }
+    }
 }
 
 /// What a header says before the payload is read.
@@ -71,18 +96,24 @@ pub fn decode_header(bytes: &[u8; HEADER_BYTES]) -> HeaderRead {
         return HeaderRead::End;
     }
     let crc = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
-    let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+    let stored = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
     let offset = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+    let len = stored & !AFTER_SYNC;
     if u64::from(len) > RECORD_PAYLOAD_MAX_BYTES {
         return HeaderRead::BadLength(u64::from(len));
     }
-    HeaderRead::Header(Header { crc, len, offset })
+    HeaderRead::Header(Header {
+        crc,
+        len,
+        offset,
+        after_sync: stored & AFTER_SYNC != 0,
+    })
 }
 
 /// Whether `payload` matches the checksum in `header`.
 pub fn verify(header: &Header, payload: &[u8]) -> bool {
     payload.len() == header.len as usize
-        && checksum(header.len, header.offset, payload) == header.crc
+        && checksum(header.stored_len(), header.offset, payload) == header.crc
 }
 
 /// Decodes one record at the start of `buf`, expecting `offset`.
@@ -175,6 +206,25 @@ mod tests {
     }
 
     #[test]
+    fn the_after_sync_flag_round_trips_and_is_covered_by_the_checksum() {
+        let mut buf = Vec::new();
+        encode_flagged(&mut buf, 9, b"set a=1", true);
+        let HeaderRead::Header(h) = decode_header(buf[..HEADER_BYTES].try_into().unwrap()) else {
+            panic!("no header");
+        };
+        assert!(h.after_sync);
+        assert_eq!(h.len, 7);
+        assert_eq!(decode(&buf, 9), Ok((&b"set a=1"[..], buf.len())));
+        // Clearing the flag (or setting it on a plain record) breaks the checksum.
+        buf[7] &= 0x7f;
+        assert_eq!(decode(&buf, 9), Err(Invalid::Corrupt));
+        let mut plain = Vec::new();
+        encode(&mut plain, 9, b"set a=1");
+        plain[7] |= 0x80;
+        assert_eq!(decode(&plain, 9), Err(Invalid::Corrupt));
+    }
+
+    #[test]
     fn a_record_at_the_wrong_offset_is_refused() {
         let mut buf = Vec::new();
         encode(&mut buf, 3, b"x");
@@ -188,7 +238,7 @@ mod tests {
         head[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             decode_header(&head),
-            HeaderRead::BadLength(u64::from(u32::MAX))
+            HeaderRead::BadLength(u64::from(!AFTER_SYNC))
         );
     }
 }

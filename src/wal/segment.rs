@@ -11,7 +11,10 @@
 /// Bytes of the segment header; the first record starts here.
 pub const HEADER_BYTES: u64 = 32;
 const MAGIC: &[u8; 8] = b"FLNTSEG\0";
-const VERSION: u32 = 1;
+/// Version 2 segments may hold records with the after-sync flag (see `record`);
+/// version 1 segments never do and are read the same way.
+const VERSION: u32 = 2;
+const VERSIONS_READ: [u32; 2] = [1, 2];
 
 /// The file name of the segment starting at `start`.
 pub fn file_name(start: u64) -> String {
@@ -53,7 +56,7 @@ pub fn decode_header(h: &[u8; HEADER_BYTES as usize]) -> Result<u64, String> {
         return Err("segment header checksum mismatch".into());
     }
     let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
-    if version != VERSION {
+    if !VERSIONS_READ.contains(&version) {
         return Err(format!("unsupported segment format version {version}"));
     }
     Ok(u64::from_le_bytes(h[16..24].try_into().unwrap()))

@@ -3,6 +3,7 @@
 
 mod conversations;
 mod crash;
+mod damage;
 mod disk;
 mod fuzz_corpus;
 mod input;

@@ -144,7 +144,9 @@ fn parse_trace(text: &str) -> Vec<Call> {
 fn record_offsets(mut data: &[u8]) -> Vec<u64> {
     let mut out = Vec::new();
     while data.len() >= 16 {
-        let len = u32::from_le_bytes(data[4..8].try_into().unwrap()) as usize;
+        // The top bit of the length field is the after-sync flag.
+        let len = (u32::from_le_bytes(data[4..8].try_into().unwrap())
+            & !flintlog::wal::record::AFTER_SYNC) as usize;
         out.push(u64::from_le_bytes(data[8..16].try_into().unwrap()));
         data = &data[(16 + len).min(data.len())..];
     }
