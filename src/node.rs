@@ -236,22 +236,23 @@ impl Node {
     /// Finishes every request already submitted (appends made durable, snapshots
     /// written, compactions done), stops the threads in order and joins them, then
     /// releases the directory lock. Requests sent through handle clones afterwards
-    /// fail with [`Error::Crashed`].
+    /// fail with [`Error::Crashed`]. Dropping a `Node` does the same, logging instead
+    /// of returning an error.
     ///
     /// # Errors
     /// [`Error::Crashed`] if an actor thread panicked.
-    pub fn shutdown(self) -> Result<()> {
-        let Node {
-            appender,
-            snapshotter,
-            compactor,
-            threads,
-            ..
-        } = self;
-        let _ = appender.tx.send(AppenderMsg::Shutdown);
-        drop((appender, snapshotter, compactor));
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop()
+    }
+
+    /// Stops and joins every thread (once; later calls do nothing).
+    fn stop(&mut self) -> Result<()> {
+        if self.threads.is_empty() {
+            return Ok(());
+        }
+        let _ = self.appender.tx.send(AppenderMsg::Shutdown);
         let mut panicked = Vec::new();
-        for (name, join) in threads {
+        for (name, join) in self.threads.drain(..) {
             if join.join().is_err() {
                 panicked.push(name);
             }
@@ -263,6 +264,16 @@ impl Node {
                 "actor thread(s) panicked: {}",
                 panicked.join(", ")
             )))
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Stops and joins every thread before the directory lock is released (the lock
+    /// is a field, dropped after this runs).
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::error!("stopping the node: {e}");
         }
     }
 }

@@ -41,7 +41,7 @@ const REPLAY_NS_DEFAULT: u64 = 600;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::actor::snapshotter::SnapshotterMsg;
-use crate::actor::{Feedback, Reply, call};
+use crate::actor::{Feedback, Poison, Reply, call, spawn_actor};
 use crate::config::{Config, FsyncPolicy};
 use crate::core::kv::{self, KvState, Written};
 use crate::core::policy::{self, Policy, PolicyUpdate, Progress, SnapshotMode, Thresholds};
@@ -314,7 +314,7 @@ pub(crate) struct Appender {
     inbox: Receiver<AppenderMsg>,
     feedback: Receiver<Feedback>,
     snapshotter: Sender<SnapshotterMsg>,
-    poisoned: Option<String>,
+    poison: Poison,
     counters: Counters,
     latest_snapshot: Option<SnapshotFile>,
     last_snapshot_ms: Option<u64>,
@@ -405,7 +405,7 @@ impl Appender {
             inbox,
             feedback: parts.feedback,
             snapshotter: parts.snapshotter,
-            poisoned: None,
+            poison: Poison::default(),
             counters: Counters::default(),
             latest_snapshot: parts.latest_snapshot.clone(),
             last_snapshot_ms: None,
@@ -434,9 +434,9 @@ impl Appender {
             tx,
             payload_bytes_max: parts.config.payload_bytes_max,
         };
-        let join = std::thread::Builder::new()
-            .name("flintlog-appender".into())
-            .spawn(move || actor.run())?;
+        // The appender's inbox closes with it: every request then gets error 13.
+        let on_panic = |why: String| log::error!("{why}; the node answers nothing more");
+        let join = spawn_actor("appender", on_panic, move || actor.run())?;
         Ok((handle, join))
     }
 
@@ -490,7 +490,7 @@ impl Appender {
             self.manage();
         }
         self.flush();
-        if self.poisoned.is_none()
+        if self.poison.reason().is_none()
             && self.log.has_unsynced()
             && let Err(e) = self.log.sync()
         {
@@ -521,7 +521,7 @@ impl Appender {
     /// durable snapshot, then a snapshot if a trigger fires. Called after every batch
     /// and on a timer.
     fn manage(&mut self) {
-        if self.poisoned.is_some() {
+        if self.poison.reason().is_some() {
             return;
         }
         self.drain_feedback();
@@ -624,7 +624,7 @@ impl Appender {
     }
 
     fn periodic_sync(&mut self) {
-        if self.poisoned.is_none() && self.log.has_unsynced() {
+        if self.poison.reason().is_none() && self.log.has_unsynced() {
             self.counters.fsyncs += 1;
             if let Err(e) = self.log.sync() {
                 self.poison(format!("periodic fsync of the log failed: {e}"));
@@ -633,19 +633,11 @@ impl Appender {
     }
 
     fn poison(&mut self, why: String) -> Error {
-        log::error!("{why}; refusing writes until the node is reopened");
-        // The first failure is the one worth reporting.
-        let why = self.poisoned.get_or_insert(why).clone();
-        Error::Crashed(why)
+        self.poison.set(why)
     }
 
     fn refuse_if_poisoned(&self) -> Result<()> {
-        match &self.poisoned {
-            Some(why) => Err(Error::Crashed(format!(
-                "node refuses writes: {why}; reopen it to recover"
-            ))),
-            None => Ok(()),
-        }
+        self.poison.check()
     }
 
     /// Handles one request; returns true to stop.
@@ -933,7 +925,7 @@ impl Appender {
             latest_snapshot: self.latest_snapshot.clone(),
             last_snapshot_ms: self.last_snapshot_ms,
             counters: self.counters,
-            poisoned: self.poisoned.clone(),
+            poisoned: self.poison.reason().map(str::to_string),
             recovery: self.recovery.clone(),
             management: self.management(&segments),
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::actor::appender::{AppenderHandle, AppenderMsg};
-use crate::actor::{Feedback, Reply, call};
+use crate::actor::{Feedback, Poison, Reply, call, poison_on_panic, spawn_actor};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::types::Compaction;
@@ -65,7 +65,7 @@ pub(crate) struct Compactor {
     feedback: Sender<Feedback>,
     pacing: Pacing,
     /// Set after a failed sync: every later request fails.
-    poisoned: Option<String>,
+    poison: Poison,
 }
 
 /// How long the compactor waits for the appender to fence reads off compacted
@@ -82,18 +82,17 @@ impl Compactor {
         pacing: Pacing,
     ) -> std::io::Result<(Sender<CompactorMsg>, std::thread::JoinHandle<()>)> {
         let (tx, inbox) = crossbeam_channel::bounded(capacity);
+        let on_panic = poison_on_panic(&feedback);
         let actor = Compactor {
             fs,
             dir,
             first_offset,
             inbox,
+            poison: Poison::reporting_to(feedback.clone()),
             feedback,
             pacing,
-            poisoned: None,
         };
-        let join = std::thread::Builder::new()
-            .name("flintlog-compactor".into())
-            .spawn(move || actor.run())?;
+        let join = spawn_actor("compactor", on_panic, move || actor.run())?;
         Ok((tx, join))
     }
 
@@ -112,10 +111,7 @@ impl Compactor {
     }
 
     fn poison(&mut self, why: String) -> Error {
-        log::error!("{why}");
-        self.poisoned = Some(why.clone());
-        let _ = self.feedback.send(Feedback::Poisoned(why.clone()));
-        Error::Crashed(why)
+        self.poison.set(why)
     }
 
     /// Deletes a compacted segment of `size` bytes, truncating it step by step first.
@@ -140,9 +136,7 @@ impl Compactor {
             snapshot_offset >= at,
             "compaction to {at} without a snapshot covering it"
         );
-        if let Some(why) = &self.poisoned {
-            return Err(Error::Crashed(why.clone()));
-        }
+        self.poison.check()?;
         let before = self.first_offset;
         if at <= before {
             let live = next_offset.saturating_sub(before);

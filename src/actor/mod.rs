@@ -11,6 +11,7 @@ pub mod appender;
 pub mod compactor;
 pub mod snapshotter;
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -47,6 +48,11 @@ impl<T: 'static> Reply<T> {
 impl<T: 'static> Drop for Reply<T> {
     fn drop(&mut self) {
         if let Some(f) = self.f.take() {
+            if std::thread::panicking() {
+                // Poison the node before the caller hears of the failure, so that
+                // its next request is refused.
+                unwinding(None);
+            }
             f(Err(Error::Crashed(
                 "the node stopped before answering this request".into(),
             )));
@@ -98,6 +104,112 @@ fn wait<T>(rx: &Receiver<T>) -> std::result::Result<T, RecvError> {
     let outcome = outcome.unwrap_or_else(|| rx.recv());
     WAITING.fetch_sub(1, Ordering::AcqRel);
     outcome
+}
+
+/// Why an actor refuses work after a failure it must not paper over (a failed sync,
+/// a panic): the first reason is kept, logged once, and passed on to the appender,
+/// which then refuses writes with error 13 and reports it in `wal_status`. The one
+/// poisoning recipe every actor uses.
+#[derive(Default)]
+pub(crate) struct Poison {
+    why: Option<String>,
+    /// Where to report it: the feedback channel, for every actor but the appender.
+    notify: Option<crossbeam_channel::Sender<Feedback>>,
+}
+
+impl Poison {
+    /// A poison that tells the appender when it is set.
+    pub(crate) fn reporting_to(feedback: crossbeam_channel::Sender<Feedback>) -> Poison {
+        Poison {
+            why: None,
+            notify: Some(feedback),
+        }
+    }
+
+    /// Records `why` (the first reason wins), reports it, and returns the error the
+    /// request that hit it gets.
+    pub(crate) fn set(&mut self, why: String) -> Error {
+        if self.why.is_none() {
+            log::error!("{why}; refusing writes until the node is reopened");
+            if let Some(tx) = &self.notify {
+                let _ = tx.send(Feedback::Poisoned(why.clone()));
+            }
+        }
+        Error::Crashed(self.why.get_or_insert(why).clone())
+    }
+
+    /// The reason, if poisoned.
+    pub(crate) fn reason(&self) -> Option<&str> {
+        self.why.as_deref()
+    }
+
+    /// The error a refused request gets, if poisoned.
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        self.why
+            .as_ref()
+            .map(|why| Error::Crashed(format!("node refuses writes: {why}; reopen it to recover")))
+    }
+
+    /// `Err(Crashed)` naming the reason, if poisoned.
+    pub(crate) fn check(&self) -> Result<()> {
+        self.refusal().map_or(Ok(()), Err)
+    }
+}
+
+type OnPanic = Box<dyn FnOnce(String)>;
+
+thread_local! {
+    /// The panic guard of the actor running on this thread, with the actor's name:
+    /// taken (and run) by the first of a dropped [`Reply`] during the unwinding and
+    /// the end of the unwinding.
+    static ON_PANIC: RefCell<Option<(&'static str, OnPanic)>> = const { RefCell::new(None) };
+}
+
+/// Runs this thread's panic guard, if it has not run yet, with the panic's message
+/// when known.
+fn unwinding(message: Option<&str>) {
+    if let Some((name, on_panic)) = ON_PANIC.with(|g| g.borrow_mut().take()) {
+        on_panic(match message {
+            Some(m) => format!("the {name} thread panicked: {m}"),
+            None => format!("the {name} thread panicked (its message is on stderr)"),
+        });
+    }
+}
+
+/// Starts an actor thread named `flintlog-<name>` running `body`. If `body` panics,
+/// `on_panic` gets a sentence naming the thread (to poison the node) before any
+/// request the thread held is answered, and the panic then goes on, so that joining
+/// the thread reports it.
+pub(crate) fn spawn_actor(
+    name: &'static str,
+    on_panic: impl FnOnce(String) + Send + 'static,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("flintlog-{name}"))
+        .spawn(move || {
+            ON_PANIC.with(|g| *g.borrow_mut() = Some((name, Box::new(on_panic))));
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                unwinding(Some(&what));
+                std::panic::resume_unwind(panic);
+            }
+        })
+}
+
+/// The panic guard of an actor that reports to the appender: poisons the node.
+pub(crate) fn poison_on_panic(
+    feedback: &crossbeam_channel::Sender<Feedback>,
+) -> impl FnOnce(String) + Send + 'static {
+    let feedback = feedback.clone();
+    move |why| {
+        log::error!("{why}; refusing writes until the node is reopened");
+        let _ = feedback.send(Feedback::Poisoned(why));
+    }
 }
 
 /// News from the snapshotter and the compactor to the appender.

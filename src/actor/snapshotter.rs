@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::actor::appender::{AppenderHandle, AppenderMsg};
 use crate::actor::compactor::CompactorMsg;
-use crate::actor::{Feedback, Reply, call};
+use crate::actor::{Feedback, Poison, Reply, call, poison_on_panic, spawn_actor};
 use crate::config::Config;
 use crate::core::kv::{self, Change, KvState, Written};
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
@@ -121,7 +121,7 @@ pub(crate) struct Snapshotter {
     /// Snapshot files on disk, oldest first.
     on_disk: Vec<(u64, String)>,
     /// Set after a failed sync: every later request fails.
-    poisoned: Option<String>,
+    poison: Poison,
 }
 
 pub(crate) struct SnapshotterParts {
@@ -149,7 +149,9 @@ impl Snapshotter {
         parts: SnapshotterParts,
     ) -> std::io::Result<(Sender<SnapshotterMsg>, std::thread::JoinHandle<()>)> {
         let (tx, inbox) = crossbeam_channel::bounded(parts.config.inbox_capacity);
+        let on_panic = poison_on_panic(&parts.feedback);
         let actor = Snapshotter {
+            poison: Poison::reporting_to(parts.feedback.clone()),
             fs: parts.fs,
             dir: parts.config.dir.clone(),
             sync_chunk: parts.config.snapshot_sync_chunk_bytes,
@@ -167,11 +169,8 @@ impl Snapshotter {
             compactor: parts.compactor,
             feedback: parts.feedback,
             on_disk: parts.on_disk,
-            poisoned: None,
         };
-        let join = std::thread::Builder::new()
-            .name("flintlog-snapshotter".into())
-            .spawn(move || actor.run())?;
+        let join = spawn_actor("snapshotter", on_panic, move || actor.run())?;
         Ok((tx, join))
     }
 
@@ -197,10 +196,9 @@ impl Snapshotter {
                 continue;
             }
             if let Err(e) = self.fs.sync_dir(&self.dir) {
-                let why = format!("the directory sync after retiring snapshot {name} failed: {e}");
-                log::error!("{why}");
-                self.poisoned.get_or_insert(why.clone());
-                let _ = self.feedback.send(Feedback::Poisoned(why));
+                self.poison.set(format!(
+                    "the directory sync after retiring snapshot {name} failed: {e}"
+                ));
                 return;
             }
             let freed = self
@@ -236,7 +234,7 @@ impl Snapshotter {
             SnapshotterMsg::Snapshot { offset, .. } => durable_offset < Some(*offset),
             SnapshotterMsg::Compact { at, .. } => durable_offset < Some(*at),
         });
-        let mut failure = self.poisoned.clone().map(Error::Crashed);
+        let mut failure = self.poison.check().err();
         if needs_write && failure.is_none() {
             let newest = group
                 .iter()
@@ -271,12 +269,9 @@ impl Snapshotter {
             if let Err(e) = self.write(offset, state, mode, &policy) {
                 failure = Some(if is_sync_failure(&e) {
                     // Fail-stop: the node acknowledges nothing more until reopened.
-                    let why =
-                        format!("a sync while writing the snapshot at offset {offset} failed: {e}");
-                    log::error!("{why}");
-                    self.poisoned = Some(why.clone());
-                    let _ = self.feedback.send(Feedback::Poisoned(why.clone()));
-                    Error::Crashed(why)
+                    self.poison.set(format!(
+                        "a sync while writing the snapshot at offset {offset} failed: {e}"
+                    ))
                 } else {
                     Error::Unavailable(format!(
                         "writing the snapshot at offset {offset} failed (nothing changed): {e}"
@@ -297,9 +292,9 @@ impl Snapshotter {
                         unreachable!("a snapshot request always leaves a durable snapshot")
                     }
                 },
-                SnapshotterMsg::Compact { reply, .. } if self.poisoned.is_some() => reply.send(
-                    Err(Error::Crashed(self.poisoned.clone().unwrap_or_default())),
-                ),
+                SnapshotterMsg::Compact { reply, .. } if self.poison.reason().is_some() => {
+                    reply.send(Err(self.poison.refusal().expect("poisoned")))
+                }
                 SnapshotterMsg::Compact {
                     at,
                     next_offset,

@@ -10,12 +10,14 @@ use crossbeam_channel::{Receiver, Sender};
 use flintlog::fs::{File, FileSystem, Lock, RealFs};
 use flintlog::{Config, Error, Node, Reply};
 
-/// The real filesystem, with two knobs: snapshot temp files can be held at creation
-/// until a gate opens, and every `sync_data` can be made to fail.
+/// The real filesystem, with three knobs: snapshot temp files can be held at creation
+/// until a gate opens, every `sync_data` can be made to fail, and creating a file
+/// whose name ends with a given suffix can panic (in whichever actor does it).
 #[derive(Default)]
 struct HookFs {
     gate: Mutex<Option<Receiver<()>>>,
     fail_syncs: Arc<AtomicBool>,
+    panic_on: Mutex<&'static [&'static str]>,
 }
 
 struct HookFile {
@@ -61,6 +63,10 @@ impl FileSystem for HookFs {
         RealFs.create_dir_all(dir)
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn File>> {
+        let panic_on = *self.panic_on.lock().unwrap();
+        if panic_on.iter().any(|s| path.to_string_lossy().ends_with(s)) {
+            panic!("injected panic creating {}", path.display());
+        }
         if path.to_string_lossy().ends_with(".snap.tmp") {
             let gate = self.gate.lock().unwrap().clone();
             if let Some(gate) = gate {
@@ -326,5 +332,81 @@ fn reads_racing_a_paced_compaction_get_their_entry_or_not_found() {
         node.appender().read(at - 1).unwrap().payload,
         format!("set k{}={}", at - 1, at - 1).into_bytes()
     );
+    node.shutdown().unwrap();
+}
+
+/// A panic in `actor` (injected where it creates a file ending in one of `suffixes`, during
+/// `trigger`) poisons the node: the next write gets `Crashed` (error 13), `wal_status`
+/// names the cause, and shutdown joins every thread and reports the panic.
+fn a_panic_poisons_the_node(
+    suffixes: &'static [&'static str],
+    actor: &str,
+    trigger: impl FnOnce(&Node) -> flintlog::Result<()>,
+) {
+    let (_t, path) = dir();
+    let fs = Arc::new(HookFs::default());
+    let node = Node::open_with_fs(Config::new(&path), fs.clone()).unwrap();
+    for i in 0..10 {
+        node.appender().append(format!("set k{i}=v")).unwrap();
+    }
+    node.snapshotter().snapshot().unwrap();
+    *fs.panic_on.lock().unwrap() = suffixes;
+    assert!(matches!(trigger(&node), Err(Error::Crashed(_))));
+    *fs.panic_on.lock().unwrap() = &[];
+    // The poison reaches the appender before its next request.
+    match node.appender().append("set after=panic") {
+        Err(Error::Crashed(why)) => {
+            assert!(
+                why.contains(&format!("the {actor} thread panicked")),
+                "{why}"
+            )
+        }
+        other => panic!("a write after the {actor} panicked: {other:?}"),
+    }
+    let status = node.appender().status().unwrap();
+    let why = status.poisoned.expect("wal_status names the cause");
+    assert!(
+        why.contains(&format!("the {actor} thread panicked")),
+        "{why}"
+    );
+    // Reads keep answering from the durable state.
+    assert_eq!(node.appender().kv_get("k3").unwrap(), "v");
+    let acknowledged = status.next_offset;
+    match node.shutdown() {
+        Err(Error::Crashed(why)) => assert!(why.contains(actor), "{why}"),
+        other => panic!("shutdown must report the panicked {actor}: {other:?}"),
+    }
+    // Every thread was joined and the lock released: the directory opens again.
+    let node = Node::open(Config::new(&path)).unwrap();
+    assert_eq!(node.appender().status().unwrap().next_offset, acknowledged);
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn a_panic_in_the_snapshotter_poisons_the_node() {
+    a_panic_poisons_the_node(&[".snap.tmp", ".delta.tmp"], "snapshotter", |node| {
+        node.appender().append("set more=1")?;
+        node.snapshotter().snapshot().map(drop)
+    });
+}
+
+#[test]
+fn a_panic_in_the_compactor_poisons_the_node() {
+    a_panic_poisons_the_node(&["log.meta.tmp"], "compactor", |node| {
+        node.compactor().compact(5).map(drop)
+    });
+}
+
+#[test]
+fn dropping_a_node_without_shutdown_joins_its_threads_and_frees_the_directory() {
+    let (_t, path) = dir();
+    let node = Node::open(Config::new(&path)).unwrap();
+    let appender = node.appender().clone();
+    appender.append("set a=1").unwrap();
+    drop(node);
+    // A handle that outlived the node gets an error, not a hang.
+    assert!(matches!(appender.append("set b=2"), Err(Error::Crashed(_))));
+    let node = Node::open(Config::new(&path)).unwrap();
+    assert_eq!(node.appender().kv_get("a").unwrap(), "1");
     node.shutdown().unwrap();
 }
