@@ -1,60 +1,13 @@
 //! Every limit and policy of a node, in one place.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::core::policy::Policy;
 use crate::error::{Error, Result};
+pub use crate::types::FsyncPolicy;
+use crate::wal::LogOptions;
 
-/// Largest payload the on-disk record format accepts, whatever the configured limit.
-/// The decoder refuses any length above it before allocating.
-pub const RECORD_PAYLOAD_MAX_BYTES: u64 = 256 * 1024 * 1024;
-
-/// When an appended entry counts as durable and may be acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// fdatasync before every acknowledgement; concurrent appends share one sync.
-    Always,
-    /// Acknowledge after the write; sync every given interval.
-    Batch(Duration),
-    /// Acknowledge after the write; the operating system decides when data reaches disk.
-    Never,
-}
-
-impl FsyncPolicy {
-    /// Parses `always`, `batch=MS` (MS ≥ 1) or `never`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for anything else.
-    pub fn parse(text: &str) -> Result<FsyncPolicy> {
-        match text {
-            "always" => Ok(FsyncPolicy::Always),
-            "never" => Ok(FsyncPolicy::Never),
-            _ => {
-                let ms = text
-                    .strip_prefix("batch=")
-                    .and_then(|ms| ms.parse::<u64>().ok())
-                    .filter(|&ms| ms >= 1)
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "fsync policy must be always, batch=MS (MS >= 1) or never, not {text:?}"
-                        ))
-                    })?;
-                Ok(FsyncPolicy::Batch(Duration::from_millis(ms)))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for FsyncPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FsyncPolicy::Always => f.write_str("always"),
-            FsyncPolicy::Batch(every) => write!(f, "batch={}", every.as_millis()),
-            FsyncPolicy::Never => f.write_str("never"),
-        }
-    }
-}
+pub use crate::wal::record::RECORD_PAYLOAD_MAX_BYTES;
 
 /// Configuration of one node. [`Config::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -101,6 +54,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// What the log needs of this configuration.
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            dir: self.dir.clone(),
+            segment_bytes_max: self.segment_bytes_max,
+            preallocate_bytes_max: self.segment_preallocate_bytes_max,
+            prefill: self.segment_prefill,
+        }
+    }
+
     /// The defaults, for a node living in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         let dir: PathBuf = dir.into();

@@ -24,8 +24,7 @@ pub mod wal;
 
 pub use actor::Reply;
 pub use actor::appender::{AppenderHandle, CasPredicate};
-pub use actor::compactor::CompactorHandle;
-pub use actor::snapshotter::SnapshotterHandle;
+pub use actor::facades::{CompactorHandle, SnapshotterHandle};
 pub use config::{Config, FsyncPolicy};
 pub use core::policy::{Policy, PolicyUpdate};
 pub use error::{Error, Result};

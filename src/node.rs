@@ -6,10 +6,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::actor::appender::{Appender, AppenderHandle, AppenderMsg, AppenderParts};
-use crate::actor::compactor::{Compactor, CompactorHandle};
-use crate::actor::snapshotter::{Snapshotter, SnapshotterHandle, SnapshotterParts};
+use crate::actor::compactor::Compactor;
+use crate::actor::facades::{CompactorHandle, SnapshotterHandle};
+use crate::actor::snapshotter::{Snapshotter, SnapshotterParts};
 use crate::config::Config;
-use crate::core::recovery::{self, LOCK_NAME};
+use crate::core::layout::{self, LOCK as LOCK_NAME};
+use crate::core::recovery;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, Pacing, RealFs, join};
 use crate::snapshot;
@@ -117,7 +119,7 @@ impl Node {
         let (log, log_report) = Log::recover(
             fs.clone(),
             RecoverLog {
-                config: &config,
+                options: &config.log_options(),
                 segments: listing.segments.clone(),
                 first_offset,
                 replay_from,
@@ -128,7 +130,7 @@ impl Node {
         // Snapshots that did not verify are moved aside (bytes kept) so that they are
         // neither verified again at every start nor counted by retention.
         for name in &damaged {
-            let broken = format!("{name}.broken");
+            let broken = layout::broken_snapshot(name);
             fs.rename(&join(&dir, name), &join(&dir, &broken))
                 .map_err(|e| {
                     Error::open_io(format!("cannot move damaged snapshot {name} aside"), &e)

@@ -1,8 +1,92 @@
 //! Result types of the node's requests.
 
-use crate::config::FsyncPolicy;
-use crate::snapshot::SnapshotFile;
-pub use crate::wal::{ReadEntry, SegmentInfo};
+use std::time::Duration;
+
+pub use crate::core::policy::TriggerStatus;
+use crate::error::{Error, Result};
+
+/// When an appended entry counts as durable and may be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fdatasync before every acknowledgement; concurrent appends share one sync.
+    Always,
+    /// Acknowledge after the write; sync every given interval.
+    Batch(Duration),
+    /// Acknowledge after the write; the operating system decides when data reaches disk.
+    Never,
+}
+
+impl FsyncPolicy {
+    /// Parses `always`, `batch=MS` (MS ≥ 1) or `never`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for anything else.
+    pub fn parse(text: &str) -> Result<FsyncPolicy> {
+        match text {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => {
+                let ms = text
+                    .strip_prefix("batch=")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .filter(|&ms| ms >= 1)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "fsync policy must be always, batch=MS (MS >= 1) or never, not {text:?}"
+                        ))
+                    })?;
+                Ok(FsyncPolicy::Batch(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Batch(every) => write!(f, "batch={}", every.as_millis()),
+            FsyncPolicy::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// A snapshot (full or delta) made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// File name (`.snap` for a full snapshot, `.delta` for a delta).
+    pub file: String,
+    /// Entries `[0, offset)` are covered.
+    pub offset: u64,
+    /// Size of the file.
+    pub size_bytes: u64,
+    /// The body checksum: the file's identity, which a delta names its parent by.
+    pub checksum: u32,
+}
+
+/// What the log knows about one segment, as reported to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// File name.
+    pub file: String,
+    /// Offset of its first entry.
+    pub start_offset: u64,
+    /// Offset of its last entry, `None` when empty.
+    pub end_offset: Option<u64>,
+    /// Bytes of data (header and records, not the preallocated zeros).
+    pub size_bytes: u64,
+    /// Whether it is sealed (every segment but the active one).
+    pub sealed: bool,
+}
+
+/// An entry read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadEntry {
+    /// The payload bytes as stored.
+    pub payload: Vec<u8>,
+    /// Whether the record's checksum verified.
+    pub checksum_valid: bool,
+}
 
 /// Answer to an info request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,19 +204,6 @@ pub struct Status {
     pub recovery: RecoveryReport,
     /// The log-management policy and where the node stands against it.
     pub management: Management,
-}
-
-/// How far one snapshot trigger is from firing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TriggerStatus {
-    /// `entries`, `bytes` or `age_ms`.
-    pub name: &'static str,
-    /// The jittered threshold in force; `None` when the trigger is off.
-    pub threshold: Option<u64>,
-    /// The progress since the last snapshot cut.
-    pub current: u64,
-    /// What is left before it fires (0: due).
-    pub remaining: Option<u64>,
 }
 
 /// One snapshot file kept on disk.

@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::actor::appender::{AppenderHandle, AppenderMsg};
-use crate::actor::{Feedback, Poison, Reply, call, poison_on_panic, spawn_actor};
+use crate::actor::{Feedback, Poison, Reply, poison_on_panic, spawn_actor};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::types::Compaction;
@@ -28,33 +27,6 @@ pub(crate) enum CompactorMsg {
         segments: Vec<(u64, String)>,
         reply: Reply<Compaction>,
     },
-}
-
-/// Handle to compaction. A request enters through the appender's inbox (which knows
-/// the log's end and cuts a snapshot if none covers the offset), passes the
-/// snapshotter, and is carried out by the compactor thread.
-#[derive(Clone)]
-pub struct CompactorHandle {
-    pub(crate) appender: AppenderHandle,
-}
-
-impl CompactorHandle {
-    /// Removes every entry below `at`, after a durable snapshot covers it (taking one
-    /// first if needed). Compacting to an offset already compacted succeeds and frees
-    /// nothing.
-    ///
-    /// # Errors
-    /// [`Error::PreconditionFailed`] if `at` is past the log's end;
-    /// [`Error::Unavailable`] if the snapshot or the metadata could not be written
-    /// (nothing was deleted).
-    pub fn compact(&self, at: u64) -> Result<Compaction> {
-        call(|reply| self.compact_with(at, reply))
-    }
-
-    /// Non-blocking [`CompactorHandle::compact`].
-    pub fn compact_with(&self, at: u64, reply: Reply<Compaction>) {
-        self.appender.submit(AppenderMsg::Compact { at, reply });
-    }
 }
 
 pub(crate) struct Compactor {

@@ -9,6 +9,7 @@
 
 pub mod appender;
 pub mod compactor;
+pub mod facades;
 pub mod snapshotter;
 
 use std::cell::RefCell;

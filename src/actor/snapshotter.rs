@@ -16,13 +16,13 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::actor::appender::{AppenderHandle, AppenderMsg};
 use crate::actor::compactor::CompactorMsg;
-use crate::actor::{Feedback, Poison, Reply, call, poison_on_panic, spawn_actor};
+use crate::actor::{Feedback, Poison, Reply, poison_on_panic, spawn_actor};
 use crate::config::Config;
 use crate::core::kv::{self, Change, KvState, Written};
+use crate::core::layout;
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::snapshot::{self, SnapshotFile};
 use crate::types::Compaction;
@@ -56,44 +56,6 @@ impl SnapshotterMsg {
                 *offset
             }
         }
-    }
-}
-
-/// Handle to snapshotting. A request enters through the appender's inbox, so the cut
-/// it takes includes every write submitted before it; the snapshot itself is written
-/// by the snapshotter thread.
-#[derive(Clone)]
-pub struct SnapshotterHandle {
-    pub(crate) appender: AppenderHandle,
-}
-
-impl SnapshotterHandle {
-    /// Cuts a snapshot of the state and returns it once the file is durable.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] if writing it failed (the previous snapshot stays);
-    /// [`Error::Crashed`] if the node refuses writes.
-    pub fn snapshot(&self) -> Result<SnapshotFile> {
-        call(|reply| self.snapshot_with(reply))
-    }
-
-    /// Non-blocking [`SnapshotterHandle::snapshot`].
-    pub fn snapshot_with(&self, reply: Reply<SnapshotFile>) {
-        self.snapshot_mode_with(SnapshotMode::Auto, reply);
-    }
-
-    /// [`SnapshotterHandle::snapshot`], written full or as a delta on the current
-    /// chain as `mode` asks (`Auto`: as the policy decides).
-    ///
-    /// # Errors
-    /// As [`SnapshotterHandle::snapshot`].
-    pub fn snapshot_mode(&self, mode: SnapshotMode) -> Result<SnapshotFile> {
-        call(|reply| self.snapshot_mode_with(mode, reply))
-    }
-
-    /// Non-blocking [`SnapshotterHandle::snapshot_mode`].
-    pub fn snapshot_mode_with(&self, mode: SnapshotMode, reply: Reply<SnapshotFile>) {
-        self.appender.submit(AppenderMsg::Snapshot { mode, reply });
     }
 }
 
@@ -190,7 +152,7 @@ impl Snapshotter {
     /// requesters are answered, so that a client's next request never races it.
     fn retire(&mut self) {
         for name in std::mem::take(&mut self.retiring) {
-            let doomed = join(&self.dir, &format!("{name}.retired.tmp"));
+            let doomed = join(&self.dir, &layout::retired(&name));
             if let Err(e) = self.fs.rename(&join(&self.dir, &name), &doomed) {
                 log::warn!("could not remove old snapshot {name}: {e}");
                 continue;

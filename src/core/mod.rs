@@ -1,5 +1,6 @@
 //! The pure core: no threads, no I/O.
 
 pub mod kv;
+pub mod layout;
 pub mod policy;
 pub mod recovery;

@@ -4,7 +4,6 @@
 //! directly; the appender only gathers the inputs and carries out the answer.
 
 use crate::error::{Error, Result};
-use crate::types::TriggerStatus;
 
 /// The policy an operator reads and changes (`Config::policy`, CLI flags, the
 /// `wal_policy` request). A threshold of 0 turns its trigger off.
@@ -197,6 +196,19 @@ pub fn due(t: &Thresholds, p: &Progress) -> Option<Trigger> {
     }
 }
 
+/// How far one snapshot trigger is from firing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerStatus {
+    /// `entries`, `bytes` or `age_ms`.
+    pub name: &'static str,
+    /// The jittered threshold in force; `None` when the trigger is off.
+    pub threshold: Option<u64>,
+    /// The progress since the last snapshot cut.
+    pub current: u64,
+    /// What is left before it fires (0: due).
+    pub remaining: Option<u64>,
+}
+
 /// How far each trigger is from firing (`threshold` and `remaining` are `None` for
 /// triggers that are off).
 pub fn distances(t: &Thresholds, p: &Progress) -> [TriggerStatus; 3] {
@@ -227,11 +239,7 @@ pub fn retention(on_disk: &[(u64, String)], retain: u64) -> Vec<(u64, String)> {
     let mut sorted = on_disk.to_vec();
     sorted.sort();
     let bases: Vec<usize> = (0..sorted.len())
-        .filter(|&i| {
-            sorted[i]
-                .1
-                .ends_with(crate::core::recovery::SNAPSHOT_SUFFIX)
-        })
+        .filter(|&i| sorted[i].1.ends_with(crate::core::layout::SNAPSHOT_SUFFIX))
         .collect();
     let keep = retain.max(1) as usize;
     if bases.len() <= keep {

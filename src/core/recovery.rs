@@ -1,6 +1,6 @@
 //! Recovery planning: what each file in a node's directory is, decided from its name.
 
-use crate::wal::{meta, segment};
+use crate::core::layout::{self, BROKEN_SUFFIX, LOCK, META, TEMP_SUFFIX};
 
 /// The directory's files, sorted into what recovery does with them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,30 +19,21 @@ pub struct DirListing {
     pub foreign: Vec<String>,
 }
 
-/// Name of the directory lock file.
-pub const LOCK_NAME: &str = "LOCK";
-/// Suffix of snapshot files.
-pub const SNAPSHOT_SUFFIX: &str = ".snap";
-/// Suffix of delta files (incremental snapshots).
-pub const DELTA_SUFFIX: &str = ".delta";
-
 /// Sorts a directory's names.
 pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
     let mut out = DirListing::default();
     for name in names {
-        if let Some(start) = segment::parse_name(&name) {
+        if let Some(start) = layout::parse_segment(&name) {
             out.segments.push((start, name));
-        } else if let Some(offset) = segment::parse_offset_name(&name, SNAPSHOT_SUFFIX)
-            .or_else(|| segment::parse_offset_name(&name, DELTA_SUFFIX))
-        {
+        } else if let Some(offset) = layout::parse_snapshot(&name) {
             out.snapshots.push((offset, name));
-        } else if name == meta::FILE_NAME {
+        } else if name == META {
             out.meta = true;
-        } else if name.ends_with(".tmp") {
+        } else if name.ends_with(TEMP_SUFFIX) {
             out.temps.push(name);
-        } else if name.ends_with(".broken") {
+        } else if name.ends_with(BROKEN_SUFFIX) {
             out.broken.push(name);
-        } else if name != LOCK_NAME {
+        } else if name != LOCK {
             out.foreign.push(name);
         }
     }

@@ -216,7 +216,7 @@ pub fn create_durably(
     name: &str,
     fill: impl FnOnce(&mut dyn File) -> io::Result<()>,
 ) -> io::Result<()> {
-    let temp = join(dir, &format!("{name}.tmp"));
+    let temp = join(dir, &crate::core::layout::temp(name));
     let result = (|| {
         let mut file = fs.create(&temp)?;
         fill(&mut *file)?;

@@ -37,11 +37,11 @@ use std::sync::Arc;
 
 use bincode::config::Configuration;
 
-use crate::config::RECORD_PAYLOAD_MAX_BYTES;
 use crate::core::kv::Change;
 use crate::core::kv::{KvMap, KvState};
-use crate::core::recovery::{DELTA_SUFFIX, SNAPSHOT_SUFFIX};
+use crate::core::layout;
 use crate::fs::{File, FileSystem, create_durably, sync_failed};
+use crate::wal::record::RECORD_PAYLOAD_MAX_BYTES;
 
 /// Bytes of the snapshot header.
 pub const HEADER_BYTES: u64 = 40;
@@ -56,33 +56,8 @@ fn bincode_config() -> Configuration {
     bincode::config::standard()
 }
 
-/// The file name of the snapshot at `offset`.
-pub fn file_name(offset: u64) -> String {
-    format!("{offset:020}{SNAPSHOT_SUFFIX}")
-}
-
-/// The file name of the delta at `offset`.
-pub fn delta_file_name(offset: u64) -> String {
-    format!("{offset:020}{DELTA_SUFFIX}")
-}
-
-/// Whether a snapshot file name is a delta's.
-pub fn is_delta(name: &str) -> bool {
-    name.ends_with(DELTA_SUFFIX)
-}
-
-/// A snapshot (full or delta) made durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotFile {
-    /// File name (`.snap` for a full snapshot, `.delta` for a delta).
-    pub file: String,
-    /// Entries `[0, offset)` are covered.
-    pub offset: u64,
-    /// Size of the file.
-    pub size_bytes: u64,
-    /// The body checksum: the file's identity, which a delta names its parent by.
-    pub checksum: u32,
-}
+pub use crate::types::SnapshotFile;
+pub use layout::{delta as delta_file_name, is_delta, snapshot as file_name};
 
 struct Header {
     offset: u64,

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join};
 
 /// File name of the metadata file.
-pub const FILE_NAME: &str = "log.meta";
+pub use crate::core::layout::META as FILE_NAME;
 const MAGIC: &[u8; 8] = b"FLNTMETA";
 const VERSION: u32 = 1;
 const BYTES: usize = 24;

@@ -29,33 +29,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::core::layout::{self, SPARE_SEGMENT};
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, create_durably, join, sync_failed};
-
-/// What the log knows about one segment, as reported to clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentInfo {
-    /// File name.
-    pub file: String,
-    /// Offset of its first entry.
-    pub start_offset: u64,
-    /// Offset of its last entry, `None` when empty.
-    pub end_offset: Option<u64>,
-    /// Bytes of data (header and records, not the preallocated zeros).
-    pub size_bytes: u64,
-    /// Whether it is sealed (every segment but the active one).
-    pub sealed: bool,
-}
-
-/// An entry read back from the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadEntry {
-    /// The payload bytes as stored.
-    pub payload: Vec<u8>,
-    /// Whether the record's checksum verified.
-    pub checksum_valid: bool,
-}
+pub use crate::types::{ReadEntry, SegmentInfo};
 
 struct Segment {
     start: u64,
@@ -104,15 +81,12 @@ pub struct Log {
     prefill: bool,
 }
 
-/// Name of the segment prepared in advance; a leftover is removed at recovery.
-const SPARE_NAME: &str = "spare.log.tmp";
-
 impl Drop for Log {
     fn drop(&mut self) {
         // A clean shutdown leaves no spare behind.
         if let Some(spare) = self.spare.take() {
             let _ = spare.join();
-            let _ = self.fs.remove(&join(&self.dir, SPARE_NAME));
+            let _ = self.fs.remove(&join(&self.dir, SPARE_SEGMENT));
         }
     }
 }
@@ -278,7 +252,7 @@ impl Log {
         self.start_spare();
         self.segments.push_back(Segment {
             start,
-            name: segment::file_name(start),
+            name: layout::segment(start),
             positions: Vec::new(),
             data_end: segment::HEADER_BYTES,
         });
@@ -292,7 +266,7 @@ impl Log {
             return;
         }
         let fs = self.fs.clone();
-        let path = join(&self.dir, SPARE_NAME);
+        let path = join(&self.dir, SPARE_SEGMENT);
         let size = self
             .segment_bytes_max
             .min(self.preallocate_bytes_max)
@@ -321,8 +295,8 @@ impl Log {
     /// recipe as a new segment: header, sync, rename, directory sync; then reopens it
     /// under its final name.
     fn promote_spare(&mut self, start: u64) -> io::Result<Box<dyn File>> {
-        let spare = join(&self.dir, SPARE_NAME);
-        let name = segment::file_name(start);
+        let spare = join(&self.dir, SPARE_SEGMENT);
+        let name = layout::segment(start);
         let result = (|| {
             let mut file = self.fs.open(&spare, true)?;
             file.write_all_at(&segment::encode_header(start), 0)?;
@@ -452,7 +426,7 @@ fn create_segment(
     prealloc: u64,
     prefill: bool,
 ) -> io::Result<Box<dyn File>> {
-    let name = segment::file_name(start);
+    let name = layout::segment(start);
     create_durably(fs, dir, &name, |file| {
         file.write_all_at(&segment::encode_header(start), 0)?;
         let size = prealloc.max(segment::HEADER_BYTES);
@@ -578,10 +552,29 @@ impl<'f> Scanner<'f> {
     }
 }
 
+/// What the log needs to know of the node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOptions {
+    /// The node's directory.
+    pub dir: PathBuf,
+    /// Size at which the active segment is sealed (at least 1).
+    pub segment_bytes_max: u64,
+    /// Segments are preallocated to `min(segment_bytes_max, this)`.
+    pub preallocate_bytes_max: u64,
+    /// Prepare the next segment zero-filled on a helper thread.
+    pub prefill: bool,
+}
+
+impl LogOptions {
+    fn preallocate_bytes(&self) -> u64 {
+        self.segment_bytes_max.min(self.preallocate_bytes_max)
+    }
+}
+
 /// Inputs of log recovery, decided by the caller from the directory listing.
 pub struct RecoverLog<'a> {
-    /// The configuration (directory, limits).
-    pub config: &'a Config,
+    /// The log's options.
+    pub options: &'a LogOptions,
     /// Segments found, as `(start, file name)`, any order.
     pub segments: Vec<(u64, String)>,
     /// First live offset from `log.meta`.
@@ -809,12 +802,12 @@ impl Log {
         visit: &mut dyn FnMut(u64, &[u8]),
     ) -> Result<(Log, LogRecovery)> {
         let RecoverLog {
-            config,
+            options,
             segments,
             first_offset,
             replay_from,
         } = input;
-        let dir = config.dir.clone();
+        let dir = options.dir.clone();
         let found = scan(&*fs, &dir, segments, first_offset, replay_from, visit)?;
         let mut report = LogRecovery {
             entries_replayed: found.entries_replayed,
@@ -832,9 +825,7 @@ impl Log {
                 .map_err(|e| Error::open_io(dir.display(), &e))?;
         }
 
-        let prealloc = config
-            .segment_bytes_max
-            .min(config.segment_preallocate_bytes_max);
+        let prealloc = options.preallocate_bytes();
         let mut live: VecDeque<Segment> = found
             .segments
             .into_iter()
@@ -849,11 +840,11 @@ impl Log {
             None => {
                 live.push_back(Segment {
                     start: 0,
-                    name: segment::file_name(0),
+                    name: layout::segment(0),
                     positions: Vec::new(),
                     data_end: segment::HEADER_BYTES,
                 });
-                create_segment(&*fs, &dir, 0, prealloc, config.segment_prefill).map_err(|e| {
+                create_segment(&*fs, &dir, 0, prealloc, options.prefill).map_err(|e| {
                     Error::open_io(
                         format!("creating the first segment in {}", dir.display()),
                         &e,
@@ -883,29 +874,29 @@ impl Log {
             }
         };
         report.segments = live.len();
-        Ok((Log::new(fs, config, first_offset, active, live), report))
+        Ok((Log::new(fs, options, first_offset, active, live), report))
     }
 
     fn new(
         fs: Arc<dyn FileSystem>,
-        config: &Config,
+        options: &LogOptions,
         first_offset: u64,
         active: Box<dyn File>,
         segments: VecDeque<Segment>,
     ) -> Log {
         let mut log = Log {
             fs,
-            dir: config.dir.clone(),
+            dir: options.dir.clone(),
             segments,
             active,
             first_offset,
-            segment_bytes_max: config.segment_bytes_max,
-            preallocate_bytes_max: config.segment_preallocate_bytes_max,
+            segment_bytes_max: options.segment_bytes_max,
+            preallocate_bytes_max: options.preallocate_bytes_max,
             unsynced: false,
             readers: Vec::new(),
             scratch: Vec::new(),
             spare: None,
-            prefill: config.segment_prefill,
+            prefill: options.prefill,
         };
         log.start_spare();
         log
@@ -932,7 +923,7 @@ fn cut_tail(
     to: u64,
     prealloc: u64,
 ) -> Result<String> {
-    let broken = format!("{name}.{from}.broken");
+    let broken = layout::broken_tail(name, from);
     let path = join(dir, &broken);
     let fail =
         |e: io::Error| Error::open_io(format!("cutting the torn tail of {name} into {broken}"), &e);

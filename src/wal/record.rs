@@ -19,7 +19,9 @@
 //! all-zero header, since the checksum of its fields is never zero for an all-zero
 //! header — asserted in a test).
 
-use crate::config::RECORD_PAYLOAD_MAX_BYTES;
+/// Largest payload the on-disk record format accepts, whatever the configured limit.
+/// The decoder refuses any length above it before allocating.
+pub const RECORD_PAYLOAD_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Bytes of a record header.
 pub const HEADER_BYTES: usize = 16;

@@ -1,7 +1,7 @@
-//! Segment files: naming and the file header.
+//! Segment files: the file header.
 //!
-//! A segment is named by the offset of its first entry, in 20 digits
-//! (`00000000000000000000.log`), so that names sort like offsets. It starts with a
+//! A segment is named by the offset of its first entry (`core::layout::segment`,
+//! `00000000000000000000.log`). It starts with a
 //! 32-byte header, then records back to back, then zeros up to its preallocated size.
 //!
 //! ```text
@@ -15,25 +15,6 @@ const MAGIC: &[u8; 8] = b"FLNTSEG\0";
 /// version 1 segments never do and are read the same way.
 const VERSION: u32 = 2;
 const VERSIONS_READ: [u32; 2] = [1, 2];
-
-/// The file name of the segment starting at `start`.
-pub fn file_name(start: u64) -> String {
-    format!("{start:020}.log")
-}
-
-/// The start offset a segment file name stands for, if it is one.
-pub fn parse_name(name: &str) -> Option<u64> {
-    parse_offset_name(name, ".log")
-}
-
-/// Parses `<20 digits><suffix>`.
-pub(crate) fn parse_offset_name(name: &str, suffix: &str) -> Option<u64> {
-    let digits = name.strip_suffix(suffix)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 /// The header of the segment starting at `start`.
 pub fn encode_header(start: u64) -> [u8; HEADER_BYTES as usize] {
@@ -65,22 +46,6 @@ pub fn decode_header(h: &[u8; HEADER_BYTES as usize]) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_sort_like_offsets_and_parse_back() {
-        assert_eq!(file_name(0), "00000000000000000000.log");
-        assert_eq!(file_name(u64::MAX), "18446744073709551615.log");
-        assert!(file_name(9) < file_name(10));
-        assert_eq!(parse_name(&file_name(123)), Some(123));
-        for bad in [
-            "0.log",
-            "0000000000000000000a.log",
-            "00000000000000000000.snap",
-            "99999999999999999999.log",
-        ] {
-            assert_eq!(parse_name(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn header_round_trips_and_detects_damage() {

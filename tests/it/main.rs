@@ -8,6 +8,7 @@ mod disk;
 mod fuzz_corpus;
 mod input;
 mod kill;
+mod layers;
 mod library;
 mod load;
 mod node;

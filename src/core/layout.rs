@@ -1,0 +1,134 @@
+//! The names of a node directory's files: the one place that makes and parses them.
+//!
+//! ```text
+//! <node dir>/
+//!   LOCK                              flock'd by the running node; holds its pid
+//!   log.meta                          the first live offset after compaction
+//!   00000000000000000000.log          a segment: entries from offset 0
+//!   00000000000000001000.snap         a full snapshot covering [0, 1000)
+//!   00000000000000001500.delta        a delta on the chain, covering [0, 1500)
+//!   *.tmp                             an interrupted write (spare.log.tmp: the
+//!                                     next segment being prepared); removed at open
+//!   *.broken                          bytes moved aside by recovery; left alone
+//! ```
+//!
+//! Offsets are written in 20 digits, so names sort like offsets.
+
+/// Name of the directory lock file.
+pub const LOCK: &str = "LOCK";
+/// Name of the log's metadata file.
+pub const META: &str = "log.meta";
+/// Name of the next segment while it is prepared, zero-filled, in advance.
+pub const SPARE_SEGMENT: &str = "spare.log.tmp";
+/// Suffix of segment files.
+pub const SEGMENT_SUFFIX: &str = ".log";
+/// Suffix of full snapshot files.
+pub const SNAPSHOT_SUFFIX: &str = ".snap";
+/// Suffix of delta files (incremental snapshots).
+pub const DELTA_SUFFIX: &str = ".delta";
+/// Suffix of a file being written; recovery removes every such file.
+pub const TEMP_SUFFIX: &str = ".tmp";
+/// Suffix of bytes recovery moved aside.
+pub const BROKEN_SUFFIX: &str = ".broken";
+
+fn offset_name(offset: u64, suffix: &str) -> String {
+    format!("{offset:020}{suffix}")
+}
+
+/// Parses `<20 digits><suffix>`.
+fn parse_offset_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The file name of the segment starting at `start`.
+pub fn segment(start: u64) -> String {
+    offset_name(start, SEGMENT_SUFFIX)
+}
+
+/// The start offset a segment file name stands for, if it is one.
+pub fn parse_segment(name: &str) -> Option<u64> {
+    parse_offset_name(name, SEGMENT_SUFFIX)
+}
+
+/// The file name of the full snapshot covering `[0, offset)`.
+pub fn snapshot(offset: u64) -> String {
+    offset_name(offset, SNAPSHOT_SUFFIX)
+}
+
+/// The file name of the delta covering `[0, offset)`.
+pub fn delta(offset: u64) -> String {
+    offset_name(offset, DELTA_SUFFIX)
+}
+
+/// The offset a snapshot or delta file name stands for, if it is one.
+pub fn parse_snapshot(name: &str) -> Option<u64> {
+    parse_offset_name(name, SNAPSHOT_SUFFIX).or_else(|| parse_offset_name(name, DELTA_SUFFIX))
+}
+
+/// Whether a snapshot file name is a delta's.
+pub fn is_delta(name: &str) -> bool {
+    name.ends_with(DELTA_SUFFIX)
+}
+
+/// The temp name a file is written under before its rename.
+pub fn temp(name: &str) -> String {
+    format!("{name}{TEMP_SUFFIX}")
+}
+
+/// The temp name a retired snapshot is renamed to before it is freed.
+pub fn retired(name: &str) -> String {
+    format!("{name}.retired{TEMP_SUFFIX}")
+}
+
+/// Where a damaged snapshot is moved aside.
+pub fn broken_snapshot(name: &str) -> String {
+    format!("{name}{BROKEN_SUFFIX}")
+}
+
+/// Where the torn tail of segment `name`, cut from byte `from`, is kept.
+pub fn broken_tail(name: &str, from: u64) -> String {
+    format!("{name}.{from}{BROKEN_SUFFIX}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_like_offsets_and_parse_back() {
+        assert_eq!(segment(0), "00000000000000000000.log");
+        assert_eq!(segment(u64::MAX), "18446744073709551615.log");
+        assert!(segment(9) < segment(10));
+        assert_eq!(parse_segment(&segment(123)), Some(123));
+        assert_eq!(parse_snapshot(&snapshot(7)), Some(7));
+        assert_eq!(parse_snapshot(&delta(8)), Some(8));
+        assert!(is_delta(&delta(8)) && !is_delta(&snapshot(8)));
+        for bad in [
+            "0.log",
+            "0000000000000000000a.log",
+            "00000000000000000000.snap",
+            "99999999999999999999.log",
+        ] {
+            assert_eq!(parse_segment(bad), None, "{bad}");
+        }
+        assert_eq!(parse_snapshot("00000000000000000001.log"), None);
+    }
+
+    #[test]
+    fn temp_and_broken_names_are_recognised_by_their_suffix() {
+        for t in [
+            temp(&snapshot(5)),
+            retired(&snapshot(5)),
+            SPARE_SEGMENT.into(),
+        ] {
+            assert!(t.ends_with(TEMP_SUFFIX), "{t}");
+        }
+        for b in [broken_snapshot(&delta(5)), broken_tail(&segment(0), 4096)] {
+            assert!(b.ends_with(BROKEN_SUFFIX), "{b}");
+        }
+    }
+}

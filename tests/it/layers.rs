@@ -1,0 +1,223 @@
+//! The module graph of `src/` matches the design: `core` is a leaf (it uses nothing of
+//! the crate but `error`), no two modules import each other through any path (the graph
+//! is acyclic), and each actor imports only the actors downstream of it.
+//!
+//! A module here is a top-level module of the library (`core`, `wal`, `snapshot`, …),
+//! except under `src/actor/`, where each file is its own (`actor::appender`, …;
+//! `actor/mod.rs` is `actor`). An edge is any `crate::<module>` path in a module's code
+//! (its `#[cfg(test)]` part left out), or `super::<name>` inside `actor/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+fn unit_of(rel: &str) -> Option<String> {
+    let rel = rel.strip_suffix(".rs")?;
+    let parts: Vec<&str> = rel.split('/').collect();
+    match parts.as_slice() {
+        ["lib"] | ["main"] | ["bin", ..] => None,
+        ["actor", "mod"] => Some("actor".into()),
+        ["actor", file] => Some(format!("actor::{file}")),
+        [first, ..] => Some(first.to_string()),
+        [] => None,
+    }
+}
+
+/// The code of a file without comments and without its test module.
+fn code(text: &str) -> String {
+    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn idents_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
+    code.match_indices(prefix)
+        .map(|(i, _)| {
+            let rest = &code[i + prefix.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn expand_braces(code: &str) -> String {
+    let mut out = String::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::{") {
+        out.push_str(&rest[..i]);
+        let inner = &rest[i + "crate::{".len()..];
+        let end = inner.find('}').unwrap_or(inner.len());
+        for item in inner[..end].split(',') {
+            out.push_str(&format!(" crate::{} ", item.trim()));
+        }
+        rest = &inner[(end + 1).min(inner.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The names `lib.rs` re-exports at the crate root, and the module each comes from.
+fn root_reexports(src: &Path) -> BTreeMap<String, String> {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let mut out = BTreeMap::new();
+    for item in lib.split("pub use ").skip(1) {
+        let item = &item[..item.find(';').unwrap()];
+        let module = item.split("::").next().unwrap().trim().to_string();
+        let names = item.rsplit("::").next().unwrap();
+        for name in names.trim_matches(|c| c == '{' || c == '}').split(',') {
+            let name = name.split(" as ").last().unwrap().trim();
+            if !name.is_empty() {
+                out.insert(name.to_string(), module.clone());
+            }
+        }
+    }
+    out
+}
+
+fn graph() -> Graph {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let roots = root_reexports(&src);
+    let mut graph = Graph::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let Some(unit) = unit_of(&rel) else { continue };
+            let code = code(&std::fs::read_to_string(&path).unwrap());
+            let deps = graph.entry(unit.clone()).or_default();
+            // `crate::actor::x` names the actor file `x`, other paths their top module.
+            // `crate::{a, b::c}` stands for `crate::a` and `crate::b::c`.
+            let code = expand_braces(&code);
+            for (i, _) in code.match_indices("crate::") {
+                let rest = &code[i + "crate::".len()..];
+                let first = idents_after(rest, "").first().copied().unwrap_or_default();
+                let dep = if first == "actor" {
+                    let sub = rest.strip_prefix("actor::").map(|r| idents_after(r, "")[0]);
+                    match sub {
+                        Some(s) if src.join("actor").join(format!("{s}.rs")).exists() => {
+                            format!("actor::{s}")
+                        }
+                        _ => "actor".to_string(),
+                    }
+                } else {
+                    first.to_string()
+                };
+                // `crate::Result` and the like: the module the root re-exports it from.
+                let dep = roots.get(&dep).cloned().unwrap_or(dep);
+                if !dep.is_empty() && dep != unit {
+                    deps.insert(dep);
+                }
+            }
+            if unit.starts_with("actor") {
+                for name in idents_after(&code, "super::") {
+                    let dep = if src.join("actor").join(format!("{name}.rs")).exists() {
+                        format!("actor::{name}")
+                    } else {
+                        "actor".to_string()
+                    };
+                    if dep != unit {
+                        deps.insert(dep);
+                    }
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle in `graph`, if there is one, as the list of modules around it.
+fn cycle(graph: &Graph) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &Graph,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match state.get(node) {
+            Some(1) => {
+                let start = path.iter().position(|n| n == node).unwrap();
+                let mut c = path[start..].to_vec();
+                c.push(node.to_string());
+                return Some(c);
+            }
+            Some(_) => return None,
+            None => {}
+        }
+        state.insert(node.to_string(), 1);
+        path.push(node.to_string());
+        for dep in graph.get(node).into_iter().flatten() {
+            if let Some(c) = visit(dep, graph, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(node.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for node in graph.keys() {
+        if let Some(c) = visit(node, graph, &mut state, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[test]
+fn core_is_a_leaf() {
+    let graph = graph();
+    let deps = &graph["core"];
+    let outside: Vec<_> = deps.iter().filter(|d| *d != "error").collect();
+    assert!(
+        outside.is_empty(),
+        "core uses {outside:?}: it may use nothing of the crate but `error`"
+    );
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let graph = graph();
+    assert!(graph.len() > 10, "too few modules found: {graph:?}");
+    if let Some(c) = cycle(&graph) {
+        panic!("import cycle: {}", c.join(" -> "));
+    }
+}
+
+#[test]
+fn actors_import_only_what_sits_downstream() {
+    let graph = graph();
+    let order = ["actor::appender", "actor::snapshotter", "actor::compactor"];
+    for (i, actor) in order.iter().enumerate() {
+        for upstream in &order[..i] {
+            assert!(
+                !graph[*actor].contains(*upstream),
+                "{actor} imports {upstream}, which sits upstream of it"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_checker_finds_a_planted_cycle() {
+    let mut graph = graph();
+    graph
+        .get_mut("core")
+        .unwrap()
+        .insert("actor::appender".into());
+    assert!(cycle(&graph).is_some());
+}
