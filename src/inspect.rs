@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::core::{policy, recovery};
+use crate::core::policy;
+use crate::core::recovery::{self, DirListing};
 use crate::fs::FileSystem;
 use crate::snapshot;
-use crate::wal::{self, ScannedSegment, TornTail, meta};
+use crate::survey;
+use crate::wal::{self, ScannedSegment, TornTail};
 
 /// A snapshot file and what reading it found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +80,50 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
         dir: dir.to_path_buf(),
         ..Examination::default()
     };
-    let names = match fs.list(dir) {
-        Ok(names) => names,
+    let survey = match survey::survey(fs, dir) {
+        Ok(survey) => survey,
         Err(e) => {
-            ex.refusal = Some(format!("cannot list {}: {e}", dir.display()));
+            // Still report every file the listing shows.
+            if let Ok(names) = fs.list(dir) {
+                report_files(fs, dir, &mut ex, &recovery::classify(names));
+            }
+            ex.refusal = Some(e.text().to_string());
             return ex;
         }
     };
-    let listing = recovery::classify(names);
+    report_files(fs, dir, &mut ex, &survey.listing);
+    ex.first_offset = survey.first_offset;
+    let replay_from = survey.replay_from();
+    let chosen = survey.chosen;
+    ex.snapshot_offset = chosen.snapshot.as_ref().map(|s| s.offset);
+    ex.snapshot_used = chosen.snapshot.map(|s| s.file);
+    ex.snapshot_chain = chosen.chain.iter().map(|f| f.file.clone()).collect();
+    let mut state = chosen.state;
+    let result = wal::scan(
+        fs,
+        dir,
+        survey.listing.segments.clone(),
+        ex.first_offset,
+        replay_from,
+        &mut |_, p| state.apply(p),
+    )
+    .map(|scan| {
+        ex.keys = state.map.len() as u64;
+        ex.entries_to_replay = scan.entries_replayed;
+        ex.next_offset = scan.next_offset().max(ex.first_offset);
+        ex.segments = scan.segments;
+        ex.torn_tail = scan.torn_tail;
+        ex.compacted_leftovers = scan.compacted_leftovers;
+    });
+    if let Err(e) = result {
+        ex.refusal = Some(e.text().to_string());
+    }
+    ex
+}
+
+/// The files of `listing` that need no plan: temp, broken and foreign files, and what
+/// reading each snapshot file finds.
+fn report_files(fs: &dyn FileSystem, dir: &Path, ex: &mut Examination, listing: &DirListing) {
     ex.temp_files = listing.temps.clone();
     ex.broken_files = listing.broken.clone();
     ex.foreign_files = listing.foreign.clone();
@@ -114,34 +152,6 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
             keys,
         });
     }
-    let result = (|| -> crate::Result<()> {
-        ex.first_offset = meta::read(fs, dir)?;
-        let chosen = snapshot::choose(fs, dir, &listing.snapshots, ex.first_offset)?;
-        let replay_from = chosen.snapshot.as_ref().map_or(0, |s| s.offset);
-        ex.snapshot_offset = chosen.snapshot.as_ref().map(|s| s.offset);
-        ex.snapshot_used = chosen.snapshot.map(|s| s.file);
-        ex.snapshot_chain = chosen.chain.iter().map(|f| f.file.clone()).collect();
-        let mut state = chosen.state;
-        let scan = wal::scan(
-            fs,
-            dir,
-            listing.segments.clone(),
-            ex.first_offset,
-            replay_from,
-            &mut |_, p| state.apply(p),
-        )?;
-        ex.keys = state.map.len() as u64;
-        ex.entries_to_replay = scan.entries_replayed;
-        ex.next_offset = scan.next_offset().max(ex.first_offset);
-        ex.segments = scan.segments;
-        ex.torn_tail = scan.torn_tail;
-        ex.compacted_leftovers = scan.compacted_leftovers;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        ex.refusal = Some(e.text().to_string());
-    }
-    ex
 }
 
 /// The `verify` report, one finding a line; the last line is `OK` or `DAMAGED`.

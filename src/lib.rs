@@ -19,6 +19,7 @@ pub mod inspect;
 mod node;
 pub mod router;
 pub mod snapshot;
+pub mod survey;
 pub mod types;
 pub mod wal;
 

@@ -11,12 +11,11 @@ use crate::actor::facades::{CompactorHandle, SnapshotterHandle};
 use crate::actor::snapshotter::{Snapshotter, SnapshotterParts};
 use crate::config::Config;
 use crate::core::layout::{self, LOCK as LOCK_NAME};
-use crate::core::recovery;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, Pacing, RealFs, join};
-use crate::snapshot;
+use crate::survey;
 use crate::types::RecoveryReport;
-use crate::wal::{Log, RecoverLog, meta};
+use crate::wal::{Log, RecoverLog};
 
 /// A running node: the appender, snapshotter and compactor threads over one directory.
 ///
@@ -74,12 +73,14 @@ impl Node {
         let lock = fs.lock(&join(&dir, LOCK_NAME)).map_err(|e| {
             Error::open_io(format!("cannot lock data directory {}", dir.display()), &e)
         })?;
-        let names = fs
-            .list(&dir)
-            .map_err(|e| Error::open_io(format!("cannot list {}", dir.display()), &e))?;
-        let listing = recovery::classify(names);
         let mut report = RecoveryReport::default();
-
+        let loading = Instant::now();
+        let survey::Survey {
+            listing,
+            first_offset,
+            chosen,
+        } = survey::survey(&*fs, &dir)?;
+        report.snapshot_load_ms = loading.elapsed().as_millis() as u64;
         for name in &listing.temps {
             fs.remove(&join(&dir, name)).map_err(|e| {
                 Error::open_io(format!("cannot remove leftover temp file {name}"), &e)
@@ -95,11 +96,6 @@ impl Node {
             log::warn!("ignoring foreign file {} in {}", name, dir.display());
         }
         report.foreign_files = listing.foreign.clone();
-
-        let first_offset = meta::read(&*fs, &dir)?;
-        let loading = Instant::now();
-        let chosen = snapshot::choose(&*fs, &dir, &listing.snapshots, first_offset)?;
-        report.snapshot_load_ms = loading.elapsed().as_millis() as u64;
         report.snapshots_skipped = chosen
             .skipped
             .iter()

@@ -40,6 +40,7 @@ use bincode::config::Configuration;
 use crate::core::kv::Change;
 use crate::core::kv::{KvMap, KvState};
 use crate::core::layout;
+use crate::core::recovery::{self, Probe};
 use crate::fs::{File, FileSystem, create_durably, sync_failed};
 use crate::wal::record::RECORD_PAYLOAD_MAX_BYTES;
 
@@ -466,10 +467,46 @@ pub struct Chosen {
     pub skipped: Vec<(String, String)>,
 }
 
-/// Picks the newest snapshot chain in `dir` that verifies up to a tip at or past the
-/// log's first offset (an older tip cannot connect to the log): the newest full
-/// snapshot that verifies, then its deltas in order for as long as each verifies and
-/// builds on the one before. Every newer file left out is reported in `skipped`.
+/// What a snapshot file holds, once read and verified.
+enum Body {
+    Full(KvState),
+    Delta {
+        changes: Vec<Change>,
+        other_payloads: u64,
+    },
+}
+
+/// Reads and verifies the snapshot or delta `name` in `dir`, for the planner.
+fn probe(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<Probe<Body>, String> {
+    let path = dir.join(name);
+    let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
+    if is_delta(name) {
+        let d = read_delta(fs, &path)?;
+        Ok(Probe {
+            offset: d.offset,
+            checksum: d.checksum,
+            parent: Some((d.parent_offset, d.parent_checksum)),
+            size_bytes,
+            body: Body::Delta {
+                changes: d.changes,
+                other_payloads: d.other_payloads,
+            },
+        })
+    } else {
+        let (offset, checksum, state) = read_full(fs, &path)?;
+        Ok(Probe {
+            offset,
+            checksum,
+            parent: None,
+            size_bytes,
+            body: Body::Full(state),
+        })
+    }
+}
+
+/// Loads the chain recovery's plan ([`recovery::plan`]) picks among `snapshots` in
+/// `dir`: the newest chain that verifies up to a tip at or past the log's first
+/// offset. Every newer file left out is reported in `skipped`.
 ///
 /// # Errors
 /// [`crate::Error::Open`] when the log was compacted (`first_offset` > 0) and no
@@ -480,135 +517,50 @@ pub fn choose(
     snapshots: &[(u64, String)],
     first_offset: u64,
 ) -> crate::Result<Chosen> {
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    let size_of = |name: &str| {
-        fs.open(&dir.join(name), false)
-            .and_then(|f| f.len())
-            .unwrap_or(0)
-    };
-    let bases: Vec<usize> = (0..snapshots.len())
-        .filter(|&i| !is_delta(&snapshots[i].1))
-        .collect();
-    let mut chosen = None;
-    for (n, &b) in bases.iter().enumerate().rev() {
-        // This chain's files end before the next full snapshot.
-        let end = bases.get(n + 1).copied().unwrap_or(snapshots.len());
-        if snapshots[b..end].iter().all(|(o, _)| *o < first_offset) {
-            break; // older chains reach even less far
-        }
-        let (offset, name) = &snapshots[b];
-        let (o, checksum, mut state) = match read_full(fs, &dir.join(name)) {
-            Ok((o, c, s)) if o == *offset => (o, c, s),
-            Ok((o, _, _)) => {
-                skipped.push((
-                    name.clone(),
-                    format!("header says offset {o}, the name says {offset}"),
-                ));
-                continue;
-            }
-            Err(why) => {
-                skipped.push((name.clone(), why));
-                continue;
-            }
-        };
-        let mut chain = vec![SnapshotFile {
-            file: name.clone(),
-            offset: o,
-            size_bytes: size_of(name),
-            checksum,
-        }];
-        for (d_offset, d_name) in &snapshots[b + 1..end] {
-            let tip = chain.last().expect("a base");
-            match read_delta(fs, &dir.join(d_name)) {
-                Ok(d)
-                    if d.offset == *d_offset
-                        && d.parent_offset == tip.offset
-                        && d.parent_checksum == tip.checksum =>
-                {
-                    state.apply_changes(&d.changes, d.other_payloads);
-                    chain.push(SnapshotFile {
-                        file: d_name.clone(),
-                        offset: d.offset,
-                        size_bytes: size_of(d_name),
-                        checksum: d.checksum,
-                    });
-                }
-                Ok(d) => {
-                    skipped.push((
-                        d_name.clone(),
-                        format!(
-                            "builds on offset {} (checksum {:08x}), not on {} (checksum {:08x})",
-                            d.parent_offset, d.parent_checksum, tip.file, tip.checksum
-                        ),
-                    ));
-                    break;
-                }
-                Err(why) => {
-                    skipped.push((d_name.clone(), why));
-                    break;
-                }
-            }
-        }
-        let tip = chain.last().expect("a base").clone();
-        if tip.offset < first_offset {
-            // A damaged delta cut this chain short of what the log still holds.
-            break;
-        }
-        chosen = Some((tip, chain, state));
-        break;
-    }
-    // Every newer file left out goes aside with its reason (or as orphaned).
-    let tip_offset = chosen.as_ref().map(|(t, _, _)| t.offset);
-    for (offset, name) in snapshots {
-        if tip_offset.is_none_or(|t| *offset > t) && !skipped.iter().any(|(n, _)| n == name) {
-            skipped.push((
-                name.clone(),
-                "builds on a snapshot file that did not verify".into(),
-            ));
-        }
-    }
-    for (name, why) in &skipped {
+    let plan = recovery::plan(
+        &dir.display().to_string(),
+        snapshots,
+        first_offset,
+        &mut |name| probe(fs, dir, name),
+    )?;
+    for (name, why) in &plan.skipped {
         log::warn!("skipping snapshot file {name}: {why}");
     }
-    if let Some((snapshot, chain, state)) = chosen {
-        log::info!(
+    let mut state = KvState::default();
+    let mut chain = Vec::new();
+    for link in plan.chain {
+        match link.probe.body {
+            Body::Full(s) => state = s,
+            Body::Delta {
+                changes,
+                other_payloads,
+            } => state.apply_changes(&changes, other_payloads),
+        }
+        chain.push(SnapshotFile {
+            file: link.file,
+            offset: link.probe.offset,
+            size_bytes: link.probe.size_bytes,
+            checksum: link.probe.checksum,
+        });
+    }
+    match chain.last() {
+        Some(tip) => log::info!(
             "loaded snapshot chain {} ({} deltas) up to offset {}: {} keys",
             chain[0].file,
             chain.len() - 1,
-            snapshot.offset,
+            tip.offset,
             state.map.len()
-        );
-        return Ok(Chosen {
-            snapshot: Some(snapshot),
-            chain,
-            state,
-            skipped,
-        });
-    }
-    if first_offset > 0 {
-        let tried = if skipped.is_empty() {
-            "none found".to_string()
-        } else {
-            skipped
-                .iter()
-                .map(|(n, w)| format!("{n}: {w}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        return Err(crate::Error::Open(format!(
-            "{}: the log was compacted to offset {first_offset}, but no verified snapshot at or \
-             after it exists (snapshots: {tried}); refusing to start without the compacted state",
-            dir.display()
-        )));
-    }
-    if !snapshots.is_empty() {
-        log::warn!("no snapshot verified; replaying the whole log from offset 0");
+        ),
+        None if !snapshots.is_empty() => {
+            log::warn!("no snapshot verified; replaying the whole log from offset 0")
+        }
+        None => {}
     }
     Ok(Chosen {
-        snapshot: None,
-        chain: Vec::new(),
-        state: KvState::default(),
-        skipped,
+        snapshot: chain.last().cloned(),
+        chain,
+        state,
+        skipped: plan.skipped,
     })
 }
 
