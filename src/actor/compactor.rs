@@ -167,20 +167,21 @@ impl Compactor {
                 ),
             }
         }
+        if !removed.is_empty()
+            && let Err(e) = self.fs.sync_dir(&self.dir)
+        {
+            // The deletions may not be durable (recovery redoes them), but a failed sync
+            // is fail-stop all the same; the compaction is not counted as done.
+            return Err(self.poison(format!(
+                "the directory sync after deleting segments failed: {e}"
+            )));
+        }
+        // Only a compaction whose deletions are durable is reported done.
         let _ = self.feedback.send(Feedback::Compacted {
             first_offset: at,
             removed: removed.clone(),
             bytes_freed,
         });
-        if !removed.is_empty()
-            && let Err(e) = self.fs.sync_dir(&self.dir)
-        {
-            // The deletions may not be durable (recovery redoes them), but a failed sync
-            // is fail-stop all the same.
-            return Err(self.poison(format!(
-                "the directory sync after deleting segments failed: {e}"
-            )));
-        }
         log::info!(
             "compacted to offset {at}: {} segments deleted, {bytes_freed} bytes freed",
             removed.len()

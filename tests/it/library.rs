@@ -18,6 +18,8 @@ struct HookFs {
     gate: Mutex<Option<Receiver<()>>>,
     fail_syncs: Arc<AtomicBool>,
     panic_on: Mutex<&'static [&'static str]>,
+    /// Directory syncs still allowed before every later one fails (`usize::MAX`: all).
+    dir_syncs_left: std::sync::atomic::AtomicUsize,
 }
 
 struct HookFile {
@@ -50,6 +52,13 @@ impl File for HookFile {
 }
 
 impl HookFs {
+    fn new() -> HookFs {
+        HookFs {
+            dir_syncs_left: usize::MAX.into(),
+            ..HookFs::default()
+        }
+    }
+
     fn wrap(&self, inner: Box<dyn File>) -> Box<dyn File> {
         Box::new(HookFile {
             inner,
@@ -88,6 +97,13 @@ impl FileSystem for HookFs {
         RealFs.list(dir)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let left = self.dir_syncs_left.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(io::Error::other("injected EIO"));
+        }
+        if left != usize::MAX {
+            self.dir_syncs_left.store(left - 1, Ordering::SeqCst);
+        }
         RealFs.sync_dir(dir)
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Lock>> {
@@ -111,7 +127,7 @@ fn collect<T: Send + 'static>(tx: &Sender<(usize, flintlog::Result<T>)>, i: usiz
 #[test]
 fn a_stalled_snapshot_does_not_delay_appends() {
     let (_t, path) = dir();
-    let fs = Arc::new(HookFs::default());
+    let fs = Arc::new(HookFs::new());
     let (open_gate, gate) = crossbeam_channel::bounded::<()>(0);
     *fs.gate.lock().unwrap() = Some(gate);
     let node = Node::open_with_fs(Config::new(&path), fs.clone()).unwrap();
@@ -187,7 +203,7 @@ fn handles_used_after_shutdown_get_an_error_not_a_hang() {
 #[test]
 fn a_failed_fsync_is_never_acknowledged_and_poisons_writes() {
     let (_t, path) = dir();
-    let fs = Arc::new(HookFs::default());
+    let fs = Arc::new(HookFs::new());
     let node = Node::open_with_fs(Config::new(&path), fs.clone()).unwrap();
     node.appender().kv_set("a", "1").unwrap();
     fs.fail_syncs.store(true, Ordering::SeqCst);
@@ -344,7 +360,7 @@ fn a_panic_poisons_the_node(
     trigger: impl FnOnce(&Node) -> flintlog::Result<()>,
 ) {
     let (_t, path) = dir();
-    let fs = Arc::new(HookFs::default());
+    let fs = Arc::new(HookFs::new());
     let node = Node::open_with_fs(Config::new(&path), fs.clone()).unwrap();
     for i in 0..10 {
         node.appender().append(format!("set k{i}=v")).unwrap();
@@ -409,4 +425,43 @@ fn dropping_a_node_without_shutdown_joins_its_threads_and_frees_the_directory() 
     let node = Node::open(Config::new(&path)).unwrap();
     assert_eq!(node.appender().kv_get("a").unwrap(), "1");
     node.shutdown().unwrap();
+}
+
+/// A compaction is reported done (to the appender's counters, and to the client) only
+/// after the directory sync that makes its deletions durable: when that sync fails,
+/// the client gets error 13 and `wal_status` counts no compaction and no bytes freed.
+#[test]
+fn a_compaction_counts_as_done_only_after_its_directory_sync() {
+    let (_t, path) = dir();
+    let fs = Arc::new(HookFs::new());
+    let mut config = Config::new(&path);
+    config.segment_bytes_max = 8192;
+    config.policy.auto_compact = false;
+    let node = Node::open_with_fs(config, fs.clone()).unwrap();
+    for i in 0..20 {
+        node.appender().append(format!("set k{i}=v")).unwrap();
+    }
+    node.snapshotter().snapshot().unwrap();
+    let before = node.appender().status().unwrap().segments;
+    assert!(before > 2, "the workload must seal segments to delete");
+    // log.meta's own directory sync passes; the one after the deletions fails.
+    fs.dir_syncs_left.store(1, Ordering::SeqCst);
+    assert!(matches!(
+        node.compactor().compact(15),
+        Err(Error::Crashed(_))
+    ));
+    let logs = std::fs::read_dir(&path)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
+        .count();
+    assert!(
+        logs < before,
+        "the compactor deleted segments before the failed sync"
+    );
+    let status = node.appender().status().unwrap();
+    assert_eq!(status.counters.compactions, 0);
+    assert_eq!(status.counters.bytes_freed, 0);
+    assert!(status.poisoned.is_some());
+    fs.dir_syncs_left.store(usize::MAX, Ordering::SeqCst);
+    let _ = node.shutdown();
 }
