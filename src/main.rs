@@ -1,4 +1,4 @@
-//! The flintlog binary: a Maelstrom node over the library (see `PROTOCOL.md`), and
+//! The flintlog binary: a Maelstrom node over the library (see `docs/PROTOCOL.md`), and
 //! the offline `verify` and `inspect` commands.
 //!
 //! As a node it parses arguments, sets up logging to stderr, picks the data directory,

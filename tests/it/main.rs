@@ -5,6 +5,7 @@ mod conversations;
 mod crash;
 mod damage;
 mod disk;
+mod docs;
 mod fuzz_corpus;
 mod input;
 mod kill;
