@@ -156,10 +156,113 @@ fn from_wire(e: WireError) -> Body {
     error_body(e.code, e.text)
 }
 
+/// What an actor answered, typed: the router renders it as JSON on its own thread.
+enum Answer {
+    Appended(u64),
+    Read(crate::ReadEntry),
+    Info(crate::Info),
+    SegmentBytes(u64),
+    Policy(crate::Policy),
+    Segments(crate::SegmentList),
+    Snapshot(crate::SnapshotFile),
+    Compaction(crate::Compaction),
+    Status(Box<Status>),
+    Value(String),
+    Written,
+    Swapped,
+}
+
+impl Answer {
+    fn status(s: Status) -> Answer {
+        Answer::Status(Box::new(s))
+    }
+
+    fn written(_offset: u64) -> Answer {
+        Answer::Written
+    }
+
+    fn swapped(_offset: u64) -> Answer {
+        Answer::Swapped
+    }
+
+    /// The reply body.
+    fn render(self) -> Body {
+        match self {
+            Answer::Appended(offset) => ok("wal_append_ok", vec![("offset", json!(offset))]),
+            Answer::Read(e) => ok(
+                "wal_read_ok",
+                vec![
+                    (
+                        "payload",
+                        Value::String(String::from_utf8_lossy(&e.payload).into_owned()),
+                    ),
+                    ("checksum_valid", Value::Bool(e.checksum_valid)),
+                ],
+            ),
+            Answer::Info(i) => ok(
+                "wal_info_ok",
+                vec![
+                    ("entries", json!(i.entries)),
+                    ("total_bytes", json!(i.total_bytes)),
+                    ("fsynced", json!(i.fsynced)),
+                ],
+            ),
+            Answer::SegmentBytes(b) => ok(
+                "wal_segment_config_ok",
+                vec![("max_segment_bytes", json!(b))],
+            ),
+            Answer::Policy(p) => ok("wal_policy_ok", vec![("policy", policy_json(&p))]),
+            Answer::Segments(l) => {
+                let segments = l
+                    .segments
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "file": s.file,
+                            "start_offset": s.start_offset,
+                            "end_offset": s.end_offset,
+                            "size_bytes": s.size_bytes,
+                            "sealed": s.sealed,
+                        })
+                    })
+                    .collect();
+                ok(
+                    "wal_segment_info_ok",
+                    vec![
+                        ("segments", Value::Array(segments)),
+                        ("active_segment", json!(l.active_segment)),
+                    ],
+                )
+            }
+            Answer::Snapshot(s) => ok(
+                "wal_snapshot_ok",
+                vec![
+                    ("snapshot_offset", json!(s.offset)),
+                    ("snapshot_size_bytes", json!(s.size_bytes)),
+                ],
+            ),
+            Answer::Compaction(c) => ok(
+                "wal_compact_ok",
+                vec![
+                    ("snapshot_offset", json!(c.snapshot_offset)),
+                    ("entries_before", json!(c.entries_before)),
+                    ("entries_after", json!(c.entries_after)),
+                    ("bytes_freed", json!(c.bytes_freed)),
+                ],
+            ),
+            Answer::Status(s) => ok("wal_status_ok", vec![("status", status_json(&s))]),
+            Answer::Value(text) => ok("read_ok", vec![("value", wire::stored_to_json(&text))]),
+            Answer::Written => ok("write_ok", vec![]),
+            Answer::Swapped => ok("cas_ok", vec![]),
+        }
+    }
+}
+
+/// A finished request, on its way back to the router thread.
 struct Done {
     src: String,
     seq: u64,
-    body: Body,
+    outcome: crate::Result<Answer>,
 }
 
 struct Slot {
@@ -184,7 +287,7 @@ struct SourceQueue {
 /// The router's state.
 struct Router<W: Write> {
     config: RouterConfig,
-    out: W,
+    out: std::io::BufWriter<W>,
     next_msg_id: u64,
     node: Option<(String, Node)>,
     queues: HashMap<String, SourceQueue>,
@@ -205,7 +308,8 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
     let (done_tx, done_rx) = crossbeam_channel::bounded(config.queued_max.max(1));
     let mut router = Router {
         config,
-        out: output,
+        // Replies ready together go out in one write: flushed before the router waits.
+        out: std::io::BufWriter::with_capacity(64 * 1024, output),
         next_msg_id: 0,
         node: None,
         queues: HashMap::new(),
@@ -232,6 +336,10 @@ impl<W: Write> Router<W> {
             } else {
                 &lines
             };
+            // Never wait with a reply in the buffer: flush when nothing is ready now.
+            if done.is_empty() && input.is_empty() {
+                self.flush();
+            }
             select! {
                 recv(input) -> line => match line {
                     Ok(Line::Data(bytes)) => self.on_line(&bytes),
@@ -240,10 +348,15 @@ impl<W: Write> Router<W> {
                 },
                 recv(done) -> d => {
                     let d = d.expect("the router holds a sender");
-                    self.finish(&d.src, d.seq, d.body);
+                    let body = match d.outcome {
+                        Ok(answer) => answer.render(),
+                        Err(e) => from_error(&e),
+                    };
+                    self.finish(&d.src, d.seq, body);
                 }
             }
         }
+        self.flush();
         let mut code = if self.fatal { 1 } else { 0 };
         if let Some((_, node)) = self.node.take()
             && let Err(e) = node.shutdown()
@@ -252,6 +365,12 @@ impl<W: Write> Router<W> {
             code = 1;
         }
         code
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            log::error!("writing to stdout failed: {e}");
+        }
     }
 
     fn on_line(&mut self, line: &[u8]) {
@@ -339,11 +458,7 @@ impl<W: Write> Router<W> {
             let body = slot.body.expect("finished");
             let line = render(from, src, slot.in_reply_to, self.next_msg_id, &body);
             self.next_msg_id += 1;
-            let written = self
-                .out
-                .write_all(line.as_bytes())
-                .and_then(|()| self.out.flush());
-            if let Err(e) = written {
+            if let Err(e) = self.out.write_all(line.as_bytes()) {
                 log::error!("writing to stdout failed: {e}");
             }
         }
@@ -382,6 +497,8 @@ impl<W: Write> Router<W> {
         let mut config = self.config.node.clone();
         config.dir = self.config.data_dir.join(&node_id);
         config.jitter_seed = crate::core::policy::seed_of(&node_id);
+        // Recovery may take a while: nothing waits in the buffer meanwhile.
+        self.flush();
         match Node::open(config) {
             Ok(node) => {
                 self.node = Some((node_id, node));
@@ -395,19 +512,13 @@ impl<W: Write> Router<W> {
         }
     }
 
-    fn reply<T: Send + 'static>(
-        &self,
-        src: String,
-        seq: u64,
-        f: impl FnOnce(T) -> Body + Send + 'static,
-    ) -> Reply<T> {
+    /// A reply that hands the typed outcome back to the router thread, which renders
+    /// it: no JSON is built on an actor's thread.
+    fn reply<T: Send + 'static>(&self, src: String, seq: u64, wrap: fn(T) -> Answer) -> Reply<T> {
         let done = self.done_tx.clone();
         Reply::new(move |r: crate::Result<T>| {
-            let body = match r {
-                Ok(v) => f(v),
-                Err(e) => from_error(&e),
-            };
-            let _ = done.send(Done { src, seq, body });
+            let outcome = r.map(wrap);
+            let _ = done.send(Done { src, seq, outcome });
         })
     }
 
@@ -416,121 +527,35 @@ impl<W: Write> Router<W> {
         let a = node.appender();
         match request {
             Request::Init { .. } => unreachable!("handled by the router"),
-            Request::WalAppend { payload } => a.append_with(
-                payload.into_bytes(),
-                self.reply(src, seq, |offset: u64| {
-                    ok("wal_append_ok", vec![("offset", json!(offset))])
-                }),
-            ),
-            Request::WalRead { offset } => a.read_with(
-                offset,
-                self.reply(src, seq, |e: crate::ReadEntry| {
-                    ok(
-                        "wal_read_ok",
-                        vec![
-                            (
-                                "payload",
-                                Value::String(String::from_utf8_lossy(&e.payload).into_owned()),
-                            ),
-                            ("checksum_valid", Value::Bool(e.checksum_valid)),
-                        ],
-                    )
-                }),
-            ),
-            Request::WalInfo => a.info_with(self.reply(src, seq, |i: crate::Info| {
-                ok(
-                    "wal_info_ok",
-                    vec![
-                        ("entries", json!(i.entries)),
-                        ("total_bytes", json!(i.total_bytes)),
-                        ("fsynced", json!(i.fsynced)),
-                    ],
-                )
-            })),
+            Request::WalAppend { payload } => {
+                a.append_with(payload.into_bytes(), self.reply(src, seq, Answer::Appended))
+            }
+            Request::WalRead { offset } => a.read_with(offset, self.reply(src, seq, Answer::Read)),
+            Request::WalInfo => a.info_with(self.reply(src, seq, Answer::Info)),
             Request::WalSegmentConfig { max_segment_bytes } => a.set_segment_bytes_max_with(
                 max_segment_bytes,
-                self.reply(src, seq, |b: u64| {
-                    ok(
-                        "wal_segment_config_ok",
-                        vec![("max_segment_bytes", json!(b))],
-                    )
-                }),
+                self.reply(src, seq, Answer::SegmentBytes),
             ),
-            Request::WalPolicy { update } => a.set_policy_with(
-                update,
-                self.reply(src, seq, |p: crate::Policy| {
-                    ok("wal_policy_ok", vec![("policy", policy_json(&p))])
-                }),
-            ),
-            Request::WalSegmentInfo => {
-                a.segments_with(self.reply(src, seq, |l: crate::SegmentList| {
-                    let segments = l
-                        .segments
-                        .iter()
-                        .map(|s| {
-                            json!({
-                                "file": s.file,
-                                "start_offset": s.start_offset,
-                                "end_offset": s.end_offset,
-                                "size_bytes": s.size_bytes,
-                                "sealed": s.sealed,
-                            })
-                        })
-                        .collect();
-                    ok(
-                        "wal_segment_info_ok",
-                        vec![
-                            ("segments", Value::Array(segments)),
-                            ("active_segment", json!(l.active_segment)),
-                        ],
-                    )
-                }))
+            Request::WalPolicy { update } => {
+                a.set_policy_with(update, self.reply(src, seq, Answer::Policy))
             }
-            Request::WalSnapshot { mode } => node.snapshotter().snapshot_mode_with(
-                mode,
-                self.reply(src, seq, |s: crate::SnapshotFile| {
-                    ok(
-                        "wal_snapshot_ok",
-                        vec![
-                            ("snapshot_offset", json!(s.offset)),
-                            ("snapshot_size_bytes", json!(s.size_bytes)),
-                        ],
-                    )
-                }),
-            ),
-            Request::WalCompact { snapshot_at_offset } => node.compactor().compact_with(
-                snapshot_at_offset,
-                self.reply(src, seq, |c: crate::Compaction| {
-                    ok(
-                        "wal_compact_ok",
-                        vec![
-                            ("snapshot_offset", json!(c.snapshot_offset)),
-                            ("entries_before", json!(c.entries_before)),
-                            ("entries_after", json!(c.entries_after)),
-                            ("bytes_freed", json!(c.bytes_freed)),
-                        ],
-                    )
-                }),
-            ),
-            Request::WalStatus => a.status_with(self.reply(src, seq, |s: Status| {
-                ok("wal_status_ok", vec![("status", status_json(&s))])
-            })),
-            Request::Read { key } => a.kv_get_with(
-                key,
-                self.reply(src, seq, |text: String| {
-                    ok("read_ok", vec![("value", wire::stored_to_json(&text))])
-                }),
-            ),
-            Request::Write { key, value } => a.kv_set_with(
-                key,
-                value,
-                self.reply(src, seq, |_: u64| ok("write_ok", vec![])),
-            ),
+            Request::WalSegmentInfo => a.segments_with(self.reply(src, seq, Answer::Segments)),
+            Request::WalSnapshot { mode } => node
+                .snapshotter()
+                .snapshot_mode_with(mode, self.reply(src, seq, Answer::Snapshot)),
+            Request::WalCompact { snapshot_at_offset } => node
+                .compactor()
+                .compact_with(snapshot_at_offset, self.reply(src, seq, Answer::Compaction)),
+            Request::WalStatus => a.status_with(self.reply(src, seq, Answer::status)),
+            Request::Read { key } => a.kv_get_with(key, self.reply(src, seq, Answer::Value)),
+            Request::Write { key, value } => {
+                a.kv_set_with(key, value, self.reply(src, seq, Answer::written))
+            }
             Request::Cas { key, from, to } => a.kv_cas_with(
                 key,
                 Box::new(move |current| wire::stored_to_json(current) == from),
                 to,
-                self.reply(src, seq, |_: u64| ok("cas_ok", vec![])),
+                self.reply(src, seq, Answer::swapped),
             ),
         }
     }

@@ -787,3 +787,34 @@ fn a_pipelining_client_sees_its_own_compaction_in_its_next_requests() {
     );
     assert_eq!(r.reply_to("c1", 42)["entries"], 5);
 }
+
+/// Replies go out in batches, but never wait in a buffer while the node waits for
+/// input: a client that sends one request and waits gets its answer with stdin open.
+#[test]
+fn a_reply_is_written_before_the_node_waits_for_more_input() {
+    use std::io::{BufRead, BufReader, Write};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = support::spawn(&[], Some(data.path()));
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(20);
+    writeln!(stdin, "{}", init(1)).unwrap();
+    assert!(rx.recv_timeout(wait).unwrap().contains("init_ok"));
+    for i in 0..3 {
+        writeln!(stdin, "{}", append(10 + i, "set a=1")).unwrap();
+        let reply = rx
+            .recv_timeout(wait)
+            .expect("the reply must come while stdin is open");
+        assert!(reply.contains("wal_append_ok"), "{reply}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
