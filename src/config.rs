@@ -1,6 +1,9 @@
 //! Every limit and policy of a node, in one place.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
 
 use crate::core::policy::Policy;
 use crate::error::{Error, Result};
@@ -51,6 +54,9 @@ pub struct Config {
     pub delete_chunk_bytes: u64,
     /// The pause between two truncation steps of a compacted segment.
     pub delete_pause: std::time::Duration,
+    /// The clock the log-management policy reads (its age trigger, the ages in
+    /// `wal_status`); tests substitute a [`crate::clock::ManualClock`].
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
@@ -81,6 +87,7 @@ impl Config {
             segment_prefill: true,
             delete_chunk_bytes: 1024 * 1024,
             delete_pause: std::time::Duration::from_millis(10),
+            clock: Arc::new(SystemClock),
         }
     }
 

@@ -9,6 +9,7 @@
 //! requests in flight. See `ARCHITECTURE.md` for the threads and the invariants.
 
 pub mod actor;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -42,6 +42,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::actor::snapshotter::SnapshotterMsg;
 use crate::actor::{Feedback, Poison, Reply, call, spawn_actor};
+use crate::clock::Clock;
 use crate::config::{Config, FsyncPolicy};
 use crate::core::kv::{self, KvState, Written};
 use crate::core::policy::{self, Policy, PolicyUpdate, Progress, SnapshotMode, Thresholds};
@@ -105,6 +106,9 @@ pub(crate) enum AppenderMsg {
     SetPolicy {
         update: PolicyUpdate,
         reply: Reply<Policy>,
+    },
+    Settle {
+        reply: Reply<()>,
     },
     Shutdown,
 }
@@ -303,6 +307,21 @@ impl AppenderHandle {
     pub fn status_with(&self, reply: Reply<Status>) {
         self.submit(AppenderMsg::Status { reply });
     }
+
+    /// Waits until the log-management policy has nothing in flight or due: every
+    /// automatic snapshot and compaction it started (or that its clock made due) is
+    /// done. For tests, and for programs that want a quiet node (before a backup).
+    ///
+    /// # Errors
+    /// [`Error::Crashed`] if the node stopped.
+    pub fn settle(&self) -> Result<()> {
+        call(|reply| self.settle_with(reply))
+    }
+
+    /// Non-blocking [`AppenderHandle::settle`].
+    pub fn settle_with(&self, reply: Reply<()>) {
+        self.submit(AppenderMsg::Settle { reply });
+    }
 }
 
 pub(crate) struct Appender {
@@ -316,6 +335,10 @@ pub(crate) struct Appender {
     snapshotter: Sender<SnapshotterMsg>,
     poison: Poison,
     counters: Counters,
+    /// The clock the policy reads.
+    clock: Arc<dyn Clock>,
+    /// Callers of `settle` waiting for the policy's work to finish.
+    settling: Vec<Reply<()>>,
     latest_snapshot: Option<SnapshotFile>,
     last_snapshot_ms: Option<u64>,
     recovery: RecoveryReport,
@@ -341,6 +364,8 @@ struct Auto {
     last_cut: Instant,
     /// An automatic snapshot is being written.
     busy: Arc<AtomicBool>,
+    /// An automatic compaction is under way.
+    compacting: Arc<AtomicBool>,
     /// A compaction the policy asked for after a durable snapshot.
     compact_due: Option<u64>,
     /// Snapshots on disk (offset, file), oldest first.
@@ -406,6 +431,8 @@ impl Appender {
             feedback: parts.feedback,
             snapshotter: parts.snapshotter,
             poison: Poison::default(),
+            clock: parts.config.clock.clone(),
+            settling: Vec::new(),
             counters: Counters::default(),
             latest_snapshot: parts.latest_snapshot.clone(),
             last_snapshot_ms: None,
@@ -419,8 +446,9 @@ impl Appender {
                 thresholds: parts.config.policy.thresholds(parts.config.jitter_seed, 0),
                 entries: 0,
                 bytes: 0,
-                last_cut: Instant::now(),
+                last_cut: parts.config.clock.now(),
                 busy: Arc::new(AtomicBool::new(false)),
+                compacting: Arc::new(AtomicBool::new(false)),
                 compact_due: None,
                 on_disk: parts.snapshots_on_disk,
                 known: parts
@@ -460,6 +488,7 @@ impl Appender {
                         if let Ok(ev) = ev {
                             self.on_feedback(ev);
                         }
+                        self.answer_settled();
                         continue;
                     }
                     recv(ticker) -> _ => {
@@ -521,27 +550,51 @@ impl Appender {
     /// durable snapshot, then a snapshot if a trigger fires. Called after every batch
     /// and on a timer.
     fn manage(&mut self) {
+        self.start_due_work();
+        self.answer_settled();
+    }
+
+    /// Answers the callers of `settle` once the policy has nothing in flight or due
+    /// (or the node is poisoned: it starts nothing more).
+    fn answer_settled(&mut self) {
+        let quiet = self.poison.reason().is_some()
+            || !(self.auto.busy.load(Ordering::Acquire)
+                || self.auto.compacting.load(Ordering::Acquire)
+                || self.auto.compact_due.is_some());
+        if quiet {
+            for reply in self.settling.drain(..) {
+                reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn start_due_work(&mut self) {
         if self.poison.reason().is_some() {
             return;
         }
         self.drain_feedback();
         if let Some(at) = self.auto.compact_due.take() {
             log::info!("compacting to offset {at} after a durable snapshot");
+            self.auto.compacting.store(true, Ordering::Release);
+            let compacting = self.auto.compacting.clone();
             self.compact(
                 at,
-                Reply::new(move |r: Result<Compaction>| match r {
-                    Ok(c) => log::info!(
-                        "automatic compaction to {at}: {} bytes freed",
-                        c.bytes_freed
-                    ),
-                    Err(e) => log::warn!("automatic compaction to {at} failed: {e}"),
+                Reply::new(move |r: Result<Compaction>| {
+                    compacting.store(false, Ordering::Release);
+                    match r {
+                        Ok(c) => log::info!(
+                            "automatic compaction to {at}: {} bytes freed",
+                            c.bytes_freed
+                        ),
+                        Err(e) => log::warn!("automatic compaction to {at} failed: {e}"),
+                    }
                 }),
             );
         }
         if self.auto.busy.load(Ordering::Acquire) {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let Some(trigger) = policy::due(&self.auto.thresholds, &self.auto.progress(now)) else {
             return;
         };
@@ -588,8 +641,10 @@ impl Appender {
                 self.counters.snapshots += 1;
                 self.last_snapshot_ms = Some(duration_ms);
                 let auto = &mut self.auto;
-                auto.known
-                    .insert(snapshot.offset, (snapshot.size_bytes, Some(Instant::now())));
+                auto.known.insert(
+                    snapshot.offset,
+                    (snapshot.size_bytes, Some(self.clock.now())),
+                );
                 auto.known
                     .retain(|o, _| on_disk.iter().any(|(d, _)| d == o));
                 auto.on_disk = on_disk;
@@ -705,7 +760,7 @@ impl Appender {
             }
             AppenderMsg::Snapshot { mode, reply } => match self.cut() {
                 Ok((offset, state, changed)) => {
-                    self.auto.cut(Instant::now());
+                    self.auto.cut(self.clock.now());
                     self.forward(SnapshotterMsg::Snapshot {
                         offset,
                         state,
@@ -717,6 +772,7 @@ impl Appender {
                 }
                 Err(e) => reply.send(Err(e)),
             },
+            AppenderMsg::Settle { reply } => self.settling.push(reply),
             AppenderMsg::SetPolicy { update, reply } => match self.auto.policy.with(&update) {
                 Ok(p) => {
                     let auto = &mut self.auto;
@@ -933,7 +989,7 @@ impl Appender {
 
     fn management(&self, segments: &[crate::wal::SegmentInfo]) -> Management {
         let auto = &self.auto;
-        let now = Instant::now();
+        let now = self.clock.now();
         let progress = auto.progress(now);
         let triggers = policy::distances(&auto.thresholds, &progress).to_vec();
         let snapshots = auto

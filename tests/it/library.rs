@@ -318,12 +318,17 @@ fn reads_racing_a_paced_compaction_get_their_entry_or_not_found() {
     let at = node.snapshotter().snapshot().unwrap().offset;
     assert_eq!(at, n as u64);
     let stop = Arc::new(AtomicBool::new(false));
+    let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
     let reader = {
         let (appender, stop) = (node.appender().clone(), stop.clone());
         std::thread::spawn(move || {
             let (mut found, mut gone) = (0u64, 0u64);
             let mut offset = 0u64;
             while !stop.load(Ordering::SeqCst) {
+                // The compaction starts once reads are under way.
+                if found == 100 {
+                    let _ = started_tx.try_send(());
+                }
                 match appender.read(offset) {
                     Ok(e) => {
                         assert!(e.checksum_valid, "offset {offset} read back damaged");
@@ -338,7 +343,7 @@ fn reads_racing_a_paced_compaction_get_their_entry_or_not_found() {
             (found, gone)
         })
     };
-    std::thread::sleep(Duration::from_millis(50));
+    started.recv().unwrap();
     let compaction = node.compactor().compact(at - 100).unwrap();
     stop.store(true, Ordering::SeqCst);
     let (found, gone) = reader.join().unwrap();

@@ -3,8 +3,10 @@
 //! is tested on the pure functions in `src/core/policy.rs`, with an injected clock.)
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use flintlog::clock::ManualClock;
 use flintlog::core::policy::SnapshotMode;
 use flintlog::{Config, Node, Policy, PolicyUpdate, Status};
 use serde_json::{Value, json};
@@ -20,20 +22,16 @@ fn config(dir: &Path, policy: Policy) -> Config {
     c
 }
 
-/// Polls the node's status until `done` holds (the policy acts in the background).
+/// Waits until the policy has nothing in flight or due (`settle`), then checks that
+/// `done` holds: the policy acts in the background, and settling waits for all of it.
 fn wait_for(node: &Node, what: &str, done: impl Fn(&Status) -> bool) -> Status {
-    let started = Instant::now();
-    loop {
-        let s = node.appender().status().unwrap();
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "waited 30 s for {what}; status: {s:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    node.appender().settle().unwrap();
+    let s = node.appender().status().unwrap();
+    assert!(
+        done(&s),
+        "the policy settled without {what}; status: {s:#?}"
+    );
+    s
 }
 
 fn snapshot_files(dir: &Path) -> Vec<String> {
@@ -185,23 +183,37 @@ fn the_age_trigger_cuts_a_snapshot_of_pending_entries_on_its_own() {
         jitter_percent: 0,
         ..Policy::default()
     };
-    let node = Node::open(config(&dir, policy)).unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let mut config = config(&dir, policy);
+    config.clock = clock.clone();
+    let node = Node::open(config).unwrap();
     // Nothing pending: no snapshot however long the node idles.
-    std::thread::sleep(Duration::from_millis(400));
+    clock.advance(Duration::from_millis(400));
+    node.appender().settle().unwrap();
     assert_eq!(node.appender().status().unwrap().counters.snapshots, 0);
     // The node has been up longer than the age threshold: the first commit fires it
-    // (whatever part of the three it held); the rest is cut once the age passes again.
+    // (whatever part of the three it held); the rest waits for the age to pass again.
     append_all(&node, 0, 3);
-    let s = wait_for(&node, "the age trigger", |s| {
-        s.latest_snapshot.as_ref().is_some_and(|l| l.offset == 3)
+    let first = wait_for(&node, "the first age-triggered snapshot", |s| {
+        s.counters.snapshots == 1
     });
-    assert!((1..=3).contains(&s.counters.snapshots), "{s:#?}");
-    std::thread::sleep(Duration::from_millis(400));
-    let idle = node.appender().status().unwrap();
-    assert_eq!(
-        idle.counters.snapshots, s.counters.snapshots,
-        "nothing pending, nothing cut"
-    );
+    let cut = first.latest_snapshot.as_ref().unwrap().offset;
+    assert!((1..=3).contains(&cut), "{first:#?}");
+    if cut < 3 {
+        clock.advance(Duration::from_millis(199));
+        wait_for(&node, "no snapshot before the age passes", |s| {
+            s.counters.snapshots == 1
+        });
+        clock.advance(Duration::from_millis(1));
+        wait_for(&node, "the age trigger", |s| {
+            s.latest_snapshot.as_ref().is_some_and(|l| l.offset == 3)
+        });
+    }
+    let done = node.appender().status().unwrap().counters.snapshots;
+    clock.advance(Duration::from_millis(400));
+    wait_for(&node, "nothing cut with nothing pending", |s| {
+        s.counters.snapshots == done
+    });
     node.shutdown().unwrap();
 }
 
