@@ -19,6 +19,8 @@ fn unit_of(rel: &str) -> Option<String> {
         ["lib"] | ["main"] | ["bin", ..] => None,
         ["actor", "mod"] => Some("actor".into()),
         ["actor", file] => Some(format!("actor::{file}")),
+        // An actor split into a directory is one module: `actor/appender/*.rs`.
+        ["actor", dir, _] => Some(format!("actor::{dir}")),
         [first, ..] => Some(first.to_string()),
         [] => None,
     }
@@ -109,7 +111,7 @@ fn graph() -> Graph {
                 let dep = if first == "actor" {
                     let sub = rest.strip_prefix("actor::").map(|r| idents_after(r, "")[0]);
                     match sub {
-                        Some(s) if src.join("actor").join(format!("{s}.rs")).exists() => {
+                        Some(s) if is_actor(&src, s) => {
                             format!("actor::{s}")
                         }
                         _ => "actor".to_string(),
@@ -125,7 +127,7 @@ fn graph() -> Graph {
             }
             if unit.starts_with("actor") {
                 for name in idents_after(&code, "super::") {
-                    let dep = if src.join("actor").join(format!("{name}.rs")).exists() {
+                    let dep = if is_actor(&src, name) {
                         format!("actor::{name}")
                     } else {
                         "actor".to_string()
@@ -138,6 +140,11 @@ fn graph() -> Graph {
         }
     }
     graph
+}
+
+/// Whether `actor/<name>` is an actor module (a file or a directory).
+fn is_actor(src: &Path, name: &str) -> bool {
+    src.join("actor").join(format!("{name}.rs")).exists() || src.join("actor").join(name).is_dir()
 }
 
 /// A cycle in `graph`, if there is one, as the list of modules around it.

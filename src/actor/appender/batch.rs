@@ -1,0 +1,129 @@
+//! Group commit: staging writes into one batch (with an overlay through which reads
+//! and compare-and-set in the same batch see its earlier writes), writing and syncing
+//! it once, applying it, and only then answering.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::*;
+
+pub(super) type Pending = Box<dyn FnOnce(&Result<()>) + Send>;
+
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) payloads: Vec<Vec<u8>>,
+    pub(super) bytes: u64,
+    pub(super) overlay: HashMap<Arc<str>, Option<Arc<str>>>,
+    pub(super) pending: Vec<Pending>,
+}
+
+impl Appender {
+    pub(super) fn current(&self, key: &str) -> Option<Arc<str>> {
+        match self.batch.overlay.get(key) {
+            Some(v) => v.clone(),
+            None => self.state.get(key).cloned(),
+        }
+    }
+
+    pub(super) fn defer<T: Send + 'static>(&mut self, reply: Reply<T>, value: Result<T>) {
+        self.batch
+            .pending
+            .push(Box::new(move |outcome: &Result<()>| {
+                match (outcome, value) {
+                    (Ok(()), v) => reply.send(v),
+                    (Err(e), Ok(_)) => reply.send(Err(e.clone())),
+                    (Err(_), Err(e)) => reply.send(Err(e)),
+                }
+            }));
+    }
+
+    /// Adds one entry to the batch; returns the offset it will have.
+    pub(super) fn stage(&mut self, payload: Vec<u8>) -> Result<u64> {
+        self.refuse_if_poisoned()?;
+        debug_assert!(payload.len() as u64 <= self.payload_bytes_max);
+        if !self
+            .log
+            .fits(self.batch.payloads.len(), self.batch.bytes, payload.len())
+        {
+            self.flush();
+            self.refuse_if_poisoned()?;
+            match self.log.roll() {
+                Ok(()) => {}
+                Err(RollError::Sync(e)) => {
+                    return Err(self.poison(format!("fsync while sealing a segment failed: {e}")));
+                }
+                Err(RollError::Create(e)) if is_sync_failure(&e) => {
+                    return Err(self.poison(format!("creating a new segment failed: {e}")));
+                }
+                Err(RollError::Create(e)) => {
+                    log::warn!("could not open a new segment: {e}");
+                    return Err(Error::Unavailable(format!(
+                        "could not open a new segment (nothing was written): {e}"
+                    )));
+                }
+            }
+        }
+        let offset = self.log.next_offset() + self.batch.payloads.len() as u64;
+        match kv::Command::parse(&payload) {
+            kv::Command::Set { key, value } => {
+                self.batch
+                    .overlay
+                    .insert(Arc::from(key), Some(Arc::from(value)));
+            }
+            kv::Command::Del { key } => {
+                self.batch.overlay.insert(Arc::from(key), None);
+            }
+            kv::Command::Other => {}
+        }
+        self.batch.bytes += record::record_bytes(payload.len());
+        self.batch.payloads.push(payload);
+        Ok(offset)
+    }
+
+    /// Writes, syncs (per policy) and applies the batch, then answers its requests.
+    pub(super) fn flush(&mut self) {
+        let Batch {
+            payloads,
+            bytes,
+            overlay,
+            pending,
+        } = std::mem::take(&mut self.batch);
+        let outcome = if payloads.is_empty() {
+            Ok(())
+        } else {
+            self.write_batch(&payloads)
+        };
+        if outcome.is_ok() {
+            for payload in &payloads {
+                self.state.apply(payload);
+            }
+            // The overlay holds exactly this batch's writes, each key's last value.
+            if let Some(changed) = &mut self.changed {
+                changed.extend(overlay);
+                if changed.len() > WRITTEN_MAX.max(self.state.map.len() / 2) {
+                    self.changed = None;
+                }
+            }
+            self.counters.appends += payloads.len() as u64;
+            self.auto.entries += payloads.len() as u64;
+            self.auto.bytes += bytes;
+        }
+        for pending in pending {
+            pending(&outcome);
+        }
+    }
+
+    pub(super) fn write_batch(&mut self, payloads: &[Vec<u8>]) -> Result<()> {
+        self.counters.batches += 1;
+        if let Err(e) = self.log.append(payloads.iter().map(|p| p.as_slice())) {
+            return Err(self.poison(format!("write to the log failed: {e}")));
+        }
+        if self.fsync == FsyncPolicy::Always {
+            self.counters.fsyncs += 1;
+            if let Err(e) = self.log.sync() {
+                return Err(self.poison(format!("fsync of the log failed: {e}")));
+            }
+        }
+        Ok(())
+    }
+}
