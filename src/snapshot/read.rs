@@ -1,0 +1,184 @@
+//! Reading and verifying snapshots and deltas: one body reader for both, checking
+//! the header, the length and the checksum before anything is trusted.
+
+use super::*;
+
+/// A delta read back and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub offset: u64,
+    pub checksum: u32,
+    pub parent_offset: u64,
+    pub parent_checksum: u32,
+    pub other_payloads: u64,
+    pub changes: Vec<Change>,
+}
+
+/// Reads and fully verifies the delta at `path`.
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn read_delta(fs: &dyn FileSystem, path: &Path) -> Result<Delta, String> {
+    let file = fs
+        .open(path, false)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let (header, mut r) = open_body(&*file, DELTA_MAGIC)?;
+    let bad = |e: bincode::error::DecodeError| format!("body does not decode: {e}");
+    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
+    let (parent_offset, parent_checksum, other_payloads, count): (u64, u32, u64, u64) =
+        bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+    if count > header.body_len / 2 {
+        return Err(format!(
+            "body claims {count} changes in {} bytes",
+            header.body_len
+        ));
+    }
+    if parent_offset >= header.offset {
+        return Err(format!(
+            "parent offset {parent_offset} is not before the delta's offset {}",
+            header.offset
+        ));
+    }
+    let mut changes: Vec<Change> = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (k, v): (String, Option<String>) =
+            bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+        let k: Arc<str> = Arc::from(k);
+        if changes.last().is_some_and(|(l, _)| *l >= k) {
+            return Err("keys are not in strictly ascending order".into());
+        }
+        changes.push((k, v.map(Arc::from)));
+    }
+    r.finish(&header)?;
+    Ok(Delta {
+        offset: header.offset,
+        checksum: header.body_crc,
+        parent_offset,
+        parent_checksum,
+        other_payloads,
+        changes,
+    })
+}
+
+/// Checks the header and length of a snapshot or delta file and returns a reader of
+/// its body that checksums as it goes.
+pub(super) fn open_body<'f>(
+    file: &'f dyn File,
+    magic: &[u8; 8],
+) -> Result<(Header, ChunkReader<'f>), String> {
+    let len = file.len().map_err(|e| e.to_string())?;
+    if len < HEADER_BYTES {
+        return Err(format!(
+            "file of {len} bytes is shorter than a snapshot header"
+        ));
+    }
+    let mut hb = [0u8; HEADER_BYTES as usize];
+    file.read_exact_at(&mut hb, 0).map_err(|e| e.to_string())?;
+    let header = decode_header(&hb, magic)?;
+    if header.body_len.checked_add(HEADER_BYTES) != Some(len) {
+        return Err(format!(
+            "header says {} body bytes, the file has {}",
+            header.body_len,
+            len - HEADER_BYTES
+        ));
+    }
+    let r = ChunkReader {
+        file,
+        pos: HEADER_BYTES,
+        end: len,
+        buf: Vec::new(),
+        at: 0,
+        crc: 0,
+    };
+    Ok((header, r))
+}
+
+pub(super) struct ChunkReader<'f> {
+    pub(super) file: &'f dyn File,
+    pub(super) pos: u64,
+    pub(super) end: u64,
+    pub(super) buf: Vec<u8>,
+    pub(super) at: usize,
+    pub(super) crc: u32,
+}
+
+impl ChunkReader<'_> {
+    /// Checks that the body ended exactly at the file's end with the right checksum.
+    fn finish(&self, header: &Header) -> Result<(), String> {
+        if self.at != self.buf.len() || self.pos != self.end {
+            return Err("body has bytes after its last key".into());
+        }
+        if self.crc != header.body_crc {
+            return Err("body checksum mismatch".into());
+        }
+        Ok(())
+    }
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.buf.len() {
+            let n = (self.end - self.pos).min(1024 * 1024) as usize;
+            if n == 0 {
+                return Ok(0);
+            }
+            self.buf.resize(n, 0);
+            self.file.read_exact_at(&mut self.buf, self.pos)?;
+            self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+            self.pos += n as u64;
+            self.at = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Reads and fully verifies the snapshot at `path`: header, length, body checksum,
+/// key order. Returns its offset and state.
+///
+/// # Errors
+/// A sentence saying what is wrong, for the caller to prefix with the path.
+pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<(u64, KvState), String> {
+    read_full(fs, path).map(|(offset, _, state)| (offset, state))
+}
+
+/// [`read`], with the body checksum.
+pub(super) fn read_full(fs: &dyn FileSystem, path: &Path) -> Result<(u64, u32, KvState), String> {
+    let file = fs
+        .open(path, false)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let (header, mut r) = open_body(&*file, MAGIC)?;
+    let bad = |e: bincode::error::DecodeError| format!("body does not decode: {e}");
+    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
+    let (count, other_payloads): (u64, u64) =
+        bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+    if count > header.body_len / 2 {
+        return Err(format!(
+            "body claims {count} keys in {} bytes",
+            header.body_len
+        ));
+    }
+    let mut map = KvMap::new();
+    let mut last: Option<Arc<str>> = None;
+    for _ in 0..count {
+        let (k, v): (String, String) =
+            bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+        let k: Arc<str> = Arc::from(k);
+        if last.as_ref().is_some_and(|l| *l >= k) {
+            return Err("keys are not in strictly ascending order".into());
+        }
+        map.insert(k.clone(), Arc::from(v));
+        last = Some(k);
+    }
+    r.finish(&header)?;
+    Ok((
+        header.offset,
+        header.body_crc,
+        KvState {
+            map,
+            other_payloads,
+        },
+    ))
+}

@@ -1,0 +1,179 @@
+//! Writing snapshots and deltas crash-safely: temp file, body synced in chunks so
+//! that the log's own syncs never queue behind much of it, header, sync, rename,
+//! directory sync.
+
+use super::*;
+
+pub(super) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Streams the body into the temp file, syncing every `sync_chunk` bytes.
+pub(super) struct ChunkWriter<'f> {
+    pub(super) file: &'f mut dyn File,
+    pub(super) pos: u64,
+    pub(super) buf: Vec<u8>,
+    pub(super) crc: u32,
+    pub(super) since_sync: u64,
+    pub(super) sync_chunk: u64,
+}
+
+impl ChunkWriter<'_> {
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(&self.buf, self.pos)?;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.pos += self.buf.len() as u64;
+        self.since_sync += self.buf.len() as u64;
+        self.buf.clear();
+        if self.since_sync >= self.sync_chunk {
+            self.file.sync_data().map_err(sync_failed)?;
+            self.since_sync = 0;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_BUFFER_BYTES {
+            self.flush_buf()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buf()
+    }
+}
+
+pub(super) fn encode_err(e: bincode::error::EncodeError) -> io::Error {
+    match e {
+        bincode::error::EncodeError::Io { inner, .. } => inner,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Writes the snapshot of `state` at `offset` into `dir`, crash-safely, and returns it
+/// once durable.
+///
+/// # Errors
+/// Any I/O error; the temp file is then removed (best effort) and no snapshot under
+/// the final name was touched.
+pub fn write(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    offset: u64,
+    state: &KvState,
+    sync_chunk: u64,
+) -> io::Result<SnapshotFile> {
+    write_file(fs, dir, file_name(offset), MAGIC, offset, sync_chunk, |w| {
+        write_body(w, state)
+    })
+}
+
+/// Writes the delta at `offset` building on `parent`: `changes` (from
+/// [`KvState::changes_to`]) and the other-payload count, crash-safely as [`write`].
+///
+/// # Errors
+/// As [`write`].
+pub fn write_delta(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    offset: u64,
+    parent: &SnapshotFile,
+    changes: &[Change],
+    other_payloads: u64,
+    sync_chunk: u64,
+) -> io::Result<SnapshotFile> {
+    let name = delta_file_name(offset);
+    write_file(fs, dir, name, DELTA_MAGIC, offset, sync_chunk, |w| {
+        write_delta_body(w, parent, changes, other_payloads)
+    })
+}
+
+/// The recipe both kinds share: the body streamed after a placeholder header (synced
+/// every `sync_chunk` bytes), then the real header, all through [`create_durably`].
+pub(super) fn write_file(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: String,
+    magic: &[u8; 8],
+    offset: u64,
+    sync_chunk: u64,
+    body: impl FnOnce(&mut ChunkWriter<'_>) -> io::Result<()>,
+) -> io::Result<SnapshotFile> {
+    let (mut size_bytes, mut checksum) = (0, 0);
+    create_durably(fs, dir, &name, |file| {
+        let mut w = ChunkWriter {
+            file,
+            pos: HEADER_BYTES,
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES + 4096),
+            crc: 0,
+            since_sync: 0,
+            sync_chunk,
+        };
+        body(&mut w)?;
+        w.flush()?;
+        let header = Header {
+            offset,
+            body_len: w.pos - HEADER_BYTES,
+            body_crc: w.crc,
+        };
+        size_bytes = w.pos;
+        checksum = w.crc;
+        w.file.write_all_at(&encode_header(&header, magic), 0)
+    })?;
+    Ok(SnapshotFile {
+        file: name,
+        offset,
+        size_bytes,
+        checksum,
+    })
+}
+
+pub(super) fn write_delta_body(
+    w: &mut impl Write,
+    parent: &SnapshotFile,
+    changes: &[Change],
+    other_payloads: u64,
+) -> io::Result<()> {
+    let head = (
+        parent.offset,
+        parent.checksum,
+        other_payloads,
+        changes.len() as u64,
+    );
+    bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    for (k, v) in changes {
+        bincode::encode_into_std_write((&**k, v.as_deref()), &mut *w, bincode_config())
+            .map_err(encode_err)?;
+    }
+    Ok(())
+}
+
+/// Encodes the body: the key count and other-payload count, then the pairs in key order.
+pub(super) fn write_body(w: &mut impl Write, state: &KvState) -> io::Result<()> {
+    let head = (state.map.len() as u64, state.other_payloads);
+    bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    for (k, v) in state.map.iter() {
+        bincode::encode_into_std_write((&**k, &**v), &mut *w, bincode_config())
+            .map_err(encode_err)?;
+    }
+    Ok(())
+}
+
+/// The bytes of the snapshot file of `state` at `offset`, in memory (what [`write`]
+/// puts on disk).
+pub fn to_bytes(offset: u64, state: &KvState) -> Vec<u8> {
+    let mut body = Vec::new();
+    write_body(&mut body, state).expect("writing to memory cannot fail");
+    let header = Header {
+        offset,
+        body_len: body.len() as u64,
+        body_crc: crc32c::crc32c(&body),
+    };
+    let mut out = encode_header(&header, MAGIC).to_vec();
+    out.extend_from_slice(&body);
+    out
+}
