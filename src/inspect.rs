@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::core::policy;
+use crate::core::position::Offset;
 use crate::core::recovery::{self, DirListing};
 use crate::fs::FileSystem;
 use crate::snapshot;
@@ -34,9 +35,9 @@ pub struct Examination {
     /// The directory examined.
     pub dir: PathBuf,
     /// First live offset (from `log.meta`).
-    pub first_offset: u64,
+    pub first_offset: Offset,
     /// Offset the next entry would get.
-    pub next_offset: u64,
+    pub next_offset: Offset,
     /// Live segments.
     pub segments: Vec<ScannedSegment>,
     /// Every snapshot file, oldest first.
@@ -46,7 +47,7 @@ pub struct Examination {
     /// The files of that chain, the full snapshot first.
     pub snapshot_chain: Vec<String>,
     /// The offset that snapshot covers.
-    pub snapshot_offset: Option<u64>,
+    pub snapshot_offset: Option<Offset>,
     /// Entries recovery would replay on top of it.
     pub entries_to_replay: u64,
     /// Keys after recovery.
@@ -165,7 +166,7 @@ pub fn verify_report(ex: &Examination) -> String {
             ex.segments.len(),
             ex.first_offset,
             ex.next_offset,
-            ex.next_offset - ex.first_offset
+            ex.next_offset.since(ex.first_offset)
         ));
         match &ex.snapshot_used {
             Some(s) => out.push_str(&format!(
@@ -221,7 +222,7 @@ pub fn inspect_table(ex: &Examination) -> String {
         "first offset  {}\nnext offset   {}\nlive entries  {}\n",
         ex.first_offset,
         ex.next_offset,
-        ex.next_offset.saturating_sub(ex.first_offset)
+        ex.next_offset.since(ex.first_offset)
     ));
     if let Some(why) = &ex.refusal {
         out.push_str(&format!("problem       {why}\n"));
@@ -299,10 +300,7 @@ impl Examination {
         self.segments
             .iter()
             .take(n.saturating_sub(1))
-            .filter(|s| {
-                self.snapshot_offset
-                    .is_some_and(|o| s.start + s.entries <= o)
-            })
+            .filter(|s| self.snapshot_offset.is_some_and(|o| s.end() <= o))
             .map(|s| s.file_bytes)
             .sum()
     }
@@ -314,7 +312,7 @@ impl Examination {
         self.segments.first().map(|s| {
             (
                 s.name.clone(),
-                policy::keeper(n > 1, s.start + s.entries, self.snapshot_offset, 0).reason(),
+                policy::keeper(n > 1, s.end(), self.snapshot_offset, 0).reason(),
             )
         })
     }
@@ -333,9 +331,9 @@ pub fn inspect_json(ex: &Examination) -> Value {
     let n = ex.segments.len();
     json!({
         "dir": ex.dir.display().to_string(),
-        "first_offset": ex.first_offset,
-        "next_offset": ex.next_offset,
-        "entries": ex.next_offset.saturating_sub(ex.first_offset),
+        "first_offset": ex.first_offset.on_wire(),
+        "next_offset": ex.next_offset.on_wire(),
+        "entries": ex.next_offset.since(ex.first_offset),
         "keys": ex.keys,
         "segments": ex.segments.iter().enumerate().map(|(i, s)| json!({
             "file": s.name,

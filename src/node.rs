@@ -11,6 +11,7 @@ use crate::actor::facades::{CompactorHandle, SnapshotterHandle};
 use crate::actor::snapshotter::{Snapshotter, SnapshotterParts};
 use crate::config::Config;
 use crate::core::layout::{self, LOCK as LOCK_NAME};
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, Pacing, RealFs, join};
 use crate::survey;
@@ -33,7 +34,7 @@ use crate::wal::{Log, RecoverLog};
 ///
 /// // Everything acknowledged is there after reopening.
 /// let node = Node::open(Config::new(dir.path())).unwrap();
-/// assert_eq!(node.appender().read(0).unwrap().payload, b"set greeting=hello");
+/// assert_eq!(node.appender().read(flintlog::Offset::ZERO).unwrap().payload, b"set greeting=hello");
 /// node.shutdown().unwrap();
 /// ```
 pub struct Node {
@@ -110,7 +111,7 @@ impl Node {
         // The snapshotter builds the next delta on the chain's tip (an O(1) clone).
         let tip_state = state.clone();
         let mut state = state;
-        let replay_from = snapshot.as_ref().map_or(0, |s| s.offset);
+        let replay_from = snapshot.as_ref().map_or(Offset::ZERO, |s| s.offset);
         let replaying = Instant::now();
         let (log, log_report) = Log::recover(
             fs.clone(),
@@ -165,11 +166,11 @@ impl Node {
             },
         )
         .map_err(spawn_err)?;
-        let on_disk: Vec<(u64, String)> = listing
+        let on_disk: Vec<(Offset, String)> = listing
             .snapshots
             .iter()
             .filter(|(_, name)| !damaged.contains(name))
-            .cloned()
+            .map(|(offset, name)| (Offset::from_disk(*offset), name.clone()))
             .collect();
         let (snapshotter_tx, snapshotter_join) = Snapshotter::spawn(SnapshotterParts {
             fs: fs.clone(),

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use crate::core::position::Offset;
 use crate::core::recovery::{self, DirListing};
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
@@ -18,15 +19,18 @@ pub struct Survey {
     /// The directory's files, by kind.
     pub listing: DirListing,
     /// First live offset (from `log.meta`; 0 without one).
-    pub first_offset: u64,
+    pub first_offset: Offset,
     /// The snapshot chain to load, its state, and the newer files it skips.
     pub chosen: Chosen,
 }
 
 impl Survey {
     /// The offset the log's replay starts from: the chain's tip, or 0.
-    pub fn replay_from(&self) -> u64 {
-        self.chosen.snapshot.as_ref().map_or(0, |s| s.offset)
+    pub fn replay_from(&self) -> Offset {
+        self.chosen
+            .snapshot
+            .as_ref()
+            .map_or(Offset::ZERO, |s| s.offset)
     }
 }
 

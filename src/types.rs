@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub use crate::core::policy::TriggerStatus;
+pub use crate::core::position::Offset;
 use crate::error::{Error, Result};
 
 /// When an appended entry counts as durable and may be acknowledged.
@@ -57,7 +58,7 @@ pub struct SnapshotFile {
     /// File name (`.snap` for a full snapshot, `.delta` for a delta).
     pub file: String,
     /// Entries `[0, offset)` are covered.
-    pub offset: u64,
+    pub offset: Offset,
     /// Size of the file.
     pub size_bytes: u64,
     /// The body checksum: the file's identity, which a delta names its parent by.
@@ -70,9 +71,9 @@ pub struct SegmentInfo {
     /// File name.
     pub file: String,
     /// Offset of its first entry.
-    pub start_offset: u64,
+    pub start_offset: Offset,
     /// Offset of its last entry, `None` when empty.
-    pub end_offset: Option<u64>,
+    pub end_offset: Option<Offset>,
     /// Bytes of data (header and records, not the preallocated zeros).
     pub size_bytes: u64,
     /// Whether it is sealed (every segment but the active one).
@@ -112,7 +113,7 @@ pub struct SegmentList {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compaction {
     /// Offset of the durable snapshot that covers the compaction.
-    pub snapshot_offset: u64,
+    pub snapshot_offset: Offset,
     /// Live entries before.
     pub entries_before: u64,
     /// Live entries after.
@@ -169,9 +170,9 @@ pub struct Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     /// First live offset.
-    pub first_offset: u64,
+    pub first_offset: Offset,
     /// Offset of the next entry.
-    pub next_offset: u64,
+    pub next_offset: Offset,
     /// Live entries.
     pub entries: u64,
     /// Bytes of log data on disk.
@@ -212,7 +213,7 @@ pub struct KeptSnapshot {
     pub file: String,
     /// `full` or `delta`.
     pub kind: &'static str,
-    pub offset: u64,
+    pub offset: Offset,
     /// Known for snapshots written or loaded since the node opened.
     pub size_bytes: Option<u64>,
     /// Milliseconds since it became durable, for those written since the node opened.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::actor::{Feedback, Poison, Reply, poison_on_panic, spawn_actor};
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::types::Compaction;
@@ -21,10 +22,10 @@ use crate::wal::meta;
 
 pub(crate) enum CompactorMsg {
     Compact {
-        at: u64,
-        snapshot_offset: u64,
-        next_offset: u64,
-        segments: Vec<(u64, String)>,
+        at: Offset,
+        snapshot_offset: Offset,
+        next_offset: Offset,
+        segments: Vec<(Offset, String)>,
         reply: Reply<Compaction>,
     },
 }
@@ -32,7 +33,7 @@ pub(crate) enum CompactorMsg {
 pub(crate) struct Compactor {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    first_offset: u64,
+    first_offset: Offset,
     inbox: Receiver<CompactorMsg>,
     feedback: Sender<Feedback>,
     pacing: Pacing,
@@ -48,7 +49,7 @@ impl Compactor {
     pub(crate) fn spawn(
         fs: Arc<dyn FileSystem>,
         dir: PathBuf,
-        first_offset: u64,
+        first_offset: Offset,
         capacity: usize,
         feedback: Sender<Feedback>,
         pacing: Pacing,
@@ -99,10 +100,10 @@ impl Compactor {
 
     fn compact(
         &mut self,
-        at: u64,
-        snapshot_offset: u64,
-        next_offset: u64,
-        segments: &[(u64, String)],
+        at: Offset,
+        snapshot_offset: Offset,
+        next_offset: Offset,
+        segments: &[(Offset, String)],
     ) -> Result<Compaction> {
         assert!(
             snapshot_offset >= at,
@@ -111,7 +112,7 @@ impl Compactor {
         self.poison.check()?;
         let before = self.first_offset;
         if at <= before {
-            let live = next_offset.saturating_sub(before);
+            let live = next_offset.since(before);
             return Ok(Compaction {
                 snapshot_offset,
                 entries_before: live,
@@ -189,8 +190,8 @@ impl Compactor {
 
         Ok(Compaction {
             snapshot_offset,
-            entries_before: next_offset - before,
-            entries_after: next_offset - at,
+            entries_before: next_offset.since(before),
+            entries_after: next_offset.since(at),
             bytes_freed,
         })
     }

@@ -7,6 +7,7 @@
 use crate::actor::appender::{AppenderHandle, AppenderMsg};
 use crate::actor::{Reply, call};
 use crate::core::policy::SnapshotMode;
+use crate::core::position::Offset;
 use crate::error::Result;
 use crate::types::{Compaction, SnapshotFile};
 
@@ -65,12 +66,12 @@ impl CompactorHandle {
     /// [`Error::PreconditionFailed`] if `at` is past the log's end;
     /// [`Error::Unavailable`] if the snapshot or the metadata could not be written
     /// (nothing was deleted).
-    pub fn compact(&self, at: u64) -> Result<Compaction> {
+    pub fn compact(&self, at: Offset) -> Result<Compaction> {
         call(|reply| self.compact_with(at, reply))
     }
 
     /// Non-blocking [`CompactorHandle::compact`].
-    pub fn compact_with(&self, at: u64, reply: Reply<Compaction>) {
+    pub fn compact_with(&self, at: Offset, reply: Reply<Compaction>) {
         self.appender.submit(AppenderMsg::Compact { at, reply });
     }
 }

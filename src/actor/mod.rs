@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvError, TryRecvError};
 
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotFile;
 
@@ -220,7 +221,7 @@ pub(crate) enum Feedback {
         snapshot: SnapshotFile,
         duration_ms: u64,
         /// Every snapshot kept on disk after retention, as (offset, file), oldest first.
-        on_disk: Vec<(u64, String)>,
+        on_disk: Vec<(Offset, String)>,
     },
     /// A sync failed in another actor: the node must stop acknowledging writes.
     Poisoned(String),
@@ -228,13 +229,13 @@ pub(crate) enum Feedback {
     /// in the log's metadata): reads below it must stop before their files shrink.
     /// The appender answers on `ack` once no later read can reach them.
     Fence {
-        first_offset: u64,
+        first_offset: Offset,
         ack: crossbeam_channel::Sender<()>,
     },
     /// Segments were deleted and the first offset moved.
     Compacted {
-        first_offset: u64,
-        removed: Vec<u64>,
+        first_offset: Offset,
+        removed: Vec<Offset>,
         bytes_freed: u64,
     },
 }

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::core::kv::{self, Change, KvState, Written};
 use crate::core::layout;
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
+use crate::core::position::Offset;
 use crate::error::Error;
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::snapshot::{self, SnapshotFile};
@@ -29,7 +30,7 @@ use crate::types::Compaction;
 
 pub(crate) enum SnapshotterMsg {
     Snapshot {
-        offset: u64,
+        offset: Offset,
         state: KvState,
         /// The writes since the previous cut (`None` if the appender did not keep them).
         changed: Option<Written>,
@@ -38,19 +39,19 @@ pub(crate) enum SnapshotterMsg {
         reply: Reply<SnapshotFile>,
     },
     Compact {
-        at: u64,
-        offset: u64,
+        at: Offset,
+        offset: Offset,
         state: KvState,
         changed: Option<Written>,
         policy: Policy,
-        next_offset: u64,
-        segments: Vec<(u64, String)>,
+        next_offset: Offset,
+        segments: Vec<(Offset, String)>,
         reply: Reply<Compaction>,
     },
 }
 
 impl SnapshotterMsg {
-    fn cut_offset(&self) -> u64 {
+    fn cut_offset(&self) -> Offset {
         match self {
             SnapshotterMsg::Snapshot { offset, .. } | SnapshotterMsg::Compact { offset, .. } => {
                 *offset
@@ -81,7 +82,7 @@ pub(crate) struct Snapshotter {
     compactor: Sender<CompactorMsg>,
     feedback: Sender<Feedback>,
     /// Snapshot files on disk, oldest first.
-    on_disk: Vec<(u64, String)>,
+    on_disk: Vec<(Offset, String)>,
     /// Set after a failed sync: every later request fails.
     poison: Poison,
 }
@@ -91,7 +92,7 @@ pub(crate) struct SnapshotterParts {
     pub config: Config,
     pub compactor: Sender<CompactorMsg>,
     pub feedback: Sender<Feedback>,
-    pub on_disk: Vec<(u64, String)>,
+    pub on_disk: Vec<(Offset, String)>,
     pub chain: Vec<SnapshotFile>,
     pub tip_state: KvState,
 }
@@ -286,7 +287,7 @@ impl Snapshotter {
 
     fn write(
         &mut self,
-        offset: u64,
+        offset: Offset,
         state: &KvState,
         mode: SnapshotMode,
         policy: &Policy,

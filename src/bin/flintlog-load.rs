@@ -126,7 +126,7 @@ fn prefill(args: &Args, dir: &Path) -> Result<(), String> {
     let mut config = Config::new(dir.join("n1"));
     config.segment_bytes_max = args.max_segment_bytes;
     let node = Node::open(config).map_err(|e| e.to_string())?;
-    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<u64>>(8192);
+    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<flintlog::Offset>>(8192);
     let value = "p".repeat(args.payload_bytes.saturating_sub(20).max(1));
     let mut in_flight = 0usize;
     for i in 0..args.prefill_keys {

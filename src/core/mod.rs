@@ -3,4 +3,5 @@
 pub mod kv;
 pub mod layout;
 pub mod policy;
+pub mod position;
 pub mod recovery;

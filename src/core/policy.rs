@@ -3,6 +3,7 @@
 //! policy, the node's progress and a clock reading passed in, so that it is tested
 //! directly; the appender only gathers the inputs and carries out the answer.
 
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 
 /// The policy an operator reads and changes (`Config::policy`, CLI flags, the
@@ -227,15 +228,19 @@ pub fn distances(t: &Thresholds, p: &Progress) -> [TriggerStatus; 3] {
 
 /// Where to compact after a durable snapshot at `snapshot_offset`, keeping
 /// `trailing` entries behind it: `None` if that does not move the first offset.
-pub fn compaction_target(snapshot_offset: u64, trailing: u64, first_offset: u64) -> Option<u64> {
-    let at = snapshot_offset.saturating_sub(trailing);
+pub fn compaction_target(
+    snapshot_offset: Offset,
+    trailing: u64,
+    first_offset: Offset,
+) -> Option<Offset> {
+    let at = snapshot_offset.saturating_minus(trailing);
     (at > first_offset).then_some(at)
 }
 
 /// Which snapshot files retention deletes: given every snapshot and delta on disk as
 /// (offset, name), everything older than the `retain` newest chains (a chain starts
 /// at a full snapshot, a name ending in `.snap`) — never the newest chain.
-pub fn retention(on_disk: &[(u64, String)], retain: u64) -> Vec<(u64, String)> {
+pub fn retention(on_disk: &[(Offset, String)], retain: u64) -> Vec<(Offset, String)> {
     let mut sorted = on_disk.to_vec();
     sorted.sort();
     let bases: Vec<usize> = (0..sorted.len())
@@ -322,12 +327,12 @@ impl Keeper {
 
 /// Why a segment holding entries `[start, end)` stays, given the newest durable
 /// snapshot's offset and the trailing entries kept behind it.
-pub fn keeper(sealed: bool, end: u64, snapshot: Option<u64>, trailing: u64) -> Keeper {
+pub fn keeper(sealed: bool, end: Offset, snapshot: Option<Offset>, trailing: u64) -> Keeper {
     match snapshot {
         _ if !sealed => Keeper::Active,
         None => Keeper::NoSnapshot,
         Some(s) if end > s => Keeper::NoSnapshot,
-        Some(s) if end > s.saturating_sub(trailing) => Keeper::TrailingEntries,
+        Some(s) if end > s.saturating_minus(trailing) => Keeper::TrailingEntries,
         Some(_) => Keeper::AwaitingCompaction,
     }
 }
@@ -336,8 +341,8 @@ pub fn keeper(sealed: bool, end: u64, snapshot: Option<u64>, trailing: u64) -> K
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentView {
     pub sealed: bool,
-    pub start: u64,
-    pub end: u64,
+    pub start: Offset,
+    pub end: Offset,
     pub size_bytes: u64,
 }
 
@@ -362,9 +367,9 @@ pub struct Costs {
 /// used when it replayed enough (10,000 entries) to measure one.
 pub fn costs(
     segments: &[SegmentView],
-    snapshot: Option<u64>,
-    first_offset: u64,
-    next_offset: u64,
+    snapshot: Option<Offset>,
+    first_offset: Offset,
+    next_offset: Offset,
     keys: u64,
     measured: (u64, u64),
 ) -> Costs {
@@ -373,7 +378,7 @@ pub fn costs(
         .filter(|s| s.sealed && s.end > s.start && snapshot.is_some_and(|snap| s.end <= snap))
         .map(|s| s.size_bytes)
         .sum();
-    let replay_entries = next_offset - snapshot.unwrap_or(first_offset);
+    let replay_entries = next_offset.since(snapshot.unwrap_or(first_offset));
     let (entries, ms) = measured;
     let per_entry_ns = if entries >= 10_000 {
         ms * 1_000_000 / entries
@@ -390,6 +395,10 @@ pub fn costs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn o(n: u64) -> Offset {
+        Offset::new(n)
+    }
 
     fn thresholds(entries: u64, bytes: u64, age_ms: u64) -> Thresholds {
         Thresholds {
@@ -503,10 +512,10 @@ mod tests {
 
     #[test]
     fn compaction_keeps_the_trailing_entries_and_never_moves_backwards() {
-        assert_eq!(compaction_target(10_000, 5_000, 0), Some(5_000));
-        assert_eq!(compaction_target(10_000, 5_000, 5_000), None);
-        assert_eq!(compaction_target(4_000, 5_000, 0), None);
-        assert_eq!(compaction_target(10_000, 0, 9_999), Some(10_000));
+        assert_eq!(compaction_target(o(10_000), 5_000, o(0)), Some(o(5_000)));
+        assert_eq!(compaction_target(o(10_000), 5_000, o(5_000)), None);
+        assert_eq!(compaction_target(o(4_000), 5_000, o(0)), None);
+        assert_eq!(compaction_target(o(10_000), 0, o(9_999)), Some(o(10_000)));
     }
 
     #[test]
@@ -536,7 +545,7 @@ mod tests {
 
     #[test]
     fn retention_keeps_whole_chains() {
-        let files: Vec<(u64, String)> = [
+        let files: Vec<(Offset, String)> = [
             (10, "10.snap"),
             (15, "15.delta"),
             (20, "20.snap"),
@@ -546,9 +555,10 @@ mod tests {
             (35, "35.delta"),
         ]
         .iter()
-        .map(|(o, n)| (*o, n.to_string()))
+        .map(|(n_, name)| (o(*n_), name.to_string()))
         .collect();
-        let names = |v: Vec<(u64, String)>| v.into_iter().map(|(o, _)| o).collect::<Vec<_>>();
+        let names =
+            |v: Vec<(Offset, String)>| v.into_iter().map(|(n, _)| n.get()).collect::<Vec<_>>();
         assert_eq!(names(retention(&files, 2)), vec![10, 15]);
         assert_eq!(names(retention(&files, 1)), vec![10, 15, 20, 25, 27]);
         assert!(retention(&files, 3).is_empty());
@@ -558,11 +568,12 @@ mod tests {
 
     #[test]
     fn retention_never_deletes_the_newest_snapshot() {
-        let snaps: Vec<(u64, String)> = [30, 10, 20]
+        let snaps: Vec<(Offset, String)> = [30, 10, 20]
             .iter()
-            .map(|o| (*o, format!("{o}.snap")))
+            .map(|n| (o(*n), format!("{n}.snap")))
             .collect();
-        let names = |v: Vec<(u64, String)>| v.into_iter().map(|(o, _)| o).collect::<Vec<_>>();
+        let names =
+            |v: Vec<(Offset, String)>| v.into_iter().map(|(n, _)| n.get()).collect::<Vec<_>>();
         assert_eq!(names(retention(&snaps, 2)), vec![10]);
         assert_eq!(names(retention(&snaps, 1)), vec![10, 20]);
         assert_eq!(names(retention(&snaps, 0)), vec![10, 20], "0 acts as 1");
@@ -572,41 +583,47 @@ mod tests {
 
     #[test]
     fn each_kept_segment_has_its_reason() {
-        assert_eq!(keeper(false, 0, Some(100), 0), Keeper::Active);
-        assert_eq!(keeper(true, 50, None, 0), Keeper::NoSnapshot);
-        assert_eq!(keeper(true, 150, Some(100), 0), Keeper::NoSnapshot);
-        assert_eq!(keeper(true, 80, Some(100), 30), Keeper::TrailingEntries);
-        assert_eq!(keeper(true, 70, Some(100), 30), Keeper::AwaitingCompaction);
+        assert_eq!(keeper(false, o(0), Some(o(100)), 0), Keeper::Active);
+        assert_eq!(keeper(true, o(50), None, 0), Keeper::NoSnapshot);
+        assert_eq!(keeper(true, o(150), Some(o(100)), 0), Keeper::NoSnapshot);
+        assert_eq!(
+            keeper(true, o(80), Some(o(100)), 30),
+            Keeper::TrailingEntries
+        );
+        assert_eq!(
+            keeper(true, o(70), Some(o(100)), 30),
+            Keeper::AwaitingCompaction
+        );
     }
 
     #[test]
     fn costs_count_sealed_segments_below_the_snapshot_and_estimate_the_replay() {
         let seg = |sealed, start, end| SegmentView {
             sealed,
-            start,
-            end,
+            start: o(start),
+            end: o(end),
             size_bytes: 1000,
         };
         let segments = [seg(true, 0, 10), seg(true, 10, 20), seg(false, 20, 25)];
         // A snapshot at 15 covers only the first segment whole.
-        let c = costs(&segments, Some(15), 0, 25, 0, (0, 0));
+        let c = costs(&segments, Some(o(15)), o(0), o(25), 0, (0, 0));
         assert_eq!(c.bytes_reclaimable, 1000);
         assert_eq!(c.replay_entries, 10);
         // A snapshot at 20 covers both sealed ones; the active one never counts.
         assert_eq!(
-            costs(&segments, Some(25), 0, 25, 0, (0, 0)).bytes_reclaimable,
+            costs(&segments, Some(o(25)), o(0), o(25), 0, (0, 0)).bytes_reclaimable,
             2000
         );
         // No snapshot: nothing reclaimable, the whole live log to replay.
-        let c = costs(&segments, None, 5, 25, 0, (0, 0));
+        let c = costs(&segments, None, o(5), o(25), 0, (0, 0));
         assert_eq!((c.bytes_reclaimable, c.replay_entries), (0, 20));
         // The default cost until a recovery measured one on enough entries.
-        let c = costs(&segments, None, 0, 2_000_000, 1_000_000, (9_999, 1));
+        let c = costs(&segments, None, o(0), o(2_000_000), 1_000_000, (9_999, 1));
         assert_eq!(
             c.replay_estimate_ms,
             (2_000_000 + 1_000_000) * 600 / 1_000_000
         );
-        let c = costs(&segments, None, 0, 2_000_000, 0, (1_000_000, 500));
+        let c = costs(&segments, None, o(0), o(2_000_000), 0, (1_000_000, 500));
         assert_eq!(c.replay_estimate_ms, 1_000);
     }
 }

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::actor::Reply;
 use crate::config::Config;
+use crate::core::position::Offset;
 use crate::error::Error;
 use crate::node::Node;
 use crate::types::Status;
@@ -158,7 +159,7 @@ fn from_wire(e: WireError) -> Body {
 
 /// What an actor answered, typed: the router renders it as JSON on its own thread.
 enum Answer {
-    Appended(u64),
+    Appended(Offset),
     Read(crate::ReadEntry),
     Info(crate::Info),
     SegmentBytes(u64),
@@ -177,18 +178,20 @@ impl Answer {
         Answer::Status(Box::new(s))
     }
 
-    fn written(_offset: u64) -> Answer {
+    fn written(_offset: Offset) -> Answer {
         Answer::Written
     }
 
-    fn swapped(_offset: u64) -> Answer {
+    fn swapped(_offset: Offset) -> Answer {
         Answer::Swapped
     }
 
     /// The reply body.
     fn render(self) -> Body {
         match self {
-            Answer::Appended(offset) => ok("wal_append_ok", vec![("offset", json!(offset))]),
+            Answer::Appended(offset) => {
+                ok("wal_append_ok", vec![("offset", json!(offset.on_wire()))])
+            }
             Answer::Read(e) => ok(
                 "wal_read_ok",
                 vec![
@@ -219,8 +222,8 @@ impl Answer {
                     .map(|s| {
                         json!({
                             "file": s.file,
-                            "start_offset": s.start_offset,
-                            "end_offset": s.end_offset,
+                            "start_offset": s.start_offset.on_wire(),
+                            "end_offset": s.end_offset.map(Offset::on_wire),
                             "size_bytes": s.size_bytes,
                             "sealed": s.sealed,
                         })
@@ -237,14 +240,14 @@ impl Answer {
             Answer::Snapshot(s) => ok(
                 "wal_snapshot_ok",
                 vec![
-                    ("snapshot_offset", json!(s.offset)),
+                    ("snapshot_offset", json!(s.offset.on_wire())),
                     ("snapshot_size_bytes", json!(s.size_bytes)),
                 ],
             ),
             Answer::Compaction(c) => ok(
                 "wal_compact_ok",
                 vec![
-                    ("snapshot_offset", json!(c.snapshot_offset)),
+                    ("snapshot_offset", json!(c.snapshot_offset.on_wire())),
                     ("entries_before", json!(c.entries_before)),
                     ("entries_after", json!(c.entries_after)),
                     ("bytes_freed", json!(c.bytes_freed)),
@@ -614,7 +617,7 @@ fn management_json(m: &crate::Management) -> Value {
             json!({
                 "file": k.file,
                 "kind": k.kind,
-                "offset": k.offset,
+                "offset": k.offset.on_wire(),
                 "size_bytes": k.size_bytes,
                 "age_ms": k.age_ms,
             })
@@ -633,12 +636,12 @@ fn management_json(m: &crate::Management) -> Value {
 
 fn status_json(s: &Status) -> Value {
     let snapshot = s.latest_snapshot.as_ref().map(
-        |snap| json!({"file": snap.file, "offset": snap.offset, "size_bytes": snap.size_bytes}),
+        |snap| json!({"file": snap.file, "offset": snap.offset.on_wire(), "size_bytes": snap.size_bytes}),
     );
     let r = &s.recovery;
     json!({
-        "first_offset": s.first_offset,
-        "next_offset": s.next_offset,
+        "first_offset": s.first_offset.on_wire(),
+        "next_offset": s.next_offset.on_wire(),
         "entries": s.entries,
         "total_bytes": s.total_bytes,
         "segments": s.segments,
@@ -666,7 +669,7 @@ fn status_json(s: &Status) -> Value {
         },
         "last_recovery": {
             "snapshot": r.snapshot.as_ref().map(|snap| snap.file.clone()),
-            "snapshot_offset": r.snapshot.as_ref().map(|snap| snap.offset),
+            "snapshot_offset": r.snapshot.as_ref().map(|snap| snap.offset.on_wire()),
             "snapshots_skipped": r.snapshots_skipped,
             "entries_replayed": r.entries_replayed,
             "bytes_truncated": r.bytes_truncated,

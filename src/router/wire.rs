@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::core::kv::valid_key;
 use crate::core::policy::{PolicyUpdate, SnapshotMode};
+use crate::core::position::Offset;
 
 /// Maelstrom error codes used by the node.
 pub mod code {
@@ -67,7 +68,7 @@ pub enum Request {
     /// `wal_append {payload}`.
     WalAppend { payload: String },
     /// `wal_read {offset}`.
-    WalRead { offset: u64 },
+    WalRead { offset: Offset },
     /// `wal_info {}`.
     WalInfo,
     /// `wal_segment_config {max_segment_bytes}`.
@@ -77,7 +78,7 @@ pub enum Request {
     /// `wal_snapshot {mode?}`: `full`, `incremental`, or absent (the policy decides).
     WalSnapshot { mode: SnapshotMode },
     /// `wal_compact {snapshot_at_offset}`.
-    WalCompact { snapshot_at_offset: u64 },
+    WalCompact { snapshot_at_offset: Offset },
     /// `wal_status {}`.
     WalStatus,
     /// `wal_policy {any subset of the policy's fields}`.
@@ -152,7 +153,7 @@ fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
             payload: f.string("payload")?,
         },
         "wal_read" => Request::WalRead {
-            offset: f.u64("offset")?,
+            offset: Offset::from_wire(f.u64("offset")?),
         },
         "wal_info" => Request::WalInfo,
         "wal_segment_config" => {
@@ -177,7 +178,7 @@ fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
             },
         },
         "wal_compact" => Request::WalCompact {
-            snapshot_at_offset: f.u64("snapshot_at_offset")?,
+            snapshot_at_offset: Offset::from_wire(f.u64("snapshot_at_offset")?),
         },
         "wal_status" => Request::WalStatus,
         "wal_policy" => Request::WalPolicy {
@@ -363,7 +364,9 @@ mod tests {
         );
         assert_eq!(
             req(r#"{"type":"wal_read","msg_id":1,"offset":18446744073709551615}"#),
-            Ok(Request::WalRead { offset: u64::MAX })
+            Ok(Request::WalRead {
+                offset: Offset::from_wire(u64::MAX)
+            })
         );
     }
 

@@ -65,12 +65,12 @@ pub fn choose(
     fs: &dyn FileSystem,
     dir: &Path,
     snapshots: &[(u64, String)],
-    first_offset: u64,
+    first_offset: Offset,
 ) -> crate::Result<Chosen> {
     let plan = recovery::plan(
         &dir.display().to_string(),
         snapshots,
-        first_offset,
+        first_offset.get(),
         &mut |name| probe(fs, dir, name),
     )?;
     for (name, why) in &plan.skipped {
@@ -88,7 +88,7 @@ pub fn choose(
         }
         chain.push(SnapshotFile {
             file: link.file,
-            offset: link.probe.offset,
+            offset: Offset::from_disk(link.probe.offset),
             size_bytes: link.probe.size_bytes,
             checksum: link.probe.checksum,
         });

@@ -40,6 +40,7 @@ use bincode::config::Configuration;
 use crate::core::kv::Change;
 use crate::core::kv::{KvMap, KvState};
 use crate::core::layout;
+use crate::core::position::Offset;
 use crate::core::recovery::{self, Probe};
 use crate::fs::{File, FileSystem, create_durably, sync_failed};
 use crate::wal::record::RECORD_PAYLOAD_MAX_BYTES;
@@ -77,7 +78,7 @@ mod tests {
     fn round_trips_and_equal_states_give_equal_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let s = state(1000);
-        let a = write(&RealFs, dir.path(), 1001, &s, 4096).unwrap();
+        let a = write(&RealFs, dir.path(), Offset::new(1001), &s, 4096).unwrap();
         assert_eq!(a.file, "00000000000000001001.snap");
         let bytes_a = std::fs::read(dir.path().join(&a.file)).unwrap();
         assert_eq!(bytes_a.len() as u64, a.size_bytes);
@@ -91,7 +92,7 @@ mod tests {
         }
         s2.other_payloads = 1;
         let dir2 = tempfile::tempdir().unwrap();
-        let b = write(&RealFs, dir2.path(), 1001, &s2, 1 << 20).unwrap();
+        let b = write(&RealFs, dir2.path(), Offset::new(1001), &s2, 1 << 20).unwrap();
         assert_eq!(std::fs::read(dir2.path().join(b.file)).unwrap(), bytes_a);
         assert!(
             std::fs::read_dir(dir.path()).unwrap().all(|e| !e
@@ -105,7 +106,7 @@ mod tests {
     #[test]
     fn every_truncation_and_flipped_byte_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let snap = write(&RealFs, dir.path(), 20, &state(20), 4096).unwrap();
+        let snap = write(&RealFs, dir.path(), Offset::new(20), &state(20), 4096).unwrap();
         let path = dir.path().join(&snap.file);
         let good = std::fs::read(&path).unwrap();
         let probe = dir.path().join("probe.snap");
@@ -163,7 +164,7 @@ mod properties {
             let fs = SimFs::new();
             let dir = PathBuf::from("/d");
             fs.create_dir_all(&dir).unwrap();
-            let snap = write(&fs, &dir, offset, &state, 4096).unwrap();
+            let snap = write(&fs, &dir, Offset::new(offset), &state, 4096).unwrap();
             let (o, back) = read(&fs, &dir.join(&snap.file)).unwrap();
             prop_assert_eq!(o, offset);
             prop_assert_eq!(back, state);
@@ -179,7 +180,7 @@ mod properties {
             let fs = SimFs::new();
             let dir = PathBuf::from("/d");
             fs.create_dir_all(&dir).unwrap();
-            let snap = write(&fs, &dir, 9, &state, 4096).unwrap();
+            let snap = write(&fs, &dir, Offset::new(9), &state, 4096).unwrap();
             let good = fs.contents()[&dir.join(&snap.file)].clone();
             let (t, tp) = disk_with(good[..cut.index(good.len())].to_vec());
             prop_assert!(read(&t, &tp).is_err());
@@ -233,7 +234,7 @@ mod in_memory {
             s.apply(format!("set k{i}=v{i}").as_bytes());
         }
         let dir = tempfile::tempdir().unwrap();
-        let snap = write(&RealFs, dir.path(), 77, &s, 4096).unwrap();
+        let snap = write(&RealFs, dir.path(), Offset::new(77), &s, 4096).unwrap();
         assert_eq!(
             std::fs::read(dir.path().join(snap.file)).unwrap(),
             to_bytes(77, &s)

@@ -63,10 +63,11 @@ pub(super) fn encode_err(e: bincode::error::EncodeError) -> io::Error {
 pub fn write(
     fs: &dyn FileSystem,
     dir: &Path,
-    offset: u64,
+    offset: Offset,
     state: &KvState,
     sync_chunk: u64,
 ) -> io::Result<SnapshotFile> {
+    let offset = offset.on_disk();
     write_file(fs, dir, file_name(offset), MAGIC, offset, sync_chunk, |w| {
         write_body(w, state)
     })
@@ -80,12 +81,13 @@ pub fn write(
 pub fn write_delta(
     fs: &dyn FileSystem,
     dir: &Path,
-    offset: u64,
+    offset: Offset,
     parent: &SnapshotFile,
     changes: &[Change],
     other_payloads: u64,
     sync_chunk: u64,
 ) -> io::Result<SnapshotFile> {
+    let offset = offset.on_disk();
     let name = delta_file_name(offset);
     write_file(fs, dir, name, DELTA_MAGIC, offset, sync_chunk, |w| {
         write_delta_body(w, parent, changes, other_payloads)
@@ -126,7 +128,7 @@ pub(super) fn write_file(
     })?;
     Ok(SnapshotFile {
         file: name,
-        offset,
+        offset: Offset::from_disk(offset),
         size_bytes,
         checksum,
     })
@@ -139,7 +141,7 @@ pub(super) fn write_delta_body(
     other_payloads: u64,
 ) -> io::Result<()> {
     let head = (
-        parent.offset,
+        parent.offset.on_disk(),
         parent.checksum,
         other_payloads,
         changes.len() as u64,

@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join};
 
@@ -53,11 +54,11 @@ pub fn decode(b: &[u8]) -> Result<u64, String> {
 ///
 /// # Errors
 /// [`Error::Open`] when the file exists but cannot be read or does not verify.
-pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
+pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<Offset> {
     let path = join(dir, FILE_NAME);
     let file = match fs.open(&path, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Offset::ZERO),
         Err(e) => return Err(Error::open_io(format!("reading {}", path.display()), &e)),
     };
     let len = file.len().map_err(|e| Error::open_io(path.display(), &e))?;
@@ -70,13 +71,15 @@ pub fn read(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
     let mut buf = [0u8; BYTES];
     file.read_exact_at(&mut buf, 0)
         .map_err(|e| Error::open_io(path.display(), &e))?;
-    decode(&buf).map_err(|why| Error::Open(format!("{} is damaged: {why}", path.display())))
+    decode(&buf)
+        .map(Offset::from_disk)
+        .map_err(|why| Error::Open(format!("{} is damaged: {why}", path.display())))
 }
 
 /// Writes the first offset crash-safely: temp file, fsync, rename, directory fsync.
-pub fn write(fs: &dyn FileSystem, dir: &Path, first_offset: u64) -> std::io::Result<()> {
+pub fn write(fs: &dyn FileSystem, dir: &Path, first_offset: Offset) -> std::io::Result<()> {
     create_durably(fs, dir, FILE_NAME, |file| {
-        file.write_all_at(&encode(first_offset), 0)
+        file.write_all_at(&encode(first_offset.on_disk()), 0)
     })
 }
 
@@ -101,7 +104,7 @@ mod tests {
     fn missing_file_means_zero_and_written_value_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(&RealFs, dir.path()).unwrap(), 0);
-        write(&RealFs, dir.path(), 1234).unwrap();
+        write(&RealFs, dir.path(), Offset::new(1234)).unwrap();
         assert_eq!(read(&RealFs, dir.path()).unwrap(), 1234);
         assert!(!dir.path().join("log.meta.tmp").exists());
     }

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::layout::{self, SPARE_SEGMENT};
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{File, FileSystem, create_durably, join, sync_failed};
 pub use crate::types::{ReadEntry, SegmentInfo};
@@ -97,7 +98,11 @@ const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
 impl Log {
     /// Offset the next entry gets.
-    pub fn next_offset(&self) -> u64 {
+    pub fn next_offset(&self) -> Offset {
+        Offset::new(self.next())
+    }
+
+    fn next(&self) -> u64 {
         self.segments
             .back()
             .expect("log has an active segment")
@@ -105,13 +110,13 @@ impl Log {
     }
 
     /// First live offset (entries below it were compacted away).
-    pub fn first_offset(&self) -> u64 {
-        self.first_offset
+    pub fn first_offset(&self) -> Offset {
+        Offset::new(self.first_offset)
     }
 
     /// Live entries.
     pub fn live_entries(&self) -> u64 {
-        self.next_offset() - self.first_offset
+        self.next() - self.first_offset
     }
 
     /// Bytes of log data on disk (headers and records, over live segments).
@@ -143,8 +148,10 @@ impl Log {
             .enumerate()
             .map(|(i, s)| SegmentInfo {
                 file: s.name.clone(),
-                start_offset: s.start,
-                end_offset: s.end().checked_sub(1).filter(|_| !s.positions.is_empty()),
+                start_offset: Offset::new(s.start),
+                end_offset: Offset::new(s.end())
+                    .previous()
+                    .filter(|_| !s.positions.is_empty()),
                 size_bytes: s.data_end,
                 sealed: i + 1 < n,
             })
@@ -153,13 +160,14 @@ impl Log {
 
     /// Sealed segments whose every entry lies below `offset`: what compacting to
     /// `offset` may delete. Returns `(start, file name)`.
-    pub fn sealed_below(&self, offset: u64) -> Vec<(u64, String)> {
+    pub fn sealed_below(&self, offset: Offset) -> Vec<(Offset, String)> {
+        let offset = offset.get();
         let n = self.segments.len();
         self.segments
             .iter()
             .take(n - 1)
             .filter(|s| s.end() <= offset)
-            .map(|s| (s.start, s.name.clone()))
+            .map(|s| (Offset::new(s.start), s.name.clone()))
             .collect()
     }
 
@@ -182,7 +190,7 @@ impl Log {
     /// The write's I/O error; the log's view is then unchanged (the bytes beyond the
     /// data end are garbage that recovery would cut).
     pub fn append<'a>(&mut self, payloads: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
-        let first = self.next_offset();
+        let first = self.next();
         let active = self.segments.back_mut().expect("active segment");
         let start = align_up(active.data_end);
         self.scratch.clear();
@@ -217,14 +225,15 @@ impl Log {
     /// # Errors
     /// [`Error::NotFound`] below the first offset or at/after the next offset;
     /// [`Error::Unavailable`] when the file cannot be read.
-    pub fn read(&mut self, offset: u64) -> Result<ReadEntry> {
+    pub fn read(&mut self, offset: Offset) -> Result<ReadEntry> {
+        let offset = offset.get();
         if offset < self.first_offset {
             return Err(Error::NotFound(format!(
                 "offset {offset} was compacted away (first live offset is {})",
                 self.first_offset
             )));
         }
-        let next = self.next_offset();
+        let next = self.next();
         if offset >= next {
             return Err(Error::NotFound(format!(
                 "offset {offset} is past the end of the log (next offset is {next})"
@@ -288,7 +297,9 @@ impl Log {
 
     /// Forgets segments the compactor deleted and moves the first offset. The active
     /// segment is never among them.
-    pub fn compacted(&mut self, first_offset: u64, removed: &[u64]) {
+    pub fn compacted(&mut self, first_offset: Offset, removed: &[Offset]) {
+        let first_offset = first_offset.get();
+        let removed: Vec<u64> = removed.iter().map(|o| o.get()).collect();
         self.first_offset = self.first_offset.max(first_offset);
         let active = self.segments.back().map(|s| s.start);
         self.segments

@@ -44,9 +44,9 @@ pub struct RecoverLog<'a> {
     /// Segments found, as `(start, file name)`, any order.
     pub segments: Vec<(u64, String)>,
     /// First live offset from `log.meta`.
-    pub first_offset: u64,
+    pub first_offset: Offset,
     /// Entries from this offset on are handed to `visit` (the snapshot's offset).
-    pub replay_from: u64,
+    pub replay_from: Offset,
 }
 
 impl Log {
@@ -134,7 +134,10 @@ impl Log {
             }
         };
         report.segments = live.len();
-        Ok((Log::new(fs, options, first_offset, active, live), report))
+        Ok((
+            Log::new(fs, options, first_offset.get(), active, live),
+            report,
+        ))
     }
 
     fn new(

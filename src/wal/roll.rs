@@ -14,7 +14,7 @@ impl Log {
         if self.unsynced {
             self.sync().map_err(RollError::Sync)?;
         }
-        let start = self.next_offset();
+        let start = self.next();
         let target = self.segment_bytes_max.min(self.preallocate_bytes_max);
         let prepared = match self.spare.take().map(|h| h.join()) {
             Some(Ok(Ok(()))) => Some(self.promote_spare(start).map_err(RollError::Create)?),

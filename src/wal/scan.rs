@@ -162,8 +162,17 @@ pub struct LogScan {
 
 impl LogScan {
     /// Offset of the next entry (0 for a fresh directory).
-    pub fn next_offset(&self) -> u64 {
-        self.segments.last().map_or(0, |s| s.start + s.entries)
+    pub fn next_offset(&self) -> Offset {
+        self.segments
+            .last()
+            .map_or(Offset::ZERO, ScannedSegment::end)
+    }
+}
+
+impl ScannedSegment {
+    /// The offset after its last entry.
+    pub fn end(&self) -> Offset {
+        Offset::from_disk(self.start).plus(self.entries)
     }
 }
 
@@ -179,10 +188,11 @@ pub fn scan(
     fs: &dyn FileSystem,
     dir: &Path,
     mut segments: Vec<(u64, String)>,
-    first_offset: u64,
-    replay_from: u64,
+    first_offset: Offset,
+    replay_from: Offset,
     visit: &mut dyn FnMut(u64, &[u8]),
 ) -> Result<LogScan> {
+    let (first_offset, replay_from) = (first_offset.get(), replay_from.get());
     let mut out = LogScan::default();
     segments.sort();
     // Whole segments below the first offset: an interrupted compaction's leftovers.
@@ -313,7 +323,7 @@ pub fn scan(
         }
         out.segments.push(seg);
     }
-    let next = out.next_offset();
+    let next = out.next_offset().get();
     if next < replay_from || next < first_offset {
         return Err(Error::Open(format!(
             "{}: the log ends at offset {next}, before the snapshot ({replay_from}) or the first \

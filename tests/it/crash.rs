@@ -13,7 +13,7 @@ use std::sync::Arc;
 use flintlog::core::kv::KvState;
 use flintlog::core::policy::SnapshotMode;
 use flintlog::fs::sim::{CrashMode, Faults, OpRecord, SimFs};
-use flintlog::{Config, Node};
+use flintlog::{Config, Node, Offset};
 
 const DIR: &str = "/sim/n1";
 
@@ -74,14 +74,14 @@ fn run_workload(fs: &SimFs, keep_going: bool) -> (Outcome, Vec<flintlog::Result<
         let appended = node.appender().append(p.clone());
         if let Ok(offset) = appended {
             assert_eq!(offset, i, "offsets are consecutive");
-            out.acked.insert(offset, p);
+            out.acked.insert(offset.get(), p);
         }
         results.push(appended.map(drop));
         if i % 60 == 50 {
             results.push(node.snapshotter().snapshot().map(drop));
         }
         if i % 60 == 20 {
-            results.push(node.compactor().compact(i - 15).map(drop));
+            results.push(node.compactor().compact(Offset::new(i - 15)).map(drop));
         }
         if !keep_going && results.iter().any(|r| r.is_err()) {
             break;
@@ -103,7 +103,7 @@ fn check(disk: &SimFs, outcome: &Outcome) -> Result<(u64, usize), String> {
 fn verify(node: &Node, outcome: &Outcome) -> Result<(u64, usize), String> {
     let a = node.appender();
     let status = a.status().map_err(|e| e.to_string())?;
-    let (first, next) = (status.first_offset, status.next_offset);
+    let (first, next) = (status.first_offset.get(), status.next_offset.get());
     if next > outcome.submitted.len() as u64 {
         return Err(format!(
             "log ends at {next}, but only {} entries were ever sent",
@@ -117,7 +117,7 @@ fn verify(node: &Node, outcome: &Outcome) -> Result<(u64, usize), String> {
     }
     for offset in first..next {
         let entry = a
-            .read(offset)
+            .read(Offset::new(offset))
             .map_err(|e| format!("reading {offset}: {e}"))?;
         if !entry.checksum_valid || entry.payload != outcome.submitted[offset as usize] {
             return Err(format!("entry {offset} is not what was sent"));
@@ -585,13 +585,13 @@ fn policy_workload(fs: &SimFs, policy: flintlog::Policy, ops: &[u8]) -> Outcome 
             }
             1 => {
                 let next = out.submitted.len() as u64;
-                node.compactor().compact(next / 2).map(drop)
+                node.compactor().compact(Offset::new(next / 2)).map(drop)
             }
             _ => {
                 let p = payload(i as u64);
                 out.submitted.push(p.clone());
                 node.appender().append(p.clone()).map(|offset| {
-                    out.acked.insert(offset, p);
+                    out.acked.insert(offset.get(), p);
                 })
             }
         };

@@ -82,7 +82,14 @@ fn write_fuzz_seeds() {
             state.apply(format!("set key{k}=value {k} é").as_bytes());
         }
         state.apply(b"noise");
-        let snap = flintlog::snapshot::write(&fs, dir, 100 + i as u64, &state, 4096).unwrap();
+        let snap = flintlog::snapshot::write(
+            &fs,
+            dir,
+            flintlog::Offset::new(100 + i as u64),
+            &state,
+            4096,
+        )
+        .unwrap();
         write(
             "snapshot",
             &format!("seed-{i}"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use flintlog::fs::{File, FileSystem, Lock, RealFs};
-use flintlog::{Config, Error, Node, Reply};
+use flintlog::{Config, Error, Node, Offset, Reply};
 
 /// The real filesystem, with three knobs: snapshot temp files can be held at creation
 /// until a gate opens, every `sync_data` can be made to fail, and creating a file
@@ -174,7 +174,7 @@ fn shutdown_finishes_every_submitted_request_and_state_survives_reopen() {
     node.shutdown().unwrap();
     drop(tx);
     assert_eq!(snap_rx.recv().unwrap().1.unwrap().offset, 2000);
-    let mut offsets: Vec<(usize, u64)> = rx.iter().map(|(i, r)| (i, r.unwrap())).collect();
+    let mut offsets: Vec<(usize, u64)> = rx.iter().map(|(i, r)| (i, r.unwrap().get())).collect();
     offsets.sort();
     assert_eq!(
         offsets,
@@ -185,7 +185,10 @@ fn shutdown_finishes_every_submitted_request_and_state_survives_reopen() {
     assert_eq!(node.recovery().snapshot.as_ref().unwrap().offset, 2000);
     assert_eq!(node.recovery().entries_replayed, 0);
     assert_eq!(node.appender().kv_get("k1999").unwrap(), "1999");
-    assert_eq!(node.appender().read(7).unwrap().payload, b"set k7=7");
+    assert_eq!(
+        node.appender().read(Offset::new(7)).unwrap().payload,
+        b"set k7=7"
+    );
     node.shutdown().unwrap();
 }
 
@@ -197,7 +200,10 @@ fn handles_used_after_shutdown_get_an_error_not_a_hang() {
     let compactor = node.compactor().clone();
     node.shutdown().unwrap();
     assert!(matches!(appender.append("x"), Err(Error::Crashed(_))));
-    assert!(matches!(compactor.compact(0), Err(Error::Crashed(_))));
+    assert!(matches!(
+        compactor.compact(Offset::ZERO),
+        Err(Error::Crashed(_))
+    ));
 }
 
 #[test]
@@ -290,7 +296,10 @@ fn a_batch_ending_just_before_a_block_boundary_reads_back_after_restart() {
     assert_eq!(node.appender().append("set a=1").unwrap(), 1);
     node.shutdown().unwrap();
     let node = Node::open(Config::new(&path)).expect("recovery must read across short padding");
-    assert_eq!(node.appender().read(0).unwrap().payload, big.as_bytes());
+    assert_eq!(
+        node.appender().read(Offset::ZERO).unwrap().payload,
+        big.as_bytes()
+    );
     assert_eq!(node.appender().kv_get("a").unwrap(), "1");
     node.shutdown().unwrap();
 }
@@ -315,7 +324,7 @@ fn reads_racing_a_paced_compaction_get_their_entry_or_not_found() {
     for _ in 0..n {
         rx.recv().unwrap().1.unwrap();
     }
-    let at = node.snapshotter().snapshot().unwrap().offset;
+    let at = node.snapshotter().snapshot().unwrap().offset.get();
     assert_eq!(at, n as u64);
     let stop = Arc::new(AtomicBool::new(false));
     let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
@@ -329,7 +338,7 @@ fn reads_racing_a_paced_compaction_get_their_entry_or_not_found() {
                 if found == 100 {
                     let _ = started_tx.try_send(());
                 }
-                match appender.read(offset) {
+                match appender.read(Offset::new(offset)) {
                     Ok(e) => {
                         assert!(e.checksum_valid, "offset {offset} read back damaged");
                         assert_eq!(e.payload, format!("set k{offset}={offset}").into_bytes());
@@ -344,13 +353,13 @@ fn reads_racing_a_paced_compaction_get_their_entry_or_not_found() {
         })
     };
     started.recv().unwrap();
-    let compaction = node.compactor().compact(at - 100).unwrap();
+    let compaction = node.compactor().compact(Offset::new(at - 100)).unwrap();
     stop.store(true, Ordering::SeqCst);
     let (found, gone) = reader.join().unwrap();
     assert!(compaction.bytes_freed > 0);
     assert!(found > 0 && gone > 0, "found {found}, gone {gone}");
     assert_eq!(
-        node.appender().read(at - 1).unwrap().payload,
+        node.appender().read(Offset::new(at - 1)).unwrap().payload,
         format!("set k{}={}", at - 1, at - 1).into_bytes()
     );
     node.shutdown().unwrap();
@@ -414,7 +423,7 @@ fn a_panic_in_the_snapshotter_poisons_the_node() {
 #[test]
 fn a_panic_in_the_compactor_poisons_the_node() {
     a_panic_poisons_the_node(&["log.meta.tmp"], "compactor", |node| {
-        node.compactor().compact(5).map(drop)
+        node.compactor().compact(Offset::new(5)).map(drop)
     });
 }
 
@@ -452,7 +461,7 @@ fn a_compaction_counts_as_done_only_after_its_directory_sync() {
     // log.meta's own directory sync passes; the one after the deletions fails.
     fs.dir_syncs_left.store(1, Ordering::SeqCst);
     assert!(matches!(
-        node.compactor().compact(15),
+        node.compactor().compact(Offset::new(15)),
         Err(Error::Crashed(_))
     ));
     let logs = std::fs::read_dir(&path)

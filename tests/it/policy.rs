@@ -89,8 +89,8 @@ fn with_no_request_from_anyone_the_log_stays_bounded_and_recovers_whole() {
     let s = wait_for(&node, "the last automatic compaction", |s| {
         s.latest_snapshot
             .as_ref()
-            .is_some_and(|l| l.offset >= 20_000)
-            && s.first_offset + 500 >= 20_000
+            .is_some_and(|l| l.offset.get() >= 20_000)
+            && s.first_offset.get() + 500 >= 20_000
     });
     assert!(s.counters.snapshots >= 10, "{s:#?}");
     assert!(s.counters.compactions >= 9, "{s:#?}");
@@ -197,7 +197,7 @@ fn the_age_trigger_cuts_a_snapshot_of_pending_entries_on_its_own() {
     let first = wait_for(&node, "the first age-triggered snapshot", |s| {
         s.counters.snapshots == 1
     });
-    let cut = first.latest_snapshot.as_ref().unwrap().offset;
+    let cut = first.latest_snapshot.as_ref().unwrap().offset.get();
     assert!((1..=3).contains(&cut), "{first:#?}");
     if cut < 3 {
         clock.advance(Duration::from_millis(199));

@@ -38,7 +38,7 @@ impl Appender {
     }
 
     /// Adds one entry to the batch; returns the offset it will have.
-    pub(super) fn stage(&mut self, payload: Vec<u8>) -> Result<u64> {
+    pub(super) fn stage(&mut self, payload: Vec<u8>) -> Result<Offset> {
         self.refuse_if_poisoned()?;
         debug_assert!(payload.len() as u64 <= self.payload_bytes_max);
         if !self
@@ -63,7 +63,10 @@ impl Appender {
                 }
             }
         }
-        let offset = self.log.next_offset() + self.batch.payloads.len() as u64;
+        let offset = self
+            .log
+            .next_offset()
+            .plus(self.batch.payloads.len() as u64);
         match kv::Command::parse(&payload) {
             kv::Command::Set { key, value } => {
                 self.batch

@@ -5,6 +5,7 @@ use crossbeam_channel::Sender;
 use crate::actor::{Reply, call};
 use crate::core::kv;
 use crate::core::policy::{Policy, PolicyUpdate, SnapshotMode};
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::snapshot::SnapshotFile;
 use crate::types::{Compaction, Info, ReadEntry, SegmentList, Status};
@@ -15,10 +16,10 @@ pub type CasPredicate = Box<dyn FnOnce(&str) -> bool + Send>;
 pub(crate) enum AppenderMsg {
     Append {
         payload: Vec<u8>,
-        reply: Reply<u64>,
+        reply: Reply<Offset>,
     },
     Read {
-        offset: u64,
+        offset: Offset,
         reply: Reply<ReadEntry>,
     },
     KvGet {
@@ -28,13 +29,13 @@ pub(crate) enum AppenderMsg {
     KvSet {
         key: String,
         value: String,
-        reply: Reply<u64>,
+        reply: Reply<Offset>,
     },
     KvCas {
         key: String,
         expected: CasPredicate,
         value: String,
-        reply: Reply<u64>,
+        reply: Reply<Offset>,
     },
     Info {
         reply: Reply<Info>,
@@ -51,7 +52,7 @@ pub(crate) enum AppenderMsg {
         reply: Reply<SnapshotFile>,
     },
     Compact {
-        at: u64,
+        at: Offset,
         reply: Reply<Compaction>,
     },
     Status {
@@ -99,13 +100,13 @@ impl AppenderHandle {
     /// # Errors
     /// [`Error::InvalidArgument`] over the payload limit; [`Error::Unavailable`] when
     /// nothing was written (disk full); [`Error::Crashed`] when the outcome is unknown.
-    pub fn append(&self, payload: impl Into<Vec<u8>>) -> Result<u64> {
+    pub fn append(&self, payload: impl Into<Vec<u8>>) -> Result<Offset> {
         let payload = payload.into();
         call(|reply| self.append_with(payload, reply))
     }
 
     /// Non-blocking [`AppenderHandle::append`].
-    pub fn append_with(&self, payload: Vec<u8>, reply: Reply<u64>) {
+    pub fn append_with(&self, payload: Vec<u8>, reply: Reply<Offset>) {
         match self.check_payload(payload.len()) {
             Ok(()) => self.submit(AppenderMsg::Append { payload, reply }),
             Err(e) => reply.send(Err(e)),
@@ -116,12 +117,12 @@ impl AppenderHandle {
     ///
     /// # Errors
     /// [`Error::NotFound`] if it was compacted away or is past the end.
-    pub fn read(&self, offset: u64) -> Result<ReadEntry> {
+    pub fn read(&self, offset: Offset) -> Result<ReadEntry> {
         call(|reply| self.read_with(offset, reply))
     }
 
     /// Non-blocking [`AppenderHandle::read`].
-    pub fn read_with(&self, offset: u64, reply: Reply<ReadEntry>) {
+    pub fn read_with(&self, offset: Offset, reply: Reply<ReadEntry>) {
         self.submit(AppenderMsg::Read { offset, reply });
     }
 
@@ -152,12 +153,12 @@ impl AppenderHandle {
     /// # Errors
     /// [`Error::InvalidArgument`] for a key that is empty or has whitespace or `=`;
     /// otherwise as [`AppenderHandle::append`].
-    pub fn kv_set(&self, key: &str, value: &str) -> Result<u64> {
+    pub fn kv_set(&self, key: &str, value: &str) -> Result<Offset> {
         call(|reply| self.kv_set_with(key.to_string(), value.to_string(), reply))
     }
 
     /// Non-blocking [`AppenderHandle::kv_set`].
-    pub fn kv_set_with(&self, key: String, value: String, reply: Reply<u64>) {
+    pub fn kv_set_with(&self, key: String, value: String, reply: Reply<Offset>) {
         match self.check_key_value(&key, &value) {
             Ok(()) => self.submit(AppenderMsg::KvSet { key, value, reply }),
             Err(e) => reply.send(Err(e)),
@@ -169,7 +170,7 @@ impl AppenderHandle {
     /// # Errors
     /// [`Error::NotFound`] if the key is not set, [`Error::PreconditionFailed`] if it
     /// holds another value; otherwise as [`AppenderHandle::kv_set`].
-    pub fn kv_cas(&self, key: &str, from: &str, value: &str) -> Result<u64> {
+    pub fn kv_cas(&self, key: &str, from: &str, value: &str) -> Result<Offset> {
         let from = from.to_string();
         call(|reply| {
             self.kv_cas_with(
@@ -187,7 +188,7 @@ impl AppenderHandle {
         key: String,
         expected: CasPredicate,
         value: String,
-        reply: Reply<u64>,
+        reply: Reply<Offset>,
     ) {
         match self.check_key_value(&key, &value) {
             Ok(()) => self.submit(AppenderMsg::KvCas {

@@ -25,11 +25,11 @@ pub(super) struct Auto {
     /// An automatic compaction is under way.
     pub(super) compacting: Arc<AtomicBool>,
     /// A compaction the policy asked for after a durable snapshot.
-    pub(super) compact_due: Option<u64>,
+    pub(super) compact_due: Option<Offset>,
     /// Snapshots on disk (offset, file), oldest first.
-    pub(super) on_disk: Vec<(u64, String)>,
+    pub(super) on_disk: Vec<(Offset, String)>,
     /// Size and time of the snapshots that became durable (or were loaded) here.
-    pub(super) known: HashMap<u64, (u64, Option<Instant>)>,
+    pub(super) known: HashMap<Offset, (u64, Option<Instant>)>,
 }
 
 impl Auto {

@@ -51,6 +51,7 @@ use crate::clock::Clock;
 use crate::config::{Config, FsyncPolicy};
 use crate::core::kv::{self, KvState, Written};
 use crate::core::policy::{self, Policy, Progress, SnapshotMode, Thresholds};
+use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::is_sync_failure;
 use crate::snapshot::SnapshotFile;
@@ -96,7 +97,7 @@ pub(crate) struct AppenderParts {
     pub latest_snapshot: Option<SnapshotFile>,
     /// The snapshot chain recovery loaded, the full snapshot first.
     pub loaded_chain: Vec<SnapshotFile>,
-    pub snapshots_on_disk: Vec<(u64, String)>,
+    pub snapshots_on_disk: Vec<(Offset, String)>,
 }
 
 impl Appender {
@@ -407,7 +408,7 @@ impl Appender {
         }
     }
 
-    fn compact(&mut self, at: u64, reply: Reply<Compaction>) {
+    fn compact(&mut self, at: Offset, reply: Reply<Compaction>) {
         let next = self.log.next_offset();
         if at > next {
             return reply.send(Err(Error::PreconditionFailed(format!(
@@ -445,7 +446,7 @@ impl Appender {
     /// An immutable cut of the durable state: O(1), whatever the state's size.
     /// Returns the offset, the state and the writes since the previous cut (`None` if
     /// they were not all kept).
-    fn cut(&mut self) -> Result<(u64, KvState, Option<Written>)> {
+    fn cut(&mut self) -> Result<(Offset, KvState, Option<Written>)> {
         self.refuse_if_poisoned()?;
         if self.log.has_unsynced() {
             self.counters.fsyncs += 1;

@@ -59,7 +59,7 @@ impl Appender {
             .map(|s| SegmentView {
                 sealed: s.sealed,
                 start: s.start_offset,
-                end: s.end_offset.map_or(s.start_offset, |e| e + 1),
+                end: s.end_offset.map_or(s.start_offset, Offset::next),
                 size_bytes: s.size_bytes,
             })
             .collect();

@@ -26,7 +26,7 @@ use clap::Parser;
 use common::{PAYLOAD, Report, fresh, median, raw};
 use flintlog::core::kv::{KvState, Written, changes_of};
 use flintlog::core::policy::SnapshotMode;
-use flintlog::{Config, Node, Reply};
+use flintlog::{Config, Node, Offset, Reply};
 use hdrhistogram::Histogram;
 
 /// Benchmarks of flintlog, as ratios measured side by side.

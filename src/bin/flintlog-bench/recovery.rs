@@ -8,7 +8,7 @@ pub(crate) fn fill(node: &Node, n: u64, keys: u64) {
 
 /// Appends entries `from..to`, entry i setting key `i % keys`, 4096 in flight.
 pub(crate) fn fill_range(node: &Node, from: u64, to: u64, keys: u64) {
-    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<u64>>(8192);
+    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<flintlog::Offset>>(8192);
     let mut in_flight = 0;
     for i in from..to {
         if in_flight >= 4096 {

@@ -31,7 +31,8 @@ pub(crate) fn bench_snapshot(args: &Args, r: &mut Report) {
     for _ in 0..args.runs {
         let started = Instant::now();
         let chunk = config(&d).snapshot_sync_chunk_bytes;
-        let snap = flintlog::snapshot::write(&fs, &d, 1, &state, chunk).expect("snapshot");
+        let snap =
+            flintlog::snapshot::write(&fs, &d, Offset::new(1), &state, chunk).expect("snapshot");
         disk.push(started.elapsed().as_secs_f64());
         size = snap.size_bytes;
         mem.push(to_memory(&state));
@@ -98,13 +99,13 @@ pub(crate) fn bench_delta(args: &Args, r: &mut Report) {
     let d = fresh(&args.dir, "g");
     let fs = flintlog::fs::RealFs;
     let chunk = config(&d).snapshot_sync_chunk_bytes;
-    let parent = flintlog::snapshot::write(&fs, &d, 1, &base, chunk).expect("base");
+    let parent = flintlog::snapshot::write(&fs, &d, Offset::new(1), &base, chunk).expect("base");
     let (mut tf, mut td, mut sf, mut sd, mut n) = (vec![], vec![], 0, 0, 0);
     let mut tdiff = vec![];
     for run in 0..args.runs as u64 + 1 {
         let (next, written) = changed(&base, run);
         let started = Instant::now();
-        let full = flintlog::snapshot::write(&fs, &d, 2, &next, chunk).expect("full");
+        let full = flintlog::snapshot::write(&fs, &d, Offset::new(2), &next, chunk).expect("full");
         let t_full = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let diffed = base.changes_to(&next);
@@ -115,7 +116,7 @@ pub(crate) fn bench_delta(args: &Args, r: &mut Report) {
         let delta = flintlog::snapshot::write_delta(
             &fs,
             &d,
-            2,
+            Offset::new(2),
             &parent,
             &changes,
             next.other_payloads,
