@@ -69,7 +69,25 @@ impl RouterConfig {
 
 enum Line {
     Data(Vec<u8>),
-    TooLong(usize),
+    /// A line over the limit, dropped: its length, and its first and last bytes
+    /// (at most [`SALVAGE_BYTES`] each), in which its `src` and `msg_id` may be found.
+    TooLong {
+        bytes: usize,
+        head: Vec<u8>,
+        tail: Vec<u8>,
+    },
+}
+
+/// Bytes kept from each end of an over-long line to find where to answer it.
+const SALVAGE_BYTES: usize = 4096;
+
+/// The last `n` bytes of `a` followed by `b`.
+fn last_bytes(a: &[u8], b: &[u8], n: usize) -> Vec<u8> {
+    let from_b = b.len().min(n);
+    let from_a = (n - from_b).min(a.len());
+    let mut out = a[a.len() - from_a..].to_vec();
+    out.extend_from_slice(&b[b.len() - from_b..]);
+    out
 }
 
 /// Reads lines of at most `max` bytes; longer ones are skipped to their newline.
@@ -77,6 +95,7 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut line = Vec::new();
     let mut dropped = 0usize;
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
     loop {
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
@@ -88,7 +107,12 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
         };
         if buf.is_empty() {
             if dropped > 0 {
-                let _ = tx.send(Line::TooLong(dropped));
+                let (head, tail) = (std::mem::take(&mut head), std::mem::take(&mut tail));
+                let _ = tx.send(Line::TooLong {
+                    bytes: dropped,
+                    head,
+                    tail,
+                });
             } else if !line.is_empty() {
                 let _ = tx.send(Line::Data(std::mem::take(&mut line)));
             }
@@ -99,6 +123,19 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
             None => (buf, None),
         };
         if dropped > 0 || line.len() + chunk.len() > max {
+            if dropped == 0 {
+                head = line
+                    .iter()
+                    .chain(chunk)
+                    .take(SALVAGE_BYTES)
+                    .copied()
+                    .collect();
+            }
+            tail = last_bytes(
+                &tail,
+                &last_bytes(&line, chunk, SALVAGE_BYTES),
+                SALVAGE_BYTES,
+            );
             dropped += line.len() + chunk.len();
             line.clear();
         } else {
@@ -108,7 +145,11 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
         reader.consume(used);
         if newline.is_some() {
             let msg = if dropped > 0 {
-                Line::TooLong(dropped)
+                Line::TooLong {
+                    bytes: dropped,
+                    head: std::mem::take(&mut head),
+                    tail: std::mem::take(&mut tail),
+                }
             } else {
                 Line::Data(std::mem::take(&mut line))
             };
@@ -346,7 +387,7 @@ impl<W: Write> Router<W> {
             select! {
                 recv(input) -> line => match line {
                     Ok(Line::Data(bytes)) => self.on_line(&bytes),
-                    Ok(Line::TooLong(n)) => log::warn!("dropped an input line of {n} bytes: over the limit of {} bytes", self.config.line_bytes_max),
+                    Ok(Line::TooLong { bytes, head, tail }) => self.on_too_long(bytes, &head, &tail),
                     Err(_) => eof = true,
                 },
                 recv(done) -> d => {
@@ -373,6 +414,22 @@ impl<W: Write> Router<W> {
     fn flush(&mut self) {
         if let Err(e) = self.out.flush() {
             log::error!("writing to stdout failed: {e}");
+        }
+    }
+
+    /// A line over the limit: answered with error 12 when its ends show where to.
+    fn on_too_long(&mut self, bytes: usize, head: &[u8], tail: &[u8]) {
+        let why = format!(
+            "the line is {bytes} bytes, over the limit of {} bytes (a payload may have at most \
+             {} bytes)",
+            self.config.line_bytes_max, self.config.node.payload_bytes_max
+        );
+        match wire::salvage_envelope(&[head, tail]) {
+            Some(env) => {
+                let seq = self.enqueue(&env);
+                self.finish(&env.src, seq, error_body(code::MALFORMED_REQUEST, why));
+            }
+            None => log::warn!("dropped an input line: {why}; no src and msg_id to answer"),
         }
     }
 
@@ -474,6 +531,11 @@ impl<W: Write> Router<W> {
     }
 
     fn init(&mut self, node_id: String, node_ids: &[String]) -> Body {
+        // A node id that cannot name a directory is the client's to fix: error 12, and
+        // the node stays up for the next init.
+        if let Err(why) = wire::check_node_id(&node_id) {
+            return error_body(code::MALFORMED_REQUEST, why);
+        }
         if let Some((current, _)) = &self.node {
             return if *current == node_id {
                 ok("init_ok", vec![])
@@ -484,16 +546,7 @@ impl<W: Write> Router<W> {
                 )
             };
         }
-        if node_id.is_empty()
-            || node_id == "."
-            || node_id == ".."
-            || node_id.contains(['/', '\\', '\0'])
-        {
-            return error_body(
-                code::MALFORMED_REQUEST,
-                format!("node_id {node_id:?} cannot name a directory"),
-            );
-        }
+
         if !node_ids.is_empty() && !node_ids.contains(&node_id) {
             log::warn!("node_id {node_id} is not among node_ids {node_ids:?}");
         }
@@ -704,9 +757,13 @@ mod tests {
             .iter()
             .map(|l| match l {
                 Line::Data(d) => String::from_utf8(d).unwrap(),
-                Line::TooLong(n) => format!("<{n}>"),
+                Line::TooLong { bytes, head, tail } => format!(
+                    "<{bytes} {} {}>",
+                    String::from_utf8(head).unwrap().len(),
+                    String::from_utf8(tail).unwrap().len()
+                ),
             })
             .collect();
-        assert_eq!(got, ["short", "<100>", "after", "end"]);
+        assert_eq!(got, ["short", "<100 100 100>", "after", "end"]);
     }
 }

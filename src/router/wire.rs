@@ -95,10 +95,26 @@ pub enum Request {
     },
 }
 
-/// Parses one line (without its newline).
+/// Parses one line (without its newline). A line that is not JSON but still shows
+/// where to answer (its `src` and `msg_id`, see [`salvage_envelope`]) gets an error 12
+/// that says what is wrong with it.
 pub fn parse_line(line: &[u8]) -> Result<(Envelope, Result<Request, WireError>), Warning> {
-    let value: Value =
-        serde_json::from_slice(line).map_err(|e| Warning(format!("not JSON ({e})")))?;
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(value) => value,
+        Err(e) => {
+            let why = match lone_surrogate(line) {
+                Some(escape) => format!(
+                    "the line holds a lone UTF-16 surrogate escape ({escape}), which is no \
+                     character: strings must be valid Unicode"
+                ),
+                None => format!("the line is not valid JSON ({e})"),
+            };
+            return match salvage_envelope(&[line]) {
+                Some(envelope) => Ok((envelope, Err(malformed(why)))),
+                None => Err(Warning(why)),
+            };
+        }
+    };
     let Value::Object(mut top) = value else {
         return Err(Warning("not a JSON object".into()));
     };
@@ -128,6 +144,137 @@ pub fn parse_line(line: &[u8]) -> Result<(Envelope, Result<Request, WireError>),
     };
     let envelope = Envelope { src, dest, msg_id };
     Ok((envelope, parse_body(&body)))
+}
+
+/// Longest node id accepted: it names the node's directory.
+pub const NODE_ID_BYTES_MAX: usize = 64;
+
+/// Whether `id` can be a node id: 1 to [`NODE_ID_BYTES_MAX`] characters among ASCII
+/// letters, digits, `-`, `_` and `.`, and not `.` or `..` (it names a directory).
+///
+/// # Errors
+/// A sentence saying what is wrong with it.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    let shown: String = id.chars().take(40).collect();
+    let shown = if shown.len() < id.len() {
+        format!("{shown:?}... ({} bytes)", id.len())
+    } else {
+        format!("{shown:?}")
+    };
+    if id.is_empty() || id.len() > NODE_ID_BYTES_MAX {
+        return Err(format!(
+            "node_id {shown} must have 1 to {NODE_ID_BYTES_MAX} characters"
+        ));
+    }
+    if id == "." || id == ".." {
+        return Err(format!("node_id {shown} cannot name a directory"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "node_id {shown} holds {c:?}: only ASCII letters, digits, '-', '_' and '.' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// The first `\uD800`-`\uDFFF` escape in `line` that is not part of a valid pair.
+fn lone_surrogate(line: &[u8]) -> Option<String> {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(line.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    let mut i = 0;
+    while i + 6 <= line.len() {
+        if line[i] == b'\\' && line[i + 1] == b'\\' {
+            i += 2; // an escaped backslash: what follows is not an escape
+            continue;
+        }
+        if line[i] == b'\\' && line[i + 1] == b'u' {
+            if let Some(unit) = hex(i + 2) {
+                let high = (0xD800..0xDC00).contains(&unit);
+                let low = (0xDC00..0xE000).contains(&unit);
+                let paired = high
+                    && line.get(i + 6..i + 8) == Some(b"\\u")
+                    && hex(i + 8).is_some_and(|u| (0xDC00..0xE000).contains(&u));
+                if paired {
+                    i += 12;
+                    continue;
+                }
+                if high || low {
+                    return Some(format!("\\u{unit:04x}"));
+                }
+            }
+            i += 6;
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Where to answer a line that could not be parsed whole: its `src`, `dest` and
+/// `msg_id`, found by scanning the raw bytes of `parts` (a line, or the head and tail
+/// of one too long to read). Inside a JSON string a quote is always escaped, so a
+/// quoted `"msg_id"` followed by a colon is a key. `None` unless both `src` and
+/// `msg_id` are found.
+pub fn salvage_envelope(parts: &[&[u8]]) -> Option<Envelope> {
+    let src = parts.iter().find_map(|p| string_field(p, b"\"src\""))?;
+    let msg_id = parts.iter().find_map(|p| integer_field(p, b"\"msg_id\""))?;
+    let dest = parts.iter().find_map(|p| string_field(p, b"\"dest\""));
+    Some(Envelope { src, dest, msg_id })
+}
+
+/// The position just after `key` followed by optional whitespace and a colon.
+fn after_key(bytes: &[u8], key: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = bytes[from..].windows(key.len()).position(|w| w == key) {
+        let start = from + i;
+        let mut at = start + key.len();
+        let escaped = start > 0 && bytes[start - 1] == b'\\';
+        while bytes.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+            at += 1;
+        }
+        if !escaped && bytes.get(at) == Some(&b':') {
+            at += 1;
+            while bytes.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+                at += 1;
+            }
+            return Some(at);
+        }
+        from = start + 1;
+    }
+    None
+}
+
+fn string_field(bytes: &[u8], key: &[u8]) -> Option<String> {
+    let at = after_key(bytes, key)?;
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut end = at + 1;
+    while end < bytes.len() && bytes[end] != b'"' {
+        end += if bytes[end] == b'\\' { 2 } else { 1 };
+    }
+    serde_json::from_slice(bytes.get(at..=end)?).ok()
+}
+
+fn integer_field(bytes: &[u8], key: &[u8]) -> Option<u64> {
+    let at = after_key(bytes, key)?;
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let next = bytes.get(at + digits);
+    if digits == 0 || next.is_some_and(|b| matches!(b, b'.' | b'e' | b'E')) {
+        return None;
+    }
+    std::str::from_utf8(&bytes[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
@@ -391,5 +538,86 @@ mod tests {
         assert_eq!(stored_to_json("hi"), serde_json::json!("hi"));
         assert_eq!(stored_to_json("\"1\""), serde_json::json!("1"));
         assert_eq!(stored_to_json(""), serde_json::json!(""));
+    }
+
+    #[test]
+    fn a_line_that_is_not_json_is_answered_when_it_shows_where_to() {
+        let line = br#"{"src": "c1", "dest": "n1", "body": {"type": "wal_append", "msg_id": 7, "payload": "x"#;
+        let (env, request) = parse_line(line).unwrap();
+        assert_eq!(
+            (env.src.as_str(), env.dest.as_deref(), env.msg_id),
+            ("c1", Some("n1"), 7)
+        );
+        let err = request.unwrap_err();
+        assert_eq!(err.code, code::MALFORMED_REQUEST);
+        assert!(err.text.contains("not valid JSON"), "{}", err.text);
+        // Without a msg_id there is nobody to answer.
+        assert!(parse_line(br#"{"src": "c1", "body": {"type": "#).is_err());
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_named_in_the_error() {
+        let line = br#"{"src": "c1", "dest": "n1", "body": {"type": "wal_append", "msg_id": 3, "payload": "a\ud800b"}}"#;
+        let (env, request) = parse_line(line).unwrap();
+        assert_eq!(env.msg_id, 3);
+        let text = request.unwrap_err().text;
+        assert!(
+            text.contains("lone UTF-16 surrogate") && text.contains("\\ud800"),
+            "{text}"
+        );
+        // A valid pair is a character, and parses.
+        let pair = br#"{"src": "c1", "body": {"type": "wal_append", "msg_id": 4, "payload": "\ud83d\ude00"}}"#;
+        assert!(matches!(
+            parse_line(pair),
+            Ok((_, Ok(Request::WalAppend { .. })))
+        ));
+        assert_eq!(
+            lone_surrogate(br#""\\ud800""#),
+            None,
+            "an escaped backslash"
+        );
+        assert_eq!(lone_surrogate(br#""\udc00""#).as_deref(), Some("\\udc00"));
+    }
+
+    #[test]
+    fn salvaging_reads_keys_not_string_contents() {
+        // The quotes inside a string value are escaped: `\"msg_id\": 9` is payload.
+        let head = br#"{"src": "c\"2", "body": {"payload": "\"msg_id\": 9 "#;
+        let tail = br#"tail", "msg_id": 12}}"#;
+        let env = salvage_envelope(&[head, tail]).unwrap();
+        assert_eq!((env.src.as_str(), env.msg_id), ("c\"2", 12));
+        assert_eq!(
+            salvage_envelope(&[br#"{"src": "c1", "body": {"msg_id": -1}}"#]),
+            None
+        );
+        assert_eq!(
+            salvage_envelope(&[br#"{"src": "c1", "body": {"msg_id": 1.5}}"#]),
+            None
+        );
+    }
+
+    #[test]
+    fn node_ids_name_a_directory_safely() {
+        for good in ["n1", "node-2", "a_b.c", &"x".repeat(NODE_ID_BYTES_MAX)] {
+            assert_eq!(check_node_id(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "n 1",
+            "n\u{0}",
+            "é",
+            &"x".repeat(300),
+        ] {
+            assert!(check_node_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            check_node_id(&"x".repeat(300))
+                .unwrap_err()
+                .contains("300 bytes")
+        );
     }
 }

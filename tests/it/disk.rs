@@ -34,7 +34,8 @@ fn namespaces_work() -> Result<(), String> {
 macro_rules! require_namespaces {
     () => {
         if let Err(why) = namespaces_work() {
-            println!("SKIPPED: mount namespaces are not permitted here ({why})");
+            let why = format!("mount namespaces are not permitted here ({why})");
+            crate::support::cannot_run("disk full and read-only", &why);
             return;
         }
     };

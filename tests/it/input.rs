@@ -8,17 +8,42 @@ use serde_json::{Value, json};
 
 use crate::support::{self, init, msg};
 
-/// A line, and the error code it must get (`None`: no reply, only a warning).
+/// A line, and the error code it must get (`None`: no reply, only a warning), with
+/// the msg_id of the reply when the line is not JSON that says it.
 struct Bad {
     line: Vec<u8>,
     code: Option<u64>,
+    id: Option<u64>,
 }
 
 fn bad(line: impl Into<Vec<u8>>, code: Option<u64>) -> Bad {
     Bad {
         line: line.into(),
         code,
+        id: None,
     }
+}
+
+/// A line that is not JSON (or too long to read) but shows its `src` and `msg_id`:
+/// it gets error 12 all the same.
+fn salvaged(line: impl Into<Vec<u8>>, id: u64) -> Bad {
+    Bad {
+        line: line.into(),
+        code: Some(12),
+        id: Some(id),
+    }
+}
+
+/// An init with a node id that cannot name a directory: error 12, and the node stays
+/// up (it is initialized already when these come; before it, the same holds).
+fn with_init_id(id: u64, node_id: &str) -> Bad {
+    bad(
+        msg(
+            "c9",
+            json!({"type": "init", "msg_id": id, "node_id": node_id, "node_ids": [node_id]}),
+        ),
+        Some(12),
+    )
 }
 
 /// Bad lines of every kind; those with `src` and `msg_id` use msg_ids from `id`.
@@ -27,25 +52,84 @@ fn bad_lines(id: &mut u64) -> Vec<Bad> {
         *id += 1;
         *id
     };
+    let (a, b, c, d) = (next(), next(), next(), next());
     let mut v = vec![
         bad("not json at all", None),
-        bad("{\"src\": \"c9\", \"dest\": \"n1\", \"body\": {\"type\": \"wal_append\", \"msg_", None),
-        bad(b"{\"src\": \"c9\", \"body\": {\"type\": \"wal_append\", \"msg_id\": 1, \"payload\": \"\xff\xfe\"}}".to_vec(), None),
+        bad(
+            "{\"src\": \"c9\", \"dest\": \"n1\", \"body\": {\"type\": \"wal_append\", \"msg_",
+            None,
+        ),
+        salvaged(
+            [
+                &b"{\"src\": \"c9\", \"body\": {\"type\": \"wal_append\", \"msg_id\": "[..],
+                a.to_string().as_bytes(),
+                b", \"payload\": \"\xff\xfe\"}}",
+            ]
+            .concat(),
+            a,
+        ),
+        salvaged(
+            format!(
+                "{{\"src\": \"c9\", \"body\": {{\"type\": \"wal_append\", \"msg_id\": {b}, \"payload\": \"a\\ud800b\"}}}}"
+            ),
+            b,
+        ),
         bad(&b"\xc3\x28\xa0\xa1"[..], None),
         bad("[1, 2, 3]", None),
         bad("42", None),
         bad("\"src\"", None),
         bad("null", None),
-        bad("{\"dest\": \"n1\", \"body\": {\"type\": \"wal_info\", \"msg_id\": 1}}", None),
-        bad("{\"src\": 7, \"body\": {\"type\": \"wal_info\", \"msg_id\": 1}}", None),
-        bad("{\"src\": \"c9\", \"body\": {\"type\": \"wal_info\"}}", None),
-        bad("{\"src\": \"c9\", \"body\": {\"type\": \"wal_info\", \"msg_id\": -3}}", None),
-        bad("{\"src\": \"c9\", \"body\": {\"type\": \"wal_info\", \"msg_id\": 2.5}}", None),
+        bad(
+            "{\"dest\": \"n1\", \"body\": {\"type\": \"wal_info\", \"msg_id\": 1}}",
+            None,
+        ),
+        bad(
+            "{\"src\": 7, \"body\": {\"type\": \"wal_info\", \"msg_id\": 1}}",
+            None,
+        ),
+        bad(
+            "{\"src\": \"c9\", \"body\": {\"type\": \"wal_info\"}}",
+            None,
+        ),
+        bad(
+            "{\"src\": \"c9\", \"body\": {\"type\": \"wal_info\", \"msg_id\": -3}}",
+            None,
+        ),
+        bad(
+            "{\"src\": \"c9\", \"body\": {\"type\": \"wal_info\", \"msg_id\": 2.5}}",
+            None,
+        ),
         bad("{\"src\": \"c9\", \"body\": [\"wal_info\"]}", None),
         bad("[".repeat(100_000), None),
-        bad(format!("{{\"src\": \"c9\", \"body\": {{\"type\": \"wal_info\", \"msg_id\": 1, \"x\": {}}}}}", "[".repeat(100_000)), None),
-        bad(format!("{{\"src\": \"c9\", \"body\": {{\"type\": \"wal_append\", \"msg_id\": 1, \"payload\": \"{}\"}}}}", "x".repeat(7 * 1024 * 1024)), None),
+        salvaged(
+            format!(
+                "{{\"src\": \"c9\", \"body\": {{\"type\": \"wal_info\", \"msg_id\": {c}, \"x\": {}}}}}",
+                "[".repeat(100_000)
+            ),
+            c,
+        ),
+        // Over the line limit: answered from the line's head...
+        salvaged(
+            format!(
+                "{{\"src\": \"c9\", \"body\": {{\"type\": \"wal_append\", \"msg_id\": {d}, \"payload\": \"{}\"}}}}",
+                "x".repeat(7 * 1024 * 1024)
+            ),
+            d,
+        ),
     ];
+    // ... or its tail, when msg_id comes after the payload.
+    let e = next();
+    v.push(salvaged(format!("{{\"src\": \"c9\", \"body\": {{\"type\": \"wal_append\", \"payload\": \"{}\", \"msg_id\": {e}}}}}", "x".repeat(7 * 1024 * 1024)), e));
+    // Without a msg_id anywhere, an over-long line gets only a warning.
+    v.push(bad(
+        format!(
+            "{{\"src\": \"c9\", \"body\": {{\"type\": \"wal_append\", \"payload\": \"{}\"}}}}",
+            "x".repeat(7 * 1024 * 1024)
+        ),
+        None,
+    ));
+    v.push(with_init_id(next(), &"n".repeat(300)));
+    v.push(with_init_id(next(), "n/1"));
     let with_id = |id: u64, body: Value, code: u64| {
         bad(
             msg("c9", {
@@ -176,8 +260,11 @@ fn bad_lines_get_exactly_their_errors_and_change_nothing() {
     while bad_count < 1200 {
         for b in bad_lines(&mut id) {
             if let Some(code) = b.code {
-                let parsed: Value = serde_json::from_slice(&b.line).unwrap();
-                expected.insert(parsed["body"]["msg_id"].as_u64().unwrap(), code);
+                let id = b.id.unwrap_or_else(|| {
+                    let parsed: Value = serde_json::from_slice(&b.line).unwrap();
+                    parsed["body"]["msg_id"].as_u64().unwrap()
+                });
+                expected.insert(id, code);
             }
             lines.push(b.line);
             bad_count += 1;

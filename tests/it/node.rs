@@ -818,3 +818,33 @@ fn a_reply_is_written_before_the_node_waits_for_more_input() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// An init the client can fix (a node id that cannot name a directory) gets error 12
+/// and the node stays up: the valid init sent next is answered.
+#[test]
+fn a_malformed_init_is_refused_and_the_next_init_answered() {
+    let data = tempfile::tempdir().unwrap();
+    let bad = |id: u64, node_id: &str| {
+        msg(
+            "c0",
+            json!({"type": "init", "msg_id": id, "node_id": node_id, "node_ids": [node_id]}),
+        )
+    };
+    let r = run(
+        &[],
+        Some(data.path()),
+        &lines(&[
+            bad(1, &"n".repeat(300)),
+            bad(2, "../n1"),
+            bad(3, ""),
+            init(4),
+            append(5, "set a=1"),
+        ]),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for id in 1..=3 {
+        assert_eq!(r.reply_to("c0", id)["code"], 12, "init {id}");
+    }
+    assert_eq!(r.reply_to("c0", 4)["type"], "init_ok");
+    assert_eq!(r.reply_to("c1", 5)["offset"], 0);
+}

@@ -173,11 +173,24 @@ fn workload() -> Vec<u8> {
     lines(&input)
 }
 
-#[test]
-fn syscalls_happen_in_the_durable_order() {
+/// What one traced run found.
+struct Traced {
+    calls: usize,
+    acks: usize,
+    snapshot_renames: usize,
+    segment_unlinks: usize,
+    violations: Vec<String>,
+}
+
+/// Runs the workload under `strace` with `--fsync fsync` and checks the trace;
+/// `None` when strace cannot run here (reported through `cannot_run`).
+fn trace(fsync: &str) -> Option<Traced> {
     if Command::new("strace").arg("-V").output().is_err() {
-        println!("syscall order: SKIPPED, strace is not installed (.ci/run installs it)");
-        return;
+        crate::support::cannot_run(
+            "syscall order",
+            "strace is not installed (.ci/run installs it)",
+        );
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let trace_path = dir.path().join("trace");
@@ -186,7 +199,7 @@ fn syscalls_happen_in_the_durable_order() {
         .arg(&trace_path)
         .args(["-e", "trace=openat,close,pwrite64,write,fdatasync,fsync,rename,renameat,renameat2,unlink,unlinkat"])
         .arg(crate::support::binary())
-        .args(["--max-segment-bytes", "8192", "--data-dir"])
+        .args(["--fsync", fsync, "--max-segment-bytes", "8192", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
@@ -203,11 +216,12 @@ fn syscalls_happen_in_the_durable_order() {
     if !out.status.success()
         && (stderr.contains("PTRACE") || stderr.contains("Operation not permitted"))
     {
-        println!(
-            "syscall order: SKIPPED, strace may not trace here: {}",
+        let why = format!(
+            "strace may not trace here: {}",
             stderr.lines().next().unwrap_or("")
         );
-        return;
+        crate::support::cannot_run("syscall order", &why);
+        return None;
     }
     assert!(out.status.success(), "{stderr}");
     let calls = parse_trace(&std::fs::read_to_string(&trace_path).unwrap());
@@ -216,7 +230,7 @@ fn syscalls_happen_in_the_durable_order() {
     let mut fd_path: HashMap<i64, String> = HashMap::new();
     let mut record_written: BTreeMap<u64, (usize, String)> = BTreeMap::new();
     let mut datasyncs: Vec<(usize, String)> = Vec::new();
-    let mut dir_syncs: Vec<usize> = Vec::new();
+    let mut dir_syncs: Vec<(usize, String)> = Vec::new();
     let mut renames: Vec<(usize, String, String)> = Vec::new();
     let mut unlinks: Vec<(usize, String)> = Vec::new();
     let mut last_write: HashMap<String, usize> = HashMap::new();
@@ -252,7 +266,10 @@ fn syscalls_happen_in_the_durable_order() {
                     fd_path.get(&c.args[0].int()).cloned().unwrap_or_default(),
                 ));
             }
-            "fsync" if c.ret == 0 => dir_syncs.push(c.end),
+            "fsync" if c.ret == 0 => dir_syncs.push((
+                c.end,
+                fd_path.get(&c.args[0].int()).cloned().unwrap_or_default(),
+            )),
             "rename" | "renameat" | "renameat2" if c.ret == 0 => {
                 let strings: Vec<String> = c
                     .args
@@ -287,8 +304,15 @@ fn syscalls_happen_in_the_durable_order() {
             .iter()
             .any(|(i, p)| p == path && *i > after && *i < before)
     };
-    let dir_synced_between =
-        |after: usize, before: usize| dir_syncs.iter().any(|i| *i > after && *i < before);
+    // A directory sync counts for a file only if it is of the directory holding it.
+    let dir_synced_between = |file: &str, after: usize, before: usize| {
+        let dir = std::path::Path::new(file)
+            .parent()
+            .unwrap_or(std::path::Path::new(""));
+        dir_syncs
+            .iter()
+            .any(|(i, p)| std::path::Path::new(p) == dir && *i > after && *i < before)
+    };
     let mut violations = Vec::new();
 
     let mut acks = 0;
@@ -307,7 +331,7 @@ fn syscalls_happen_in_the_durable_order() {
                 ));
             }
             match renames.iter().rfind(|(_, _, to)| to == path) {
-                Some((r, _, _)) if dir_synced_between(*r, *at) => {}
+                Some((r, _, _)) if dir_synced_between(path, *r, *at) => {}
                 _ => violations.push(format!(
                     "offset {o} acknowledged before {path} was durable in its directory"
                 )),
@@ -332,7 +356,7 @@ fn syscalls_happen_in_the_durable_order() {
             .map(|(at, _)| *at)
             .next()
             .unwrap_or(usize::MAX);
-        if !dir_synced_between(*r, next_unlink.min(ack)) {
+        if !dir_synced_between(to, *r, next_unlink.min(ack)) {
             violations.push(format!(
                 "{to}: no directory fsync between its rename and the next unlink or acknowledgement"
             ));
@@ -345,25 +369,64 @@ fn syscalls_happen_in_the_durable_order() {
             .iter()
             .rfind(|(r, from, _)| r < u && from.ends_with("log.meta.tmp"))
         {
-            Some((m, _, _)) if dir_synced_between(*m, *u) => {}
+            Some((m, to, _)) if dir_synced_between(to, *m, *u) => {}
             _ => violations.push(format!(
                 "{path} unlinked before the new first offset was durable"
             )),
         }
     }
+    Some(Traced {
+        calls: calls.len(),
+        acks,
+        snapshot_renames,
+        segment_unlinks,
+        violations,
+    })
+}
+
+#[test]
+fn syscalls_happen_in_the_durable_order() {
+    let Some(t) = trace("always") else { return };
     println!(
-        "syscall order: {} syscalls traced, {acks} acknowledgements, {snapshot_renames} snapshot renames, \
-         {segment_unlinks} segment unlinks checked, {} violations",
-        calls.len(),
-        violations.len()
+        "syscall order: {} syscalls traced, {} acknowledgements, {} snapshot renames, \
+         {} segment unlinks checked, {} violations",
+        t.calls,
+        t.acks,
+        t.snapshot_renames,
+        t.segment_unlinks,
+        t.violations.len()
     );
     assert!(
-        acks == 600 && snapshot_renames > 0 && segment_unlinks > 0,
+        t.acks == 600 && t.snapshot_renames > 0 && t.segment_unlinks > 0,
         "the workload must exercise every rule"
     );
     assert!(
-        violations.is_empty(),
+        t.violations.is_empty(),
         "{}",
-        violations[..violations.len().min(10)].join("\n")
+        t.violations[..t.violations.len().min(10)].join("\n")
+    );
+}
+
+/// The check of the checker: under `--fsync never` appends are acknowledged before
+/// any fdatasync, and the trace must show it for most of them, however the replies
+/// were grouped into writes.
+#[test]
+fn the_order_check_catches_acknowledgements_before_their_sync() {
+    let Some(t) = trace("never") else { return };
+    let unsynced = t
+        .violations
+        .iter()
+        .filter(|v| v.contains("acknowledged before"))
+        .count();
+    println!(
+        "syscall order, negative control: {unsynced} of {} acknowledgements flagged under --fsync never",
+        t.acks
+    );
+    assert_eq!(t.acks, 600);
+    assert!(
+        unsynced >= t.acks / 2,
+        "only {unsynced} of {} unsynced acknowledgements were caught: {:?}",
+        t.acks,
+        &t.violations[..t.violations.len().min(5)]
     );
 }
