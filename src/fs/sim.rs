@@ -128,6 +128,53 @@ struct FileData {
     durable: Vec<u8>,
     current: Vec<u8>,
     pending: Vec<FileOp>,
+    /// Byte ranges `[from, to)` whose writes a failed sync dropped: Linux marks such
+    /// pages clean after reporting the error once, so a later sync that succeeds does
+    /// not write them (the "fsyncgate" lesson). A new write to a range makes it dirty
+    /// again.
+    lost: Vec<(u64, u64)>,
+}
+
+impl FileData {
+    /// A sync succeeded: everything current is durable, but the lost ranges.
+    fn sync(&mut self) {
+        let mut image = self.current.clone();
+        for &(from, to) in &self.lost {
+            for i in from..to.min(image.len() as u64) {
+                image[i as usize] = self.durable.get(i as usize).copied().unwrap_or(0);
+            }
+        }
+        self.durable = image;
+        self.pending.clear();
+        self.lost.clear();
+    }
+
+    /// A sync failed with EIO: the pending writes never reach the disk.
+    fn drop_pending(&mut self) {
+        for op in self.pending.drain(..) {
+            if let FileOp::Write { pos, data } = op {
+                self.lost.push((pos, pos + data.len() as u64));
+            }
+        }
+    }
+
+    /// `[from, to)` was written again: dirty, so no longer lost.
+    fn rewritten(&mut self, from: u64, to: u64) {
+        let mut kept = Vec::new();
+        for &(a, b) in &self.lost {
+            if b <= from || a >= to {
+                kept.push((a, b));
+                continue;
+            }
+            if a < from {
+                kept.push((a, from));
+            }
+            if b > to {
+                kept.push((to, b));
+            }
+        }
+        self.lost = kept;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +303,7 @@ impl SimFs {
                 durable: data.clone(),
                 current: data,
                 pending: Vec::new(),
+                lost: Vec::new(),
             });
             current.insert(path.clone(), files.len() - 1);
         }
@@ -316,6 +364,7 @@ impl SimFs {
                     durable: image.clone(),
                     current: image,
                     pending: Vec::new(),
+                    lost: Vec::new(),
                 });
                 files.len() - 1
             });
@@ -350,6 +399,7 @@ impl SimFs {
             durable: bytes.clone(),
             current: bytes,
             pending: Vec::new(),
+            lost: Vec::new(),
         };
     }
 }
@@ -466,6 +516,7 @@ impl File for SimFile {
         };
         let f = &mut inner.files[self.id];
         apply(&mut f.current, &op);
+        f.rewritten(pos, pos + buf.len() as u64);
         f.pending.push(op);
         if short {
             return Err(eio("write (short)", op_number));
@@ -478,15 +529,15 @@ impl File for SimFile {
         let f = &mut inner.files[self.id];
         match failed {
             Ok(_) => {
-                f.durable = f.current.clone();
-                f.pending.clear();
+                f.sync();
                 Ok(())
             }
             Err(e) => {
                 // A power cut changes nothing; an EIO from the disk makes Linux drop the
-                // dirty pages' "dirty" state: they never reach the disk.
+                // dirty pages' "dirty" state: they never reach the disk, not even with
+                // a later sync that succeeds.
                 if inner.faults.crash_at.is_none_or(|k| inner.ops <= k) {
-                    inner.files[self.id].pending.clear();
+                    inner.files[self.id].drop_pending();
                 }
                 Err(e)
             }
@@ -615,10 +666,21 @@ impl FileSystem for SimFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut inner = self.lock_inner();
-        inner.op("fsync(dir)", dir, None)?;
+        let synced = inner.op("fsync(dir)", dir, None);
         let (mine, others): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut inner.dir_pending)
             .into_iter()
             .partition(|op| op.dir() == dir);
+        if let Err(e) = synced {
+            // A power cut changes nothing. An EIO: the directory's pending creates,
+            // renames and removals are taken as lost for good (they show in the
+            // namespace until the next power cut, and no later sync makes them durable).
+            inner.dir_pending = if inner.faults.crash_at.is_none_or(|k| inner.ops <= k) {
+                others
+            } else {
+                others.into_iter().chain(mine).collect()
+            };
+            return Err(e);
+        }
         inner.dir_pending = others;
         for op in mine {
             match op {
@@ -730,6 +792,58 @@ mod tests {
             );
         }
         assert!(lens.len() > 1, "different seeds tear at different sectors");
+    }
+
+    #[test]
+    fn data_a_failed_sync_dropped_stays_lost_after_a_sync_that_succeeds() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        write(&fs, "/d/f", b"old!old!", true);
+        fs.sync_dir(Path::new("/d")).unwrap();
+        let mut f = fs.open(Path::new("/d/f"), true).unwrap();
+        f.write_all_at(b"NEW!", 0).unwrap();
+        f.write_all_at(b"MORE", 4).unwrap();
+        fs.set_faults(Faults {
+            eio_at: Some(fs.ops()),
+            ..Faults::default()
+        });
+        assert!(f.sync_data().is_err());
+        // The page cache still shows the data, and a retried sync "succeeds"...
+        let mut buf = [0u8; 8];
+        f.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"NEW!MORE");
+        // ... after the second half was written again, which makes it dirty anew.
+        f.write_all_at(b"MORE", 4).unwrap();
+        f.sync_data().unwrap();
+        for mode in CrashMode::ALL {
+            let image = &fs.crash(1, mode).contents()[Path::new("/d/f")];
+            assert_eq!(
+                image, b"old!MORE",
+                "{mode:?}: the dropped write never lands"
+            );
+        }
+    }
+
+    #[test]
+    fn directory_operations_a_failed_sync_dropped_stay_lost() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        write(&fs, "/d/a", b"a", true);
+        fs.set_faults(Faults {
+            eio_at: Some(fs.ops()),
+            ..Faults::default()
+        });
+        assert!(fs.sync_dir(Path::new("/d")).is_err());
+        write(&fs, "/d/b", b"b", true);
+        fs.sync_dir(Path::new("/d")).unwrap();
+        assert_eq!(
+            names(&fs),
+            ["/d/a", "/d/b"],
+            "the namespace still shows both"
+        );
+        for mode in CrashMode::ALL {
+            assert_eq!(names(&fs.crash(1, mode)), ["/d/b"], "{mode:?}");
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ fn config() -> Config {
 struct Outcome {
     submitted: Vec<Vec<u8>>,
     acked: BTreeMap<u64, Vec<u8>>,
+    /// The furthest compaction point asked for (acknowledged or not): nothing below
+    /// the first offset may go further.
+    compacted_to: u64,
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -81,6 +84,7 @@ fn run_workload(fs: &SimFs, keep_going: bool) -> (Outcome, Vec<flintlog::Result<
             results.push(node.snapshotter().snapshot().map(drop));
         }
         if i % 60 == 20 {
+            out.compacted_to = out.compacted_to.max(i - 15);
             results.push(node.compactor().compact(Offset::new(i - 15)).map(drop));
         }
         if !keep_going && results.iter().any(|r| r.is_err()) {
@@ -104,6 +108,12 @@ fn verify(node: &Node, outcome: &Outcome) -> Result<(u64, usize), String> {
     let a = node.appender();
     let status = a.status().map_err(|e| e.to_string())?;
     let (first, next) = (status.first_offset.get(), status.next_offset.get());
+    if first > outcome.compacted_to {
+        return Err(format!(
+            "the log starts at {first}, past every compaction asked for (the furthest: {})",
+            outcome.compacted_to
+        ));
+    }
     if next > outcome.submitted.len() as u64 {
         return Err(format!(
             "log ends at {next}, but only {} entries were ever sent",
@@ -585,6 +595,7 @@ fn policy_workload(fs: &SimFs, policy: flintlog::Policy, ops: &[u8]) -> Outcome 
             }
             1 => {
                 let next = out.submitted.len() as u64;
+                out.compacted_to = out.compacted_to.max(next / 2);
                 node.compactor().compact(Offset::new(next / 2)).map(drop)
             }
             _ => {
@@ -600,6 +611,12 @@ fn policy_workload(fs: &SimFs, policy: flintlog::Policy, ops: &[u8]) -> Outcome 
         }
     }
     let _ = node.shutdown();
+    if policy.auto_compact {
+        // The policy compacts on its own, up to its trailing entries behind a snapshot,
+        // which covers at most what was sent.
+        let own = (out.submitted.len() as u64).saturating_sub(policy.trailing_entries);
+        out.compacted_to = out.compacted_to.max(own);
+    }
     out
 }
 
