@@ -64,6 +64,10 @@ pub struct Examination {
     pub foreign_files: Vec<String>,
     /// Why recovery would refuse to start, if it would.
     pub refusal: Option<String>,
+    /// The process holding the directory's lock, when a node runs on it: the
+    /// examination then sees a directory that is changing, and its temp files are the
+    /// node's work in progress, not debris.
+    pub in_use_by: Option<String>,
 }
 
 impl Examination {
@@ -155,27 +159,59 @@ fn report_files(fs: &dyn FileSystem, dir: &Path, ex: &mut Examination, listing: 
     }
 }
 
+/// `n` and the noun, plural when `n` is not 1 ("1 entry", "2 entries").
+fn count(n: u64, noun: &str) -> String {
+    format!("{n} {}", plural(n, noun))
+}
+
+/// The noun, plural when `n` is not 1 ("key"/"keys", "entry"/"entries").
+fn plural(n: u64, noun: &str) -> String {
+    let consonant_y = noun.ends_with('y') && !noun.ends_with("ey") && !noun.ends_with("ay");
+    match n {
+        1 => noun.to_string(),
+        _ if consonant_y => format!("{}ies", &noun[..noun.len() - 1]),
+        _ => format!("{noun}s"),
+    }
+}
+
+/// The live offsets, as `verify` and `inspect` both print them: `[first, next)` and
+/// the count of live entries.
+fn range(ex: &Examination) -> String {
+    let live = ex.next_offset.since(ex.first_offset);
+    format!(
+        "[{}, {}) ({live} live {})",
+        ex.first_offset,
+        ex.next_offset,
+        plural(live, "entry")
+    )
+}
+
 /// The `verify` report, one finding a line; the last line is `OK` or `DAMAGED`.
 pub fn verify_report(ex: &Examination) -> String {
     let mut out = format!("flintlog verify {}\n", ex.dir.display());
+    if let Some(who) = &ex.in_use_by {
+        out.push_str(&format!(
+            "  in use by a running node ({who}): this is a look at a directory that is changing\n"
+        ));
+    }
     if let Some(why) = &ex.refusal {
         out.push_str(&format!("  recovery would refuse to start: {why}\n"));
     } else {
         out.push_str(&format!(
-            "  log: {} segments, offsets {}..{} ({} live entries): headers, checksums and continuity verified\n",
-            ex.segments.len(),
-            ex.first_offset,
-            ex.next_offset,
-            ex.next_offset.since(ex.first_offset)
+            "  log: {}, offsets {}: headers, checksums and continuity verified\n",
+            count(ex.segments.len() as u64, "segment"),
+            range(ex),
         ));
         match &ex.snapshot_used {
             Some(s) => out.push_str(&format!(
-                "  recovery would load snapshot {s} and replay {} entries: {} keys\n",
-                ex.entries_to_replay, ex.keys
+                "  recovery would load snapshot {s} and replay {}: {}\n",
+                count(ex.entries_to_replay, "entry"),
+                count(ex.keys, "key")
             )),
             None => out.push_str(&format!(
-                "  no snapshot: recovery would replay {} entries: {} keys\n",
-                ex.entries_to_replay, ex.keys
+                "  no snapshot: recovery would replay {}: {}\n",
+                count(ex.entries_to_replay, "entry"),
+                count(ex.keys, "key")
             )),
         }
     }
@@ -193,7 +229,12 @@ pub fn verify_report(ex: &Examination) -> String {
             t.offset
         ));
     }
-    if !ex.temp_files.is_empty() {
+    if !ex.temp_files.is_empty() && ex.in_use_by.is_some() {
+        out.push_str(&format!(
+            "  files the running node is writing (the next segment, a snapshot): {}\n",
+            ex.temp_files.join(", ")
+        ));
+    } else if !ex.temp_files.is_empty() {
         out.push_str(&format!(
             "  recovery would remove leftover temp files: {}\n",
             ex.temp_files.join(", ")
@@ -218,12 +259,12 @@ pub fn verify_report(ex: &Examination) -> String {
 /// The `inspect` tables.
 pub fn inspect_table(ex: &Examination) -> String {
     let mut out = format!("directory     {}\n", ex.dir.display());
-    out.push_str(&format!(
-        "first offset  {}\nnext offset   {}\nlive entries  {}\n",
-        ex.first_offset,
-        ex.next_offset,
-        ex.next_offset.since(ex.first_offset)
-    ));
+    if let Some(who) = &ex.in_use_by {
+        out.push_str(&format!(
+            "in use by     {who} (a running node: the figures are changing)\n"
+        ));
+    }
+    out.push_str(&format!("offsets       {}\n", range(ex)));
     if let Some(why) = &ex.refusal {
         out.push_str(&format!("problem       {why}\n"));
     }

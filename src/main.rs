@@ -113,7 +113,22 @@ fn offline(command: Command) -> u8 {
         Command::Verify { dir } => (dir, false, true),
         Command::Inspect { dir, json } => (dir, json, false),
     };
-    let ex = inspect::examine(&RealFs, &dir);
+    match std::fs::metadata(&dir) {
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            return 1;
+        }
+        Ok(m) if !m.is_dir() => {
+            eprintln!(
+                "{}: not a directory; give the node's own directory (DATA_DIR/<node_id>)",
+                dir.display()
+            );
+            return 1;
+        }
+        Ok(_) => {}
+    }
+    let mut ex = inspect::examine(&RealFs, &dir);
+    ex.in_use_by = flintlog::fs::lock_holder(&dir.join(flintlog::core::layout::LOCK));
     if ex.refusal.is_none() && ex.segments.is_empty() && ex.snapshots.is_empty() {
         eprintln!(
             "{}: no flintlog segments or snapshots here; give the node's own directory (DATA_DIR/<node_id>)",
@@ -150,6 +165,13 @@ fn main() -> ExitCode {
         .init();
     if let Some(command) = args.command {
         return ExitCode::from(offline(command));
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!(
+            "flintlog reads Maelstrom messages on stdin, one JSON object a line, starting with \
+             {{\"src\": \"c0\", \"dest\": \"n1\", \"body\": {{\"type\": \"init\", \"msg_id\": 1, \
+             \"node_id\": \"n1\", \"node_ids\": [\"n1\"]}}}} (--help for more)"
+        );
     }
 
     // Holds the private directory (if any) until the router has shut the node down.

@@ -65,6 +65,7 @@ impl Node {
         config.validate()?;
         let started = Instant::now();
         let dir = config.dir.clone();
+        let existed = fs.list(&dir).is_ok();
         fs.create_dir_all(&dir).map_err(|e| {
             Error::open_io(
                 format!("cannot create data directory {}", dir.display()),
@@ -140,17 +141,21 @@ impl Node {
         report.broken_file = log_report.broken_file;
         report.segments_deleted = log_report.segments_deleted;
         report.duration_ms = started.elapsed().as_millis() as u64;
-        log::info!(
-            "recovered {}: snapshot {}, {} entries replayed, next offset {}, {} bytes of torn tail cut, {} ms",
-            dir.display(),
-            snapshot
-                .as_ref()
-                .map_or("none".to_string(), |s| s.file.clone()),
-            report.entries_replayed,
-            log.next_offset(),
-            report.bytes_truncated,
-            report.duration_ms
-        );
+        if existed {
+            log::info!(
+                "recovered {}: snapshot {}, {} entries replayed, next offset {}, {} bytes of torn tail cut, {} ms",
+                dir.display(),
+                snapshot
+                    .as_ref()
+                    .map_or("none".to_string(), |s| s.file.clone()),
+                report.entries_replayed,
+                log.next_offset(),
+                report.bytes_truncated,
+                report.duration_ms
+            );
+        } else {
+            log::info!("created data directory {}", dir.display());
+        }
 
         let (feedback_tx, feedback_rx) = crossbeam_channel::unbounded();
         let spawn_err = |e: std::io::Error| Error::Open(format!("cannot start a thread: {e}"));

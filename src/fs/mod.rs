@@ -183,6 +183,25 @@ impl FileSystem for RealFs {
     }
 }
 
+/// Who holds the lock file at `path` (its pid, as the holder wrote it), if a process
+/// does; `None` when the file is absent or free. Changes nothing: the file is opened
+/// read-only and a shared lock, if granted, is released at once.
+pub fn lock_holder(path: &Path) -> Option<String> {
+    let mut file = OpenOptions::new().read(true).open(path).ok()?;
+    if file.try_lock_shared().is_ok() {
+        let _ = FileExt::unlock(&file);
+        return None;
+    }
+    let mut holder = String::new();
+    let _ = file.read_to_string(&mut holder);
+    let holder = holder.trim();
+    Some(if holder.is_empty() {
+        "another process".to_string()
+    } else {
+        format!("process {holder}")
+    })
+}
+
 /// Marks an I/O error as a failed fdatasync or directory fsync: the fate of the data
 /// it covered is unknown, and the node must stop acknowledging (fail-stop).
 #[derive(Debug)]

@@ -693,7 +693,8 @@ fn verify_and_inspect_report_a_healthy_directory() {
     let (code, out) = offline(&["verify"], &dir);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("offsets 0..12")
+        out.contains("12 segments, offsets [0, 12) (12 live entries)")
+            && out.contains("replay 4 entries: 12 keys")
             && out.contains("00000000000000000008.snap")
             && out.ends_with("OK\n"),
         "{out}"
@@ -708,9 +709,66 @@ fn verify_and_inspect_report_a_healthy_directory() {
     let (code, out) = offline(&["inspect"], &dir);
     assert_eq!(code, Some(0));
     assert!(
-        out.contains("SEGMENT") && out.contains("verified, used by recovery"),
+        out.contains("offsets       [0, 12) (12 live entries)")
+            && out.contains("SEGMENT")
+            && out.contains("verified, used by recovery"),
         "{out}"
     );
+}
+
+/// `verify` and `inspect` on a path that is not a node directory say what it is.
+#[test]
+fn offline_commands_name_a_missing_path_or_a_file() {
+    let data = tempfile::tempdir().unwrap();
+    for cmd in ["verify", "inspect"] {
+        let run = |path: &Path| {
+            let out = std::process::Command::new(support::binary())
+                .arg(cmd)
+                .arg(path)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.code(), text)
+        };
+        let (code, out) = run(&data.path().join("nope"));
+        assert_eq!(code, Some(1));
+        assert!(
+            out.contains("No such file or directory") && !out.contains("DAMAGED"),
+            "{out}"
+        );
+        let file = data.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let (code, out) = run(&file);
+        assert_eq!(code, Some(1));
+        assert!(out.contains("not a directory"), "{out}");
+    }
+}
+
+/// On the directory of a running node, `verify` says it is in use and by whom, and
+/// does not call the node's prepared next segment a leftover.
+#[test]
+fn verify_on_a_running_node_says_it_is_in_use() {
+    use std::io::{BufRead, BufReader, Write};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = support::spawn(&[], Some(data.path()));
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    writeln!(stdin, "{}", init(1)).unwrap();
+    writeln!(stdin, "{}", append(2, "set a=1")).unwrap();
+    assert!(stdout.next().unwrap().unwrap().contains("init_ok"));
+    assert!(stdout.next().unwrap().unwrap().contains("wal_append_ok"));
+    let (code, out) = offline(&["verify"], &node_dir(data.path()));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "in use by a running node (process {})",
+            child.id()
+        )) && !out.contains("leftover"),
+        "{out}"
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]
