@@ -46,6 +46,12 @@ struct Outcome {
     /// The furthest compaction point asked for (acknowledged or not): nothing below
     /// the first offset may go further.
     compacted_to: u64,
+    /// The newest snapshot a request was answered for: it was promised durable.
+    snapshot_acked: u64,
+    /// Storage operations done before the node was shut down.
+    ops_before_shutdown: u64,
+    /// Whether the node refused writes at the end of the workload.
+    poisoned: bool,
 }
 
 fn payload(i: u64) -> Vec<u8> {
@@ -81,7 +87,11 @@ fn run_workload(fs: &SimFs, keep_going: bool) -> (Outcome, Vec<flintlog::Result<
         }
         results.push(appended.map(drop));
         if i % 60 == 50 {
-            results.push(node.snapshotter().snapshot().map(drop));
+            let snap = node.snapshotter().snapshot();
+            if let Ok(s) = &snap {
+                out.snapshot_acked = out.snapshot_acked.max(s.offset.get());
+            }
+            results.push(snap.map(drop));
         }
         if i % 60 == 20 {
             out.compacted_to = out.compacted_to.max(i - 15);
@@ -91,6 +101,12 @@ fn run_workload(fs: &SimFs, keep_going: bool) -> (Outcome, Vec<flintlog::Result<
             break;
         }
     }
+    // Whether the node refuses writes, asked before shutdown's own final sync.
+    out.ops_before_shutdown = fs.ops();
+    out.poisoned = node
+        .appender()
+        .status()
+        .map_or(true, |s| s.poisoned.is_some());
     let _ = node.shutdown();
     (out, results)
 }
@@ -108,6 +124,16 @@ fn verify(node: &Node, outcome: &Outcome) -> Result<(u64, usize), String> {
     let a = node.appender();
     let status = a.status().map_err(|e| e.to_string())?;
     let (first, next) = (status.first_offset.get(), status.next_offset.get());
+    let loaded = status
+        .latest_snapshot
+        .as_ref()
+        .map_or(0, |s| s.offset.get());
+    if loaded < outcome.snapshot_acked {
+        return Err(format!(
+            "the snapshot at {} was answered as durable, but recovery found none past {loaded}",
+            outcome.snapshot_acked
+        ));
+    }
     if first > outcome.compacted_to {
         return Err(format!(
             "the log starts at {first}, past every compaction asked for (the furthest: {})",
@@ -499,6 +525,15 @@ fn a_failed_sync_anywhere_is_fail_stop() {
             ..Faults::default()
         });
         let (outcome, results) = run_workload(&fs, true);
+        // Fail-stop: a failed sync anywhere, reported to a request or not, leaves the
+        // node refusing writes; one whose error was swallowed does not.
+        if k < outcome.ops_before_shutdown {
+            assert!(
+                outcome.poisoned,
+                "sync op={k} ({}) failed, yet the node still accepts writes",
+                clean_trace()[k as usize].path.display()
+            );
+        }
         if let Some(first) = results.iter().position(|r| r.is_err()) {
             match &results[first] {
                 Err(flintlog::Error::Crashed(_)) => {}
@@ -591,7 +626,9 @@ fn policy_workload(fs: &SimFs, policy: flintlog::Policy, ops: &[u8]) -> Outcome 
                     SnapshotMode::Full,
                     SnapshotMode::Incremental,
                 ][(op / 16 % 3) as usize];
-                node.snapshotter().snapshot_mode(mode).map(drop)
+                node.snapshotter().snapshot_mode(mode).map(|s| {
+                    out.snapshot_acked = out.snapshot_acked.max(s.offset.get());
+                })
             }
             1 => {
                 let next = out.submitted.len() as u64;
