@@ -31,12 +31,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let node = Node::open(config)?;
     let status = node.appender().status()?;
+    let from = match &status.recovery.snapshot {
+        Some(s) => format!("snapshot {}", s.file),
+        None => "the log alone".to_string(),
+    };
     println!(
-        "reopened: next offset {}, {} keys, recovered from {:?} in {} ms",
-        status.next_offset,
-        status.keys,
-        status.recovery.snapshot.map(|s| s.file),
-        status.recovery.duration_ms
+        "reopened: next offset {}, {} keys, recovered from {from} in {} ms",
+        status.next_offset, status.keys, status.recovery.duration_ms
     );
     node.shutdown()?;
     Ok(())

@@ -17,7 +17,18 @@ use flintlog::{Config, FsyncPolicy, Policy, inspect};
 /// A durable, checksummed, segmented write-ahead log of a key-value state machine,
 /// run as a Maelstrom node: JSON messages on stdin, replies on stdout, logs on stderr.
 #[derive(Parser, Debug)]
-#[command(name = "flintlog", version)]
+#[command(
+    name = "flintlog",
+    version,
+    term_width = 100,
+    after_help = "Examples:\n  \
+    flintlog --data-dir /var/lib/fl < input.jsonl   run as a node; files in /var/lib/fl/<node_id>/\n  \
+    flintlog verify /var/lib/fl/n1                  check a directory; exit 1 on damage\n  \
+    flintlog inspect /var/lib/fl/n1 --json          segments, snapshots, offsets\n\n\
+The first line a node expects:\n  \
+    {\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\"]}}\n\n\
+The protocol: docs/PROTOCOL.md in the source."
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,

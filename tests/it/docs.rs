@@ -86,3 +86,20 @@ fn no_document_points_outside_the_repository() {
         );
     }
 }
+
+/// `flintlog --help` fits 100 columns and ends with examples.
+#[test]
+fn the_help_fits_100_columns_and_shows_examples() {
+    let out = std::process::Command::new(crate::support::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for line in help.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line}");
+    }
+    assert!(
+        help.contains("Examples:") && help.contains("\"type\":\"init\""),
+        "{help}"
+    );
+}
