@@ -129,7 +129,15 @@ fn prefill(args: &Args, dir: &Path) -> Result<(), String> {
     let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<flintlog::Offset>>(8192);
     let value = "p".repeat(args.payload_bytes.saturating_sub(20).max(1));
     let mut in_flight = 0usize;
+    let step = (args.prefill_keys / 10).max(1);
     for i in 0..args.prefill_keys {
+        if i > 0 && i % step == 0 {
+            println!(
+                "pre-filling: {i} of {} keys, {:.1} s",
+                args.prefill_keys,
+                started.elapsed().as_secs_f64()
+            );
+        }
         while in_flight >= 4096 {
             rx.recv()
                 .map_err(|e| e.to_string())?
@@ -178,6 +186,19 @@ fn run(args: &Args) -> Result<(), String> {
         return Err("--clients and --depth must be at least 1".into());
     }
     let node_bin = node_binary(args)?;
+    println!(
+        "flintlog-load: {} clients x {} appends in flight, {}-byte payloads over {} keys, \
+         {} keys pre-filled, --fsync {}, {} s; the node's default log-management policy, plus \
+         an admin snapshot and compaction every {} s (0: none)",
+        args.clients,
+        args.depth,
+        args.payload_bytes,
+        args.keys,
+        args.prefill_keys,
+        args.fsync,
+        args.duration,
+        args.snapshot_every
+    );
     let data = args.out.join("data");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
@@ -387,12 +408,12 @@ fn run(args: &Args) -> Result<(), String> {
                 Some(b) => {
                     b.set_position(whole.min(args.duration as u64));
                     b.set_message(format!(
-                        "{rate:.0} appends/s, p99 {:.1} ms",
+                        "{rate:.0} appends/s, p99 {:.1} ms (averages since the start)",
                         all.value_at_quantile(0.99) as f64 / 1000.0
                     ));
                 }
                 None if whole.is_multiple_of(5) => println!(
-                    "{whole:>4} s  {rate:>9.0} appends/s  p99 {:.1} ms",
+                    "{whole:>4} s  {rate:>9.0} appends/s  p99 {:.1} ms  (since the start)",
                     all.value_at_quantile(0.99) as f64 / 1000.0
                 ),
                 None => {}
@@ -487,7 +508,7 @@ fn run(args: &Args) -> Result<(), String> {
         println!(
             "{:<20} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             r["window"].as_str().unwrap_or(""),
-            r["count"],
+            r["count"].as_u64().unwrap_or(0),
             r["p50_ms"].as_f64().unwrap_or(0.0),
             r["p99_ms"].as_f64().unwrap_or(0.0),
             r["p999_ms"].as_f64().unwrap_or(0.0),
