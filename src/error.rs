@@ -32,7 +32,12 @@ pub enum Error {
 
 impl Error {
     /// Builds an [`Error::Open`] from an I/O error, naming what was being done.
+    /// A full disk is [`Error::Unavailable`] instead: nothing was written, and the
+    /// open may succeed once space is freed.
     pub(crate) fn open_io(what: impl fmt::Display, err: &std::io::Error) -> Error {
+        if err.raw_os_error() == Some(28) {
+            return Error::Unavailable(format!("{what}: {err} (the disk is full)"));
+        }
         Error::Open(format!("{what}: {err}"))
     }
 

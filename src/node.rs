@@ -18,6 +18,26 @@ use crate::survey;
 use crate::types::RecoveryReport;
 use crate::wal::{Log, RecoverLog};
 
+/// The log's options, with segment preallocation sized to what the filesystem has: at
+/// most a quarter of the free space (a segment, the spare prepared beside it, and room
+/// for snapshots), in whole 4 KiB blocks, and said so in the log.
+fn log_options(config: &Config, fs: &dyn FileSystem) -> crate::wal::LogOptions {
+    let mut options = config.log_options();
+    let wanted = options.segment_bytes_max.min(options.preallocate_bytes_max);
+    if let Some(free) = fs.available_bytes(&config.dir) {
+        let cap = (free / 4 / 4096 * 4096).max(2 * 4096);
+        if cap < wanted {
+            log::warn!(
+                "{} has {free} bytes free: segments are preallocated to {cap} bytes instead of \
+                 {wanted}",
+                config.dir.display()
+            );
+            options.preallocate_bytes_max = cap;
+        }
+    }
+    options
+}
+
 /// A running node: the appender, snapshotter and compactor threads over one directory.
 ///
 /// ```
@@ -117,7 +137,7 @@ impl Node {
         let (log, log_report) = Log::recover(
             fs.clone(),
             RecoverLog {
-                options: &config.log_options(),
+                options: &log_options(&config, &*fs),
                 segments: listing.segments.clone(),
                 first_offset,
                 replay_from,

@@ -67,6 +67,10 @@ pub trait FileSystem: Send + Sync {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Names of the entries of a directory (files only matter to the node), unsorted.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Bytes free for new data on the filesystem holding `dir`, when known.
+    fn available_bytes(&self, _dir: &Path) -> Option<u64> {
+        None
+    }
     /// Makes the directory's entries durable: fsync of the directory.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Takes an exclusive lock on the file at `path` (created if missing), failing at
@@ -144,6 +148,16 @@ impl FileSystem for RealFs {
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+    fn available_bytes(&self, dir: &Path) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();

@@ -560,6 +560,12 @@ impl<W: Write> Router<W> {
                 self.node = Some((node_id, node));
                 ok("init_ok", vec![])
             }
+            Err(e @ Error::Unavailable(_)) => {
+                // Nothing was written (a full disk): the client may retry once there is
+                // room, so the node stays up.
+                log::warn!("{e}");
+                from_error(&e)
+            }
             Err(e) => {
                 log::error!("{e}");
                 self.fatal = true;

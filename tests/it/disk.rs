@@ -88,6 +88,37 @@ impl Live {
         live
     }
 
+    /// A node on a fresh tmpfs of `size`, not yet initialized.
+    fn uninitialized(dir: &Path, size: &str) -> Live {
+        let script = format!("mount -t tmpfs -o size={size} tmpfs \"$1\" && shift && exec \"$@\"");
+        let mut child = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script, "sh"])
+            .arg(dir)
+            .arg(support::binary())
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                println!("node stderr (expected under fault injection): {line}");
+            }
+        });
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Live {
+            child,
+            stdin,
+            stdout,
+            next_id: 1,
+        }
+    }
+
     fn call(&mut self, mut body: Value) -> Value {
         self.next_id += 1;
         body["msg_id"] = json!(self.next_id);
@@ -230,4 +261,37 @@ fn startup_on_a_read_only_directory_fails_fast_naming_path_and_os_error() {
             if existing { "with data" } else { "empty" }
         );
     }
+}
+
+/// On a filesystem smaller than one default segment the node sizes its preallocation
+/// to the space there is, and works.
+#[test]
+fn a_small_disk_gets_smaller_segments_and_works() {
+    require_namespaces!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Live::uninitialized(dir.path(), "10m");
+    let reply = node.call(json!({"type": "init", "node_id": "n1", "node_ids": ["n1"]}));
+    assert_eq!(reply["type"], "init_ok", "{reply}");
+    for i in 0..100 {
+        let r = node.call(json!({"type": "wal_append", "payload": format!("set k{i}=v")}));
+        assert_eq!(r["offset"], i, "{r}");
+    }
+    node.finish();
+}
+
+/// With no room even for a small segment, init answers 11 (nothing was written) and
+/// the node stays up for the next init.
+#[test]
+fn a_disk_too_small_for_a_segment_answers_11_and_stays_up() {
+    require_namespaces!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Live::uninitialized(dir.path(), "4k");
+    for _ in 0..2 {
+        let reply = node.call(json!({"type": "init", "node_id": "n1", "node_ids": ["n1"]}));
+        assert_eq!(reply["code"], 11, "{reply}");
+        assert!(reply["text"].as_str().unwrap().contains("full"), "{reply}");
+    }
+    let reply = node.call(json!({"type": "wal_info"}));
+    assert_eq!(reply["code"], 11, "{reply}");
+    node.finish();
 }
