@@ -162,6 +162,43 @@ pub fn machine(dir: &Path) -> String {
     )
 }
 
+/// What this run can read about the disk under `dir`: its I/O scheduler and whether
+/// its filesystem discards online, from /sys and /proc. For the notes on missed
+/// targets, which must only say what was measured or read in the run.
+pub fn disk_facts(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return "the disk could not be identified".into();
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let sys = format!("/sys/dev/block/{major}:{minor}");
+    let scheduler = [
+        format!("{sys}/queue/scheduler"),
+        format!("{sys}/../queue/scheduler"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|s| {
+        s.split_whitespace()
+            .find(|w| w.starts_with('['))
+            .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
+    })
+    .unwrap_or_else(|| "unknown".into());
+    let discard = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.split_whitespace().nth(2) == Some(&format!("{major}:{minor}")))
+                .map(|l| l.contains("discard"))
+        });
+    let discard = match discard {
+        Some(true) => "mounted with online discard",
+        Some(false) => "mounted without online discard",
+        None => "mount options unknown",
+    };
+    format!("the disk (device {major}:{minor}) uses the {scheduler} I/O scheduler and is {discard}")
+}
+
 /// Replaces the part of the Markdown file `path` between `<!-- begin NAME -->` and
 /// `<!-- end NAME -->` with `body` (appending the part if the file lacks it), so that
 /// each benchmark program rewrites only what it measured.

@@ -101,14 +101,11 @@ pub(crate) fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
             "Append p99 during a snapshot is {:.2}x idle ({s99:.2} ms against {i99:.2} ms; \
              the worst append {smax:.1} ms, within its 20 ms target). The hand-off is not the \
              cause ({pause:.1} µs): the snapshot's writes share the one disk with the log, \
-             and each log fdatasync waits behind up to one sync chunk (256 KiB) of snapshot \
-             data. Smaller chunks lowered the worst case (in one series of runs: 9 ms with \
-             4 MiB chunks, 3-4 ms with 256 KiB and below) but left the p99 several times \
-             idle at every size tried (4 MiB down to 64 KiB); what would close it is an I/O \
-             scheduler that favours the log (ioprio with BFQ; this disk uses \
-             mq-deadline) or writing snapshots at a paced rate, at the price of longer \
-             snapshots.",
-            s99 / i99
+             and each log fdatasync waits behind up to one sync chunk ({} KiB in this run) \
+             of snapshot data; {}. See the dated notes below for the chunk sizes tried.",
+            s99 / i99,
+            config(&d).snapshot_sync_chunk_bytes / 1024,
+            disk_facts(&args.dir)
         ));
     }
     r.target(
@@ -182,15 +179,13 @@ pub(crate) fn bench_appends_during_compaction(args: &Args, r: &mut Report) {
     if c / i > 1.2 {
         r.note(format!(
             "Append p99 while compacting is {:.2}x idle ({c:.2} ms against {i:.2} ms). \
-             Compaction frees {freed} bytes by truncating each segment 1 MiB at a time, \
-             10 ms apart; each step is a journal commit on ext4 (mounted here with online \
-             discard, so a discard too) that the log's next fdatasync can queue behind. \
-             Unlinking whole segments measured about 110x idle; the pacing brought it to \
-             ~10x. Closing the rest means not freeing blocks on the append path at all: \
-             recycling compacted segments as the next segments (records would then need \
-             the segment's generation to tell them from stale ones) or deferring deletion \
-             to quiet periods.",
-            c / i
+             Compaction frees {freed} bytes by truncating each segment {} KiB at a time, \
+             {} ms apart; each step frees blocks that the log's next fdatasync can queue \
+             behind; {}. See the dated notes below for what unpaced unlinking measured.",
+            c / i,
+            config(&args.dir).delete_chunk_bytes / 1024,
+            config(&args.dir).delete_pause.as_millis(),
+            disk_facts(&args.dir)
         ));
     }
     r.table(

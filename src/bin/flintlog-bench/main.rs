@@ -23,7 +23,7 @@ use recovery::*;
 use snapshot::*;
 
 use clap::Parser;
-use common::{PAYLOAD, Report, fresh, median, raw};
+use common::{PAYLOAD, Report, disk_facts, fresh, median, raw};
 use flintlog::core::kv::{KvState, Written, changes_of};
 use flintlog::core::policy::SnapshotMode;
 use flintlog::{Config, Node, Offset, Reply};
