@@ -7,6 +7,7 @@
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
 #   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
 #   make bench-peers  the same appends against okaywal, raft-engine, SQLite; BENCHMARKS.md
+#   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~15 min)
 
 # A pipeline fails when any command in it fails (make crash filters test output).
 SHELL       := /bin/bash
@@ -29,7 +30,7 @@ BENCH_ARGS ?=
 # Flags for flintlog-peers, e.g. make bench-peers PEERS_ARGS="--runs 5 --seconds 3"
 PEERS_ARGS ?=
 
-.PHONY: all build test fmt lint demo load bench bench-peers crash soak fuzz clean
+.PHONY: all build test fmt lint demo load bench bench-peers crash soak fuzz mutants clean
 
 all: build
 
@@ -94,6 +95,10 @@ fuzz:
 	cd fuzz && for t in wire_line record snapshot; do \
 	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; done
 	@echo "new corpus inputs are in fuzz/corpus/; the stable test replays them"
+
+# MUTANT=name runs one. Regenerate the patches after moving code: python3 mutants/make_patches.py
+mutants:
+	bash mutants/run.sh
 
 clean:
 	$(CARGO) clean
