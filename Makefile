@@ -60,11 +60,12 @@ bench-peers:
 
 demo: build
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	@echo "== 1. a conversation (testdata/demo.jsonl) on --data-dir $(DEMO_DIR)"
-	@$(BIN) --data-dir $(DEMO_DIR) < testdata/demo.jsonl 2>$(DEMO_DIR)/stderr-1.log
-	@echo
+	@echo "== 1. a conversation (testdata/demo.jsonl) on --data-dir $(DEMO_DIR): each request (->) and its reply (<-)"
+	@$(BIN) --data-dir $(DEMO_DIR) < testdata/demo.jsonl > $(DEMO_DIR)/out-1.jsonl 2>$(DEMO_DIR)/stderr-1.log
+	@python3 scripts/pair.py testdata/demo.jsonl $(DEMO_DIR)/out-1.jsonl
 	@echo "== 2. the node restarted on the same directory (testdata/demo_restart.jsonl)"
-	@$(BIN) --data-dir $(DEMO_DIR) < testdata/demo_restart.jsonl 2>$(DEMO_DIR)/stderr-2.log
+	@$(BIN) --data-dir $(DEMO_DIR) < testdata/demo_restart.jsonl > $(DEMO_DIR)/out-2.jsonl 2>$(DEMO_DIR)/stderr-2.log
+	@python3 scripts/pair.py testdata/demo_restart.jsonl $(DEMO_DIR)/out-2.jsonl
 	@echo
 	@echo "== recovery, as logged on stderr:"
 	@grep -h "recovered\|loaded snapshot" $(DEMO_DIR)/stderr-2.log
