@@ -86,12 +86,27 @@ impl Node {
         let started = Instant::now();
         let dir = config.dir.clone();
         let existed = fs.list(&dir).is_ok();
+        // The directories this open creates: `dir` and any missing ancestors.
+        let created: Vec<std::path::PathBuf> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && fs.list(a).is_err())
+            .map(|a| a.to_path_buf())
+            .collect();
         fs.create_dir_all(&dir).map_err(|e| {
             Error::open_io(
                 format!("cannot create data directory {}", dir.display()),
                 &e,
             )
         })?;
+        // A new directory's entry in its parent is durable only once the parent is
+        // synced: without that, a power cut could take the whole directory with every
+        // entry acknowledged in it.
+        for parent in created.iter().filter_map(|d| d.parent()) {
+            if !parent.as_os_str().is_empty() {
+                fs.sync_dir(parent)
+                    .map_err(|e| Error::open_io(format!("cannot sync {}", parent.display()), &e))?;
+            }
+        }
         let lock = fs.lock(&join(&dir, LOCK_NAME)).map_err(|e| {
             Error::open_io(format!("cannot lock data directory {}", dir.display()), &e)
         })?;

@@ -154,6 +154,11 @@ fn record_offsets(mut data: &[u8]) -> Vec<u64> {
 }
 
 fn workload() -> Vec<u8> {
+    workload_with(true)
+}
+
+/// The 600 appends, with the admin's snapshots and compactions when `admin`.
+fn workload_with(admin: bool) -> Vec<u8> {
     let mut input = vec![init(1)];
     let mut sent = 0u64;
     for n in 0..600u64 {
@@ -163,10 +168,10 @@ fn workload() -> Vec<u8> {
             json!({"type": "wal_append", "msg_id": n, "payload": format!("set k{n}=value-{n}")}),
         ));
         sent += 1;
-        if n % 50 == 49 {
+        if admin && n % 50 == 49 {
             input.push(msg("adm", json!({"type": "wal_snapshot", "msg_id": n})));
         }
-        if n % 120 == 119 {
+        if admin && n % 120 == 119 {
             input.push(msg("adm", json!({"type": "wal_compact", "msg_id": n + 10_000, "snapshot_at_offset": sent - 100})));
         }
     }
@@ -182,9 +187,9 @@ struct Traced {
     violations: Vec<String>,
 }
 
-/// Runs the workload under `strace` with `--fsync fsync` and checks the trace;
-/// `None` when strace cannot run here (reported through `cannot_run`).
-fn trace(fsync: &str) -> Option<Traced> {
+/// Runs the node under `strace` with `args` on `input` and checks the trace; `None`
+/// when strace cannot run here (reported through `cannot_run`).
+fn trace(args: &[&str], input: Vec<u8>) -> Option<Traced> {
     if Command::new("strace").arg("-V").output().is_err() {
         crate::support::cannot_run(
             "syscall order",
@@ -197,9 +202,10 @@ fn trace(fsync: &str) -> Option<Traced> {
     let mut child = Command::new("strace")
         .args(["-f", "-xx", "-s", "1000000", "-o"])
         .arg(&trace_path)
-        .args(["-e", "trace=openat,close,pwrite64,write,fdatasync,fsync,rename,renameat,renameat2,unlink,unlinkat"])
+        .args(["-e", "trace=openat,close,pwrite64,write,fdatasync,fsync,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat"])
         .arg(crate::support::binary())
-        .args(["--fsync", fsync, "--max-segment-bytes", "8192", "--data-dir"])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
@@ -207,7 +213,6 @@ fn trace(fsync: &str) -> Option<Traced> {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let input = workload();
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
     let out = child.wait_with_output().unwrap();
@@ -233,6 +238,7 @@ fn trace(fsync: &str) -> Option<Traced> {
     let mut dir_syncs: Vec<(usize, String)> = Vec::new();
     let mut renames: Vec<(usize, String, String)> = Vec::new();
     let mut unlinks: Vec<(usize, String)> = Vec::new();
+    let mut mkdirs: Vec<(usize, String)> = Vec::new();
     let mut last_write: HashMap<String, usize> = HashMap::new();
     let mut replies: Vec<(usize, Value)> = Vec::new();
     // A close releases its descriptor as it starts, so another thread's open may
@@ -278,6 +284,15 @@ fn trace(fsync: &str) -> Option<Traced> {
                     .map(Arg::text)
                     .collect();
                 renames.push((c.end, strings[0].clone(), strings[1].clone()));
+            }
+            "mkdir" | "mkdirat" if c.ret == 0 => {
+                let path = c
+                    .args
+                    .iter()
+                    .find(|a| matches!(a, Arg::Bytes(_)))
+                    .unwrap()
+                    .text();
+                mkdirs.push((c.end, path));
             }
             "unlink" | "unlinkat" if c.ret == 0 => {
                 let path = c
@@ -338,6 +353,20 @@ fn trace(fsync: &str) -> Option<Traced> {
             }
         }
     }
+    // A directory the node created must have its entry made durable (a sync of its
+    // parent) before anything in it is acknowledged.
+    let first_ack = replies
+        .iter()
+        .find(|(_, r)| r["body"]["type"] == "wal_append_ok")
+        .map_or(usize::MAX, |(at, _)| *at);
+    let node_dir_created = mkdirs.iter().any(|(_, p)| p.ends_with("/n1"));
+    for (m, path) in &mkdirs {
+        if !dir_synced_between(path, *m, first_ack) {
+            violations.push(format!(
+                "{path} created, but its parent was not synced before the first acknowledgement"
+            ));
+        }
+    }
     let mut snapshot_renames = 0;
     // Full snapshots and deltas follow the same recipe.
     let snapshot_temp = |f: &str| f.ends_with(".snap.tmp") || f.ends_with(".delta.tmp");
@@ -375,6 +404,10 @@ fn trace(fsync: &str) -> Option<Traced> {
             )),
         }
     }
+    assert!(
+        node_dir_created,
+        "the trace must show the node's directory being created"
+    );
     Some(Traced {
         calls: calls.len(),
         acks,
@@ -386,7 +419,10 @@ fn trace(fsync: &str) -> Option<Traced> {
 
 #[test]
 fn syscalls_happen_in_the_durable_order() {
-    let Some(t) = trace("always") else { return };
+    let args = ["--fsync", "always", "--max-segment-bytes", "8192"];
+    let Some(t) = trace(&args, workload()) else {
+        return;
+    };
     println!(
         "syscall order: {} syscalls traced, {} acknowledgements, {} snapshot renames, \
          {} segment unlinks checked, {} violations",
@@ -407,12 +443,15 @@ fn syscalls_happen_in_the_durable_order() {
     );
 }
 
-/// The check of the checker: under `--fsync never` appends are acknowledged before
-/// any fdatasync, and the trace must show it for most of them, however the replies
-/// were grouped into writes.
+/// The check of the checker: under `--fsync never`, with no snapshot, compaction or
+/// segment roll to sync the log, no append is synced before shutdown, so every
+/// acknowledgement must be flagged, however the replies were grouped into writes.
 #[test]
 fn the_order_check_catches_acknowledgements_before_their_sync() {
-    let Some(t) = trace("never") else { return };
+    let args = ["--fsync", "never", "--max-segment-bytes", "16777216"];
+    let Some(t) = trace(&args, workload_with(false)) else {
+        return;
+    };
     let unsynced = t
         .violations
         .iter()
@@ -423,8 +462,9 @@ fn the_order_check_catches_acknowledgements_before_their_sync() {
         t.acks
     );
     assert_eq!(t.acks, 600);
-    assert!(
-        unsynced >= t.acks / 2,
+    assert_eq!(
+        unsynced,
+        t.acks,
         "only {unsynced} of {} unsynced acknowledgements were caught: {:?}",
         t.acks,
         &t.violations[..t.violations.len().min(5)]
