@@ -318,6 +318,23 @@ impl SimFs {
         }
     }
 
+    /// The disk after the process was killed (`kill -9`): the page cache survives, so
+    /// every current image stays readable and every unsynced write stays pending (a
+    /// later power cut may still lose it); locks are released. Faults are cleared.
+    pub fn after_kill(&self) -> SimFs {
+        let inner = self.lock_inner();
+        SimFs {
+            inner: Arc::new(Mutex::new(Inner {
+                files: inner.files.clone(),
+                current: inner.current.clone(),
+                durable: inner.durable.clone(),
+                dir_pending: inner.dir_pending.clone(),
+                dirs: inner.dirs.clone(),
+                ..Inner::default()
+            })),
+        }
+    }
+
     /// The disk a power cut now could leave, in `mode`, drawn from `seed`. The result
     /// has no faults, no locks and nothing pending.
     pub fn crash(&self, seed: u64, mode: CrashMode) -> SimFs {

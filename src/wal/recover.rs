@@ -130,6 +130,12 @@ impl Log {
                     );
                     report.broken_file = Some(broken);
                 }
+                // What was read back may still sit unsynced in the page cache (the
+                // last run was killed before its sync). The next write says that
+                // everything before it is synced (the after-sync flag), so make it so.
+                file.sync_data().map_err(|e| {
+                    Error::open_io(format!("syncing {}", path.display()), &sync_failed(e))
+                })?;
                 file
             }
         };

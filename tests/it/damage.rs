@@ -126,3 +126,41 @@ fn damage_to_the_newest_write_is_indistinguishable_from_a_torn_one() {
     assert!(status.recovery.broken_file.is_some());
     node.shutdown().unwrap();
 }
+
+/// A kill -9 leaves writes in the page cache that were never synced; the next run reads
+/// them as valid entries. Its first write must not claim "everything before me is
+/// synced" until that is true, or a power cut that keeps the new write and loses the
+/// old one would look like damage and refuse to start. So the node syncs the active
+/// segment when it opens: no crash state after that refuses.
+#[test]
+fn a_restart_after_kill_then_a_power_cut_never_looks_like_damage() {
+    let mut c = config();
+    c.fsync = flintlog::FsyncPolicy::Never;
+    let fs = SimFs::new();
+    let node = Node::open_with_fs(c.clone(), Arc::new(fs.clone())).unwrap();
+    node.appender().append("set a=1").unwrap();
+    node.appender().append("set b=2").unwrap();
+    // Killed: the node never gets to sync; the page cache keeps its writes.
+    let killed = fs.clone();
+    std::mem::forget(node);
+    let fs = killed.after_kill();
+    let node = Node::open_with_fs(config(), Arc::new(fs.clone())).unwrap();
+    assert_eq!(node.appender().status().unwrap().next_offset, 2);
+    // A power cut between the next write and its sync (the write is the next storage
+    // operation, the sync the one after).
+    fs.set_faults(flintlog::fs::sim::Faults {
+        crash_at: Some(fs.ops() + 1),
+        ..Default::default()
+    });
+    assert!(node.appender().append("set c=3").is_err());
+    let mut refused = Vec::new();
+    for mode in flintlog::fs::sim::CrashMode::ALL {
+        for seed in 0..20 {
+            let disk = fs.crash(seed, mode);
+            if let Err(e) = Node::open_with_fs(config(), Arc::new(disk)) {
+                refused.push(format!("{mode:?} seed {seed}: {e}"));
+            }
+        }
+    }
+    assert!(refused.is_empty(), "{refused:#?}");
+}
