@@ -7,7 +7,7 @@
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
 #   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
 #   make bench-peers  the same appends against okaywal, raft-engine, SQLite; BENCHMARKS.md
-#   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~8 min)
+#   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~6 min)
 
 # A pipeline fails when any command in it fails (make crash filters test output).
 SHELL       := /bin/bash
