@@ -23,8 +23,8 @@ impl SnapshotterHandle {
     /// Cuts a snapshot of the state and returns it once the file is durable.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] if writing it failed (the previous snapshot stays);
-    /// [`Error::Crashed`] if the node refuses writes.
+    /// [`Error::Unavailable`](crate::Error::Unavailable) if writing it failed (the previous snapshot stays);
+    /// [`Error::Crashed`](crate::Error::Crashed) if the node refuses writes.
     pub fn snapshot(&self) -> Result<SnapshotFile> {
         call(|reply| self.snapshot_with(reply))
     }
@@ -63,8 +63,8 @@ impl CompactorHandle {
     /// nothing.
     ///
     /// # Errors
-    /// [`Error::PreconditionFailed`] if `at` is past the log's end;
-    /// [`Error::Unavailable`] if the snapshot or the metadata could not be written
+    /// [`Error::PreconditionFailed`](crate::Error::PreconditionFailed) if `at` is past the log's end;
+    /// [`Error::Unavailable`](crate::Error::Unavailable) if the snapshot or the metadata could not be written
     /// (nothing was deleted).
     pub fn compact(&self, at: Offset) -> Result<Compaction> {
         call(|reply| self.compact_with(at, reply))
