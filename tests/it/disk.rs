@@ -51,7 +51,21 @@ struct Live {
 }
 
 impl Live {
+    /// A node on a fresh tmpfs of `size`, initialized.
     fn on_tmpfs(dir: &Path, size: &str, args: &[&str]) -> Live {
+        let mut live = Live::start(dir, size, args);
+        writeln!(live.stdin, "{}", init(0)).unwrap();
+        let reply = live.stdout.next().unwrap().unwrap();
+        assert!(reply.contains("init_ok"), "{reply}");
+        live
+    }
+
+    /// A node on a fresh tmpfs of `size`, not yet initialized.
+    fn uninitialized(dir: &Path, size: &str) -> Live {
+        Live::start(dir, size, &[])
+    }
+
+    fn start(dir: &Path, size: &str, args: &[&str]) -> Live {
         let script = format!("mount -t tmpfs -o size={size} tmpfs \"$1\" && shift && exec \"$@\"");
         let mut child = Command::new("unshare")
             .args(["-m", "sh", "-c", &script, "sh"])
@@ -68,41 +82,6 @@ impl Live {
             .unwrap();
         // The node's warnings (a full disk is this test's point) go to the test's
         // captured output, shown only if it fails, labelled as expected.
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                println!("node stderr (expected under fault injection): {line}");
-            }
-        });
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut live = Live {
-            child,
-            stdin,
-            stdout,
-            next_id: 1,
-        };
-        writeln!(live.stdin, "{}", init(0)).unwrap();
-        let reply = live.stdout.next().unwrap().unwrap();
-        assert!(reply.contains("init_ok"), "{reply}");
-        live
-    }
-
-    /// A node on a fresh tmpfs of `size`, not yet initialized.
-    fn uninitialized(dir: &Path, size: &str) -> Live {
-        let script = format!("mount -t tmpfs -o size={size} tmpfs \"$1\" && shift && exec \"$@\"");
-        let mut child = Command::new("unshare")
-            .args(["-m", "sh", "-c", &script, "sh"])
-            .arg(dir)
-            .arg(support::binary())
-            .arg("--data-dir")
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
         let stderr = BufReader::new(child.stderr.take().unwrap());
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {

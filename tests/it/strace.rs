@@ -178,6 +178,15 @@ fn workload_with(admin: bool) -> Vec<u8> {
     lines(&input)
 }
 
+/// The first path argument of a call (the `*at` forms start with a descriptor).
+fn first_path(c: &Call) -> String {
+    c.args
+        .iter()
+        .find(|a| matches!(a, Arg::Bytes(_)))
+        .expect("a path argument")
+        .text()
+}
+
 /// What one traced run found.
 struct Traced {
     calls: usize,
@@ -285,24 +294,8 @@ fn trace(args: &[&str], input: Vec<u8>) -> Option<Traced> {
                     .collect();
                 renames.push((c.end, strings[0].clone(), strings[1].clone()));
             }
-            "mkdir" | "mkdirat" if c.ret == 0 => {
-                let path = c
-                    .args
-                    .iter()
-                    .find(|a| matches!(a, Arg::Bytes(_)))
-                    .unwrap()
-                    .text();
-                mkdirs.push((c.end, path));
-            }
-            "unlink" | "unlinkat" if c.ret == 0 => {
-                let path = c
-                    .args
-                    .iter()
-                    .find(|a| matches!(a, Arg::Bytes(_)))
-                    .unwrap()
-                    .text();
-                unlinks.push((c.end, path));
-            }
+            "mkdir" | "mkdirat" if c.ret == 0 => mkdirs.push((c.end, first_path(c))),
+            "unlink" | "unlinkat" if c.ret == 0 => unlinks.push((c.end, first_path(c))),
             "write" if c.args[0].int() == 1 => {
                 for line in c.args[1].text().lines() {
                     replies.push((
