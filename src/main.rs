@@ -173,6 +173,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .target(env_logger::Target::Stderr)
+        .format_timestamp_millis()
         .init();
     if let Some(command) = args.command {
         return ExitCode::from(offline(command));

@@ -281,6 +281,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut last_offset = 0u64;
     let mut next_snapshot = args.snapshot_every;
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let duration = Duration::from_secs_f64(args.duration);
     let node_dir = data.join("n1");
     let bar = if std::io::stdout().is_terminal() {
@@ -435,6 +436,11 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
 
+    // The node's own snapshots and compactions (its log-management policy), from the
+    // node's log: shaded apart from the admin's.
+    let node_log = std::fs::read_to_string(args.out.join("node.log")).unwrap_or_default();
+    let (policy_snaps, policy_compactions) = policy_windows(&node_log, started_wall);
+
     // Offsets: unique and contiguous.
     let contiguous = match (offsets.first(), offsets.last()) {
         (Some(&a), Some(&b)) => b - a + 1 == offsets.len() as u64,
@@ -474,6 +480,8 @@ fn run(args: &Args) -> Result<(), String> {
         "latency": rows,
         "snapshots": windows_snap.len(),
         "compactions": windows_compact.len(),
+        "policy_snapshots": policy_snaps.len(),
+        "policy_compactions": policy_compactions.len(),
         "data_dir_bytes": dir_sizes.iter().map(|(t, b)| json!([t, b])).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -486,19 +494,23 @@ fn run(args: &Args) -> Result<(), String> {
         &latencies,
         &windows_snap,
         &windows_compact,
+        &policy_snaps,
+        &policy_compactions,
         &dir_sizes,
         elapsed,
     )?;
 
     println!();
     println!(
-        "{} appends acknowledged in {elapsed:.1} s: {:.0} appends/s; {:.0} fsyncs/s, {:.1} entries per fsync; {} snapshots, {} compactions",
+        "{} appends acknowledged in {elapsed:.1} s: {:.0} appends/s; {:.0} fsyncs/s, {:.1} entries per fsync; {} snapshots and {} compactions asked for, {} and {} by the node's policy",
         offsets.len(),
         offsets.len() as f64 / elapsed,
         fsyncs as f64 / elapsed,
         report["entries_per_fsync"].as_f64().unwrap_or(0.0),
         windows_snap.len(),
-        windows_compact.len()
+        windows_compact.len(),
+        policy_snaps.len(),
+        policy_compactions.len()
     );
     println!(
         "{:<20} {:>10} {:>9} {:>9} {:>9} {:>9}",
@@ -564,11 +576,77 @@ fn admin_status<W: Write>(
 
 /// Latency over time (p99 and max per 250 ms), snapshot and compaction windows shaded,
 /// and the data directory's size.
+/// Seconds since the Unix epoch of a log line's `[YYYY-MM-DDTHH:MM:SS.mmmZ` stamp.
+fn log_time(line: &str) -> Option<f64> {
+    let stamp = line.strip_prefix('[')?.get(..24)?;
+    let num = |r: std::ops::Range<usize>| stamp.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // Days from the civil date (proleptic Gregorian), as in Howard Hinnant's algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + mi * 60 + s) as f64 + ms as f64 / 1000.0)
+}
+
+/// The windows of the snapshots and compactions the node's policy made on its own, in
+/// seconds since `started`, from the node's log: a snapshot from "snapshot due ...
+/// cutting at offset N" to the line saying its file of offset N is durable; a
+/// compaction from "compacting to offset N after a durable snapshot" to "automatic
+/// compaction to N".
+fn policy_windows(log: &str, started: std::time::SystemTime) -> (Vec<Window>, Vec<Window>) {
+    let t0 = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut open_snaps: Vec<(String, f64)> = Vec::new();
+    let mut open_compactions: Vec<(String, f64)> = Vec::new();
+    let (mut snaps, mut compactions) = (Vec::new(), Vec::new());
+    for line in log.lines() {
+        let Some(t) = log_time(line).map(|t| t - t0) else {
+            continue;
+        };
+        let after = |marker: &str| {
+            line.split_once(marker)
+                .map(|(_, rest)| {
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .unwrap_or("")
+                })
+                .map(str::to_string)
+        };
+        if let Some(offset) = after("cutting at offset ") {
+            open_snaps.push((format!("{:0>20}", offset), t));
+        } else if line.contains(" durable: ") {
+            if let Some(i) = open_snaps
+                .iter()
+                .position(|(o, _)| line.contains(o.as_str()))
+            {
+                let (_, start) = open_snaps.remove(i);
+                snaps.push(Window { start, end: t });
+            }
+        } else if let Some(offset) = after("compacting to offset ") {
+            open_compactions.push((offset, t));
+        } else if let Some(offset) = after("automatic compaction to ")
+            && let Some(i) = open_compactions.iter().position(|(o, _)| *o == offset)
+        {
+            let (_, start) = open_compactions.remove(i);
+            compactions.push(Window { start, end: t });
+        }
+    }
+    (snaps, compactions)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn plot(
     path: &Path,
     latencies: &[(f64, u64)],
     snaps: &[Window],
     compactions: &[Window],
+    policy_snaps: &[Window],
+    policy_compactions: &[Window],
     dir_sizes: &[(f64, u64)],
     elapsed: f64,
 ) -> Result<(), String> {
@@ -579,6 +657,7 @@ fn plot(
     for &(t, us) in latencies {
         buckets[((t / bucket) as usize).min(n - 1)].push(us);
     }
+    let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     let mut max = Vec::new();
     for (i, b) in buckets.iter_mut().enumerate() {
@@ -587,6 +666,7 @@ fn plot(
         }
         b.sort_unstable();
         let t = i as f64 * bucket;
+        p50.push((t, b[b.len() / 2] as f64 / 1000.0));
         p99.push((t, b[(b.len() * 99 / 100).min(b.len() - 1)] as f64 / 1000.0));
         max.push((t, *b.last().expect("non-empty") as f64 / 1000.0));
     }
@@ -597,7 +677,7 @@ fn plot(
     let (top, bottom) = root.split_vertically(480);
     let mut chart = ChartBuilder::on(&top)
         .caption(
-            "append latency (shaded: blue = snapshot, orange = compaction)",
+            "append latency (shaded: blue/orange = admin's snapshot/compaction, green/purple = policy's)",
             ("sans-serif", 20),
         )
         .margin(10)
@@ -614,6 +694,8 @@ fn plot(
     for (ws, color) in [
         (snaps, BLUE.mix(0.15)),
         (compactions, RGBColor(255, 140, 0).mix(0.2)),
+        (policy_snaps, GREEN.mix(0.15)),
+        (policy_compactions, RGBColor(150, 0, 200).mix(0.15)),
     ] {
         chart
             .draw_series(ws.iter().map(|w| {
@@ -634,6 +716,11 @@ fn plot(
         .map_err(|e| err(&e))?
         .label("p99")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    chart
+        .draw_series(LineSeries::new(p50, RGBColor(0, 120, 0).stroke_width(1)))
+        .map_err(|e| err(&e))?
+        .label("p50")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(0, 120, 0)));
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
