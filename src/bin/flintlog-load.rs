@@ -660,6 +660,12 @@ fn plot(
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     let mut max = Vec::new();
+    // Acknowledged appends per second, per bucket.
+    let rate: Vec<(f64, f64)> = buckets
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i as f64 * bucket, b.len() as f64 / bucket))
+        .collect();
     for (i, b) in buckets.iter_mut().enumerate() {
         if b.is_empty() {
             continue;
@@ -672,9 +678,10 @@ fn plot(
     }
     let y_max = max.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
-    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (top, bottom) = root.split_vertically(480);
+    let (top, rest) = root.split_vertically(480);
+    let (middle, bottom) = rest.split_vertically(210);
     let mut chart = ChartBuilder::on(&top)
         .caption(
             "append latency (shaded: blue/orange = admin's snapshot/compaction, green/purple = policy's)",
@@ -726,6 +733,23 @@ fn plot(
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
+        .map_err(|e| err(&e))?;
+    let rate_max = rate.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let mut throughput = ChartBuilder::on(&middle)
+        .caption("acknowledged appends per second", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..elapsed.max(1.0), 0f64..rate_max)
+        .map_err(|e| err(&e))?;
+    throughput
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("appends/s")
+        .draw()
+        .map_err(|e| err(&e))?;
+    throughput
+        .draw_series(LineSeries::new(rate, BLACK.stroke_width(1)))
         .map_err(|e| err(&e))?;
     let mib: Vec<(f64, f64)> = dir_sizes
         .iter()
