@@ -85,13 +85,13 @@ impl Node {
         config.validate()?;
         let started = Instant::now();
         let dir = config.dir.clone();
-        let existed = fs.list(&dir).is_ok();
         // The directories this open creates: `dir` and any missing ancestors.
         let created: Vec<std::path::PathBuf> = dir
             .ancestors()
             .take_while(|a| !a.as_os_str().is_empty() && fs.list(a).is_err())
             .map(|a| a.to_path_buf())
             .collect();
+        let existed = created.is_empty();
         fs.create_dir_all(&dir).map_err(|e| {
             Error::open_io(
                 format!("cannot create data directory {}", dir.display()),

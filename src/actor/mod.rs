@@ -207,10 +207,9 @@ pub(crate) fn spawn_actor(
 pub(crate) fn poison_on_panic(
     feedback: &crossbeam_channel::Sender<Feedback>,
 ) -> impl FnOnce(String) + Send + 'static {
-    let feedback = feedback.clone();
+    let mut poison = Poison::reporting_to(feedback.clone());
     move |why| {
-        log::error!("{why}; refusing writes until the node is reopened");
-        let _ = feedback.send(Feedback::Poisoned(why));
+        poison.set(why);
     }
 }
 

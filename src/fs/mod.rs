@@ -177,14 +177,7 @@ impl FileSystem for RealFs {
             .truncate(false)
             .open(path)?;
         if let Err(err) = file.try_lock_exclusive() {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                "another process".to_string()
-            } else {
-                format!("process {holder}")
-            };
+            let who = holder_of(&mut file);
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!("{} is locked by {who} ({err})", path.display()),
@@ -206,14 +199,17 @@ pub fn lock_holder(path: &Path) -> Option<String> {
         let _ = FileExt::unlock(&file);
         return None;
     }
+    Some(holder_of(&mut file))
+}
+
+/// Who holds a lock file, as its holder wrote it: "process PID".
+fn holder_of(file: &mut fs::File) -> String {
     let mut holder = String::new();
     let _ = file.read_to_string(&mut holder);
-    let holder = holder.trim();
-    Some(if holder.is_empty() {
-        "another process".to_string()
-    } else {
-        format!("process {holder}")
-    })
+    match holder.trim() {
+        "" => "another process".to_string(),
+        pid => format!("process {pid}"),
+    }
 }
 
 /// Marks an I/O error as a failed fdatasync or directory fsync: the fate of the data

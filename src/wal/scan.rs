@@ -70,12 +70,14 @@ impl<'f> Scanner<'f> {
     }
 
     /// The first valid record with the after-sync flag at a block boundary after
-    /// `pos`, as `(byte, offset)`. Every write starts at a boundary, and one flagged
-    /// record was written when everything before it had been synced: so one found
-    /// after a bad record at `pos` proves that record was synced, and damaged since.
-    fn written_after_sync(&mut self, pos: u64) -> io::Result<Option<(u64, u64)>> {
+    /// `pos` and before `end`, as `(byte, offset)`. Every write starts at a boundary,
+    /// and one flagged record was written when everything before it had been synced:
+    /// so one found after a bad record at `pos` proves that record was synced, and
+    /// damaged since.
+    fn written_after_sync(&mut self, pos: u64, end: u64) -> io::Result<Option<(u64, u64)>> {
         let mut at = align_up(pos + 1);
-        while at + record::HEADER_BYTES as u64 <= self.len {
+        // A record's own trailing bytes may be zeros: it need only start before `end`.
+        while at < end && at + record::HEADER_BYTES as u64 <= self.len {
             let head: [u8; record::HEADER_BYTES] = self
                 .bytes(at, record::HEADER_BYTES)?
                 .try_into()
@@ -245,6 +247,8 @@ pub fn scan(
             )));
         }
         let until = segments.get(i + 1).map(|(s, _)| *s);
+        // The end of the last non-zero byte after the data (last segment only).
+        let mut tail_end = None;
         let mut seg = ScannedSegment {
             start: *start,
             name: name.clone(),
@@ -300,7 +304,14 @@ pub fn scan(
                 Err(why) => {
                     // The end of the log, or a torn write: unless a record written
                     // after a sync stands further on, which a crash cannot produce.
-                    if let Some((pos, later)) = scanner.written_after_sync(at).map_err(io)? {
+                    // Past the data end, only the bytes up to the last non-zero one
+                    // can hold a record (what is between is zero padding).
+                    tail_end = scanner.last_nonzero_end(at).map_err(io)?;
+                    let found = match tail_end {
+                        Some(end) => scanner.written_after_sync(at, end).map_err(io)?,
+                        None => None,
+                    };
+                    if let Some((pos, later)) = found {
                         return Err(Error::Open(format!(
                             "{}: damaged record at byte {at} (offset {offset}): {}; a record \
                              written after it was synced stands at byte {pos} (offset {later}), \
@@ -313,7 +324,7 @@ pub fn scan(
                 }
             }
         }
-        if is_last && let Some(to) = scanner.last_nonzero_end(seg.data_end).map_err(io)? {
+        if is_last && let Some(to) = tail_end {
             out.torn_tail = Some(TornTail {
                 name: name.clone(),
                 from: seg.data_end,
