@@ -340,14 +340,21 @@ fn peak_rss_kib(n: u64) -> u64 {
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let pid = child.id();
+    // The reader says when every request (init and the n others) has its reply; the
+    // node is then still running, waiting for input, and its peak is readable.
+    let (answered_tx, answered) = crossbeam_channel::bounded::<()>(1);
     let reader = std::thread::spawn(move || {
         let mut sink = [0u8; 1 << 16];
-        let mut total = 0u64;
+        let (mut total, mut lines) = (0u64, 0u64);
         while let Ok(k) = stdout.read(&mut sink) {
             if k == 0 {
                 break;
             }
             total += k as u64;
+            lines += sink[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+            if lines == n + 1 {
+                let _ = answered_tx.send(());
+            }
         }
         total
     });
@@ -362,23 +369,19 @@ fn peak_rss_kib(n: u64) -> u64 {
             }
         }
         stdin.write_all(&buf).unwrap();
+        stdin
     });
-    let mut peak = 0;
-    while child.try_wait().unwrap().is_none() {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            && let Some(kib) = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))
-        {
-            peak = peak.max(
-                kib.trim()
-                    .trim_end_matches(" kB")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0),
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    writer.join().unwrap();
+    let stdin = writer.join().unwrap();
+    answered.recv().expect("every request is answered");
+    // VmHWM is the peak resident size the kernel kept track of all along.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
     let bytes = reader.join().unwrap();
     assert!(bytes > n * 60, "every request was answered");
     peak
