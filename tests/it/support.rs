@@ -80,6 +80,55 @@ pub fn run(args: &[&str], data_dir: Option<&Path>, input: &[u8]) -> Run {
     finish(out)
 }
 
+/// Runs the node over `first`, waits until it has answered `src`'s request
+/// `msg_id`, then sends `rest` and runs to end of input: the requests in `rest` reach
+/// the node only after everything before that answer was handled.
+pub fn run_after_answer(
+    args: &[&str],
+    data_dir: Option<&Path>,
+    first: &[u8],
+    (src, msg_id): (&str, u64),
+    rest: &[u8],
+) -> Run {
+    use std::io::{BufRead, Read};
+    let mut child = spawn(args, data_dir);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let first = first.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&first);
+        stdin
+    });
+    let mut out = Vec::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).expect("read stdout") == 0 {
+            break;
+        }
+        out.extend_from_slice(line.as_bytes());
+        let reply: Value = serde_json::from_str(&line).expect("reply is JSON");
+        if reply["dest"] == src && reply["body"]["in_reply_to"] == msg_id {
+            break;
+        }
+    }
+    let mut stdin = writer.join().unwrap();
+    let _ = stdin.write_all(rest);
+    drop(stdin);
+    stdout.read_to_end(&mut out).expect("read stdout");
+    let status = child.wait().expect("wait for the binary");
+    finish(Output {
+        status,
+        stdout: out,
+        stderr: errors.join().unwrap(),
+    })
+}
+
 pub fn finish(out: Output) -> Run {
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
     let lines: Vec<String> = stdout.lines().map(str::to_string).collect();

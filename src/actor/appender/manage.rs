@@ -63,10 +63,13 @@ impl Appender {
     /// Answers the callers of `settle` once the policy has nothing in flight or due
     /// (or the node is poisoned: it starts nothing more).
     pub(super) fn answer_settled(&mut self) {
-        let quiet = self.poison.reason().is_some()
-            || !(self.auto.busy.load(Ordering::Acquire)
-                || self.auto.compacting.load(Ordering::Acquire)
-                || self.auto.compact_due.is_some());
+        // The flags first, then the feedback: the snapshotter and the compactor send
+        // their news before their reply clears the flag, so once a flag reads clear,
+        // the news it follows is in the channel (a compaction it makes due included).
+        let idle = !(self.auto.busy.load(Ordering::Acquire)
+            || self.auto.compacting.load(Ordering::Acquire));
+        self.drain_feedback();
+        let quiet = self.poison.reason().is_some() || (idle && self.auto.compact_due.is_none());
         if quiet {
             for reply in self.settling.drain(..) {
                 reply.send(Ok(()));
@@ -79,7 +82,10 @@ impl Appender {
             return;
         }
         self.drain_feedback();
-        if let Some(at) = self.auto.compact_due.take() {
+        // One automatic compaction at a time: the flag says whether one is in flight.
+        if !self.auto.compacting.load(Ordering::Acquire)
+            && let Some(at) = self.auto.compact_due.take()
+        {
             log::info!("compacting to offset {at} after a durable snapshot");
             self.auto.compacting.store(true, Ordering::Release);
             let compacting = self.auto.compacting.clone();
