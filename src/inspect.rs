@@ -108,7 +108,7 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
         fs,
         dir,
         survey.listing.segments.clone(),
-        ex.first_offset,
+        &survey.log_start,
         replay_from,
         &mut |_, p| state.apply(p),
     )

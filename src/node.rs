@@ -115,6 +115,7 @@ impl Node {
         let survey::Survey {
             listing,
             first_offset,
+            log_start,
             chosen,
         } = survey::survey(&*fs, &dir)?;
         report.snapshot_load_ms = loading.elapsed().as_millis() as u64;
@@ -154,7 +155,7 @@ impl Node {
             RecoverLog {
                 options: &log_options(&config, &*fs),
                 segments: listing.segments.clone(),
-                first_offset,
+                start: log_start,
                 replay_from,
             },
             &mut |_, payload| state.apply(payload),

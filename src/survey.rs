@@ -20,6 +20,8 @@ pub struct Survey {
     pub listing: DirListing,
     /// First live offset (from `log.meta`; 0 without one).
     pub first_offset: Offset,
+    /// Where the live log starts, as `log.meta` says.
+    pub log_start: meta::LogStart,
     /// The snapshot chain to load, its state, and the newer files it skips.
     pub chosen: Chosen,
 }
@@ -44,11 +46,13 @@ pub fn survey(fs: &dyn FileSystem, dir: &Path) -> Result<Survey> {
         .list(dir)
         .map_err(|e| Error::open_io(format!("cannot list {}", dir.display()), &e))?;
     let listing = recovery::classify(names);
-    let first_offset = meta::read(fs, dir)?;
+    let log_start = meta::read(fs, dir)?;
+    let first_offset = log_start.first_offset;
     let chosen = snapshot::choose(fs, dir, &listing.snapshots, first_offset)?;
     Ok(Survey {
         listing,
         first_offset,
+        log_start,
         chosen,
     })
 }

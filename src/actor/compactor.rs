@@ -1,12 +1,17 @@
 //! The compactor: deletes log segments that a durable snapshot covers.
 //!
 //! A request reaches it only from the snapshotter, together with the offset of a
-//! durable snapshot at or past the compaction point. It first persists the new first
-//! offset (`log.meta`, crash-safely), then deletes the whole segments below it,
-//! then syncs the directory, then tells the appender and answers.
+//! durable snapshot at or past the compaction point. It first persists where the live
+//! log now starts (`log.meta`, crash-safely: the first offset and the byte of its
+//! record), then deletes the whole segments below it, then frees the blocks of the
+//! segment holding the first offset that lie wholly below that record (a hole punched
+//! after the header's block), then syncs the directory, then tells the appender and
+//! answers. `bytes_freed` is the disk space the filesystem gave back: the allocated
+//! blocks of the deleted files, and the drop in the punched file's.
 //!
-//! Architecture Invariant: no segment is deleted before a durable snapshot covers
-//! every entry in it and the new first offset is durable.
+//! Architecture Invariant: no segment is deleted and no block freed before a durable
+//! snapshot covers every entry in it and the new start of the log is durable (so that
+//! recovery never reads a freed block: it starts that segment's scan at the record).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +23,8 @@ use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::types::Compaction;
-use crate::wal::meta;
+use crate::wal::BATCH_ALIGN_BYTES;
+use crate::wal::meta::{self, LogStart, SkipTo};
 
 pub(crate) enum CompactorMsg {
     Compact {
@@ -26,6 +32,8 @@ pub(crate) enum CompactorMsg {
         snapshot_offset: Offset,
         next_offset: Offset,
         segments: Vec<(Offset, String)>,
+        /// Where the live log starts after it, and in which file.
+        start: (SkipTo, String),
         reply: Reply<Compaction>,
     },
 }
@@ -39,6 +47,13 @@ pub(crate) struct Compactor {
     pacing: Pacing,
     /// Set after a failed sync: every later request fails.
     poison: Poison,
+}
+
+/// What a compaction was asked.
+struct Asked {
+    at: Offset,
+    snapshot_offset: Offset,
+    next_offset: Offset,
 }
 
 /// How long the compactor waits for the appender to fence reads off compacted
@@ -75,10 +90,16 @@ impl Compactor {
             snapshot_offset,
             next_offset,
             segments,
+            start,
             reply,
         }) = self.inbox.recv()
         {
-            reply.send(self.compact(at, snapshot_offset, next_offset, &segments));
+            let asked = Asked {
+                at,
+                snapshot_offset,
+                next_offset,
+            };
+            reply.send(self.compact(asked, &segments, &start));
         }
         log::debug!("compactor stopped");
     }
@@ -98,13 +119,26 @@ impl Compactor {
         }
     }
 
+    /// Frees the blocks of `file` in `[from, to)`; returns the space it occupied
+    /// before and after.
+    fn punch(&self, file: &str, from: u64, to: u64) -> std::io::Result<(u64, u64)> {
+        let mut f = self.fs.open(&join(&self.dir, file), true)?;
+        let before = f.allocated_bytes()?;
+        f.punch_hole(from, to - from)?;
+        Ok((before, f.allocated_bytes()?))
+    }
+
     fn compact(
         &mut self,
-        at: Offset,
-        snapshot_offset: Offset,
-        next_offset: Offset,
+        asked: Asked,
         segments: &[(Offset, String)],
+        (skip, file): &(SkipTo, String),
     ) -> Result<Compaction> {
+        let Asked {
+            at,
+            snapshot_offset,
+            next_offset,
+        } = asked;
         assert!(
             snapshot_offset >= at,
             "compaction to {at} without a snapshot covering it"
@@ -120,7 +154,11 @@ impl Compactor {
                 bytes_freed: 0,
             });
         }
-        if let Err(e) = meta::write(&*self.fs, &self.dir, at) {
+        let start = LogStart {
+            first_offset: at,
+            skip: Some(*skip),
+        };
+        if let Err(e) = meta::write(&*self.fs, &self.dir, &start) {
             return Err(if is_sync_failure(&e) {
                 self.poison(format!(
                     "a sync while persisting the first offset {at} failed: {e}"
@@ -132,11 +170,18 @@ impl Compactor {
             });
         }
         self.first_offset = at;
-        // Truncating shrinks files the appender may hold open for reads, so it first
-        // has to stop reading below `at`; if it does not answer in time (it may be
-        // blocked handing work down to us), the segments are unlinked at once, which
-        // open readers survive.
-        let truncate = self.pacing.chunk_bytes > 0 && !segments.is_empty() && {
+        // Blocks wholly below the first live record, after the header's block.
+        let holes = (
+            BATCH_ALIGN_BYTES,
+            skip.byte / BATCH_ALIGN_BYTES * BATCH_ALIGN_BYTES,
+        );
+        let punch = holes.1 > holes.0;
+        let truncate = self.pacing.chunk_bytes > 0 && !segments.is_empty();
+        // Freeing blocks and truncating change files the appender may read, so it
+        // first has to stop reading below `at`; if it does not answer in time (it may
+        // be blocked handing work down to us), the segments are unlinked at once,
+        // which open readers survive, and no block is freed this time.
+        let fenced = (punch || truncate) && {
             let (ack, acked) = crossbeam_channel::bounded(1);
             self.feedback
                 .send(Feedback::Fence {
@@ -150,17 +195,21 @@ impl Compactor {
         let mut removed = Vec::new();
         for (start, name) in segments {
             let path = join(&self.dir, name);
-            let size = match self.fs.open(&path, false).and_then(|f| f.len()) {
-                Ok(size) => size,
+            let (size, space) = match self
+                .fs
+                .open(&path, false)
+                .and_then(|f| Ok((f.len()?, f.allocated_bytes()?)))
+            {
+                Ok(sizes) => sizes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     log::warn!("could not stat {name} before deleting it: {e}");
-                    0
+                    (0, 0)
                 }
             };
-            match self.free(&path, size, truncate) {
+            match self.free(&path, size, truncate && fenced) {
                 Ok(()) => {
-                    bytes_freed += size;
+                    bytes_freed += space;
                     removed.push(*start);
                 }
                 Err(e) => log::warn!(
@@ -177,10 +226,25 @@ impl Compactor {
                 "the directory sync after deleting segments failed: {e}"
             )));
         }
+        let mut resized = None;
+        if punch && fenced {
+            match self.punch(file, holes.0, holes.1) {
+                Ok((before, after)) => {
+                    bytes_freed += before.saturating_sub(after);
+                    resized = Some((skip.segment, after));
+                }
+                // Unsupported by the filesystem, for one: the space stays in use
+                // until the whole segment is deleted.
+                Err(e) => log::warn!("could not free the compacted blocks of {file}: {e}"),
+            }
+        } else if punch {
+            log::warn!("the appender did not stop reading in time: no block of {file} freed");
+        }
         // Only a compaction whose deletions are durable is reported done.
         let _ = self.feedback.send(Feedback::Compacted {
             first_offset: at,
             removed: removed.clone(),
+            resized,
             bytes_freed,
         });
         log::info!(

@@ -231,10 +231,13 @@ pub(crate) enum Feedback {
         first_offset: Offset,
         ack: crossbeam_channel::Sender<()>,
     },
-    /// Segments were deleted and the first offset moved.
+    /// Segments were deleted, blocks freed and the first offset moved.
     Compacted {
         first_offset: Offset,
         removed: Vec<Offset>,
+        /// The segment whose blocks below the first offset were freed, and the space
+        /// it occupies since.
+        resized: Option<(Offset, u64)>,
         bytes_freed: u64,
     },
 }

@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::snapshot::{self, SnapshotFile};
 use crate::types::Compaction;
+use crate::wal::meta::SkipTo;
 
 pub(crate) enum SnapshotterMsg {
     Snapshot {
@@ -46,6 +47,8 @@ pub(crate) enum SnapshotterMsg {
         policy: Policy,
         next_offset: Offset,
         segments: Vec<(Offset, String)>,
+        /// Where the live log will start, and in which file.
+        start: (SkipTo, String),
         reply: Reply<Compaction>,
     },
 }
@@ -262,6 +265,7 @@ impl Snapshotter {
                     at,
                     next_offset,
                     segments,
+                    start,
                     reply,
                     ..
                 } => match self.chain.last().filter(|s| s.offset >= at) {
@@ -271,6 +275,7 @@ impl Snapshotter {
                             snapshot_offset: s.offset,
                             next_offset,
                             segments,
+                            start,
                             reply,
                         };
                         if self.compactor.send(msg).is_err() {

@@ -34,6 +34,13 @@ pub trait File: Send {
     /// Reserves space up to `len` bytes so that later writes below it cannot fail for
     /// lack of space and a sync need not grow the file. Extension reads as zeros.
     fn allocate(&mut self, len: u64) -> io::Result<()>;
+    /// Gives the filesystem back the blocks wholly inside `[pos, pos + len)`: they
+    /// read as zeros afterwards, and the file's length does not change. Like a write,
+    /// it is durable only after a sync; until then a crash may bring the old bytes back.
+    fn punch_hole(&mut self, pos: u64, len: u64) -> io::Result<()>;
+    /// Bytes of disk the file occupies: its allocated blocks (`st_blocks`), which
+    /// count preallocated space and not holes.
+    fn allocated_bytes(&self) -> io::Result<u64>;
 
     /// Reads exactly `buf.len()` bytes at `pos`, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
@@ -117,6 +124,24 @@ impl File for RealFile {
             libc::EOPNOTSUPP => self.0.set_len(len),
             errno => Err(io::Error::from_raw_os_error(errno)),
         }
+    }
+    fn punch_hole(&mut self, pos: u64, len: u64) -> io::Result<()> {
+        let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
+        let (pos, len) = (
+            libc::off_t::try_from(pos).map_err(invalid)?,
+            libc::off_t::try_from(len).map_err(invalid)?,
+        );
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0);
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: a valid descriptor owned by `self.0`, and plain integers.
+        if unsafe { libc::fallocate(fd, mode, pos, len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.0.metadata()?.blocks() * 512)
     }
 }
 

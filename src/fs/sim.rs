@@ -109,7 +109,7 @@ impl Rng {
 pub struct OpRecord {
     /// Its number.
     pub op: u64,
-    /// `create`, `write`, `set_len`, `fdatasync`, `rename`, `unlink` or `fsync(dir)`.
+    /// `create`, `write`, `set_len`, `punch_hole`, `fdatasync`, `rename`, `unlink` or `fsync(dir)`.
     pub kind: &'static str,
     /// The file (for `rename`, the source; for `fsync(dir)`, the directory).
     pub path: PathBuf,
@@ -578,6 +578,40 @@ impl File for SimFile {
             return Ok(());
         }
         self.set_len(len)
+    }
+    /// Modelled as a write of zeros over the whole blocks of the range (pending until
+    /// a sync, like any write), counted as a `punch_hole` operation.
+    fn punch_hole(&mut self, pos: u64, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::from_raw_os_error(9)); // EBADF
+        }
+        let mut inner = self.fs.lock_inner();
+        inner.op("punch_hole", &self.path, None)?;
+        let size = inner.files[self.id].current.len() as u64;
+        let from = pos.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+        let to = ((pos + len) / SECTOR_BYTES * SECTOR_BYTES).min(size);
+        if from >= to {
+            return Ok(());
+        }
+        let op = FileOp::Write {
+            pos: from,
+            data: vec![0; (to - from) as usize],
+        };
+        let f = &mut inner.files[self.id];
+        apply(&mut f.current, &op);
+        f.rewritten(from, to);
+        f.pending.push(op);
+        Ok(())
+    }
+    /// The simulated disk allocates a block when it holds a non-zero byte.
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        let inner = self.fs.lock_inner();
+        let data = &inner.files[self.id].current;
+        let blocks = data
+            .chunks(SECTOR_BYTES as usize)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .count();
+        Ok(blocks as u64 * SECTOR_BYTES)
     }
 }
 

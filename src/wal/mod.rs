@@ -50,6 +50,8 @@ struct Segment {
     positions: Vec<u64>,
     /// End of the data: header plus records.
     data_end: u64,
+    /// Disk space of a sealed segment (allocated blocks); the active one is asked.
+    allocated: u64,
 }
 
 impl Segment {
@@ -119,9 +121,36 @@ impl Log {
         self.next() - self.first_offset
     }
 
-    /// Bytes of log data on disk (headers and records, over live segments).
+    /// Disk space of the live segments: their allocated blocks, preallocated space
+    /// included, freed blocks (holes) not.
     pub fn total_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.data_end).sum()
+        let n = self.segments.len();
+        let sealed: u64 = self.segments.iter().take(n - 1).map(|s| s.allocated).sum();
+        let active = self.active.allocated_bytes().unwrap_or_else(|e| {
+            log::warn!("cannot stat the active segment: {e}");
+            self.segments.back().map_or(0, |s| s.data_end)
+        });
+        sealed + active
+    }
+
+    /// Where the live log starts once compacted to `at` (at most the next offset): the
+    /// segment holding `at`, and the byte of its record there (of the data end when
+    /// `at` is the next offset). Returns the segment's file name too.
+    pub fn start_at(&self, at: Offset) -> (meta::SkipTo, String) {
+        let at = at.get();
+        assert!(at <= self.next(), "{at} is past the end of the log");
+        let idx = self.segments.partition_point(|s| s.start <= at) - 1;
+        let seg = &self.segments[idx];
+        let byte = seg
+            .positions
+            .get((at - seg.start) as usize)
+            .copied()
+            .unwrap_or(seg.data_end);
+        let skip = meta::SkipTo {
+            segment: Offset::new(seg.start),
+            byte,
+        };
+        (skip, seg.name.clone())
     }
 
     /// Whether something was written since the last sync.
@@ -295,9 +324,19 @@ impl Log {
         })
     }
 
-    /// Forgets segments the compactor deleted and moves the first offset. The active
-    /// segment is never among them.
-    pub fn compacted(&mut self, first_offset: Offset, removed: &[Offset]) {
+    /// Forgets segments the compactor deleted, notes the new size of one whose blocks
+    /// it freed, and moves the first offset. The active segment is never deleted.
+    pub fn compacted(
+        &mut self,
+        first_offset: Offset,
+        removed: &[Offset],
+        resized: Option<(Offset, u64)>,
+    ) {
+        if let Some((start, allocated)) = resized
+            && let Some(seg) = self.segments.iter_mut().find(|s| start == s.start)
+        {
+            seg.allocated = allocated;
+        }
         let first_offset = first_offset.get();
         let removed: Vec<u64> = removed.iter().map(|o| o.get()).collect();
         self.first_offset = self.first_offset.max(first_offset);

@@ -43,8 +43,8 @@ pub struct RecoverLog<'a> {
     pub options: &'a LogOptions,
     /// Segments found, as `(start, file name)`, any order.
     pub segments: Vec<(u64, String)>,
-    /// First live offset from `log.meta`.
-    pub first_offset: Offset,
+    /// Where the live log starts, from `log.meta`.
+    pub start: meta::LogStart,
     /// Entries from this offset on are handed to `visit` (the snapshot's offset).
     pub replay_from: Offset,
 }
@@ -64,11 +64,11 @@ impl Log {
         let RecoverLog {
             options,
             segments,
-            first_offset,
+            start,
             replay_from,
         } = input;
         let dir = options.dir.clone();
-        let found = scan(&*fs, &dir, segments, first_offset, replay_from, visit)?;
+        let found = scan(&*fs, &dir, segments, &start, replay_from, visit)?;
         let mut report = LogRecovery {
             entries_replayed: found.entries_replayed,
             ..LogRecovery::default()
@@ -94,6 +94,7 @@ impl Log {
                 name: s.name,
                 positions: s.positions,
                 data_end: s.data_end,
+                allocated: s.allocated_bytes,
             })
             .collect();
         let active = match live.back() {
@@ -103,6 +104,7 @@ impl Log {
                     name: layout::segment(0),
                     positions: Vec::new(),
                     data_end: segment::HEADER_BYTES,
+                    allocated: 0,
                 });
                 create_segment(&*fs, &dir, 0, prealloc, options.prefill).map_err(|e| {
                     Error::open_io(
@@ -141,7 +143,7 @@ impl Log {
         };
         report.segments = live.len();
         Ok((
-            Log::new(fs, options, first_offset.get(), active, live),
+            Log::new(fs, options, start.first_offset.get(), active, live),
             report,
         ))
     }

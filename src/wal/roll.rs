@@ -33,13 +33,27 @@ impl Log {
             None => create_segment(&*self.fs, &self.dir, start, target, self.prefill)
                 .map_err(RollError::Create)?,
         };
-        self.active = file;
+        let mut sealed = std::mem::replace(&mut self.active, file);
+        // A sealed segment keeps its data only: the preallocated space after it goes
+        // back to the filesystem (recovery reads a sealed segment by count).
+        let data_end = self.segments.back().expect("the sealed segment").data_end;
+        if sealed.len().is_ok_and(|len| len > align_up(data_end))
+            && let Err(e) = sealed.set_len(align_up(data_end))
+        {
+            log::warn!("could not trim the preallocated end of a sealed segment: {e}");
+        }
+        let allocated = sealed.allocated_bytes().unwrap_or(0);
+        self.segments
+            .back_mut()
+            .expect("the sealed segment")
+            .allocated = allocated;
         self.start_spare();
         self.segments.push_back(Segment {
             start,
             name: layout::segment(start),
             positions: Vec::new(),
             data_end: segment::HEADER_BYTES,
+            allocated: 0,
         });
         Ok(())
     }

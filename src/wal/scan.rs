@@ -133,6 +133,8 @@ pub struct ScannedSegment {
     pub data_end: u64,
     /// Length of the file (preallocation included).
     pub file_bytes: u64,
+    /// Disk space the file occupies (allocated blocks; holes excluded).
+    pub allocated_bytes: u64,
     pub(super) positions: Vec<u64>,
 }
 
@@ -190,11 +192,11 @@ pub fn scan(
     fs: &dyn FileSystem,
     dir: &Path,
     mut segments: Vec<(u64, String)>,
-    first_offset: Offset,
+    log_start: &meta::LogStart,
     replay_from: Offset,
     visit: &mut dyn FnMut(u64, &[u8]),
 ) -> Result<LogScan> {
-    let (first_offset, replay_from) = (first_offset.get(), replay_from.get());
+    let (first_offset, replay_from) = (log_start.first_offset.get(), replay_from.get());
     let mut out = LogScan::default();
     segments.sort();
     // Whole segments below the first offset: an interrupted compaction's leftovers.
@@ -255,8 +257,27 @@ pub fn scan(
             entries: 0,
             data_end: segment::HEADER_BYTES,
             file_bytes: scanner.len,
+            allocated_bytes: file.allocated_bytes().map_err(io)?,
             positions: Vec::new(),
         };
+        // The segment holding the first live offset: its blocks before the first live
+        // record may have been freed, so the scan starts at that record.
+        if i == 0
+            && let Some(skip) = log_start.skip.filter(|s| s.segment == *start)
+        {
+            if skip.byte < segment::HEADER_BYTES || skip.byte > scanner.len {
+                return Err(Error::Open(format!(
+                    "{}: {} says the live log starts at byte {} of it, outside the file ({} bytes)",
+                    path.display(),
+                    meta::FILE_NAME,
+                    skip.byte,
+                    scanner.len
+                )));
+            }
+            seg.entries = first_offset - *start;
+            seg.positions = vec![0; seg.entries as usize];
+            seg.data_end = skip.byte;
+        }
         loop {
             let offset = seg.start + seg.entries;
             let at = scanner.next_record_at(seg.data_end, offset).map_err(io)?;

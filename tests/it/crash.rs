@@ -437,6 +437,26 @@ fn crash_after_the_segment_deletions_before_the_directory_fsync() {
 }
 
 #[test]
+fn crash_around_freeing_the_compacted_blocks_of_a_live_segment() {
+    let t = clean_trace();
+    let i = find(&t, 0, |r| r.kind == "punch_hole");
+    // The new start of the log is durable first: log.meta renamed, directory synced.
+    let meta = (0..i)
+        .rev()
+        .find(|&j| {
+            t[j].kind == "rename"
+                && t[j]
+                    .to
+                    .as_deref()
+                    .is_some_and(|to| name_ends(to, "log.meta"))
+        })
+        .expect("log.meta is written before blocks are freed");
+    assert_eq!(t[meta + 1].kind, "fsync(dir)");
+    crash_window("before freeing the compacted blocks", t[i].op);
+    crash_window("after freeing the compacted blocks", t[i + 1].op);
+}
+
+#[test]
 fn crash_after_a_new_segment_is_created_before_its_directory_sync() {
     let t = clean_trace();
     // Skip the first segment (created at open); take a roll under load.

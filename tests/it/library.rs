@@ -49,6 +49,12 @@ impl File for HookFile {
     fn allocate(&mut self, len: u64) -> io::Result<()> {
         self.inner.allocate(len)
     }
+    fn punch_hole(&mut self, pos: u64, len: u64) -> io::Result<()> {
+        self.inner.punch_hole(pos, len)
+    }
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        self.inner.allocated_bytes()
+    }
 }
 
 impl HookFs {

@@ -24,16 +24,99 @@ fn req(id: u64, kind: &str, extra: Value) -> String {
     msg("c1", body)
 }
 
-/// Sizes of the node's segment files.
-fn segment_sizes(dir: &Path) -> HashMap<String, u64> {
+/// Disk space of the node's segment files: their allocated blocks.
+fn segment_space(dir: &Path) -> HashMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
     files(dir)
         .into_iter()
         .filter(|n| n.ends_with(".log"))
         .map(|n| {
-            let len = std::fs::metadata(dir.join(&n)).unwrap().len();
-            (n, len)
+            let blocks = std::fs::metadata(dir.join(&n)).unwrap().blocks();
+            (n, blocks * 512)
         })
         .collect()
+}
+
+/// Space the segment files gave back between two listings.
+fn space_freed(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> u64 {
+    before
+        .iter()
+        .map(|(n, b)| b - after.get(n).copied().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn compacting_inside_the_active_segment_frees_its_blocks_and_reports_them() {
+    // The protocol's example with default flags: every entry in one 16 MiB segment.
+    let data = tempfile::tempdir().unwrap();
+    let mut input = vec![init(1)];
+    for i in 0..500 {
+        input.push(append(10 + i, &format!("set k{i}=v{i}")));
+    }
+    input.push(req(600, "wal_snapshot", json!({})));
+    for i in 500..1000 {
+        input.push(append(10 + i + 100, &format!("set k{i}=v{i}")));
+    }
+    let r = run(&[], Some(data.path()), &lines(&input));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.reply_to("c1", 600)["snapshot_offset"], 500);
+    let dir = node_dir(data.path());
+    let before = segment_space(&dir);
+    assert_eq!(before.len(), 1, "one segment expected: {before:?}");
+
+    let input = vec![
+        init(1),
+        req(2, "wal_info", json!({})),
+        req(3, "wal_compact", json!({"snapshot_at_offset": 500})),
+        req(4, "wal_info", json!({})),
+        req(5, "wal_read", json!({"offset": 499})),
+        req(6, "wal_read", json!({"offset": 500})),
+        req(7, "wal_read", json!({"offset": 999})),
+    ];
+    let r = run(&[], Some(data.path()), &lines(&input));
+    let c = r.reply_to("c1", 3);
+    assert_eq!(c["type"], "wal_compact_ok", "{c}");
+    assert_eq!(c["entries_after"], 500);
+    let freed = space_freed(&before, &segment_space(&dir));
+    assert!(freed > 0, "no block was freed");
+    assert_eq!(
+        c["bytes_freed"], freed,
+        "bytes_freed must be the blocks the filesystem released"
+    );
+    let total = |id| r.reply_to("c1", id)["total_bytes"].as_u64().unwrap();
+    assert_eq!(
+        total(2) - total(4),
+        freed,
+        "total_bytes follows the same rule"
+    );
+    assert_eq!(r.reply_to("c1", 5)["code"], 20);
+    assert_eq!(r.reply_to("c1", 6)["payload"], "set k500=v500");
+    assert_eq!(r.reply_to("c1", 7)["payload"], "set k999=v999");
+
+    // The freed blocks read as zeros: recovery starts at the first live record.
+    let out = std::process::Command::new(support::binary())
+        .arg("verify")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut input = vec![init(1), req(2, "wal_info", json!({}))];
+    for i in 0..1000 {
+        input.push(req(10 + i, "read", json!({"key": format!("k{i}")})));
+    }
+    input.push(append(2000, "set after=restart"));
+    let r = run(&[], Some(data.path()), &lines(&input));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.reply_to("c1", 2)["entries"], 500);
+    for i in 0..1000 {
+        assert_eq!(r.reply_to("c1", 10 + i)["value"], format!("v{i}"));
+    }
+    assert_eq!(r.reply_to("c1", 2000)["offset"], 1000);
 }
 
 #[test]
@@ -54,7 +137,7 @@ fn the_protocol_compaction_example_frees_whole_segments_and_survives_restart() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.reply_to("c1", 600)["snapshot_offset"], 500);
     assert_eq!(r.reply_to("c1", 1109)["offset"], 999);
-    let before = segment_sizes(&node_dir(data.path()));
+    let before = segment_space(&node_dir(data.path()));
     assert!(before.len() > 2, "small segments expected: {before:?}");
 
     let input = vec![
@@ -70,16 +153,13 @@ fn the_protocol_compaction_example_frees_whole_segments_and_survives_restart() {
     assert_eq!(c["snapshot_offset"], 500);
     assert_eq!(c["entries_before"], 1000);
     assert_eq!(c["entries_after"], 500);
-    let after = segment_sizes(&node_dir(data.path()));
-    let freed: u64 = before
-        .iter()
-        .filter(|(n, _)| !after.contains_key(*n))
-        .map(|(_, s)| s)
-        .sum();
+    let after = segment_space(&node_dir(data.path()));
+    assert!(before.keys().any(|n| !after.contains_key(n)), "{after:?}");
+    let freed = space_freed(&before, &after);
     assert!(freed > 0);
     assert_eq!(
         c["bytes_freed"], freed,
-        "bytes_freed must be what the deleted files held"
+        "bytes_freed must be the blocks the filesystem released"
     );
     assert_eq!(r.reply_to("c1", 3)["code"], 20);
     assert_eq!(r.reply_to("c1", 4)["payload"], "set k500=v500");

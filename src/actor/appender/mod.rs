@@ -268,17 +268,18 @@ impl Appender {
                 self.poison(why);
             }
             Feedback::Fence { first_offset, ack } => {
-                self.log.compacted(first_offset, &[]);
+                self.log.compacted(first_offset, &[], None);
                 let _ = ack.send(());
             }
             Feedback::Compacted {
                 first_offset,
                 removed,
+                resized,
                 bytes_freed,
             } => {
                 self.counters.compactions += 1;
                 self.counters.bytes_freed += bytes_freed;
-                self.log.compacted(first_offset, &removed);
+                self.log.compacted(first_offset, &removed, resized);
             }
         }
     }
@@ -428,6 +429,7 @@ impl Appender {
         match self.cut() {
             Ok((offset, state, changed)) => {
                 let segments = self.log.sealed_below(at);
+                let start = self.log.start_at(at);
                 self.forward(SnapshotterMsg::Compact {
                     at,
                     offset,
@@ -436,6 +438,7 @@ impl Appender {
                     policy: self.auto.policy,
                     next_offset: next,
                     segments,
+                    start,
                     reply,
                 });
             }
