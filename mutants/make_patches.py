@@ -150,8 +150,8 @@ MUTANTS = [
      "the hole punched below the first live offset takes the block of its record too",
      "--test it -- node::compacting_inside_the_active_segment_frees_its_blocks_and_reports_them crash::crash_around_freeing_the_compacted_blocks_of_a_live_segment",
      [("src/actor/compactor.rs",
-       "        let holes = (BATCH_ALIGN_BYTES, skip.byte / BATCH_ALIGN_BYTES * BATCH_ALIGN_BYTES);",
-       "        let holes = (BATCH_ALIGN_BYTES, skip.byte / BATCH_ALIGN_BYTES * BATCH_ALIGN_BYTES + BATCH_ALIGN_BYTES);")]),
+       "            skip.byte / BATCH_ALIGN_BYTES * BATCH_ALIGN_BYTES,\n        );",
+       "            skip.byte / BATCH_ALIGN_BYTES * BATCH_ALIGN_BYTES + BATCH_ALIGN_BYTES,\n        );")]),
 ]
 
 
