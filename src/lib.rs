@@ -17,6 +17,7 @@ pub mod fs;
 #[doc(hidden)]
 pub mod fuzz_entry;
 pub mod inspect;
+pub mod lincheck;
 mod node;
 pub mod router;
 pub mod snapshot;
