@@ -11,6 +11,7 @@
 pub mod actor;
 pub mod clock;
 pub mod config;
+pub mod consensus;
 pub mod core;
 pub mod error;
 pub mod fs;

@@ -1,0 +1,209 @@
+//! What a client entry of the Raft log holds, and how the state machine applies it.
+//!
+//! An entry's data is a [`Ticket`] (the node that proposed it and its number there, so
+//! that the node the client asked answers once it applies the entry) and a
+//! [`Command`]. A compare-and-set is decided when it is applied, on every replica
+//! alike: one that fails changes nothing and takes no client offset. Raft's own
+//! entries (a new leader's empty entry) have no data and take no offset either, so
+//! client offsets stay dense from 0 and equal on every replica.
+//!
+//! ```text
+//! version u8 = 1 | kind u8 | node u64 | boot u64 | seq u64 | command
+//!   kind 1 (append): payload (the rest)
+//!   kind 2 (cas):    key_len u32 | key | from_len u32 | from | to (the rest)
+//! ```
+
+use crate::core::kv::{self, KvState};
+use crate::core::position::Offset;
+
+/// Who proposed an entry: a node (its Raft id), the run of that node (entries of an
+/// earlier run are applied again after a restart, and must not answer this run's
+/// requests), and a number unique in that run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket {
+    /// The proposing node's Raft id.
+    pub node: u64,
+    /// Which run of that node.
+    pub boot: u64,
+    /// Its number in that run.
+    pub seq: u64,
+}
+
+/// A client command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Append a payload (a `set`/`del` command or anything else).
+    Append(Vec<u8>),
+    /// Set `key` to `to` if it holds `from`.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value it must hold.
+        from: String,
+        /// The value it gets.
+        to: String,
+    },
+}
+
+const VERSION: u8 = 1;
+const HEAD: usize = 2 + 24;
+
+/// Encodes an entry's data.
+pub fn encode(ticket: Ticket, cmd: &Command) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEAD + 32);
+    b.push(VERSION);
+    b.push(match cmd {
+        Command::Append(_) => 1,
+        Command::Cas { .. } => 2,
+    });
+    b.extend_from_slice(&ticket.node.to_le_bytes());
+    b.extend_from_slice(&ticket.boot.to_le_bytes());
+    b.extend_from_slice(&ticket.seq.to_le_bytes());
+    match cmd {
+        Command::Append(payload) => b.extend_from_slice(payload),
+        Command::Cas { key, from, to } => {
+            for part in [key, from] {
+                b.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                b.extend_from_slice(part.as_bytes());
+            }
+            b.extend_from_slice(to.as_bytes());
+        }
+    }
+    b
+}
+
+/// Decodes an entry's data.
+pub fn decode(b: &[u8]) -> Result<(Ticket, Command), String> {
+    if b.len() < HEAD {
+        return Err(format!("{} bytes, shorter than a ticket", b.len()));
+    }
+    if b[0] != VERSION {
+        return Err(format!("unknown entry version {}", b[0]));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let ticket = Ticket {
+        node: u64_at(2),
+        boot: u64_at(10),
+        seq: u64_at(18),
+    };
+    let rest = &b[HEAD..];
+    let cmd = match b[1] {
+        1 => Command::Append(rest.to_vec()),
+        2 => {
+            let mut rest = rest;
+            let mut part = || -> Result<String, String> {
+                let len = rest
+                    .get(..4)
+                    .map(|l| u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize)
+                    .ok_or("cas entry cut short")?;
+                let text = rest.get(4..4 + len).ok_or("cas entry cut short")?;
+                let text = String::from_utf8(text.to_vec()).map_err(|e| e.to_string())?;
+                rest = &rest[4 + len..];
+                Ok(text)
+            };
+            let key = part()?;
+            let from = part()?;
+            let to = String::from_utf8(rest.to_vec()).map_err(|e| e.to_string())?;
+            Command::Cas { key, from, to }
+        }
+        k => return Err(format!("unknown command kind {k}")),
+    };
+    Ok((ticket, cmd))
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// The command took this client offset.
+    Applied(Offset),
+    /// A compare-and-set on a key that does not exist: nothing changed.
+    CasAbsent,
+    /// A compare-and-set on a key that holds another value: nothing changed.
+    CasMismatch(String),
+}
+
+/// The replicated state machine: the key-value state, the next client offset, and the
+/// Raft index applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
+    /// Keys and values.
+    pub kv: KvState,
+    /// The offset the next client entry gets.
+    pub next_offset: Offset,
+    /// The last Raft index applied.
+    pub applied: u64,
+}
+
+impl Machine {
+    /// Applies a command at Raft index `index`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Effect {
+        self.applied = index;
+        let payload = match cmd {
+            Command::Append(p) => p.clone(),
+            Command::Cas { key, from, to } => match self.kv.get(key) {
+                None => return Effect::CasAbsent,
+                Some(cur) if **cur != **from => return Effect::CasMismatch(cur.to_string()),
+                Some(_) => kv::set_payload(key, to).into_bytes(),
+            },
+        };
+        self.kv.apply(&payload);
+        let offset = self.next_offset;
+        self.next_offset = offset.plus(1);
+        Effect::Applied(offset)
+    }
+
+    /// Notes an entry with no client command (Raft's own) at `index`.
+    pub fn skip(&mut self, index: u64) {
+        self.applied = index;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_garbage() {
+        let t = Ticket {
+            node: 3,
+            boot: 7,
+            seq: 99,
+        };
+        for cmd in [
+            Command::Append(b"set a=1".to_vec()),
+            Command::Append(Vec::new()),
+            Command::Cas {
+                key: "k".into(),
+                from: "1".into(),
+                to: "[2]".into(),
+            },
+        ] {
+            assert_eq!(decode(&encode(t, &cmd)), Ok((t, cmd.clone())));
+            let b = encode(t, &cmd);
+            for cut in 0..HEAD {
+                assert!(decode(&b[..cut]).is_err());
+            }
+        }
+        assert!(decode(&[9; 40]).is_err());
+    }
+
+    #[test]
+    fn a_failed_cas_takes_no_offset() {
+        let mut m = Machine::default();
+        let cas = |from: &str, to: &str| Command::Cas {
+            key: "k".into(),
+            from: from.into(),
+            to: to.into(),
+        };
+        assert_eq!(m.apply(1, &cas("1", "2")), Effect::CasAbsent);
+        assert_eq!(
+            m.apply(2, &Command::Append(b"set k=1".to_vec())),
+            Effect::Applied(Offset::new(0))
+        );
+        m.skip(3);
+        assert_eq!(m.apply(4, &cas("7", "2")), Effect::CasMismatch("1".into()));
+        assert_eq!(m.apply(5, &cas("1", "2")), Effect::Applied(Offset::new(1)));
+        assert_eq!(m.kv.get("k").map(|v| v.to_string()), Some("2".into()));
+        assert_eq!((m.next_offset, m.applied), (Offset::new(2), 5));
+    }
+}

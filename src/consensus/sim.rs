@@ -1,0 +1,607 @@
+//! A deterministic simulation of a Raft group: peers in one thread, a network with
+//! latency, loss and partitions, disks whose writes become durable after a delay,
+//! crashes that lose everything not yet durable, and clients running Maelstrom's
+//! `lin-kv` workload. Everything is driven by one seeded generator and a simulated
+//! millisecond clock, so a seed replays exactly; a run of a few simulated seconds
+//! takes milliseconds.
+//!
+//! A run checks, as it goes and at the end:
+//! - at most one leader per term (election safety);
+//! - every replica applies the same entry at the same index (state machine safety);
+//! - after healing and a quiet period, every replica has applied the same index and
+//!   holds the same state;
+//! - the clients' history, with a final read of every key, is linearizable
+//!   ([`crate::lincheck`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use raft::StateRole;
+use raft::eraftpb::Message;
+
+use super::{Command, Effect, MemLog, Outcome, Peer, PeerConfig, Persist};
+use crate::fs::sim::Rng;
+use crate::lincheck::{self, Event, Op};
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Nodes in the group.
+    pub nodes: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Simulated milliseconds of workload (a quiet period follows).
+    pub duration_ms: u64,
+    /// Milliseconds a message takes, uniform in this range.
+    pub latency_ms: (u64, u64),
+    /// Messages lost, per thousand.
+    pub loss_per_mille: u64,
+    /// Milliseconds a write takes to become durable, uniform in this range.
+    pub persist_ms: (u64, u64),
+    /// Milliseconds per Raft tick.
+    pub tick_ms: u64,
+    /// Concurrent clients, one operation at a time each.
+    pub clients: usize,
+    /// Keys the clients use.
+    pub keys: usize,
+    /// Milliseconds before a client gives up on a request (unknown outcome).
+    pub timeout_ms: u64,
+    /// Partitions, crashes and restarts.
+    pub nemesis: bool,
+}
+
+impl SimConfig {
+    /// A three-node run with faults, for `seed`.
+    pub fn faulty(seed: u64) -> SimConfig {
+        SimConfig {
+            nodes: 3,
+            seed,
+            duration_ms: 4_000,
+            latency_ms: (1, 8),
+            loss_per_mille: 100,
+            persist_ms: (0, 4),
+            tick_ms: 10,
+            clients: 5,
+            keys: 3,
+            timeout_ms: 600,
+            nemesis: true,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    /// The clients' history (the final reads included).
+    pub history: Vec<Event>,
+    /// Operations acknowledged, failed for sure, and of unknown outcome.
+    pub ok: usize,
+    /// Requests refused before anything happened (no leader).
+    pub refused: usize,
+    /// Requests that timed out.
+    pub unknown: usize,
+    /// Leader elections seen (distinct terms with a leader).
+    pub terms_with_leader: usize,
+    /// Nemesis actions taken.
+    pub faults: Vec<String>,
+    /// The applied index every replica reached.
+    pub applied: u64,
+}
+
+struct Node {
+    peer: Option<Peer<MemLog>>,
+    durable: MemLog,
+    /// Writes on their way to the disk: (due, what).
+    jobs: VecDeque<(u64, Persist)>,
+    /// Requests this node holds for clients: request number → client.
+    pending: HashMap<u64, usize>,
+}
+
+#[derive(Debug, Clone)]
+enum ClientOp {
+    Read(String),
+    Write(String, String),
+    Cas(String, String, String),
+}
+
+enum Client {
+    Idle {
+        until: u64,
+    },
+    Waiting {
+        node: usize,
+        seq: u64,
+        op: ClientOp,
+        invoked: u64,
+    },
+}
+
+struct Sim {
+    cfg: SimConfig,
+    rng: Rng,
+    now: u64,
+    nodes: Vec<Node>,
+    /// Messages in flight: (due, from, message).
+    net: Vec<(u64, Message)>,
+    /// Pairs of Raft ids that cannot talk.
+    cut: BTreeSet<(u64, u64)>,
+    clients: Vec<Client>,
+    history: Vec<Event>,
+    report: SimReport,
+    leaders: BTreeMap<u64, BTreeSet<u64>>,
+    /// Digest of the entry each index applied, wherever it was applied first.
+    applied_at: HashMap<u64, u32>,
+    /// Per node, the index it last applied (to digest newly applied entries).
+    seen_applied: Vec<u64>,
+    /// Restarts so far (each run of a node gets its own number).
+    boots: u64,
+}
+
+fn peer_config(id: u64, boot: u64) -> PeerConfig {
+    PeerConfig {
+        id,
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        boot,
+    }
+}
+
+/// Runs a simulation.
+///
+/// # Errors
+/// A description of the first safety violation found.
+pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
+    let voters: Vec<u64> = (1..=cfg.nodes as u64).collect();
+    let nodes = voters
+        .iter()
+        .map(|&id| Node {
+            peer: Some(Peer::new(&peer_config(id, 0), MemLog::new(&voters)).expect("raft config")),
+            durable: MemLog::new(&voters),
+            jobs: VecDeque::new(),
+            pending: HashMap::new(),
+        })
+        .collect();
+    let mut sim = Sim {
+        rng: Rng::new(cfg.seed),
+        now: 0,
+        nodes,
+        net: Vec::new(),
+        cut: BTreeSet::new(),
+        clients: (0..cfg.clients)
+            .map(|_| Client::Idle { until: 0 })
+            .collect(),
+        history: Vec::new(),
+        report: SimReport {
+            history: Vec::new(),
+            ok: 0,
+            refused: 0,
+            unknown: 0,
+            terms_with_leader: 0,
+            faults: Vec::new(),
+            applied: 0,
+        },
+        leaders: BTreeMap::new(),
+        applied_at: HashMap::new(),
+        seen_applied: vec![0; cfg.nodes],
+        boots: 0,
+        cfg: cfg.clone(),
+    };
+    let mut next_fault = 300;
+    while sim.now < cfg.duration_ms {
+        if cfg.nemesis && sim.now >= next_fault {
+            sim.nemesis();
+            next_fault = sim.now + 200 + sim.rng.below(800);
+        }
+        sim.clients_act(true);
+        sim.step_ms()?;
+    }
+    // Heal, restart, and let the clients' last requests end.
+    sim.cut.clear();
+    for i in 0..cfg.nodes {
+        if sim.nodes[i].peer.is_none() {
+            sim.restart(i);
+        }
+    }
+    let quiet_until = sim.now + 3_000;
+    while sim.now < quiet_until {
+        sim.clients_act(false);
+        sim.step_ms()?;
+    }
+    sim.finish()
+}
+
+impl Sim {
+    fn range(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        lo + self.rng.below(hi - lo + 1)
+    }
+
+    /// One simulated millisecond: deliveries, durable writes, ticks.
+    fn step_ms(&mut self) -> Result<(), String> {
+        self.now += 1;
+        let now = self.now;
+        let mut due = Vec::new();
+        self.net.retain(|(at, m)| {
+            if *at <= now {
+                due.push(m.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for m in due {
+            let to = (m.to - 1) as usize;
+            if let Some(peer) = self.nodes[to].peer.as_mut() {
+                peer.step(m);
+                self.drive(to)?;
+            }
+        }
+        for i in 0..self.nodes.len() {
+            while self.nodes[i].jobs.front().is_some_and(|(at, _)| *at <= now) {
+                let (_, job) = self.nodes[i].jobs.pop_front().expect("a job");
+                let node = &mut self.nodes[i];
+                store_durably(&mut node.durable, &job);
+                node.peer
+                    .as_mut()
+                    .expect("jobs die with the peer")
+                    .persisted(job.number);
+                for m in job.then_send {
+                    self.send(m);
+                }
+                self.drive(i)?;
+            }
+            if now.is_multiple_of(self.cfg.tick_ms) && self.nodes[i].peer.is_some() {
+                self.nodes[i].peer.as_mut().expect("alive").tick();
+                self.drive(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, m: Message) {
+        if self.cut.contains(&(m.from, m.to)) || self.rng.below(1000) < self.cfg.loss_per_mille {
+            return;
+        }
+        let at = self.now + self.range(self.cfg.latency_ms);
+        self.net.push((at, m));
+    }
+
+    /// Carries out node `i`'s cycles until it has nothing ready.
+    fn drive(&mut self, i: usize) -> Result<(), String> {
+        loop {
+            let Some(peer) = self.nodes[i].peer.as_mut() else {
+                return Ok(());
+            };
+            let cycle = peer.cycle();
+            let Some(persist) = cycle.persist else {
+                break;
+            };
+            for m in cycle.send {
+                self.send(m);
+            }
+            let due = self.now + self.range(self.cfg.persist_ms);
+            let jobs = &mut self.nodes[i].jobs;
+            let due = jobs.back().map_or(due, |(last, _)| due.max(*last));
+            jobs.push_back((due, persist));
+            for (seq, outcome) in cycle.answers {
+                self.answer(i, seq, outcome);
+            }
+        }
+        self.observe(i)
+    }
+
+    /// Checks election and state machine safety on node `i`.
+    fn observe(&mut self, i: usize) -> Result<(), String> {
+        let Some(peer) = self.nodes[i].peer.as_ref() else {
+            return Ok(());
+        };
+        let (role, term, _, _) = peer.role();
+        if role == StateRole::Leader {
+            let ids = self.leaders.entry(term).or_default();
+            ids.insert(peer.id());
+            if ids.len() > 1 {
+                return Err(format!("two leaders in term {term}: {ids:?}"));
+            }
+        }
+        let applied = peer.machine().applied;
+        let from = self.seen_applied[i];
+        if applied > from {
+            for e in &peer.store().entries()[from as usize..applied as usize] {
+                let digest = crc32c::crc32c_append(crc32c::crc32c(&e.data), &e.term.to_le_bytes());
+                match self.applied_at.insert(e.index, digest) {
+                    Some(d) if d != digest => {
+                        return Err(format!(
+                            "node {} applied a different entry at index {}",
+                            i + 1,
+                            e.index
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            self.seen_applied[i] = applied;
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, node: usize, seq: u64, outcome: Outcome) {
+        let Some(client) = self.nodes[node].pending.remove(&seq) else {
+            return;
+        };
+        let Client::Waiting { op, invoked, .. } = &self.clients[client] else {
+            return;
+        };
+        let (op, invoked) = (op.clone(), *invoked);
+        let peer = self.nodes[node]
+            .peer
+            .as_ref()
+            .expect("answering node is alive");
+        let seen = match (&op, outcome) {
+            (ClientOp::Read(k), Outcome::Readable) => {
+                Op::Read(peer.machine().kv.get(k).map(|v| v.to_string()))
+            }
+            (ClientOp::Write(_, v), Outcome::Applied(Effect::Applied(_))) => Op::Write(v.clone()),
+            (ClientOp::Cas(_, f, t), Outcome::Applied(Effect::Applied(_))) => {
+                Op::Cas(f.clone(), t.clone())
+            }
+            (ClientOp::Cas(..), Outcome::Applied(Effect::CasAbsent)) => Op::CasAbsent,
+            (ClientOp::Cas(_, f, _), Outcome::Applied(Effect::CasMismatch(_))) => {
+                Op::CasMismatch(f.clone())
+            }
+            (op, outcome) => panic!("{op:?} answered with {outcome:?}"),
+        };
+        let key = match &op {
+            ClientOp::Read(k) | ClientOp::Write(k, _) | ClientOp::Cas(k, ..) => k.clone(),
+        };
+        self.history.push(Event {
+            key,
+            op: seen,
+            invoked,
+            returned: Some(self.now),
+        });
+        self.report.ok += 1;
+        let pause = self.rng.below(20);
+        self.clients[client] = Client::Idle {
+            until: self.now + pause,
+        };
+    }
+
+    /// Clients time out, and (when `start`) idle clients send their next request.
+    fn clients_act(&mut self, start: bool) {
+        for c in 0..self.clients.len() {
+            match &self.clients[c] {
+                Client::Waiting {
+                    node,
+                    seq,
+                    op,
+                    invoked,
+                } if self.now >= invoked + self.cfg.timeout_ms => {
+                    let (node, seq, op, invoked) = (*node, *seq, op.clone(), *invoked);
+                    self.nodes[node].pending.remove(&seq);
+                    if let Some(peer) = self.nodes[node].peer.as_mut() {
+                        peer.forget(seq);
+                    }
+                    // A write may or may not have happened; a read did nothing.
+                    let event = match op {
+                        ClientOp::Read(_) => None,
+                        ClientOp::Write(k, v) => Some((k, Op::Write(v))),
+                        ClientOp::Cas(k, f, t) => Some((k, Op::Cas(f, t))),
+                    };
+                    if let Some((key, op)) = event {
+                        self.history.push(Event {
+                            key,
+                            op,
+                            invoked,
+                            returned: None,
+                        });
+                    }
+                    self.report.unknown += 1;
+                    self.clients[c] = Client::Idle { until: self.now };
+                }
+                Client::Idle { until } if start && self.now >= *until => self.invoke(c),
+                _ => {}
+            }
+        }
+    }
+
+    fn invoke(&mut self, c: usize) {
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].peer.is_some())
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        let node = alive[self.rng.below(alive.len() as u64) as usize];
+        let key = format!("k{}", self.rng.below(self.cfg.keys as u64));
+        let v = self.rng.below(5).to_string();
+        let op = match self.rng.below(3) {
+            0 => ClientOp::Read(key),
+            1 => ClientOp::Write(key, v),
+            _ => ClientOp::Cas(key, self.rng.below(5).to_string(), v),
+        };
+        let peer = self.nodes[node].peer.as_mut().expect("alive");
+        let seq = match &op {
+            ClientOp::Read(_) => peer.read(),
+            ClientOp::Write(k, v) => peer.propose(&Command::Append(
+                crate::core::kv::set_payload(k, v).into_bytes(),
+            )),
+            ClientOp::Cas(k, f, t) => peer.propose(&Command::Cas {
+                key: k.clone(),
+                from: f.clone(),
+                to: t.clone(),
+            }),
+        };
+        match seq {
+            Ok(seq) => {
+                self.nodes[node].pending.insert(seq, c);
+                self.clients[c] = Client::Waiting {
+                    node,
+                    seq,
+                    op,
+                    invoked: self.now,
+                };
+                // The request may have made work ready (a leader's append).
+                let _ = self.drive(node);
+            }
+            Err(_) => {
+                // Certainly did nothing: not part of the history.
+                self.report.refused += 1;
+                self.clients[c] = Client::Idle {
+                    until: self.now + 10,
+                };
+            }
+        }
+    }
+
+    fn nemesis(&mut self) {
+        let n = self.nodes.len() as u64;
+        match self.rng.below(4) {
+            0 => {
+                // A random partition into two sides.
+                self.cut.clear();
+                let side: Vec<bool> = (0..n).map(|_| self.rng.coin()).collect();
+                for a in 1..=n {
+                    for b in 1..=n {
+                        if side[(a - 1) as usize] != side[(b - 1) as usize] {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+                self.report
+                    .faults
+                    .push(format!("{}ms partition {side:?}", self.now));
+            }
+            1 => {
+                self.cut.clear();
+                self.report.faults.push(format!("{}ms heal", self.now));
+            }
+            2 => {
+                let i = self.rng.below(n) as usize;
+                if self.nodes[i].peer.take().is_some() {
+                    // Everything not yet durable is gone; so are its clients' requests.
+                    self.nodes[i].jobs.clear();
+                    self.nodes[i].pending.clear();
+                    self.seen_applied[i] = 0;
+                    self.report
+                        .faults
+                        .push(format!("{}ms crash n{}", self.now, i + 1));
+                }
+            }
+            _ => {
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].peer.is_none() {
+                        self.restart(i);
+                        self.report
+                            .faults
+                            .push(format!("{}ms restart n{}", self.now, i + 1));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.boots += 1;
+        let boot = self.boots;
+        let node = &mut self.nodes[i];
+        node.peer = Some(
+            Peer::new(&peer_config(i as u64 + 1, boot), node.durable.clone()).expect("raft config"),
+        );
+        self.seen_applied[i] = 0;
+    }
+
+    fn finish(mut self) -> Result<SimReport, String> {
+        let machines: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| n.peer.as_ref().expect("all restarted").machine().clone())
+            .collect();
+        for (i, m) in machines.iter().enumerate().skip(1) {
+            if *m != machines[0] {
+                return Err(format!(
+                    "after healing, n{} applied {} ({} keys, next offset {}) but n1 applied {} \
+                     ({} keys, next offset {})",
+                    i + 1,
+                    m.applied,
+                    m.kv.map.len(),
+                    m.next_offset,
+                    machines[0].applied,
+                    machines[0].kv.map.len(),
+                    machines[0].next_offset
+                ));
+            }
+        }
+        // A final read of every key, after everything else.
+        for k in 0..self.cfg.keys {
+            let key = format!("k{k}");
+            let value = machines[0].kv.get(&key).map(|v| v.to_string());
+            self.history.push(Event {
+                key,
+                op: Op::Read(value),
+                invoked: self.now + 1,
+                returned: Some(self.now + 2),
+            });
+        }
+        match lincheck::check(&self.history) {
+            lincheck::Verdict::Linearizable { .. } => {}
+            other => return Err(format!("history not linearizable: {other:?}")),
+        }
+        self.report.history = self.history;
+        self.report.terms_with_leader = self.leaders.len();
+        self.report.applied = machines[0].applied;
+        Ok(self.report)
+    }
+}
+
+fn store_durably(durable: &mut MemLog, job: &Persist) {
+    use super::LogStore;
+    durable.write_entries(&job.entries);
+    if let Some(hs) = &job.hard_state {
+        durable.write_hard_state(hs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_group_elects_a_leader_and_serves_every_request() {
+        let cfg = SimConfig {
+            loss_per_mille: 0,
+            nemesis: false,
+            ..SimConfig::faulty(1)
+        };
+        let r = run(&cfg).unwrap();
+        assert_eq!(r.terms_with_leader, 1, "{r:?}");
+        assert_eq!(r.unknown, 0);
+        assert!(r.ok > 500, "{} operations", r.ok);
+    }
+
+    #[test]
+    fn seed_sweep_with_partitions_crashes_and_loss() {
+        let seeds: u64 = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300);
+        let (mut ok, mut unknown, mut faults) = (0, 0, 0);
+        for seed in 0..seeds {
+            let r = run(&SimConfig::faulty(seed)).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            ok += r.ok;
+            unknown += r.unknown;
+            faults += r.faults.len();
+        }
+        println!("{seeds} seeds: {ok} operations acknowledged, {unknown} unknown, {faults} faults");
+        assert!(ok > 100 * seeds as usize);
+    }
+
+    #[test]
+    fn five_nodes_under_faults() {
+        for seed in 0..60 {
+            let cfg = SimConfig {
+                nodes: 5,
+                ..SimConfig::faulty(seed)
+            };
+            run(&cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        }
+    }
+}
