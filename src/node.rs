@@ -119,6 +119,12 @@ impl Node {
             chosen,
         } = survey::survey(&*fs, &dir)?;
         report.snapshot_load_ms = loading.elapsed().as_millis() as u64;
+        if listing.raft_state {
+            return Err(Error::Open(format!(
+                "{} holds a cluster node's Raft log: start it with an init that names its                  whole group, or use a new directory for a single node",
+                dir.display()
+            )));
+        }
         for name in &listing.temps {
             fs.remove(&join(&dir, name)).map_err(|e| {
                 Error::open_io(format!("cannot remove leftover temp file {name}"), &e)

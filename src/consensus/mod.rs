@@ -23,6 +23,7 @@
 //! leaves only after [`Peer::persisted`] covered it.
 
 pub mod command;
+pub mod durable;
 pub mod sim;
 pub mod store;
 
@@ -30,6 +31,7 @@ use raft::eraftpb::{Entry, EntryType, HardState, Message};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 
 pub use command::{Command, Effect, Machine, Ticket};
+pub use durable::RaftLog;
 pub use store::{LogStore, MemLog};
 
 /// Timing and identity of a peer.
@@ -233,11 +235,15 @@ impl<S: LogStore> Peer<S> {
     }
 
     /// Takes the work raft-rs has ready, writes entries and hard state to the store,
-    /// applies committed entries, and returns what the driver must do.
-    pub fn cycle(&mut self) -> Cycle {
+    /// applies committed entries, and returns what the driver must do (an empty cycle,
+    /// `persist` `None`, when nothing was ready).
+    ///
+    /// # Errors
+    /// A write to the store failed: the peer must not be used again (fail-stop).
+    pub fn cycle(&mut self) -> std::io::Result<Cycle> {
         let mut out = Cycle::default();
         if !self.node.has_ready() {
-            return out;
+            return Ok(out);
         }
         let mut rd = self.node.ready();
         out.send = rd.take_messages();
@@ -253,9 +259,9 @@ impl<S: LogStore> Peer<S> {
         let entries = rd.take_entries();
         let hard_state = rd.hs().cloned();
         let store = self.node.mut_store();
-        store.write_entries(&entries);
+        store.write_entries(&entries)?;
         if let Some(hs) = &hard_state {
-            store.write_hard_state(hs);
+            store.write_hard_state(hs)?;
         }
         out.persist = Some(Persist {
             number: rd.number(),
@@ -265,7 +271,7 @@ impl<S: LogStore> Peer<S> {
         });
         self.node.advance_append_async(rd);
         self.apply(&committed, &mut out.answers);
-        out
+        Ok(out)
     }
 
     fn apply(&mut self, committed: &[Entry], answers: &mut Vec<(u64, Outcome)>) {

@@ -270,7 +270,7 @@ impl Sim {
             let Some(peer) = self.nodes[i].peer.as_mut() else {
                 return Ok(());
             };
-            let cycle = peer.cycle();
+            let cycle = peer.cycle().expect("memory writes do not fail");
             let Some(persist) = cycle.persist else {
                 break;
             };
@@ -554,9 +554,13 @@ impl Sim {
 
 fn store_durably(durable: &mut MemLog, job: &Persist) {
     use super::LogStore;
-    durable.write_entries(&job.entries);
+    durable
+        .write_entries(&job.entries)
+        .expect("memory writes do not fail");
     if let Some(hs) = &job.hard_state {
-        durable.write_hard_state(hs);
+        durable
+            .write_hard_state(hs)
+            .expect("memory writes do not fail");
     }
 }
 

@@ -16,9 +16,15 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 pub trait LogStore: raft::Storage {
     /// Writes `entries` (consecutive), first truncating every entry at or after the
     /// first one's index. Readable at once; durable when the driver says so.
-    fn write_entries(&mut self, entries: &[Entry]);
+    ///
+    /// # Errors
+    /// The I/O error: fail-stop for the caller.
+    fn write_entries(&mut self, entries: &[Entry]) -> std::io::Result<()>;
     /// Writes the hard state (term, vote, commit).
-    fn write_hard_state(&mut self, hs: &HardState);
+    ///
+    /// # Errors
+    /// The I/O error: fail-stop for the caller.
+    fn write_hard_state(&mut self, hs: &HardState) -> std::io::Result<()>;
 }
 
 /// An in-memory Raft log.
@@ -55,9 +61,9 @@ impl MemLog {
 }
 
 impl LogStore for MemLog {
-    fn write_entries(&mut self, entries: &[Entry]) {
+    fn write_entries(&mut self, entries: &[Entry]) -> std::io::Result<()> {
         let Some(first) = entries.first() else {
-            return;
+            return Ok(());
         };
         assert!(
             first.index >= 1 && first.index <= self.last() + 1,
@@ -67,10 +73,12 @@ impl LogStore for MemLog {
         );
         self.entries.truncate(first.index as usize - 1);
         self.entries.extend_from_slice(entries);
+        Ok(())
     }
 
-    fn write_hard_state(&mut self, hs: &HardState) {
+    fn write_hard_state(&mut self, hs: &HardState) -> std::io::Result<()> {
         self.hard_state = hs.clone();
+        Ok(())
     }
 }
 
@@ -144,8 +152,9 @@ mod tests {
     #[test]
     fn a_conflicting_suffix_is_replaced() {
         let mut log = MemLog::new(&[1, 2, 3]);
-        log.write_entries(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
-        log.write_entries(&[entry(2, 2)]);
+        log.write_entries(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
+        log.write_entries(&[entry(2, 2)]).unwrap();
         assert_eq!(log.last_index().unwrap(), 2);
         assert_eq!(log.term(2).unwrap(), 2);
         assert_eq!(log.term(0).unwrap(), 0);

@@ -18,6 +18,9 @@
 pub const LOCK: &str = "LOCK";
 /// Name of the log's metadata file.
 pub const META: &str = "log.meta";
+/// Name of a cluster node's Raft state: the group's voters and the hard state (term,
+/// vote, commit). Its presence marks the directory's log as a Raft log.
+pub const RAFT_STATE: &str = "raft.state";
 /// Name of the next segment while it is prepared, zero-filled, in advance.
 pub const SPARE_SEGMENT: &str = "spare.log.tmp";
 /// Suffix of segment files.

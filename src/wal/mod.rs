@@ -324,6 +324,50 @@ impl Log {
         })
     }
 
+    /// Removes every entry at or after `offset`, durably, before it returns: the
+    /// segments that start after it are deleted (and the directory synced), and the
+    /// segment holding it is cut at the entry's record (truncated, re-extended to its
+    /// preallocated size, synced), so that no byte of a removed entry stays on disk
+    /// where a later scan could read it. New entries then take the removed offsets.
+    /// (Raft truncates a suffix that conflicts with its leader this way.)
+    ///
+    /// # Errors
+    /// The I/O error; the caller treats any as fail-stop.
+    pub fn truncate(&mut self, offset: Offset) -> io::Result<()> {
+        let offset = offset.get();
+        assert!(
+            offset >= self.first_offset && offset <= self.next(),
+            "truncating at {offset}, outside the live log"
+        );
+        if offset == self.next() {
+            return Ok(());
+        }
+        let mut deleted = false;
+        while self.segments.len() > 1 && self.segments.back().is_some_and(|s| s.start > offset) {
+            let seg = self.segments.pop_back().expect("a segment");
+            self.fs.remove(&join(&self.dir, &seg.name))?;
+            self.readers.retain(|(s, _)| *s != seg.start);
+            deleted = true;
+        }
+        if deleted {
+            self.fs.sync_dir(&self.dir).map_err(sync_failed)?;
+            let seg = self.segments.back().expect("a segment");
+            self.active = self.fs.open(&join(&self.dir, &seg.name), true)?;
+            self.readers.retain(|(s, _)| *s != seg.start);
+        }
+        let target = self.segment_bytes_max.min(self.preallocate_bytes_max);
+        let seg = self.segments.back_mut().expect("a segment");
+        let keep = (offset - seg.start) as usize;
+        let cut = seg.positions.get(keep).copied().unwrap_or(seg.data_end);
+        self.active.set_len(cut)?;
+        self.active.allocate(target)?;
+        self.active.sync_data().map_err(sync_failed)?;
+        seg.positions.truncate(keep);
+        seg.data_end = cut;
+        self.unsynced = false;
+        Ok(())
+    }
+
     /// Forgets segments the compactor deleted, notes the new size of one whose blocks
     /// it freed, and moves the first offset. The active segment is never deleted.
     pub fn compacted(

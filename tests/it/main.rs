@@ -14,5 +14,6 @@ mod library;
 mod load;
 mod node;
 mod policy;
+mod raftlog;
 mod strace;
 mod support;

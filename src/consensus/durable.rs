@@ -1,0 +1,439 @@
+//! Raft's log on the node's segments, and its hard state in `raft.state`.
+//!
+//! Raft index `i` is the segment log's offset `i - 1`: the log stays dense and every
+//! record keeps its checksum, after-sync flag and crash handling. A record's payload
+//! is the entry:
+//!
+//! ```text
+//! term u64 | kind u8 (0 normal, 1 configuration change, 2 configuration change v2) | data
+//! ```
+//!
+//! `raft.state` holds the group's voters and the hard state (term, vote, commit):
+//!
+//! ```text
+//! magic "FLNTRAFT" | version u32 = 1 | term u64 | vote u64 | commit u64 | n u32 | voter u64 × n | crc32c u32
+//! ```
+//!
+//! It is written crash-safely (temp file, fsync, rename, directory fsync) when the
+//! term or vote changed, by [`RaftLog::sync`], which first syncs the log: so the
+//! commit index it records never passes the durable log. Its presence marks the
+//! directory as a Raft log; a directory with segments and no `raft.state` holds a
+//! single node's log and is refused.
+//!
+//! Architecture Invariant: an entry, a term or a vote is reported durable (the
+//! driver's `Peer::persisted`) only after [`RaftLog::sync`] returned: the messages
+//! that depend on it leave only then. A conflicting suffix is removed durably before
+//! any entry replaces it ([`Log::truncate`]).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use super::LogStore;
+use crate::core::layout::RAFT_STATE;
+use crate::core::position::Offset;
+use crate::core::recovery::classify;
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, create_durably, join, sync_failed};
+use crate::wal::meta::LogStart;
+use crate::wal::{Log, LogOptions, RecoverLog};
+
+const MAGIC: &[u8; 8] = b"FLNTRAFT";
+const VERSION: u32 = 1;
+/// Entries kept in memory after they are written, for the appends a leader sends.
+const TAIL_CACHED: usize = 4096;
+
+/// Encodes an entry as a log payload.
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(9 + e.data.len());
+    b.extend_from_slice(&e.term.to_le_bytes());
+    b.push(match e.entry_type {
+        EntryType::EntryNormal => 0,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    });
+    b.extend_from_slice(&e.data);
+    b
+}
+
+/// Decodes a log payload at Raft index `index`.
+pub fn decode_entry(index: u64, b: &[u8]) -> std::result::Result<Entry, String> {
+    if b.len() < 9 {
+        return Err(format!(
+            "entry {index}: {} bytes, shorter than its header",
+            b.len()
+        ));
+    }
+    let entry_type = match b[8] {
+        0 => EntryType::EntryNormal,
+        1 => EntryType::EntryConfChange,
+        2 => EntryType::EntryConfChangeV2,
+        k => return Err(format!("entry {index}: unknown kind {k}")),
+    };
+    Ok(Entry {
+        entry_type,
+        term: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+        index,
+        data: b[9..].to_vec().into(),
+        ..Entry::default()
+    })
+}
+
+/// Encodes `raft.state`.
+pub fn encode_state(voters: &[u64], hs: &HardState) -> Vec<u8> {
+    let mut b = Vec::with_capacity(40 + 8 * voters.len());
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    for v in [hs.term, hs.vote, hs.commit] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&(voters.len() as u32).to_le_bytes());
+    for v in voters {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes `raft.state`: the voters and the hard state.
+pub fn decode_state(b: &[u8]) -> std::result::Result<(Vec<u64>, HardState), String> {
+    if b.len() < 44 || &b[0..8] != MAGIC {
+        return Err("not a Raft state file".into());
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(format!("unsupported version {version}"));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let n = u32::from_le_bytes(b[36..40].try_into().expect("4 bytes")) as usize;
+    if body.len() != 40 + 8 * n {
+        return Err(format!("{} bytes for {n} voters", b.len()));
+    }
+    let voters = (0..n).map(|i| u64_at(40 + 8 * i)).collect();
+    let hs = HardState {
+        term: u64_at(12),
+        vote: u64_at(20),
+        commit: u64_at(28),
+        ..HardState::default()
+    };
+    Ok((voters, hs))
+}
+
+fn read_state(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Vec<u64>, HardState)>> {
+    let path = join(dir, RAFT_STATE);
+    let file = match fs.open(&path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::open_io(format!("reading {}", path.display()), &e)),
+    };
+    let len = file.len().map_err(|e| Error::open_io(path.display(), &e))?;
+    let mut b = vec![0u8; len.min(1 << 20) as usize];
+    file.read_exact_at(&mut b, 0)
+        .map_err(|e| Error::open_io(path.display(), &e))?;
+    decode_state(&b)
+        .map(Some)
+        .map_err(|why| Error::Open(format!("{} is damaged: {why}", path.display())))
+}
+
+fn write_state(fs: &dyn FileSystem, dir: &Path, voters: &[u64], hs: &HardState) -> io::Result<()> {
+    let bytes = encode_state(voters, hs);
+    create_durably(fs, dir, RAFT_STATE, |f| f.write_all_at(&bytes, 0))
+}
+
+/// Raft's log over the node's segments. See the module documentation.
+pub struct RaftLog {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    log: RefCell<Log>,
+    voters: Vec<u64>,
+    /// Runs of equal terms: `(first index, term)`, in index order.
+    terms: Vec<(u64, u64)>,
+    last: u64,
+    hard_state: HardState,
+    /// The hard state in `raft.state`.
+    durable_state: HardState,
+    tail: VecDeque<Entry>,
+}
+
+impl RaftLog {
+    /// Opens (or creates) the Raft log of a group of `voters` in `options.dir`, which
+    /// exists and which the caller has locked. Leftover temp files are removed; the
+    /// log is recovered as a single node's is (a torn tail cut).
+    ///
+    /// # Errors
+    /// [`Error::Open`] when the directory holds a single node's log, belonged to a
+    /// group of other voters, or is damaged.
+    pub fn open(fs: Arc<dyn FileSystem>, options: &LogOptions, voters: &[u64]) -> Result<RaftLog> {
+        let dir = options.dir.clone();
+        let names = fs
+            .list(&dir)
+            .map_err(|e| Error::open_io(format!("cannot list {}", dir.display()), &e))?;
+        let listing = classify(names);
+        for name in &listing.temps {
+            fs.remove(&join(&dir, name))
+                .map_err(|e| Error::open_io(format!("cannot remove {name}"), &e))?;
+        }
+        if !listing.temps.is_empty() {
+            fs.sync_dir(&dir)
+                .map_err(|e| Error::open_io(dir.display(), &e))?;
+        }
+        let hs = match read_state(&*fs, &dir)? {
+            Some((was, hs)) if was == voters => hs,
+            Some((was, _)) => {
+                return Err(Error::Open(format!(
+                    "{} belongs to a group of {} voters ({was:?}), not {} ({voters:?}): start \
+                     this node with the group it was part of, or on a new directory",
+                    dir.display(),
+                    was.len(),
+                    voters.len()
+                )));
+            }
+            None if !listing.segments.is_empty() || !listing.snapshots.is_empty() => {
+                return Err(Error::Open(format!(
+                    "{} holds a single node's log, not a Raft log: start a cluster node on a \
+                     new directory (the single node's entries are not part of any group)",
+                    dir.display()
+                )));
+            }
+            None => {
+                let hs = HardState::default();
+                write_state(&*fs, &dir, voters, &hs)
+                    .map_err(|e| Error::open_io(format!("creating {RAFT_STATE}"), &e))?;
+                hs
+            }
+        };
+        let mut terms: Vec<(u64, u64)> = Vec::new();
+        let mut bad: Option<String> = None;
+        let (log, report) = Log::recover(
+            fs.clone(),
+            RecoverLog {
+                options,
+                segments: listing.segments.clone(),
+                start: LogStart::ORIGIN,
+                replay_from: Offset::ZERO,
+            },
+            &mut |offset, payload| match decode_entry(offset + 1, payload) {
+                Ok(e) => {
+                    if terms.last().is_none_or(|&(_, t)| t != e.term) {
+                        terms.push((e.index, e.term));
+                    }
+                }
+                Err(why) => {
+                    bad.get_or_insert(why);
+                }
+            },
+        )?;
+        if let Some(why) = bad {
+            return Err(Error::Open(format!("{}: {why}", dir.display())));
+        }
+        let last = log.next_offset().get();
+        if hs.commit > last {
+            return Err(Error::Open(format!(
+                "{}: {RAFT_STATE} says entries up to {} are committed, but the log ends at {last}",
+                dir.display(),
+                hs.commit
+            )));
+        }
+        if report.bytes_truncated > 0 {
+            log::warn!(
+                "{}: {} bytes of torn tail cut from the Raft log",
+                dir.display(),
+                report.bytes_truncated
+            );
+        }
+        Ok(RaftLog {
+            fs,
+            dir,
+            log: RefCell::new(log),
+            voters: voters.to_vec(),
+            terms,
+            last,
+            durable_state: hs.clone(),
+            hard_state: hs,
+            tail: VecDeque::new(),
+        })
+    }
+
+    /// Makes everything written durable: the log (fdatasync), then `raft.state` if the
+    /// term or vote changed.
+    ///
+    /// # Errors
+    /// The I/O error; fail-stop for the caller.
+    pub fn sync(&mut self) -> io::Result<()> {
+        let log = self.log.get_mut();
+        if log.has_unsynced() {
+            log.sync().map_err(sync_failed)?;
+        }
+        let hs = &self.hard_state;
+        if hs.term != self.durable_state.term || hs.vote != self.durable_state.vote {
+            write_state(&*self.fs, &self.dir, &self.voters, hs)?;
+            self.durable_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// The hard state as written (durable after [`RaftLog::sync`]).
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The last index (0: empty).
+    pub fn last_index(&self) -> u64 {
+        self.last
+    }
+
+    fn term_of(&self, index: u64) -> u64 {
+        let run = self.terms.partition_point(|&(first, _)| first <= index);
+        self.terms[run - 1].1
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        let log = self.log.get_mut();
+        let payloads: Vec<Vec<u8>> = entries.iter().map(encode_entry).collect();
+        let mut from = 0;
+        while from < payloads.len() {
+            let mut to = from;
+            let mut bytes = 0;
+            while to < payloads.len() && log.fits(to - from, bytes, payloads[to].len()) {
+                bytes += crate::wal::record::record_bytes(payloads[to].len());
+                to += 1;
+            }
+            if to == from {
+                log.roll().map_err(|e| match e {
+                    crate::wal::RollError::Sync(e) => sync_failed(e),
+                    crate::wal::RollError::Create(e) => e,
+                })?;
+                continue;
+            }
+            log.append(payloads[from..to].iter().map(Vec::as_slice))?;
+            from = to;
+        }
+        Ok(())
+    }
+}
+
+impl LogStore for RaftLog {
+    fn write_entries(&mut self, entries: &[Entry]) -> io::Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        assert!(
+            first.index >= 1 && first.index <= self.last + 1,
+            "entries from {} leave a gap after {}",
+            first.index,
+            self.last
+        );
+        if first.index <= self.last {
+            self.log.get_mut().truncate(Offset::new(first.index - 1))?;
+            self.last = first.index - 1;
+            let keep = self.terms.partition_point(|&(f, _)| f <= self.last);
+            self.terms.truncate(keep);
+            self.tail.retain(|e| e.index < first.index);
+        }
+        self.append(entries)?;
+        for e in entries {
+            if self.terms.last().is_none_or(|&(_, t)| t != e.term) {
+                self.terms.push((e.index, e.term));
+            }
+            self.tail.push_back(e.clone());
+        }
+        while self.tail.len() > TAIL_CACHED {
+            self.tail.pop_front();
+        }
+        self.last = entries.last().expect("non-empty").index;
+        Ok(())
+    }
+
+    fn write_hard_state(&mut self, hs: &HardState) -> io::Result<()> {
+        self.hard_state = hs.clone();
+        Ok(())
+    }
+}
+
+impl raft::Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            ConfState::from((self.voters.clone(), vec![])),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < 1 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(
+            high <= self.last + 1,
+            "entries up to {high} asked, last {}",
+            self.last
+        );
+        let max_size = max_size.into();
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut bytes = 0u64;
+        let cached_from = self.tail.front().map_or(u64::MAX, |e| e.index);
+        for index in low..high {
+            let e = if index >= cached_from {
+                self.tail[(index - cached_from) as usize].clone()
+            } else {
+                let read = self
+                    .log
+                    .borrow_mut()
+                    .read(Offset::new(index - 1))
+                    .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
+                if !read.checksum_valid {
+                    return Err(raft::Error::Store(StorageError::Other(
+                        format!("entry {index} does not verify").into(),
+                    )));
+                }
+                decode_entry(index, &read.payload)
+                    .map_err(|why| raft::Error::Store(StorageError::Other(why.into())))?
+            };
+            bytes += (e.data.len() + 16) as u64;
+            if !out.is_empty() && max_size.is_some_and(|m| bytes > m) {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == 0 {
+            return Ok(0);
+        }
+        if idx > self.last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.term_of(idx))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}

@@ -1,0 +1,244 @@
+//! Raft's log on the simulated disk: entries, suffix truncation and the hard state,
+//! with a power cut at every storage operation of a workload, in every crash mode.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use flintlog::consensus::{LogStore, RaftLog};
+use flintlog::fs::FileSystem;
+use flintlog::fs::sim::{CrashMode, Faults, SimFs};
+use flintlog::wal::LogOptions;
+use raft::Storage;
+use raft::eraftpb::{Entry, HardState};
+
+const DIR: &str = "/sim/n1";
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+fn options() -> LogOptions {
+    LogOptions {
+        dir: DIR.into(),
+        // A few entries per segment, so that truncation crosses segments.
+        segment_bytes_max: 3 * 4096,
+        preallocate_bytes_max: 3 * 4096,
+        prefill: false,
+    }
+}
+
+fn open(fs: &SimFs) -> flintlog::Result<RaftLog> {
+    fs.create_dir_all(std::path::Path::new(DIR)).unwrap();
+    RaftLog::open(Arc::new(fs.clone()), &options(), &VOTERS)
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: format!("entry {index} of term {term}").into_bytes().into(),
+        ..Entry::default()
+    }
+}
+
+/// The log as a list of (index, term, data).
+fn contents(log: &RaftLog) -> Vec<(u64, u64, Vec<u8>)> {
+    let last = log.last_index();
+    if last == 0 {
+        return Vec::new();
+    }
+    log.entries(1, last + 1, None, raft::GetEntriesContext::empty(false))
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.index, e.term, e.data.to_vec()))
+        .collect()
+}
+
+/// What the workload made durable, and what it ever wrote.
+#[derive(Default, Clone)]
+struct Oracle {
+    /// The log and hard state at the last sync that returned.
+    durable: Vec<(u64, u64, Vec<u8>)>,
+    durable_state: HardState,
+    /// The lowest index a truncation after that sync started at.
+    truncated_from: Option<u64>,
+    /// Every (index, term, data) ever written.
+    written: BTreeSet<(u64, u64, Vec<u8>)>,
+}
+
+/// Term 1: entries 1-12, a sync every 4; term 2 (a new leader): entries from 7 replace
+/// the old suffix (across segments), then 7-15; term 3: from 14. The vote changes with
+/// each term. Stops at the first error.
+fn workload(fs: &SimFs) -> Oracle {
+    let mut o = Oracle::default();
+    let Ok(mut log) = open(fs) else {
+        return o;
+    };
+    let write = |log: &mut RaftLog, o: &mut Oracle, entries: Vec<Entry>| -> bool {
+        let first = entries[0].index;
+        if first <= log.last_index() {
+            o.truncated_from = Some(o.truncated_from.map_or(first, |t| t.min(first)));
+        }
+        for e in &entries {
+            o.written.insert((e.index, e.term, e.data.to_vec()));
+        }
+        log.write_entries(&entries).is_ok()
+    };
+    let sync = |log: &mut RaftLog, o: &mut Oracle| -> bool {
+        if log.sync().is_err() {
+            return false;
+        }
+        o.durable = contents(log);
+        o.durable_state = log.hard_state().clone();
+        o.truncated_from = None;
+        true
+    };
+    let mut hs = HardState {
+        term: 1,
+        vote: 1,
+        commit: 0,
+        ..HardState::default()
+    };
+    if log.write_hard_state(&hs).is_err() {
+        return o;
+    }
+    for chunk in (1..=12u64).collect::<Vec<_>>().chunks(4) {
+        if !write(
+            &mut log,
+            &mut o,
+            chunk.iter().map(|&i| entry(i, 1)).collect(),
+        ) {
+            return o;
+        }
+        // Raft never truncates a committed entry: commit stays below the truncations.
+        hs.commit = chunk[0].min(5);
+        if log.write_hard_state(&hs).is_err() || !sync(&mut log, &mut o) {
+            return o;
+        }
+    }
+    for (term, from, to) in [(2, 7, 15), (3, 14, 16)] {
+        hs = HardState {
+            term,
+            vote: term,
+            commit: hs.commit,
+            ..HardState::default()
+        };
+        if log.write_hard_state(&hs).is_err() || !sync(&mut log, &mut o) {
+            return o;
+        }
+        if !write(
+            &mut log,
+            &mut o,
+            (from..=to).map(|i| entry(i, term)).collect(),
+        ) || !sync(&mut log, &mut o)
+        {
+            return o;
+        }
+    }
+    o
+}
+
+/// Recovers `disk` and checks it against the oracle.
+fn check(disk: &SimFs, o: &Oracle) -> Result<(), String> {
+    let log = open(disk).map_err(|e| format!("recovery refused: {e}"))?;
+    let got = contents(&log);
+    for (k, e) in got.iter().enumerate() {
+        if e.0 != k as u64 + 1 {
+            return Err(format!("entry {} at position {k}", e.0));
+        }
+        if !o.written.contains(e) {
+            return Err(format!("entry {} of term {} was never written", e.0, e.1));
+        }
+    }
+    // Log matching: an entry of a new leader's term follows exactly what that leader
+    // sent before it (its whole write, from the first index), never a stale suffix.
+    for e in &got {
+        let first_of_term = o.written.iter().find(|w| w.1 == e.1).map_or(1, |w| w.0);
+        if let Some(stale) = got[first_of_term as usize - 1..e.0 as usize]
+            .iter()
+            .find(|x| x.1 != e.1)
+        {
+            return Err(format!(
+                "entry {} of term {} follows a stale entry {} of term {}",
+                e.0, e.1, stale.0, stale.1
+            ));
+        }
+    }
+    // Every durable entry is there, but those a later truncation was removing.
+    let keep = o.truncated_from.unwrap_or(u64::MAX);
+    for e in o.durable.iter().filter(|e| e.0 < keep) {
+        if got.get(e.0 as usize - 1) != Some(e) {
+            return Err(format!("durable entry {} of term {} lost", e.0, e.1));
+        }
+    }
+    let hs = log.hard_state();
+    if hs.term < o.durable_state.term
+        || (hs.term == o.durable_state.term && hs.vote != o.durable_state.vote)
+    {
+        return Err(format!(
+            "hard state went back: term {} vote {}, durable was term {} vote {}",
+            hs.term, hs.vote, o.durable_state.term, o.durable_state.vote
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn entries_truncation_and_hard_state_survive_a_restart() {
+    let fs = SimFs::new();
+    let o = workload(&fs);
+    assert_eq!(o.durable.len(), 16);
+    assert_eq!(o.durable[6].1, 2, "entry 7 replaced in term 2");
+    assert_eq!(o.durable[13].1, 3, "entry 14 replaced in term 3");
+    let log = open(&fs.clean_copy()).unwrap();
+    assert_eq!(contents(&log), o.durable);
+    assert_eq!(log.hard_state().term, 3);
+    assert_eq!(log.term(6).unwrap(), 1);
+    assert_eq!(log.term(13).unwrap(), 2);
+    assert_eq!(log.term(16).unwrap(), 3);
+}
+
+#[test]
+fn a_power_cut_at_every_operation_keeps_what_was_durable() {
+    let clean = SimFs::new();
+    workload(&clean);
+    let ops = clean.ops();
+    let (mut states, mut failures) = (0, Vec::new());
+    for k in 0..=ops {
+        let fs = SimFs::new();
+        fs.set_faults(Faults {
+            crash_at: Some(k),
+            ..Faults::default()
+        });
+        let o = workload(&fs);
+        for mode in CrashMode::ALL {
+            for seed in 0..2 {
+                states += 1;
+                if let Err(why) = check(&fs.crash(seed, mode), &o) {
+                    failures.push(format!("op={k} mode={mode:?} seed={seed}: {why}"));
+                }
+            }
+        }
+    }
+    println!(
+        "Raft log: {ops} operations, {states} crash states, {} failures",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+#[test]
+fn a_single_node_directory_is_refused_with_what_to_do() {
+    let fs = SimFs::new();
+    let node =
+        flintlog::Node::open_with_fs(flintlog::Config::new(DIR), Arc::new(fs.clone())).unwrap();
+    node.appender().append(b"set a=1".to_vec()).unwrap();
+    node.shutdown().unwrap();
+    let err = open(&fs).err().expect("refused").to_string();
+    assert!(
+        err.contains("single node's log") && err.contains("new directory"),
+        "{err}"
+    );
+}
