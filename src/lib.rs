@@ -10,6 +10,7 @@
 
 pub mod actor;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod core;

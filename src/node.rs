@@ -18,6 +18,42 @@ use crate::survey;
 use crate::types::RecoveryReport;
 use crate::wal::{Log, RecoverLog};
 
+/// Creates `dir` and any missing ancestors, syncing the parent of each one created (a
+/// new directory's entry is durable only then: without it, a power cut could take the
+/// whole directory with every entry acknowledged in it), and locks it. Returns the
+/// lock and whether the directory existed.
+///
+/// # Errors
+/// [`Error::Open`] when it cannot be created, synced or locked.
+pub(crate) fn prepare_dir(
+    fs: &dyn FileSystem,
+    dir: &std::path::Path,
+) -> Result<(Box<dyn crate::fs::Lock>, bool)> {
+    // The directories this open creates: `dir` and any missing ancestors.
+    let created: Vec<std::path::PathBuf> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && fs.list(a).is_err())
+        .map(|a| a.to_path_buf())
+        .collect();
+    let existed = created.is_empty();
+    fs.create_dir_all(dir).map_err(|e| {
+        Error::open_io(
+            format!("cannot create data directory {}", dir.display()),
+            &e,
+        )
+    })?;
+    for parent in created.iter().filter_map(|d| d.parent()) {
+        if !parent.as_os_str().is_empty() {
+            fs.sync_dir(parent)
+                .map_err(|e| Error::open_io(format!("cannot sync {}", parent.display()), &e))?;
+        }
+    }
+    let lock = fs
+        .lock(&join(dir, LOCK_NAME))
+        .map_err(|e| Error::open_io(format!("cannot lock data directory {}", dir.display()), &e))?;
+    Ok((lock, existed))
+}
+
 /// The log's options, with segment preallocation sized to what the filesystem has: at
 /// most a quarter of the free space (a segment, the spare prepared beside it, and room
 /// for snapshots), in whole 4 KiB blocks, and said so in the log.
@@ -85,31 +121,7 @@ impl Node {
         config.validate()?;
         let started = Instant::now();
         let dir = config.dir.clone();
-        // The directories this open creates: `dir` and any missing ancestors.
-        let created: Vec<std::path::PathBuf> = dir
-            .ancestors()
-            .take_while(|a| !a.as_os_str().is_empty() && fs.list(a).is_err())
-            .map(|a| a.to_path_buf())
-            .collect();
-        let existed = created.is_empty();
-        fs.create_dir_all(&dir).map_err(|e| {
-            Error::open_io(
-                format!("cannot create data directory {}", dir.display()),
-                &e,
-            )
-        })?;
-        // A new directory's entry in its parent is durable only once the parent is
-        // synced: without that, a power cut could take the whole directory with every
-        // entry acknowledged in it.
-        for parent in created.iter().filter_map(|d| d.parent()) {
-            if !parent.as_os_str().is_empty() {
-                fs.sync_dir(parent)
-                    .map_err(|e| Error::open_io(format!("cannot sync {}", parent.display()), &e))?;
-            }
-        }
-        let lock = fs.lock(&join(&dir, LOCK_NAME)).map_err(|e| {
-            Error::open_io(format!("cannot lock data directory {}", dir.display()), &e)
-        })?;
+        let (lock, existed) = prepare_dir(&*fs, &dir)?;
         let mut report = RecoveryReport::default();
         let loading = Instant::now();
         let survey::Survey {

@@ -132,6 +132,8 @@ pub struct Machine {
     pub next_offset: Offset,
     /// The last Raft index applied.
     pub applied: u64,
+    /// The Raft index of each client offset.
+    pub indexes: Vec<u64>,
 }
 
 impl Machine {
@@ -149,7 +151,32 @@ impl Machine {
         self.kv.apply(&payload);
         let offset = self.next_offset;
         self.next_offset = offset.plus(1);
+        self.indexes.push(index);
         Effect::Applied(offset)
+    }
+
+    /// The payload a client entry stands for: the command's own for an append, the
+    /// `set` it made for a compare-and-set.
+    pub fn payload_of(cmd: &Command) -> Vec<u8> {
+        match cmd {
+            Command::Append(p) => p.clone(),
+            Command::Cas { key, to, .. } => kv::set_payload(key, to).into_bytes(),
+        }
+    }
+
+    /// A digest of the state at the applied index: equal on every replica that applied
+    /// the same entries. Computed over the whole map (O(keys)) when asked.
+    pub fn digest(&self) -> u32 {
+        let mut crc = crc32c::crc32c(&self.applied.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &self.next_offset.on_disk().to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &self.kv.other_payloads.to_le_bytes());
+        for (k, v) in &self.kv.map {
+            crc = crc32c::crc32c_append(crc, &(k.len() as u32).to_le_bytes());
+            crc = crc32c::crc32c_append(crc, k.as_bytes());
+            crc = crc32c::crc32c_append(crc, &(v.len() as u32).to_le_bytes());
+            crc = crc32c::crc32c_append(crc, v.as_bytes());
+        }
+        crc
     }
 
     /// Notes an entry with no client command (Raft's own) at `index`.

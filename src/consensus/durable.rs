@@ -287,6 +287,16 @@ impl RaftLog {
         &self.hard_state
     }
 
+    /// Disk space of the log's segments.
+    pub fn total_bytes(&self) -> u64 {
+        self.log.borrow().total_bytes()
+    }
+
+    /// Whether everything written is durable.
+    pub fn synced(&self) -> bool {
+        !self.log.borrow().has_unsynced()
+    }
+
     /// The last index (0: empty).
     pub fn last_index(&self) -> u64 {
         self.last

@@ -145,6 +145,27 @@ impl<S: LogStore> Peer<S> {
         self.node.store()
     }
 
+    /// The store, to sync it.
+    pub fn store_mut(&mut self) -> &mut S {
+        self.node.mut_store()
+    }
+
+    /// On a leader, each voter's match index (itself included), by Raft id.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        if self.node.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let mut out: Vec<(u64, u64)> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// This peer's Raft id.
     pub fn id(&self) -> u64 {
         self.node.raft.id

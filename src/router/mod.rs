@@ -19,6 +19,7 @@
 //! and that bound is below every inbox's capacity, so the router's sends never wait
 //! on a full actor and the completion channel never fills.
 
+mod cluster;
 pub mod json;
 pub mod wire;
 
@@ -212,6 +213,7 @@ enum Answer {
     Value(String),
     Written,
     Swapped,
+    ClusterStatus(Box<(crate::cluster::ClusterStatus, std::sync::Arc<[String]>)>),
 }
 
 impl Answer {
@@ -298,6 +300,9 @@ impl Answer {
             Answer::Value(text) => ok("read_ok", vec![("value", wire::stored_to_json(&text))]),
             Answer::Written => ok("write_ok", vec![]),
             Answer::Swapped => ok("cas_ok", vec![]),
+            Answer::ClusterStatus(s) => {
+                ok("wal_status_ok", vec![("status", cluster::status_json(&s))])
+            }
         }
     }
 }
@@ -334,6 +339,10 @@ struct Router<W: Write> {
     out: std::io::BufWriter<W>,
     next_msg_id: u64,
     node: Option<(String, Node)>,
+    /// The cluster node, when `init` named more than one node.
+    cluster: Option<cluster::Member>,
+    /// Messages the consensus actor sends to peers, written as `raft` lines.
+    peer_tx: Sender<raft::eraftpb::Message>,
     queues: HashMap<String, SourceQueue>,
     queued: usize,
     done_tx: Sender<Done>,
@@ -350,8 +359,11 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
         .spawn(move || read_lines(input, line_bytes_max, line_tx))
         .expect("spawn the stdin reader");
     let (done_tx, done_rx) = crossbeam_channel::bounded(config.queued_max.max(1));
+    let (peer_tx, peer_rx) = crossbeam_channel::bounded(cluster::PEER_QUEUE);
     let mut router = Router {
         config,
+        cluster: None,
+        peer_tx,
         // Replies ready together go out in one write: flushed before the router waits.
         out: std::io::BufWriter::with_capacity(64 * 1024, output),
         next_msg_id: 0,
@@ -361,7 +373,7 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
         done_tx,
         fatal: false,
     };
-    let code = router.run(line_rx, done_rx);
+    let code = router.run(line_rx, done_rx, peer_rx);
     // The reader thread ends at end of input; if we stop early (fatal), it is left
     // blocked on stdin and the process exits around it.
     if code == 0 {
@@ -371,7 +383,12 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
 }
 
 impl<W: Write> Router<W> {
-    fn run(&mut self, lines: Receiver<Line>, done: Receiver<Done>) -> i32 {
+    fn run(
+        &mut self,
+        lines: Receiver<Line>,
+        done: Receiver<Done>,
+        peers: Receiver<raft::eraftpb::Message>,
+    ) -> i32 {
         let never = crossbeam_channel::never();
         let mut eof = false;
         while !(self.fatal || eof && self.queued == 0) {
@@ -381,7 +398,7 @@ impl<W: Write> Router<W> {
                 &lines
             };
             // Never wait with a reply in the buffer: flush when nothing is ready now.
-            if done.is_empty() && input.is_empty() {
+            if done.is_empty() && input.is_empty() && peers.is_empty() {
                 self.flush();
             }
             select! {
@@ -390,6 +407,10 @@ impl<W: Write> Router<W> {
                     Ok(Line::TooLong { bytes, head, tail }) => self.on_too_long(bytes, &head, &tail),
                     Err(_) => eof = true,
                 },
+                recv(peers) -> m => {
+                    let m = m.expect("the router holds a sender");
+                    self.peer_line(&m);
+                }
                 recv(done) -> d => {
                     let d = d.expect("the router holds a sender");
                     let body = match d.outcome {
@@ -402,6 +423,9 @@ impl<W: Write> Router<W> {
         }
         self.flush();
         let mut code = if self.fatal { 1 } else { 0 };
+        if let Some(member) = self.cluster.take() {
+            member.node.shutdown();
+        }
         if let Some((_, node)) = self.node.take()
             && let Err(e) = node.shutdown()
         {
@@ -437,6 +461,9 @@ impl<W: Write> Router<W> {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
+        if self.cluster.is_some() && self.peer_message(line) {
+            return;
+        }
         let (env, request) = match wire::parse_line(line) {
             Ok(parsed) => parsed,
             Err(w) => {
@@ -451,7 +478,7 @@ impl<W: Write> Router<W> {
                 let body = self.init(node_id, &node_ids);
                 self.finish(&env.src, seq, body);
             }
-            Ok(_) if self.node.is_none() => self.finish(
+            Ok(_) if self.node.is_none() && self.cluster.is_none() => self.finish(
                 &env.src,
                 seq,
                 error_body(
@@ -511,9 +538,10 @@ impl<W: Write> Router<W> {
             let slot = q.slots.pop_front().expect("front exists");
             q.base += 1;
             self.queued -= 1;
-            let from = match &self.node {
-                Some((id, _)) => id.as_str(),
-                None => slot.dest.as_deref().unwrap_or(""),
+            let from = match (&self.node, &self.cluster) {
+                (Some((id, _)), _) => id.as_str(),
+                (None, Some(member)) => member.me(),
+                (None, None) => slot.dest.as_deref().unwrap_or(""),
             };
             let body = slot.body.expect("finished");
             let line = render(from, src, slot.in_reply_to, self.next_msg_id, &body);
@@ -536,8 +564,13 @@ impl<W: Write> Router<W> {
         if let Err(why) = wire::check_node_id(&node_id) {
             return error_body(code::MALFORMED_REQUEST, why);
         }
-        if let Some((current, _)) = &self.node {
-            return if *current == node_id {
+        let current = match (&self.node, &self.cluster) {
+            (Some((id, _)), _) => Some(id.as_str()),
+            (None, Some(member)) => Some(member.me()),
+            (None, None) => None,
+        };
+        if let Some(current) = current {
+            return if current == node_id {
                 ok("init_ok", vec![])
             } else {
                 error_body(
@@ -547,6 +580,9 @@ impl<W: Write> Router<W> {
             };
         }
 
+        if node_ids.len() > 1 {
+            return self.init_cluster(node_id, node_ids);
+        }
         if !node_ids.is_empty() && !node_ids.contains(&node_id) {
             log::warn!("node_id {node_id} is not among node_ids {node_ids:?}");
         }
@@ -585,6 +621,9 @@ impl<W: Write> Router<W> {
     }
 
     fn dispatch(&mut self, src: String, seq: u64, request: Request) {
+        if self.cluster.is_some() {
+            return self.dispatch_cluster(src, seq, request);
+        }
         let node = &self.node.as_ref().expect("initialized").1;
         let a = node.appender();
         match request {

@@ -364,7 +364,8 @@ fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
     })
 }
 
-fn json_text(v: &Value) -> String {
+/// The text a JSON value is stored as.
+pub fn json_text(v: &Value) -> String {
     serde_json::to_string(v).expect("a parsed value serializes")
 }
 

@@ -1,6 +1,7 @@
 //! The one integration-test binary: the real `flintlog` binary driven over its
 //! protocol, and the library driven through its handles.
 
+mod cluster;
 mod conversations;
 mod crash;
 mod damage;

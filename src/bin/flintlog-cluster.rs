@@ -1,0 +1,914 @@
+//! `flintlog-cluster`: runs a flintlog Raft group as Maelstrom would, and checks it.
+//!
+//! It starts N node processes on their own data directories and is their network:
+//! every line a node writes to another node is delivered after a random latency, or
+//! lost, or held back by a partition. A nemesis partitions the network (random halves,
+//! one node cut off, a bridge), kills nodes with SIGKILL and restarts them, and pauses
+//! them (SIGSTOP/SIGCONT). Clients run Maelstrom's lin-kv workload (read, write, cas on
+//! a few keys; one request at a time each; a timeout is an unknown outcome) and an
+//! append workload (unique payloads). At the end the cluster is healed, every replica
+//! must reach the same applied index with the same `state_digest`, every acknowledged
+//! append must be readable with its payload at its offset on every node (offsets
+//! unique), and the history must be linearizable. It prints a summary and writes
+//! `report.json` and `latency.svg` (nemesis windows shaded) to `--out`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use crossbeam_channel::{Receiver, Sender};
+use flintlog::fs::sim::Rng;
+use flintlog::lincheck::{self, Event, Op};
+use serde_json::{Value, json};
+
+/// Runs a flintlog Raft group under faults and checks what its clients saw.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "flintlog-cluster", version)]
+struct Args {
+    /// Nodes in the group.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Seconds of workload (healing and checks follow).
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Faults, comma-separated: partition, kill, pause; or none.
+    #[arg(long, default_value = "partition,kill,pause")]
+    nemesis: String,
+    /// Seconds between nemesis actions.
+    #[arg(long, default_value_t = 3.0)]
+    nemesis_every: f64,
+    /// Node-to-node latency in milliseconds, `LO-HI` (uniform).
+    #[arg(long, default_value = "1-10")]
+    latency_ms: String,
+    /// Fraction of node-to-node messages lost.
+    #[arg(long, default_value_t = 0.1)]
+    loss: f64,
+    /// lin-kv clients (one request at a time each).
+    #[arg(long, default_value_t = 6)]
+    clients: usize,
+    /// Clients appending unique payloads.
+    #[arg(long, default_value_t = 2)]
+    appenders: usize,
+    /// Keys the lin-kv clients use.
+    #[arg(long, default_value_t = 4)]
+    keys: u64,
+    /// Milliseconds a client waits for a reply before the outcome counts as unknown.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where data directories, node logs, the report and the plot go.
+    #[arg(long, default_value = "target/cluster")]
+    out: PathBuf,
+    /// The node binary (default: `flintlog` beside this program).
+    #[arg(long)]
+    node: Option<PathBuf>,
+    /// Only check a history file (`history.json` of an earlier run, maybe edited by
+    /// hand) for linearizability, and exit 0 if it is.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+}
+
+fn event_json(e: &Event) -> Value {
+    let op = match &e.op {
+        Op::Read(v) => json!({"f": "read", "value": v}),
+        Op::Write(v) => json!({"f": "write", "value": v}),
+        Op::Cas(f, t) => json!({"f": "cas", "from": f, "to": t}),
+        Op::CasMismatch(f) => json!({"f": "cas_mismatch", "from": f}),
+        Op::CasAbsent => json!({"f": "cas_absent"}),
+    };
+    json!({"key": e.key, "op": op, "invoked_us": e.invoked, "returned_us": e.returned})
+}
+
+fn event_from_json(v: &Value) -> Result<Event, String> {
+    let s = |k: &str| -> Result<String, String> {
+        v["op"][k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{k} missing in {v}"))
+    };
+    let op = match v["op"]["f"].as_str() {
+        Some("read") => Op::Read(v["op"]["value"].as_str().map(str::to_string)),
+        Some("write") => Op::Write(s("value")?),
+        Some("cas") => Op::Cas(s("from")?, s("to")?),
+        Some("cas_mismatch") => Op::CasMismatch(s("from")?),
+        Some("cas_absent") => Op::CasAbsent,
+        _ => return Err(format!("unknown operation in {v}")),
+    };
+    Ok(Event {
+        key: v["key"].as_str().ok_or("key missing")?.to_string(),
+        op,
+        invoked: v["invoked_us"].as_u64().ok_or("invoked_us missing")?,
+        returned: v["returned_us"].as_u64(),
+    })
+}
+
+fn check_file(path: &Path) -> ExitCode {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let list: Vec<Value> = serde_json::from_str(&text).expect("a JSON list of events");
+    let history: Vec<Event> = list
+        .iter()
+        .map(event_from_json)
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let verdict = lincheck::check(&history);
+    println!("{} operations: {verdict:?}", history.len());
+    if matches!(verdict, lincheck::Verdict::Linearizable { .. }) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+/// One node process and the thread that feeds its stdin.
+struct NodeProc {
+    child: Child,
+    input: Sender<String>,
+    paused: bool,
+}
+
+fn spawn_node(bin: &Path, out: &Path, i: usize, to_net: Sender<(usize, String)>) -> NodeProc {
+    let name = format!("n{}", i + 1);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join(format!("{name}.log")))
+        .expect("node log file");
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(out.join("data"))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if to_net.send((i, line)).is_err() {
+                break;
+            }
+        }
+    });
+    let (input, lines) = crossbeam_channel::unbounded::<String>();
+    let stdin: ChildStdin = child.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        let mut stdin = std::io::BufWriter::new(stdin);
+        while let Ok(line) = lines.recv() {
+            if writeln!(stdin, "{line}").is_err() {
+                break;
+            }
+            if lines.is_empty() && stdin.flush().is_err() {
+                break;
+            }
+        }
+    });
+    NodeProc {
+        child,
+        input,
+        paused: false,
+    }
+}
+
+/// The network's state, shared by the router, the nemesis and the clients.
+struct Net {
+    nodes: Vec<Option<NodeProc>>,
+    /// `cut[a][b]`: messages from a to b are dropped.
+    cut: Vec<Vec<bool>>,
+    /// Clients waiting for replies: client name → its channel.
+    clients: HashMap<String, Sender<Value>>,
+}
+
+struct Shared {
+    net: Mutex<Net>,
+    started: Instant,
+    bin: PathBuf,
+    out: PathBuf,
+    to_net: Sender<(usize, String)>,
+    ids: Vec<String>,
+}
+
+impl Shared {
+    fn send_to_node(&self, i: usize, line: String) -> bool {
+        let net = self.net.lock().expect("net");
+        match &net.nodes[i] {
+            Some(p) => p.input.send(line).is_ok(),
+            None => false,
+        }
+    }
+
+    fn init(&self, i: usize) {
+        let body =
+            json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids});
+        let line = json!({"src": "harness", "dest": self.ids[i], "body": body}).to_string();
+        self.send_to_node(i, line);
+    }
+
+    fn start(&self, i: usize) {
+        let p = spawn_node(&self.bin, &self.out, i, self.to_net.clone());
+        self.net.lock().expect("net").nodes[i] = Some(p);
+        self.init(i);
+    }
+}
+
+/// Delivers node output: replies to clients at once, peer lines after a latency.
+fn route(shared: Arc<Shared>, from_nodes: Receiver<(usize, String)>, args: Args, seed: u64) {
+    let (lo, hi) = parse_range(&args.latency_ms);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut delayed: BTreeMap<(u64, u64), (usize, String)> = BTreeMap::new();
+    let mut n = 0u64;
+    loop {
+        let now = micros(shared.started);
+        let wait = delayed
+            .keys()
+            .next()
+            .map_or(Duration::from_millis(50), |(at, _)| {
+                Duration::from_micros(at.saturating_sub(now))
+            });
+        match from_nodes.recv_timeout(wait) {
+            Ok((from, line)) => {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    eprintln!("n{}: unparseable output line: {line}", from + 1);
+                    continue;
+                };
+                let dest = v["dest"].as_str().unwrap_or_default().to_string();
+                if let Some(to) = shared.ids.iter().position(|id| *id == dest) {
+                    let net = shared.net.lock().expect("net");
+                    let lost = net.cut[from][to] || (rng.below(1_000_000) as f64) < args.loss * 1e6;
+                    drop(net);
+                    if !lost {
+                        let at = now + (lo + rng.below(hi - lo + 1)) * 1000;
+                        n += 1;
+                        delayed.insert((at, n), (to, line));
+                    }
+                } else {
+                    let net = shared.net.lock().expect("net");
+                    if let Some(c) = net.clients.get(&dest) {
+                        let _ = c.send(v);
+                    }
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+        let now = micros(shared.started);
+        while let Some(entry) = delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (to, line) = entry.remove();
+            shared.send_to_node(to, line);
+        }
+    }
+}
+
+fn parse_range(s: &str) -> (u64, u64) {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u64 = a.trim().parse().expect("--latency-ms LO-HI");
+    let b: u64 = b.trim().parse().expect("--latency-ms LO-HI");
+    (a.min(b), a.max(b))
+}
+
+/// What a client saw, for the report.
+#[derive(Clone)]
+struct Sample {
+    at_s: f64,
+    latency_ms: f64,
+    ok: bool,
+}
+
+struct ClientLog {
+    history: Vec<Event>,
+    samples: Vec<Sample>,
+    /// Acknowledged appends: (offset, payload).
+    appended: Vec<(u64, String)>,
+    ok: u64,
+    failed: u64,
+    unknown: u64,
+}
+
+/// A client: one request at a time against random nodes until `until`.
+fn client(
+    shared: Arc<Shared>,
+    name: String,
+    appender: bool,
+    args: Args,
+    seed: u64,
+    until: Instant,
+) -> ClientLog {
+    let (tx, rx) = crossbeam_channel::unbounded::<Value>();
+    shared
+        .net
+        .lock()
+        .expect("net")
+        .clients
+        .insert(name.clone(), tx);
+    let mut rng = Rng::new(seed);
+    let mut log = ClientLog {
+        history: Vec::new(),
+        samples: Vec::new(),
+        appended: Vec::new(),
+        ok: 0,
+        failed: 0,
+        unknown: 0,
+    };
+    let mut msg_id = 0u64;
+    while Instant::now() < until {
+        msg_id += 1;
+        let node = rng.below(shared.ids.len() as u64) as usize;
+        let key = format!("k{}", rng.below(args.keys));
+        let body = if appender {
+            json!({"type": "wal_append", "msg_id": msg_id, "payload": format!("{name}-{msg_id}")})
+        } else {
+            match rng.below(3) {
+                0 => json!({"type": "read", "msg_id": msg_id, "key": key}),
+                1 => json!({"type": "write", "msg_id": msg_id, "key": key, "value": rng.below(5)}),
+                _ => {
+                    json!({"type": "cas", "msg_id": msg_id, "key": key, "from": rng.below(5), "to": rng.below(5)})
+                }
+            }
+        };
+        let line = json!({"src": name, "dest": shared.ids[node], "body": body.clone()}).to_string();
+        let invoked = micros(shared.started);
+        if !shared.send_to_node(node, line) {
+            // The node is down: the request never left; try another.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
+        let reply = loop {
+            match rx.recv_deadline(deadline) {
+                Ok(r) if r["body"]["in_reply_to"] == msg_id => break Some(r),
+                Ok(_) => continue, // a late reply to an earlier request
+                Err(_) => break None,
+            }
+        };
+        let returned = micros(shared.started);
+        let kind = body["type"].as_str().unwrap_or_default();
+        let text = |v: &Value| v.to_string();
+        let (op_if_happened, outcome): (Option<Op>, Result<Option<Op>, u64>) = match reply {
+            None => (None, Err(0)),
+            Some(r) => {
+                let b = &r["body"];
+                match (kind, b["type"].as_str().unwrap_or_default()) {
+                    ("read", "read_ok") => (None, Ok(Some(Op::Read(Some(text(&b["value"])))))),
+                    ("read", "error") if b["code"] == 20 => (None, Ok(Some(Op::Read(None)))),
+                    ("write", "write_ok") => (None, Ok(Some(Op::Write(text(&body["value"]))))),
+                    ("cas", "cas_ok") => (
+                        None,
+                        Ok(Some(Op::Cas(text(&body["from"]), text(&body["to"])))),
+                    ),
+                    ("cas", "error") if b["code"] == 22 => {
+                        (None, Ok(Some(Op::CasMismatch(text(&body["from"])))))
+                    }
+                    ("cas", "error") if b["code"] == 20 => (None, Ok(Some(Op::CasAbsent))),
+                    ("wal_append", "wal_append_ok") => {
+                        log.appended.push((
+                            b["offset"].as_u64().unwrap_or(u64::MAX),
+                            body["payload"].as_str().unwrap_or_default().to_string(),
+                        ));
+                        (None, Ok(None))
+                    }
+                    (_, "error") => (None, Err(b["code"].as_u64().unwrap_or(0))),
+                    (k, t) => panic!("{k} answered with {t}: {r}"),
+                }
+            }
+        };
+        let _ = op_if_happened;
+        let sample = |ok| Sample {
+            at_s: invoked as f64 / 1e6,
+            latency_ms: (returned - invoked) as f64 / 1000.0,
+            ok,
+        };
+        match outcome {
+            Ok(op) => {
+                log.ok += 1;
+                log.samples.push(sample(true));
+                if let Some(op) = op {
+                    log.history.push(Event {
+                        key: key.clone(),
+                        op,
+                        invoked,
+                        returned: Some(returned),
+                    });
+                }
+            }
+            // No reply, or error 13: it may or may not have happened.
+            Err(code) if code == 0 || code == 13 => {
+                log.unknown += 1;
+                log.samples.push(sample(false));
+                let maybe = match kind {
+                    "write" => Some(Op::Write(text(&body["value"]))),
+                    "cas" => Some(Op::Cas(text(&body["from"]), text(&body["to"]))),
+                    _ => None,
+                };
+                if let Some(op) = maybe {
+                    log.history.push(Event {
+                        key: key.clone(),
+                        op,
+                        invoked,
+                        returned: None,
+                    });
+                }
+            }
+            // Any other error: it certainly did nothing.
+            Err(_) => {
+                log.failed += 1;
+                log.samples.push(sample(false));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    shared.net.lock().expect("net").clients.remove(&name);
+    log
+}
+
+/// A nemesis event, for the report and the plot.
+#[derive(Clone, Debug)]
+struct Fault {
+    what: String,
+    from_s: f64,
+    to_s: f64,
+}
+
+fn set_partition(shared: &Shared, sides: &[Vec<usize>]) {
+    let n = shared.ids.len();
+    let mut net = shared.net.lock().expect("net");
+    for a in 0..n {
+        for b in 0..n {
+            let same = sides.iter().any(|s| s.contains(&a) && s.contains(&b));
+            net.cut[a][b] = !same;
+        }
+    }
+}
+
+fn heal(shared: &Shared) {
+    let mut net = shared.net.lock().expect("net");
+    for row in &mut net.cut {
+        row.iter_mut().for_each(|c| *c = false);
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to a child process we started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fault> {
+    let kinds: Vec<&str> = args
+        .nemesis
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && *k != "none")
+        .collect();
+    let mut faults = Vec::new();
+    if kinds.is_empty() {
+        return faults;
+    }
+    let mut rng = Rng::new(seed ^ 0xfa17);
+    let n = shared.ids.len();
+    let now_s = |s: &Shared| s.started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(args.nemesis_every.min(2.0)));
+    while Instant::now() + Duration::from_secs_f64(args.nemesis_every) < until {
+        let hold =
+            Duration::from_secs_f64(args.nemesis_every * (0.5 + rng.below(50) as f64 / 100.0));
+        let from_s = now_s(&shared);
+        let what = match kinds[rng.below(kinds.len() as u64) as usize] {
+            "partition" => {
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                let shape = rng.below(3);
+                let (sides, label) = match shape {
+                    0 => {
+                        let k = n / 2;
+                        (
+                            vec![order[..k].to_vec(), order[k..].to_vec()],
+                            "majority/minority",
+                        )
+                    }
+                    1 => (
+                        vec![vec![order[0]], order[1..].to_vec()],
+                        "one node isolated",
+                    ),
+                    _ => {
+                        // A bridge: two halves that both see the middle node.
+                        let mid = order[0];
+                        let rest = &order[1..];
+                        let k = rest.len() / 2;
+                        let mut a = rest[..k].to_vec();
+                        a.push(mid);
+                        let mut b = rest[k..].to_vec();
+                        b.push(mid);
+                        (vec![a, b], "bridge")
+                    }
+                };
+                set_partition(&shared, &sides);
+                std::thread::sleep(hold);
+                heal(&shared);
+                let named: Vec<Vec<String>> = sides
+                    .iter()
+                    .map(|s| s.iter().map(|&i| shared.ids[i].clone()).collect())
+                    .collect();
+                format!("partition ({label}) {named:?}")
+            }
+            "kill" => {
+                let i = rng.below(n as u64) as usize;
+                let proc = shared.net.lock().expect("net").nodes[i].take();
+                if let Some(mut p) = proc {
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                }
+                std::thread::sleep(hold);
+                shared.start(i);
+                format!("kill -9 and restart {}", shared.ids[i])
+            }
+            "pause" => {
+                let i = rng.below(n as u64) as usize;
+                let pid = {
+                    let mut net = shared.net.lock().expect("net");
+                    net.nodes[i].as_mut().map(|p| {
+                        p.paused = true;
+                        p.child.id()
+                    })
+                };
+                if let Some(pid) = pid {
+                    signal(pid, libc::SIGSTOP);
+                    std::thread::sleep(hold);
+                    signal(pid, libc::SIGCONT);
+                    if let Some(p) = shared.net.lock().expect("net").nodes[i].as_mut() {
+                        p.paused = false;
+                    }
+                }
+                format!("pause {}", shared.ids[i])
+            }
+            other => panic!("unknown nemesis {other:?}: use partition, kill, pause or none"),
+        };
+        let fault = Fault {
+            what,
+            from_s,
+            to_s: now_s(&shared),
+        };
+        println!(
+            "  {:>6.1}-{:>6.1} s  {}",
+            fault.from_s, fault.to_s, fault.what
+        );
+        faults.push(fault);
+        std::thread::sleep(Duration::from_secs_f64(args.nemesis_every * 0.3));
+    }
+    faults
+}
+
+/// Asks node `i` one request and waits for the reply.
+fn ask(shared: &Shared, i: usize, body: Value, timeout: Duration) -> Option<Value> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("check{id}");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    shared
+        .net
+        .lock()
+        .expect("net")
+        .clients
+        .insert(name.clone(), tx);
+    let mut body = body;
+    body["msg_id"] = json!(1);
+    let line = json!({"src": name, "dest": shared.ids[i], "body": body}).to_string();
+    shared.send_to_node(i, line);
+    let reply = rx.recv_timeout(timeout).ok();
+    shared.net.lock().expect("net").clients.remove(&name);
+    reply.map(|r| r["body"].clone())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let args = Args::parse();
+    if let Some(path) = &args.check {
+        return check_file(path);
+    }
+    let bin = args.node.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("own path")
+            .with_file_name("flintlog")
+    });
+    let _ = std::fs::remove_dir_all(&args.out);
+    std::fs::create_dir_all(&args.out).expect("create --out");
+    let ids: Vec<String> = (1..=args.nodes).map(|i| format!("n{i}")).collect();
+    println!(
+        "flintlog-cluster: {} nodes, {:.0} s, nemesis {}, latency {} ms, loss {:.0}%, {} lin-kv clients on {} keys, {} appenders, seed {}",
+        args.nodes,
+        args.duration,
+        args.nemesis,
+        args.latency_ms,
+        args.loss * 100.0,
+        args.clients,
+        args.keys,
+        args.appenders,
+        args.seed
+    );
+    let (to_net, from_nodes) = crossbeam_channel::unbounded();
+    let shared = Arc::new(Shared {
+        net: Mutex::new(Net {
+            nodes: (0..args.nodes).map(|_| None).collect(),
+            cut: vec![vec![false; args.nodes]; args.nodes],
+            clients: HashMap::new(),
+        }),
+        started: Instant::now(),
+        bin,
+        out: args.out.clone(),
+        to_net,
+        ids: ids.clone(),
+    });
+    {
+        let shared = shared.clone();
+        let args = args.clone();
+        std::thread::spawn(move || route(shared, from_nodes, args, 1));
+    }
+    for i in 0..args.nodes {
+        shared.start(i);
+    }
+    let until = Instant::now() + Duration::from_secs_f64(args.duration);
+    let mut clients = Vec::new();
+    for c in 0..args.clients + args.appenders {
+        let shared = shared.clone();
+        let args2 = args.clone();
+        let appender = c >= args.clients;
+        let name = format!("c{}", c + 1);
+        let seed = args.seed.wrapping_mul(1000).wrapping_add(c as u64);
+        clients.push(std::thread::spawn(move || {
+            client(shared, name, appender, args2, seed, until)
+        }));
+    }
+    let faults = {
+        let shared = shared.clone();
+        let args = args.clone();
+        let seed = args.seed;
+        std::thread::spawn(move || nemesis(shared, args, seed, until))
+    };
+    let logs: Vec<ClientLog> = clients
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    let faults = faults.join().expect("nemesis");
+
+    // Heal: no partition, nothing paused, every node running.
+    heal(&shared);
+    for i in 0..args.nodes {
+        let pid = {
+            let net = shared.net.lock().expect("net");
+            net.nodes[i]
+                .as_ref()
+                .filter(|p| p.paused)
+                .map(|p| p.child.id())
+        };
+        if let Some(pid) = pid {
+            signal(pid, libc::SIGCONT);
+        }
+        if shared.net.lock().expect("net").nodes[i].is_none() {
+            shared.start(i);
+        }
+    }
+    let healed_at = Instant::now();
+    // Converge: every node reports the same applied index and digest.
+    let mut statuses: Vec<Value> = Vec::new();
+    let mut converged = false;
+    while healed_at.elapsed() < Duration::from_secs(30) {
+        statuses = (0..args.nodes)
+            .map(|i| {
+                ask(
+                    &shared,
+                    i,
+                    json!({"type": "wal_status"}),
+                    Duration::from_secs(2),
+                )
+                .map_or(Value::Null, |b| b["status"].clone())
+            })
+            .collect();
+        let key = |s: &Value| (s["applied_index"].clone(), s["state_digest"].clone());
+        if statuses
+            .iter()
+            .all(|s| !s.is_null() && s["applied_index"].as_u64().unwrap_or(0) > 0)
+            && statuses.iter().all(|s| key(s) == key(&statuses[0]))
+        {
+            converged = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Final reads of every key (linearizable reads through node 1).
+    let mut history: Vec<Event> = logs.iter().flat_map(|l| l.history.clone()).collect();
+    for k in 0..args.keys {
+        let key = format!("k{k}");
+        let invoked = micros(shared.started);
+        let r = ask(
+            &shared,
+            0,
+            json!({"type": "read", "key": key}),
+            Duration::from_secs(10),
+        );
+        let returned = micros(shared.started);
+        let op = match r {
+            Some(b) if b["type"] == "read_ok" => Op::Read(Some(b["value"].to_string())),
+            Some(b) if b["code"] == 20 => Op::Read(None),
+            other => {
+                eprintln!("final read of {key} failed: {other:?}");
+                continue;
+            }
+        };
+        history.push(Event {
+            key,
+            op,
+            invoked,
+            returned: Some(returned),
+        });
+    }
+    // Every acknowledged append, on every node.
+    let appended: Vec<(u64, String)> = logs.iter().flat_map(|l| l.appended.clone()).collect();
+    let mut by_offset: BTreeMap<u64, &str> = BTreeMap::new();
+    let mut duplicate_offsets = 0;
+    for (o, p) in &appended {
+        if by_offset.insert(*o, p).is_some() {
+            duplicate_offsets += 1;
+        }
+    }
+    let mut lost = 0;
+    for (i, id) in ids.iter().enumerate() {
+        for (o, p) in &by_offset {
+            let r = ask(
+                &shared,
+                i,
+                json!({"type": "wal_read", "offset": o}),
+                Duration::from_secs(10),
+            );
+            if r.as_ref().and_then(|b| b["payload"].as_str()) != Some(p) {
+                lost += 1;
+                if lost <= 5 {
+                    eprintln!("{id}: offset {o} should hold {p:?}, got {r:?}");
+                }
+            }
+        }
+    }
+    // Stop the nodes.
+    {
+        let mut net = shared.net.lock().expect("net");
+        for p in net.nodes.iter_mut().flatten() {
+            let _ = p.input.send(String::new());
+        }
+        for slot in net.nodes.iter_mut() {
+            if let Some(mut p) = slot.take() {
+                drop(p.input);
+                let _ = p.child.wait();
+            }
+        }
+    }
+
+    let verdict = lincheck::check(&history);
+    let linearizable = matches!(verdict, lincheck::Verdict::Linearizable { .. });
+    let (ok, failed, unknown): (u64, u64, u64) = logs.iter().fold((0, 0, 0), |a, l| {
+        (a.0 + l.ok, a.1 + l.failed, a.2 + l.unknown)
+    });
+    let total = (ok + failed + unknown).max(1);
+    let samples: Vec<Sample> = logs.iter().flat_map(|l| l.samples.clone()).collect();
+    let mut lat: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.ok)
+        .map(|s| s.latency_ms)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let digests_equal = converged;
+    let pass = linearizable && lost == 0 && duplicate_offsets == 0 && digests_equal;
+    println!(
+        "requests        {total} ({ok} ok, {failed} failed for sure, {unknown} unknown): availability {:.1}%",
+        ok as f64 * 100.0 / total as f64
+    );
+    println!(
+        "latency (ok)    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0)
+    );
+    println!("nemesis         {} events", faults.len());
+    println!(
+        "linearizable    {} ({} operations checked): {verdict:?}",
+        if linearizable { "yes" } else { "NO" },
+        history.len()
+    );
+    println!(
+        "appends         {} acknowledged, {lost} missing or wrong on some node, {duplicate_offsets} duplicate offsets",
+        appended.len()
+    );
+    println!(
+        "replicas        {} at applied index {} (digest {})",
+        if digests_equal { "agree" } else { "DISAGREE" },
+        statuses
+            .first()
+            .map_or(Value::Null, |s| s["applied_index"].clone()),
+        statuses
+            .first()
+            .map_or(Value::Null, |s| s["state_digest"].clone())
+    );
+    println!("verdict         {}", if pass { "PASS" } else { "FAIL" });
+    let report = json!({
+        "nodes": args.nodes,
+        "duration_s": args.duration,
+        "nemesis": faults.iter().map(|f| json!({"what": f.what, "from_s": f.from_s, "to_s": f.to_s})).collect::<Vec<_>>(),
+        "requests": {"total": total, "ok": ok, "failed": failed, "unknown": unknown},
+        "latency_ms": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0.0)},
+        "linearizable": linearizable,
+        "checker": format!("{verdict:?}"),
+        "appends": {"acknowledged": appended.len(), "lost": lost, "duplicate_offsets": duplicate_offsets},
+        "replicas_agree": digests_equal,
+        "statuses": statuses,
+        "pass": pass,
+    });
+    std::fs::write(
+        args.out.join("history.json"),
+        serde_json::to_string_pretty(&history.iter().map(event_json).collect::<Vec<_>>())
+            .expect("json"),
+    )
+    .expect("write history.json");
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_string_pretty(&report).expect("json"),
+    )
+    .expect("write report.json");
+    if let Err(e) = plot(
+        &args.out.join("latency.svg"),
+        &samples,
+        &faults,
+        shared.started.elapsed().as_secs_f64(),
+    ) {
+        eprintln!("{e}");
+    }
+    println!("report          {}", args.out.join("report.json").display());
+    if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn plot(path: &Path, samples: &[Sample], faults: &[Fault], elapsed: f64) -> Result<(), String> {
+    use plotters::prelude::*;
+    let y_max = samples.iter().map(|s| s.latency_ms).fold(1.0, f64::max) * 1.1;
+    let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
+    let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "request latency (green: ok, red: failed or unknown; shaded: nemesis)",
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..elapsed.max(1.0), 0f64..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("latency (ms)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(faults.iter().map(|f| {
+            Rectangle::new(
+                [(f.from_s, 0.0), (f.to_s.max(f.from_s + 0.05), y_max)],
+                BLUE.mix(0.12).filled(),
+            )
+        }))
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(samples.iter().map(|s| {
+            let color = if s.ok { GREEN.mix(0.6) } else { RED.mix(0.8) };
+            Circle::new((s.at_s, s.latency_ms), 2, color.filled())
+        }))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

@@ -1,0 +1,530 @@
+//! A cluster node: one member of a Raft group, run by the consensus actor.
+//!
+//! The consensus actor is one thread that owns the [`Peer`] (raft-rs's `RawNode`,
+//! the replicated state machine) and its [`RaftLog`]. Its loop:
+//!
+//! 1. waits for a request, a peer message or the next tick (every [`TICK`]);
+//! 2. takes in everything that is waiting (so one sync covers many requests: group
+//!    commit), proposes writes, starts reads (ReadIndex), steps peer messages;
+//! 3. runs each Ready: messages a leader may send at once go to the [`Transport`];
+//!    entries and hard state are written to the segments; then **one sync** (the
+//!    log's fdatasync, and `raft.state` if the term or vote changed); only then the
+//!    Ready is reported persisted (`on_persist_ready`) and the messages that promise
+//!    durability (votes, a follower's acknowledgements) leave;
+//! 4. answers requests whose entries were committed and applied here, and reads
+//!    whose read index this node has applied.
+//!
+//! A request that finds no leader waits up to [`LEADER_WAIT`] for one, then gets
+//! error 11 (nothing happened). A write still unanswered after [`REQUEST_TIMEOUT`]
+//! gets error 13 (it may or may not be committed later); a read, error 11.
+//!
+//! Persistence is synchronous on this thread for now (`advance_append_async`, then
+//! `on_persist_ready` right after the sync): a separate appender thread would let
+//! raft-rs go on while the disk syncs.
+
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use raft::StateRole;
+use raft::eraftpb::Message;
+
+use crate::actor::{Reply, spawn_actor};
+use crate::config::Config;
+use crate::consensus::{Command, Effect, Outcome, Peer, PeerConfig, RaftLog, Refused};
+use crate::core::position::Offset;
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, Lock, RealFs};
+use crate::types::{Info, ReadEntry};
+
+/// Time per Raft tick.
+pub const TICK: Duration = Duration::from_millis(50);
+/// Ticks without hearing a leader before a follower campaigns (randomized up to twice).
+pub const ELECTION_TICKS: usize = 10;
+/// Ticks between a leader's heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
+/// How long a request waits for a leader to be known before error 11.
+pub const LEADER_WAIT: Duration = Duration::from_secs(2);
+/// How long a request waits for its outcome before error 13 (writes) or 11 (reads).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where a node's messages to its peers go: the binary writes them to stdout as
+/// `raft` lines; an embedding program supplies its own.
+pub trait Transport: Send {
+    /// Sends `msg` to the peer with Raft id `msg.to`. Never blocks: a message that
+    /// cannot go now is dropped (Raft retries).
+    fn send(&self, msg: Message);
+}
+
+/// What a linearizable read asks.
+#[derive(Debug, Clone)]
+pub enum ReadQuery {
+    /// A key's value.
+    Key(String),
+    /// The entry at a client offset.
+    Entry(Offset),
+    /// Live entries, bytes, durability.
+    Info,
+}
+
+/// The answer to a [`ReadQuery`].
+#[derive(Debug, Clone)]
+pub enum ReadAnswer {
+    /// A key's value (`None`: absent).
+    Value(Option<String>),
+    /// An entry.
+    Entry(ReadEntry),
+    /// The log's figures.
+    Info(Info),
+}
+
+/// Where the node stands in its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// `leader`, `follower`, `candidate` or `pre_candidate`.
+    pub role: &'static str,
+    /// The current term.
+    pub term: u64,
+    /// The leader's Raft id (0: none known).
+    pub leader: u64,
+    /// The commit index.
+    pub commit: u64,
+    /// The last index applied to the state machine.
+    pub applied: u64,
+    /// The next client offset.
+    pub next_offset: Offset,
+    /// On the leader, each voter's match index by Raft id.
+    pub match_index: Vec<(u64, u64)>,
+    /// CRC-32C of the state machine at `applied` (see `Machine::digest`).
+    pub state_digest: u32,
+    /// The last index in the log.
+    pub last_index: u64,
+    /// Why the node stopped serving, after a failed write or sync.
+    pub poisoned: Option<String>,
+}
+
+enum Msg {
+    Peer(Box<Message>),
+    Propose(Command, Reply<Effect>),
+    Read(ReadQuery, Reply<ReadAnswer>),
+    Status(Reply<ClusterStatus>),
+}
+
+/// A handle on a running cluster node.
+pub struct ClusterNode {
+    tx: Option<Sender<Msg>>,
+    join: Option<std::thread::JoinHandle<()>>,
+    _lock: Box<dyn Lock>,
+}
+
+impl ClusterNode {
+    /// Opens the node `id` (1-based) of a group of `voters` Raft ids in `config.dir`
+    /// (created if missing) and starts its consensus actor.
+    ///
+    /// # Errors
+    /// [`Error::Open`] when the directory cannot be used (see [`RaftLog::open`]).
+    pub fn open(
+        config: &Config,
+        id: u64,
+        voters: &[u64],
+        transport: Box<dyn Transport>,
+    ) -> Result<ClusterNode> {
+        Self::open_with_fs(config, id, voters, transport, Arc::new(RealFs))
+    }
+
+    /// [`ClusterNode::open`] over any filesystem.
+    ///
+    /// # Errors
+    /// As [`ClusterNode::open`].
+    pub fn open_with_fs(
+        config: &Config,
+        id: u64,
+        voters: &[u64],
+        transport: Box<dyn Transport>,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<ClusterNode> {
+        config.validate()?;
+        let (lock, _existed) = crate::node::prepare_dir(&*fs, &config.dir)?;
+        let store = RaftLog::open(fs, &config.log_options(), voters)?;
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        let peer = Peer::new(
+            &PeerConfig {
+                id,
+                election_ticks: ELECTION_TICKS,
+                heartbeat_ticks: HEARTBEAT_TICKS,
+                boot,
+            },
+            store,
+        )
+        .map_err(|e| Error::Open(format!("raft refused the configuration: {e}")))?;
+        log::info!(
+            "cluster node {id} of {voters:?} opened {}: last index {}, term {}",
+            config.dir.display(),
+            peer.store().last_index(),
+            peer.store().hard_state().term
+        );
+        let (tx, inbox) = crossbeam_channel::bounded(config.inbox_capacity.max(1024));
+        let actor = Consensus {
+            peer,
+            transport,
+            inbox,
+            pending: HashMap::new(),
+            waiting: Vec::new(),
+            poisoned: None,
+        };
+        let join = spawn_actor(
+            "consensus",
+            |why: String| log::error!("{why}; the cluster node answers nothing more"),
+            move || actor.run(),
+        )
+        .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))?;
+        Ok(ClusterNode {
+            tx: Some(tx),
+            join: Some(join),
+            _lock: lock,
+        })
+    }
+
+    fn submit(&self, msg: Msg) {
+        let tx = self.tx.as_ref().expect("running");
+        // A full inbox drops a peer message (the network may) but waits for a client's.
+        match msg {
+            Msg::Peer(m) => {
+                if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Peer(m)) {
+                    log::debug!("consensus inbox full: a peer message dropped");
+                }
+            }
+            other => {
+                let _ = tx.send(other);
+            }
+        }
+    }
+
+    /// Hands in a message from a peer.
+    pub fn step(&self, msg: Message) {
+        self.submit(Msg::Peer(Box::new(msg)));
+    }
+
+    /// Proposes a command; `reply` gets its effect once committed and applied here.
+    pub fn propose_with(&self, cmd: Command, reply: Reply<Effect>) {
+        self.submit(Msg::Propose(cmd, reply));
+    }
+
+    /// A linearizable read.
+    pub fn read_with(&self, query: ReadQuery, reply: Reply<ReadAnswer>) {
+        self.submit(Msg::Read(query, reply));
+    }
+
+    /// Where the node stands.
+    pub fn status_with(&self, reply: Reply<ClusterStatus>) {
+        self.submit(Msg::Status(reply));
+    }
+
+    /// Stops the consensus actor and waits for it.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.tx.take();
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+enum Waiter {
+    Write(Reply<Effect>),
+    Read(ReadQuery, Reply<ReadAnswer>),
+}
+
+struct Pending {
+    waiter: Waiter,
+    deadline: Instant,
+}
+
+/// A request waiting for a leader to be known.
+struct Waiting {
+    msg: Msg,
+    until: Instant,
+}
+
+struct Consensus {
+    peer: Peer<RaftLog>,
+    transport: Box<dyn Transport>,
+    inbox: Receiver<Msg>,
+    pending: HashMap<u64, Pending>,
+    waiting: Vec<Waiting>,
+    poisoned: Option<String>,
+}
+
+impl Consensus {
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(wait) {
+                Ok(msg) => self.take(msg),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            for _ in 0..4096 {
+                match self.inbox.try_recv() {
+                    Ok(msg) => self.take(msg),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.peer.tick();
+                next_tick = now + TICK;
+                self.retry_waiting(now);
+                self.expire(now);
+            }
+            self.drive();
+        }
+        for (_, p) in self.pending.drain() {
+            fail(
+                p.waiter,
+                Error::Crashed("the node stopped before the outcome was known".into()),
+            );
+        }
+        log::debug!("consensus stopped");
+    }
+
+    fn take(&mut self, msg: Msg) {
+        if let Some(why) = &self.poisoned {
+            let e = Error::Crashed(format!("the node stopped serving: {why}"));
+            match msg {
+                Msg::Peer(_) => {}
+                Msg::Propose(_, reply) => reply.send(Err(e)),
+                Msg::Read(_, reply) => reply.send(Err(e)),
+                Msg::Status(reply) => reply.send(Ok(self.status())),
+            }
+            return;
+        }
+        match msg {
+            Msg::Peer(m) => self.peer.step(*m),
+            Msg::Status(reply) => reply.send(Ok(self.status())),
+            msg => {
+                if let Err(msg) = self.start(msg) {
+                    self.waiting.push(Waiting {
+                        msg,
+                        until: Instant::now() + LEADER_WAIT,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Proposes or starts a read; gives the message back when no leader is known.
+    fn start(&mut self, msg: Msg) -> std::result::Result<(), Msg> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        match msg {
+            Msg::Propose(cmd, reply) => match self.peer.propose(&cmd) {
+                Ok(seq) => {
+                    self.pending.insert(
+                        seq,
+                        Pending {
+                            waiter: Waiter::Write(reply),
+                            deadline,
+                        },
+                    );
+                    Ok(())
+                }
+                Err(Refused::NoLeader) => Err(Msg::Propose(cmd, reply)),
+            },
+            Msg::Read(query, reply) => match self.peer.read() {
+                Ok(seq) => {
+                    self.pending.insert(
+                        seq,
+                        Pending {
+                            waiter: Waiter::Read(query, reply),
+                            deadline,
+                        },
+                    );
+                    Ok(())
+                }
+                Err(Refused::NoLeader) => Err(Msg::Read(query, reply)),
+            },
+            other => {
+                self.take(other);
+                Ok(())
+            }
+        }
+    }
+
+    fn retry_waiting(&mut self, now: Instant) {
+        for w in std::mem::take(&mut self.waiting) {
+            let until = w.until;
+            if let Err(msg) = self.start(w.msg) {
+                if now >= until {
+                    let e = Error::Unavailable(format!(
+                        "no leader known after {} ms: nothing was done",
+                        LEADER_WAIT.as_millis()
+                    ));
+                    match msg {
+                        Msg::Propose(_, reply) => reply.send(Err(e)),
+                        Msg::Read(_, reply) => reply.send(Err(e)),
+                        _ => {}
+                    }
+                } else {
+                    self.waiting.push(Waiting { msg, until });
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            let p = self.pending.remove(&seq).expect("listed");
+            self.peer.forget(seq);
+            match p.waiter {
+                Waiter::Write(reply) => reply.send(Err(Error::Crashed(format!(
+                    "not committed within {} ms: the write may or may not happen",
+                    REQUEST_TIMEOUT.as_millis()
+                )))),
+                Waiter::Read(_, reply) => reply.send(Err(Error::Unavailable(format!(
+                    "the read was not confirmed by a quorum within {} ms: nothing was read",
+                    REQUEST_TIMEOUT.as_millis()
+                )))),
+            }
+        }
+    }
+
+    /// Runs every Ready; see the module documentation.
+    fn drive(&mut self) {
+        while self.poisoned.is_none() {
+            let cycle = match self.peer.cycle() {
+                Ok(c) => c,
+                Err(e) => return self.poison(format!("a write to the Raft log failed: {e}")),
+            };
+            let Some(persist) = cycle.persist else {
+                break;
+            };
+            for m in cycle.send {
+                self.transport.send(m);
+            }
+            if let Err(e) = self.peer.store_mut().sync() {
+                return self.poison(format!("a sync of the Raft log failed: {e}"));
+            }
+            self.peer.persisted(persist.number);
+            for m in persist.then_send {
+                self.transport.send(m);
+            }
+            for (seq, outcome) in cycle.answers {
+                self.answer(seq, outcome);
+            }
+        }
+    }
+
+    fn answer(&mut self, seq: u64, outcome: Outcome) {
+        let Some(p) = self.pending.remove(&seq) else {
+            return; // timed out already
+        };
+        match (p.waiter, outcome) {
+            (Waiter::Write(reply), Outcome::Applied(effect)) => reply.send(Ok(effect)),
+            (Waiter::Read(query, reply), Outcome::Readable) => {
+                reply.send(self.read(&query));
+            }
+            (Waiter::Write(reply), Outcome::Readable) => {
+                reply.send(Err(Error::Crashed("a write answered as a read".into())));
+            }
+            (Waiter::Read(_, reply), Outcome::Applied(_)) => {
+                reply.send(Err(Error::Crashed("a read answered as a write".into())));
+            }
+        }
+    }
+
+    fn read(&self, query: &ReadQuery) -> Result<ReadAnswer> {
+        let m = self.peer.machine();
+        Ok(match query {
+            ReadQuery::Key(k) => ReadAnswer::Value(m.kv.get(k).map(|v| v.to_string())),
+            ReadQuery::Info => ReadAnswer::Info(Info {
+                entries: m.next_offset.get(),
+                total_bytes: self.peer.store().total_bytes(),
+                fsynced: self.peer.store().synced(),
+            }),
+            ReadQuery::Entry(offset) => {
+                let Some(&index) = m.indexes.get(offset.get() as usize) else {
+                    return Err(Error::NotFound(format!(
+                        "offset {offset} is past the end of the log (next offset is {})",
+                        m.next_offset
+                    )));
+                };
+                let entries = raft::Storage::entries(
+                    self.peer.store(),
+                    index,
+                    index + 1,
+                    None,
+                    raft::GetEntriesContext::empty(false),
+                )
+                .map_err(|e| Error::Unavailable(format!("reading entry {index}: {e}")))?;
+                let (_, cmd) = crate::consensus::command::decode(&entries[0].data)
+                    .map_err(|why| Error::Unavailable(format!("entry {index}: {why}")))?;
+                ReadAnswer::Entry(ReadEntry {
+                    payload: crate::consensus::Machine::payload_of(&cmd),
+                    checksum_valid: true,
+                })
+            }
+        })
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let (role, term, leader, commit) = self.peer.role();
+        let m = self.peer.machine();
+        ClusterStatus {
+            role: match role {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre_candidate",
+            },
+            term,
+            leader,
+            commit,
+            applied: m.applied,
+            next_offset: m.next_offset,
+            match_index: self.peer.progress(),
+            state_digest: m.digest(),
+            last_index: self.peer.store().last_index(),
+            poisoned: self.poisoned.clone(),
+        }
+    }
+
+    fn poison(&mut self, why: String) {
+        log::error!("{why}: the node stops serving (fail-stop)");
+        for (_, p) in self.pending.drain() {
+            fail(
+                p.waiter,
+                Error::Crashed(format!("{why}: the outcome is unknown")),
+            );
+        }
+        self.poisoned = Some(why);
+    }
+}
+
+fn fail(waiter: Waiter, e: Error) {
+    match waiter {
+        Waiter::Write(reply) => reply.send(Err(e)),
+        Waiter::Read(_, reply) => reply.send(Err(e)),
+    }
+}

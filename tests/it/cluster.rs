@@ -1,0 +1,97 @@
+//! Real node processes in a Raft group, run by the cluster harness (`flintlog-cluster`)
+//! under partitions, kills, pauses and message loss; every run must pass its checks
+//! (linearizable history, no acknowledged append lost, replicas agreeing).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support;
+
+fn harness(name: &str, args: &[&str]) -> Value {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flintlog-cluster"))
+        .args(args)
+        .arg("--node")
+        .arg(support::binary())
+        .arg("--out")
+        .arg(out_dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run flintlog-cluster");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{name}:\n{stdout}");
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(out_dir.path().join("report.json")).unwrap_or_else(|e| {
+            panic!(
+                "{name}: no report ({e}); stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }),
+    )
+    .unwrap();
+    if !out.status.success() {
+        let logs: String = (1..=5)
+            .filter_map(|i| std::fs::read_to_string(out_dir.path().join(format!("n{i}.log"))).ok())
+            .map(|l| l.lines().rev().take(30).collect::<Vec<_>>().join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        panic!(
+            "{name} failed:\n{stdout}\n{}\nlast node log lines:\n{logs}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        out_dir.path().join("latency.svg").exists(),
+        "{name}: no plot"
+    );
+    report
+}
+
+#[test]
+fn three_nodes_under_partitions_kills_pauses_and_loss() {
+    let r = harness(
+        "3 nodes",
+        &[
+            "--nodes",
+            "3",
+            "--duration",
+            "14",
+            "--nemesis",
+            "partition,kill,pause",
+            "--nemesis-every",
+            "2",
+            "--loss",
+            "0.1",
+            "--seed",
+            "7",
+        ],
+    );
+    assert_eq!(r["pass"], true);
+    assert!(r["nemesis"].as_array().unwrap().len() >= 3, "{r}");
+    assert!(r["requests"]["ok"].as_u64().unwrap() > 100, "{r}");
+    assert!(r["appends"]["acknowledged"].as_u64().unwrap() > 10, "{r}");
+}
+
+#[test]
+fn five_nodes_under_partitions_and_kills() {
+    let r = harness(
+        "5 nodes",
+        &[
+            "--nodes",
+            "5",
+            "--duration",
+            "12",
+            "--nemesis",
+            "partition,kill",
+            "--nemesis-every",
+            "2",
+            "--loss",
+            "0.1",
+            "--seed",
+            "11",
+        ],
+    );
+    assert_eq!(r["pass"], true);
+    assert!(r["requests"]["ok"].as_u64().unwrap() > 100, "{r}");
+}
