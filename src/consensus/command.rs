@@ -13,6 +13,8 @@
 //!   kind 2 (cas):    key_len u32 | key | from_len u32 | from | to (the rest)
 //! ```
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::core::kv::{self, KvState};
 use crate::core::position::Offset;
 
@@ -134,12 +136,73 @@ pub struct Machine {
     pub applied: u64,
     /// The Raft index of each client offset.
     pub indexes: Vec<u64>,
+    /// The requests applied, per proposing run: a node proposes again a request it
+    /// heard nothing of (the first proposal may have been lost on its way to the
+    /// leader, or not), and the copy that comes second changes nothing.
+    pub sessions: BTreeMap<(u64, u64), Session>,
+}
+
+/// The requests of one run of one node that were applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Session {
+    /// Every request number at or below this was applied or will never be.
+    pub floor: u64,
+    /// Request numbers above the floor that were applied.
+    pub applied: BTreeSet<u64>,
+    /// The Raft index of the last request applied (which session to forget first).
+    pub last_index: u64,
+}
+
+/// Sessions kept; beyond this the one idle longest is forgotten (deterministically:
+/// by the log, so on every replica alike).
+pub const SESSIONS_MAX: usize = 256;
+/// Request numbers a session remembers; older ones are below its floor (a request
+/// that old is not proposed again: the proposer gave up on it long before).
+pub const SESSION_WINDOW: u64 = 100_000;
+
+impl Session {
+    /// Records `seq`; returns false if it was applied before (or is below the floor).
+    fn admit(&mut self, seq: u64, index: u64) -> bool {
+        if seq <= self.floor || !self.applied.insert(seq) {
+            return false;
+        }
+        self.last_index = index;
+        while self.applied.remove(&(self.floor + 1)) {
+            self.floor += 1;
+        }
+        let Some(&newest) = self.applied.last() else {
+            return true;
+        };
+        if newest > self.floor + SESSION_WINDOW {
+            self.floor = newest - SESSION_WINDOW;
+            self.applied = self.applied.split_off(&(self.floor + 1));
+        }
+        true
+    }
 }
 
 impl Machine {
-    /// Applies a command at Raft index `index`.
-    pub fn apply(&mut self, index: u64, cmd: &Command) -> Effect {
+    /// Applies a command at Raft index `index`, unless its ticket was applied before
+    /// (then `None`: nothing changes).
+    pub fn apply(&mut self, index: u64, ticket: Ticket, cmd: &Command) -> Option<Effect> {
         self.applied = index;
+        let session = self.sessions.entry((ticket.node, ticket.boot)).or_default();
+        if !session.admit(ticket.seq, index) {
+            return None;
+        }
+        if self.sessions.len() > SESSIONS_MAX {
+            let idle = self
+                .sessions
+                .iter()
+                .min_by_key(|(key, s)| (s.last_index, **key))
+                .map(|(key, _)| *key)
+                .expect("not empty");
+            self.sessions.remove(&idle);
+        }
+        Some(self.effect(index, cmd))
+    }
+
+    fn effect(&mut self, index: u64, cmd: &Command) -> Effect {
         let payload = match cmd {
             Command::Append(p) => p.clone(),
             Command::Cas { key, from, to } => match self.kv.get(key) {
@@ -217,20 +280,62 @@ mod tests {
     #[test]
     fn a_failed_cas_takes_no_offset() {
         let mut m = Machine::default();
+        let mut seq = 0;
+        let mut t = || {
+            seq += 1;
+            Ticket {
+                node: 1,
+                boot: 1,
+                seq,
+            }
+        };
         let cas = |from: &str, to: &str| Command::Cas {
             key: "k".into(),
             from: from.into(),
             to: to.into(),
         };
-        assert_eq!(m.apply(1, &cas("1", "2")), Effect::CasAbsent);
+        assert_eq!(m.apply(1, t(), &cas("1", "2")), Some(Effect::CasAbsent));
         assert_eq!(
-            m.apply(2, &Command::Append(b"set k=1".to_vec())),
-            Effect::Applied(Offset::new(0))
+            m.apply(2, t(), &Command::Append(b"set k=1".to_vec())),
+            Some(Effect::Applied(Offset::new(0)))
         );
         m.skip(3);
-        assert_eq!(m.apply(4, &cas("7", "2")), Effect::CasMismatch("1".into()));
-        assert_eq!(m.apply(5, &cas("1", "2")), Effect::Applied(Offset::new(1)));
+        assert_eq!(
+            m.apply(4, t(), &cas("7", "2")),
+            Some(Effect::CasMismatch("1".into()))
+        );
+        assert_eq!(
+            m.apply(5, t(), &cas("1", "2")),
+            Some(Effect::Applied(Offset::new(1)))
+        );
         assert_eq!(m.kv.get("k").map(|v| v.to_string()), Some("2".into()));
         assert_eq!((m.next_offset, m.applied), (Offset::new(2), 5));
+    }
+
+    #[test]
+    fn a_request_proposed_twice_is_applied_once() {
+        let mut m = Machine::default();
+        let t = Ticket {
+            node: 2,
+            boot: 9,
+            seq: 5,
+        };
+        let set = Command::Append(b"set k=1".to_vec());
+        assert_eq!(m.apply(1, t, &set), Some(Effect::Applied(Offset::new(0))));
+        assert_eq!(m.apply(2, t, &set), None);
+        // Another run of the same node is another session.
+        let other = Ticket { boot: 10, ..t };
+        assert_eq!(
+            m.apply(3, other, &set),
+            Some(Effect::Applied(Offset::new(1)))
+        );
+        assert_eq!(m.next_offset, Offset::new(2));
+        // Far newer requests move the floor: a very old duplicate is refused too.
+        let late = Ticket {
+            seq: 5 + SESSION_WINDOW + 10,
+            ..t
+        };
+        assert!(m.apply(4, late, &set).is_some());
+        assert_eq!(m.apply(5, Ticket { seq: 6, ..t }, &set), None);
     }
 }

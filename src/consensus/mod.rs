@@ -34,6 +34,9 @@ pub use command::{Command, Effect, Machine, Ticket};
 pub use durable::RaftLog;
 pub use store::{LogStore, MemLog};
 
+/// The top bit of a read's request number: reads and proposals are numbered apart.
+pub const READ_BIT: u64 = 1 << 63;
+
 /// Timing and identity of a peer.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -93,6 +96,7 @@ pub enum Refused {
 pub struct Peer<S: LogStore> {
     node: RawNode<S>,
     boot: u64,
+    next_read: u64,
     machine: Machine,
     next_seq: u64,
     /// Reads asked of the leader and not yet confirmed, with the ticks since asked: a
@@ -101,6 +105,10 @@ pub struct Peer<S: LogStore> {
     asked: std::collections::BTreeMap<u64, usize>,
     /// Reads whose index a quorum confirmed, waiting for the state machine.
     reads: Vec<(u64, u64)>,
+    /// Proposals not yet applied, with the ticks since last proposed: a proposal a
+    /// follower forwards can be lost on the way, so it is proposed again (the state
+    /// machine applies a ticket once).
+    proposals: std::collections::BTreeMap<u64, (Vec<u8>, usize)>,
 }
 
 impl<S: LogStore> Peer<S> {
@@ -128,10 +136,12 @@ impl<S: LogStore> Peer<S> {
         Ok(Peer {
             node: RawNode::new(&cfg, store, &logger)?,
             boot: config.boot,
+            next_read: 1,
             machine: Machine::default(),
             next_seq: 1,
             asked: std::collections::BTreeMap::new(),
             reads: Vec::new(),
+            proposals: std::collections::BTreeMap::new(),
         })
     }
 
@@ -188,6 +198,15 @@ impl<S: LogStore> Peer<S> {
                 self.node.read_index(seq.to_le_bytes().to_vec());
             }
         }
+        let propose_again = 4 * self.node.raft.heartbeat_timeout();
+        for (data, ticks) in self.proposals.values_mut() {
+            *ticks += 1;
+            if *ticks >= propose_again {
+                *ticks = 0;
+                // No leader now: the next round tries again.
+                let _ = self.node.propose(Vec::new(), data.clone());
+            }
+        }
     }
 
     /// Takes in a message from a peer. A message raft-rs refuses (stale, from an
@@ -200,7 +219,8 @@ impl<S: LogStore> Peer<S> {
 
     /// Proposes a command; returns its request number. The outcome arrives in a later
     /// [`Cycle`] once the entry is applied here, or never (a leader lost the entry
-    /// before it committed: the driver's timeout makes it unknown).
+    /// before it committed: the driver's timeout makes it unknown). Until then it is
+    /// proposed again every few heartbeats; the state machine applies it once.
     ///
     /// # Errors
     /// [`Refused::NoLeader`] when no leader is known: nothing was proposed.
@@ -214,9 +234,10 @@ impl<S: LogStore> Peer<S> {
             },
             cmd,
         );
-        match self.node.propose(Vec::new(), data) {
+        match self.node.propose(Vec::new(), data.clone()) {
             Ok(()) => {
                 self.next_seq += 1;
+                self.proposals.insert(seq, (data, 0));
                 Ok(seq)
             }
             Err(raft::Error::ProposalDropped) => Err(Refused::NoLeader),
@@ -237,8 +258,10 @@ impl<S: LogStore> Peer<S> {
         if self.node.raft.leader_id == raft::INVALID_ID {
             return Err(Refused::NoLeader);
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        // Reads are numbered apart from proposals (top bit set), so that the numbers
+        // of a run's proposals are dense, as the state machine's sessions expect.
+        let seq = READ_BIT | self.next_read;
+        self.next_read += 1;
         self.asked.insert(seq, 0);
         self.node.read_index(seq.to_le_bytes().to_vec());
         Ok(seq)
@@ -247,6 +270,7 @@ impl<S: LogStore> Peer<S> {
     /// Forgets a request the driver gave up on (a read it stopped waiting for).
     pub fn forget(&mut self, seq: u64) {
         self.asked.remove(&seq);
+        self.proposals.remove(&seq);
         self.reads.retain(|&(s, _)| s != seq);
     }
 
@@ -304,9 +328,12 @@ impl<S: LogStore> Peer<S> {
             }
             match command::decode(&e.data) {
                 Ok((ticket, cmd)) => {
-                    let effect = self.machine.apply(e.index, &cmd);
+                    let effect = self.machine.apply(e.index, ticket, &cmd);
                     if ticket.node == self.id() && ticket.boot == self.boot {
-                        answers.push((ticket.seq, Outcome::Applied(effect)));
+                        self.proposals.remove(&ticket.seq);
+                        if let Some(effect) = effect {
+                            answers.push((ticket.seq, Outcome::Applied(effect)));
+                        }
                     }
                 }
                 Err(why) => {
