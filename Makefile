@@ -7,7 +7,9 @@
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
 #   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
 #   make bench-peers  the same appends against okaywal, raft-engine, SQLite; BENCHMARKS.md
-#   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~6 min)
+#   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~9 min)
+#   make cluster  a 3-node Raft group for 60 s under partitions, kill -9, pauses and 10% loss,
+#                 checked for linearizability, lost appends and replica agreement
 
 # A pipeline fails when any command in it fails (make crash filters test output).
 SHELL       := /bin/bash
@@ -25,12 +27,15 @@ COVERAGE := 'crash enumeration|failed syncs|short writes|crash during recovery|k
 # Flags for flintlog-load, e.g. make load LOAD_ARGS="--duration 60 --clients 8 --fsync batch=5"
 LOAD_ARGS ?=
 
+# Flags for flintlog-cluster, e.g. make cluster CLUSTER_ARGS="--nodes 5 --duration 120 --nemesis kill"
+CLUSTER_ARGS ?=
+
 # Flags for flintlog-bench, e.g. make bench BENCH_ARGS="--runs 5 --only ab"
 BENCH_ARGS ?=
 # Flags for flintlog-peers, e.g. make bench-peers PEERS_ARGS="--runs 5 --seconds 3"
 PEERS_ARGS ?=
 
-.PHONY: all build test fmt lint demo load bench bench-peers crash soak fuzz mutants clean
+.PHONY: all build test fmt lint demo load cluster bench bench-peers crash soak fuzz mutants clean
 
 all: build
 
@@ -49,6 +54,9 @@ test: lint
 
 load: build
 	target/release/flintlog-load $(LOAD_ARGS)
+
+cluster: build
+	target/release/flintlog-cluster $(CLUSTER_ARGS)
 
 bench: build
 	target/release/flintlog-bench --markdown BENCHMARKS.md $(BENCH_ARGS)

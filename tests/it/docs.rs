@@ -44,20 +44,28 @@ fn the_protocol_reference_names_every_request_type() {
 #[test]
 fn the_protocol_reference_names_every_status_field() {
     let protocol = read("docs/PROTOCOL.md");
-    let router = read("src/router/mod.rs");
-    let start = router.find("fn status_json").unwrap();
-    let body = &router[start..];
-    let body = &body[..body.find("\n}\n").unwrap()];
+    // A single node's status, and a cluster node's.
     let mut fields = Vec::new();
-    for line in body.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix('"')
-            && let Some(end) = rest.find("\":")
-        {
-            fields.push(rest[..end].to_string());
+    for (file, at_least) in [("src/router/mod.rs", 20), ("src/router/cluster.rs", 9)] {
+        let router = read(file);
+        let start = router.find("fn status_json").unwrap();
+        let body = &router[start..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let before = fields.len();
+        for line in body.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix('"')
+                && let Some(end) = rest.find("\":")
+            {
+                fields.push(rest[..end].to_string());
+            }
         }
+        assert!(
+            fields.len() - before >= at_least,
+            "found only {:?} in {file}",
+            &fields[before..]
+        );
     }
-    assert!(fields.len() > 20, "found only {fields:?}");
     for f in &fields {
         assert!(
             protocol.contains(&format!("`{f}`")),
