@@ -117,7 +117,8 @@ enum Msg {
 pub struct ClusterNode {
     tx: Option<Sender<Msg>>,
     join: Option<std::thread::JoinHandle<()>>,
-    _lock: Box<dyn Lock>,
+    /// Held until the node is dropped (in a mutex only so that handles are `Sync`).
+    _lock: std::sync::Mutex<Box<dyn Lock>>,
 }
 
 impl ClusterNode {
@@ -187,7 +188,7 @@ impl ClusterNode {
         Ok(ClusterNode {
             tx: Some(tx),
             join: Some(join),
-            _lock: lock,
+            _lock: std::sync::Mutex::new(lock),
         })
     }
 

@@ -2,6 +2,7 @@
 //! protocol, and the library driven through its handles.
 
 mod cluster;
+mod consensus;
 mod conversations;
 mod crash;
 mod damage;
