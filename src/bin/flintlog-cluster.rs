@@ -192,6 +192,8 @@ struct Net {
     cut: Vec<Vec<bool>>,
     /// Clients waiting for replies: client name → its channel.
     clients: HashMap<String, Sender<Value>>,
+    /// Whether messages are lost (`--loss`); off once the cluster is healed.
+    lossy: bool,
 }
 
 struct Shared {
@@ -249,7 +251,8 @@ fn route(shared: Arc<Shared>, from_nodes: Receiver<(usize, String)>, args: Args,
                 let dest = v["dest"].as_str().unwrap_or_default().to_string();
                 if let Some(to) = shared.ids.iter().position(|id| *id == dest) {
                     let net = shared.net.lock().expect("net");
-                    let lost = net.cut[from][to] || (rng.below(1_000_000) as f64) < args.loss * 1e6;
+                    let lost = net.cut[from][to]
+                        || (net.lossy && (rng.below(1_000_000) as f64) < args.loss * 1e6);
                     drop(net);
                     if !lost {
                         let at = now + (lo + rng.below(hi - lo + 1)) * 1000;
@@ -579,23 +582,50 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
 
 /// Asks node `i` one request and waits for the reply.
 fn ask(shared: &Shared, i: usize, body: Value, timeout: Duration) -> Option<Value> {
+    ask_many(shared, i, vec![body], timeout).pop().flatten()
+}
+
+/// Sends node `i` every request at once and waits for the replies (in order; `None`
+/// for those that did not come in time).
+fn ask_many(
+    shared: &Shared,
+    i: usize,
+    bodies: Vec<Value>,
+    timeout: Duration,
+) -> Vec<Option<Value>> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("check{id}");
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = crossbeam_channel::unbounded::<Value>();
     shared
         .net
         .lock()
         .expect("net")
         .clients
         .insert(name.clone(), tx);
-    let mut body = body;
-    body["msg_id"] = json!(1);
-    let line = json!({"src": name, "dest": shared.ids[i], "body": body}).to_string();
-    shared.send_to_node(i, line);
-    let reply = rx.recv_timeout(timeout).ok();
+    let n = bodies.len();
+    for (k, mut body) in bodies.into_iter().enumerate() {
+        body["msg_id"] = json!(k + 1);
+        let line = json!({"src": name, "dest": shared.ids[i], "body": body}).to_string();
+        shared.send_to_node(i, line);
+    }
+    let mut out: Vec<Option<Value>> = vec![None; n];
+    let deadline = Instant::now() + timeout;
+    let mut got = 0;
+    while got < n {
+        let Ok(r) = rx.recv_deadline(deadline) else {
+            break;
+        };
+        if let Some(k) = r["body"]["in_reply_to"].as_u64()
+            && (1..=n as u64).contains(&k)
+            && out[k as usize - 1].is_none()
+        {
+            out[k as usize - 1] = Some(r["body"].clone());
+            got += 1;
+        }
+    }
     shared.net.lock().expect("net").clients.remove(&name);
-    reply.map(|r| r["body"].clone())
+    out
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -637,6 +667,7 @@ fn main() -> ExitCode {
             nodes: (0..args.nodes).map(|_| None).collect(),
             cut: vec![vec![false; args.nodes]; args.nodes],
             clients: HashMap::new(),
+            lossy: true,
         }),
         started: Instant::now(),
         bin,
@@ -676,8 +707,9 @@ fn main() -> ExitCode {
         .collect();
     let faults = faults.join().expect("nemesis");
 
-    // Heal: no partition, nothing paused, every node running.
+    // Heal: no partition, no loss, nothing paused, every node running.
     heal(&shared);
+    shared.net.lock().expect("net").lossy = false;
     for i in 0..args.nodes {
         let pid = {
             let net = shared.net.lock().expect("net");
@@ -758,13 +790,12 @@ fn main() -> ExitCode {
     }
     let mut lost = 0;
     for (i, id) in ids.iter().enumerate() {
-        for (o, p) in &by_offset {
-            let r = ask(
-                &shared,
-                i,
-                json!({"type": "wal_read", "offset": o}),
-                Duration::from_secs(10),
-            );
+        let asks = by_offset
+            .keys()
+            .map(|o| json!({"type": "wal_read", "offset": o}))
+            .collect();
+        let replies = ask_many(&shared, i, asks, Duration::from_secs(30));
+        for ((o, p), r) in by_offset.iter().zip(replies) {
             if r.as_ref().and_then(|b| b["payload"].as_str()) != Some(p) {
                 lost += 1;
                 if lost <= 5 {

@@ -242,3 +242,23 @@ fn a_single_node_directory_is_refused_with_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_vote_alone_is_made_durable_by_sync() {
+    // A node that learned of term 3 from a message (no vote yet) and then votes in it:
+    // only the vote changes, and it must survive a power cut once synced.
+    let fs = SimFs::new();
+    let mut log = open(&fs).unwrap();
+    let hs = |vote| HardState {
+        term: 3,
+        vote,
+        commit: 0,
+        ..HardState::default()
+    };
+    log.write_hard_state(&hs(0)).unwrap();
+    log.sync().unwrap();
+    log.write_hard_state(&hs(2)).unwrap();
+    log.sync().unwrap();
+    let after = open(&fs.crash(0, CrashMode::DropAll)).unwrap();
+    assert_eq!((after.hard_state().term, after.hard_state().vote), (3, 2));
+}
