@@ -8,6 +8,8 @@
 #   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
 #   make bench-peers  the same appends against okaywal, raft-engine, SQLite; BENCHMARKS.md
 #   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~9 min)
+#   make bench-cluster  a 3-node group against one node side by side, commit latency, failover
+#                 over 20 leader kills; writes the group part of BENCHMARKS.md (~3 min)
 #   make cluster  a 3-node Raft group for 60 s under partitions, kill -9, pauses and 10% loss,
 #                 checked for linearizability, lost appends and replica agreement
 
@@ -35,7 +37,7 @@ BENCH_ARGS ?=
 # Flags for flintlog-peers, e.g. make bench-peers PEERS_ARGS="--runs 5 --seconds 3"
 PEERS_ARGS ?=
 
-.PHONY: all build test fmt lint demo load cluster bench bench-peers crash soak fuzz mutants clean
+.PHONY: all build test fmt lint demo load cluster bench bench-cluster bench-peers crash soak fuzz mutants clean
 
 all: build
 
@@ -57,6 +59,9 @@ load: build
 
 cluster: build
 	target/release/flintlog-cluster $(CLUSTER_ARGS)
+
+bench-cluster: build
+	target/release/flintlog-cluster --bench --out target/bench-cluster --markdown BENCHMARKS.md $(CLUSTER_ARGS)
 
 bench: build
 	target/release/flintlog-bench --markdown BENCHMARKS.md $(BENCH_ARGS)

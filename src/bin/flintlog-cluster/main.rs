@@ -19,6 +19,8 @@ use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod bench;
+
 use clap::Parser;
 use crossbeam_channel::{Receiver, Sender};
 use flintlog::fs::sim::Rng;
@@ -68,6 +70,22 @@ struct Args {
     /// The node binary (default: `flintlog` beside this program).
     #[arg(long)]
     node: Option<PathBuf>,
+    /// Benchmarks instead of a checked run: throughput of a group against one node
+    /// side by side, commit latency, and failover times (see `--kills`).
+    #[arg(long)]
+    bench: bool,
+    /// Leader kills the failover benchmark measures.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Seconds of each throughput round of the benchmark.
+    #[arg(long, default_value_t = 5.0)]
+    round_seconds: f64,
+    /// Rounds of each side of the throughput ratio.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// With `--bench`: write the results into this Markdown file's cluster section.
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
     /// Only check a history file (`history.json` of an earlier run, maybe edited by
     /// hand) for linearizability, and exit 0 if it is.
     #[arg(long, value_name = "FILE")]
@@ -244,11 +262,13 @@ fn route(shared: Arc<Shared>, from_nodes: Receiver<(usize, String)>, args: Args,
             });
         match from_nodes.recv_timeout(wait) {
             Ok((from, line)) => {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                    eprintln!("n{}: unparseable output line: {line}", from + 1);
-                    continue;
-                };
-                let dest = v["dest"].as_str().unwrap_or_default().to_string();
+                // The node writes `{"src": ..., "dest": "ID", ...`: a peer line is passed
+                // on without parsing it.
+                let dest = line
+                    .split_once("\"dest\": \"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(d, _)| d.to_string())
+                    .unwrap_or_default();
                 if let Some(to) = shared.ids.iter().position(|id| *id == dest) {
                     let net = shared.net.lock().expect("net");
                     let lost = net.cut[from][to]
@@ -260,6 +280,10 @@ fn route(shared: Arc<Shared>, from_nodes: Receiver<(usize, String)>, args: Args,
                         delayed.insert((at, n), (to, line));
                     }
                 } else {
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                        eprintln!("n{}: unparseable output line: {line}", from + 1);
+                        continue;
+                    };
                     let net = shared.net.lock().expect("net");
                     if let Some(c) = net.clients.get(&dest) {
                         let _ = c.send(v);
@@ -628,6 +652,49 @@ fn ask_many(
     out
 }
 
+/// Starts `nodes` node processes under `out` and the network between them.
+fn start_cluster(args: &Args, bin: &Path, nodes: usize, out: &Path) -> Arc<Shared> {
+    std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
+    let ids: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+    let (to_net, from_nodes) = crossbeam_channel::unbounded();
+    let shared = Arc::new(Shared {
+        net: Mutex::new(Net {
+            nodes: (0..nodes).map(|_| None).collect(),
+            cut: vec![vec![false; nodes]; nodes],
+            clients: HashMap::new(),
+            lossy: true,
+        }),
+        started: Instant::now(),
+        bin: bin.to_path_buf(),
+        out: out.to_path_buf(),
+        to_net,
+        ids,
+    });
+    {
+        let shared = shared.clone();
+        let args = args.clone();
+        std::thread::spawn(move || route(shared, from_nodes, args, 1));
+    }
+    for i in 0..nodes {
+        shared.start(i);
+    }
+    shared
+}
+
+/// Ends every node's input and waits for the processes to exit.
+fn stop_cluster(shared: &Shared) {
+    let mut net = shared.net.lock().expect("net");
+    for slot in net.nodes.iter_mut() {
+        if let Some(mut p) = slot.take() {
+            if p.paused {
+                signal(p.child.id(), libc::SIGCONT);
+            }
+            drop(p.input);
+            let _ = p.child.wait();
+        }
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -648,6 +715,9 @@ fn main() -> ExitCode {
     });
     let _ = std::fs::remove_dir_all(&args.out);
     std::fs::create_dir_all(&args.out).expect("create --out");
+    if args.bench {
+        return bench::run(&args, &bin);
+    }
     let ids: Vec<String> = (1..=args.nodes).map(|i| format!("n{i}")).collect();
     println!(
         "flintlog-cluster: {} nodes, {:.0} s, nemesis {}, latency {} ms, loss {:.0}%, {} lin-kv clients on {} keys, {} appenders, seed {}",
@@ -661,28 +731,7 @@ fn main() -> ExitCode {
         args.appenders,
         args.seed
     );
-    let (to_net, from_nodes) = crossbeam_channel::unbounded();
-    let shared = Arc::new(Shared {
-        net: Mutex::new(Net {
-            nodes: (0..args.nodes).map(|_| None).collect(),
-            cut: vec![vec![false; args.nodes]; args.nodes],
-            clients: HashMap::new(),
-            lossy: true,
-        }),
-        started: Instant::now(),
-        bin,
-        out: args.out.clone(),
-        to_net,
-        ids: ids.clone(),
-    });
-    {
-        let shared = shared.clone();
-        let args = args.clone();
-        std::thread::spawn(move || route(shared, from_nodes, args, 1));
-    }
-    for i in 0..args.nodes {
-        shared.start(i);
-    }
+    let shared = start_cluster(&args, &bin, args.nodes, &args.out);
     let until = Instant::now() + Duration::from_secs_f64(args.duration);
     let mut clients = Vec::new();
     for c in 0..args.clients + args.appenders {
@@ -804,19 +853,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    // Stop the nodes.
-    {
-        let mut net = shared.net.lock().expect("net");
-        for p in net.nodes.iter_mut().flatten() {
-            let _ = p.input.send(String::new());
-        }
-        for slot in net.nodes.iter_mut() {
-            if let Some(mut p) = slot.take() {
-                drop(p.input);
-                let _ = p.child.wait();
-            }
-        }
-    }
+    stop_cluster(&shared);
 
     let verdict = lincheck::check(&history);
     let linearizable = matches!(verdict, lincheck::Verdict::Linearizable { .. });
