@@ -145,22 +145,41 @@ fn failover(shared: &Shared, kills: usize) -> Vec<f64> {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+        // A write every 10 ms to the surviving nodes in turn, each waiting in its node
+        // for a leader: the first acknowledgement marks the end of the failover.
+        let (tx, rx) = crossbeam_channel::unbounded::<Value>();
+        let name = format!("failover{k}");
+        shared
+            .net
+            .lock()
+            .expect("net")
+            .clients
+            .insert(name.clone(), tx);
         let mut t = None;
-        let mut attempt = 0;
+        let mut attempt = 0u64;
         while killed_at.elapsed() < Duration::from_secs(30) {
             attempt += 1;
-            let to = (l + 1 + attempt % (n - 1)) % n;
-            let r = ask(
-                shared,
-                to,
-                json!({"type": "write", "key": "failover", "value": k}),
-                Duration::from_millis(700),
-            );
-            if r.is_some_and(|b| b["type"] == "write_ok") {
+            let to = (l + 1 + attempt as usize % (n - 1)) % n;
+            let line = json!({"src": name, "dest": format!("n{}", to + 1),
+                "body": {"type": "write", "msg_id": attempt, "key": "failover", "value": k}})
+            .to_string();
+            shared.send_to_node(to, line);
+            if let Ok(r) = rx.recv_timeout(Duration::from_millis(10))
+                && r["body"]["type"] == "write_ok"
+            {
                 t = Some(killed_at.elapsed().as_secs_f64());
                 break;
             }
+            while let Ok(r) = rx.try_recv() {
+                if r["body"]["type"] == "write_ok" {
+                    t = Some(killed_at.elapsed().as_secs_f64());
+                }
+            }
+            if t.is_some() {
+                break;
+            }
         }
+        shared.net.lock().expect("net").clients.remove(&name);
         match t {
             Some(t) => {
                 println!(
