@@ -3,8 +3,8 @@
 //! It starts N node processes on their own data directories and is their network:
 //! every line a node writes to another node is delivered after a random latency, or
 //! lost, or held back by a partition. A nemesis partitions the network (random halves,
-//! one node cut off, a bridge), kills nodes with SIGKILL and restarts them, and pauses
-//! them (SIGSTOP/SIGCONT). Clients run Maelstrom's lin-kv workload (read, write, cas on
+//! one node cut off, the leader cut off, a bridge), kills nodes with SIGKILL and
+//! restarts them, and pauses them (SIGSTOP/SIGCONT). Clients run Maelstrom's lin-kv workload (read, write, cas on
 //! a few keys; one request at a time each; a timeout is an unknown outcome) and an
 //! append workload (unique payloads). At the end the cluster is healed, every replica
 //! must reach the same applied index with the same `state_digest`, every acknowledged
@@ -523,8 +523,15 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
                 for i in (1..n).rev() {
                     order.swap(i, rng.below(i as u64 + 1) as usize);
                 }
-                let shape = rng.below(3);
+                let shape = rng.below(4);
                 let (sides, label) = match shape {
+                    3 => {
+                        // The leader cut off (when one is known), with a new leader
+                        // elected on the other side while it still believes it leads.
+                        let l = current_leader(&shared).unwrap_or(order[0]);
+                        let rest: Vec<usize> = (0..n).filter(|&i| i != l).collect();
+                        (vec![vec![l], rest], "leader isolated")
+                    }
                     0 => {
                         let k = n / 2;
                         (
@@ -602,6 +609,19 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
         std::thread::sleep(Duration::from_secs_f64(args.nemesis_every * 0.3));
     }
     faults
+}
+
+/// The node that says it leads, if one does.
+fn current_leader(shared: &Shared) -> Option<usize> {
+    (0..shared.ids.len()).find(|&i| {
+        ask(
+            shared,
+            i,
+            json!({"type": "wal_status"}),
+            Duration::from_millis(300),
+        )
+        .is_some_and(|b| b["status"]["role"] == "leader")
+    })
 }
 
 /// Asks node `i` one request and waits for the reply.
