@@ -95,3 +95,64 @@ fn five_nodes_under_partitions_and_kills() {
     assert_eq!(r["pass"], true);
     assert!(r["requests"]["ok"].as_u64().unwrap() > 100, "{r}");
 }
+
+#[test]
+fn bad_raft_lines_are_dropped_and_the_node_keeps_serving() {
+    use std::io::{BufRead, BufReader, Write};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = support::spawn(&[], Some(data.path()));
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let init = r#"{"src": "c1", "dest": "n1", "body": {"type": "init", "msg_id": 1, "node_id": "n1", "node_ids": ["n1", "n2", "n3"]}}"#;
+    let mut lines = vec![init.to_string()];
+    let bad_bodies = [
+        r#"{"t": 99}"#,
+        r#"{"t": -1}"#,
+        r#"{"t": 3, "term": "x"}"#,
+        r#"{"t": 3, "e": [{"d": "not base64!"}]}"#,
+        r#"{"t": 3, "e": {}}"#,
+        r#"{"t": 7, "term": 5}"#,
+        r#"{"t": 0}"#,
+        r#"[]"#,
+        r#""raft""#,
+    ];
+    for (i, b) in bad_bodies.iter().enumerate() {
+        lines.push(format!(
+            r#"{{"src": "n2", "dest": "n1", "body": {{"type": "raft", "msg": {b}, "msg_id": {i}}}}}"#
+        ));
+    }
+    // From a node outside the group, and addressed to another node.
+    lines.push(
+        r#"{"src": "n9", "dest": "n1", "body": {"type": "raft", "msg": {"t": 8, "term": 1}}}"#
+            .into(),
+    );
+    lines.push(
+        r#"{"src": "n2", "dest": "n3", "body": {"type": "raft", "msg": {"t": 8, "term": 1}}}"#
+            .into(),
+    );
+    lines
+        .push(r#"{"src": "c1", "dest": "n1", "body": {"type": "wal_status", "msg_id": 2}}"#.into());
+    for l in &lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut status = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["dest"] == "c1" && v["body"]["in_reply_to"] == 2 {
+            status = Some(v);
+            break;
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+    let status = status.expect("wal_status answered");
+    assert_eq!(status["body"]["type"], "wal_status_ok", "{status}");
+    let role = &status["body"]["status"]["role"];
+    assert!(
+        role == "follower" || role == "pre_candidate" || role == "candidate",
+        "{status}"
+    );
+    assert!(status["body"]["status"]["poisoned"].is_null(), "{status}");
+}

@@ -262,3 +262,62 @@ fn a_vote_alone_is_made_durable_by_sync() {
     let after = open(&fs.crash(0, CrashMode::DropAll)).unwrap();
     assert_eq!((after.hard_state().term, after.hard_state().vote), (3, 2));
 }
+
+/// Crashes the workload at operation `k` and checks every crash state.
+fn crash_window(window: &str, k: u64) {
+    let fs = SimFs::new();
+    fs.set_faults(Faults {
+        crash_at: Some(k),
+        ..Faults::default()
+    });
+    let o = workload(&fs);
+    for mode in CrashMode::ALL {
+        for seed in 0..4 {
+            if let Err(why) = check(&fs.crash(seed, mode), &o) {
+                panic!("window {window:?}, mode {mode:?}, seed {seed}: {why}");
+            }
+        }
+    }
+}
+
+#[test]
+fn crash_windows_of_a_suffix_truncation_and_a_hard_state_write() {
+    let clean = SimFs::new();
+    workload(&clean);
+    let t = clean.trace();
+    let ends =
+        |r: &flintlog::fs::sim::OpRecord, suffix: &str| r.path.to_string_lossy().ends_with(suffix);
+    // The first truncation crosses segments: unlinks, the directory sync, the cut
+    // (set_len), the re-extension, the sync.
+    let unlink = t
+        .iter()
+        .position(|r| r.kind == "unlink" && ends(r, ".log"))
+        .expect("a segment deleted by a truncation");
+    let cut = (unlink..t.len())
+        .find(|&i| t[i].kind == "set_len" && ends(&t[i], ".log"))
+        .expect("the cut");
+    assert!(
+        t[unlink..cut].iter().any(|r| r.kind == "fsync(dir)"),
+        "the deletions are synced before the cut"
+    );
+    crash_window("after deleting a later segment", t[unlink + 1].op);
+    crash_window("at the cut", t[cut].op);
+    crash_window("after the cut, before its sync", t[cut + 1].op);
+    // A hard state written (the first rename creates the file at open; the second
+    // records term 1's vote): temp file, sync, rename, directory sync.
+    let rename = (0..t.len())
+        .filter(|&i| {
+            t[i].kind == "rename"
+                && t[i]
+                    .to
+                    .as_deref()
+                    .is_some_and(|to| to.ends_with("raft.state"))
+        })
+        .nth(1)
+        .expect("raft.state rewritten");
+    crash_window("before raft.state's rename", t[rename].op);
+    crash_window(
+        "after raft.state's rename, before the directory sync",
+        t[rename + 1].op,
+    );
+}
