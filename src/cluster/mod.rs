@@ -7,20 +7,19 @@
 //! 2. takes in everything that is waiting (so one sync covers many requests: group
 //!    commit), proposes writes, starts reads (ReadIndex), steps peer messages;
 //! 3. runs each Ready: messages a leader may send at once go to the [`Transport`];
-//!    entries and hard state are written to the segments; then **one sync** (the
-//!    log's fdatasync, and `raft.state` if the term or vote changed); only then the
-//!    Ready is reported persisted (`on_persist_ready`) and the messages that promise
-//!    durability (votes, a follower's acknowledgements) leave;
-//! 4. answers requests whose entries were committed and applied here, and reads
-//!    whose read index this node has applied.
+//!    entries and hard state are written to the segments (readable at once), and a
+//!    sync job goes to the **syncer** thread, while this thread goes on stepping;
+//! 4. when the syncer reports the job durable (the segments' fdatasync, then
+//!    `raft.state` if the term or vote changed; jobs that queued meanwhile share one
+//!    sync: group commit), raft-rs learns it (`on_persist_ready`) and only then the
+//!    messages that promise durability (votes, a follower's acknowledgements) leave;
+//! 5. answers requests whose entries were committed and applied here (raft-rs hands
+//!    out committed entries only up to the persisted index), and reads whose read
+//!    index this node has applied.
 //!
 //! A request that finds no leader waits up to [`LEADER_WAIT`] for one, then gets
 //! error 11 (nothing happened). A write still unanswered after [`REQUEST_TIMEOUT`]
 //! gets error 13 (it may or may not be committed later); a read, error 11.
-//!
-//! Persistence is synchronous on this thread for now (`advance_append_async`, then
-//! `on_persist_ready` right after the sync): a separate appender thread would let
-//! raft-rs go on while the disk syncs.
 
 pub mod wire;
 
@@ -34,6 +33,7 @@ use raft::eraftpb::Message;
 
 use crate::actor::{Reply, spawn_actor};
 use crate::config::Config;
+use crate::consensus::durable::{SyncJob, Syncer};
 use crate::consensus::{Command, Effect, Outcome, Peer, PeerConfig, RaftLog, Refused};
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
@@ -149,7 +149,7 @@ impl ClusterNode {
     ) -> Result<ClusterNode> {
         config.validate()?;
         let (lock, _existed) = crate::node::prepare_dir(&*fs, &config.dir)?;
-        let store = RaftLog::open(fs, &config.log_options(), voters)?;
+        let store = RaftLog::open(fs.clone(), &config.log_options(), voters)?;
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -171,10 +171,39 @@ impl ClusterNode {
             peer.store().hard_state().term
         );
         let (tx, inbox) = crossbeam_channel::bounded(config.inbox_capacity.max(1024));
+        let (jobs_tx, jobs) = crossbeam_channel::unbounded::<(u64, SyncJob)>();
+        let (synced_tx, synced) = crossbeam_channel::unbounded();
+        let mut syncer = Syncer::new(fs, config.dir.clone(), voters.to_vec());
+        let syncer_join = spawn_actor(
+            "syncer",
+            |why: String| log::error!("{why}; the cluster node stops acknowledging"),
+            move || {
+                while let Ok(first) = jobs.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(jobs.try_iter());
+                    let (number, writes) = batch
+                        .last()
+                        .map(|(n, j)| (*n, j.writes))
+                        .expect("non-empty");
+                    let jobs: Vec<SyncJob> = batch.into_iter().map(|(_, j)| j).collect();
+                    let result = syncer.run(&jobs).map(|()| (number, writes));
+                    let failed = result.is_err();
+                    let _ = synced_tx.send(result.map_err(|e| e.to_string()));
+                    if failed {
+                        break;
+                    }
+                }
+            },
+        )
+        .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))?;
         let actor = Consensus {
             peer,
             transport,
             inbox,
+            jobs: Some(jobs_tx),
+            synced,
+            syncer: Some(syncer_join),
+            unsynced: std::collections::VecDeque::new(),
             pending: HashMap::new(),
             waiting: Vec::new(),
             poisoned: None,
@@ -266,6 +295,14 @@ struct Consensus {
     peer: Peer<RaftLog>,
     transport: Box<dyn Transport>,
     inbox: Receiver<Msg>,
+    /// Sync jobs for the syncer thread, by Ready number.
+    jobs: Option<Sender<(u64, SyncJob)>>,
+    /// The syncer's reports: every Ready up to this number is durable (with the
+    /// writes count of its job), or why a sync failed.
+    synced: Receiver<std::result::Result<(u64, u64), String>>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+    /// Readies written but not yet durable, with the messages that wait for that.
+    unsynced: std::collections::VecDeque<(u64, Vec<Message>)>,
     pending: HashMap<u64, Pending>,
     waiting: Vec<Waiting>,
     poisoned: Option<String>,
@@ -276,16 +313,26 @@ impl Consensus {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.inbox.recv_timeout(wait) {
-                Ok(msg) => self.take(msg),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            crossbeam_channel::select! {
+                recv(self.inbox) -> msg => match msg {
+                    Ok(msg) => self.take(msg),
+                    Err(_) => break,
+                },
+                recv(self.synced) -> r => {
+                    if let Ok(r) = r {
+                        self.on_synced(r);
+                    }
+                }
+                default(wait) => {}
             }
             for _ in 0..4096 {
                 match self.inbox.try_recv() {
                     Ok(msg) => self.take(msg),
                     Err(_) => break,
                 }
+            }
+            while let Ok(r) = self.synced.try_recv() {
+                self.on_synced(r);
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -302,7 +349,32 @@ impl Consensus {
                 Error::Crashed("the node stopped before the outcome was known".into()),
             );
         }
+        self.jobs.take();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
         log::debug!("consensus stopped");
+    }
+
+    /// The syncer made every Ready up to a number durable: raft-rs learns it, and the
+    /// messages that waited for it leave.
+    fn on_synced(&mut self, r: std::result::Result<(u64, u64), String>) {
+        match r {
+            Ok((number, writes)) => {
+                if self.poisoned.is_some() {
+                    return;
+                }
+                self.peer.store_mut().synced_through(writes);
+                self.peer.persisted(number);
+                while self.unsynced.front().is_some_and(|(n, _)| *n <= number) {
+                    let (_, messages) = self.unsynced.pop_front().expect("front");
+                    for m in messages {
+                        self.transport.send(m);
+                    }
+                }
+            }
+            Err(e) => self.poison(format!("a sync of the Raft log failed: {e}")),
+        }
     }
 
     fn take(&mut self, msg: Msg) {
@@ -424,12 +496,16 @@ impl Consensus {
             for m in cycle.send {
                 self.transport.send(m);
             }
-            if let Err(e) = self.peer.store_mut().sync() {
-                return self.poison(format!("a sync of the Raft log failed: {e}"));
-            }
-            self.peer.persisted(persist.number);
-            for m in persist.then_send {
-                self.transport.send(m);
+            // The syncer makes it durable while this thread goes on; `on_synced` then
+            // tells raft-rs and sends what waited.
+            let job = self.peer.store_mut().take_sync_job();
+            self.unsynced.push_back((persist.number, persist.then_send));
+            let sent = self
+                .jobs
+                .as_ref()
+                .is_some_and(|jobs| jobs.send((persist.number, job)).is_ok());
+            if !sent {
+                return self.poison("the syncer thread stopped".into());
             }
             for (seq, outcome) in cycle.answers {
                 self.answer(seq, outcome);

@@ -150,6 +150,56 @@ fn write_state(fs: &dyn FileSystem, dir: &Path, voters: &[u64], hs: &HardState) 
     create_durably(fs, dir, RAFT_STATE, |f| f.write_all_at(&bytes, 0))
 }
 
+/// What one sync must make durable: see [`RaftLog::take_sync_job`].
+#[derive(Debug, Default)]
+pub struct SyncJob {
+    /// Writes made before the job was taken (see [`RaftLog::synced_through`]).
+    pub writes: u64,
+    /// Segment files written since the previous job.
+    pub segments: std::collections::BTreeSet<String>,
+    /// The hard state to record in `raft.state`.
+    pub state: Option<HardState>,
+}
+
+/// Carries out [`SyncJob`]s on its own thread: an fdatasync of each segment written
+/// (through a handle of its own: a sync covers the file's writes whoever made them),
+/// then `raft.state`. Jobs waiting together share one sync of each file: group commit.
+pub struct Syncer {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    voters: Vec<u64>,
+}
+
+impl Syncer {
+    /// A syncer for the log in `dir`.
+    pub fn new(fs: Arc<dyn FileSystem>, dir: PathBuf, voters: Vec<u64>) -> Syncer {
+        Syncer { fs, dir, voters }
+    }
+
+    /// Makes the jobs durable, in order.
+    ///
+    /// # Errors
+    /// The I/O error: fail-stop for the caller.
+    pub fn run(&mut self, jobs: &[SyncJob]) -> io::Result<()> {
+        let segments: std::collections::BTreeSet<&String> =
+            jobs.iter().flat_map(|j| j.segments.iter()).collect();
+        for name in segments {
+            // Opened by name each time: a truncation may have deleted the file, and a
+            // roll created another under the same name, since the last job.
+            match self.fs.open(&join(&self.dir, name), false) {
+                Ok(mut file) => file.sync_data().map_err(sync_failed)?,
+                // Deleted by a truncation since: what it held is gone on purpose.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(hs) = jobs.iter().rev().find_map(|j| j.state.as_ref()) {
+            write_state(&*self.fs, &self.dir, &self.voters, hs)?;
+        }
+        Ok(())
+    }
+}
+
 /// Raft's log over the node's segments. See the module documentation.
 pub struct RaftLog {
     fs: Arc<dyn FileSystem>,
@@ -160,8 +210,12 @@ pub struct RaftLog {
     terms: Vec<(u64, u64)>,
     last: u64,
     hard_state: HardState,
-    /// The hard state in `raft.state`.
+    /// The hard state last handed to a sync (in `raft.state` once that returned).
     durable_state: HardState,
+    /// Segments written since the last sync job.
+    written: std::collections::BTreeSet<String>,
+    /// Writes (appends, truncations) so far.
+    writes: u64,
     tail: VecDeque<Entry>,
 }
 
@@ -260,26 +314,55 @@ impl RaftLog {
             last,
             durable_state: hs.clone(),
             hard_state: hs,
+            written: std::collections::BTreeSet::new(),
+            writes: 0,
             tail: VecDeque::new(),
         })
     }
 
-    /// Makes everything written durable: the log (fdatasync), then `raft.state` if the
-    /// term or vote changed.
+    /// Makes everything written durable, on this thread: the log (fdatasync), then
+    /// `raft.state` if the term or vote changed.
     ///
     /// # Errors
     /// The I/O error; fail-stop for the caller.
     pub fn sync(&mut self) -> io::Result<()> {
+        let job = self.take_sync_job();
         let log = self.log.get_mut();
         if log.has_unsynced() {
             log.sync().map_err(sync_failed)?;
         }
-        let hs = &self.hard_state;
-        if hs.term != self.durable_state.term || hs.vote != self.durable_state.vote {
+        if let Some(hs) = &job.state {
             write_state(&*self.fs, &self.dir, &self.voters, hs)?;
-            self.durable_state = hs.clone();
         }
         Ok(())
+    }
+
+    /// What makes everything written so far durable, for a [`Syncer`] on another
+    /// thread: the segments written since the last job, and the hard state if its
+    /// term or vote changed since the last job. The log itself keeps counting its
+    /// writes as unsynced (so that it never claims an after-sync write it cannot
+    /// prove).
+    pub fn take_sync_job(&mut self) -> SyncJob {
+        let hs = &self.hard_state;
+        let state = (hs.term != self.durable_state.term || hs.vote != self.durable_state.vote)
+            .then(|| hs.clone());
+        if let Some(hs) = &state {
+            self.durable_state = hs.clone();
+        }
+        SyncJob {
+            writes: self.writes,
+            segments: std::mem::take(&mut self.written),
+            state,
+        }
+    }
+
+    /// Notes that a job taken after `writes` writes is durable: if nothing was written
+    /// since, the log knows it is synced (its next write carries the after-sync flag,
+    /// and `wal_info.fsynced` is true).
+    pub fn synced_through(&mut self, writes: u64) {
+        if writes == self.writes {
+            self.log.get_mut().mark_synced();
+        }
     }
 
     /// The hard state as written (durable after [`RaftLog::sync`]).
@@ -326,6 +409,8 @@ impl RaftLog {
                 continue;
             }
             log.append(payloads[from..to].iter().map(Vec::as_slice))?;
+            self.written.insert(log.active_name().to_string());
+            self.writes += 1;
             from = to;
         }
         Ok(())
@@ -344,6 +429,7 @@ impl LogStore for RaftLog {
             self.last
         );
         if first.index <= self.last {
+            self.writes += 1;
             self.log.get_mut().truncate(Offset::new(first.index - 1))?;
             self.last = first.index - 1;
             let keep = self.terms.partition_point(|&(f, _)| f <= self.last);

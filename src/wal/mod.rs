@@ -153,6 +153,11 @@ impl Log {
         (skip, seg.name.clone())
     }
 
+    /// The active segment's file name.
+    pub fn active_name(&self) -> &str {
+        &self.segments.back().expect("an active segment").name
+    }
+
     /// Whether something was written since the last sync.
     pub fn has_unsynced(&self) -> bool {
         self.unsynced
@@ -240,6 +245,13 @@ impl Log {
         active.data_end = start + self.scratch.len() as u64;
         active.positions.extend(positions);
         Ok(())
+    }
+
+    /// Notes that a sync made elsewhere (through another handle of the same files)
+    /// covered every write so far. The caller must know that nothing was written since
+    /// that sync began.
+    pub fn mark_synced(&mut self) {
+        self.unsynced = false;
     }
 
     /// fdatasync of the active segment.
