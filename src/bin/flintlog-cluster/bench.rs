@@ -20,6 +20,10 @@ use serde_json::{Value, json};
 
 use super::{Args, Shared, ask, micros, percentile, start_cluster, stop_cluster};
 
+#[path = "../flintlog-bench/common.rs"]
+#[allow(dead_code)]
+mod common;
+
 /// Appends by `clients` clients, each keeping `depth` in flight, spread over the
 /// nodes, for `seconds`; returns (appends acknowledged per second, latencies in ms).
 fn load(shared: &Shared, clients: usize, depth: usize, seconds: f64) -> (f64, Vec<f64>) {
@@ -27,14 +31,8 @@ fn load(shared: &Shared, clients: usize, depth: usize, seconds: f64) -> (f64, Ve
     let started = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|c| {
-            let (tx, rx) = crossbeam_channel::unbounded::<Value>();
             let name = format!("b{c}");
-            shared
-                .net
-                .lock()
-                .expect("net")
-                .clients
-                .insert(name.clone(), tx);
+            let rx = shared.register(&name);
             let node = c % shared.ids.len();
             let line = move |id: u64| {
                 json!({"src": name, "dest": format!("n{}", node + 1),
@@ -76,9 +74,8 @@ fn load(shared: &Shared, clients: usize, depth: usize, seconds: f64) -> (f64, Ve
         std::thread::sleep(Duration::from_micros(200));
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut net = shared.net.lock().expect("net");
     for c in 0..clients {
-        net.clients.remove(&format!("b{c}"));
+        shared.unregister(&format!("b{c}"));
     }
     lat.sort_by(f64::total_cmp);
     (acked as f64 / elapsed, lat)
@@ -147,14 +144,8 @@ fn failover(shared: &Shared, kills: usize) -> Vec<f64> {
         }
         // A write every 10 ms to the surviving nodes in turn, each waiting in its node
         // for a leader: the first acknowledgement marks the end of the failover.
-        let (tx, rx) = crossbeam_channel::unbounded::<Value>();
         let name = format!("failover{k}");
-        shared
-            .net
-            .lock()
-            .expect("net")
-            .clients
-            .insert(name.clone(), tx);
+        let rx = shared.register(&name);
         let mut t = None;
         let mut attempt = 0u64;
         while killed_at.elapsed() < Duration::from_secs(30) {
@@ -179,7 +170,7 @@ fn failover(shared: &Shared, kills: usize) -> Vec<f64> {
                 break;
             }
         }
-        shared.net.lock().expect("net").clients.remove(&name);
+        shared.unregister(&name);
         match t {
             Some(t) => {
                 println!(
@@ -308,23 +299,8 @@ pub fn run(args: &Args, bin: &Path) -> ExitCode {
         ));
     }
     if let Some(path) = &args.markdown {
-        splice(path, "cluster", &md).expect("write the Markdown");
+        common::splice(path, "cluster", &md).expect("write the Markdown");
         println!("wrote the cluster part of {}", path.display());
     }
     ExitCode::SUCCESS
-}
-
-/// Replaces the part of `path` between `<!-- begin NAME -->` and `<!-- end NAME -->`.
-fn splice(path: &Path, name: &str, body: &str) -> std::io::Result<()> {
-    let (begin, end) = (
-        format!("<!-- begin {name} -->\n"),
-        format!("<!-- end {name} -->\n"),
-    );
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let part = format!("{begin}{body}{end}");
-    let new = match (old.find(&begin), old.find(&end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{part}{}", &old[..b], &old[e + end.len()..]),
-        _ => format!("{}\n{part}", old.trim_end_matches('\n')),
-    };
-    std::fs::write(path, new)
 }

@@ -232,6 +232,22 @@ impl Shared {
         }
     }
 
+    /// A channel on which the network delivers replies to client `name`.
+    fn register(&self, name: &str) -> Receiver<Value> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.net
+            .lock()
+            .expect("net")
+            .clients
+            .insert(name.to_string(), tx);
+        rx
+    }
+
+    /// Stops delivering replies to client `name`.
+    fn unregister(&self, name: &str) {
+        self.net.lock().expect("net").clients.remove(name);
+    }
+
     fn init(&self, i: usize) {
         let body =
             json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids});
@@ -338,13 +354,7 @@ fn client(
     seed: u64,
     until: Instant,
 ) -> ClientLog {
-    let (tx, rx) = crossbeam_channel::unbounded::<Value>();
-    shared
-        .net
-        .lock()
-        .expect("net")
-        .clients
-        .insert(name.clone(), tx);
+    let rx = shared.register(&name);
     let mut rng = Rng::new(seed);
     let mut log = ClientLog {
         history: Vec::new(),
@@ -461,7 +471,7 @@ fn client(
             }
         }
     }
-    shared.net.lock().expect("net").clients.remove(&name);
+    shared.unregister(&name);
     log
 }
 
@@ -640,13 +650,7 @@ fn ask_many(
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("check{id}");
-    let (tx, rx) = crossbeam_channel::unbounded::<Value>();
-    shared
-        .net
-        .lock()
-        .expect("net")
-        .clients
-        .insert(name.clone(), tx);
+    let rx = shared.register(&name);
     let n = bodies.len();
     for (k, mut body) in bodies.into_iter().enumerate() {
         body["msg_id"] = json!(k + 1);
@@ -668,7 +672,7 @@ fn ask_many(
             got += 1;
         }
     }
-    shared.net.lock().expect("net").clients.remove(&name);
+    shared.unregister(&name);
     out
 }
 
