@@ -9,6 +9,9 @@ use serde_json::Value;
 use crate::support;
 
 fn harness(name: &str, args: &[&str]) -> Value {
+    support::say(&format!(
+        "cluster: {name} under faults, as real processes (about 15 s)"
+    ));
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_flintlog-cluster"))
         .args(args)

@@ -236,6 +236,10 @@ fn check(data: &Path, ledger: &Ledger, all_keys: bool) -> u64 {
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_write() {
     let iterations = env_u64("KILL9_ITERATIONS", 200);
+    crate::support::say(&format!(
+        "kill -9: the node killed at random moments under load, {iterations} times, every \
+         acknowledged write checked"
+    ));
     let budget = Duration::from_secs(env_u64("KILL9_SECONDS", 240));
     let seed = env_u64("SEED", 0x5eed);
     let mut rng = Rng::new(seed);

@@ -51,6 +51,13 @@ pub fn cannot_run(layer: &str, why: &str) {
     println!("{layer}: SKIPPED, {why}");
 }
 
+/// Says on the terminal what a long test is doing, past the test harness's capture
+/// (which holds a passing test's output back): `make test` shows it as it starts.
+pub fn say(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "    (long test) {what}");
+}
+
 /// Starts the node with `args`, optionally on `data_dir`.
 pub fn spawn(args: &[&str], data_dir: Option<&Path>) -> Child {
     let mut cmd = Command::new(binary());
