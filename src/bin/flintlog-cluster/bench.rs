@@ -292,7 +292,7 @@ pub fn run(args: &Args, bin: &Path) -> ExitCode {
         md.push_str(&format!(
             "\nFailover: the leader killed with SIGKILL {} times; from the kill to the first \
              write another node acknowledged: median {:.0} ms, max {:.0} ms (election timeout \
-             10-20 ticks of 50 ms, pre-vote on).\n",
+             0.5-1 s in ticks of 10 ms, pre-vote on).\n",
             times.len(),
             med * 1000.0,
             max * 1000.0
