@@ -64,6 +64,10 @@ pub struct Examination {
     pub foreign_files: Vec<String>,
     /// Why recovery would refuse to start, if it would.
     pub refusal: Option<String>,
+    /// Whether this is a cluster node's Raft log (`raft.state` is there): its records
+    /// are checked as a single node's are, but its payloads are Raft entries, not
+    /// commands, so no key is replayed.
+    pub raft_log: bool,
     /// The process holding the directory's lock, when a node runs on it: the
     /// examination then sees a directory that is changing, and its temp files are the
     /// node's work in progress, not debris.
@@ -97,6 +101,7 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
         }
     };
     report_files(fs, dir, &mut ex, &survey.listing);
+    ex.raft_log = survey.listing.raft_state;
     ex.first_offset = survey.first_offset;
     let replay_from = survey.replay_from();
     let chosen = survey.chosen;
@@ -110,7 +115,11 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
         survey.listing.segments.clone(),
         &survey.log_start,
         replay_from,
-        &mut |_, p| state.apply(p),
+        &mut |_, p| {
+            if !ex.raft_log {
+                state.apply(p);
+            }
+        },
     )
     .map(|scan| {
         ex.keys = state.map.len() as u64;
@@ -194,6 +203,12 @@ pub fn verify_report(ex: &Examination) -> String {
             "  in use by a running node ({who}): this is a look at a directory that is changing\n"
         ));
     }
+    if ex.raft_log {
+        out.push_str(
+            "  a cluster node's Raft log (raft.state): its records are checked; its entries \
+             are Raft's, so no key is replayed\n",
+        );
+    }
     if let Some(why) = &ex.refusal {
         out.push_str(&format!("  recovery would refuse to start: {why}\n"));
     } else {
@@ -265,6 +280,9 @@ pub fn inspect_table(ex: &Examination) -> String {
         ));
     }
     out.push_str(&format!("offsets       {}\n", range(ex)));
+    if ex.raft_log {
+        out.push_str("kind          a cluster node's Raft log (offset i is Raft index i + 1)\n");
+    }
     if let Some(why) = &ex.refusal {
         out.push_str(&format!("problem       {why}\n"));
     }
@@ -407,6 +425,7 @@ pub fn inspect_json(ex: &Examination) -> Value {
             "compacted_leftovers": ex.compacted_leftovers,
             "refusal": ex.refusal,
         },
+        "raft_log": ex.raft_log,
         "broken_files": ex.broken_files,
         "foreign_files": ex.foreign_files,
         "damaged": ex.damaged(),

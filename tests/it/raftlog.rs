@@ -321,3 +321,15 @@ fn crash_windows_of_a_suffix_truncation_and_a_hard_state_write() {
         t[rename + 1].op,
     );
 }
+
+#[test]
+fn verify_knows_a_raft_log_and_checks_its_records() {
+    let fs = SimFs::new();
+    let o = workload(&fs);
+    let ex = flintlog::inspect::examine(&fs, std::path::Path::new(DIR));
+    assert!(ex.raft_log);
+    assert!(ex.refusal.is_none(), "{:?}", ex.refusal);
+    assert_eq!(ex.next_offset, o.durable.len() as u64);
+    assert_eq!(ex.keys, 0, "Raft entries are not replayed as commands");
+    assert!(flintlog::inspect::verify_report(&ex).contains("Raft log"));
+}
