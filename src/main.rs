@@ -26,7 +26,9 @@ use flintlog::{Config, FsyncPolicy, Policy, inspect};
     flintlog verify /var/lib/fl/n1                  check a directory; exit 1 on damage\n  \
     flintlog inspect /var/lib/fl/n1 --json          segments, snapshots, offsets\n\n\
 The first line a node expects:\n  \
-    {\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\"]}}\n\n\
+    {\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\"]}}\n\
+With several node_ids, the node joins that Raft group: deliver each line it writes to\n\
+another node id to that node's stdin (flintlog-cluster does, for tests).\n\n\
 The protocol: docs/PROTOCOL.md in the source."
 )]
 struct Args {
