@@ -72,6 +72,53 @@ pub fn encode(m: &Message) -> Value {
     Value::Object(o)
 }
 
+/// Writes the JSON body of a message as [`encode`] followed by the router's printer
+/// would, without building a `Value` (this is on every message's path).
+pub fn write(out: &mut String, m: &Message) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{{\"t\": {}", m.msg_type as i32);
+    for (k, v) in [
+        ("term", m.term),
+        ("lt", m.log_term),
+        ("i", m.index),
+        ("c", m.commit),
+        ("ct", m.commit_term),
+        ("rh", m.reject_hint),
+        ("rs", m.request_snapshot),
+    ] {
+        if v != 0 {
+            let _ = write!(out, ", \"{k}\": {v}");
+        }
+    }
+    if m.reject {
+        out.push_str(", \"rj\": true");
+    }
+    if !m.context.is_empty() {
+        let _ = write!(out, ", \"ctx\": \"{}\"", B64.encode(&m.context));
+    }
+    if !m.entries.is_empty() {
+        out.push_str(", \"e\": [");
+        for (n, e) in m.entries.iter().enumerate() {
+            if n > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{{\"t\": {}, \"i\": {}", e.term, e.index);
+            if e.entry_type != EntryType::EntryNormal {
+                let _ = write!(out, ", \"k\": {}", kind_number(e.entry_type));
+            }
+            if !e.data.is_empty() {
+                let _ = write!(out, ", \"d\": \"{}\"", B64.encode(&e.data));
+            }
+            if !e.context.is_empty() {
+                let _ = write!(out, ", \"x\": \"{}\"", B64.encode(&e.context));
+            }
+            out.push('}');
+        }
+        out.push(']');
+    }
+    out.push('}');
+}
+
 fn message_type(t: u64) -> Option<MessageType> {
     use MessageType::*;
     Some(match t {
@@ -216,6 +263,52 @@ mod tests {
             decode(&serde_json::from_str(&text).unwrap(), 1, 2).unwrap(),
             m
         );
+    }
+
+    #[test]
+    fn the_direct_writer_prints_what_the_value_printer_would() {
+        let m = Message {
+            msg_type: MessageType::MsgAppend,
+            to: 2,
+            from: 1,
+            term: 7,
+            index: 41,
+            entries: vec![
+                Entry {
+                    term: 7,
+                    index: 42,
+                    data: b"\x01 data".to_vec().into(),
+                    context: b"c".to_vec().into(),
+                    entry_type: EntryType::EntryConfChange,
+                    ..Entry::default()
+                },
+                Entry {
+                    term: 7,
+                    index: 43,
+                    ..Entry::default()
+                },
+            ]
+            .into(),
+            commit: 40,
+            context: b"ctx".to_vec().into(),
+            reject: true,
+            reject_hint: 3,
+            request_snapshot: 9,
+            ..Message::default()
+        };
+        for m in [m, Message::default()] {
+            let mut direct = String::new();
+            write(&mut direct, &m);
+            let mut printed = String::new();
+            crate::router::json::write_value(&mut printed, &encode(&m));
+            assert_eq!(direct, printed);
+            assert_eq!(
+                decode(&serde_json::from_str(&direct).unwrap(), 1, 2)
+                    .unwrap()
+                    .entries,
+                m.entries
+            );
+        }
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl<W: Write> Router<W> {
         out.push_str(", \"dest\": ");
         out_json::write_str(&mut out, dest);
         out.push_str(", \"body\": {\"type\": \"raft\", \"msg\": ");
-        out_json::write_value(&mut out, &crate::cluster::wire::encode(m));
+        crate::cluster::wire::write(&mut out, m);
         out.push_str(&format!(", \"msg_id\": {}}}}}\n", self.next_msg_id));
         self.next_msg_id += 1;
         if let Err(e) = self.out.write_all(out.as_bytes()) {
