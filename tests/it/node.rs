@@ -45,11 +45,9 @@ fn space_freed(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> u
         .sum()
 }
 
-#[test]
-fn compacting_inside_the_active_segment_frees_its_blocks_and_reports_them() {
-    // The protocol's example with default flags: every entry in one 16 MiB segment.
-    let data = tempfile::tempdir().unwrap();
-    let mut input = vec![init(1)];
+/// `first`, then the protocol's compaction example: appends 0-499 (msg_id 10-509), a
+/// `wal_snapshot` (msg_id 600), appends 500-999 (msg_id 610-1109).
+fn the_protocol_example(mut input: Vec<String>) -> Vec<String> {
     for i in 0..500 {
         input.push(append(10 + i, &format!("set k{i}=v{i}")));
     }
@@ -57,6 +55,14 @@ fn compacting_inside_the_active_segment_frees_its_blocks_and_reports_them() {
     for i in 500..1000 {
         input.push(append(10 + i + 100, &format!("set k{i}=v{i}")));
     }
+    input
+}
+
+#[test]
+fn compacting_inside_the_active_segment_frees_its_blocks_and_reports_them() {
+    // The protocol's example with default flags: every entry in one 16 MiB segment.
+    let data = tempfile::tempdir().unwrap();
+    let input = the_protocol_example(vec![init(1)]);
     let r = run(&[], Some(data.path()), &lines(&input));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.reply_to("c1", 600)["snapshot_offset"], 500);
@@ -122,17 +128,10 @@ fn compacting_inside_the_active_segment_frees_its_blocks_and_reports_them() {
 #[test]
 fn the_protocol_compaction_example_frees_whole_segments_and_survives_restart() {
     let data = tempfile::tempdir().unwrap();
-    let mut input = vec![
+    let input = the_protocol_example(vec![
         init(1),
         req(2, "wal_segment_config", json!({"max_segment_bytes": 4096})),
-    ];
-    for i in 0..500 {
-        input.push(append(10 + i, &format!("set k{i}=v{i}")));
-    }
-    input.push(req(600, "wal_snapshot", json!({})));
-    for i in 500..1000 {
-        input.push(append(10 + i + 100, &format!("set k{i}=v{i}")));
-    }
+    ]);
     let r = run(&[], Some(data.path()), &lines(&input));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.reply_to("c1", 600)["snapshot_offset"], 500);
