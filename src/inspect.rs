@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::core::layout;
 use crate::core::policy;
 use crate::core::position::Offset;
 use crate::core::recovery::{self, DirListing};
@@ -141,11 +142,15 @@ fn report_files(fs: &dyn FileSystem, dir: &Path, ex: &mut Examination, listing: 
     ex.temp_files = listing.temps.clone();
     ex.broken_files = listing.broken.clone();
     ex.foreign_files = listing.foreign.clone();
-    for (offset, name) in &listing.snapshots {
+    let all = listing.snapshots.iter().chain(&listing.raft_snapshots);
+    for (offset, name) in all {
         let path = dir.join(name);
         let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
-        // For a delta, `keys` counts the keys it sets or deletes.
-        let read = if snapshot::is_delta(name) {
+        // For a delta, `keys` counts the keys it sets or deletes; a cluster snapshot's
+        // "offset" is its Raft index.
+        let read = if layout::parse_raft_snapshot(name).is_some() {
+            snapshot::read_machine(fs, &path).map(|m| (m.index, m.state.map.len() as u64))
+        } else if snapshot::is_delta(name) {
             snapshot::read_delta(fs, &path).map(|d| (d.offset, d.changes.len() as u64))
         } else {
             snapshot::read(fs, &path).map(|(o, state)| (o, state.map.len() as u64))

@@ -48,7 +48,11 @@ pub fn survey(fs: &dyn FileSystem, dir: &Path) -> Result<Survey> {
     let listing = recovery::classify(names);
     let log_start = meta::read(fs, dir)?;
     let first_offset = log_start.first_offset;
-    let chosen = snapshot::choose(fs, dir, &listing.snapshots, first_offset)?;
+    let chosen = if listing.raft_state {
+        snapshot::choose_machine(fs, dir, &listing.raft_snapshots, first_offset)?
+    } else {
+        snapshot::choose(fs, dir, &listing.snapshots, first_offset)?
+    };
     Ok(Survey {
         listing,
         first_offset,

@@ -21,6 +21,7 @@
 //! error 11 (nothing happened). A write still unanswered after [`REQUEST_TIMEOUT`]
 //! gets error 13 (it may or may not be committed later); a read, error 11.
 
+pub mod manage;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -31,14 +32,17 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use raft::StateRole;
 use raft::eraftpb::Message;
 
-use crate::actor::{Reply, spawn_actor};
+use crate::actor::{Feedback, Reply, spawn_actor};
 use crate::config::Config;
 use crate::consensus::durable::{SyncJob, Syncer};
+use crate::consensus::image;
 use crate::consensus::{Command, Effect, Outcome, Peer, PeerConfig, RaftLog, Refused};
+use crate::core::policy;
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, RealFs};
 use crate::types::{Info, ReadEntry};
+use manage::Manager;
 
 /// Time per Raft tick. Fine-grained, so that two followers rarely time out in the same
 /// tick and split the vote (each election timeout is drawn among 50 ticks).
@@ -104,6 +108,10 @@ pub struct ClusterStatus {
     pub state_digest: u32,
     /// The last index in the log.
     pub last_index: u64,
+    /// The first index the log holds entries from (1 until compacted).
+    pub first_index: u64,
+    /// Snapshots and compactions.
+    pub management: manage::Management,
     /// Why the node stopped serving, after a failed write or sync.
     pub poisoned: Option<String>,
 }
@@ -151,12 +159,40 @@ impl ClusterNode {
     ) -> Result<ClusterNode> {
         config.validate()?;
         let (lock, _existed) = crate::node::prepare_dir(&*fs, &config.dir)?;
-        let store = RaftLog::open(fs.clone(), &config.log_options(), voters)?;
+        let mut store = RaftLog::open(fs.clone(), &config.log_options(), voters)?;
+        let on_disk = store.snapshots_on_disk()?;
+        let loaded = image::load(&*fs, &config.dir, &on_disk, store.first_index())?;
+        let (machine, newest) = match loaded {
+            Some((image, file)) => {
+                if image.voters != voters {
+                    return Err(Error::Open(format!(
+                        "{}: snapshot {} belongs to a group of voters {:?}, not {voters:?}",
+                        config.dir.display(),
+                        file.file,
+                        image.voters
+                    )));
+                }
+                store.start_from_snapshot(image.index());
+                log::info!(
+                    "cluster node {id}: loaded snapshot {} (index {}, {} keys)",
+                    file.file,
+                    image.index(),
+                    image.machine.kv.map.len()
+                );
+                (image.machine, Some(file))
+            }
+            None => (crate::consensus::Machine::default(), None),
+        };
+        let first_offset = match store.first_index() {
+            1 => Offset::ZERO,
+            first => Offset::new(first - 2),
+        };
+        let applied = machine.applied;
         let boot = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
-        let peer = Peer::new(
+        let peer = Peer::resume(
             &PeerConfig {
                 id,
                 election_ticks: ELECTION_TICKS,
@@ -164,6 +200,7 @@ impl ClusterNode {
                 boot,
             },
             store,
+            machine,
         )
         .map_err(|e| Error::Open(format!("raft refused the configuration: {e}")))?;
         log::info!(
@@ -175,6 +212,7 @@ impl ClusterNode {
         let (tx, inbox) = crossbeam_channel::bounded(config.inbox_capacity.max(1024));
         let (jobs_tx, jobs) = crossbeam_channel::unbounded::<(u64, SyncJob)>();
         let (synced_tx, synced) = crossbeam_channel::unbounded();
+        let manager = Manager::start(fs.clone(), config, first_offset, applied, newest, on_disk)?;
         let mut syncer = Syncer::new(fs, config.dir.clone(), voters.to_vec());
         let syncer_join = spawn_actor(
             "syncer",
@@ -209,6 +247,7 @@ impl ClusterNode {
             pending: HashMap::new(),
             waiting: Vec::new(),
             poisoned: None,
+            manager,
         };
         let join = spawn_actor(
             "consensus",
@@ -308,6 +347,8 @@ struct Consensus {
     pending: HashMap<u64, Pending>,
     waiting: Vec<Waiting>,
     poisoned: Option<String>,
+    /// Snapshots and compaction.
+    manager: Manager,
 }
 
 impl Consensus {
@@ -323,6 +364,16 @@ impl Consensus {
                 recv(self.synced) -> r => {
                     if let Ok(r) = r {
                         self.on_synced(r);
+                    }
+                }
+                recv(self.manager.reports) -> r => {
+                    if let Ok(r) = r {
+                        self.on_report(r);
+                    }
+                }
+                recv(self.manager.feedback) -> f => {
+                    if let Ok(f) = f {
+                        self.on_feedback(f);
                     }
                 }
                 default(wait) => {}
@@ -344,6 +395,10 @@ impl Consensus {
                 self.expire(now);
             }
             self.drive();
+            if self.poisoned.is_none() && self.manager.due(self.peer.machine().applied) {
+                let image = self.peer.image();
+                self.manager.cut(image);
+            }
         }
         for (_, p) in self.pending.drain() {
             fail(
@@ -351,6 +406,7 @@ impl Consensus {
                 Error::Crashed("the node stopped before the outcome was known".into()),
             );
         }
+        self.manager.stop();
         self.jobs.take();
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
@@ -376,6 +432,64 @@ impl Consensus {
                 }
             }
             Err(e) => self.poison(format!("a sync of the Raft log failed: {e}")),
+        }
+    }
+
+    /// The snapshotter or the compactor finished a job.
+    fn on_report(&mut self, r: manage::Report) {
+        match r {
+            manage::Report::Snapshot(r) => match self.manager.snapshot_done(r) {
+                Ok(Some(index)) => self.compact_behind(index),
+                Ok(None) => {}
+                Err(why) => self.poison(why),
+            },
+            manage::Report::Compaction(r) => self.manager.compaction_done(r),
+        }
+    }
+
+    /// Compacts the log behind the durable snapshot at `snapshot`, keeping what the
+    /// policy and the followers still catching up need.
+    fn compact_behind(&mut self, snapshot: u64) {
+        let followers: Vec<(u64, bool)> = self
+            .peer
+            .followers()
+            .into_iter()
+            .map(|(_, matched, active)| (matched, active))
+            .collect();
+        let keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);
+        let store = self.peer.store();
+        // The entry before `keep` stays, for its term: compacting to its offset.
+        if keep < 3 || keep <= store.first_index() {
+            return;
+        }
+        let at = Offset::new(keep - 2);
+        let plan = store.compaction_plan(at);
+        let next_offset = Offset::new(store.last_index());
+        // Reads stop below it now, before any file changes.
+        self.peer.store_mut().fence(at);
+        self.peer.forget_before(keep);
+        self.manager.compact(at, snapshot, next_offset, plan);
+    }
+
+    /// The compactor's news: it is about to free, or freed, what lies below the new
+    /// start (reads stopped there when the job was sent), or a sync failed.
+    fn on_feedback(&mut self, f: Feedback) {
+        match f {
+            Feedback::Fence { first_offset, ack } => {
+                self.peer.store_mut().fence(first_offset);
+                let _ = ack.send(());
+            }
+            Feedback::Compacted {
+                first_offset,
+                removed,
+                resized,
+                bytes_freed: _,
+            } => self
+                .peer
+                .store_mut()
+                .compacted(first_offset, &removed, resized),
+            Feedback::Poisoned(why) => self.poison(why),
+            Feedback::SnapshotDurable { .. } => {}
         }
     }
 
@@ -543,12 +657,25 @@ impl Consensus {
                 fsynced: self.peer.store().synced(),
             }),
             ReadQuery::Entry(offset) => {
-                let Some(&index) = m.indexes.get(offset.get() as usize) else {
+                if m.runs.first().is_some_and(|&(o, _)| offset.get() < o) {
+                    return Err(Error::NotFound(format!(
+                        "offset {offset} was compacted away (the log starts at Raft index {})",
+                        self.peer.store().first_index()
+                    )));
+                }
+                let Some(index) = m.index_of(*offset) else {
                     return Err(Error::NotFound(format!(
                         "offset {offset} is past the end of the log (next offset is {})",
                         m.next_offset
                     )));
                 };
+                if index < self.peer.store().first_index() {
+                    return Err(Error::NotFound(format!(
+                        "offset {offset} was compacted away (its Raft index {index} is \
+                         before the log's first, {})",
+                        self.peer.store().first_index()
+                    )));
+                }
                 let entries = raft::Storage::entries(
                     self.peer.store(),
                     index,
@@ -585,6 +712,8 @@ impl Consensus {
             match_index: self.peer.progress(),
             state_digest: m.digest(),
             last_index: self.peer.store().last_index(),
+            first_index: self.peer.store().first_index(),
+            management: self.manager.status.clone(),
             poisoned: self.poisoned.clone(),
         }
     }

@@ -134,8 +134,11 @@ pub struct Machine {
     pub next_offset: Offset,
     /// The last Raft index applied.
     pub applied: u64,
-    /// The Raft index of each client offset.
-    pub indexes: Vec<u64>,
+    /// Where client offsets sit in the Raft log: runs `(first offset, its index)`, in
+    /// order; the offsets of a run take consecutive indexes. A new run starts wherever
+    /// an entry took no offset (Raft's own, a failed `cas`, a duplicate), so there are
+    /// few of them. See [`Machine::index_of`].
+    pub runs: Vec<(u64, u64)>,
     /// The requests applied, per proposing run: a node proposes again a request it
     /// heard nothing of (the first proposal may have been lost on its way to the
     /// leader, or not), and the copy that comes second changes nothing.
@@ -214,8 +217,36 @@ impl Machine {
         self.kv.apply(&payload);
         let offset = self.next_offset;
         self.next_offset = offset.plus(1);
-        self.indexes.push(index);
+        let o = offset.get();
+        if self
+            .runs
+            .last()
+            .is_none_or(|&(first, at)| at + (o - first) != index)
+        {
+            self.runs.push((o, index));
+        }
         Effect::Applied(offset)
+    }
+
+    /// The Raft index of the entry at client offset `offset` (`None`: past the end).
+    pub fn index_of(&self, offset: Offset) -> Option<u64> {
+        let o = offset.get();
+        if o >= self.next_offset.get() {
+            return None;
+        }
+        let run = self.runs.partition_point(|&(first, _)| first <= o);
+        let (first, at) = self.runs[run.checked_sub(1)?];
+        Some(at + (o - first))
+    }
+
+    /// Forgets where the offsets of entries before Raft index `index` sit (those
+    /// entries were compacted away): the runs wholly before it.
+    pub fn forget_before(&mut self, index: u64) {
+        let keep_from = self
+            .runs
+            .partition_point(|&(_, at)| at <= index)
+            .saturating_sub(1);
+        self.runs.drain(..keep_from);
     }
 
     /// The payload a client entry stands for: the command's own for an append, the
@@ -310,6 +341,43 @@ mod tests {
         );
         assert_eq!(m.kv.get("k").map(|v| v.to_string()), Some("2".into()));
         assert_eq!((m.next_offset, m.applied), (Offset::new(2), 5));
+        // Offset 0 at index 2, offset 1 at index 5: two runs.
+        assert_eq!(m.runs, [(0, 2), (1, 5)]);
+    }
+
+    #[test]
+    fn offsets_map_to_their_indexes_through_runs() {
+        let mut m = Machine::default();
+        let mut index = 0;
+        let mut expected = Vec::new();
+        for i in 0..100u64 {
+            index += 1;
+            if i % 7 == 3 {
+                m.skip(index); // a leader's empty entry
+                index += 1;
+            }
+            let t = Ticket {
+                node: 1,
+                boot: 1,
+                seq: i + 1,
+            };
+            m.apply(
+                index,
+                t,
+                &Command::Append(format!("set k{i}=v").into_bytes()),
+            );
+            expected.push(index);
+        }
+        for (o, want) in expected.iter().enumerate() {
+            assert_eq!(m.index_of(Offset::new(o as u64)), Some(*want), "offset {o}");
+        }
+        assert_eq!(m.index_of(Offset::new(100)), None);
+        assert!(m.runs.len() <= 16, "{} runs", m.runs.len());
+        m.forget_before(expected[50]);
+        assert!(m.runs[0].0 <= 50 && m.runs[0].0 > 40 && m.runs.len() > 1);
+        for (o, want) in expected.iter().enumerate().skip(50) {
+            assert_eq!(m.index_of(Offset::new(o as u64)), Some(*want), "offset {o}");
+        }
     }
 
     #[test]

@@ -40,7 +40,6 @@ use crate::core::position::Offset;
 use crate::core::recovery::classify;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join, sync_failed};
-use crate::wal::meta::LogStart;
 use crate::wal::{Log, LogOptions, RecoverLog};
 
 const MAGIC: &[u8; 8] = b"FLNTRAFT";
@@ -150,6 +149,15 @@ fn write_state(fs: &dyn FileSystem, dir: &Path, voters: &[u64], hs: &HardState) 
     create_durably(fs, dir, RAFT_STATE, |f| f.write_all_at(&bytes, 0))
 }
 
+/// What compacting the Raft log deletes, and where its live part then starts.
+#[derive(Debug, Clone)]
+pub struct CompactionPlan {
+    /// Sealed segments wholly below the new start, as `(start offset, file name)`.
+    pub segments: Vec<(Offset, String)>,
+    /// Where the live log starts, and in which file.
+    pub start: (crate::wal::meta::SkipTo, String),
+}
+
 /// What one sync must make durable: see [`RaftLog::take_sync_job`].
 #[derive(Debug, Default)]
 pub struct SyncJob {
@@ -206,8 +214,17 @@ pub struct RaftLog {
     dir: PathBuf,
     log: RefCell<Log>,
     voters: Vec<u64>,
-    /// Runs of equal terms: `(first index, term)`, in index order.
+    /// Runs of equal terms: `(first index, term)`, in index order, from the run that
+    /// holds `first - 1`.
     terms: Vec<(u64, u64)>,
+    /// The first index entries can be read from. Compaction keeps the entry before it
+    /// (the first live record) for its term, which Raft asks of `first - 1`.
+    first: u64,
+    /// The commit index is at least this (a snapshot's index): `raft.state` records
+    /// the commit index only when the term or vote changes, so it may lag.
+    commit_floor: u64,
+    /// When the last "a follower needs a snapshot" warning was logged.
+    warned: std::cell::Cell<Option<std::time::Instant>>,
     last: u64,
     hard_state: HardState,
     /// The hard state last handed to a sync (in `raft.state` once that returned).
@@ -266,6 +283,7 @@ impl RaftLog {
                 hs
             }
         };
+        let start = crate::wal::meta::read(&*fs, &dir)?;
         let mut terms: Vec<(u64, u64)> = Vec::new();
         let mut bad: Option<String> = None;
         let (log, report) = Log::recover(
@@ -273,8 +291,8 @@ impl RaftLog {
             RecoverLog {
                 options,
                 segments: listing.segments.clone(),
-                start: LogStart::ORIGIN,
-                replay_from: Offset::ZERO,
+                start,
+                replay_from: start.first_offset,
             },
             &mut |offset, payload| match decode_entry(offset + 1, payload) {
                 Ok(e) => {
@@ -291,6 +309,18 @@ impl RaftLog {
             return Err(Error::Open(format!("{}: {why}", dir.display())));
         }
         let last = log.next_offset().get();
+        // Compacted to offset `f` (> 0): the record there, index `f + 1`, is kept for
+        // its term; entries are read from `f + 2`.
+        let first = match log.first_offset().get() {
+            0 => 1,
+            f if f < last => f + 2,
+            f => {
+                return Err(Error::Open(format!(
+                    "{}: the Raft log was compacted to offset {f}, past its end ({last})",
+                    dir.display()
+                )));
+            }
+        };
         if hs.commit > last {
             return Err(Error::Open(format!(
                 "{}: {RAFT_STATE} says entries up to {} are committed, but the log ends at {last}",
@@ -311,6 +341,9 @@ impl RaftLog {
             log: RefCell::new(log),
             voters: voters.to_vec(),
             terms,
+            first,
+            commit_floor: 0,
+            warned: std::cell::Cell::new(None),
             last,
             durable_state: hs.clone(),
             hard_state: hs,
@@ -383,6 +416,78 @@ impl RaftLog {
     /// The last index (0: empty).
     pub fn last_index(&self) -> u64 {
         self.last
+    }
+
+    /// The first index entries can be read from (1 until compacted).
+    pub fn first_index(&self) -> u64 {
+        self.first
+    }
+
+    /// The snapshots in the directory when it was opened, as `(index, name)`.
+    ///
+    /// # Errors
+    /// The directory cannot be listed.
+    pub fn snapshots_on_disk(&self) -> Result<Vec<(u64, String)>> {
+        let names = self
+            .fs
+            .list(&self.dir)
+            .map_err(|e| Error::open_io(format!("cannot list {}", self.dir.display()), &e))?;
+        Ok(classify(names).raft_snapshots)
+    }
+
+    /// Notes that the state machine starts from a snapshot at `index`: the entries up
+    /// to it are committed, whatever the (lagging) commit index in `raft.state` says.
+    pub fn start_from_snapshot(&mut self, index: u64) {
+        assert!(
+            index + 1 >= self.first && index <= self.last,
+            "a snapshot at {index} does not meet the log [{}, {}]",
+            self.first,
+            self.last
+        );
+        self.commit_floor = index;
+    }
+
+    /// What compacting to offset `at` (the record kept for its term; entries readable
+    /// from index `at + 2`) may delete: the sealed segments wholly below it, and where
+    /// the live log then starts.
+    pub fn compaction_plan(&self, at: Offset) -> CompactionPlan {
+        let log = self.log.borrow();
+        CompactionPlan {
+            segments: log.sealed_below(at),
+            start: log.start_at(at),
+        }
+    }
+
+    /// Stops reading below offset `at` (index `at + 1`, kept for its term): the
+    /// compactor made `at` the log's durable start and is about to free what lies
+    /// below.
+    pub fn fence(&mut self, at: Offset) {
+        let first = at.get() + 2;
+        if first <= self.first {
+            return;
+        }
+        assert!(first <= self.last + 1, "fencing past the end of the log");
+        self.first = first;
+        let keep_from = self
+            .terms
+            .partition_point(|&(f, _)| f < first)
+            .saturating_sub(1);
+        self.terms.drain(..keep_from);
+        while self.tail.front().is_some_and(|e| e.index < first) {
+            self.tail.pop_front();
+        }
+    }
+
+    /// Takes in what the compactor did (see [`Log::compacted`]) and fences reads below
+    /// the new start.
+    pub fn compacted(
+        &mut self,
+        first_offset: Offset,
+        removed: &[Offset],
+        resized: Option<(Offset, u64)>,
+    ) {
+        self.fence(first_offset);
+        self.log.get_mut().compacted(first_offset, removed, resized);
     }
 
     fn term_of(&self, index: u64) -> u64 {
@@ -458,8 +563,10 @@ impl LogStore for RaftLog {
 
 impl raft::Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(self.commit_floor).max(self.first - 1);
         Ok(RaftState::new(
-            self.hard_state.clone(),
+            hs,
             ConfState::from((self.voters.clone(), vec![])),
         ))
     }
@@ -471,7 +578,7 @@ impl raft::Storage for RaftLog {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < 1 {
+        if low < self.first {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         assert!(
@@ -513,6 +620,9 @@ impl raft::Storage for RaftLog {
         if idx == 0 {
             return Ok(0);
         }
+        if idx + 1 < self.first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
         if idx > self.last {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
@@ -520,14 +630,29 @@ impl raft::Storage for RaftLog {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.first)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self.last)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // Sending snapshots to followers is not built yet: the follower stays behind
+        // (it answers nothing it has not applied), loudly.
+        let now = std::time::Instant::now();
+        if self
+            .warned
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(10))
+        {
+            self.warned.set(Some(now));
+            log::warn!(
+                "node {to} needs entries before index {}, which this node compacted: it \
+                 cannot catch up from this node's log (snapshot transfer is not available)",
+                self.first
+            );
+        }
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))

@@ -24,6 +24,7 @@
 
 pub mod command;
 pub mod durable;
+pub mod image;
 pub mod sim;
 pub mod store;
 
@@ -118,6 +119,15 @@ impl<S: LogStore> Peer<S> {
     /// # Errors
     /// raft-rs refuses the configuration or the store's initial state.
     pub fn new(config: &PeerConfig, store: S) -> raft::Result<Peer<S>> {
+        Self::resume(config, store, Machine::default())
+    }
+
+    /// A peer whose state machine starts as `machine` (loaded from a snapshot at
+    /// `machine.applied`, which the store's log continues), over `store`.
+    ///
+    /// # Errors
+    /// As [`Peer::new`].
+    pub fn resume(config: &PeerConfig, store: S, machine: Machine) -> raft::Result<Peer<S>> {
         let cfg = raft::Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -127,9 +137,9 @@ impl<S: LogStore> Peer<S> {
             read_only_option: ReadOnlyOption::Safe,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
-            // Entries are applied again from the start after a restart: the state
-            // machine is rebuilt from the log.
-            applied: 0,
+            // Entries after the snapshot (or from the start) are applied again after
+            // a restart: the state machine is rebuilt from the snapshot and the log.
+            applied: machine.applied,
             ..raft::Config::default()
         };
         let logger = slog::Logger::root(ToLog(config.id), slog::o!());
@@ -137,7 +147,7 @@ impl<S: LogStore> Peer<S> {
             node: RawNode::new(&cfg, store, &logger)?,
             boot: config.boot,
             next_read: 1,
-            machine: Machine::default(),
+            machine,
             next_seq: 1,
             asked: std::collections::BTreeMap::new(),
             reads: Vec::new(),
@@ -148,6 +158,41 @@ impl<S: LogStore> Peer<S> {
     /// The state machine (as of the last applied entry).
     pub fn machine(&self) -> &Machine {
         &self.machine
+    }
+
+    /// A snapshot's content: the state machine as applied so far, with the term of
+    /// its last entry and the voters. O(1) in the state's size (the map is shared).
+    pub fn image(&self) -> image::Image {
+        let index = self.machine.applied;
+        let term = self.node.raft.raft_log.term(index).unwrap_or_else(|e| {
+            panic!("the term of applied entry {index} is unknown: {e}");
+        });
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        image::Image {
+            term,
+            voters: conf.voters,
+            machine: self.machine.clone(),
+        }
+    }
+
+    /// On a leader, each follower's match index and whether it was heard from
+    /// recently (check-quorum's measure); empty elsewhere.
+    pub fn followers(&self) -> Vec<(u64, u64, bool)> {
+        let r = &self.node.raft;
+        if r.state != StateRole::Leader {
+            return Vec::new();
+        }
+        r.prs()
+            .iter()
+            .filter(|(id, _)| **id != r.id)
+            .map(|(id, pr)| (*id, pr.matched, pr.recent_active))
+            .collect()
+    }
+
+    /// Forgets what the state machine knows of entries before `index`, which the log
+    /// no longer holds (where their client offsets sit).
+    pub fn forget_before(&mut self, index: u64) {
+        self.machine.forget_before(index);
     }
 
     /// The store.

@@ -7,6 +7,8 @@
 //!   00000000000000000000.log          a segment: entries from offset 0
 //!   00000000000000001000.snap         a full snapshot covering [0, 1000)
 //!   00000000000000001500.delta        a delta on the chain, covering [0, 1500)
+//!   00000000000000002000.rsnap        a cluster node's snapshot: its state machine at
+//!                                     Raft index 2000 (entries [0, 2000) of its log)
 //!   *.tmp                             an interrupted write (spare.log.tmp: the
 //!                                     next segment being prepared); removed at open
 //!   *.broken                          bytes moved aside by recovery; left alone
@@ -27,6 +29,9 @@ pub const SPARE_SEGMENT: &str = "spare.log.tmp";
 pub const SEGMENT_SUFFIX: &str = ".log";
 /// Suffix of full snapshot files.
 pub const SNAPSHOT_SUFFIX: &str = ".snap";
+/// Suffix of a cluster node's snapshot files (the replicated state machine at a Raft
+/// index).
+pub const RAFT_SNAPSHOT_SUFFIX: &str = ".rsnap";
 /// Suffix of delta files (incremental snapshots).
 pub const DELTA_SUFFIX: &str = ".delta";
 /// Suffix of a file being written; recovery removes every such file.
@@ -70,6 +75,16 @@ pub fn delta(offset: u64) -> String {
 /// The offset a snapshot or delta file name stands for, if it is one.
 pub fn parse_snapshot(name: &str) -> Option<u64> {
     parse_offset_name(name, SNAPSHOT_SUFFIX).or_else(|| parse_offset_name(name, DELTA_SUFFIX))
+}
+
+/// The file name of a cluster node's snapshot at Raft index `index`.
+pub fn raft_snapshot(index: u64) -> String {
+    offset_name(index, RAFT_SNAPSHOT_SUFFIX)
+}
+
+/// The Raft index a cluster snapshot's file name stands for, if it is one.
+pub fn parse_raft_snapshot(name: &str) -> Option<u64> {
+    parse_offset_name(name, RAFT_SNAPSHOT_SUFFIX)
 }
 
 /// Whether a snapshot file name is a delta's.
@@ -119,6 +134,8 @@ mod tests {
             assert_eq!(parse_segment(bad), None, "{bad}");
         }
         assert_eq!(parse_snapshot("00000000000000000001.log"), None);
+        assert_eq!(parse_raft_snapshot(&raft_snapshot(42)), Some(42));
+        assert_eq!(parse_snapshot(&raft_snapshot(42)), None);
     }
 
     #[test]

@@ -237,6 +237,30 @@ pub fn compaction_target(
     (at > first_offset).then_some(at)
 }
 
+/// How far behind its snapshot a leader keeps its log for a follower that is still
+/// catching up, in multiples of `trailing_entries` (at least [`FOLLOWER_KEEP_MIN`]
+/// entries); a follower further behind is past what the log is kept for.
+pub const FOLLOWER_KEEP_FACTOR: u64 = 8;
+/// The least a leader keeps for a follower catching up, in entries.
+pub const FOLLOWER_KEEP_MIN: u64 = 10_000;
+
+/// The first Raft index a cluster node keeps after a durable snapshot at `snapshot`:
+/// `trailing` entries behind it, and on a leader further back to the match index of
+/// the slowest follower heard from recently (`followers`: match index, recently
+/// active), so that it catches up from the log, unless that follower is more than
+/// `FOLLOWER_KEEP_FACTOR × trailing` (at least `FOLLOWER_KEEP_MIN`) entries behind
+/// the snapshot. Never past the snapshot: its entry stays, so its term is known.
+pub fn raft_keep_from(snapshot: u64, trailing: u64, followers: &[(u64, bool)]) -> u64 {
+    let mut keep = snapshot.saturating_sub(trailing).max(1);
+    let bound = (FOLLOWER_KEEP_FACTOR * trailing).max(FOLLOWER_KEEP_MIN);
+    for &(matched, active) in followers {
+        if active && snapshot.saturating_sub(matched) <= bound {
+            keep = keep.min(matched + 1);
+        }
+    }
+    keep
+}
+
 /// Which snapshot files retention deletes: given every snapshot and delta on disk as
 /// (offset, name), everything older than the `retain` newest chains (a chain starts
 /// at a full snapshot, a name ending in `.snap`) — never the newest chain.
@@ -625,5 +649,26 @@ mod tests {
         );
         let c = costs(&segments, None, o(0), o(2_000_000), 0, (1_000_000, 500));
         assert_eq!(c.replay_estimate_ms, 1_000);
+    }
+
+    #[test]
+    fn a_cluster_node_keeps_its_log_for_followers_catching_up_within_a_bound() {
+        // Alone (a follower, or no follower behind): trailing entries behind the snapshot.
+        assert_eq!(raft_keep_from(50_000, 5_000, &[]), 45_000);
+        assert_eq!(raft_keep_from(100, 5_000, &[]), 1);
+        assert_eq!(raft_keep_from(50_000, 0, &[]), 50_000);
+        // A follower at 30,000: its next entry stays.
+        assert_eq!(
+            raft_keep_from(50_000, 5_000, &[(30_000, true), (49_999, true)]),
+            30_001
+        );
+        // Not heard from recently: not waited for.
+        assert_eq!(raft_keep_from(50_000, 5_000, &[(30_000, false)]), 45_000);
+        // Too far behind (more than 8 x 5,000): not waited for either.
+        assert_eq!(raft_keep_from(50_000, 5_000, &[(9_999, true)]), 45_000);
+        assert_eq!(raft_keep_from(50_000, 5_000, &[(10_000, true)]), 10_001);
+        // The bound is at least 10,000 entries.
+        assert_eq!(raft_keep_from(50_000, 0, &[(40_000, true)]), 40_001);
+        assert_eq!(raft_keep_from(50_000, 0, &[(39_999, true)]), 50_000);
     }
 }

@@ -13,6 +13,8 @@ pub struct DirListing {
     pub segments: Vec<(u64, String)>,
     /// Snapshots and deltas, `(offset, name)`, in offset order.
     pub snapshots: Vec<(u64, String)>,
+    /// A cluster node's snapshots, `(Raft index, name)`, in index order.
+    pub raft_snapshots: Vec<(u64, String)>,
     /// Whether `log.meta` exists.
     pub meta: bool,
     /// Whether `raft.state` exists: the log is a cluster node's Raft log.
@@ -33,6 +35,8 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
             out.segments.push((start, name));
         } else if let Some(offset) = layout::parse_snapshot(&name) {
             out.snapshots.push((offset, name));
+        } else if let Some(index) = layout::parse_raft_snapshot(&name) {
+            out.raft_snapshots.push((index, name));
         } else if name == META {
             out.meta = true;
         } else if name == RAFT_STATE {
@@ -47,6 +51,7 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
     }
     out.segments.sort();
     out.snapshots.sort();
+    out.raft_snapshots.sort();
     out.temps.sort();
     out.broken.sort();
     out.foreign.sort();

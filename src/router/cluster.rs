@@ -259,6 +259,12 @@ pub(super) fn status_json((s, ids): &(ClusterStatus, Arc<[String]>)) -> Value {
         "next_offset": s.next_offset.on_wire(),
         "match_index": matched,
         "state_digest": format!("{:08x}", s.state_digest),
+        "first_index": s.first_index,
+        "snapshot_index": s.management.snapshot.as_ref().map(|f| f.offset.get()),
+        "snapshot_file": s.management.snapshot.as_ref().map(|f| f.file.clone()),
+        "snapshots_written": s.management.snapshots_written,
+        "compactions": s.management.compactions,
+        "bytes_freed": s.management.bytes_freed,
         "poisoned": s.poisoned,
     })
 }

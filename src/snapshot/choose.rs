@@ -113,3 +113,57 @@ pub fn choose(
         skipped: plan.skipped,
     })
 }
+
+/// The cluster snapshot a Raft log in `dir` restarts from: the newest of `snapshots`
+/// (`(index, name)`) that verifies and that the log, compacted to `first_offset`,
+/// continues (index `first_offset + 1` is the first live record's). The consensus
+/// layer decodes its head; this checks its bytes, for `verify` and `inspect`.
+///
+/// # Errors
+/// [`crate::Error::Open`] when the log was compacted and no verified snapshot reaches
+/// it.
+pub fn choose_machine(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    snapshots: &[(u64, String)],
+    first_offset: Offset,
+) -> crate::Result<Chosen> {
+    let first = first_offset.get();
+    let mut skipped = Vec::new();
+    for (index, name) in snapshots.iter().rev() {
+        if first > 0 && *index < first + 1 {
+            break;
+        }
+        match read_machine(fs, &dir.join(name)) {
+            Ok(m) if m.index == *index => {
+                let file = SnapshotFile {
+                    file: name.clone(),
+                    offset: Offset::from_disk(m.index),
+                    size_bytes: m.size_bytes,
+                    checksum: m.checksum,
+                };
+                return Ok(Chosen {
+                    snapshot: Some(file.clone()),
+                    chain: vec![file],
+                    state: m.state,
+                    skipped,
+                });
+            }
+            Ok(m) => skipped.push((name.clone(), format!("its header says index {}", m.index))),
+            Err(why) => skipped.push((name.clone(), why)),
+        }
+    }
+    if first > 0 {
+        return Err(crate::Error::Open(format!(
+            "{}: the Raft log was compacted to offset {first} and no cluster snapshot that \
+             verifies reaches it",
+            dir.display()
+        )));
+    }
+    Ok(Chosen {
+        snapshot: None,
+        chain: Vec::new(),
+        state: KvState::default(),
+        skipped,
+    })
+}

@@ -9,6 +9,8 @@ pub(super) const MAGIC: &[u8; 8] = b"FLNTSNAP";
 
 pub(super) const DELTA_MAGIC: &[u8; 8] = b"FLNTDLTA";
 
+pub(super) const MACHINE_MAGIC: &[u8; 8] = b"FLNTRSNP";
+
 pub(super) const VERSION: u32 = 1;
 
 /// Most bytes one decoded pair may take: two strings of the largest payload.
@@ -45,6 +47,8 @@ pub(super) fn decode_header(
             "not a {} file (bad magic)",
             if magic == DELTA_MAGIC {
                 "delta"
+            } else if magic == MACHINE_MAGIC {
+                "cluster snapshot"
             } else {
                 "snapshot"
             }

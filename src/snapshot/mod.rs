@@ -22,6 +22,14 @@
 //!   None deletes the key
 //! ```
 //!
+//! A cluster node's snapshot (`<index>.rsnap`, magic `FLNTRSNP`, the same header with
+//! the Raft index in the offset field) holds the replicated state machine:
+//!
+//! ```text
+//! body: head (bincode byte string: the consensus layer's fields, see
+//!   `consensus::image`), then the full snapshot's body
+//! ```
+//!
 //! A file's identity is its body checksum: a delta names its parent by offset and
 //! checksum, so a chain (a full snapshot, then deltas each building on the one before)
 //! cannot be mixed up with another chain's files.
@@ -53,12 +61,12 @@ mod format;
 mod read;
 mod write;
 
-pub use choose::{Chosen, choose};
+pub use choose::{Chosen, choose, choose_machine};
 pub use format::HEADER_BYTES;
 use format::*;
 use read::read_full;
-pub use read::{Delta, read, read_delta};
-pub use write::{to_bytes, write, write_delta};
+pub use read::{Delta, MachineFile, read, read_delta, read_machine};
+pub use write::{to_bytes, write, write_delta, write_machine};
 
 #[cfg(test)]
 mod tests {

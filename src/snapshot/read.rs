@@ -150,10 +150,58 @@ pub(super) fn read_full(fs: &dyn FileSystem, path: &Path) -> Result<(u64, u32, K
         .open(path, false)
         .map_err(|e| format!("cannot open: {e}"))?;
     let (header, mut r) = open_body(&*file, MAGIC)?;
+    let state = read_state(&mut r, &header)?;
+    r.finish(&header)?;
+    Ok((header.offset, header.body_crc, state))
+}
+
+/// Reads and fully verifies a cluster node's snapshot (see [`write_machine`]): its
+/// index, body checksum, size, the consensus layer's head bytes, and the state.
+///
+/// [`write_machine`]: super::write_machine
+///
+/// # Errors
+/// A sentence saying what is wrong, for the caller to prefix with the path.
+pub fn read_machine(fs: &dyn FileSystem, path: &Path) -> Result<MachineFile, String> {
+    let file = fs
+        .open(path, false)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let (header, mut r) = open_body(&*file, MACHINE_MAGIC)?;
+    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
+    let head: Vec<u8> = bincode::decode_from_std_read(&mut r, limited)
+        .map_err(|e| format!("head does not decode: {e}"))?;
+    let state = read_state(&mut r, &header)?;
+    r.finish(&header)?;
+    Ok(MachineFile {
+        index: header.offset,
+        checksum: header.body_crc,
+        size_bytes: header.body_len + HEADER_BYTES,
+        head,
+        state,
+    })
+}
+
+/// A cluster node's snapshot as read back.
+#[derive(Debug)]
+pub struct MachineFile {
+    /// The Raft index it was cut at.
+    pub index: u64,
+    /// Its body checksum.
+    pub checksum: u32,
+    /// The file's size.
+    pub size_bytes: u64,
+    /// What the consensus layer stored beside the state.
+    pub head: Vec<u8>,
+    /// The key-value state.
+    pub state: KvState,
+}
+
+/// Reads the key-value part of a body: the counts, then the pairs in key order.
+fn read_state(r: &mut ChunkReader<'_>, header: &Header) -> Result<KvState, String> {
     let bad = |e: bincode::error::DecodeError| format!("body does not decode: {e}");
     let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
     let (count, other_payloads): (u64, u64) =
-        bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+        bincode::decode_from_std_read(&mut *r, limited).map_err(bad)?;
     if count > header.body_len / 2 {
         return Err(format!(
             "body claims {count} keys in {} bytes",
@@ -164,7 +212,7 @@ pub(super) fn read_full(fs: &dyn FileSystem, path: &Path) -> Result<(u64, u32, K
     let mut last: Option<Arc<str>> = None;
     for _ in 0..count {
         let (k, v): (String, String) =
-            bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+            bincode::decode_from_std_read(&mut *r, limited).map_err(bad)?;
         let k: Arc<str> = Arc::from(k);
         if last.as_ref().is_some_and(|l| *l >= k) {
             return Err("keys are not in strictly ascending order".into());
@@ -172,13 +220,8 @@ pub(super) fn read_full(fs: &dyn FileSystem, path: &Path) -> Result<(u64, u32, K
         map.insert(k.clone(), Arc::from(v));
         last = Some(k);
     }
-    r.finish(&header)?;
-    Ok((
-        header.offset,
-        header.body_crc,
-        KvState {
-            map,
-            other_payloads,
-        },
-    ))
+    Ok(KvState {
+        map,
+        other_payloads,
+    })
 }

@@ -94,7 +94,28 @@ pub fn write_delta(
     })
 }
 
-/// The recipe both kinds share: the body streamed after a placeholder header (synced
+/// Writes a cluster node's snapshot `name` at Raft index `index`: `head` (the
+/// consensus layer's own fields, opaque here) then the state's body, crash-safely as
+/// [`write`].
+///
+/// # Errors
+/// As [`write`].
+pub fn write_machine(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: String,
+    index: u64,
+    head: &[u8],
+    state: &KvState,
+    sync_chunk: u64,
+) -> io::Result<SnapshotFile> {
+    write_file(fs, dir, name, MACHINE_MAGIC, index, sync_chunk, |w| {
+        bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+        write_body(w, state)
+    })
+}
+
+/// The recipe every kind shares: the body streamed after a placeholder header (synced
 /// every `sync_chunk` bytes), then the real header, all through [`create_durably`].
 pub(super) fn write_file(
     fs: &dyn FileSystem,

@@ -9,6 +9,7 @@ mod damage;
 mod disk;
 mod docs;
 mod fuzz_corpus;
+mod group;
 mod input;
 mod kill;
 mod layers;

@@ -1,0 +1,264 @@
+//! A cluster node's snapshot: the replicated state machine at a Raft index, with what
+//! Raft needs to continue from it.
+//!
+//! An [`Image`] is cut on the consensus thread in O(1) (the key-value map is a
+//! persistent map, shared with the live state; the sessions and offset runs are
+//! small) and written by the cluster's snapshotter thread as `<index>.rsnap` (the
+//! snapshot file recipe of [`crate::snapshot`]: temp file, synced in chunks, header,
+//! fsync, rename, directory fsync). The head the snapshot module stores opaque is:
+//!
+//! ```text
+//! bincode: (version u32 = 1, term u64, voters Vec<u64>, next_offset u64,
+//!           runs Vec<(offset u64, index u64)>,
+//!           sessions Vec<(node u64, boot u64, floor u64, applied Vec<u64>, last_index u64)>)
+//! ```
+//!
+//! The state's digest covers the same fields as [`Machine::digest`], so a node that
+//! loads an image reports the digest of the node that cut it.
+
+use std::path::Path;
+
+use crate::consensus::Machine;
+use crate::consensus::command::Session;
+use crate::core::layout;
+use crate::core::position::Offset;
+use crate::fs::{FileSystem, join};
+use crate::snapshot::{self, SnapshotFile};
+
+const VERSION: u32 = 1;
+
+/// The replicated state machine at a Raft index: a snapshot's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The term of the entry at `machine.applied`.
+    pub term: u64,
+    /// The group's voters.
+    pub voters: Vec<u64>,
+    /// The state machine; `machine.applied` is the image's index.
+    pub machine: Machine,
+}
+
+type SessionRow = (u64, u64, u64, Vec<u64>, u64);
+type Head = (u32, u64, Vec<u64>, u64, Vec<(u64, u64)>, Vec<SessionRow>);
+
+impl Image {
+    /// The Raft index the image stands at.
+    pub fn index(&self) -> u64 {
+        self.machine.applied
+    }
+
+    fn head(&self) -> Vec<u8> {
+        let m = &self.machine;
+        let sessions: Vec<SessionRow> = m
+            .sessions
+            .iter()
+            .map(|(&(node, boot), s)| {
+                (
+                    node,
+                    boot,
+                    s.floor,
+                    s.applied.iter().copied().collect(),
+                    s.last_index,
+                )
+            })
+            .collect();
+        let head: Head = (
+            VERSION,
+            self.term,
+            self.voters.clone(),
+            m.next_offset.on_disk(),
+            m.runs.clone(),
+            sessions,
+        );
+        bincode::encode_to_vec(head, bincode::config::standard()).expect("to memory")
+    }
+
+    fn from_parts(file: snapshot::MachineFile) -> Result<Image, String> {
+        let (head, used): (Head, usize) =
+            bincode::decode_from_slice(&file.head, bincode::config::standard())
+                .map_err(|e| format!("head does not decode: {e}"))?;
+        if used != file.head.len() {
+            return Err("head has bytes after its fields".into());
+        }
+        let (version, term, voters, next_offset, runs, sessions) = head;
+        if version != VERSION {
+            return Err(format!("unsupported cluster snapshot version {version}"));
+        }
+        if runs
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 >= w[1].1)
+            || runs
+                .last()
+                .is_some_and(|&(o, i)| o >= next_offset || i > file.index)
+        {
+            return Err("its offset runs are out of order".into());
+        }
+        let machine = Machine {
+            kv: file.state,
+            next_offset: Offset::from_disk(next_offset),
+            applied: file.index,
+            runs,
+            sessions: sessions
+                .into_iter()
+                .map(|(node, boot, floor, applied, last_index)| {
+                    let session = Session {
+                        floor,
+                        applied: applied.into_iter().collect(),
+                        last_index,
+                    };
+                    ((node, boot), session)
+                })
+                .collect(),
+        };
+        Ok(Image {
+            term,
+            voters,
+            machine,
+        })
+    }
+}
+
+/// Writes `image` as `<index>.rsnap` in `dir`, crash-safely; returns the file once
+/// durable.
+///
+/// # Errors
+/// The I/O error (no file under the final name was touched).
+pub fn write(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    image: &Image,
+    sync_chunk: u64,
+) -> std::io::Result<SnapshotFile> {
+    snapshot::write_machine(
+        fs,
+        dir,
+        layout::raft_snapshot(image.index()),
+        image.index(),
+        &image.head(),
+        &image.machine.kv,
+        sync_chunk,
+    )
+}
+
+/// Reads and verifies the snapshot `name` in `dir`.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn read(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<(Image, SnapshotFile), String> {
+    let file = snapshot::read_machine(fs, &join(dir, name))?;
+    if layout::parse_raft_snapshot(name) != Some(file.index) {
+        return Err(format!("its header says index {}", file.index));
+    }
+    let info = SnapshotFile {
+        file: name.to_string(),
+        offset: Offset::from_disk(file.index),
+        size_bytes: file.size_bytes,
+        checksum: file.checksum,
+    };
+    Ok((Image::from_parts(file)?, info))
+}
+
+/// The newest snapshot among `on_disk` (as `(index, name)`) that verifies and from
+/// which the log continues (its index at least `first_index - 1`); damaged ones are
+/// skipped with a warning. `Ok(None)` when there is none and the log was never
+/// compacted (`first_index` 1: the state is rebuilt from the whole log).
+///
+/// # Errors
+/// The log was compacted and no snapshot reaches it: starting would lose the
+/// compacted entries' effects.
+pub fn load(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    on_disk: &[(u64, String)],
+    first_index: u64,
+) -> crate::Result<Option<(Image, SnapshotFile)>> {
+    for (index, name) in on_disk.iter().rev() {
+        if *index + 1 < first_index {
+            break;
+        }
+        match read(fs, dir, name) {
+            Ok(found) => return Ok(Some(found)),
+            Err(why) => log::warn!("skipping cluster snapshot {name}: {why}"),
+        }
+    }
+    if first_index > 1 {
+        return Err(crate::Error::Open(format!(
+            "{}: the Raft log starts at index {first_index} but no snapshot that verifies \
+             reaches it (cluster snapshots found: {:?}); restore one, or start this node \
+             on a new directory",
+            dir.display(),
+            on_disk.iter().map(|(_, n)| n).collect::<Vec<_>>()
+        )));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::{Command, Ticket};
+    use crate::fs::sim::SimFs;
+
+    fn sample(last: u64) -> Image {
+        let mut m = Machine::default();
+        for i in 1..=last {
+            if i % 5 == 0 {
+                m.skip(i);
+                continue;
+            }
+            let t = Ticket {
+                node: 1 + i % 3,
+                boot: 7,
+                seq: i,
+            };
+            m.apply(
+                i,
+                t,
+                &Command::Append(format!("set k{}=v{i}", i % 6).into_bytes()),
+            );
+        }
+        Image {
+            term: 3,
+            voters: vec![1, 2, 3],
+            machine: m,
+        }
+    }
+
+    #[test]
+    fn an_image_round_trips_and_keeps_its_digest() {
+        let fs = SimFs::new();
+        let dir = Path::new("/n");
+        fs.create_dir_all(dir).unwrap();
+        let image = sample(20);
+        let file = write(&fs, dir, &image, 4096).unwrap();
+        assert_eq!(file.file, "00000000000000000020.rsnap");
+        let (back, info) = read(&fs, dir, &file.file).unwrap();
+        assert_eq!(back, image);
+        assert_eq!(back.machine.digest(), image.machine.digest());
+        assert_eq!(info, file);
+    }
+
+    #[test]
+    fn a_damaged_image_is_refused_and_loading_falls_back() {
+        let fs = SimFs::new();
+        let dir = Path::new("/n");
+        fs.create_dir_all(dir).unwrap();
+        let old_file = write(&fs, dir, &sample(10), 4096).unwrap();
+        let new_file = write(&fs, dir, &sample(20), 4096).unwrap();
+        let size = new_file.size_bytes;
+        for at in [3, 20, 41, size / 2, size - 1] {
+            let mut f = fs.open(&join(dir, &new_file.file), true).unwrap();
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+            assert!(read(&fs, dir, &new_file.file).is_err(), "flip at {at}");
+            let on_disk = [(10, old_file.file.clone()), (20, new_file.file.clone())];
+            let (got, _) = load(&fs, dir, &on_disk, 5).unwrap().unwrap();
+            assert_eq!(got.index(), 10);
+            // The older one is too old for a log that starts past it.
+            assert!(load(&fs, dir, &on_disk, 15).is_err());
+            f.write_all_at(&b, at).unwrap();
+        }
+        assert!(load(&fs, dir, &[], 1).unwrap().is_none());
+    }
+}

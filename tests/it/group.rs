@@ -1,0 +1,300 @@
+//! Cluster nodes in one process, on real directories, with a network that can cut a
+//! node off: snapshots and compaction in a live group, restarts from a snapshot.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use flintlog::cluster::{ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, Transport};
+use flintlog::consensus::{Command, Effect};
+use flintlog::{Config, Error, Offset, Reply};
+use raft::eraftpb::Message;
+
+pub const VOTERS: [u64; 3] = [1, 2, 3];
+
+/// A network between in-process nodes: messages to a node that is down or cut off are
+/// dropped.
+#[derive(Clone, Default)]
+pub struct Net {
+    nodes: Arc<RwLock<Vec<Option<Arc<ClusterNode>>>>>,
+    cut_off: Arc<Mutex<HashSet<u64>>>,
+}
+
+struct Link {
+    from: u64,
+    net: Net,
+}
+
+impl Transport for Link {
+    fn send(&self, msg: Message) {
+        let cut = self.net.cut_off.lock().unwrap();
+        if cut.contains(&self.from) || cut.contains(&msg.to) {
+            return;
+        }
+        drop(cut);
+        let nodes = self.net.nodes.read().unwrap();
+        if let Some(Some(n)) = nodes.get(msg.to as usize - 1) {
+            n.step(msg);
+        }
+    }
+}
+
+pub struct Group {
+    pub net: Net,
+    pub dirs: Vec<PathBuf>,
+    configure: fn(&mut Config),
+    _root: tempfile::TempDir,
+}
+
+impl Group {
+    pub fn start(configure: fn(&mut Config)) -> Group {
+        let root = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (1..=3).map(|i| root.path().join(format!("n{i}"))).collect();
+        let g = Group {
+            net: Net::default(),
+            dirs,
+            configure,
+            _root: root,
+        };
+        *g.net.nodes.write().unwrap() = vec![None, None, None];
+        for id in 1..=3 {
+            g.up(id);
+        }
+        g
+    }
+
+    pub fn config(&self, id: u64) -> Config {
+        let mut c = Config::new(&self.dirs[id as usize - 1]);
+        (self.configure)(&mut c);
+        c
+    }
+
+    /// Starts (or restarts) node `id` on its directory.
+    pub fn up(&self, id: u64) {
+        let link = Box::new(Link {
+            from: id,
+            net: self.net.clone(),
+        });
+        let node = ClusterNode::open(&self.config(id), id, &VOTERS, link).unwrap();
+        self.net.nodes.write().unwrap()[id as usize - 1] = Some(Arc::new(node));
+    }
+
+    /// Stops node `id` (its directory stays).
+    pub fn down(&self, id: u64) {
+        let node = self.net.nodes.write().unwrap()[id as usize - 1].take();
+        if let Some(node) = node {
+            // The links of the others may hold a clone for a moment.
+            let mut node = node;
+            loop {
+                match Arc::try_unwrap(node) {
+                    Ok(n) => return n.shutdown(),
+                    Err(back) => {
+                        node = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn cut_off(&self, id: u64, cut: bool) {
+        let mut set = self.net.cut_off.lock().unwrap();
+        if cut {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
+    }
+
+    pub fn node(&self, id: u64) -> Arc<ClusterNode> {
+        self.net.nodes.read().unwrap()[id as usize - 1]
+            .clone()
+            .expect("node is up")
+    }
+
+    pub fn status(&self, id: u64) -> ClusterStatus {
+        call(|r| self.node(id).status_with(r)).unwrap()
+    }
+
+    pub fn read(&self, id: u64, q: ReadQuery) -> flintlog::Result<ReadAnswer> {
+        call(|r| self.node(id).read_with(q, r))
+    }
+
+    /// Appends `payload` through node `id`, retrying while no leader is known.
+    pub fn append(&self, id: u64, payload: String) -> Offset {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let cmd = Command::Append(payload.clone().into_bytes());
+            match call(|r| self.node(id).propose_with(cmd, r)) {
+                Ok(Effect::Applied(o)) => return o,
+                Ok(other) => panic!("append answered {other:?}"),
+                Err(Error::Unavailable(_)) if Instant::now() < deadline => {}
+                Err(e) => panic!("append through n{id}: {e}"),
+            }
+        }
+    }
+
+    /// Waits until `ids` have applied the same index with the same digest.
+    pub fn converge(&self, ids: &[u64]) -> Vec<ClusterStatus> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s: Vec<ClusterStatus> = ids.iter().map(|&i| self.status(i)).collect();
+            let same = s
+                .windows(2)
+                .all(|w| (w[0].applied, w[0].state_digest) == (w[1].applied, w[1].state_digest));
+            let led = s
+                .iter()
+                .any(|x| x.role == "leader" && x.applied == x.commit);
+            if same && led && s.iter().all(|x| x.applied > 0) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no convergence: {s:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for id in 1..=3 {
+            self.down(id);
+        }
+    }
+}
+
+pub fn call<T: Send + 'static>(submit: impl FnOnce(Reply<T>)) -> flintlog::Result<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    submit(Reply::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.recv().unwrap()
+}
+
+pub fn files(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Small thresholds, so that a few hundred writes snapshot and compact several times.
+fn small(c: &mut Config) {
+    c.segment_bytes_max = 4096;
+    c.segment_prefill = false;
+    c.policy.snapshot_entries = 100;
+    c.policy.jitter_percent = 0;
+    c.policy.trailing_entries = 20;
+    c.policy.retain_snapshots = 2;
+}
+
+#[test]
+fn a_group_snapshots_compacts_and_restarts_from_its_snapshots() {
+    let g = Group::start(small);
+    let mut acked = Vec::new();
+    for i in 0..600u64 {
+        let id = 1 + i % 3;
+        acked.push((g.append(id, format!("set k{}=v{i}", i % 37)), i));
+    }
+    let before = g.converge(&[1, 2, 3]);
+    for (i, s) in before.iter().enumerate() {
+        let m = &s.management;
+        assert!(m.snapshots_written >= 3, "n{}: {s:#?}", i + 1);
+        assert!(
+            m.compactions >= 1 && s.first_index > 100,
+            "n{}: {s:#?}",
+            i + 1
+        );
+        let snaps = files(&g.dirs[i], ".rsnap");
+        assert!(
+            !snaps.is_empty() && snaps.len() <= 2,
+            "n{}: {snaps:?}",
+            i + 1
+        );
+        // Compaction deleted the segments below the first index.
+        let first_segment = files(&g.dirs[i], ".log")[0].clone();
+        assert!(first_segment != "00000000000000000000.log", "n{}", i + 1);
+    }
+    // Every acknowledged offset reads back, or is reported compacted away.
+    let mut compacted = 0;
+    for &(offset, i) in &acked {
+        match g.read(2, ReadQuery::Entry(offset)) {
+            Ok(ReadAnswer::Entry(e)) => {
+                assert_eq!(e.payload, format!("set k{}=v{i}", i % 37).into_bytes())
+            }
+            Err(Error::NotFound(why)) if why.contains("compacted") => compacted += 1,
+            other => panic!("offset {offset}: {other:?}"),
+        }
+    }
+    assert!(compacted > 0 && compacted < acked.len(), "{compacted}");
+    // A restart loads the newest snapshot and replays the log after it.
+    for id in 1..=3 {
+        g.down(id);
+        g.up(id);
+        let s = g.status(id);
+        let snap = s.management.snapshot.as_ref().expect("a snapshot loaded");
+        assert!(
+            s.applied >= snap.offset.get() && s.first_index > 1,
+            "{s:#?}"
+        );
+    }
+    for i in 600..700u64 {
+        acked.push((g.append(1 + i % 3, format!("set k{}=v{i}", i % 37)), i));
+    }
+    // (A restarted node's commit index starts at its snapshot's: the commit index is
+    // not durable; the new leader's first commit brings it back.)
+    let end = g.converge(&[1, 2, 3]);
+    assert!(end[0].applied > before[0].applied);
+    for key in 0..37 {
+        let want = (0..700u64).filter(|i| i % 37 == key).max().unwrap();
+        match g.read(3, ReadQuery::Key(format!("k{key}"))).unwrap() {
+            ReadAnswer::Value(v) => assert_eq!(v, Some(format!("v{want}"))),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(end[0].next_offset, Offset::new(700));
+    // `verify` knows a compacted Raft log: it starts from its newest snapshot.
+    g.down(2);
+    let ex = flintlog::inspect::examine(&flintlog::fs::RealFs, &g.dirs[1]);
+    assert!(ex.raft_log && ex.refusal.is_none(), "{:?}", ex.refusal);
+    assert!(ex.first_offset.get() > 0 && !ex.damaged(), "{ex:?}");
+    let used = ex.snapshot_used.clone().expect("a snapshot used");
+    assert!(used.ends_with(".rsnap"), "{used}");
+    assert!(ex.snapshots.iter().all(|s| s.damage.is_none()), "{ex:?}");
+    let report = flintlog::inspect::verify_report(&ex);
+    assert!(report.ends_with("OK\n"), "{report}");
+}
+
+#[test]
+fn a_follower_behind_the_leaders_compacted_log_is_never_served_stale_state() {
+    let g = Group::start(small);
+    for i in 0..50u64 {
+        g.append(1 + i % 2, format!("set k{}=old{i}", i % 5));
+    }
+    g.converge(&[1, 2, 3]);
+    g.cut_off(3, true);
+    // Long enough for the leader to stop counting n3 as recently active.
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 50..450u64 {
+        g.append(1 + i % 2, format!("set k{}=new{i}", i % 5));
+    }
+    let leader = g.converge(&[1, 2]);
+    assert!(leader.iter().all(|s| s.first_index > 52), "{leader:#?}");
+    g.cut_off(3, false);
+    std::thread::sleep(Duration::from_millis(1500));
+    let s3 = g.status(3);
+    assert!(s3.applied < leader[0].first_index, "{s3:#?}");
+    // It cannot confirm a read: it answers none rather than an old value.
+    match g.read(3, ReadQuery::Key("k0".into())) {
+        Err(Error::Unavailable(_)) => {}
+        other => panic!("n3 answered a read it cannot confirm: {other:?}"),
+    }
+    // The others serve on.
+    match g.read(1, ReadQuery::Key("k0".into())).unwrap() {
+        ReadAnswer::Value(v) => assert_eq!(v.as_deref(), Some("new445")),
+        other => panic!("{other:?}"),
+    }
+}
