@@ -68,9 +68,25 @@ fn three_nodes_under_partitions_kills_pauses_and_loss() {
             "0.1",
             "--seed",
             "7",
+            // Snapshots and compactions happen during the run (the trailing entries
+            // cover what a follower misses in a 2 s fault, about 150 entries).
+            "--snapshot-entries",
+            "100",
+            "--trailing-entries",
+            "400",
         ],
     );
     assert_eq!(r["pass"], true);
+    let total = |field: &str| -> u64 {
+        r[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    };
+    assert!(total("snapshots_written") >= 3, "{r}");
+    assert!(total("compactions") >= 1, "{r}");
     assert!(r["nemesis"].as_array().unwrap().len() >= 3, "{r}");
     assert!(r["requests"]["ok"].as_u64().unwrap() > 100, "{r}");
     assert!(r["appends"]["acknowledged"].as_u64().unwrap() > 10, "{r}");
