@@ -164,7 +164,9 @@ impl ClusterNode {
         let loaded = image::load(&*fs, &config.dir, &on_disk, store.first_index())?;
         let (machine, newest) = match loaded {
             Some((image, file)) => {
-                if image.voters != voters {
+                let mut expected = voters.to_vec();
+                expected.sort_unstable();
+                if image.voters != expected {
                     return Err(Error::Open(format!(
                         "{}: snapshot {} belongs to a group of voters {:?}, not {voters:?}",
                         config.dir.display(),

@@ -261,4 +261,92 @@ mod tests {
         }
         assert!(load(&fs, dir, &[], 1).unwrap().is_none());
     }
+
+    /// One step of a random workload: an entry at the next index.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Append(u8, u8),
+        Cas(u8, u8, u8),
+        Empty,
+        /// The same ticket as `n` steps before (a proposal that arrived twice).
+        Again(u8),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            5 => (0..8u8, any::<u8>()).prop_map(|(k, v)| Step::Append(k, v)),
+            3 => (0..8u8, 0..4u8, 0..4u8).prop_map(|(k, f, t)| Step::Cas(k, f, t)),
+            1 => Just(Step::Empty),
+            1 => (1..20u8).prop_map(Step::Again),
+        ]
+    }
+
+    /// Applies `steps` from index `from + 1` on, as every replica would.
+    fn replay(m: &mut Machine, steps: &[Step], from: usize) {
+        let ticket = |i: usize| Ticket {
+            node: 1 + (i % 3) as u64,
+            boot: 1,
+            seq: 1 + i as u64,
+        };
+        for (i, s) in steps.iter().enumerate().skip(from) {
+            let index = i as u64 + 1;
+            match s {
+                Step::Append(k, v) => {
+                    m.apply(
+                        index,
+                        ticket(i),
+                        &Command::Append(format!("set k{k}={v}").into_bytes()),
+                    );
+                }
+                Step::Cas(k, f, t) => {
+                    let cmd = Command::Cas {
+                        key: format!("k{k}"),
+                        from: format!("{}", f % 4),
+                        to: format!("{t}"),
+                    };
+                    m.apply(index, ticket(i), &cmd);
+                }
+                Step::Empty => m.skip(index),
+                Step::Again(n) => {
+                    let earlier = i.saturating_sub(*n as usize);
+                    let cmd = Command::Append(b"set again=1".to_vec());
+                    m.apply(index, ticket(earlier), &cmd);
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Snapshot accuracy: at every applied index, a snapshot written and read
+        /// back, then the rest of the log replayed on it, gives the state (digest,
+        /// offsets, sessions) of a replay of the whole log from the start.
+        #[test]
+        fn a_snapshot_plus_the_rest_of_the_log_equals_a_full_replay(
+            steps in proptest::collection::vec(step(), 1..120),
+            cut in 0..120usize,
+        ) {
+            let cut = cut.min(steps.len());
+            let mut full = Machine::default();
+            replay(&mut full, &steps, 0);
+            let mut upto = Machine::default();
+            replay(&mut upto, &steps[..cut], 0);
+            let fs = SimFs::new();
+            let dir = Path::new("/n");
+            fs.create_dir_all(dir).unwrap();
+            let image = Image { term: 1, voters: vec![1, 2, 3], machine: upto };
+            let file = write(&fs, dir, &image, 4096).unwrap();
+            let (mut back, _) = read(&fs, dir, &file.file).unwrap();
+            proptest::prop_assert_eq!(&back, &image);
+            replay(&mut back.machine, &steps, cut);
+            proptest::prop_assert_eq!(back.machine.digest(), full.digest());
+            proptest::prop_assert_eq!(&back.machine, &full);
+            for o in 0..full.next_offset.get() {
+                let o = Offset::new(o);
+                proptest::prop_assert_eq!(back.machine.index_of(o), full.index_of(o));
+            }
+        }
+    }
 }

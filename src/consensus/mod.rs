@@ -167,10 +167,12 @@ impl<S: LogStore> Peer<S> {
         let term = self.node.raft.raft_log.term(index).unwrap_or_else(|e| {
             panic!("the term of applied entry {index} is unknown: {e}");
         });
-        let conf = self.node.raft.prs().conf().to_conf_state();
+        // raft-rs keeps the voters in a hash set: in no particular order.
+        let mut voters = self.node.raft.prs().conf().to_conf_state().voters;
+        voters.sort_unstable();
         image::Image {
             term,
-            voters: conf.voters,
+            voters,
             machine: self.machine.clone(),
         }
     }
