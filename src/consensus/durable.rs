@@ -35,14 +35,16 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::LogStore;
-use crate::core::layout::RAFT_STATE;
+use crate::core::layout::{RAFT_INSTALL, RAFT_STATE};
 use crate::core::position::Offset;
 use crate::core::recovery::classify;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join, sync_failed};
+use crate::wal::meta::LogStart;
 use crate::wal::{Log, LogOptions, RecoverLog};
 
 const MAGIC: &[u8; 8] = b"FLNTRAFT";
+const INSTALL_MAGIC: &[u8; 8] = b"FLNTINST";
 const VERSION: u32 = 1;
 /// Entries kept in memory after they are written, for the appends a leader sends.
 const TAIL_CACHED: usize = 4096;
@@ -126,6 +128,81 @@ pub fn decode_state(b: &[u8]) -> std::result::Result<(Vec<u64>, HardState), Stri
         ..HardState::default()
     };
     Ok((voters, hs))
+}
+
+/// Encodes `raft.install`: the snapshot the log is being replaced by.
+fn encode_install(index: u64, term: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(28);
+    b.extend_from_slice(INSTALL_MAGIC);
+    b.extend_from_slice(&index.to_le_bytes());
+    b.extend_from_slice(&term.to_le_bytes());
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode_install(b: &[u8]) -> std::result::Result<(u64, u64), String> {
+    if b.len() != 28 || &b[0..8] != INSTALL_MAGIC {
+        return Err("not an install marker".into());
+    }
+    if crc32c::crc32c(&b[..24]) != u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    Ok((u64_at(8), u64_at(16)))
+}
+
+/// Replaces every segment in `options.dir` by one starting at offset `index - 1` that
+/// holds only the snapshot's own entry (index `index`, term `term`, no data: Raft asks
+/// its term), and makes `log.meta` start there; then removes `raft.install`. Each step
+/// is durable before the next, and the whole is idempotent: while `raft.install`
+/// exists, opening the log runs it again from the start.
+fn redo_install(
+    fs: &Arc<dyn FileSystem>,
+    options: &LogOptions,
+    index: u64,
+    term: u64,
+) -> io::Result<Log> {
+    let dir = &options.dir;
+    let listing = classify(fs.list(dir)?);
+    for (_, name) in &listing.segments {
+        fs.remove(&join(dir, name))?;
+    }
+    fs.sync_dir(dir).map_err(sync_failed)?;
+    let at = index - 1;
+    drop(crate::wal::create_segment(
+        &**fs,
+        dir,
+        at,
+        options.preallocate_bytes(),
+        options.prefill,
+    )?);
+    let start = LogStart {
+        first_offset: Offset::new(at),
+        skip: None,
+    };
+    crate::wal::meta::write(&**fs, dir, &start)?;
+    let (mut log, _) = Log::recover(
+        fs.clone(),
+        RecoverLog {
+            options,
+            segments: vec![(at, crate::core::layout::segment(at))],
+            start,
+            replay_from: start.first_offset,
+        },
+        &mut |_, _| {},
+    )
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let own = Entry {
+        index,
+        term,
+        ..Entry::default()
+    };
+    log.append(std::iter::once(encode_entry(&own).as_slice()))?;
+    log.sync().map_err(sync_failed)?;
+    fs.remove(&join(dir, RAFT_INSTALL))?;
+    fs.sync_dir(dir).map_err(sync_failed)?;
+    Ok(log)
 }
 
 fn read_state(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Vec<u64>, HardState)>> {
@@ -212,6 +289,7 @@ impl Syncer {
 pub struct RaftLog {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
+    options: LogOptions,
     log: RefCell<Log>,
     voters: Vec<u64>,
     /// Runs of equal terms: `(first index, term)`, in index order, from the run that
@@ -249,7 +327,7 @@ impl RaftLog {
         let names = fs
             .list(&dir)
             .map_err(|e| Error::open_io(format!("cannot list {}", dir.display()), &e))?;
-        let listing = classify(names);
+        let mut listing = classify(names);
         for name in &listing.temps {
             fs.remove(&join(&dir, name))
                 .map_err(|e| Error::open_io(format!("cannot remove {name}"), &e))?;
@@ -257,6 +335,43 @@ impl RaftLog {
         if !listing.temps.is_empty() {
             fs.sync_dir(&dir)
                 .map_err(|e| Error::open_io(dir.display(), &e))?;
+        }
+        if listing.raft_install {
+            let path = join(&dir, RAFT_INSTALL);
+            let bytes = fs
+                .open(&path, false)
+                .and_then(|f| {
+                    let mut b = vec![0u8; f.len()?.min(64) as usize];
+                    f.read_exact_at(&mut b, 0)?;
+                    Ok(b)
+                })
+                .map_err(|e| Error::open_io(path.display(), &e))?;
+            // The marker is written whole before anything else changes: a damaged one
+            // is one whose creation was cut short, and nothing was replaced yet.
+            match decode_install(&bytes) {
+                Ok((index, term)) => {
+                    log::warn!(
+                        "{}: finishing the install of the snapshot at index {index}, \
+                         interrupted",
+                        dir.display()
+                    );
+                    drop(
+                        redo_install(&fs, options, index, term)
+                            .map_err(|e| Error::open_io("finishing a snapshot install", &e))?,
+                    );
+                    let names = fs.list(&dir).map_err(|e| {
+                        Error::open_io(format!("cannot list {}", dir.display()), &e)
+                    })?;
+                    listing = classify(names);
+                }
+                Err(why) => {
+                    return Err(Error::Open(format!(
+                        "{} is damaged ({why}): it is created durably before the log is \
+                         replaced, so this should not happen; move it aside to start",
+                        path.display()
+                    )));
+                }
+            }
         }
         let hs = match read_state(&*fs, &dir)? {
             Some((was, hs)) if was == voters => hs,
@@ -338,6 +453,7 @@ impl RaftLog {
         Ok(RaftLog {
             fs,
             dir,
+            options: options.clone(),
             log: RefCell::new(log),
             voters: voters.to_vec(),
             terms,
@@ -476,6 +592,32 @@ impl RaftLog {
         while self.tail.front().is_some_and(|e| e.index < first) {
             self.tail.pop_front();
         }
+    }
+
+    /// Replaces the whole log by the start of one that continues from a snapshot at
+    /// `index` (term `term`), which the caller made durable in this directory first:
+    /// `raft.install` is written durably, then the segments are replaced (see
+    /// [`redo_install`]), then the marker removed. Entries are read from `index + 1`.
+    ///
+    /// # Errors
+    /// The I/O error: fail-stop for the caller (recovery finishes the install).
+    pub fn install(&mut self, index: u64, term: u64) -> io::Result<()> {
+        assert!(index >= 1, "a snapshot at index 0");
+        let bytes = encode_install(index, term);
+        create_durably(&*self.fs, &self.dir, RAFT_INSTALL, |f| {
+            f.write_all_at(&bytes, 0)
+        })?;
+        self.log.get_mut().retire_spare();
+        let log = redo_install(&self.fs, &self.options, index, term)?;
+        *self.log.get_mut() = log;
+        self.first = index + 1;
+        self.last = index;
+        self.terms = vec![(index, term)];
+        self.tail.clear();
+        self.written.clear();
+        self.writes += 1;
+        self.commit_floor = self.commit_floor.max(index);
+        Ok(())
     }
 
     /// Takes in what the compactor did (see [`Log::compacted`]) and fences reads below

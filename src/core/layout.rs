@@ -3,6 +3,7 @@
 //! ```text
 //! <node dir>/
 //!   LOCK                              flock'd by the running node; holds its pid
+//!   raft.state, raft.install          a cluster node's hard state; its install marker
 //!   log.meta                          the first live offset after compaction
 //!   00000000000000000000.log          a segment: entries from offset 0
 //!   00000000000000001000.snap         a full snapshot covering [0, 1000)
@@ -23,6 +24,9 @@ pub const META: &str = "log.meta";
 /// Name of a cluster node's Raft state: the group's voters and the hard state (term,
 /// vote, commit). Its presence marks the directory's log as a Raft log.
 pub const RAFT_STATE: &str = "raft.state";
+/// Name of a cluster node's install marker: present while the log is being replaced by
+/// a snapshot received from the leader (recovery finishes the replacement).
+pub const RAFT_INSTALL: &str = "raft.install";
 /// Name of the next segment while it is prepared, zero-filled, in advance.
 pub const SPARE_SEGMENT: &str = "spare.log.tmp";
 /// Suffix of segment files.

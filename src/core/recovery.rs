@@ -3,7 +3,7 @@
 //! found, handed in by the caller), and where the log's replay starts. `Node::open` and
 //! `flintlog verify`/`inspect` both follow this one plan (through `survey::survey`).
 
-use crate::core::layout::{self, BROKEN_SUFFIX, LOCK, META, RAFT_STATE, TEMP_SUFFIX};
+use crate::core::layout::{self, BROKEN_SUFFIX, LOCK, META, RAFT_INSTALL, RAFT_STATE, TEMP_SUFFIX};
 use crate::error::{Error, Result};
 
 /// The directory's files, sorted into what recovery does with them.
@@ -19,6 +19,8 @@ pub struct DirListing {
     pub meta: bool,
     /// Whether `raft.state` exists: the log is a cluster node's Raft log.
     pub raft_state: bool,
+    /// Whether `raft.install` exists: an interrupted install of a snapshot.
+    pub raft_install: bool,
     /// Leftover temporary files of an interrupted write: removed.
     pub temps: Vec<String>,
     /// Bytes kept from earlier repairs: left alone.
@@ -41,6 +43,8 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
             out.meta = true;
         } else if name == RAFT_STATE {
             out.raft_state = true;
+        } else if name == RAFT_INSTALL {
+            out.raft_install = true;
         } else if name.ends_with(TEMP_SUFFIX) {
             out.temps.push(name);
         } else if name.ends_with(BROKEN_SUFFIX) {

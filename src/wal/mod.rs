@@ -28,8 +28,7 @@ mod scan;
 pub mod segment;
 
 pub use recover::{LogOptions, LogRecovery, RecoverLog};
-pub use roll::RollError;
-use roll::create_segment;
+pub use roll::{RollError, create_segment};
 pub use scan::{LogScan, ScannedSegment, TornTail, scan};
 
 use std::collections::VecDeque;
@@ -80,6 +79,14 @@ pub struct Log {
 impl Drop for Log {
     fn drop(&mut self) {
         // A clean shutdown leaves no spare behind.
+        self.retire_spare();
+    }
+}
+
+impl Log {
+    /// Waits for the segment being prepared, if any, and removes it: before the
+    /// directory's segments are replaced under this log.
+    pub fn retire_spare(&mut self) {
         if let Some(spare) = self.spare.take() {
             let _ = spare.join();
             let _ = self.fs.remove(&join(&self.dir, SPARE_SEGMENT));

@@ -32,7 +32,8 @@ pub struct LogOptions {
 }
 
 impl LogOptions {
-    fn preallocate_bytes(&self) -> u64 {
+    /// The size new segments are preallocated to.
+    pub fn preallocate_bytes(&self) -> u64 {
         self.segment_bytes_max.min(self.preallocate_bytes_max)
     }
 }

@@ -134,7 +134,12 @@ fn zero_fill(file: &mut dyn File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
-pub(super) fn create_segment(
+/// Creates the segment starting at `start`, durably (temp file, header, preallocated,
+/// fsync, rename, directory fsync), and opens it.
+///
+/// # Errors
+/// The I/O error.
+pub fn create_segment(
     fs: &dyn FileSystem,
     dir: &Path,
     start: u64,

@@ -333,3 +333,124 @@ fn verify_knows_a_raft_log_and_checks_its_records() {
     assert_eq!(ex.keys, 0, "Raft entries are not replayed as commands");
     assert!(flintlog::inspect::verify_report(&ex).contains("Raft log"));
 }
+
+/// What the install workload made durable.
+#[derive(Default)]
+struct Installed {
+    /// Entries 1-10 were synced.
+    old_synced: bool,
+    /// `install` returned: the log continues from the snapshot at 40.
+    done: bool,
+    /// Entries after the snapshot that a sync made durable.
+    synced_after: u64,
+}
+
+/// A lagging follower: entries 1-10 of term 1, durable; then the log is replaced by a
+/// snapshot at index 40 of term 2 (whose file the caller made durable first), then
+/// entries 41-45 of term 2 are written, synced after 43 and 45. Stops at the first
+/// error.
+fn install_workload(fs: &SimFs) -> Installed {
+    let mut o = Installed::default();
+    let Ok(mut log) = open(fs) else { return o };
+    if log
+        .write_entries(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+        .is_err()
+        || log.sync().is_err()
+    {
+        return o;
+    }
+    o.old_synced = true;
+    if log.install(40, 2).is_err() {
+        return o;
+    }
+    o.done = true;
+    for (from, to) in [(41, 43), (44, 45)] {
+        if log
+            .write_entries(&(from..=to).map(|i| entry(i, 2)).collect::<Vec<_>>())
+            .is_err()
+            || log.sync().is_err()
+        {
+            return o;
+        }
+        o.synced_after = to - 40;
+    }
+    o
+}
+
+fn check_install(disk: &SimFs, o: &Installed) -> Result<(), String> {
+    let log = open(disk).map_err(|e| format!("recovery refused: {e}"))?;
+    let first = log.first_index();
+    if first == 1 {
+        // The install had not begun durably: the old log, whole once it was synced.
+        if o.done {
+            return Err("the install returned, but the old log came back".into());
+        }
+        let old: Vec<_> = (1..=10)
+            .map(|i| (i, 1, entry(i, 1).data.to_vec()))
+            .collect();
+        let got = contents(&log);
+        if got.len() > old.len() || got[..] != old[..got.len()] || (o.old_synced && got != old) {
+            return Err(format!("the old log came back changed: {got:?}"));
+        }
+        return Ok(());
+    }
+    if first != 41 || log.term(40) != Ok(2) {
+        return Err(format!(
+            "first index {first}, term of 40 {:?}",
+            log.term(40)
+        ));
+    }
+    let last = log.last_index();
+    if last < 40 + o.synced_after {
+        return Err(format!("synced entries lost: the log ends at {last}"));
+    }
+    if last > 40 {
+        let got = log
+            .entries(41, last + 1, None, raft::GetEntriesContext::empty(false))
+            .map_err(|e| e.to_string())?;
+        for e in got {
+            if e.term != 2 || e.data != entry(e.index, 2).data {
+                return Err(format!("entry {} is not what was written", e.index));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn replacing_the_log_by_a_snapshot_survives_a_power_cut_at_every_operation() {
+    let clean = SimFs::new();
+    let o = install_workload(&clean);
+    assert!(o.done && o.synced_after == 5);
+    let log = open(&clean.clean_copy()).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (41, 45));
+    let ops = clean.ops();
+    let (mut states, mut failures) = (0, Vec::new());
+    for k in 0..=ops {
+        let fs = SimFs::new();
+        fs.set_faults(Faults {
+            crash_at: Some(k),
+            ..Faults::default()
+        });
+        let o = install_workload(&fs);
+        for mode in CrashMode::ALL {
+            for seed in 0..3 {
+                states += 1;
+                let disk = fs.crash(seed, mode);
+                if let Err(why) = check_install(&disk, &o) {
+                    failures.push(format!("op={k} mode={mode:?} seed={seed}: {why}"));
+                }
+            }
+        }
+    }
+    println!(
+        "Raft log install: {ops} operations, {states} crash states, {} failures",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {}",
+        failures.len(),
+        failures[0]
+    );
+}
