@@ -54,6 +54,9 @@ pub struct Config {
     pub delete_chunk_bytes: u64,
     /// The pause between two truncation steps of a compacted segment.
     pub delete_pause: std::time::Duration,
+    /// Most bytes per second a cluster node sends of its snapshots to members that
+    /// catch up from one (0: no limit).
+    pub snapshot_send_bytes_per_sec: u64,
     /// The clock the log-management policy reads (its age trigger, the ages in
     /// `wal_status`); tests substitute a [`crate::clock::ManualClock`].
     pub clock: Arc<dyn Clock>,
@@ -87,6 +90,7 @@ impl Config {
             segment_prefill: true,
             delete_chunk_bytes: 1024 * 1024,
             delete_pause: std::time::Duration::from_millis(10),
+            snapshot_send_bytes_per_sec: 64 * 1024 * 1024,
             clock: Arc::new(SystemClock),
         }
     }

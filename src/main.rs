@@ -99,6 +99,11 @@ struct Args {
     /// the full snapshot's size.
     #[arg(long, default_value_t = Policy::default().delta_share_percent, value_name = "PERCENT", help_heading = "Log management")]
     delta_share_percent: u64,
+
+    /// In a group: most bytes per second this node sends of its snapshots to members
+    /// catching up from one (0: no limit).
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES", help_heading = "Log management")]
+    snapshot_send_bytes_per_sec: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,6 +217,7 @@ fn main() -> ExitCode {
     node.fsync = args.fsync;
     node.segment_bytes_max = args.max_segment_bytes;
     node.payload_bytes_max = args.max_payload_bytes;
+    node.snapshot_send_bytes_per_sec = args.snapshot_send_bytes_per_sec;
     node.policy = Policy {
         snapshot_entries: args.snapshot_entries,
         snapshot_bytes: args.snapshot_bytes,

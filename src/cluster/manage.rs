@@ -33,11 +33,42 @@ use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::types::{Compaction, SnapshotFile};
 
+use super::Transport;
+use super::transfer::{CHUNK_BYTES, Identity, Part};
+use std::time::Duration;
+
 /// A snapshot to write, with the retention in force.
 pub(super) struct Cut {
     image: Image,
     retain: u64,
 }
+
+/// Work for the snapshotter thread.
+pub(super) enum Job {
+    /// Write a snapshot.
+    Cut(Cut),
+    /// Send `count` chunks of one of this node's snapshots to member `to`.
+    Serve {
+        to: u64,
+        file: String,
+        checksum: u32,
+        from: u64,
+        count: u32,
+    },
+    /// Write a received chunk at byte `at` of the part file `part` (created at 0).
+    Receive {
+        part: String,
+        at: u64,
+        data: Vec<u8>,
+    },
+    /// The part file of `id` is whole: verify it and rename it into place.
+    Finish { id: Identity },
+    /// Remove part files other than `keep` (a transfer that will not resume).
+    Forget { keep: Option<String> },
+}
+
+/// Snapshot files pinned by a transfer stay this long after the last ask.
+const PIN: Duration = Duration::from_secs(30);
 
 /// What the snapshotter and the compactor report to the consensus actor.
 pub(super) enum Report {
@@ -46,6 +77,14 @@ pub(super) enum Report {
     Snapshot(std::result::Result<Written, (String, bool)>),
     /// A compaction finished.
     Compaction(Result<Compaction>),
+    /// The part file `part` holds its first `durable` bytes durably.
+    Received { part: String, durable: u64 },
+    /// A received snapshot is whole, verified and in place, or why not (the part
+    /// file is then gone: the transfer starts over).
+    Downloaded {
+        id: Identity,
+        outcome: std::result::Result<(Image, SnapshotFile), String>,
+    },
 }
 
 /// A durable snapshot.
@@ -66,6 +105,26 @@ pub struct Management {
     pub compactions: u64,
     /// Bytes the compactions freed.
     pub bytes_freed: u64,
+    /// Snapshot transfers to this node.
+    pub transfers: Transfers,
+}
+
+/// Counts of snapshot transfers received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Offers of a snapshot this node began to receive.
+    pub started: u64,
+    /// Of those, how many went on from a part file kept from an earlier attempt (a
+    /// restart of this node, a new offer of the same snapshot).
+    pub resumed: u64,
+    /// Times a stalled transfer asked again from its durable length (a chunk lost,
+    /// damaged or out of order, the sender slow or gone).
+    pub asked_again: u64,
+    /// Transfers that started over from zero: another snapshot was offered while one
+    /// was under way, or the whole file did not verify.
+    pub restarted: u64,
+    /// Snapshots received whole, verified and installed.
+    pub completed: u64,
 }
 
 pub(super) struct Manager {
@@ -78,7 +137,7 @@ pub(super) struct Manager {
     cutting: bool,
     compacting: bool,
     pub status: Management,
-    cuts: Option<Sender<Cut>>,
+    jobs: Option<Sender<Job>>,
     pub reports: Receiver<Report>,
     report_tx: Sender<Report>,
     compactor: Option<Sender<CompactorMsg>>,
@@ -92,6 +151,7 @@ impl Manager {
     pub(super) fn start(
         fs: Arc<dyn FileSystem>,
         config: &Config,
+        transport: Arc<dyn Transport>,
         first_offset: Offset,
         applied: u64,
         newest: Option<SnapshotFile>,
@@ -102,7 +162,7 @@ impl Manager {
             pause: config.delete_pause,
         };
         let (report_tx, reports) = crossbeam_channel::unbounded();
-        let (cut_tx, cut_rx) = crossbeam_channel::bounded::<Cut>(1);
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(64);
         let (feedback_tx, feedback) = crossbeam_channel::unbounded();
         let started = |e: std::io::Error| Error::Open(format!("cannot start a thread: {e}"));
         let snapshotter = Snapshotter {
@@ -112,11 +172,16 @@ impl Manager {
             pacing,
             on_disk,
             reports: report_tx.clone(),
+            transport,
+            pinned: std::collections::HashMap::new(),
+            checksums: std::collections::HashMap::new(),
+            send_rate: config.snapshot_send_bytes_per_sec,
+            sent: (Instant::now(), 0),
         };
         let snapshotter = spawn_actor(
             "snapshotter",
             |why: String| log::error!("{why}; the cluster node takes no more snapshots"),
-            move || snapshotter.run(&cut_rx),
+            move || snapshotter.run(&job_rx),
         )
         .map_err(started)?;
         let (compactor, compactor_join) =
@@ -136,7 +201,7 @@ impl Manager {
                 snapshot: newest,
                 ..Management::default()
             },
-            cuts: Some(cut_tx),
+            jobs: Some(job_tx),
             reports,
             report_tx,
             compactor: Some(compactor),
@@ -157,23 +222,33 @@ impl Manager {
 
     /// Hands a cut to the snapshotter.
     pub(super) fn cut(&mut self, image: Image) {
-        let Some(cuts) = &self.cuts else { return };
+        let Some(jobs) = &self.jobs else { return };
         self.last_cut = (image.index(), Instant::now());
         self.round += 1;
         self.thresholds = self.policy.thresholds(self.seed, self.round);
         self.cutting = true;
         let retain = self.policy.retain_snapshots;
-        if cuts.try_send(Cut { image, retain }).is_err() {
+        if jobs.try_send(Job::Cut(Cut { image, retain })).is_err() {
             self.cutting = false;
         }
     }
 
-    /// Takes in a snapshot report; returns the durable snapshot's index when the log
-    /// may now be compacted behind it.
+    /// Hands transfer work to the snapshotter thread; dropped when its queue is full
+    /// (the transfer asks again).
+    pub(super) fn job(&self, job: Job) {
+        if let Some(jobs) = &self.jobs
+            && jobs.try_send(job).is_err()
+        {
+            log::debug!("the snapshotter's queue is full: transfer work dropped");
+        }
+    }
+
+    /// Takes in a snapshot report; returns the durable snapshot's identity, and
+    /// whether the log may now be compacted behind it.
     pub(super) fn snapshot_done(
         &mut self,
         r: std::result::Result<Written, (String, bool)>,
-    ) -> std::result::Result<Option<u64>, String> {
+    ) -> std::result::Result<Option<(Identity, bool)>, String> {
         self.cutting = false;
         match r {
             Ok(w) => {
@@ -184,10 +259,16 @@ impl Manager {
                     w.file.size_bytes,
                     w.term
                 );
-                let index = w.file.offset.get();
+                let id = Identity {
+                    index: w.file.offset.get(),
+                    term: w.term,
+                    file: w.file.file.clone(),
+                    size: w.file.size_bytes,
+                    checksum: w.file.checksum,
+                };
                 self.status.snapshot = Some(w.file);
                 self.status.snapshots_written += 1;
-                Ok((self.policy.auto_compact && !self.compacting).then_some(index))
+                Ok(Some((id, self.policy.auto_compact && !self.compacting)))
             }
             Err((why, true)) => Err(why),
             Err((why, false)) => {
@@ -246,7 +327,7 @@ impl Manager {
 
     /// Stops both threads (after the jobs they hold) and waits for them.
     pub(super) fn stop(&mut self) {
-        self.cuts.take();
+        self.jobs.take();
         self.compactor.take();
         for join in self.joins.drain(..) {
             let _ = join.join();
@@ -262,11 +343,52 @@ struct Snapshotter {
     /// Snapshots on disk, `(index, name)`, oldest first.
     on_disk: Vec<(u64, String)>,
     reports: Sender<Report>,
+    transport: Arc<dyn Transport>,
+    /// Snapshots being sent, with the time of the last ask: retention keeps them.
+    pinned: std::collections::HashMap<String, Instant>,
+    /// Body checksums of the snapshots on disk, as learned.
+    checksums: std::collections::HashMap<String, u32>,
+    /// Most bytes per second sent to other members (0: no limit).
+    send_rate: u64,
+    /// Since when, and how many bytes, sent at the current rate.
+    sent: (Instant, u64),
 }
 
 impl Snapshotter {
-    fn run(mut self, cuts: &Receiver<Cut>) {
-        while let Ok(cut) = cuts.recv() {
+    fn run(mut self, jobs: &Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            let cut = match job {
+                Job::Cut(cut) => cut,
+                Job::Serve {
+                    to,
+                    file,
+                    checksum,
+                    from,
+                    count,
+                } => {
+                    self.serve(to, &file, checksum, from, count);
+                    continue;
+                }
+                Job::Receive { part, at, data } => {
+                    let r = self.receive(&part, at, &data);
+                    match r {
+                        Ok(durable) => {
+                            let _ = self.reports.send(Report::Received { part, durable });
+                        }
+                        Err(e) => log::warn!("writing a received snapshot chunk to {part}: {e}"),
+                    }
+                    continue;
+                }
+                Job::Finish { id } => {
+                    let outcome = self.finish(&id);
+                    let _ = self.reports.send(Report::Downloaded { id, outcome });
+                    continue;
+                }
+                Job::Forget { keep } => {
+                    self.forget(keep.as_deref());
+                    continue;
+                }
+            };
             let started = Instant::now();
             let r = self.write(&cut);
             let failed = matches!(r, Err((_, true)));
@@ -299,7 +421,12 @@ impl Snapshotter {
         // Every cluster snapshot is a full one: a chain of one file.
         self.on_disk.sort();
         let keep = (cut.retain.max(1) as usize).min(self.on_disk.len());
-        let dropped = self.on_disk[..self.on_disk.len() - keep].to_vec();
+        self.pinned.retain(|_, at| at.elapsed() < PIN);
+        let dropped: Vec<(u64, String)> = self.on_disk[..self.on_disk.len() - keep]
+            .iter()
+            .filter(|(_, name)| !self.pinned.contains_key(name))
+            .cloned()
+            .collect();
         if dropped.is_empty() {
             return Ok(file);
         }
@@ -330,6 +457,167 @@ impl Snapshotter {
                 log::warn!("could not free retired snapshot {name}: {e}");
             }
         }
+        self.checksums
+            .retain(|name, _| !dropped.iter().any(|(_, d)| d == name));
         Ok(file)
+    }
+
+    /// The body checksum and size of snapshot `file` on disk, if it is one of ours.
+    fn identity_of(&mut self, file: &str) -> Option<(u32, u64)> {
+        if !self.on_disk.iter().any(|(_, n)| n == file) {
+            return None;
+        }
+        let path = join(&self.dir, file);
+        let size = self.fs.open(&path, false).and_then(|f| f.len()).ok()?;
+        if let Some(&crc) = self.checksums.get(file) {
+            return Some((crc, size));
+        }
+        let crc = crate::snapshot::read_machine(&*self.fs, &path)
+            .ok()?
+            .checksum;
+        self.checksums.insert(file.to_string(), crc);
+        Some((crc, size))
+    }
+
+    /// Sends `count` chunks of `file` from byte `from` to member `to`, at most at the
+    /// configured rate; `Gone` when the file is not (or no longer) here.
+    fn serve(&mut self, to: u64, file: &str, checksum: u32, from: u64, count: u32) {
+        let gone = || Part::Gone {
+            file: file.to_string(),
+            checksum,
+        };
+        let Some((crc, size)) = self.identity_of(file) else {
+            return self.transport.send_part(to, gone());
+        };
+        if crc != checksum {
+            return self.transport.send_part(to, gone());
+        }
+        self.pinned.insert(file.to_string(), Instant::now());
+        let Ok(f) = self.fs.open(&join(&self.dir, file), false) else {
+            return self.transport.send_part(to, gone());
+        };
+        let mut at = from;
+        for _ in 0..count {
+            if at >= size {
+                break;
+            }
+            let n = CHUNK_BYTES.min(size - at);
+            let mut data = vec![0u8; n as usize];
+            if let Err(e) = f.read_exact_at(&mut data, at) {
+                log::warn!("reading {file} to send it: {e}");
+                return;
+            }
+            self.pace(n);
+            let crc = crc32c::crc32c(&data);
+            self.transport.send_part(
+                to,
+                Part::Chunk {
+                    file: file.to_string(),
+                    checksum,
+                    at,
+                    size,
+                    data,
+                    crc,
+                },
+            );
+            at += n;
+        }
+    }
+
+    /// Sleeps as long as sending `bytes` more takes at the configured rate.
+    fn pace(&mut self, bytes: u64) {
+        if self.send_rate == 0 {
+            return;
+        }
+        let (since, sent) = &mut self.sent;
+        if since.elapsed() > std::time::Duration::from_secs(1) {
+            *since = Instant::now();
+            *sent = 0;
+        }
+        *sent += bytes;
+        let due = std::time::Duration::from_secs_f64(*sent as f64 / self.send_rate as f64);
+        if let Some(wait) = due.checked_sub(since.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Writes a chunk at `at` of the part file and syncs it; returns the part file's
+    /// length, durable. A chunk past the file's end is not written.
+    fn receive(&mut self, part: &str, at: u64, data: &[u8]) -> std::io::Result<u64> {
+        let path = join(&self.dir, part);
+        let mut f = match self.fs.open(&path, true) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && at == 0 => {
+                let f = self.fs.create(&path)?;
+                self.fs
+                    .sync_dir(&self.dir)
+                    .map_err(crate::fs::sync_failed)?;
+                f
+            }
+            Err(e) => return Err(e),
+        };
+        let len = f.len()?;
+        if at > len {
+            return Ok(len);
+        }
+        f.write_all_at(data, at)?;
+        f.sync_data().map_err(crate::fs::sync_failed)?;
+        Ok(at + data.len() as u64)
+    }
+
+    /// Verifies a whole part file and renames it into place.
+    fn finish(&mut self, id: &Identity) -> std::result::Result<(Image, SnapshotFile), String> {
+        let part = id.part_name();
+        let checked =
+            image::read_as(&*self.fs, &self.dir, &part, id.index).and_then(|(image, info)| {
+                if info.checksum != id.checksum
+                    || info.size_bytes != id.size
+                    || image.term != id.term
+                {
+                    return Err(format!(
+                        "it is not the snapshot offered (checksum {:08x}, {} bytes, term {})",
+                        info.checksum, info.size_bytes, image.term
+                    ));
+                }
+                Ok(image)
+            });
+        let path = join(&self.dir, &part);
+        let image = match checked {
+            Ok(image) => image,
+            Err(why) => {
+                let _ = self.fs.remove(&path);
+                return Err(format!(
+                    "the received snapshot {} does not verify: {why}",
+                    id.file
+                ));
+            }
+        };
+        self.fs
+            .rename(&path, &join(&self.dir, &id.file))
+            .and_then(|()| self.fs.sync_dir(&self.dir).map_err(crate::fs::sync_failed))
+            .map_err(|e| format!("putting the received snapshot {} in place: {e}", id.file))?;
+        self.on_disk.retain(|(i, _)| *i != id.index);
+        self.on_disk.push((id.index, id.file.clone()));
+        self.on_disk.sort();
+        self.checksums.insert(id.file.clone(), id.checksum);
+        let file = SnapshotFile {
+            file: id.file.clone(),
+            offset: Offset::new(id.index),
+            size_bytes: id.size,
+            checksum: id.checksum,
+        };
+        Ok((image, file))
+    }
+
+    /// Removes the part files other than `keep`.
+    fn forget(&mut self, keep: Option<&str>) {
+        let Ok(names) = self.fs.list(&self.dir) else {
+            return;
+        };
+        for name in crate::core::recovery::classify(names).parts {
+            if Some(name.as_str()) != keep {
+                let _ = self.fs.remove(&join(&self.dir, &name));
+            }
+        }
     }
 }

@@ -22,6 +22,7 @@
 //! gets error 13 (it may or may not be committed later); a read, error 11.
 
 pub mod manage;
+pub mod transfer;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -59,10 +60,23 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a node's messages to its peers go: the binary writes them to stdout as
 /// `raft` lines; an embedding program supplies its own.
-pub trait Transport: Send {
+pub trait Transport: Send + Sync {
     /// Sends `msg` to the peer with Raft id `msg.to`. Never blocks: a message that
     /// cannot go now is dropped (Raft retries).
     fn send(&self, msg: Message);
+    /// Sends a part of a snapshot transfer to the peer with Raft id `to` (as a
+    /// `snapshot_part` line in the binary). Never blocks; may drop it (the transfer
+    /// asks again).
+    fn send_part(&self, to: u64, part: transfer::Part);
+}
+
+/// What a node sends to a peer, as the router's queue carries it.
+#[derive(Debug)]
+pub enum ToPeer {
+    /// A Raft message.
+    Raft(Message),
+    /// A part of a snapshot transfer, to Raft id `to`.
+    Part { to: u64, part: transfer::Part },
 }
 
 /// What a linearizable read asks.
@@ -118,6 +132,7 @@ pub struct ClusterStatus {
 
 enum Msg {
     Peer(Box<Message>),
+    Part(u64, Box<transfer::Part>),
     Propose(Command, Reply<Effect>),
     Read(ReadQuery, Reply<ReadAnswer>),
     Status(Reply<ClusterStatus>),
@@ -162,6 +177,7 @@ impl ClusterNode {
         let mut store = RaftLog::open(fs.clone(), &config.log_options(), voters)?;
         let on_disk = store.snapshots_on_disk()?;
         let loaded = image::load(&*fs, &config.dir, &on_disk, store.first_index())?;
+        let mut loaded_term = 0;
         let (machine, newest) = match loaded {
             Some((image, file)) => {
                 let mut expected = voters.to_vec();
@@ -181,6 +197,7 @@ impl ClusterNode {
                     image.index(),
                     image.machine.kv.map.len()
                 );
+                loaded_term = image.term;
                 (image.machine, Some(file))
             }
             None => (crate::consensus::Machine::default(), None),
@@ -194,7 +211,7 @@ impl ClusterNode {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
-        let peer = Peer::resume(
+        let mut peer = Peer::resume(
             &PeerConfig {
                 id,
                 election_ticks: ELECTION_TICKS,
@@ -214,7 +231,19 @@ impl ClusterNode {
         let (tx, inbox) = crossbeam_channel::bounded(config.inbox_capacity.max(1024));
         let (jobs_tx, jobs) = crossbeam_channel::unbounded::<(u64, SyncJob)>();
         let (synced_tx, synced) = crossbeam_channel::unbounded();
-        let manager = Manager::start(fs.clone(), config, first_offset, applied, newest, on_disk)?;
+        let transport: Arc<dyn Transport> = Arc::from(transport);
+        if let Some(file) = &newest {
+            peer.store_mut().offer(image_identity(file, loaded_term));
+        }
+        let manager = Manager::start(
+            fs.clone(),
+            config,
+            transport.clone(),
+            first_offset,
+            applied,
+            newest,
+            on_disk,
+        )?;
         let mut syncer = Syncer::new(fs, config.dir.clone(), voters.to_vec());
         let syncer_join = spawn_actor(
             "syncer",
@@ -250,6 +279,8 @@ impl ClusterNode {
             waiting: Vec::new(),
             poisoned: None,
             manager,
+            download: None,
+            serving: HashMap::new(),
         };
         let join = spawn_actor(
             "consensus",
@@ -268,8 +299,8 @@ impl ClusterNode {
         let tx = self.tx.as_ref().expect("running");
         // A full inbox drops a peer message (the network may) but waits for a client's.
         match msg {
-            Msg::Peer(m) => {
-                if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Peer(m)) {
+            Msg::Peer(_) | Msg::Part(..) => {
+                if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
                     log::debug!("consensus inbox full: a peer message dropped");
                 }
             }
@@ -282,6 +313,11 @@ impl ClusterNode {
     /// Hands in a message from a peer.
     pub fn step(&self, msg: Message) {
         self.submit(Msg::Peer(Box::new(msg)));
+    }
+
+    /// Hands in a part of a snapshot transfer from the peer with Raft id `from`.
+    pub fn step_part(&self, from: u64, part: transfer::Part) {
+        self.submit(Msg::Part(from, Box::new(part)));
     }
 
     /// Proposes a command; `reply` gets its effect once committed and applied here.
@@ -336,7 +372,7 @@ struct Waiting {
 
 struct Consensus {
     peer: Peer<RaftLog>,
-    transport: Box<dyn Transport>,
+    transport: Arc<dyn Transport>,
     inbox: Receiver<Msg>,
     /// Sync jobs for the syncer thread, by Ready number.
     jobs: Option<Sender<(u64, SyncJob)>>,
@@ -351,6 +387,40 @@ struct Consensus {
     poisoned: Option<String>,
     /// Snapshots and compaction.
     manager: Manager,
+    /// The snapshot this node is receiving from its leader.
+    download: Option<Download>,
+    /// On a leader: when each follower catching up from a snapshot was last heard of
+    /// (offered one, or asked for chunks).
+    serving: HashMap<u64, Instant>,
+}
+
+/// A snapshot being received: see [`transfer`].
+struct Download {
+    id: transfer::Identity,
+    /// The offer, stepped into raft-rs once the file is whole and in place.
+    msg: Message,
+    /// Bytes of the part file durable, and asked for so far.
+    durable: u64,
+    asked: u64,
+    /// Chunks are taken in order: the next one must start here.
+    expected: u64,
+    asked_at: Instant,
+    finishing: bool,
+}
+
+/// How long a leader waits for a follower to ask for chunks of the snapshot it offered
+/// before it offers again (raft-rs sends a new offer once told the last one failed).
+const OFFER_WAIT: Duration = Duration::from_secs(3);
+
+/// The identity of a durable snapshot of this node, as offers carry it.
+fn image_identity(file: &crate::snapshot::SnapshotFile, term: u64) -> transfer::Identity {
+    transfer::Identity {
+        index: file.offset.get(),
+        term,
+        file: file.file.clone(),
+        size: file.size_bytes,
+        checksum: file.checksum,
+    }
 }
 
 impl Consensus {
@@ -395,6 +465,7 @@ impl Consensus {
                 next_tick = now + TICK;
                 self.retry_waiting(now);
                 self.expire(now);
+                self.transfers_tick();
             }
             self.drive();
             if self.poisoned.is_none() && self.manager.due(self.peer.machine().applied) {
@@ -441,12 +512,227 @@ impl Consensus {
     fn on_report(&mut self, r: manage::Report) {
         match r {
             manage::Report::Snapshot(r) => match self.manager.snapshot_done(r) {
-                Ok(Some(index)) => self.compact_behind(index),
+                Ok(Some((id, compact))) => {
+                    let index = id.index;
+                    self.peer.store_mut().offer(id);
+                    if compact {
+                        self.compact_behind(index);
+                    }
+                }
                 Ok(None) => {}
                 Err(why) => self.poison(why),
             },
             manage::Report::Compaction(r) => self.manager.compaction_done(r),
+            manage::Report::Received { part, durable } => self.received(&part, durable),
+            manage::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
         }
+    }
+
+    /// A leader offers a snapshot (`MsgSnapshot`, carrying its identity): receive it
+    /// in full before raft-rs sees the offer. The same snapshot offered again goes on
+    /// from what arrived; another one starts over.
+    fn offered(&mut self, m: Message) {
+        let id = match transfer::Identity::decode(&m.get_snapshot().data) {
+            Ok(id) if id.index == m.get_snapshot().get_metadata().index => id,
+            Ok(_) => return log::warn!("a snapshot offer whose identity names another index"),
+            Err(why) => return log::warn!("a snapshot offer that does not decode: {why}"),
+        };
+        if id.index <= self.peer.machine().applied {
+            // Nothing to fetch: raft-rs answers it from what this node has.
+            return self.peer.step(m);
+        }
+        if let Some(d) = &mut self.download
+            && d.id == id
+        {
+            d.msg = m;
+            return;
+        }
+        let part = id.part_name();
+        let have = self.peer.store().file_len(&part).unwrap_or(0).min(id.size);
+        let t = &mut self.manager.status.transfers;
+        t.started += 1;
+        if have > 0 {
+            t.resumed += 1;
+        }
+        if self.download.is_some() {
+            t.restarted += 1;
+        }
+        log::info!(
+            "receiving snapshot {} (index {}, {} bytes) from node {}{}",
+            id.file,
+            id.index,
+            id.size,
+            m.from,
+            if have > 0 {
+                format!(", resuming at byte {have}")
+            } else {
+                String::new()
+            }
+        );
+        self.manager.job(manage::Job::Forget {
+            keep: Some(part.clone()),
+        });
+        self.download = Some(Download {
+            id,
+            msg: m,
+            durable: have,
+            asked: have,
+            expected: have,
+            asked_at: Instant::now(),
+            finishing: false,
+        });
+        self.ask();
+    }
+
+    /// Asks the offering leader for the next window of chunks (or, when the file is
+    /// whole, has it verified and put in place).
+    fn ask(&mut self) {
+        let Some(d) = &mut self.download else { return };
+        if d.finishing {
+            return;
+        }
+        if d.durable >= d.id.size {
+            d.finishing = true;
+            let id = d.id.clone();
+            return self.manager.job(manage::Job::Finish { id });
+        }
+        d.expected = d.durable;
+        d.asked = (d.durable + u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES).min(d.id.size);
+        d.asked_at = Instant::now();
+        let part = transfer::Part::Ask {
+            file: d.id.file.clone(),
+            checksum: d.id.checksum,
+            from: d.durable,
+            count: transfer::WINDOW,
+        };
+        self.transport.send_part(d.msg.from, part);
+    }
+
+    fn on_part(&mut self, from: u64, part: transfer::Part) {
+        match part {
+            transfer::Part::Ask {
+                file,
+                checksum,
+                from: at,
+                count,
+            } => {
+                self.serving.insert(from, Instant::now());
+                self.manager.job(manage::Job::Serve {
+                    to: from,
+                    file,
+                    checksum,
+                    from: at,
+                    count: count.min(4 * transfer::WINDOW),
+                });
+            }
+            transfer::Part::Chunk {
+                file,
+                checksum,
+                at,
+                size,
+                data,
+                crc,
+            } => {
+                let Some(d) = &mut self.download else { return };
+                let ok = d.id.file == file
+                    && d.id.checksum == checksum
+                    && d.id.size == size
+                    && at == d.expected
+                    && at + data.len() as u64 <= size
+                    && crc32c::crc32c(&data) == crc;
+                if !ok {
+                    // Out of order, damaged or stale: asked again after a pause.
+                    return;
+                }
+                d.expected += data.len() as u64;
+                self.manager.job(manage::Job::Receive {
+                    part: d.id.part_name(),
+                    at,
+                    data,
+                });
+            }
+            transfer::Part::Gone { file, checksum } => {
+                if self
+                    .download
+                    .as_ref()
+                    .is_some_and(|d| d.id.file == file && d.id.checksum == checksum)
+                {
+                    log::info!(
+                        "the leader no longer has snapshot {file}: waiting for a newer offer"
+                    );
+                    self.download = None;
+                }
+            }
+        }
+    }
+
+    /// The part file holds `durable` bytes durably.
+    fn received(&mut self, part: &str, durable: u64) {
+        let Some(d) = &mut self.download else { return };
+        if d.id.part_name() != part || durable <= d.durable {
+            return;
+        }
+        d.durable = durable;
+        if durable >= d.asked {
+            self.ask();
+        }
+    }
+
+    /// A received snapshot is in place (or did not verify): step the offer into
+    /// raft-rs, which installs it.
+    fn downloaded(
+        &mut self,
+        id: transfer::Identity,
+        outcome: std::result::Result<(image::Image, crate::snapshot::SnapshotFile), String>,
+    ) {
+        let Some(d) = self.download.take_if(|d| d.id == id) else {
+            return;
+        };
+        match outcome {
+            Ok((image, file)) => {
+                self.manager.status.transfers.completed += 1;
+                log::info!("received snapshot {} whole; installing it", id.file);
+                self.peer.store_mut().offer(id.clone());
+                self.manager.status.snapshot = Some(file);
+                self.peer.step_snapshot(d.msg, image);
+            }
+            Err(why) => {
+                log::warn!("{why}; receiving it again from the start");
+                self.manager.status.transfers.restarted += 1;
+                self.download = Some(Download {
+                    durable: 0,
+                    asked: 0,
+                    expected: 0,
+                    finishing: false,
+                    ..d
+                });
+                self.ask();
+            }
+        }
+    }
+
+    /// Every tick: a transfer that stalled asks again from its durable length; a
+    /// leader tells raft-rs that an offer nobody acted on failed, so that it offers
+    /// again (to a follower that restarted, say).
+    fn transfers_tick(&mut self) {
+        if let Some(d) = &self.download
+            && !d.finishing
+            && d.asked_at.elapsed() >= transfer::ASK_AGAIN
+        {
+            self.manager.status.transfers.asked_again += 1;
+            self.ask();
+        }
+        for id in self.peer.followers_in_snapshot() {
+            let quiet = self
+                .serving
+                .get(&id)
+                .is_none_or(|at| at.elapsed() >= OFFER_WAIT);
+            if quiet {
+                self.serving.insert(id, Instant::now());
+                self.peer.snapshot_failed(id);
+            }
+        }
+        self.serving.retain(|_, at| at.elapsed() < 10 * OFFER_WAIT);
     }
 
     /// Compacts the log behind the durable snapshot at `snapshot`, keeping what the
@@ -499,7 +785,7 @@ impl Consensus {
         if let Some(why) = &self.poisoned {
             let e = Error::Crashed(format!("the node stopped serving: {why}"));
             match msg {
-                Msg::Peer(_) => {}
+                Msg::Peer(_) | Msg::Part(..) => {}
                 Msg::Propose(_, reply) => reply.send(Err(e)),
                 Msg::Read(_, reply) => reply.send(Err(e)),
                 Msg::Status(reply) => reply.send(Ok(self.status())),
@@ -507,7 +793,11 @@ impl Consensus {
             return;
         }
         match msg {
+            Msg::Peer(m) if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot => {
+                self.offered(*m);
+            }
             Msg::Peer(m) => self.peer.step(*m),
+            Msg::Part(from, part) => self.on_part(from, *part),
             Msg::Status(reply) => reply.send(Ok(self.status())),
             msg => {
                 if let Err(msg) = self.start(msg) {

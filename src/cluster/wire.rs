@@ -9,8 +9,11 @@
 //! ```text
 //! {"t": type, "term", "lt": log term, "i": index, "c": commit, "ct": commit term,
 //!  "rj": reject, "rh": reject hint, "rs": request snapshot, "ctx": base64,
-//!  "e": [{"t": term, "i": index, "k": kind, "d": base64}, ...]}
+//!  "e": [{"t": term, "i": index, "k": kind, "d": base64}, ...],
+//!  "sn": {"i": index, "t": term, "v": [voters], "d": base64}}
 //! ```
+//! `sn` is a snapshot offer (`MsgSnapshot`): its data is the snapshot's identity, not
+//! its content (see [`super::transfer`]).
 //! Zero and empty fields are left out. `from` and `to` travel in the line's `src`
 //! and `dest`.
 
@@ -71,6 +74,24 @@ pub fn write(out: &mut String, m: &Message) {
         }
         out.push(']');
     }
+    if m.msg_type == MessageType::MsgSnapshot {
+        let s = m.get_snapshot();
+        let meta = s.get_metadata();
+        let voters: Vec<String> = meta
+            .get_conf_state()
+            .voters
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        let _ = write!(
+            out,
+            ", \"sn\": {{\"i\": {}, \"t\": {}, \"v\": [{}], \"d\": \"{}\"}}",
+            meta.index,
+            meta.term,
+            voters.join(", "),
+            B64.encode(&s.data)
+        );
+    }
     out.push('}');
 }
 
@@ -127,8 +148,27 @@ pub fn decode(body: &Value, from: u64, to: u64) -> Result<Message, String> {
     let o = body.as_object().ok_or("a raft message must be an object")?;
     let t = u64_field(o, "t")?;
     let msg_type = message_type(t).ok_or_else(|| format!("unknown message type {t}"))?;
+    let mut snapshot = raft::eraftpb::Snapshot::default();
     if msg_type == MessageType::MsgSnapshot {
-        return Err("snapshot messages are not sent between nodes yet".into());
+        let sn = o
+            .get("sn")
+            .and_then(Value::as_object)
+            .ok_or("a snapshot message without its \"sn\" object")?;
+        let voters = sn
+            .get("v")
+            .and_then(Value::as_array)
+            .ok_or("field \"v\" is not a list")?
+            .iter()
+            .map(|v| v.as_u64().ok_or("a voter is not an unsigned integer"))
+            .collect::<Result<Vec<u64>, _>>()?;
+        let meta = snapshot.mut_metadata();
+        meta.index = u64_field(sn, "i")?;
+        meta.term = u64_field(sn, "t")?;
+        meta.mut_conf_state().voters = voters;
+        if meta.index == 0 {
+            return Err("a snapshot at index 0".into());
+        }
+        snapshot.data = bytes_field(sn, "d")?.into();
     }
     let mut entries = Vec::new();
     match o.get("e") {
@@ -173,6 +213,9 @@ pub fn decode(body: &Value, from: u64, to: u64) -> Result<Message, String> {
         reject_hint: u64_field(o, "rh")?,
         request_snapshot: u64_field(o, "rs")?,
         context: bytes_field(o, "ctx")?.into(),
+        snapshot: Some(snapshot)
+            .filter(|_| msg_type == MessageType::MsgSnapshot)
+            .into(),
         ..Message::default()
     })
 }
@@ -221,19 +264,36 @@ mod tests {
         out
     }
 
+    fn offer() -> Message {
+        let mut m = Message {
+            msg_type: MessageType::MsgSnapshot,
+            to: 2,
+            from: 1,
+            term: 7,
+            ..Message::default()
+        };
+        let s = m.mut_snapshot();
+        s.data = b"identity".to_vec().into();
+        s.mut_metadata().index = 500;
+        s.mut_metadata().term = 6;
+        s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        m
+    }
+
     #[test]
     fn messages_round_trip() {
-        let m = sample();
-        let text = written(&m);
-        assert_eq!(
-            decode(&serde_json::from_str(&text).unwrap(), 1, 2).unwrap(),
-            m
-        );
+        for m in [sample(), offer()] {
+            let text = written(&m);
+            assert_eq!(
+                decode(&serde_json::from_str(&text).unwrap(), 1, 2).unwrap(),
+                m
+            );
+        }
     }
 
     #[test]
     fn the_direct_writer_prints_what_the_router_prints() {
-        for m in [sample(), Message::default()] {
+        for m in [sample(), offer(), Message::default()] {
             let direct = written(&m);
             let mut printed = String::new();
             crate::router::json::write_value(&mut printed, &serde_json::from_str(&direct).unwrap());
@@ -252,6 +312,9 @@ mod tests {
             json!({"t": 3, "e": [{"k": 9}]}),
             json!({"t": 3, "e": [{"d": "!!"}]}),
             json!({"t": 3, "rj": 1}),
+            json!({"t": 7}),
+            json!({"t": 7, "sn": {"i": 0, "t": 1, "v": [1]}}),
+            json!({"t": 7, "sn": {"i": 5, "t": 1, "v": ["x"]}}),
         ] {
             assert!(decode(&bad, 1, 2).is_err(), "{bad}");
         }

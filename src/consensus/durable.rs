@@ -303,6 +303,8 @@ pub struct RaftLog {
     commit_floor: u64,
     /// When the last "a follower needs a snapshot" warning was logged.
     warned: std::cell::Cell<Option<std::time::Instant>>,
+    /// The snapshot offered to followers that need one.
+    offered: Option<crate::cluster::transfer::Identity>,
     last: u64,
     hard_state: HardState,
     /// The hard state last handed to a sync (in `raft.state` once that returned).
@@ -460,6 +462,7 @@ impl RaftLog {
             first,
             commit_floor: 0,
             warned: std::cell::Cell::new(None),
+            offered: None,
             last,
             durable_state: hs.clone(),
             hard_state: hs,
@@ -537,6 +540,22 @@ impl RaftLog {
     /// The first index entries can be read from (1 until compacted).
     pub fn first_index(&self) -> u64 {
         self.first
+    }
+
+    /// The length of file `name` in the log's directory, if it exists.
+    pub fn file_len(&self, name: &str) -> Option<u64> {
+        self.fs
+            .open(&join(&self.dir, name), false)
+            .and_then(|f| f.len())
+            .ok()
+    }
+
+    /// Makes `id` the snapshot offered to a follower that needs entries this log no
+    /// longer holds (its file is durable in this directory).
+    pub fn offer(&mut self, id: crate::cluster::transfer::Identity) {
+        if self.offered.as_ref().is_none_or(|o| o.index <= id.index) {
+            self.offered = Some(id);
+        }
     }
 
     /// The snapshots in the directory when it was opened, as `(index, name)`.
@@ -701,6 +720,10 @@ impl LogStore for RaftLog {
         self.hard_state = hs.clone();
         Ok(())
     }
+
+    fn install(&mut self, index: u64, term: u64) -> io::Result<()> {
+        RaftLog::install(self, index, term)
+    }
 }
 
 impl raft::Storage for RaftLog {
@@ -780,8 +803,19 @@ impl raft::Storage for RaftLog {
     }
 
     fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        // Sending snapshots to followers is not built yet: the follower stays behind
-        // (it answers nothing it has not applied), loudly.
+        // The offer carries the snapshot's identity; the follower fetches the file in
+        // chunks before raft-rs sees the offer (see `cluster::transfer`).
+        if let Some(id) = &self.offered {
+            let mut s = Snapshot {
+                data: id.encode().into(),
+                ..Snapshot::default()
+            };
+            let meta = s.mut_metadata();
+            meta.index = id.index;
+            meta.term = id.term;
+            meta.mut_conf_state().voters = self.voters.clone();
+            return Ok(s);
+        }
         let now = std::time::Instant::now();
         if self
             .warned
@@ -790,8 +824,8 @@ impl raft::Storage for RaftLog {
         {
             self.warned.set(Some(now));
             log::warn!(
-                "node {to} needs entries before index {}, which this node compacted: it \
-                 cannot catch up from this node's log (snapshot transfer is not available)",
+                "node {to} needs entries before index {}, which this node compacted, and \
+                 this node has no snapshot to offer it yet",
                 self.first
             );
         }

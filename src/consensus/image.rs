@@ -145,8 +145,23 @@ pub fn write(
 /// # Errors
 /// What is wrong with it.
 pub fn read(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<(Image, SnapshotFile), String> {
+    let index = layout::parse_raft_snapshot(name).ok_or("not a cluster snapshot's name")?;
+    read_as(fs, dir, name, index)
+}
+
+/// Reads and verifies the file `name` in `dir` as the snapshot at `index` (a snapshot
+/// received under a temporary name).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn read_as(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    index: u64,
+) -> Result<(Image, SnapshotFile), String> {
     let file = snapshot::read_machine(fs, &join(dir, name))?;
-    if layout::parse_raft_snapshot(name) != Some(file.index) {
+    if file.index != index {
         return Err(format!("its header says index {}", file.index));
     }
     let info = SnapshotFile {

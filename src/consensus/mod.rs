@@ -110,6 +110,11 @@ pub struct Peer<S: LogStore> {
     /// follower forwards can be lost on the way, so it is proposed again (the state
     /// machine applies a ticket once).
     proposals: std::collections::BTreeMap<u64, (Vec<u8>, usize)>,
+    /// The state machine of the snapshot the driver stepped in last, until raft-rs
+    /// installs it (or ignores it: it was not newer than what this node committed).
+    incoming: Option<image::Image>,
+    /// A snapshot installed by a cycle: its index, once that cycle is durable.
+    installed: Option<(u64, u64)>,
 }
 
 impl<S: LogStore> Peer<S> {
@@ -152,6 +157,8 @@ impl<S: LogStore> Peer<S> {
             asked: std::collections::BTreeMap::new(),
             reads: Vec::new(),
             proposals: std::collections::BTreeMap::new(),
+            incoming: None,
+            installed: None,
         })
     }
 
@@ -195,6 +202,26 @@ impl<S: LogStore> Peer<S> {
     /// no longer holds (where their client offsets sit).
     pub fn forget_before(&mut self, index: u64) {
         self.machine.forget_before(index);
+    }
+
+    /// On a leader, the followers it is sending a snapshot to (raft-rs waits for them
+    /// to install it before it sends them entries again).
+    pub fn followers_in_snapshot(&self) -> Vec<u64> {
+        let r = &self.node.raft;
+        if r.state != StateRole::Leader {
+            return Vec::new();
+        }
+        r.prs()
+            .iter()
+            .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Tells raft-rs that the snapshot sent to `id` did not arrive: it offers one
+    /// again when it next sends to that follower.
+    pub fn snapshot_failed(&mut self, id: u64) {
+        self.node.report_snapshot(id, raft::SnapshotStatus::Failure);
     }
 
     /// The store.
@@ -314,6 +341,21 @@ impl<S: LogStore> Peer<S> {
         Ok(seq)
     }
 
+    /// Takes in a leader's snapshot message (`MsgSnapshot`) whose state machine the
+    /// driver has in full, verified and durable in the store's directory (`image`).
+    /// raft-rs installs it in a later cycle, or ignores it if this node already
+    /// committed past it.
+    pub fn step_snapshot(&mut self, msg: Message, image: image::Image) {
+        let meta = msg.get_snapshot().get_metadata();
+        assert_eq!(
+            (meta.index, meta.term),
+            (image.index(), image.term),
+            "a snapshot message stepped with another snapshot's state"
+        );
+        self.incoming = Some(image);
+        self.step(msg);
+    }
+
     /// Forgets a request the driver gave up on (a read it stopped waiting for).
     pub fn forget(&mut self, seq: u64) {
         self.asked.remove(&seq);
@@ -324,6 +366,39 @@ impl<S: LogStore> Peer<S> {
     /// Reports that every cycle up to `number` is durable.
     pub fn persisted(&mut self, number: u64) {
         self.node.on_persist_ready(number);
+        if let Some((cycle, index)) = self.installed
+            && cycle <= number
+        {
+            self.installed = None;
+            self.node.advance_apply_to(index);
+        }
+    }
+
+    /// Installs the snapshot of a Ready: the store's log replaced, the state machine
+    /// taken from the image stepped in with it.
+    fn install(&mut self, number: u64, snap: &raft::eraftpb::Snapshot) -> std::io::Result<()> {
+        let meta = snap.get_metadata();
+        let image = self
+            .incoming
+            .take()
+            .filter(|i| i.index() == meta.index && i.term == meta.term)
+            .unwrap_or_else(|| {
+                panic!(
+                    "raft installs the snapshot at {} without its state machine",
+                    meta.index
+                )
+            });
+        self.node.mut_store().install(meta.index, meta.term)?;
+        log::info!(
+            "raft {}: installed the snapshot at index {} (term {}, {} keys)",
+            self.id(),
+            meta.index,
+            meta.term,
+            image.machine.kv.map.len()
+        );
+        self.machine = image.machine;
+        self.installed = Some((number, meta.index));
+        Ok(())
     }
 
     /// Takes the work raft-rs has ready, writes entries and hard state to the store,
@@ -346,7 +421,10 @@ impl<S: LogStore> Peer<S> {
                 self.reads.push((u64::from_le_bytes(seq), rs.index));
             }
         }
-        assert!(rd.snapshot().is_empty(), "snapshots are not sent yet");
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.install(rd.number(), &snap)?;
+        }
         let committed = rd.take_committed_entries();
         let entries = rd.take_entries();
         let hard_state = rd.hs().cloned();

@@ -25,6 +25,12 @@ pub trait LogStore: raft::Storage {
     /// # Errors
     /// The I/O error: fail-stop for the caller.
     fn write_hard_state(&mut self, hs: &HardState) -> std::io::Result<()>;
+    /// Replaces the whole log by an empty one that continues from a snapshot at
+    /// `index` of term `term` (entries from `index + 1`). Durable when it returns.
+    ///
+    /// # Errors
+    /// The I/O error: fail-stop for the caller.
+    fn install(&mut self, index: u64, term: u64) -> std::io::Result<()>;
 }
 
 /// An in-memory Raft log.
@@ -32,7 +38,9 @@ pub trait LogStore: raft::Storage {
 pub struct MemLog {
     hard_state: HardState,
     conf_state: ConfState,
-    /// Entries from index 1 (no compaction yet).
+    /// The index and term before the first entry (a snapshot's; 0 and 0 at first).
+    base: (u64, u64),
+    /// Entries from index `base.0 + 1`.
     entries: Vec<Entry>,
 }
 
@@ -50,13 +58,13 @@ impl MemLog {
         &self.hard_state
     }
 
-    /// Every entry, from index 1.
+    /// Every entry, from index `first_index()`.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
 
     fn last(&self) -> u64 {
-        self.entries.len() as u64
+        self.base.0 + self.entries.len() as u64
     }
 }
 
@@ -66,18 +74,26 @@ impl LogStore for MemLog {
             return Ok(());
         };
         assert!(
-            first.index >= 1 && first.index <= self.last() + 1,
+            first.index > self.base.0 && first.index <= self.last() + 1,
             "entries from {} leave a gap after {}",
             first.index,
             self.last()
         );
-        self.entries.truncate(first.index as usize - 1);
+        self.entries
+            .truncate((first.index - self.base.0 - 1) as usize);
         self.entries.extend_from_slice(entries);
         Ok(())
     }
 
     fn write_hard_state(&mut self, hs: &HardState) -> std::io::Result<()> {
         self.hard_state = hs.clone();
+        Ok(())
+    }
+
+    fn install(&mut self, index: u64, term: u64) -> std::io::Result<()> {
+        self.base = (index, term);
+        self.entries.clear();
+        self.hard_state.commit = self.hard_state.commit.max(index);
         Ok(())
     }
 }
@@ -97,7 +113,7 @@ impl raft::Storage for MemLog {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low < 1 {
+        if low <= self.base.0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         assert!(
@@ -105,23 +121,27 @@ impl raft::Storage for MemLog {
             "entries up to {high} asked, last {}",
             self.last()
         );
-        let mut out = self.entries[(low - 1) as usize..(high - 1) as usize].to_vec();
+        let b = self.base.0 + 1;
+        let mut out = self.entries[(low - b) as usize..(high - b) as usize].to_vec();
         raft::util::limit_size(&mut out, max_size.into());
         Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == 0 {
-            return Ok(0);
+        if idx == self.base.0 {
+            return Ok(self.base.1);
         }
-        match self.entries.get(idx as usize - 1) {
+        if idx < self.base.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.entries.get((idx - self.base.0 - 1) as usize) {
             Some(e) => Ok(e.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.base.0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {

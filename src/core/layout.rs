@@ -10,6 +10,7 @@
 //!   00000000000000001500.delta        a delta on the chain, covering [0, 1500)
 //!   00000000000000002000.rsnap        a cluster node's snapshot: its state machine at
 //!                                     Raft index 2000 (entries [0, 2000) of its log)
+//!   <index>.rsnap.<crc>.part          a cluster snapshot being received (kept: resumed)
 //!   *.tmp                             an interrupted write (spare.log.tmp: the
 //!                                     next segment being prepared); removed at open
 //!   *.broken                          bytes moved aside by recovery; left alone
@@ -89,6 +90,15 @@ pub fn raft_snapshot(index: u64) -> String {
 /// The Raft index a cluster snapshot's file name stands for, if it is one.
 pub fn parse_raft_snapshot(name: &str) -> Option<u64> {
     parse_offset_name(name, RAFT_SNAPSHOT_SUFFIX)
+}
+
+/// Suffix of a snapshot being received from another member.
+pub const PART_SUFFIX: &str = ".part";
+
+/// Where a member keeps the part of snapshot `file` (body checksum `checksum`) it
+/// received so far.
+pub fn snapshot_part(file: &str, checksum: u32) -> String {
+    format!("{file}.{checksum:08x}{PART_SUFFIX}")
 }
 
 /// Whether a snapshot file name is a delta's.

@@ -21,6 +21,8 @@ pub struct DirListing {
     pub raft_state: bool,
     /// Whether `raft.install` exists: an interrupted install of a snapshot.
     pub raft_install: bool,
+    /// Cluster snapshots partly received from another member (kept to resume).
+    pub parts: Vec<String>,
     /// Leftover temporary files of an interrupted write: removed.
     pub temps: Vec<String>,
     /// Bytes kept from earlier repairs: left alone.
@@ -45,6 +47,8 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
             out.raft_state = true;
         } else if name == RAFT_INSTALL {
             out.raft_install = true;
+        } else if name.ends_with(layout::PART_SUFFIX) {
+            out.parts.push(name);
         } else if name.ends_with(TEMP_SUFFIX) {
             out.temps.push(name);
         } else if name.ends_with(BROKEN_SUFFIX) {

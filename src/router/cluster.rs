@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use super::json as out_json;
 use super::{Answer, Body, Router, error_body, ok, wire};
 use crate::actor::Reply;
-use crate::cluster::{ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, Transport};
+use crate::cluster::transfer::{self, Part};
+use crate::cluster::{ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, ToPeer, Transport};
 use crate::consensus::{Command, Effect};
 use crate::core::kv;
 use crate::error::Error;
@@ -44,12 +45,18 @@ impl Member {
 }
 
 /// Peer messages go to the router thread, which writes them out.
-struct ToRouter(Sender<Message>);
+struct ToRouter(Sender<ToPeer>);
 
 impl Transport for ToRouter {
     fn send(&self, msg: Message) {
-        if self.0.try_send(msg).is_err() {
+        if self.0.try_send(ToPeer::Raft(msg)).is_err() {
             log::debug!("peer output queue full: a message dropped");
+        }
+    }
+
+    fn send_part(&self, to: u64, part: Part) {
+        if self.0.try_send(ToPeer::Part { to, part }).is_err() {
+            log::debug!("peer output queue full: a snapshot part dropped");
         }
     }
 }
@@ -99,13 +106,15 @@ impl<W: Write> Router<W> {
     /// Steps a `raft` line from a peer; returns whether the line was one (any other
     /// line is a client's).
     pub(super) fn peer_message(&mut self, line: &[u8]) -> bool {
-        if !line.windows(6).any(|w| w == b"\"raft\"") {
+        let raft = line.windows(6).any(|w| w == b"\"raft\"");
+        if !raft && !line.windows(15).any(|w| w == b"\"snapshot_part\"") {
             return false;
         }
         let Ok(v) = serde_json::from_slice::<Value>(line) else {
             return false;
         };
-        if v["body"]["type"] != "raft" {
+        let part = v["body"]["type"] == "snapshot_part";
+        if v["body"]["type"] != "raft" && !part {
             return false;
         }
         let member = self.cluster.as_ref().expect("cluster mode");
@@ -120,11 +129,40 @@ impl<W: Write> Router<W> {
             log::warn!("a raft message for another node: dropped");
             return true;
         }
+        if part {
+            match transfer::from_json(&v["body"]["part"]) {
+                Ok(p) => member.node.step_part(from, p),
+                Err(why) => log::warn!("a snapshot part that does not decode: {why}; dropped"),
+            }
+            return true;
+        }
         match crate::cluster::wire::decode(&v["body"]["msg"], from, to) {
             Ok(m) => member.node.step(m),
             Err(why) => log::warn!("a raft message that does not decode: {why}; dropped"),
         }
         true
+    }
+
+    /// Writes a snapshot part to peer `to` as a `snapshot_part` line.
+    pub(super) fn part_line(&mut self, to: u64, part: &Part) {
+        let Some(member) = &self.cluster else {
+            return;
+        };
+        let Some(dest) = member.ids.get((to as usize).wrapping_sub(1)) else {
+            return;
+        };
+        let line = json!({
+            "src": member.me(),
+            "dest": dest,
+            "body": {"type": "snapshot_part", "part": transfer::to_json(part), "msg_id": self.next_msg_id},
+        });
+        self.next_msg_id += 1;
+        let mut out = String::with_capacity(256);
+        out_json::write_value(&mut out, &line);
+        out.push('\n');
+        if let Err(e) = self.out.write_all(out.as_bytes()) {
+            log::error!("writing to stdout failed: {e}");
+        }
     }
 
     /// Writes a message to a peer as a `raft` line.
@@ -265,6 +303,13 @@ pub(super) fn status_json((s, ids): &(ClusterStatus, Arc<[String]>)) -> Value {
         "snapshots_written": s.management.snapshots_written,
         "compactions": s.management.compactions,
         "bytes_freed": s.management.bytes_freed,
+        "snapshot_transfers": {
+            "started": s.management.transfers.started,
+            "resumed": s.management.transfers.resumed,
+            "asked_again": s.management.transfers.asked_again,
+            "restarted": s.management.transfers.restarted,
+            "completed": s.management.transfers.completed,
+        },
         "poisoned": s.poisoned,
     })
 }

@@ -342,7 +342,7 @@ struct Router<W: Write> {
     /// The cluster node, when `init` named more than one node.
     cluster: Option<cluster::Member>,
     /// Messages the consensus actor sends to peers, written as `raft` lines.
-    peer_tx: Sender<raft::eraftpb::Message>,
+    peer_tx: Sender<crate::cluster::ToPeer>,
     queues: HashMap<String, SourceQueue>,
     queued: usize,
     done_tx: Sender<Done>,
@@ -387,7 +387,7 @@ impl<W: Write> Router<W> {
         &mut self,
         lines: Receiver<Line>,
         done: Receiver<Done>,
-        peers: Receiver<raft::eraftpb::Message>,
+        peers: Receiver<crate::cluster::ToPeer>,
     ) -> i32 {
         let never = crossbeam_channel::never();
         let mut eof = false;
@@ -408,8 +408,10 @@ impl<W: Write> Router<W> {
                     Err(_) => eof = true,
                 },
                 recv(peers) -> m => {
-                    let m = m.expect("the router holds a sender");
-                    self.peer_line(&m);
+                    match m.expect("the router holds a sender") {
+                        crate::cluster::ToPeer::Raft(m) => self.peer_line(&m),
+                        crate::cluster::ToPeer::Part { to, part } => self.part_line(to, &part),
+                    }
                 }
                 recv(done) -> d => {
                     let d = d.expect("the router holds a sender");

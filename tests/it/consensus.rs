@@ -73,6 +73,10 @@ impl Transport for Checked {
         }
         let _ = self.net.send(msg);
     }
+
+    fn send_part(&self, _: u64, _: flintlog::cluster::transfer::Part) {
+        // Nothing is compacted in this test: no snapshot is ever sent.
+    }
 }
 
 #[test]

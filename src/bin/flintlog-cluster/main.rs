@@ -94,9 +94,8 @@ struct Args {
     #[arg(long, default_value_t = 500)]
     snapshot_entries: u64,
     /// Each node keeps this many entries behind its snapshot when it compacts (its
-    /// `--trailing-entries`). Snapshots are not sent to followers yet, so this must
-    /// exceed what a follower misses while it is down or cut off.
-    #[arg(long, default_value_t = 1000)]
+    /// `--trailing-entries`); a follower that misses more catches up from a snapshot.
+    #[arg(long, default_value_t = 200)]
     trailing_entries: u64,
 }
 
@@ -953,10 +952,28 @@ fn main() -> ExitCode {
             .collect()
     };
     let (snapshots, compactions) = (count("snapshots_written"), count("compactions"));
+    let transfers: Vec<Value> = statuses
+        .iter()
+        .map(|s| s["snapshot_transfers"].clone())
+        .collect();
+    let transfer_total = |field: &str| -> u64 {
+        transfers
+            .iter()
+            .map(|t| t[field].as_u64().unwrap_or(0))
+            .sum()
+    };
     println!(
         "log management  snapshots written per node {snapshots:?}, compactions {compactions:?}, \
          first index {:?}; appends compacted away (read back as such, oldest first) {compacted:?}",
         count("first_index")
+    );
+    println!(
+        "transfers       snapshots received: {} started, {} resumed from a part file, {} chunk windows asked again, {} restarted from zero, {} completed",
+        transfer_total("started"),
+        transfer_total("resumed"),
+        transfer_total("asked_again"),
+        transfer_total("restarted"),
+        transfer_total("completed")
     );
     println!(
         "replicas        {} at applied index {} (digest {})",
@@ -980,6 +997,13 @@ fn main() -> ExitCode {
         "appends": {"acknowledged": appended.len(), "lost": lost, "duplicate_offsets": duplicate_offsets, "compacted_per_node": compacted},
         "snapshots_written": snapshots,
         "compactions": compactions,
+        "snapshot_transfers": {
+            "started": transfer_total("started"),
+            "resumed": transfer_total("resumed"),
+            "asked_again": transfer_total("asked_again"),
+            "restarted": transfer_total("restarted"),
+            "completed": transfer_total("completed"),
+        },
         "replicas_agree": digests_equal,
         "statuses": statuses,
         "pass": pass,
