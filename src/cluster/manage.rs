@@ -266,7 +266,15 @@ impl Manager {
                     size: w.file.size_bytes,
                     checksum: w.file.checksum,
                 };
-                self.status.snapshot = Some(w.file);
+                // (A cut taken before a snapshot from the leader was installed is older.)
+                if self
+                    .status
+                    .snapshot
+                    .as_ref()
+                    .is_none_or(|s| s.offset <= w.file.offset)
+                {
+                    self.status.snapshot = Some(w.file);
+                }
                 self.status.snapshots_written += 1;
                 Ok(Some((id, self.policy.auto_compact && !self.compacting)))
             }
@@ -276,6 +284,11 @@ impl Manager {
                 Ok(None)
             }
         }
+    }
+
+    /// Whether a compaction is in flight.
+    pub(super) fn compacting(&self) -> bool {
+        self.compacting
     }
 
     /// The trailing entries the policy keeps behind a snapshot.

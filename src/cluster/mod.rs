@@ -280,6 +280,7 @@ impl ClusterNode {
             poisoned: None,
             manager,
             download: None,
+            installing: None,
             serving: HashMap::new(),
         };
         let join = spawn_actor(
@@ -389,6 +390,9 @@ struct Consensus {
     manager: Manager,
     /// The snapshot this node is receiving from its leader.
     download: Option<Download>,
+    /// A snapshot received whole, waiting for a compaction in flight to end before
+    /// raft-rs installs it.
+    installing: Option<(Message, Box<image::Image>)>,
     /// On a leader: when each follower catching up from a snapshot was last heard of
     /// (offered one, or asked for chunks).
     serving: HashMap<u64, Instant>,
@@ -522,7 +526,10 @@ impl Consensus {
                 Ok(None) => {}
                 Err(why) => self.poison(why),
             },
-            manage::Report::Compaction(r) => self.manager.compaction_done(r),
+            manage::Report::Compaction(r) => {
+                self.manager.compaction_done(r);
+                self.install_when_idle();
+            }
             manage::Report::Received { part, durable } => self.received(&part, durable),
             manage::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
         }
@@ -694,7 +701,10 @@ impl Consensus {
                 log::info!("received snapshot {} whole; installing it", id.file);
                 self.peer.store_mut().offer(id.clone());
                 self.manager.status.snapshot = Some(file);
-                self.peer.step_snapshot(d.msg, image);
+                // The install replaces the log's files: not while the compactor may
+                // still rewrite log.meta for the old log.
+                self.installing = Some((d.msg, Box::new(image)));
+                self.install_when_idle();
             }
             Err(why) => {
                 log::warn!("{why}; receiving it again from the start");
@@ -708,6 +718,17 @@ impl Consensus {
                 });
                 self.ask();
             }
+        }
+    }
+
+    /// Steps a received snapshot into raft-rs (which installs it) once no compaction
+    /// is in flight.
+    fn install_when_idle(&mut self) {
+        if self.manager.compacting() {
+            return;
+        }
+        if let Some((msg, image)) = self.installing.take() {
+            self.peer.step_snapshot(msg, *image);
         }
     }
 
@@ -738,6 +759,9 @@ impl Consensus {
     /// Compacts the log behind the durable snapshot at `snapshot`, keeping what the
     /// policy and the followers still catching up need.
     fn compact_behind(&mut self, snapshot: u64) {
+        if self.installing.is_some() {
+            return;
+        }
         let followers: Vec<(u64, bool)> = self
             .peer
             .followers()

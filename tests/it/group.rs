@@ -392,9 +392,24 @@ fn power_cuts_while_snapshots_and_compactions_run_lose_nothing_acknowledged() {
     let g = Group::start_on_sim(sim);
     let mut last = std::collections::BTreeMap::new();
     let mut cuts = 0;
+    let mut away = None;
     for i in 0..900u64 {
         let key = i % 23;
-        g.append(1 + i % 3, format!("set k{key}=v{i}"));
+        // Every 150 writes a node is cut off for 100 (long enough for the leader to
+        // stop waiting for it): it comes back by a snapshot transfer, which the power
+        // cuts may interrupt on either side.
+        if i % 150 == 20 {
+            let id = 1 + (i / 150) % 3;
+            g.cut_off(id, true);
+            away = Some(id);
+            std::thread::sleep(Duration::from_millis(1200));
+        } else if i % 150 == 120
+            && let Some(id) = away.take()
+        {
+            g.cut_off(id, false);
+        }
+        let through = (1..=3).map(|k| 1 + (i + k) % 3).find(|&n| Some(n) != away);
+        g.append(through.unwrap(), format!("set k{key}=v{i}"));
         last.insert(key, i);
         // A power cut every 45 writes, on each node in turn, in each mode in turn:
         // snapshots and compactions are in flight about every 40.
@@ -404,10 +419,14 @@ fn power_cuts_while_snapshots_and_compactions_run_lose_nothing_acknowledged() {
             cuts += 1;
         }
     }
+    if let Some(id) = away {
+        g.cut_off(id, false);
+    }
     let end = g.converge(&[1, 2, 3]);
     for (i, s) in end.iter().enumerate() {
         assert!(s.first_index > 1, "n{} never compacted: {s:#?}", i + 1);
     }
+    let transfers: u64 = end.iter().map(|s| s.management.transfers.started).sum();
     for (key, i) in last {
         match g
             .read(1 + key % 3, ReadQuery::Key(format!("k{key}")))
@@ -417,7 +436,10 @@ fn power_cuts_while_snapshots_and_compactions_run_lose_nothing_acknowledged() {
             other => panic!("{other:?}"),
         }
     }
-    println!("{cuts} power cuts, every node restarted from its snapshot and log");
+    println!(
+        "{cuts} power cuts, every node restarted from its snapshot and log; {transfers} \
+         snapshot transfers begun since the last restarts"
+    );
 }
 
 /// Snapshots of a few hundred kilobytes, sent at 256 KiB/s: a transfer takes a while.

@@ -15,12 +15,14 @@ mod latency;
 mod memory;
 mod recovery;
 mod snapshot;
+mod transfer;
 
 use group_commit::*;
 use latency::*;
 use memory::*;
 use recovery::*;
 use snapshot::*;
+use transfer::*;
 
 use clap::Parser;
 use common::{PAYLOAD, Report, disk_facts, fresh, median, raw};
@@ -52,8 +54,11 @@ struct Args {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Only the benchmarks whose letter is given (e.g. `ac`).
-    #[arg(long, default_value = "abcdefgh")]
+    #[arg(long, default_value = "abcdefghi")]
     only: String,
+    /// Keys written while a follower is away, in the catch-up benchmark (i).
+    #[arg(long, default_value_t = 200_000)]
+    transfer_keys: u64,
 }
 
 fn config(dir: &Path) -> Config {
@@ -88,6 +93,7 @@ fn main() {
             'f' => bench_rss(&args, &mut r),
             'g' => bench_delta(&args, &mut r),
             'h' => bench_chain_recovery(&args, &mut r),
+            'i' => bench_transfer(&args, &mut r),
             other => eprintln!("no benchmark {other:?}"),
         }
         std::io::stdout().flush().ok();

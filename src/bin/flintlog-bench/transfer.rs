@@ -1,0 +1,217 @@
+//! Catching a follower up in a group: by a snapshot sent in chunks, against by the
+//! leader's log, side by side in one run. Three cluster nodes in this process, on the
+//! bench directory's disk, connected by channels (no network latency): the follower is
+//! cut off while the state is written, then let back, and timed until it has applied
+//! what the leader has.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use flintlog::cluster::transfer::Part;
+use flintlog::cluster::{ClusterNode, ClusterStatus, Transport};
+use flintlog::consensus::{Command, Effect};
+use raft::eraftpb::Message;
+
+use super::*;
+
+#[derive(Clone, Default)]
+struct Net {
+    nodes: Arc<RwLock<Vec<Option<Arc<ClusterNode>>>>>,
+    cut: Arc<Mutex<HashSet<u64>>>,
+    /// Bytes of snapshot chunks delivered.
+    chunk_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct Link {
+    from: u64,
+    net: Net,
+}
+
+impl Link {
+    fn to(&self, to: u64) -> Option<Arc<ClusterNode>> {
+        let cut = self.net.cut.lock().expect("cut");
+        if cut.contains(&self.from) || cut.contains(&to) {
+            return None;
+        }
+        drop(cut);
+        self.net.nodes.read().expect("nodes")[to as usize - 1].clone()
+    }
+}
+
+impl Transport for Link {
+    fn send(&self, msg: Message) {
+        if let Some(n) = self.to(msg.to) {
+            n.step(msg);
+        }
+    }
+    fn send_part(&self, to: u64, part: Part) {
+        if let Some(n) = self.to(to) {
+            if let Part::Chunk { data, .. } = &part {
+                self.net
+                    .chunk_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            n.step_part(self.from, part);
+        }
+    }
+}
+
+fn status(n: &ClusterNode) -> ClusterStatus {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    n.status_with(Reply::new(move |r| drop(tx.send(r))));
+    rx.recv().expect("answer").expect("status")
+}
+
+/// One catch-up: (seconds until the follower applied everything, bytes of snapshot
+/// chunks sent, entries the leader's log held when the follower came back).
+fn catch_up(dir: &Path, keys: u64, by_snapshot: bool) -> (f64, u64, u64) {
+    let net = Net::default();
+    *net.nodes.write().expect("nodes") = vec![None, None, None];
+    let config = |id: u64| {
+        let mut c = Config::new(dir.join(format!("n{id}")));
+        c.segment_bytes_max = 64 * 1024 * 1024;
+        c.snapshot_send_bytes_per_sec = 0;
+        c.policy = flintlog::Policy {
+            // One snapshot, cut when the state is written; compaction behind it
+            // keeps nothing for the follower only when catching up by snapshot.
+            snapshot_entries: if by_snapshot { keys } else { 0 },
+            jitter_percent: 0,
+            auto_compact: by_snapshot,
+            trailing_entries: 0,
+            ..flintlog::Policy::default()
+        };
+        c
+    };
+    for id in 1..=3u64 {
+        let link = Box::new(Link {
+            from: id,
+            net: net.clone(),
+        });
+        let node = ClusterNode::open(&config(id), id, &[1, 2, 3], link).expect("open");
+        net.nodes.write().expect("nodes")[id as usize - 1] = Some(Arc::new(node));
+    }
+    let node = |id: u64| {
+        net.nodes.read().expect("nodes")[id as usize - 1]
+            .clone()
+            .expect("up")
+    };
+    // A leader among n1 and n2, with n3 cut off.
+    net.cut.lock().expect("cut").insert(3);
+    let leader = loop {
+        if let Some(id) = (1..=2).find(|&id| status(&node(id)).role == "leader") {
+            break id;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The state: `keys` writes, 1,024 in flight.
+    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<Effect>>(2048);
+    let mut in_flight = 0;
+    for i in 0..keys {
+        if in_flight >= 1024 {
+            rx.recv().expect("answer").expect("write");
+            in_flight -= 1;
+        }
+        let tx = tx.clone();
+        node(leader).propose_with(
+            Command::Append(format!("set key{i:010}=value-{i:010}-0123456789abcdef").into_bytes()),
+            Reply::new(move |r| drop(tx.send(r))),
+        );
+        in_flight += 1;
+    }
+    for _ in 0..in_flight {
+        rx.recv().expect("answer").expect("write");
+    }
+    // Wait for the snapshot and the compaction (or for nothing, without them).
+    let target = status(&node(leader));
+    if by_snapshot {
+        while status(&node(leader)).first_index <= 2 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let held = target.last_index - status(&node(leader)).first_index + 1;
+    let started = Instant::now();
+    net.cut.lock().expect("cut").remove(&3);
+    while status(&node(3)).applied < target.applied {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = started.elapsed().as_secs_f64();
+    let t3 = status(&node(3)).management.transfers;
+    assert_eq!(
+        t3.completed > 0,
+        by_snapshot,
+        "caught up {} a snapshot",
+        if by_snapshot { "without" } else { "with" }
+    );
+    let sent = net.chunk_bytes.load(Ordering::Relaxed);
+    for id in 1..=3 {
+        let n = net.nodes.write().expect("nodes")[id - 1]
+            .take()
+            .expect("up");
+        let mut n = n;
+        loop {
+            match Arc::try_unwrap(n) {
+                Ok(n) => break n.shutdown(),
+                Err(back) => {
+                    n = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    (took, sent, held)
+}
+
+pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
+    let keys = args.transfer_keys;
+    r.section(
+        "i. Catching a follower up",
+        &format!(
+            "Three cluster nodes in one process (channels between them, no network \
+             latency), a follower cut off while {keys} writes of distinct keys go through \
+             the leader, then let back: the time until it has applied everything, when the \
+             leader compacted behind a snapshot (the follower receives the snapshot in \
+             256 KiB chunks, verifies and installs it) and when the leader kept its whole \
+             log (the follower replays it through Raft). Median of {} runs, interleaved.",
+            args.runs
+        ),
+    );
+    let (mut snap, mut log) = (Vec::new(), Vec::new());
+    let (mut sent, mut held) = (0, 0);
+    for run in 0..args.runs {
+        let d = fresh(&args.dir, &format!("i-snapshot-{run}"));
+        let (t, s, _) = catch_up(&d, keys, true);
+        snap.push(t);
+        sent = s;
+        let _ = std::fs::remove_dir_all(&d);
+        let d = fresh(&args.dir, &format!("i-log-{run}"));
+        let (t, _, h) = catch_up(&d, keys, false);
+        log.push(t);
+        held = h;
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    let (ts, tl) = (median(snap.clone()), median(log.clone()));
+    let mb = sent as f64 / 1e6;
+    r.table(
+        &["catch-up", "seconds (median)", "runs", "sent"],
+        &[
+            vec![
+                "by snapshot".into(),
+                format!("{ts:.2}"),
+                format!("{snap:.2?}"),
+                format!("{mb:.1} MB of snapshot, {:.1} MB/s", mb / ts),
+            ],
+            vec![
+                "by the log".into(),
+                format!("{tl:.2}"),
+                format!("{log:.2?}"),
+                format!("{held} entries"),
+            ],
+        ],
+    );
+    let line = format!(
+        "catch-up by snapshot vs by the log ({keys} keys): {:.2}x the time",
+        ts / tl
+    );
+    println!("{line}");
+    r.md.push_str(&format!("{line}\n\n"));
+}
