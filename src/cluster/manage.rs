@@ -55,11 +55,13 @@ pub(super) enum Job {
         from: u64,
         count: u32,
     },
-    /// Write a received chunk at byte `at` of the part file `part` (created at 0).
+    /// Write a received chunk at byte `at` of the part file `part` (created at 0),
+    /// and sync it if `sync` (the last chunk of a window, or of the file).
     Receive {
         part: String,
         at: u64,
         data: Vec<u8>,
+        sync: bool,
     },
     /// The part file of `id` is whole: verify it and rename it into place.
     Finish { id: Identity },
@@ -382,12 +384,17 @@ impl Snapshotter {
                     self.serve(to, &file, checksum, from, count);
                     continue;
                 }
-                Job::Receive { part, at, data } => {
-                    let r = self.receive(&part, at, &data);
-                    match r {
-                        Ok(durable) => {
+                Job::Receive {
+                    part,
+                    at,
+                    data,
+                    sync,
+                } => {
+                    match self.receive(&part, at, &data, sync) {
+                        Ok(Some(durable)) => {
                             let _ = self.reports.send(Report::Received { part, durable });
                         }
+                        Ok(None) => {}
                         Err(e) => log::warn!("writing a received snapshot chunk to {part}: {e}"),
                     }
                     continue;
@@ -554,9 +561,15 @@ impl Snapshotter {
         }
     }
 
-    /// Writes a chunk at `at` of the part file and syncs it; returns the part file's
-    /// length, durable. A chunk past the file's end is not written.
-    fn receive(&mut self, part: &str, at: u64, data: &[u8]) -> std::io::Result<u64> {
+    /// Writes a chunk at `at` of the part file and, if `sync`, syncs it and returns
+    /// the part file's length, durable. A chunk past the file's end is not written.
+    fn receive(
+        &mut self,
+        part: &str,
+        at: u64,
+        data: &[u8],
+        sync: bool,
+    ) -> std::io::Result<Option<u64>> {
         let path = join(&self.dir, part);
         let mut f = match self.fs.open(&path, true) {
             Ok(f) => f,
@@ -571,11 +584,16 @@ impl Snapshotter {
         };
         let len = f.len()?;
         if at > len {
-            return Ok(len);
+            // A chunk before it was lost: what is there is what counts.
+            f.sync_data().map_err(crate::fs::sync_failed)?;
+            return Ok(Some(len));
         }
         f.write_all_at(data, at)?;
+        if !sync {
+            return Ok(None);
+        }
         f.sync_data().map_err(crate::fs::sync_failed)?;
-        Ok(at + data.len() as u64)
+        Ok(Some(at + data.len() as u64))
     }
 
     /// Verifies a whole part file and renames it into place.

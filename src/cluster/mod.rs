@@ -652,10 +652,13 @@ impl Consensus {
                     return;
                 }
                 d.expected += data.len() as u64;
+                // One sync per window: the window's last chunk makes it durable.
+                let sync = d.expected >= d.asked;
                 self.manager.job(manage::Job::Receive {
                     part: d.id.part_name(),
                     at,
                     data,
+                    sync,
                 });
             }
             transfer::Part::Gone { file, checksum } => {

@@ -5,8 +5,8 @@
 //! name, size, body checksum) in place of the data. The follower does not step that
 //! message into raft-rs until it holds the whole file: it asks the sender for chunks
 //! ([`Part::Ask`]: a window of [`WINDOW`] chunks of at most [`CHUNK_BYTES`] from the
-//! first byte it lacks), writes each in order to `<file>.<checksum>.part`, syncs it,
-//! and asks on from there; a chunk whose CRC-32C does not match, or that arrives out
+//! first byte it lacks), writes each in order to `<file>.<checksum>.part`, syncs it
+//! at the end of the window, and asks on from there; a chunk whose CRC-32C does not match, or that arrives out
 //! of order, is dropped and asked again after [`ASK_AGAIN`]. The part file survives a
 //! restart of either side, a lost chunk and a leader change: the transfer resumes at
 //! its durable length as long as the snapshot offered is the same one (same name and

@@ -170,12 +170,14 @@ fn redo_install(
     }
     fs.sync_dir(dir).map_err(sync_failed)?;
     let at = index - 1;
+    // Preallocated, not zero-filled: zero-filling a segment here would hold up the
+    // consensus thread (the next segments are prepared in the background as usual).
     drop(crate::wal::create_segment(
         &**fs,
         dir,
         at,
         options.preallocate_bytes(),
-        options.prefill,
+        false,
     )?);
     let start = LogStart {
         first_offset: Offset::new(at),
