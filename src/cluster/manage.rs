@@ -54,6 +54,8 @@ pub(super) enum Job {
         checksum: u32,
         from: u64,
         count: u32,
+        /// When the ask arrived.
+        asked: Instant,
     },
     /// Write a received chunk at byte `at` of the part file `part` (created at 0),
     /// and sync it if `sync` (the last chunk of a window, or of the file).
@@ -179,6 +181,7 @@ impl Manager {
             checksums: std::collections::HashMap::new(),
             send_rate: config.snapshot_send_bytes_per_sec,
             sent: (Instant::now(), 0),
+            last_sent: std::collections::HashMap::new(),
         };
         let snapshotter = spawn_actor(
             "snapshotter",
@@ -367,6 +370,8 @@ struct Snapshotter {
     send_rate: u64,
     /// Since when, and how many bytes, sent at the current rate.
     sent: (Instant, u64),
+    /// Per member, the file, end and time of the last chunk sent to it.
+    last_sent: std::collections::HashMap<u64, (String, u64, Instant)>,
 }
 
 impl Snapshotter {
@@ -380,8 +385,17 @@ impl Snapshotter {
                     checksum,
                     from,
                     count,
+                    asked,
                 } => {
-                    self.serve(to, &file, checksum, from, count);
+                    // An ask for bytes sent after it arrived is one the follower
+                    // repeated while they were on their way: they will get there.
+                    let stale = self
+                        .last_sent
+                        .get(&to)
+                        .is_some_and(|(f, end, at)| *f == file && from < *end && asked < *at);
+                    if !stale {
+                        self.serve(to, &file, checksum, from, count);
+                    }
                     continue;
                 }
                 Job::Receive {
@@ -528,6 +542,8 @@ impl Snapshotter {
                 return;
             }
             self.pace(n);
+            self.last_sent
+                .insert(to, (file.to_string(), at + n, Instant::now()));
             let crc = crc32c::crc32c(&data);
             self.transport.send_part(
                 to,

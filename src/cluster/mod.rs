@@ -630,6 +630,7 @@ impl Consensus {
                     checksum,
                     from: at,
                     count: count.min(4 * transfer::WINDOW),
+                    asked: Instant::now(),
                 });
             }
             transfer::Part::Chunk {
@@ -652,6 +653,8 @@ impl Consensus {
                     return;
                 }
                 d.expected += data.len() as u64;
+                // Progress: asked again only after a pause without any.
+                d.asked_at = Instant::now();
                 // One sync per window: the window's last chunk makes it durable.
                 let sync = d.expected >= d.asked;
                 self.manager.job(manage::Job::Receive {
@@ -746,7 +749,7 @@ impl Consensus {
             self.manager.status.transfers.asked_again += 1;
             self.ask();
         }
-        for id in self.peer.followers_in_snapshot() {
+        for (id, _) in self.peer.followers_in_snapshot() {
             let quiet = self
                 .serving
                 .get(&id)
@@ -771,7 +774,13 @@ impl Consensus {
             .into_iter()
             .map(|(_, matched, active)| (matched, active))
             .collect();
-        let keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);
+        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);
+        // A follower receiving a snapshot goes on from the log right after it: that
+        // part stays, however long the transfer takes, or the follower would need
+        // another snapshot as soon as it installed this one.
+        for (_, sending) in self.peer.followers_in_snapshot() {
+            keep = keep.min(sending + 1);
+        }
         let store = self.peer.store();
         // The entry before `keep` stays, for its term: compacting to its offset.
         if keep < 3 || keep <= store.first_index() {

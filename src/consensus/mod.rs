@@ -205,8 +205,8 @@ impl<S: LogStore> Peer<S> {
     }
 
     /// On a leader, the followers it is sending a snapshot to (raft-rs waits for them
-    /// to install it before it sends them entries again).
-    pub fn followers_in_snapshot(&self) -> Vec<u64> {
+    /// to install it before it sends them entries again), with that snapshot's index.
+    pub fn followers_in_snapshot(&self) -> Vec<(u64, u64)> {
         let r = &self.node.raft;
         if r.state != StateRole::Leader {
             return Vec::new();
@@ -214,7 +214,7 @@ impl<S: LogStore> Peer<S> {
         r.prs()
             .iter()
             .filter(|(_, pr)| pr.state == raft::ProgressState::Snapshot)
-            .map(|(id, _)| *id)
+            .map(|(id, pr)| (*id, pr.pending_snapshot))
             .collect()
     }
 

@@ -509,3 +509,32 @@ fn a_chunk_damaged_on_the_way_is_asked_again_never_installed() {
     assert!(t.asked_again >= 1, "{t:?}");
     assert_eq!(t.restarted, 0, "{t:?}");
 }
+
+#[test]
+fn a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only() {
+    let g = Group::start(slow);
+    strand_n3(&g);
+    // Writes go on while the snapshot travels at 256 KiB/s: the leader snapshots
+    // and compacts several times meanwhile.
+    let started = Instant::now();
+    let mut i = 0u64;
+    while g.status(3).management.transfers.completed == 0 {
+        g.append(1 + i % 2, format!("set during{}=v{i}", i % 50));
+        i += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no transfer completed"
+        );
+    }
+    for _ in 0..200 {
+        g.append(1 + i % 2, format!("set during{}=v{i}", i % 50));
+        i += 1;
+    }
+    let all = g.converge(&[1, 2, 3]);
+    let t = all[2].management.transfers;
+    assert!(
+        i > 200 && all[0].management.snapshots_written >= 3,
+        "{i} writes, {all:#?}"
+    );
+    assert_eq!((t.started, t.completed, t.restarted), (1, 1, 0), "{t:?}");
+}
