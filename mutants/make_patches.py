@@ -198,8 +198,8 @@ MUTANTS = [
      "a cluster node compacts its log past its durable snapshot",
      "--test it -- group::power_cuts_while_snapshots_and_compactions_run_lose_nothing_acknowledged",
      [("src/cluster/mod.rs",
-       "        let keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);",
-       "        let keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers)\n            .max(snapshot + 2)\n            .min(self.peer.store().last_index());")]),
+       "        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);",
+       "        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers)\n            .max(snapshot + 2)\n            .min(self.peer.store().last_index());")]),
     ("cluster-retention-drops-the-newest-snapshot",
      "a cluster node's retention keeps its oldest snapshot and retires the newest",
      "--test it -- group::a_group_snapshots_compacts_and_restarts_from_its_snapshots",
@@ -224,6 +224,12 @@ MUTANTS = [
      [("src/cluster/mod.rs",
        "        let have = self.peer.store().file_len(&part).unwrap_or(0).min(id.size);",
        "        let have = 0;")]),
+    ("compaction-strands-a-follower-mid-transfer",
+     "the leader compacts past the snapshot a follower is receiving",
+     "--test it -- group::a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only",
+     [("src/cluster/mod.rs",
+       "            keep = keep.min(sending + 1);",
+       "            let _ = sending;")]),
 ]
 
 
