@@ -62,9 +62,30 @@ fn status(n: &ClusterNode) -> ClusterStatus {
     rx.recv().expect("answer").expect("status")
 }
 
-/// One catch-up: (seconds until the follower applied everything, bytes of snapshot
-/// chunks sent, entries the leader's log held when the follower came back).
-fn catch_up(dir: &Path, keys: u64, by_snapshot: bool) -> (f64, u64, u64) {
+/// What one catch-up measured.
+struct CatchUp {
+    /// Seconds until the follower applied everything.
+    took: f64,
+    /// Bytes of snapshot chunks sent.
+    sent: u64,
+    /// Entries the leader's log held when the follower came back.
+    held: u64,
+    /// The leader's write latency p99 (ms) in the second before, and while catching up.
+    p99_idle: f64,
+    p99_during: f64,
+    /// Seconds from restarting the caught-up follower to its first linearizable read.
+    restart_to_read: f64,
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+fn catch_up(dir: &Path, keys: u64, by_snapshot: bool) -> CatchUp {
     let net = Net::default();
     *net.nodes.write().expect("nodes") = vec![None, None, None];
     let config = |id: u64| {
@@ -129,12 +150,58 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool) -> (f64, u64, u64) {
         }
     }
     let held = target.last_index - status(&node(leader)).first_index + 1;
+    // Four writers through the leader, one write at a time each, timed: a second
+    // before the follower is let back, and while it catches up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clock = Instant::now();
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (leader, stop) = (node(leader), stop.clone());
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
+                    let at = Instant::now();
+                    leader.propose_with(
+                        Command::Append(format!("set w{w}k{}=v{i}", i % 1000).into_bytes()),
+                        Reply::new(move |r| drop(tx.send(r))),
+                    );
+                    rx.recv().expect("answer").expect("write");
+                    samples.push((
+                        at.duration_since(clock).as_secs_f64(),
+                        at.elapsed().as_secs_f64() * 1000.0,
+                    ));
+                    i += 1;
+                }
+                samples
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
+    let healed = started.duration_since(clock).as_secs_f64();
     net.cut.lock().expect("cut").remove(&3);
     while status(&node(3)).applied < target.applied {
         std::thread::sleep(Duration::from_millis(5));
     }
     let took = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let samples: Vec<(f64, f64)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    let window = |from: f64, to: f64| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, l)| *l)
+            .collect()
+    };
+    let (p99_idle, p99_during) = (
+        p99(window(healed - 1.0, healed)),
+        p99(window(healed, healed + took)),
+    );
     let t3 = status(&node(3)).management.transfers;
     assert_eq!(
         t3.completed > 0,
@@ -143,6 +210,37 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool) -> (f64, u64, u64) {
         if by_snapshot { "without" } else { "with" }
     );
     let sent = net.chunk_bytes.load(Ordering::Relaxed);
+    // A restart of the caught-up follower, its disk intact: until it serves a read.
+    let restart_to_read = {
+        let n = net.nodes.write().expect("nodes")[2].take().expect("up");
+        let mut n = n;
+        loop {
+            match Arc::try_unwrap(n) {
+                Ok(n) => break n.shutdown(),
+                Err(back) => {
+                    n = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let started = Instant::now();
+        let link = Box::new(Link {
+            from: 3,
+            net: net.clone(),
+        });
+        let n3 = Arc::new(ClusterNode::open(&config(3), 3, &[1, 2, 3], link).expect("reopen"));
+        net.nodes.write().expect("nodes")[2] = Some(n3.clone());
+        loop {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            n3.read_with(
+                flintlog::cluster::ReadQuery::Key("key0000000000".into()),
+                Reply::new(move |r| drop(tx.send(r))),
+            );
+            if rx.recv().expect("answer").is_ok() {
+                break started.elapsed().as_secs_f64();
+            }
+        }
+    };
     for id in 1..=3 {
         let n = net.nodes.write().expect("nodes")[id - 1]
             .take()
@@ -158,7 +256,14 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool) -> (f64, u64, u64) {
             }
         }
     }
-    (took, sent, held)
+    CatchUp {
+        took,
+        sent,
+        held,
+        p99_idle,
+        p99_during,
+        restart_to_read,
+    }
 }
 
 pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
@@ -176,37 +281,61 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
         ),
     );
     let (mut snap, mut log) = (Vec::new(), Vec::new());
-    let (mut sent, mut held) = (0, 0);
     for run in 0..args.runs {
         let d = fresh(&args.dir, &format!("i-snapshot-{run}"));
-        let (t, s, _) = catch_up(&d, keys, true);
-        snap.push(t);
-        sent = s;
+        snap.push(catch_up(&d, keys, true));
         let _ = std::fs::remove_dir_all(&d);
         let d = fresh(&args.dir, &format!("i-log-{run}"));
-        let (t, _, h) = catch_up(&d, keys, false);
-        log.push(t);
-        held = h;
+        log.push(catch_up(&d, keys, false));
         let _ = std::fs::remove_dir_all(&d);
     }
-    let (ts, tl) = (median(snap.clone()), median(log.clone()));
-    let mb = sent as f64 / 1e6;
+    let med = |v: &[CatchUp], f: fn(&CatchUp) -> f64| median(v.iter().map(f).collect());
+    let (ts, tl) = (med(&snap, |c| c.took), med(&log, |c| c.took));
+    let mb = snap.last().map_or(0, |c| c.sent) as f64 / 1e6;
+    let held = log.last().map_or(0, |c| c.held);
+    let runs = |v: &[CatchUp]| format!("{:.2?}", v.iter().map(|c| c.took).collect::<Vec<_>>());
     r.table(
-        &["catch-up", "seconds (median)", "runs", "sent"],
+        &[
+            "catch-up",
+            "seconds (median)",
+            "runs",
+            "sent",
+            "leader write p99 before / during (ms)",
+            "restart to first read (s)",
+        ],
         &[
             vec![
                 "by snapshot".into(),
                 format!("{ts:.2}"),
-                format!("{snap:.2?}"),
+                runs(&snap),
                 format!("{mb:.1} MB of snapshot, {:.1} MB/s", mb / ts),
+                format!(
+                    "{:.2} / {:.2}",
+                    med(&snap, |c| c.p99_idle),
+                    med(&snap, |c| c.p99_during)
+                ),
+                format!("{:.2}", med(&snap, |c| c.restart_to_read)),
             ],
             vec![
                 "by the log".into(),
                 format!("{tl:.2}"),
-                format!("{log:.2?}"),
+                runs(&log),
                 format!("{held} entries"),
+                format!(
+                    "{:.2} / {:.2}",
+                    med(&log, |c| c.p99_idle),
+                    med(&log, |c| c.p99_during)
+                ),
+                format!("{:.2}", med(&log, |c| c.restart_to_read)),
             ],
         ],
+    );
+    let ratio = med(&snap, |c| c.p99_during) / med(&snap, |c| c.p99_idle).max(1e-9);
+    r.target(
+        "leader write p99 while it sends a snapshot vs before",
+        format!("{ratio:.2}x"),
+        "<= 1.5x",
+        ratio <= 1.5,
     );
     let line = format!(
         "catch-up by snapshot vs by the log ({keys} keys): {:.2}x the time",
