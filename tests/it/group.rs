@@ -207,6 +207,27 @@ impl Group {
         }
     }
 
+    /// Appends `payloads` through node `id`, all in flight at once; their offsets.
+    pub fn append_many(&self, id: u64, payloads: Vec<String>) -> Vec<Offset> {
+        let rxs: Vec<_> = payloads
+            .into_iter()
+            .map(|p| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                self.node(id).propose_with(
+                    Command::Append(p.into_bytes()),
+                    Reply::new(move |r| drop(tx.send(r))),
+                );
+                rx
+            })
+            .collect();
+        rxs.into_iter()
+            .map(|rx| match rx.recv().unwrap() {
+                Ok(Effect::Applied(o)) => o,
+                other => panic!("append through n{id}: {other:?}"),
+            })
+            .collect()
+    }
+
     /// Waits until `ids` have applied the same index with the same digest.
     pub fn converge(&self, ids: &[u64]) -> Vec<ClusterStatus> {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -267,9 +288,25 @@ fn small(c: &mut Config) {
 fn a_group_snapshots_compacts_and_restarts_from_its_snapshots() {
     let g = Group::start(small);
     let mut acked = Vec::new();
-    for i in 0..600u64 {
-        let id = 1 + i % 3;
-        acked.push((g.append(id, format!("set k{}=v{i}", i % 37)), i));
+    // Batches of 20 writes in flight at once, so that the log runs ahead of each
+    // snapshot while it is written: compaction must still stop behind the snapshot.
+    for batch in 0..30u64 {
+        let ids: Vec<u64> = (batch * 20..batch * 20 + 20).collect();
+        let offsets = g.append_many(
+            1 + batch % 3,
+            ids.iter()
+                .map(|i| format!("set k{}=v{i}", i % 37))
+                .collect(),
+        );
+        acked.extend(offsets.into_iter().zip(ids));
+        for id in 1..=3 {
+            let s = g.status(id);
+            let snapshot = s.management.snapshot.as_ref().map_or(0, |f| f.offset.get());
+            assert!(
+                s.first_index <= snapshot + 1,
+                "n{id} compacted past its snapshot: {s:#?}"
+            );
+        }
     }
     let before = g.converge(&[1, 2, 3]);
     for (i, s) in before.iter().enumerate() {
@@ -537,4 +574,28 @@ fn a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only() {
         "{i} writes, {all:#?}"
     );
     assert_eq!((t.started, t.completed, t.restarted), (1, 1, 0), "{t:?}");
+}
+
+#[test]
+fn a_leader_lost_mid_transfer_is_replaced_and_the_follower_gets_a_snapshot_from_the_new_one() {
+    let g = Group::start(slow);
+    strand_n3(&g);
+    let leader = (1..=2)
+        .find(|&id| g.status(id).role == "leader")
+        .expect("a leader among n1 and n2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files(&g.dirs[2], ".part")
+        .first()
+        .is_none_or(|p| std::fs::metadata(g.dirs[2].join(p)).map_or(0, |m| m.len()) == 0)
+    {
+        assert!(Instant::now() < deadline, "no transfer began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.down(leader);
+    let other = 3 - leader;
+    let pair = g.converge(&[other, 3]);
+    let t = pair[1].management.transfers;
+    assert!(t.completed >= 1, "{t:?}");
+    g.up(leader);
+    g.converge(&[1, 2, 3]);
 }
