@@ -196,7 +196,7 @@ MUTANTS = [
        "        self.active.allocate(target)?;")]),
     ("cluster-compaction-past-its-snapshot",
      "a cluster node compacts its log past its durable snapshot",
-     "--test it -- group::power_cuts_while_snapshots_and_compactions_run_lose_nothing_acknowledged",
+     "--test it -- group::a_group_snapshots_compacts_and_restarts_from_its_snapshots",
      [("src/cluster/mod.rs",
        "        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);",
        "        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers)\n            .max(snapshot + 2)\n            .min(self.peer.store().last_index());")]),
