@@ -102,7 +102,7 @@ struct Args {
 
     /// In a group: most bytes per second this node sends of its snapshots to members
     /// catching up from one (0: no limit).
-    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES", help_heading = "Log management")]
+    #[arg(long, default_value_t = flintlog::Config::new("").snapshot_send_bytes_per_sec, value_name = "BYTES", help_heading = "Log management")]
     snapshot_send_bytes_per_sec: u64,
 }
 

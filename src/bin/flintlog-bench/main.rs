@@ -59,6 +59,10 @@ struct Args {
     /// Keys written while a follower is away, in the catch-up benchmark (i).
     #[arg(long, default_value_t = 200_000)]
     transfer_keys: u64,
+    /// The leader's snapshot send rate in the catch-up benchmark (bytes/s; the node's
+    /// default unless given).
+    #[arg(long, default_value_t = flintlog::Config::new("").snapshot_send_bytes_per_sec)]
+    transfer_rate: u64,
 }
 
 fn config(dir: &Path) -> Config {

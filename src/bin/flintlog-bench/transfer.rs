@@ -85,13 +85,13 @@ fn p99(mut v: Vec<f64>) -> f64 {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
-fn catch_up(dir: &Path, keys: u64, by_snapshot: bool) -> CatchUp {
+fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
     let net = Net::default();
     *net.nodes.write().expect("nodes") = vec![None, None, None];
     let config = |id: u64| {
         let mut c = Config::new(dir.join(format!("n{id}")));
         c.segment_bytes_max = 64 * 1024 * 1024;
-        c.snapshot_send_bytes_per_sec = 0;
+        c.snapshot_send_bytes_per_sec = rate;
         c.policy = flintlog::Policy {
             // One snapshot, cut when the state is written; compaction behind it
             // keeps nothing for the follower only when catching up by snapshot.
@@ -276,17 +276,19 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
              the leader, then let back: the time until it has applied everything, when the \
              leader compacted behind a snapshot (the follower receives the snapshot in \
              256 KiB chunks, verifies and installs it) and when the leader kept its whole \
-             log (the follower replays it through Raft). Median of {} runs, interleaved.",
-            args.runs
+             log (the follower replays it through Raft); the leader sends at most {} \
+             bytes/s (`--snapshot-send-bytes-per-sec`, 0: no limit). Median of {} runs, \
+             interleaved.",
+            args.transfer_rate, args.runs
         ),
     );
     let (mut snap, mut log) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         let d = fresh(&args.dir, &format!("i-snapshot-{run}"));
-        snap.push(catch_up(&d, keys, true));
+        snap.push(catch_up(&d, keys, true, args.transfer_rate));
         let _ = std::fs::remove_dir_all(&d);
         let d = fresh(&args.dir, &format!("i-log-{run}"));
-        log.push(catch_up(&d, keys, false));
+        log.push(catch_up(&d, keys, false, args.transfer_rate));
         let _ = std::fs::remove_dir_all(&d);
     }
     let med = |v: &[CatchUp], f: fn(&CatchUp) -> f64| median(v.iter().map(f).collect());
