@@ -34,63 +34,7 @@ pub const WINDOW: u32 = 4;
 /// A transfer that made no progress for this long asks again from its durable length.
 pub const ASK_AGAIN: Duration = Duration::from_millis(400);
 
-const MAGIC: &[u8; 8] = b"FLNTSNID";
-
-/// Which snapshot a `MsgSnapshot` offers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Its Raft index.
-    pub index: u64,
-    /// The term of that entry.
-    pub term: u64,
-    /// Its file name in the sender's directory (`<index>.rsnap`).
-    pub file: String,
-    /// The file's size.
-    pub size: u64,
-    /// Its body checksum.
-    pub checksum: u32,
-}
-
-impl Identity {
-    /// The bytes a `MsgSnapshot`'s data carries.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(48 + self.file.len());
-        b.extend_from_slice(MAGIC);
-        for v in [self.index, self.term, self.size] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        b.extend_from_slice(&self.checksum.to_le_bytes());
-        b.extend_from_slice(self.file.as_bytes());
-        b
-    }
-
-    /// Reads what [`Identity::encode`] wrote.
-    ///
-    /// # Errors
-    /// What is wrong with it.
-    pub fn decode(b: &[u8]) -> Result<Identity, String> {
-        if b.len() < 36 || &b[..8] != MAGIC {
-            return Err("not a snapshot identity".into());
-        }
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-        let file = String::from_utf8(b[36..].to_vec()).map_err(|e| e.to_string())?;
-        if crate::core::layout::parse_raft_snapshot(&file).is_none() {
-            return Err(format!("{file:?} is not a cluster snapshot's name"));
-        }
-        Ok(Identity {
-            index: u64_at(8),
-            term: u64_at(16),
-            size: u64_at(24),
-            checksum: u32::from_le_bytes(b[32..36].try_into().expect("4 bytes")),
-            file,
-        })
-    }
-
-    /// Where the follower keeps what it received so far.
-    pub fn part_name(&self) -> String {
-        crate::core::layout::snapshot_part(&self.file, self.checksum)
-    }
-}
+pub use crate::consensus::image::Identity;
 
 /// A message of a transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]

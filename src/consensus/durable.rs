@@ -306,7 +306,7 @@ pub struct RaftLog {
     /// When the last "a follower needs a snapshot" warning was logged.
     warned: std::cell::Cell<Option<std::time::Instant>>,
     /// The snapshot offered to followers that need one.
-    offered: Option<crate::cluster::transfer::Identity>,
+    offered: Option<super::image::Identity>,
     last: u64,
     hard_state: HardState,
     /// The hard state last handed to a sync (in `raft.state` once that returned).
@@ -554,7 +554,7 @@ impl RaftLog {
 
     /// Makes `id` the snapshot offered to a follower that needs entries this log no
     /// longer holds (its file is durable in this directory).
-    pub fn offer(&mut self, id: crate::cluster::transfer::Identity) {
+    pub fn offer(&mut self, id: super::image::Identity) {
         if self.offered.as_ref().is_none_or(|o| o.index <= id.index) {
             self.offered = Some(id);
         }
