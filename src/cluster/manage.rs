@@ -72,15 +72,15 @@ pub(super) enum Job {
 }
 
 /// Snapshot files pinned by a transfer stay this long after the last ask.
-const PIN: Duration = Duration::from_secs(30);
+pub(super) const PIN: Duration = Duration::from_secs(30);
 
 /// What the snapshotter and the compactor report to the consensus actor.
 pub(super) enum Report {
     /// A snapshot is durable (and retention applied), or why not; `fatal` when a sync
     /// failed.
     Snapshot(std::result::Result<Written, (String, bool)>),
-    /// A compaction finished.
-    Compaction(Result<Compaction>),
+    /// A compaction finished (its requester, if any, was answered).
+    Compaction(std::result::Result<Compaction, String>),
     /// The part file `part` holds its first `durable` bytes durably.
     Received { part: String, durable: u64 },
     /// A received snapshot is whole, verified and in place, or why not (the part
@@ -96,6 +96,8 @@ pub(super) struct Written {
     pub file: SnapshotFile,
     pub term: u64,
     pub duration_ms: u64,
+    /// The client offsets it covers: `[0, next_offset)`.
+    pub next_offset: Offset,
 }
 
 /// What the consensus actor knows of its log management, for `wal_status`.
@@ -215,6 +217,22 @@ impl Manager {
         })
     }
 
+    /// The policy in force.
+    pub(super) fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Changes the policy (from the next snapshot on).
+    pub(super) fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+        self.thresholds = policy.thresholds(self.seed, self.round);
+    }
+
+    /// Whether a snapshot is being written.
+    pub(super) fn cutting(&self) -> bool {
+        self.cutting
+    }
+
     /// Whether a snapshot is due at `applied` (none is being written).
     pub(super) fn due(&self, applied: u64) -> bool {
         let progress = Progress {
@@ -252,11 +270,15 @@ impl Manager {
     /// whether the log may now be compacted behind it.
     pub(super) fn snapshot_done(
         &mut self,
-        r: std::result::Result<Written, (String, bool)>,
+        r: &std::result::Result<Written, (String, bool)>,
     ) -> std::result::Result<Option<(Identity, bool)>, String> {
         self.cutting = false;
         match r {
             Ok(w) => {
+                let w = Written {
+                    file: w.file.clone(),
+                    ..*w
+                };
                 log::info!(
                     "cluster snapshot {} durable in {} ms ({} bytes, term {})",
                     w.file.file,
@@ -283,7 +305,7 @@ impl Manager {
                 self.status.snapshots_written += 1;
                 Ok(Some((id, self.policy.auto_compact && !self.compacting)))
             }
-            Err((why, true)) => Err(why),
+            Err((why, true)) => Err(why.clone()),
             Err((why, false)) => {
                 log::warn!("{why}; the next trigger tries again");
                 Ok(None)
@@ -308,8 +330,12 @@ impl Manager {
         snapshot: u64,
         next_offset: Offset,
         plan: crate::consensus::durable::CompactionPlan,
+        then: Option<Reply<Compaction>>,
     ) {
         let Some(compactor) = &self.compactor else {
+            if let Some(then) = then {
+                then.send(Err(Error::Crashed("the compactor stopped".into())));
+            }
             return;
         };
         let reports = self.report_tx.clone();
@@ -320,8 +346,12 @@ impl Manager {
             next_offset,
             segments: plan.segments,
             start: plan.start,
-            reply: Reply::new(move |r| {
-                let _ = reports.send(Report::Compaction(r));
+            reply: Reply::new(move |r: Result<Compaction>| {
+                let summary = r.as_ref().map(|c| *c).map_err(|e| e.to_string());
+                if let Some(then) = then {
+                    then.send(r);
+                }
+                let _ = reports.send(Report::Compaction(summary));
             }),
         });
         if sent.is_err() {
@@ -330,7 +360,7 @@ impl Manager {
     }
 
     /// Takes in a finished compaction.
-    pub(super) fn compaction_done(&mut self, r: Result<Compaction>) {
+    pub(super) fn compaction_done(&mut self, r: std::result::Result<Compaction, String>) {
         self.compacting = false;
         match r {
             Ok(c) => {
@@ -430,6 +460,7 @@ impl Snapshotter {
                 file,
                 term: cut.image.term,
                 duration_ms: started.elapsed().as_millis() as u64,
+                next_offset: cut.image.machine.next_offset,
             });
             let _ = self.reports.send(Report::Snapshot(r));
             if failed {

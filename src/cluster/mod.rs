@@ -39,10 +39,11 @@ use crate::consensus::durable::{SyncJob, Syncer};
 use crate::consensus::image;
 use crate::consensus::{Command, Effect, Outcome, Peer, PeerConfig, RaftLog, Refused};
 use crate::core::policy;
+use crate::core::policy::{Policy, PolicyUpdate};
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, RealFs};
-use crate::types::{Info, ReadEntry};
+use crate::types::{Compaction, Info, ReadEntry, SegmentList, SnapshotFile};
 use manage::Manager;
 
 /// Time per Raft tick. Fine-grained, so that two followers rarely time out in the same
@@ -130,7 +131,29 @@ pub struct ClusterStatus {
     pub poisoned: Option<String>,
 }
 
+/// A log-management request: each node manages its own log.
+enum Admin {
+    Snapshot(Reply<SnapshotFile>),
+    Compact(Offset, Reply<Compaction>),
+    Policy(PolicyUpdate, Reply<Policy>),
+    SegmentBytes(u64, Reply<u64>),
+    Segments(Reply<SegmentList>),
+}
+
+impl Admin {
+    fn refuse(self, e: Error) {
+        match self {
+            Admin::Snapshot(r) => r.send(Err(e)),
+            Admin::Compact(_, r) => r.send(Err(e)),
+            Admin::Policy(_, r) => r.send(Err(e)),
+            Admin::SegmentBytes(_, r) => r.send(Err(e)),
+            Admin::Segments(r) => r.send(Err(e)),
+        }
+    }
+}
+
 enum Msg {
+    Admin(Box<Admin>),
     Peer(Box<Message>),
     Part(u64, Box<transfer::Part>),
     Propose(Command, Reply<Effect>),
@@ -178,6 +201,7 @@ impl ClusterNode {
         let on_disk = store.snapshots_on_disk()?;
         let loaded = image::load(&*fs, &config.dir, &on_disk, store.first_index())?;
         let mut loaded_term = 0;
+        let mut newest_client_offset = Offset::ZERO;
         let (machine, newest) = match loaded {
             Some((image, file)) => {
                 let mut expected = voters.to_vec();
@@ -198,6 +222,7 @@ impl ClusterNode {
                     image.machine.kv.map.len()
                 );
                 loaded_term = image.term;
+                newest_client_offset = image.machine.next_offset;
                 (image.machine, Some(file))
             }
             None => (crate::consensus::Machine::default(), None),
@@ -281,7 +306,11 @@ impl ClusterNode {
             manager,
             download: None,
             installing: None,
+            snapshot_waiters: Vec::new(),
+            compact_waiters: std::collections::VecDeque::new(),
+            newest_client: newest_client_offset,
             serving: HashMap::new(),
+            offer_wait: offer_wait(config.snapshot_send_bytes_per_sec),
         };
         let join = spawn_actor(
             "consensus",
@@ -329,6 +358,35 @@ impl ClusterNode {
     /// A linearizable read.
     pub fn read_with(&self, query: ReadQuery, reply: Reply<ReadAnswer>) {
         self.submit(Msg::Read(query, reply));
+    }
+
+    /// Writes a snapshot of this node's state machine now (after one in flight, if
+    /// that one was cut before this request); its `offset` is the client offset it
+    /// covers up to.
+    pub fn snapshot_with(&self, reply: Reply<SnapshotFile>) {
+        self.submit(Msg::Admin(Box::new(Admin::Snapshot(reply))));
+    }
+
+    /// Compacts this node's log up to client offset `at`, behind a durable snapshot
+    /// that covers it (written first if there is none). The log is not compacted past
+    /// what a follower receiving a snapshot needs next.
+    pub fn compact_with(&self, at: Offset, reply: Reply<Compaction>) {
+        self.submit(Msg::Admin(Box::new(Admin::Compact(at, reply))));
+    }
+
+    /// Changes this node's log-management policy; answers the policy now in force.
+    pub fn set_policy_with(&self, update: PolicyUpdate, reply: Reply<Policy>) {
+        self.submit(Msg::Admin(Box::new(Admin::Policy(update, reply))));
+    }
+
+    /// Sets the size at which this node's active segment is sealed.
+    pub fn set_segment_bytes_max_with(&self, bytes: u64, reply: Reply<u64>) {
+        self.submit(Msg::Admin(Box::new(Admin::SegmentBytes(bytes, reply))));
+    }
+
+    /// This node's segments (offsets are log positions: Raft index minus one).
+    pub fn segments_with(&self, reply: Reply<SegmentList>) {
+        self.submit(Msg::Admin(Box::new(Admin::Segments(reply))));
     }
 
     /// Where the node stands.
@@ -395,7 +453,17 @@ struct Consensus {
     installing: Option<(Message, Box<image::Image>)>,
     /// On a leader: when each follower catching up from a snapshot was last heard of
     /// (offered one, or asked for chunks).
-    serving: HashMap<u64, Instant>,
+    serving: HashMap<u64, (Instant, u64)>,
+    /// How long a leader waits for an ask before it offers a snapshot again: longer
+    /// than a window takes at the configured send rate.
+    offer_wait: Duration,
+    /// `wal_snapshot` requests, with the index applied when each came: answered by the
+    /// first snapshot cut at or after it.
+    snapshot_waiters: Vec<(u64, Reply<SnapshotFile>)>,
+    /// `wal_compact` requests: the first index to keep, in order.
+    compact_waiters: std::collections::VecDeque<(u64, Reply<Compaction>)>,
+    /// The client offset the newest durable snapshot covers up to.
+    newest_client: Offset,
 }
 
 /// A snapshot being received: see [`transfer`].
@@ -413,8 +481,17 @@ struct Download {
 }
 
 /// How long a leader waits for a follower to ask for chunks of the snapshot it offered
-/// before it offers again (raft-rs sends a new offer once told the last one failed).
-const OFFER_WAIT: Duration = Duration::from_secs(3);
+/// before it offers again (raft-rs sends a new offer once told the last one failed):
+/// 3 s, or twice the time a window takes at the send rate if that is longer.
+fn offer_wait(rate: u64) -> Duration {
+    let window = u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES;
+    let at_rate = if rate == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(2.0 * window as f64 / rate as f64)
+    };
+    at_rate.max(Duration::from_secs(3))
+}
 
 /// The identity of a durable snapshot of this node, as offers carry it.
 fn image_identity(file: &crate::snapshot::SnapshotFile, term: u64) -> transfer::Identity {
@@ -515,20 +592,47 @@ impl Consensus {
     /// The snapshotter or the compactor finished a job.
     fn on_report(&mut self, r: manage::Report) {
         match r {
-            manage::Report::Snapshot(r) => match self.manager.snapshot_done(r) {
-                Ok(Some((id, compact))) => {
-                    let index = id.index;
-                    self.peer.store_mut().offer(id);
-                    if compact {
-                        self.compact_behind(index);
+            manage::Report::Snapshot(r) => {
+                match self.manager.snapshot_done(&r) {
+                    Ok(Some((id, compact))) => {
+                        let index = id.index;
+                        self.peer.store_mut().offer(id);
+                        if compact {
+                            self.compact_behind(index);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(why) => self.poison(why),
+                }
+                match r {
+                    Ok(w) => {
+                        self.newest_client = w.next_offset;
+                        let index = w.file.offset.get();
+                        let file = SnapshotFile {
+                            offset: w.next_offset,
+                            ..w.file
+                        };
+                        let (done, waiting): (Vec<_>, Vec<_>) =
+                            std::mem::take(&mut self.snapshot_waiters)
+                                .into_iter()
+                                .partition(|(asked_at, _)| *asked_at <= index);
+                        self.snapshot_waiters = waiting;
+                        for (_, reply) in done {
+                            reply.send(Ok(file.clone()));
+                        }
+                    }
+                    Err((why, _)) => {
+                        for (_, reply) in self.snapshot_waiters.drain(..) {
+                            reply.send(Err(Error::Unavailable(why.clone())));
+                        }
                     }
                 }
-                Ok(None) => {}
-                Err(why) => self.poison(why),
-            },
+                self.serve_admin();
+            }
             manage::Report::Compaction(r) => {
                 self.manager.compaction_done(r);
                 self.install_when_idle();
+                self.serve_admin();
             }
             manage::Report::Received { part, durable } => self.received(&part, durable),
             manage::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
@@ -623,7 +727,8 @@ impl Consensus {
                 from: at,
                 count,
             } => {
-                self.serving.insert(from, Instant::now());
+                let index = crate::core::layout::parse_raft_snapshot(&file).unwrap_or(0);
+                self.serving.insert(from, (Instant::now(), index));
                 self.manager.job(manage::Job::Serve {
                     to: from,
                     file,
@@ -707,6 +812,7 @@ impl Consensus {
                 log::info!("received snapshot {} whole; installing it", id.file);
                 self.peer.store_mut().offer(id.clone());
                 self.manager.status.snapshot = Some(file);
+                self.newest_client = image.machine.next_offset;
                 // The install replaces the log's files: not while the compactor may
                 // still rewrite log.meta for the old log.
                 self.installing = Some((d.msg, Box::new(image)));
@@ -749,41 +855,67 @@ impl Consensus {
             self.manager.status.transfers.asked_again += 1;
             self.ask();
         }
-        for (id, _) in self.peer.followers_in_snapshot() {
+        for (id, index) in self.peer.followers_in_snapshot() {
             let quiet = self
                 .serving
                 .get(&id)
-                .is_none_or(|at| at.elapsed() >= OFFER_WAIT);
+                .is_none_or(|(at, _)| at.elapsed() >= self.offer_wait);
             if quiet {
-                self.serving.insert(id, Instant::now());
+                self.serving.insert(id, (Instant::now(), index));
                 self.peer.snapshot_failed(id);
             }
         }
-        self.serving.retain(|_, at| at.elapsed() < 10 * OFFER_WAIT);
+        self.serving.retain(|_, (at, _)| at.elapsed() < manage::PIN);
     }
 
     /// Compacts the log behind the durable snapshot at `snapshot`, keeping what the
     /// policy and the followers still catching up need.
     fn compact_behind(&mut self, snapshot: u64) {
-        if self.installing.is_some() {
-            return;
-        }
         let followers: Vec<(u64, bool)> = self
             .peer
             .followers()
             .into_iter()
             .map(|(_, matched, active)| (matched, active))
             .collect();
-        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);
+        let keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);
+        self.compact_to(keep, snapshot, None);
+    }
+
+    /// Compacts the log so that it holds entries from index `keep` on, behind the
+    /// durable snapshot at `snapshot` (`keep` at most one past it); answers `then`.
+    fn compact_to(&mut self, keep: u64, snapshot: u64, then: Option<Reply<Compaction>>) {
+        let nothing = |c: &Self| Compaction {
+            snapshot_offset: c.newest_client,
+            entries_before: c.live_entries(),
+            entries_after: c.live_entries(),
+            bytes_freed: 0,
+        };
+        if self.installing.is_some() {
+            if let Some(then) = then {
+                then.send(Ok(nothing(self)));
+            }
+            return;
+        }
+        let mut keep = keep.min(snapshot + 1);
         // A follower receiving a snapshot goes on from the log right after it: that
         // part stays, however long the transfer takes, or the follower would need
         // another snapshot as soon as it installed this one.
         for (_, sending) in self.peer.followers_in_snapshot() {
             keep = keep.min(sending + 1);
         }
+        // Also while a follower is still asking for one (raft-rs may have been told
+        // an offer failed, and offered again meanwhile).
+        for (_, sending) in self.serving.values() {
+            if *sending > 0 {
+                keep = keep.min(sending + 1);
+            }
+        }
         let store = self.peer.store();
         // The entry before `keep` stays, for its term: compacting to its offset.
         if keep < 3 || keep <= store.first_index() {
+            if let Some(then) = then {
+                then.send(Ok(nothing(self)));
+            }
             return;
         }
         let at = Offset::new(keep - 2);
@@ -792,7 +924,110 @@ impl Consensus {
         // Reads stop below it now, before any file changes.
         self.peer.store_mut().fence(at);
         self.peer.forget_before(keep);
-        self.manager.compact(at, snapshot, next_offset, plan);
+        let client = self.newest_client;
+        let then = then.map(|reply| {
+            Reply::new(move |r: Result<Compaction>| {
+                reply.send(r.map(|c| Compaction {
+                    snapshot_offset: client,
+                    ..c
+                }))
+            })
+        });
+        self.manager.compact(at, snapshot, next_offset, plan, then);
+    }
+
+    /// Live entries in the log.
+    fn live_entries(&self) -> u64 {
+        let store = self.peer.store();
+        (store.last_index() + 1).saturating_sub(store.first_index())
+    }
+
+    /// A log-management request.
+    fn admin(&mut self, a: Admin) {
+        match a {
+            Admin::Snapshot(reply) => {
+                let applied = self.peer.machine().applied;
+                self.snapshot_waiters.push((applied, reply));
+                self.serve_admin();
+            }
+            Admin::Compact(at, reply) => {
+                let m = self.peer.machine();
+                if at > m.next_offset {
+                    return reply.send(Err(Error::PreconditionFailed(format!(
+                        "cannot compact to offset {at}: the log ends at offset {}",
+                        m.next_offset
+                    ))));
+                }
+                let keep = if at == m.next_offset {
+                    Some(m.applied + 1)
+                } else {
+                    m.index_of(at)
+                };
+                match keep {
+                    Some(keep) if keep > self.peer.store().first_index() => {
+                        self.compact_waiters.push_back((keep, reply));
+                        self.serve_admin();
+                    }
+                    // Already compacted.
+                    _ => reply.send(Ok(Compaction {
+                        snapshot_offset: self.newest_client,
+                        entries_before: self.live_entries(),
+                        entries_after: self.live_entries(),
+                        bytes_freed: 0,
+                    })),
+                }
+            }
+            Admin::Policy(update, reply) => match self.manager.policy().with(&update) {
+                Ok(p) => {
+                    self.manager.set_policy(p);
+                    reply.send(Ok(p));
+                }
+                Err(e) => reply.send(Err(e)),
+            },
+            Admin::SegmentBytes(bytes, reply) => {
+                if bytes < 1 {
+                    return reply.send(Err(Error::InvalidArgument(
+                        "max_segment_bytes must be at least 1".into(),
+                    )));
+                }
+                self.peer.store_mut().set_segment_bytes_max(bytes);
+                reply.send(Ok(bytes));
+            }
+            Admin::Segments(reply) => reply.send(Ok(self.peer.store().segments())),
+        }
+    }
+
+    /// Carries out what snapshot and compaction requests wait for: a cut for the
+    /// snapshot waiters (none is being written), then the compactions whose snapshot
+    /// is durable, one at a time.
+    fn serve_admin(&mut self) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        let newest = self
+            .manager
+            .status
+            .snapshot
+            .as_ref()
+            .map_or(0, |f| f.offset.get());
+        let needs_cut = !self.snapshot_waiters.is_empty()
+            || self
+                .compact_waiters
+                .front()
+                .is_some_and(|(keep, _)| keep - 1 > newest);
+        if needs_cut && !self.manager.cutting() {
+            let image = self.peer.image();
+            self.manager.cut(image);
+        }
+        while !self.manager.compacting()
+            && self
+                .compact_waiters
+                .front()
+                .is_some_and(|(keep, _)| keep - 1 <= newest)
+        {
+            let (keep, reply) = self.compact_waiters.pop_front().expect("front");
+            self.compact_to(keep, newest, Some(reply));
+        }
     }
 
     /// The compactor's news: it is about to free, or freed, what lies below the new
@@ -822,6 +1057,7 @@ impl Consensus {
             let e = Error::Crashed(format!("the node stopped serving: {why}"));
             match msg {
                 Msg::Peer(_) | Msg::Part(..) => {}
+                Msg::Admin(a) => a.refuse(e),
                 Msg::Propose(_, reply) => reply.send(Err(e)),
                 Msg::Read(_, reply) => reply.send(Err(e)),
                 Msg::Status(reply) => reply.send(Ok(self.status())),
@@ -829,6 +1065,7 @@ impl Consensus {
             return;
         }
         match msg {
+            Msg::Admin(a) => self.admin(*a),
             Msg::Peer(m) if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot => {
                 self.offered(*m);
             }
@@ -1053,6 +1290,13 @@ impl Consensus {
                 p.waiter,
                 Error::Crashed(format!("{why}: the outcome is unknown")),
             );
+        }
+        let e = Error::Crashed(format!("the node stopped serving: {why}"));
+        for (_, reply) in self.snapshot_waiters.drain(..) {
+            reply.send(Err(e.clone()));
+        }
+        for (_, reply) in self.compact_waiters.drain(..) {
+            reply.send(Err(e.clone()));
         }
         self.poisoned = Some(why);
     }

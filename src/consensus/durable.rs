@@ -544,6 +544,20 @@ impl RaftLog {
         self.first
     }
 
+    /// The log's segments (offsets are log positions: Raft index minus one).
+    pub fn segments(&self) -> crate::types::SegmentList {
+        let log = self.log.borrow();
+        crate::types::SegmentList {
+            segments: log.segment_infos(),
+            active_segment: log.active_name().to_string(),
+        }
+    }
+
+    /// Changes the segment size limit (from the next append on).
+    pub fn set_segment_bytes_max(&mut self, bytes: u64) {
+        self.log.get_mut().set_segment_bytes_max(bytes);
+    }
+
     /// The length of file `name` in the log's directory, if it exists.
     pub fn file_len(&self, name: &str) -> Option<u64> {
         self.fs

@@ -263,17 +263,24 @@ impl<W: Write> Router<W> {
                     Ok(Answer::ClusterStatus(Box::new((s, ids))))
                 }))
             }
-            Request::WalSegmentConfig { .. }
-            | Request::WalSegmentInfo
-            | Request::WalPolicy { .. }
-            | Request::WalSnapshot { .. }
-            | Request::WalCompact { .. } => {
-                let body = error_body(
-                    code::NOT_SUPPORTED,
-                    "snapshots, compaction, policies and segment settings are not available on \
-                     a cluster node yet",
-                );
-                self.finish(&src, seq, body);
+            // Each node manages its own log. A cluster snapshot is always a full one,
+            // whatever `mode` asks.
+            Request::WalSnapshot { mode: _ } => {
+                node.snapshot_with(self.reply_with(src, seq, |s| Ok(Answer::Snapshot(s))))
+            }
+            Request::WalCompact { snapshot_at_offset } => node.compact_with(
+                snapshot_at_offset,
+                self.reply_with(src, seq, |c| Ok(Answer::Compaction(c))),
+            ),
+            Request::WalPolicy { update } => {
+                node.set_policy_with(update, self.reply_with(src, seq, |p| Ok(Answer::Policy(p))))
+            }
+            Request::WalSegmentConfig { max_segment_bytes } => node.set_segment_bytes_max_with(
+                max_segment_bytes,
+                self.reply_with(src, seq, |b| Ok(Answer::SegmentBytes(b))),
+            ),
+            Request::WalSegmentInfo => {
+                node.segments_with(self.reply_with(src, seq, |l| Ok(Answer::Segments(l))))
             }
         }
     }

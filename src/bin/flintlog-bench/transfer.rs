@@ -77,6 +77,22 @@ struct CatchUp {
     restart_to_read: f64,
 }
 
+/// Stops node `id` (once the links that may hold it for a moment let go).
+fn stop_node(net: &Net, id: u64) {
+    let mut n = net.nodes.write().expect("nodes")[id as usize - 1]
+        .take()
+        .expect("up");
+    loop {
+        match Arc::try_unwrap(n) {
+            Ok(n) => return n.shutdown(),
+            Err(back) => {
+                n = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
 fn p99(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -212,17 +228,7 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
     let sent = net.chunk_bytes.load(Ordering::Relaxed);
     // A restart of the caught-up follower, its disk intact: until it serves a read.
     let restart_to_read = {
-        let n = net.nodes.write().expect("nodes")[2].take().expect("up");
-        let mut n = n;
-        loop {
-            match Arc::try_unwrap(n) {
-                Ok(n) => break n.shutdown(),
-                Err(back) => {
-                    n = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        stop_node(&net, 3);
         let started = Instant::now();
         let link = Box::new(Link {
             from: 3,
@@ -242,19 +248,7 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
         }
     };
     for id in 1..=3 {
-        let n = net.nodes.write().expect("nodes")[id - 1]
-            .take()
-            .expect("up");
-        let mut n = n;
-        loop {
-            match Arc::try_unwrap(n) {
-                Ok(n) => break n.shutdown(),
-                Err(back) => {
-                    n = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        stop_node(&net, id);
     }
     CatchUp {
         took,
