@@ -115,6 +115,10 @@ impl Group {
     /// A power cut on node `id`'s disk now: the node is stopped and started again on
     /// what the disk would hold (pending writes landing as `mode` says).
     pub fn power_cut(&self, id: u64, seed: u64, mode: CrashMode) {
+        // Nothing the node does after the instant of the cut may reach the others (it
+        // keeps running until stopped): an acknowledgement sent after it would promise
+        // what the disk of the next run does not hold.
+        let was_cut = !self.net.cut_off.lock().unwrap().insert(id);
         let crashed = {
             let disks = self.disks.lock().unwrap();
             disks.as_ref().expect("simulated disks")[id as usize - 1].crash(seed, mode)
@@ -122,6 +126,9 @@ impl Group {
         self.down(id);
         self.disks.lock().unwrap().as_mut().unwrap()[id as usize - 1] = crashed;
         self.up(id);
+        if !was_cut {
+            self.cut_off(id, false);
+        }
     }
 
     pub fn config(&self, id: u64) -> Config {
