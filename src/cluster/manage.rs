@@ -83,6 +83,9 @@ pub(super) enum Report {
     Compaction(std::result::Result<Compaction, String>),
     /// The part file `part` holds its first `durable` bytes durably.
     Received { part: String, durable: u64 },
+    /// A member asked for snapshot `file`, which is not (or no longer) on this node's
+    /// disk: it must not be offered again.
+    Missing { file: String },
     /// A received snapshot is whole, verified and in place, or why not (the part
     /// file is then gone: the transfer starts over).
     Downloaded {
@@ -552,6 +555,7 @@ impl Snapshotter {
             checksum,
         };
         let Some((crc, size)) = self.identity_of(file) else {
+            self.missing(file);
             return self.transport.send_part(to, gone());
         };
         if crc != checksum {
@@ -559,6 +563,7 @@ impl Snapshotter {
         }
         self.pinned.insert(file.to_string(), Instant::now());
         let Ok(f) = self.fs.open(&join(&self.dir, file), false) else {
+            self.missing(file);
             return self.transport.send_part(to, gone());
         };
         let mut at = from;
@@ -588,6 +593,19 @@ impl Snapshotter {
                 },
             );
             at += n;
+        }
+    }
+
+    /// Forgets a snapshot that is not on disk (deleted by hand, say) and says so.
+    fn missing(&mut self, file: &str) {
+        let exists = self.fs.open(&join(&self.dir, file), false).is_ok();
+        if !exists {
+            log::warn!("snapshot {file} was asked for but is not on disk");
+            self.on_disk.retain(|(_, n)| n != file);
+            self.checksums.remove(file);
+            let _ = self.reports.send(Report::Missing {
+                file: file.to_string(),
+            });
         }
     }
 

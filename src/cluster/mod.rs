@@ -635,6 +635,13 @@ impl Consensus {
                 self.serve_admin();
             }
             manage::Report::Received { part, durable } => self.received(&part, durable),
+            manage::Report::Missing { file } => {
+                // Offer nothing until a newer snapshot is durable: write one now.
+                if self.peer.store_mut().withdraw(&file) && !self.manager.cutting() {
+                    let image = self.peer.image();
+                    self.manager.cut(image);
+                }
+            }
             manage::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
         }
     }

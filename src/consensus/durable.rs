@@ -558,6 +558,16 @@ impl RaftLog {
         self.log.get_mut().set_segment_bytes_max(bytes);
     }
 
+    /// Stops offering snapshot `file` (it is no longer on disk); whether it was the
+    /// one offered.
+    pub fn withdraw(&mut self, file: &str) -> bool {
+        let offered = self.offered.as_ref().is_some_and(|o| o.file == file);
+        if offered {
+            self.offered = None;
+        }
+        offered
+    }
+
     /// The length of file `name` in the log's directory, if it exists.
     pub fn file_len(&self, name: &str) -> Option<u64> {
         self.fs

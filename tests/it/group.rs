@@ -687,3 +687,68 @@ fn each_node_snapshots_and_compacts_its_own_log_on_request() {
     assert!(!segs.segments.is_empty() && segs.segments.last().unwrap().file == segs.active_segment);
     g.converge(&[1, 2, 3]);
 }
+
+#[test]
+fn a_received_snapshot_that_does_not_verify_is_received_again_never_installed() {
+    let g = Group::start(slow);
+    strand_n3(&g);
+    // Damage what n3 has received so far, on its disk, once some has arrived: the
+    // chunks were good, the file is not.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let part = files(&g.dirs[2], ".part").first().cloned();
+        if let Some(part) = part {
+            let path = g.dirs[2].join(&part);
+            if std::fs::metadata(&path).map_or(0, |m| m.len()) > 64 {
+                let mut b = std::fs::read(&path).unwrap();
+                b[50] ^= 0x01;
+                std::fs::write(&path, &b[..]).unwrap();
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no transfer began");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let all = g.converge(&[1, 2, 3]);
+    let t = all[2].management.transfers;
+    assert!(t.restarted >= 1 && t.completed >= 1, "{t:?}");
+    match g.read(3, ReadQuery::Key("k2999".into())).unwrap() {
+        ReadAnswer::Value(v) => assert_eq!(v, Some("x".repeat(100))),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_snapshot_gone_from_its_sender_is_replaced_by_a_newer_offer() {
+    let g = Group::start(small);
+    g.converge(&[1, 2, 3]);
+    g.cut_off(3, true);
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..450u64 {
+        g.append(1 + i % 2, format!("set k{}=v{i}", i % 5));
+    }
+    g.converge(&[1, 2]);
+    // The snapshot the leader would offer disappears from its disk (deleted by hand):
+    // the follower hears it is gone, the leader writes and offers a newer one.
+    let leader = (1..=2)
+        .find(|&id| g.status(id).role == "leader")
+        .expect("a leader");
+    let newest = g
+        .status(leader)
+        .management
+        .snapshot
+        .expect("a snapshot")
+        .file;
+    std::fs::remove_file(g.dirs[leader as usize - 1].join(&newest)).unwrap();
+    g.cut_off(3, false);
+    let all = g.converge(&[1, 2, 3]);
+    let t = all[2].management.transfers;
+    assert!(t.completed >= 1 && t.started >= 2, "{t:?}");
+    let now = g
+        .status(leader)
+        .management
+        .snapshot
+        .expect("a snapshot")
+        .file;
+    assert_ne!(now, newest);
+}
