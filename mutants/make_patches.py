@@ -198,8 +198,8 @@ MUTANTS = [
      "a cluster node compacts its log past its durable snapshot",
      "--test it -- group::a_group_snapshots_compacts_and_restarts_from_its_snapshots",
      [("src/cluster/mod.rs",
-       "        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers);",
-       "        let mut keep = policy::raft_keep_from(snapshot, self.manager.trailing(), &followers)\n            .max(snapshot + 2)\n            .min(self.peer.store().last_index());")]),
+       "        let mut keep = keep.min(snapshot + 1);",
+       "        let mut keep = keep\n            .max(snapshot + 2)\n            .min(self.peer.store().last_index());")]),
     ("cluster-retention-drops-the-newest-snapshot",
      "a cluster node's retention keeps its oldest snapshot and retires the newest",
      "--test it -- group::a_group_snapshots_compacts_and_restarts_from_its_snapshots",
@@ -228,7 +228,10 @@ MUTANTS = [
      "the leader compacts past the snapshot a follower is receiving",
      "--test it -- group::a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only",
      [("src/cluster/mod.rs",
-       "            keep = keep.min(sending + 1);",
+       "        for (_, sending) in self.peer.followers_in_snapshot() {\n            keep = keep.min(sending + 1);\n        }",
+       "        for (_, sending) in self.peer.followers_in_snapshot() {\n            let _ = sending;\n        }"),
+      ("src/cluster/mod.rs",
+       "            if *sending > 0 {\n                keep = keep.min(sending + 1);\n            }",
        "            let _ = sending;")]),
 ]
 
