@@ -1,0 +1,276 @@
+//! Catching a follower up: receiving a snapshot from the leader, serving one to a
+//! follower (see [`super::transfer`]); methods of the consensus actor.
+
+use super::*;
+
+/// A snapshot being received: see [`transfer`].
+pub(super) struct Download {
+    id: transfer::Identity,
+    /// The offer, stepped into raft-rs once the file is whole and in place.
+    msg: Message,
+    /// Bytes of the part file durable, and asked for so far.
+    durable: u64,
+    asked: u64,
+    /// Chunks are taken in order: the next one must start here.
+    expected: u64,
+    asked_at: Instant,
+    finishing: bool,
+}
+
+/// How long a leader waits for a follower to ask for chunks of the snapshot it offered
+/// before it offers again (raft-rs sends a new offer once told the last one failed):
+/// 3 s, or twice the time a window takes at the send rate if that is longer.
+pub(super) fn offer_wait(rate: u64) -> Duration {
+    let window = u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES;
+    let at_rate = if rate == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(2.0 * window as f64 / rate as f64)
+    };
+    at_rate.max(Duration::from_secs(3))
+}
+
+/// The identity of a durable snapshot of this node, as offers carry it.
+pub(super) fn image_identity(
+    file: &crate::snapshot::SnapshotFile,
+    term: u64,
+) -> transfer::Identity {
+    transfer::Identity {
+        index: file.offset.get(),
+        term,
+        file: file.file.clone(),
+        size: file.size_bytes,
+        checksum: file.checksum,
+    }
+}
+
+impl Consensus {
+    /// A leader offers a snapshot (`MsgSnapshot`, carrying its identity): receive it
+    /// in full before raft-rs sees the offer. The same snapshot offered again goes on
+    /// from what arrived; another one starts over.
+    pub(super) fn offered(&mut self, m: Message) {
+        let id = match transfer::Identity::decode(&m.get_snapshot().data) {
+            Ok(id) if id.index == m.get_snapshot().get_metadata().index => id,
+            Ok(_) => return log::warn!("a snapshot offer whose identity names another index"),
+            Err(why) => return log::warn!("a snapshot offer that does not decode: {why}"),
+        };
+        if id.index <= self.peer.machine().applied {
+            // Nothing to fetch: raft-rs answers it from what this node has.
+            return self.peer.step(m);
+        }
+        if let Some(d) = &mut self.download
+            && d.id == id
+        {
+            d.msg = m;
+            return;
+        }
+        let part = id.part_name();
+        let have = self.peer.store().file_len(&part).unwrap_or(0).min(id.size);
+        let t = &mut self.manager.status.transfers;
+        t.started += 1;
+        if have > 0 {
+            t.resumed += 1;
+        }
+        if self.download.is_some() {
+            t.restarted += 1;
+        }
+        log::info!(
+            "receiving snapshot {} (index {}, {} bytes) from node {}{}",
+            id.file,
+            id.index,
+            id.size,
+            m.from,
+            if have > 0 {
+                format!(", resuming at byte {have}")
+            } else {
+                String::new()
+            }
+        );
+        self.manager.job(manage::Job::Forget {
+            keep: Some(part.clone()),
+        });
+        self.download = Some(Download {
+            id,
+            msg: m,
+            durable: have,
+            asked: have,
+            expected: have,
+            asked_at: Instant::now(),
+            finishing: false,
+        });
+        self.ask();
+    }
+
+    /// Asks the offering leader for the next window of chunks (or, when the file is
+    /// whole, has it verified and put in place).
+    pub(super) fn ask(&mut self) {
+        let Some(d) = &mut self.download else { return };
+        if d.finishing {
+            return;
+        }
+        if d.durable >= d.id.size {
+            d.finishing = true;
+            let id = d.id.clone();
+            return self.manager.job(manage::Job::Finish { id });
+        }
+        d.expected = d.durable;
+        d.asked = (d.durable + u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES).min(d.id.size);
+        d.asked_at = Instant::now();
+        let part = transfer::Part::Ask {
+            file: d.id.file.clone(),
+            checksum: d.id.checksum,
+            from: d.durable,
+            count: transfer::WINDOW,
+        };
+        self.transport.send_part(d.msg.from, part);
+    }
+
+    pub(super) fn on_part(&mut self, from: u64, part: transfer::Part) {
+        match part {
+            transfer::Part::Ask {
+                file,
+                checksum,
+                from: at,
+                count,
+            } => {
+                let index = crate::core::layout::parse_raft_snapshot(&file).unwrap_or(0);
+                self.serving.insert(from, (Instant::now(), index));
+                self.manager.job(manage::Job::Serve {
+                    to: from,
+                    file,
+                    checksum,
+                    from: at,
+                    count: count.min(4 * transfer::WINDOW),
+                    asked: Instant::now(),
+                });
+            }
+            transfer::Part::Chunk {
+                file,
+                checksum,
+                at,
+                size,
+                data,
+                crc,
+            } => {
+                let Some(d) = &mut self.download else { return };
+                let ok = d.id.file == file
+                    && d.id.checksum == checksum
+                    && d.id.size == size
+                    && at == d.expected
+                    && at + data.len() as u64 <= size
+                    && crc32c::crc32c(&data) == crc;
+                if !ok {
+                    // Out of order, damaged or stale: asked again after a pause.
+                    return;
+                }
+                d.expected += data.len() as u64;
+                // Progress: asked again only after a pause without any.
+                d.asked_at = Instant::now();
+                // One sync per window: the window's last chunk makes it durable.
+                let sync = d.expected >= d.asked;
+                self.manager.job(manage::Job::Receive {
+                    part: d.id.part_name(),
+                    at,
+                    data,
+                    sync,
+                });
+            }
+            transfer::Part::Gone { file, checksum } => {
+                if self
+                    .download
+                    .as_ref()
+                    .is_some_and(|d| d.id.file == file && d.id.checksum == checksum)
+                {
+                    log::info!(
+                        "the leader no longer has snapshot {file}: waiting for a newer offer"
+                    );
+                    self.download = None;
+                }
+            }
+        }
+    }
+
+    /// The part file holds `durable` bytes durably.
+    pub(super) fn received(&mut self, part: &str, durable: u64) {
+        let Some(d) = &mut self.download else { return };
+        if d.id.part_name() != part || durable <= d.durable {
+            return;
+        }
+        d.durable = durable;
+        if durable >= d.asked {
+            self.ask();
+        }
+    }
+
+    /// A received snapshot is in place (or did not verify): step the offer into
+    /// raft-rs, which installs it.
+    pub(super) fn downloaded(
+        &mut self,
+        id: transfer::Identity,
+        outcome: std::result::Result<(image::Image, crate::snapshot::SnapshotFile), String>,
+    ) {
+        let Some(d) = self.download.take_if(|d| d.id == id) else {
+            return;
+        };
+        match outcome {
+            Ok((image, file)) => {
+                self.manager.status.transfers.completed += 1;
+                log::info!("received snapshot {} whole; installing it", id.file);
+                self.peer.store_mut().offer(id.clone());
+                self.manager.status.snapshot = Some(file);
+                self.newest_client = image.machine.next_offset;
+                // The install replaces the log's files: not while the compactor may
+                // still rewrite log.meta for the old log.
+                self.installing = Some((d.msg, Box::new(image)));
+                self.install_when_idle();
+            }
+            Err(why) => {
+                log::warn!("{why}; receiving it again from the start");
+                self.manager.status.transfers.restarted += 1;
+                self.download = Some(Download {
+                    durable: 0,
+                    asked: 0,
+                    expected: 0,
+                    finishing: false,
+                    ..d
+                });
+                self.ask();
+            }
+        }
+    }
+
+    /// Steps a received snapshot into raft-rs (which installs it) once no compaction
+    /// is in flight.
+    pub(super) fn install_when_idle(&mut self) {
+        if self.manager.compacting() {
+            return;
+        }
+        if let Some((msg, image)) = self.installing.take() {
+            self.peer.step_snapshot(msg, *image);
+        }
+    }
+
+    /// Every tick: a transfer that stalled asks again from its durable length; a
+    /// leader tells raft-rs that an offer nobody acted on failed, so that it offers
+    /// again (to a follower that restarted, say).
+    pub(super) fn transfers_tick(&mut self) {
+        if let Some(d) = &self.download
+            && !d.finishing
+            && d.asked_at.elapsed() >= transfer::ASK_AGAIN
+        {
+            self.manager.status.transfers.asked_again += 1;
+            self.ask();
+        }
+        for (id, index) in self.peer.followers_in_snapshot() {
+            let quiet = self
+                .serving
+                .get(&id)
+                .is_none_or(|(at, _)| at.elapsed() >= self.offer_wait);
+            if quiet {
+                self.serving.insert(id, (Instant::now(), index));
+                self.peer.snapshot_failed(id);
+            }
+        }
+        self.serving.retain(|_, (at, _)| at.elapsed() < manage::PIN);
+    }
+}
