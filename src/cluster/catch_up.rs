@@ -17,6 +17,9 @@ pub(super) struct Download {
     finishing: bool,
 }
 
+/// How long a whole file may wait for its verification before it is asked again.
+const FINISH_AGAIN: Duration = Duration::from_secs(10);
+
 /// How long a leader waits for a follower to ask for chunks of the snapshot it offered
 /// before it offers again (raft-rs sends a new offer once told the last one failed):
 /// 3 s, or twice the time a window takes at the send rate if that is longer.
@@ -62,6 +65,14 @@ impl Consensus {
             && d.id == id
         {
             d.msg = m;
+            return;
+        }
+        // Received whole already, and waiting to be installed.
+        if self
+            .installing
+            .as_ref()
+            .is_some_and(|(_, image)| image.index() == id.index)
+        {
             return;
         }
         let part = id.part_name();
@@ -110,6 +121,7 @@ impl Consensus {
         }
         if d.durable >= d.id.size {
             d.finishing = true;
+            d.asked_at = Instant::now();
             let id = d.id.clone();
             return self.manager.job(manage::Job::Finish { id });
         }
@@ -254,12 +266,15 @@ impl Consensus {
     /// leader tells raft-rs that an offer nobody acted on failed, so that it offers
     /// again (to a follower that restarted, say).
     pub(super) fn transfers_tick(&mut self) {
-        if let Some(d) = &self.download
-            && !d.finishing
-            && d.asked_at.elapsed() >= transfer::ASK_AGAIN
-        {
-            self.manager.status.transfers.asked_again += 1;
-            self.ask();
+        if let Some(d) = &mut self.download {
+            if !d.finishing && d.asked_at.elapsed() >= transfer::ASK_AGAIN {
+                self.manager.status.transfers.asked_again += 1;
+                self.ask();
+            } else if d.finishing && d.asked_at.elapsed() >= FINISH_AGAIN {
+                // The verification job was dropped (the snapshotter's queue was full).
+                d.finishing = false;
+                self.ask();
+            }
         }
         for (id, index) in self.peer.followers_in_snapshot() {
             let quiet = self

@@ -175,3 +175,51 @@ fn bad_raft_lines_are_dropped_and_the_node_keeps_serving() {
     );
     assert!(status["body"]["status"]["poisoned"].is_null(), "{status}");
 }
+
+#[test]
+fn log_management_requests_act_on_the_cluster_node_that_receives_them() {
+    use std::io::{BufRead, BufReader, Write};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = support::spawn(&[], Some(data.path()));
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    // Alone, n1 never has a leader: these requests need none.
+    let lines = [
+        r#"{"src": "c1", "dest": "n1", "body": {"type": "init", "msg_id": 1, "node_id": "n1", "node_ids": ["n1", "n2", "n3"]}}"#,
+        r#"{"src": "c1", "dest": "n1", "body": {"type": "wal_policy", "msg_id": 2, "snapshot_entries": 77}}"#,
+        r#"{"src": "c1", "dest": "n1", "body": {"type": "wal_segment_config", "msg_id": 3, "max_segment_bytes": 8192}}"#,
+        r#"{"src": "c1", "dest": "n1", "body": {"type": "wal_segment_info", "msg_id": 4}}"#,
+        r#"{"src": "c1", "dest": "n1", "body": {"type": "wal_snapshot", "msg_id": 5}}"#,
+        r#"{"src": "c1", "dest": "n1", "body": {"type": "wal_compact", "msg_id": 6, "snapshot_at_offset": 5}}"#,
+    ];
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    stdin.flush().unwrap();
+    let mut replies = std::collections::BTreeMap::new();
+    for line in stdout.lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["dest"] != "c1" {
+            continue;
+        }
+        let id = v["body"]["in_reply_to"].as_u64().unwrap();
+        replies.insert(id, v["body"].clone());
+        if replies.len() == lines.len() {
+            break;
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+    assert_eq!(replies[&2]["type"], "wal_policy_ok", "{:?}", replies[&2]);
+    assert_eq!(replies[&2]["policy"]["snapshot_entries"], 77);
+    assert_eq!(replies[&3]["max_segment_bytes"], 8192);
+    assert_eq!(
+        replies[&4]["type"], "wal_segment_info_ok",
+        "{:?}",
+        replies[&4]
+    );
+    assert_eq!(replies[&5]["type"], "wal_snapshot_ok", "{:?}", replies[&5]);
+    assert_eq!(replies[&5]["snapshot_offset"], 0);
+    // Offset 5 is past the end of an empty log: 22, nothing done.
+    assert_eq!(replies[&6]["code"], 22, "{:?}", replies[&6]);
+}
