@@ -20,11 +20,10 @@ use crate::actor::compactor::CompactorMsg;
 use crate::actor::{Feedback, Poison, Reply, poison_on_panic, spawn_actor};
 use crate::config::Config;
 use crate::core::kv::{self, Change, KvState, Written};
-use crate::core::layout;
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
 use crate::core::position::Offset;
 use crate::error::Error;
-use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
+use crate::fs::{FileSystem, Pacing, is_sync_failure};
 use crate::snapshot::{self, SnapshotFile};
 use crate::types::Compaction;
 use crate::wal::meta::SkipTo;
@@ -149,35 +148,16 @@ impl Snapshotter {
         log::debug!("snapshotter stopped");
     }
 
-    /// Frees the snapshot files retention dropped. Each is first renamed to a temp
-    /// name (which recovery removes) and the rename made durable, so that a crash in
-    /// the middle never leaves a shortened file under a snapshot's name; then it is
-    /// freed in paced steps, like a compacted segment. This happens before the
-    /// requesters are answered, so that a client's next request never races it.
+    /// Frees the snapshot files retention dropped (`snapshot::retire`: renamed to a
+    /// temp name, the rename made durable, then freed in paced steps). This happens
+    /// before the requesters are answered, so that a client's next request never
+    /// races it.
     fn retire(&mut self) {
-        for name in std::mem::take(&mut self.retiring) {
-            let doomed = join(&self.dir, &layout::retired(&name));
-            if let Err(e) = self.fs.rename(&join(&self.dir, &name), &doomed) {
-                log::warn!("could not remove old snapshot {name}: {e}");
-                continue;
-            }
-            if let Err(e) = self.fs.sync_dir(&self.dir) {
-                self.poison.set(format!(
-                    "the directory sync after retiring snapshot {name} failed: {e}"
-                ));
-                return;
-            }
-            let freed = self
-                .fs
-                .open(&doomed, false)
-                .and_then(|f| f.len())
-                .and_then(|size| self.pacing.free(&*self.fs, &doomed, size));
-            match freed {
-                Ok(()) => log::debug!("removed old snapshot {name}"),
-                Err(e) => {
-                    log::warn!("could not free retired snapshot {name}: {e}; recovery removes it")
-                }
-            }
+        let names = std::mem::take(&mut self.retiring);
+        if let Err(e) = snapshot::retire(&*self.fs, &self.dir, &names, &self.pacing) {
+            self.poison.set(format!(
+                "the directory sync after retiring snapshots {names:?} failed: {e}"
+            ));
         }
     }
 

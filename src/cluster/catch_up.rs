@@ -33,20 +33,6 @@ pub(super) fn offer_wait(rate: u64) -> Duration {
     at_rate.max(Duration::from_secs(3))
 }
 
-/// The identity of a durable snapshot of this node, as offers carry it.
-pub(super) fn image_identity(
-    file: &crate::snapshot::SnapshotFile,
-    term: u64,
-) -> transfer::Identity {
-    transfer::Identity {
-        index: file.offset.get(),
-        term,
-        file: file.file.clone(),
-        size: file.size_bytes,
-        checksum: file.checksum,
-    }
-}
-
 impl Consensus {
     /// A leader offers a snapshot (`MsgSnapshot`, carrying its identity): receive it
     /// in full before raft-rs sees the offer. The same snapshot offered again goes on

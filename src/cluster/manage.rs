@@ -26,7 +26,6 @@ use crate::actor::compactor::{Compactor, CompactorMsg};
 use crate::actor::{Feedback, Reply, spawn_actor};
 use crate::config::Config;
 use crate::consensus::image::{self, Image};
-use crate::core::layout;
 use crate::core::policy::{self, Policy, Progress, Thresholds};
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
@@ -278,10 +277,6 @@ impl Manager {
         self.cutting = false;
         match r {
             Ok(w) => {
-                let w = Written {
-                    file: w.file.clone(),
-                    ..*w
-                };
                 log::info!(
                     "cluster snapshot {} durable in {} ms ({} bytes, term {})",
                     w.file.file,
@@ -289,13 +284,7 @@ impl Manager {
                     w.file.size_bytes,
                     w.term
                 );
-                let id = Identity {
-                    index: w.file.offset.get(),
-                    term: w.term,
-                    file: w.file.file.clone(),
-                    size: w.file.size_bytes,
-                    checksum: w.file.checksum,
-                };
+                let id = Identity::of(&w.file, w.term);
                 // (A cut taken before a snapshot from the leader was installed is older.)
                 if self
                     .status
@@ -303,7 +292,7 @@ impl Manager {
                     .as_ref()
                     .is_none_or(|s| s.offset <= w.file.offset)
                 {
-                    self.status.snapshot = Some(w.file);
+                    self.status.snapshot = Some(w.file.clone());
                 }
                 self.status.snapshots_written += 1;
                 Ok(Some((id, self.policy.auto_compact && !self.compacting)))
@@ -498,33 +487,15 @@ impl Snapshotter {
         if dropped.is_empty() {
             return Ok(file);
         }
-        let mut retired = Vec::new();
-        for (_, name) in &dropped {
-            let to = layout::retired(name);
-            self.fs
-                .rename(&join(&self.dir, name), &join(&self.dir, &to))
-                .map_err(|e| failed(&format!("retiring {name}"), e))?;
-            retired.push(to);
-        }
         self.on_disk
             .retain(|(_, n)| !dropped.iter().any(|(_, d)| d == n));
-        self.fs.sync_dir(&self.dir).map_err(|e| {
+        let names: Vec<String> = dropped.iter().map(|(_, n)| n.clone()).collect();
+        crate::snapshot::retire(&*self.fs, &self.dir, &names, &self.pacing).map_err(|e| {
             (
                 format!("syncing the directory after retiring snapshots: {e}"),
                 true,
             )
         })?;
-        for name in retired {
-            let path = join(&self.dir, &name);
-            let size = self
-                .fs
-                .open(&path, false)
-                .and_then(|f| f.len())
-                .unwrap_or(0);
-            if let Err(e) = self.pacing.free(&*self.fs, &path, size) {
-                log::warn!("could not free retired snapshot {name}: {e}");
-            }
-        }
         self.checksums
             .retain(|name, _| !dropped.iter().any(|(_, d)| d == name));
         Ok(file)

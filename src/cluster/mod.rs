@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, RealFs};
 use crate::types::{Compaction, Info, ReadEntry, SegmentList, SnapshotFile};
 use admin::Admin;
-use catch_up::{Download, image_identity, offer_wait};
+use catch_up::{Download, offer_wait};
 use manage::Manager;
 
 /// Time per Raft tick. Fine-grained, so that two followers rarely time out in the same
@@ -241,7 +241,8 @@ impl ClusterNode {
         let (synced_tx, synced) = crossbeam_channel::unbounded();
         let transport: Arc<dyn Transport> = Arc::from(transport);
         if let Some(file) = &newest {
-            peer.store_mut().offer(image_identity(file, loaded_term));
+            peer.store_mut()
+                .offer(transfer::Identity::of(file, loaded_term));
         }
         let manager = Manager::start(
             fs.clone(),

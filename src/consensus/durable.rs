@@ -584,7 +584,7 @@ impl RaftLog {
         }
     }
 
-    /// The snapshots in the directory when it was opened, as `(index, name)`.
+    /// The cluster snapshots in the directory, as `(index, name)`.
     ///
     /// # Errors
     /// The directory cannot be listed.

@@ -171,6 +171,17 @@ impl Identity {
         })
     }
 
+    /// The identity of snapshot `file` (of this node), whose entry has term `term`.
+    pub fn of(file: &SnapshotFile, term: u64) -> Identity {
+        Identity {
+            index: file.offset.get(),
+            term,
+            file: file.file.clone(),
+            size: file.size_bytes,
+            checksum: file.checksum,
+        }
+    }
+
     /// Where the follower keeps what it received so far.
     pub fn part_name(&self) -> String {
         crate::core::layout::snapshot_part(&self.file, self.checksum)

@@ -68,6 +68,42 @@ use read::read_full;
 pub use read::{Delta, MachineFile, read, read_delta, read_machine};
 pub use write::{to_bytes, write, write_delta, write_machine};
 
+/// Retires snapshot files retention dropped, one at a time: each is renamed to its
+/// temp name (which recovery removes), the rename made durable by a directory sync,
+/// and only then is it freed in paced steps, like a compacted segment; so a crash never
+/// leaves a shortened file under a snapshot's name. A rename or a free that fails is
+/// logged and skipped (recovery removes what is left).
+///
+/// # Errors
+/// A directory sync failed (marked as a sync failure: fail-stop for the caller); the
+/// files after it were not retired.
+pub(crate) fn retire(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    names: &[String],
+    pacing: &crate::fs::Pacing,
+) -> io::Result<()> {
+    for name in names {
+        let doomed = dir.join(layout::retired(name));
+        if let Err(e) = fs.rename(&dir.join(name), &doomed) {
+            log::warn!("could not remove old snapshot {name}: {e}");
+            continue;
+        }
+        fs.sync_dir(dir).map_err(sync_failed)?;
+        let freed = fs
+            .open(&doomed, false)
+            .and_then(|f| f.len())
+            .and_then(|size| pacing.free(fs, &doomed, size));
+        match freed {
+            Ok(()) => log::debug!("removed old snapshot {name}"),
+            Err(e) => {
+                log::warn!("could not free retired snapshot {name}: {e}; recovery removes it")
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,15 +199,26 @@ fn entries_truncation_and_hard_state_survive_a_restart() {
 fn a_power_cut_at_every_operation_keeps_what_was_durable() {
     let clean = SimFs::new();
     workload(&clean);
-    let ops = clean.ops();
+    sweep("Raft log", clean.ops(), 2, workload, check);
+}
+
+/// Runs `workload` with a power cut at each of its `ops` operations, recovers every
+/// crash state (every mode, `seeds` seeds), checks each, and fails on any failure.
+fn sweep<O>(
+    what: &str,
+    ops: u64,
+    seeds: u64,
+    workload: fn(&SimFs) -> O,
+    check: fn(&SimFs, &O) -> Result<(), String>,
+) {
     let (mut states, mut failures) = (0, Vec::new());
     for k in 0..=ops {
-        let (n, failed) = cut_at(k, 2);
+        let (n, failed) = cut_with(k, seeds, workload, check);
         states += n;
         failures.extend(failed.into_iter().map(|f| format!("op={k} {f}")));
     }
     println!(
-        "Raft log: {ops} operations, {states} crash states, {} failures",
+        "{what}: {ops} operations, {states} crash states, {} failures",
         failures.len()
     );
     assert!(
@@ -255,6 +266,16 @@ fn a_vote_alone_is_made_durable_by_sync() {
 /// Runs the workload with a power cut at operation `k`, recovers every crash state
 /// (every mode, `seeds` seeds) and checks it: how many, and what failed.
 fn cut_at(k: u64, seeds: u64) -> (u64, Vec<String>) {
+    cut_with(k, seeds, workload, check)
+}
+
+/// [`cut_at`] for any workload and its check.
+fn cut_with<O>(
+    k: u64,
+    seeds: u64,
+    workload: fn(&SimFs) -> O,
+    check: fn(&SimFs, &O) -> Result<(), String>,
+) -> (u64, Vec<String>) {
     let fs = SimFs::new();
     fs.set_faults(Faults {
         crash_at: Some(k),
@@ -424,33 +445,11 @@ fn replacing_the_log_by_a_snapshot_survives_a_power_cut_at_every_operation() {
     assert!(o.done && o.synced_after == 5);
     let log = open(&clean.clean_copy()).unwrap();
     assert_eq!((log.first_index(), log.last_index()), (41, 45));
-    let ops = clean.ops();
-    let (mut states, mut failures) = (0, Vec::new());
-    for k in 0..=ops {
-        let fs = SimFs::new();
-        fs.set_faults(Faults {
-            crash_at: Some(k),
-            ..Faults::default()
-        });
-        let o = install_workload(&fs);
-        for mode in CrashMode::ALL {
-            for seed in 0..3 {
-                states += 1;
-                let disk = fs.crash(seed, mode);
-                if let Err(why) = check_install(&disk, &o) {
-                    failures.push(format!("op={k} mode={mode:?} seed={seed}: {why}"));
-                }
-            }
-        }
-    }
-    println!(
-        "Raft log install: {ops} operations, {states} crash states, {} failures",
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures, first: {}",
-        failures.len(),
-        failures[0]
+    sweep(
+        "Raft log install",
+        clean.ops(),
+        3,
+        install_workload,
+        check_install,
     );
 }
