@@ -233,6 +233,18 @@ MUTANTS = [
       ("src/cluster/admin.rs",
        "            if *sending > 0 {\n                keep = keep.min(sending + 1);\n            }",
        "            let _ = sending;")]),
+    ("a-lost-disk-votes-under-its-old-id",
+     "members accept messages from another incarnation of a member (a node back with an empty directory)",
+     "--test it -- members::a_node_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledged_writes",
+     [("src/cluster/mod.rs",
+       "            Some(&recorded) if recorded != incarnation => {",
+       "            Some(&recorded) if recorded != incarnation && incarnation == u64::MAX => {")]),
+    ("a-new-member-gets-a-snapshot-that-predates-it",
+     "the leader offers a new member a snapshot older than the change that added it",
+     "--test it -- members::a_lost_disk_is_refused_under_its_old_id_and_replaced_by_a_new_member",
+     [("src/consensus/durable.rs",
+       ".filter(|(o, _)| o.index >= self.conf_index)",
+       ".filter(|(o, _)| o.index + 1 > 0)")]),
 ]
 
 

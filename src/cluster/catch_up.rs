@@ -214,7 +214,9 @@ impl Consensus {
             Ok((image, file)) => {
                 self.manager.status.transfers.completed += 1;
                 log::info!("received snapshot {} whole; installing it", id.file);
-                self.peer.store_mut().offer(id.clone());
+                self.peer
+                    .store_mut()
+                    .offer(id.clone(), &image.voters, &image.learners);
                 self.manager.status.snapshot = Some(file);
                 self.newest_client = image.machine.next_offset;
                 // The install replaces the log's files: not while the compactor may

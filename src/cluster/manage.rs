@@ -97,6 +97,9 @@ pub(super) enum Report {
 pub(super) struct Written {
     pub file: SnapshotFile,
     pub term: u64,
+    /// The configuration it records: voters and learners.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
     pub duration_ms: u64,
     /// The client offsets it covers: `[0, next_offset)`.
     pub next_offset: Offset,
@@ -451,6 +454,8 @@ impl Snapshotter {
             let r = r.map(|file| Written {
                 file,
                 term: cut.image.term,
+                voters: cut.image.voters.clone(),
+                learners: cut.image.learners.clone(),
                 duration_ms: started.elapsed().as_millis() as u64,
                 next_offset: cut.image.machine.next_offset,
             });

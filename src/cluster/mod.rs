@@ -39,7 +39,9 @@ use crate::actor::{Feedback, Reply, spawn_actor};
 use crate::config::Config;
 use crate::consensus::durable::{SyncJob, Syncer};
 use crate::consensus::image;
-use crate::consensus::{Command, Effect, Outcome, Peer, PeerConfig, RaftLog, Refused};
+use crate::consensus::{
+    Change, Changed, Command, Effect, Outcome, Peer, PeerConfig, RaftLog, Refused,
+};
 use crate::core::policy;
 use crate::core::policy::{Policy, PolicyUpdate};
 use crate::core::position::Offset;
@@ -74,6 +76,14 @@ pub trait Transport: Send + Sync {
     /// asks again).
     fn send_part(&self, to: u64, part: transfer::Part);
 }
+
+/// The node id of each Raft id this node knows of (founders, members added since,
+/// peers heard from), shared by the consensus actor and whoever connects the node to
+/// its peers.
+pub type Roster = Arc<std::sync::RwLock<std::collections::BTreeMap<u64, String>>>;
+
+/// How long a leader waits before it proposes again to record a member's incarnation.
+const RECORD_AGAIN: Duration = Duration::from_secs(2);
 
 /// What a node sends to a peer, as the router's queue carries it.
 #[derive(Debug)]
@@ -125,6 +135,17 @@ pub struct ClusterStatus {
     pub match_index: Vec<(u64, u64)>,
     /// CRC-32C of the state machine at `applied` (see `Machine::digest`).
     pub state_digest: u32,
+    /// The voters and learners of the configuration applied, by Raft id.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// This node's Raft id and incarnation.
+    pub id: u64,
+    /// See `durable::Identity`.
+    pub incarnation: u64,
+    /// Peer messages refused since the node started because they came from another
+    /// incarnation of a member than the one the group recorded.
+    pub refused_messages: u64,
     /// The last index in the log.
     pub last_index: u64,
     /// The first index the log holds entries from (1 until compacted).
@@ -137,7 +158,8 @@ pub struct ClusterStatus {
 
 enum Msg {
     Admin(Box<Admin>),
-    Peer(Box<Message>),
+    Change(Change, Reply<Changed>),
+    Peer(Box<Message>, u64),
     Part(u64, Box<transfer::Part>),
     Propose(Command, Reply<Effect>),
     Read(ReadQuery, Reply<ReadAnswer>),
@@ -147,24 +169,30 @@ enum Msg {
 /// A handle on a running cluster node.
 pub struct ClusterNode {
     tx: Option<Sender<Msg>>,
+    incarnation: u64,
     join: Option<std::thread::JoinHandle<()>>,
     /// Held until the node is dropped (in a mutex only so that handles are `Sync`).
     _lock: std::sync::Mutex<Box<dyn Lock>>,
 }
 
 impl ClusterNode {
-    /// Opens the node `id` (1-based) of a group of `voters` Raft ids in `config.dir`
-    /// (created if missing) and starts its consensus actor.
+    /// Opens the node with Raft id `id` in `config.dir` (created if missing) and
+    /// starts its consensus actor: a founder of a group of `founders` (Raft ids), or,
+    /// with no founders, a new member joining a group that added it (it takes nothing
+    /// from the group's log until it has installed a snapshot, which brings the
+    /// configuration). `roster` holds the node ids it knows (the founders', at
+    /// least); the node adds those of members added since.
     ///
     /// # Errors
     /// [`Error::Open`] when the directory cannot be used (see [`RaftLog::open`]).
     pub fn open(
         config: &Config,
         id: u64,
-        voters: &[u64],
+        founders: &[u64],
+        roster: Roster,
         transport: Box<dyn Transport>,
     ) -> Result<ClusterNode> {
-        Self::open_with_fs(config, id, voters, transport, Arc::new(RealFs))
+        Self::open_with_fs(config, id, founders, roster, transport, Arc::new(RealFs))
     }
 
     /// [`ClusterNode::open`] over any filesystem.
@@ -174,30 +202,24 @@ impl ClusterNode {
     pub fn open_with_fs(
         config: &Config,
         id: u64,
-        voters: &[u64],
+        founders: &[u64],
+        roster: Roster,
         transport: Box<dyn Transport>,
         fs: Arc<dyn FileSystem>,
     ) -> Result<ClusterNode> {
         config.validate()?;
         let (lock, _existed) = crate::node::prepare_dir(&*fs, &config.dir)?;
-        let mut store = RaftLog::open(fs.clone(), &config.log_options(), voters)?;
+        let mut store = RaftLog::open(fs.clone(), &config.log_options(), id, founders)?;
+        let who = store.identity().clone();
         let on_disk = store.snapshots_on_disk()?;
         let loaded = image::load(&*fs, &config.dir, &on_disk, store.first_index())?;
         let mut loaded_term = 0;
+        let mut loaded_conf = (who.founders.clone(), Vec::new());
         let mut newest_client_offset = Offset::ZERO;
         let (machine, newest) = match loaded {
             Some((image, file)) => {
-                let mut expected = voters.to_vec();
-                expected.sort_unstable();
-                if image.voters != expected {
-                    return Err(Error::Open(format!(
-                        "{}: snapshot {} belongs to a group of voters {:?}, not {voters:?}",
-                        config.dir.display(),
-                        file.file,
-                        image.voters
-                    )));
-                }
                 store.start_from_snapshot(image.index());
+                store.start_configured(&image.voters, &image.learners);
                 log::info!(
                     "cluster node {id}: loaded snapshot {} (index {}, {} keys)",
                     file.file,
@@ -205,11 +227,28 @@ impl ClusterNode {
                     image.machine.kv.map.len()
                 );
                 loaded_term = image.term;
+                loaded_conf = (image.voters.clone(), image.learners.clone());
                 newest_client_offset = image.machine.next_offset;
                 (image.machine, Some(file))
             }
             None => (crate::consensus::Machine::default(), None),
         };
+        let mut machine = machine;
+        if machine.names.is_empty() {
+            // The founders' names come from whoever started the group (the same list
+            // on every founder); a member added later finds them in its snapshot.
+            let known = roster.read().expect("roster lock");
+            for f in &who.founders {
+                if let Some(name) = known.get(f) {
+                    machine.names.insert(*f, name.clone());
+                }
+            }
+        }
+        roster
+            .write()
+            .expect("roster lock")
+            .extend(machine.names.iter().map(|(id, n)| (*id, n.clone())));
+
         let first_offset = match store.first_index() {
             1 => Offset::ZERO,
             first => Offset::new(first - 2),
@@ -231,7 +270,8 @@ impl ClusterNode {
         )
         .map_err(|e| Error::Open(format!("raft refused the configuration: {e}")))?;
         log::info!(
-            "cluster node {id} of {voters:?} opened {}: last index {}, term {}",
+            "cluster node {id} (founders {:?}) opened {}: last index {}, term {}",
+            who.founders,
             config.dir.display(),
             peer.store().last_index(),
             peer.store().hard_state().term
@@ -241,8 +281,11 @@ impl ClusterNode {
         let (synced_tx, synced) = crossbeam_channel::unbounded();
         let transport: Arc<dyn Transport> = Arc::from(transport);
         if let Some(file) = &newest {
-            peer.store_mut()
-                .offer(transfer::Identity::of(file, loaded_term));
+            peer.store_mut().offer(
+                transfer::Identity::of(file, loaded_term),
+                &loaded_conf.0,
+                &loaded_conf.1,
+            );
         }
         let manager = Manager::start(
             fs.clone(),
@@ -253,7 +296,8 @@ impl ClusterNode {
             newest,
             on_disk,
         )?;
-        let mut syncer = Syncer::new(fs, config.dir.clone(), voters.to_vec());
+        let incarnation = who.incarnation;
+        let mut syncer = Syncer::new(fs, config.dir.clone(), who);
         let syncer_join = spawn_actor(
             "syncer",
             |why: String| log::error!("{why}; the cluster node stops acknowledging"),
@@ -295,6 +339,13 @@ impl ClusterNode {
             newest_client: newest_client_offset,
             serving: HashMap::new(),
             offer_wait: offer_wait(config.snapshot_send_bytes_per_sec),
+            roster,
+            incarnation,
+            changes: HashMap::new(),
+            recording: HashMap::new(),
+            refused_messages: 0,
+            warned_incarnation: None,
+            last_stale_cut: None,
         };
         let join = spawn_actor(
             "consensus",
@@ -304,6 +355,7 @@ impl ClusterNode {
         .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))?;
         Ok(ClusterNode {
             tx: Some(tx),
+            incarnation,
             join: Some(join),
             _lock: std::sync::Mutex::new(lock),
         })
@@ -313,7 +365,7 @@ impl ClusterNode {
         let tx = self.tx.as_ref().expect("running");
         // A full inbox drops a peer message (the network may) but waits for a client's.
         match msg {
-            Msg::Peer(_) | Msg::Part(..) => {
+            Msg::Peer(..) | Msg::Part(..) => {
                 if let Err(TrySendError::Full(_)) = tx.try_send(msg) {
                     log::debug!("consensus inbox full: a peer message dropped");
                 }
@@ -324,9 +376,21 @@ impl ClusterNode {
         }
     }
 
-    /// Hands in a message from a peer.
-    pub fn step(&self, msg: Message) {
-        self.submit(Msg::Peer(Box::new(msg)));
+    /// Hands in a message from a peer, which says it is incarnation `incarnation` of
+    /// its Raft id (`msg.from`): refused if the group recorded another one.
+    pub fn step(&self, msg: Message, incarnation: u64) {
+        self.submit(Msg::Peer(Box::new(msg), incarnation));
+    }
+
+    /// This node's incarnation, which its messages to peers must carry.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Proposes a membership change (on the leader: elsewhere it answers error 11
+    /// naming the leader); `reply` gets its outcome once applied here.
+    pub fn change_with(&self, change: Change, reply: Reply<Changed>) {
+        self.submit(Msg::Change(change, reply));
     }
 
     /// Hands in a part of a snapshot transfer from the peer with Raft id `from`.
@@ -448,6 +512,17 @@ struct Consensus {
     compact_waiters: std::collections::VecDeque<(u64, Reply<Compaction>)>,
     /// The client offset the newest durable snapshot covers up to.
     newest_client: Offset,
+    roster: Roster,
+    incarnation: u64,
+    /// Membership changes proposed here, by request number, with their deadlines.
+    changes: HashMap<u64, (Reply<Changed>, Instant)>,
+    /// On a leader: incarnations it proposed to record, and when.
+    recording: HashMap<(u64, u64), Instant>,
+    refused_messages: u64,
+    warned_incarnation: Option<Instant>,
+    /// When the leader last cut a snapshot because its offer predated a membership
+    /// change.
+    last_stale_cut: Option<Instant>,
 }
 
 impl Consensus {
@@ -493,6 +568,7 @@ impl Consensus {
                 self.retry_waiting(now);
                 self.expire(now);
                 self.transfers_tick();
+                self.membership_tick();
             }
             self.drive();
             if self.poisoned.is_none() && self.manager.due(self.peer.machine().applied) {
@@ -542,7 +618,9 @@ impl Consensus {
                 match self.manager.snapshot_done(&r) {
                     Ok(Some((id, compact))) => {
                         let index = id.index;
-                        self.peer.store_mut().offer(id);
+                        if let Ok(w) = &r {
+                            self.peer.store_mut().offer(id, &w.voters, &w.learners);
+                        }
                         if compact {
                             self.compact_behind(index);
                         }
@@ -618,8 +696,9 @@ impl Consensus {
         if let Some(why) = &self.poisoned {
             let e = Error::Crashed(format!("the node stopped serving: {why}"));
             match msg {
-                Msg::Peer(_) | Msg::Part(..) => {}
+                Msg::Peer(..) | Msg::Part(..) => {}
                 Msg::Admin(a) => a.refuse(e),
+                Msg::Change(_, reply) => reply.send(Err(e)),
                 Msg::Propose(_, reply) => reply.send(Err(e)),
                 Msg::Read(_, reply) => reply.send(Err(e)),
                 Msg::Status(reply) => reply.send(Ok(self.status())),
@@ -628,10 +707,12 @@ impl Consensus {
         }
         match msg {
             Msg::Admin(a) => self.admin(*a),
-            Msg::Peer(m) if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot => {
+            Msg::Change(change, reply) => self.change(change, reply),
+            Msg::Peer(m, incarnation) if !self.admit(&m, incarnation) => {}
+            Msg::Peer(m, _) if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot => {
                 self.offered(*m);
             }
-            Msg::Peer(m) => self.peer.step(*m),
+            Msg::Peer(m, _) => self.peer.step(*m),
             Msg::Part(from, part) => self.on_part(from, *part),
             Msg::Status(reply) => reply.send(Ok(self.status())),
             msg => {
@@ -661,6 +742,10 @@ impl Consensus {
                     Ok(())
                 }
                 Err(Refused::NoLeader) => Err(Msg::Propose(cmd, reply)),
+                Err(Refused::Change(why)) => {
+                    reply.send(Err(Error::Unavailable(why)));
+                    Ok(())
+                }
             },
             Msg::Read(query, reply) => match self.peer.read() {
                 Ok(seq) => {
@@ -674,6 +759,10 @@ impl Consensus {
                     Ok(())
                 }
                 Err(Refused::NoLeader) => Err(Msg::Read(query, reply)),
+                Err(Refused::Change(why)) => {
+                    reply.send(Err(Error::Unavailable(why)));
+                    Ok(())
+                }
             },
             other => {
                 self.take(other);
@@ -704,6 +793,21 @@ impl Consensus {
     }
 
     fn expire(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .changes
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in late {
+            let (reply, _) = self.changes.remove(&seq).expect("listed");
+            self.peer.forget(seq);
+            reply.send(Err(Error::Crashed(format!(
+                "the membership change was not applied within {} ms: it may or may not \
+                 happen (wal_status shows the members)",
+                REQUEST_TIMEOUT.as_millis()
+            ))));
+        }
         let expired: Vec<u64> = self
             .pending
             .iter()
@@ -733,12 +837,12 @@ impl Consensus {
                 Ok(c) => c,
                 Err(e) => return self.poison(format!("a write to the Raft log failed: {e}")),
             };
-            let Some(persist) = cycle.persist else {
-                break;
-            };
             for m in cycle.send {
                 self.transport.send(m);
             }
+            let Some(persist) = cycle.persist else {
+                break;
+            };
             // The syncer makes it durable while this thread goes on; `on_synced` then
             // tells raft-rs and sends what waited.
             let job = self.peer.store_mut().take_sync_job();
@@ -753,6 +857,139 @@ impl Consensus {
             for (seq, outcome) in cycle.answers {
                 self.answer(seq, outcome);
             }
+            for (seq, outcome) in self.peer.take_changed() {
+                if let Some((reply, _)) = self.changes.remove(&seq) {
+                    reply.send(Ok(outcome));
+                }
+            }
+            self.share_names();
+        }
+    }
+
+    /// Publishes the node ids of members added (by the log or a snapshot) to the
+    /// roster the router reads.
+    fn share_names(&mut self) {
+        let names = &self.peer.machine().names;
+        let mut roster = self.roster.write().expect("roster lock");
+        for (id, name) in names {
+            if roster.get(id) != Some(name) {
+                roster.insert(*id, name.clone());
+            }
+        }
+    }
+
+    /// Whether a peer message may be stepped: not when the group recorded another
+    /// incarnation of its sender (a node that came back with an empty directory under
+    /// a member's id: it forgot its vote and its log, and must join as a new member).
+    /// A leader records the incarnation of each member it hears from first.
+    fn admit(&mut self, m: &Message, incarnation: u64) -> bool {
+        match self.peer.machine().incarnations.get(&m.from) {
+            Some(&recorded) if recorded != incarnation => {
+                self.refused_messages += 1;
+                let now = Instant::now();
+                if self
+                    .warned_incarnation
+                    .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+                {
+                    self.warned_incarnation = Some(now);
+                    let name = self
+                        .roster
+                        .read()
+                        .expect("roster lock")
+                        .get(&m.from)
+                        .cloned();
+                    log::error!(
+                        "refusing messages from {} (Raft id {}): it is incarnation \
+                         {incarnation:016x}, the group knows {recorded:016x}. That node \
+                         lost its data directory; it cannot take part under its old id \
+                         (it forgot its vote and its log). Remove it and add a new \
+                         member in its place.",
+                        name.as_deref().unwrap_or("?"),
+                        m.from
+                    );
+                }
+                false
+            }
+            Some(_) => true,
+            None => {
+                self.record(m.from, incarnation);
+                true
+            }
+        }
+    }
+
+    /// On a leader, proposes to record the incarnation of member `id` (not again
+    /// within [`RECORD_AGAIN`]).
+    fn record(&mut self, id: u64, incarnation: u64) {
+        if incarnation == 0
+            || self.peer.role().0 != StateRole::Leader
+            || self.peer.machine().incarnations.contains_key(&id)
+        {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .recording
+            .get(&(id, incarnation))
+            .is_some_and(|at| now.duration_since(*at) < RECORD_AGAIN)
+        {
+            return;
+        }
+        self.recording
+            .retain(|_, at| now.duration_since(*at) < RECORD_AGAIN);
+        if self
+            .peer
+            .propose(&Command::Incarnation { id, incarnation })
+            .is_ok()
+        {
+            self.recording.insert((id, incarnation), now);
+        }
+    }
+
+    /// Each tick: a leader records its own incarnation, and cuts a snapshot when the
+    /// one it offers predates a membership change (a member added since needs one
+    /// that names it).
+    fn membership_tick(&mut self) {
+        if self.peer.role().0 != StateRole::Leader {
+            return;
+        }
+        self.record(self.peer.id(), self.incarnation);
+        let now = Instant::now();
+        if self.peer.store().offer_stale()
+            && !self.manager.cutting()
+            && self
+                .last_stale_cut
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            self.last_stale_cut = Some(now);
+            let image = self.peer.image();
+            self.manager.cut(image);
+        }
+    }
+
+    /// Proposes a membership change, on the leader.
+    fn change(&mut self, change: Change, reply: Reply<Changed>) {
+        match self.peer.propose_change(&change) {
+            Ok(seq) => {
+                self.changes
+                    .insert(seq, (reply, Instant::now() + REQUEST_TIMEOUT));
+            }
+            Err(Refused::NoLeader) => {
+                let leader = self.peer.role().2;
+                let name = self
+                    .roster
+                    .read()
+                    .expect("roster lock")
+                    .get(&leader)
+                    .cloned();
+                reply.send(Err(Error::Unavailable(match name {
+                    Some(n) => format!(
+                        "this node does not lead: send membership changes to the leader, {n}"
+                    ),
+                    None => "this node does not lead, and no leader is known: try again".into(),
+                })));
+            }
+            Err(Refused::Change(why)) => reply.send(Err(Error::PreconditionFailed(why))),
         }
     }
 
@@ -838,6 +1075,11 @@ impl Consensus {
             next_offset: m.next_offset,
             match_index: self.peer.progress(),
             state_digest: m.digest(),
+            voters: self.peer.members().0,
+            learners: self.peer.members().1,
+            id: self.peer.id(),
+            incarnation: self.incarnation,
+            refused_messages: self.refused_messages,
             last_index: self.peer.store().last_index(),
             first_index: self.peer.store().first_index(),
             management: self.manager.status.clone(),
@@ -859,6 +1101,11 @@ impl Consensus {
         }
         for (_, reply) in self.compact_waiters.drain(..) {
             reply.send(Err(e.clone()));
+        }
+        for (_, (reply, _)) in self.changes.drain() {
+            reply.send(Err(Error::Crashed(format!(
+                "{why}: the outcome is unknown"
+            ))));
         }
         self.poisoned = Some(why);
     }

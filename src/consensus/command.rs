@@ -11,7 +11,10 @@
 //! version u8 = 1 | kind u8 | node u64 | boot u64 | seq u64 | command
 //!   kind 1 (append): payload (the rest)
 //!   kind 2 (cas):    key_len u32 | key | from_len u32 | from | to (the rest)
+//!   kind 3 (incarnation): raft id u64 | incarnation u64
 //! ```
+//!
+//! An incarnation record is the group's own business: it takes no client offset.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,6 +48,13 @@ pub enum Command {
         /// The value it gets.
         to: String,
     },
+    /// Record the incarnation of member `id` (the first record of an id stays).
+    Incarnation {
+        /// The member's Raft id.
+        id: u64,
+        /// The incarnation its messages carry.
+        incarnation: u64,
+    },
 }
 
 const VERSION: u8 = 1;
@@ -57,6 +67,7 @@ pub fn encode(ticket: Ticket, cmd: &Command) -> Vec<u8> {
     b.push(match cmd {
         Command::Append(_) => 1,
         Command::Cas { .. } => 2,
+        Command::Incarnation { .. } => 3,
     });
     b.extend_from_slice(&ticket.node.to_le_bytes());
     b.extend_from_slice(&ticket.boot.to_le_bytes());
@@ -69,6 +80,10 @@ pub fn encode(ticket: Ticket, cmd: &Command) -> Vec<u8> {
                 b.extend_from_slice(part.as_bytes());
             }
             b.extend_from_slice(to.as_bytes());
+        }
+        Command::Incarnation { id, incarnation } => {
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&incarnation.to_le_bytes());
         }
     }
     b
@@ -108,6 +123,11 @@ pub fn decode(b: &[u8]) -> Result<(Ticket, Command), String> {
             let to = String::from_utf8(rest.to_vec()).map_err(|e| e.to_string())?;
             Command::Cas { key, from, to }
         }
+        3 if rest.len() == 16 => Command::Incarnation {
+            id: u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")),
+            incarnation: u64::from_le_bytes(rest[8..].try_into().expect("8 bytes")),
+        },
+        3 => return Err(format!("incarnation entry of {} bytes", rest.len())),
         k => return Err(format!("unknown command kind {k}")),
     };
     Ok((ticket, cmd))
@@ -122,6 +142,8 @@ pub enum Effect {
     CasAbsent,
     /// A compare-and-set on a key that holds another value: nothing changed.
     CasMismatch(String),
+    /// The group's own record (an incarnation): no client offset taken.
+    Recorded,
 }
 
 /// The replicated state machine: the key-value state, the next client offset, and the
@@ -143,6 +165,14 @@ pub struct Machine {
     /// heard nothing of (the first proposal may have been lost on its way to the
     /// leader, or not), and the copy that comes second changes nothing.
     pub sessions: BTreeMap<(u64, u64), Session>,
+    /// The node id of every Raft id that was ever a member (founders and members
+    /// added since; a Raft id is never given to another node).
+    pub names: BTreeMap<u64, String>,
+    /// Each member's incarnation, as first recorded: the random number its data
+    /// directory was created with. Messages from another incarnation of that Raft id
+    /// (the node came back with an empty directory: it forgot its vote and its log)
+    /// are refused.
+    pub incarnations: BTreeMap<u64, u64>,
 }
 
 /// The requests of one run of one node that were applied.
@@ -213,6 +243,10 @@ impl Machine {
                 Some(cur) if **cur != **from => return Effect::CasMismatch(cur.to_string()),
                 Some(_) => kv::set_payload(key, to).into_bytes(),
             },
+            Command::Incarnation { id, incarnation } => {
+                self.incarnations.entry(*id).or_insert(*incarnation);
+                return Effect::Recorded;
+            }
         };
         self.kv.apply(&payload);
         let offset = self.next_offset;
@@ -255,6 +289,7 @@ impl Machine {
         match cmd {
             Command::Append(p) => p.clone(),
             Command::Cas { key, to, .. } => kv::set_payload(key, to).into_bytes(),
+            Command::Incarnation { .. } => Vec::new(),
         }
     }
 
@@ -297,6 +332,10 @@ mod tests {
                 key: "k".into(),
                 from: "1".into(),
                 to: "[2]".into(),
+            },
+            Command::Incarnation {
+                id: 4,
+                incarnation: u64::MAX - 3,
             },
         ] {
             assert_eq!(decode(&encode(t, &cmd)), Ok((t, cmd.clone())));

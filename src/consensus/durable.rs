@@ -8,11 +8,19 @@
 //! term u64 | kind u8 (0 normal, 1 configuration change, 2 configuration change v2) | data
 //! ```
 //!
-//! `raft.state` holds the group's voters and the hard state (term, vote, commit):
+//! `raft.state` holds this node's identity and the hard state (term, vote, commit):
 //!
 //! ```text
-//! magic "FLNTRAFT" | version u32 = 1 | term u64 | vote u64 | commit u64 | n u32 | voter u64 × n | crc32c u32
+//! magic "FLNTRAFT" | version u32 = 2 | term u64 | vote u64 | commit u64 | n u32 | founder u64 × n
+//!   | raft id u64 | incarnation u64 | crc32c u32
 //! ```
+//!
+//! The founders are the voters the group was created with (none for a node that
+//! joined it later: its first snapshot brings the configuration); the incarnation is
+//! a random number drawn when the directory was created, which the node's messages
+//! carry, so that its peers can tell it from a node that lost its directory and came
+//! back under the same id. Version 1 had neither id nor incarnation (read as 0: the
+//! next write records them).
 //!
 //! It is written crash-safely (temp file, fsync, rename, directory fsync) when the
 //! term or vote changed, by [`RaftLog::sync`], which first syncs the log: so the
@@ -45,7 +53,7 @@ use crate::wal::{Log, LogOptions, RecoverLog};
 
 const MAGIC: &[u8; 8] = b"FLNTRAFT";
 const INSTALL_MAGIC: &[u8; 8] = b"FLNTINST";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Entries kept in memory after they are written, for the appends a leader sends.
 const TAIL_CACHED: usize = 4096;
 
@@ -85,25 +93,51 @@ pub fn decode_entry(index: u64, b: &[u8]) -> std::result::Result<Entry, String> 
     })
 }
 
+/// Who this node is in its group, as `raft.state` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its Raft id.
+    pub id: u64,
+    /// The voters the group was founded with (empty: the node joined it later).
+    pub founders: Vec<u64>,
+    /// Drawn at random when the directory was created (0: not recorded yet).
+    pub incarnation: u64,
+}
+
+/// A fresh incarnation number: nonzero, different at every call.
+pub fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
 /// Encodes `raft.state`.
-pub fn encode_state(voters: &[u64], hs: &HardState) -> Vec<u8> {
-    let mut b = Vec::with_capacity(40 + 8 * voters.len());
+pub fn encode_state(who: &Identity, hs: &HardState) -> Vec<u8> {
+    let mut b = Vec::with_capacity(60 + 8 * who.founders.len());
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
     for v in [hs.term, hs.vote, hs.commit] {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    b.extend_from_slice(&(voters.len() as u32).to_le_bytes());
-    for v in voters {
+    b.extend_from_slice(&(who.founders.len() as u32).to_le_bytes());
+    for v in &who.founders {
         b.extend_from_slice(&v.to_le_bytes());
     }
+    b.extend_from_slice(&who.id.to_le_bytes());
+    b.extend_from_slice(&who.incarnation.to_le_bytes());
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
 }
 
-/// Decodes `raft.state`: the voters and the hard state.
-pub fn decode_state(b: &[u8]) -> std::result::Result<(Vec<u64>, HardState), String> {
+/// Decodes `raft.state`: the node's identity and the hard state.
+pub fn decode_state(b: &[u8]) -> std::result::Result<(Identity, HardState), String> {
     if b.len() < 44 || &b[0..8] != MAGIC {
         return Err("not a Raft state file".into());
     }
@@ -112,22 +146,43 @@ pub fn decode_state(b: &[u8]) -> std::result::Result<(Vec<u64>, HardState), Stri
         return Err("checksum mismatch".into());
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
-        return Err(format!("unsupported version {version}"));
-    }
+    let tail = match version {
+        1 => 0,
+        VERSION => 16,
+        v => return Err(format!("unsupported version {v}")),
+    };
     let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     let n = u32::from_le_bytes(b[36..40].try_into().expect("4 bytes")) as usize;
-    if body.len() != 40 + 8 * n {
-        return Err(format!("{} bytes for {n} voters", b.len()));
+    if body.len() != 40 + 8 * n + tail {
+        return Err(format!("{} bytes for {n} founders", b.len()));
     }
-    let voters = (0..n).map(|i| u64_at(40 + 8 * i)).collect();
+    let founders = (0..n).map(|i| u64_at(40 + 8 * i)).collect();
+    let (id, incarnation) = match tail {
+        0 => (0, 0),
+        _ => (u64_at(40 + 8 * n), u64_at(48 + 8 * n)),
+    };
     let hs = HardState {
         term: u64_at(12),
         vote: u64_at(20),
         commit: u64_at(28),
         ..HardState::default()
     };
-    Ok((voters, hs))
+    Ok((
+        Identity {
+            id,
+            founders,
+            incarnation,
+        },
+        hs,
+    ))
+}
+
+/// The identity recorded in `dir`'s `raft.state`, if there is one.
+///
+/// # Errors
+/// [`Error::Open`] when it cannot be read or is damaged.
+pub fn read_identity(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Identity>> {
+    Ok(read_state(fs, dir)?.map(|(who, _)| who))
 }
 
 /// Encodes `raft.install`: the snapshot the log is being replaced by.
@@ -207,7 +262,7 @@ fn redo_install(
     Ok(log)
 }
 
-fn read_state(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Vec<u64>, HardState)>> {
+fn read_state(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Identity, HardState)>> {
     let path = join(dir, RAFT_STATE);
     let file = match fs.open(&path, false) {
         Ok(f) => f,
@@ -223,8 +278,8 @@ fn read_state(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Vec<u64>, HardS
         .map_err(|why| Error::Open(format!("{} is damaged: {why}", path.display())))
 }
 
-fn write_state(fs: &dyn FileSystem, dir: &Path, voters: &[u64], hs: &HardState) -> io::Result<()> {
-    let bytes = encode_state(voters, hs);
+fn write_state(fs: &dyn FileSystem, dir: &Path, who: &Identity, hs: &HardState) -> io::Result<()> {
+    let bytes = encode_state(who, hs);
     create_durably(fs, dir, RAFT_STATE, |f| f.write_all_at(&bytes, 0))
 }
 
@@ -254,13 +309,13 @@ pub struct SyncJob {
 pub struct Syncer {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    voters: Vec<u64>,
+    who: Identity,
 }
 
 impl Syncer {
-    /// A syncer for the log in `dir`.
-    pub fn new(fs: Arc<dyn FileSystem>, dir: PathBuf, voters: Vec<u64>) -> Syncer {
-        Syncer { fs, dir, voters }
+    /// A syncer for the log in `dir` of node `who`.
+    pub fn new(fs: Arc<dyn FileSystem>, dir: PathBuf, who: Identity) -> Syncer {
+        Syncer { fs, dir, who }
     }
 
     /// Makes the jobs durable, in order.
@@ -281,7 +336,7 @@ impl Syncer {
             }
         }
         if let Some(hs) = jobs.iter().rev().find_map(|j| j.state.as_ref()) {
-            write_state(&*self.fs, &self.dir, &self.voters, hs)?;
+            write_state(&*self.fs, &self.dir, &self.who, hs)?;
         }
         Ok(())
     }
@@ -293,7 +348,11 @@ pub struct RaftLog {
     dir: PathBuf,
     options: LogOptions,
     log: RefCell<Log>,
-    voters: Vec<u64>,
+    who: Identity,
+    /// The configuration to start from (the founders', or a snapshot's), then the
+    /// one applied last, and the index of the change that made it (0: none).
+    conf: ConfState,
+    conf_index: u64,
     /// Runs of equal terms: `(first index, term)`, in index order, from the run that
     /// holds `first - 1`.
     terms: Vec<(u64, u64)>,
@@ -305,8 +364,8 @@ pub struct RaftLog {
     commit_floor: u64,
     /// When the last "a follower needs a snapshot" warning was logged.
     warned: std::cell::Cell<Option<std::time::Instant>>,
-    /// The snapshot offered to followers that need one.
-    offered: Option<super::image::Identity>,
+    /// The snapshot offered to followers that need one, with its configuration.
+    offered: Option<(super::image::Identity, ConfState)>,
     last: u64,
     hard_state: HardState,
     /// The hard state last handed to a sync (in `raft.state` once that returned).
@@ -319,14 +378,20 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// Opens (or creates) the Raft log of a group of `voters` in `options.dir`, which
-    /// exists and which the caller has locked. Leftover temp files are removed; the
-    /// log is recovered as a single node's is (a torn tail cut).
+    /// Opens (or creates) the Raft log of node `id` in `options.dir`, which exists
+    /// and which the caller has locked: a founder of a group of `founders`, or (with
+    /// none) a node that joins a group. Leftover temp files are removed; the log is
+    /// recovered as a single node's is (a torn tail cut).
     ///
     /// # Errors
-    /// [`Error::Open`] when the directory holds a single node's log, belonged to a
-    /// group of other voters, or is damaged.
-    pub fn open(fs: Arc<dyn FileSystem>, options: &LogOptions, voters: &[u64]) -> Result<RaftLog> {
+    /// [`Error::Open`] when the directory holds a single node's log, belonged to
+    /// another node or group, or is damaged.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        options: &LogOptions,
+        id: u64,
+        founders: &[u64],
+    ) -> Result<RaftLog> {
         let dir = options.dir.clone();
         let names = fs
             .list(&dir)
@@ -377,17 +442,40 @@ impl RaftLog {
                 }
             }
         }
-        let hs = match read_state(&*fs, &dir)? {
-            Some((was, hs)) if was == voters => hs,
-            Some((was, _)) => {
+        let (who, hs) = match read_state(&*fs, &dir)? {
+            Some((was, _)) if was.founders != founders => {
+                let joined = |f: &[u64]| match f {
+                    [] => "joined a group".to_string(),
+                    f => format!("founded a group of {} voters ({f:?})", f.len()),
+                };
                 return Err(Error::Open(format!(
-                    "{} belongs to a group of {} voters ({was:?}), not {} ({voters:?}): start \
-                     this node with the group it was part of, or on a new directory",
+                    "{} {}; this node {}: start it as it was started first, or on a new \
+                     directory",
                     dir.display(),
-                    was.len(),
-                    voters.len()
+                    joined(&was.founders),
+                    joined(founders),
                 )));
             }
+            Some((was, _)) if was.id != 0 && was.id != id => {
+                return Err(Error::Open(format!(
+                    "{} belongs to Raft member {}, not {id}",
+                    dir.display(),
+                    was.id
+                )));
+            }
+            Some((was, hs)) if was.id == 0 => {
+                // Written before the identity was recorded: the next write records it.
+                let who = Identity {
+                    id,
+                    founders: founders.to_vec(),
+                    incarnation: new_incarnation(),
+                };
+                write_state(&*fs, &dir, &who, &hs)
+                    .map_err(|e| Error::open_io(format!("updating {RAFT_STATE}"), &e))?;
+                drop(was);
+                (who, hs)
+            }
+            Some(found) => found,
             None if !listing.segments.is_empty() || !listing.snapshots.is_empty() => {
                 return Err(Error::Open(format!(
                     "{} holds a single node's log, not a Raft log: start a cluster node on a \
@@ -397,9 +485,14 @@ impl RaftLog {
             }
             None => {
                 let hs = HardState::default();
-                write_state(&*fs, &dir, voters, &hs)
+                let who = Identity {
+                    id,
+                    founders: founders.to_vec(),
+                    incarnation: new_incarnation(),
+                };
+                write_state(&*fs, &dir, &who, &hs)
                     .map_err(|e| Error::open_io(format!("creating {RAFT_STATE}"), &e))?;
-                hs
+                (who, hs)
             }
         };
         let start = crate::wal::meta::read(&*fs, &dir)?;
@@ -459,7 +552,9 @@ impl RaftLog {
             dir,
             options: options.clone(),
             log: RefCell::new(log),
-            voters: voters.to_vec(),
+            conf: ConfState::from((who.founders.clone(), vec![])),
+            conf_index: 0,
+            who,
             terms,
             first,
             commit_floor: 0,
@@ -486,7 +581,7 @@ impl RaftLog {
             log.sync().map_err(sync_failed)?;
         }
         if let Some(hs) = &job.state {
-            write_state(&*self.fs, &self.dir, &self.voters, hs)?;
+            write_state(&*self.fs, &self.dir, &self.who, hs)?;
         }
         Ok(())
     }
@@ -558,10 +653,20 @@ impl RaftLog {
         self.log.get_mut().set_segment_bytes_max(bytes);
     }
 
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.who
+    }
+
+    /// Starts from the configuration of a snapshot (loaded before raft-rs starts).
+    pub fn start_configured(&mut self, voters: &[u64], learners: &[u64]) {
+        self.conf = ConfState::from((voters.to_vec(), learners.to_vec()));
+    }
+
     /// Stops offering snapshot `file` (it is no longer on disk); whether it was the
     /// one offered.
     pub fn withdraw(&mut self, file: &str) -> bool {
-        let offered = self.offered.as_ref().is_some_and(|o| o.file == file);
+        let offered = self.offered.as_ref().is_some_and(|(o, _)| o.file == file);
         if offered {
             self.offered = None;
         }
@@ -577,11 +682,24 @@ impl RaftLog {
     }
 
     /// Makes `id` the snapshot offered to a follower that needs entries this log no
-    /// longer holds (its file is durable in this directory).
-    pub fn offer(&mut self, id: super::image::Identity) {
-        if self.offered.as_ref().is_none_or(|o| o.index <= id.index) {
-            self.offered = Some(id);
+    /// longer holds (its file is durable in this directory), with the voters and
+    /// learners of its configuration.
+    pub fn offer(&mut self, id: super::image::Identity, voters: &[u64], learners: &[u64]) {
+        if self
+            .offered
+            .as_ref()
+            .is_none_or(|(o, _)| o.index <= id.index)
+        {
+            self.offered = Some((id, ConfState::from((voters.to_vec(), learners.to_vec()))));
         }
+    }
+
+    /// Whether the snapshot offered (if any) predates the last membership change:
+    /// a member added since needs a newer one, which names it.
+    pub fn offer_stale(&self) -> bool {
+        self.offered
+            .as_ref()
+            .is_none_or(|(o, _)| o.index < self.conf_index)
     }
 
     /// The cluster snapshots in the directory, as `(index, name)`.
@@ -750,16 +868,18 @@ impl LogStore for RaftLog {
     fn install(&mut self, index: u64, term: u64) -> io::Result<()> {
         RaftLog::install(self, index, term)
     }
+
+    fn configured(&mut self, cs: &ConfState, index: u64) {
+        self.conf = cs.clone();
+        self.conf_index = self.conf_index.max(index);
+    }
 }
 
 impl raft::Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(self.commit_floor).max(self.first - 1);
-        Ok(RaftState::new(
-            hs,
-            ConfState::from((self.voters.clone(), vec![])),
-        ))
+        Ok(RaftState::new(hs, self.conf.clone()))
     }
 
     fn entries(
@@ -831,7 +951,13 @@ impl raft::Storage for RaftLog {
     fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // The offer carries the snapshot's identity; the follower fetches the file in
         // chunks before raft-rs sees the offer (see `cluster::transfer`).
-        if let Some(id) = &self.offered {
+        // A snapshot older than the last membership change would not name a member
+        // added since (raft-rs would not install it there): the driver cuts a newer one.
+        if let Some((id, conf)) = self
+            .offered
+            .as_ref()
+            .filter(|(o, _)| o.index >= self.conf_index)
+        {
             let mut s = Snapshot {
                 data: id.encode().into(),
                 ..Snapshot::default()
@@ -839,7 +965,7 @@ impl raft::Storage for RaftLog {
             let meta = s.mut_metadata();
             meta.index = id.index;
             meta.term = id.term;
-            meta.mut_conf_state().voters = self.voters.clone();
+            meta.set_conf_state(conf.clone());
             return Ok(s);
         }
         let now = std::time::Instant::now();

@@ -8,10 +8,15 @@
 //! fsync, rename, directory fsync). The head the snapshot module stores opaque is:
 //!
 //! ```text
-//! bincode: (version u32 = 1, term u64, voters Vec<u64>, next_offset u64,
+//! bincode: (version u32 = 2, term u64, voters Vec<u64>, next_offset u64,
 //!           runs Vec<(offset u64, index u64)>,
-//!           sessions Vec<(node u64, boot u64, floor u64, applied Vec<u64>, last_index u64)>)
+//!           sessions Vec<(node u64, boot u64, floor u64, applied Vec<u64>, last_index u64)>,
+//!           learners Vec<u64>, names Vec<(raft id u64, node id String)>,
+//!           incarnations Vec<(raft id u64, incarnation u64)>)
 //! ```
+//!
+//! Version 1 (written before membership could change) has no learners, names or
+//! incarnations: it reads as a group of its voters with nothing recorded.
 //!
 //! The state's digest covers the same fields as [`Machine::digest`], so a node that
 //! loads an image reports the digest of the node that cut it.
@@ -25,21 +30,34 @@ use crate::core::position::Offset;
 use crate::fs::{FileSystem, join};
 use crate::snapshot::{self, SnapshotFile};
 
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// The replicated state machine at a Raft index: a snapshot's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     /// The term of the entry at `machine.applied`.
     pub term: u64,
-    /// The group's voters.
+    /// The group's voters, sorted.
     pub voters: Vec<u64>,
+    /// Its learners (members that receive the log but do not vote), sorted.
+    pub learners: Vec<u64>,
     /// The state machine; `machine.applied` is the image's index.
     pub machine: Machine,
 }
 
 type SessionRow = (u64, u64, u64, Vec<u64>, u64);
-type Head = (u32, u64, Vec<u64>, u64, Vec<(u64, u64)>, Vec<SessionRow>);
+type HeadV1 = (u32, u64, Vec<u64>, u64, Vec<(u64, u64)>, Vec<SessionRow>);
+type Head = (
+    u32,
+    u64,
+    Vec<u64>,
+    u64,
+    Vec<(u64, u64)>,
+    Vec<SessionRow>,
+    Vec<u64>,
+    Vec<(u64, String)>,
+    Vec<(u64, u64)>,
+);
 
 impl Image {
     /// The Raft index the image stands at.
@@ -69,21 +87,43 @@ impl Image {
             m.next_offset.on_disk(),
             m.runs.clone(),
             sessions,
+            self.learners.clone(),
+            m.names.iter().map(|(id, n)| (*id, n.clone())).collect(),
+            m.incarnations.iter().map(|(id, i)| (*id, *i)).collect(),
         );
         bincode::encode_to_vec(head, bincode::config::standard()).expect("to memory")
     }
 
     fn from_parts(file: snapshot::MachineFile) -> Result<Image, String> {
-        let (head, used): (Head, usize) =
-            bincode::decode_from_slice(&file.head, bincode::config::standard())
-                .map_err(|e| format!("head does not decode: {e}"))?;
+        let config = bincode::config::standard();
+        let (version, _): (u32, usize) = bincode::decode_from_slice(&file.head, config)
+            .map_err(|e| format!("head does not decode: {e}"))?;
+        let (head, used): (Head, usize) = match version {
+            1 => {
+                let ((v, term, voters, next, runs, sessions), used): (HeadV1, usize) =
+                    bincode::decode_from_slice(&file.head, config)
+                        .map_err(|e| format!("head does not decode: {e}"))?;
+                let head = (
+                    v,
+                    term,
+                    voters,
+                    next,
+                    runs,
+                    sessions,
+                    vec![],
+                    vec![],
+                    vec![],
+                );
+                (head, used)
+            }
+            VERSION => bincode::decode_from_slice(&file.head, config)
+                .map_err(|e| format!("head does not decode: {e}"))?,
+            v => return Err(format!("unsupported cluster snapshot version {v}")),
+        };
         if used != file.head.len() {
             return Err("head has bytes after its fields".into());
         }
-        let (version, term, voters, next_offset, runs, sessions) = head;
-        if version != VERSION {
-            return Err(format!("unsupported cluster snapshot version {version}"));
-        }
+        let (_, term, voters, next_offset, runs, sessions, learners, names, incarnations) = head;
         if runs
             .windows(2)
             .any(|w| w[0].0 >= w[1].0 || w[0].1 >= w[1].1)
@@ -109,10 +149,13 @@ impl Image {
                     ((node, boot), session)
                 })
                 .collect(),
+            names: names.into_iter().collect(),
+            incarnations: incarnations.into_iter().collect(),
         };
         Ok(Image {
             term,
             voters,
+            learners,
             machine,
         })
     }
@@ -302,9 +345,15 @@ mod tests {
                 &Command::Append(format!("set k{}=v{i}", i % 6).into_bytes()),
             );
         }
+        m.names = [(1, "n1"), (2, "n2"), (3, "n3"), (4, "n4")]
+            .into_iter()
+            .map(|(id, n)| (id, n.to_string()))
+            .collect();
+        m.incarnations = [(1, 11), (4, u64::MAX)].into_iter().collect();
         Image {
             term: 3,
             voters: vec![1, 2, 3],
+            learners: vec![4],
             machine: m,
         }
     }
@@ -421,7 +470,12 @@ mod tests {
             let fs = SimFs::new();
             let dir = Path::new("/n");
             fs.create_dir_all(dir).unwrap();
-            let image = Image { term: 1, voters: vec![1, 2, 3], machine: upto };
+            let image = Image {
+                term: 1,
+                voters: vec![1, 2, 3],
+                learners: vec![],
+                machine: upto,
+            };
             let file = write(&fs, dir, &image, 4096).unwrap();
             let (mut back, _) = read(&fs, dir, &file.file).unwrap();
             proptest::prop_assert_eq!(&back, &image);

@@ -28,7 +28,10 @@ pub mod image;
 pub mod sim;
 pub mod store;
 
-use raft::eraftpb::{Entry, EntryType, HardState, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType,
+};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 
 pub use command::{Command, Effect, Machine, Ticket};
@@ -91,6 +94,72 @@ pub enum Outcome {
 pub enum Refused {
     /// No leader is known (or proposals are being dropped during a transfer).
     NoLeader,
+    /// A membership change this node cannot propose: why.
+    Change(String),
+}
+
+/// A change of the group's membership, one member at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Add node `name` as a learner (it receives the log, does not vote); it gets the
+    /// next Raft id never used in the group.
+    AddLearner(String),
+    /// Make learner `id` a voter.
+    Promote(u64),
+    /// Remove member `id` (voter or learner).
+    Remove(u64),
+}
+
+/// The outcome of a membership change once applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Applied: the member's Raft id, and the voters and learners now (sorted).
+    Done {
+        /// The member changed.
+        id: u64,
+        /// Voters now.
+        voters: Vec<u64>,
+        /// Learners now.
+        learners: Vec<u64>,
+    },
+    /// Committed but refused, the same way on every replica: why.
+    Refused(String),
+}
+
+/// The voters and learners of a configuration, sorted.
+pub fn members_of(cs: &raft::eraftpb::ConfState) -> (Vec<u64>, Vec<u64>) {
+    let mut voters = cs.voters.clone();
+    voters.sort_unstable();
+    let mut learners = cs.learners.clone();
+    learners.sort_unstable();
+    (voters, learners)
+}
+
+/// Encodes a configuration change entry's context: who proposed it, and the node id
+/// of a member added.
+fn change_context(ticket: Ticket, name: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + name.len());
+    for v in [ticket.node, ticket.boot, ticket.seq] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(name.as_bytes());
+    b
+}
+
+fn decode_change(data: &[u8]) -> Result<(ConfChange, Ticket, String), String> {
+    let cc = ConfChange::parse_from_bytes(data).map_err(|e| e.to_string())?;
+    let c = &cc.context;
+    if c.len() < 24 {
+        return Err("configuration change without its ticket".into());
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(c[at..at + 8].try_into().expect("8 bytes"));
+    let ticket = Ticket {
+        node: u64_at(0),
+        boot: u64_at(8),
+        seq: u64_at(16),
+    };
+    let name = String::from_utf8(c[24..].to_vec()).map_err(|e| e.to_string())?;
+    Ok((cc, ticket, name))
 }
 
 /// A Raft peer with its state machine. See the module documentation.
@@ -110,6 +179,14 @@ pub struct Peer<S: LogStore> {
     /// follower forwards can be lost on the way, so it is proposed again (the state
     /// machine applies a ticket once).
     proposals: std::collections::BTreeMap<u64, (Vec<u8>, usize)>,
+    /// Membership changes not yet applied, by request number.
+    changes: std::collections::BTreeSet<u64>,
+    /// Outcomes of membership changes applied, by request number, for the driver.
+    changed: Vec<(u64, Changed)>,
+    /// Messages this layer answers itself (a new member asking for a snapshot).
+    replies: Vec<Message>,
+    /// Heartbeats dropped because they showed this node lost acknowledged entries.
+    lost_data_warnings: u64,
     /// The state machine of the snapshot the driver stepped in last, until raft-rs
     /// installs it (or ignores it: it was not newer than what this node committed).
     incoming: Option<image::Image>,
@@ -157,6 +234,10 @@ impl<S: LogStore> Peer<S> {
             asked: std::collections::BTreeMap::new(),
             reads: Vec::new(),
             proposals: std::collections::BTreeMap::new(),
+            changes: std::collections::BTreeSet::new(),
+            changed: Vec::new(),
+            replies: Vec::new(),
+            lost_data_warnings: 0,
             incoming: None,
             installed: None,
         })
@@ -174,14 +255,26 @@ impl<S: LogStore> Peer<S> {
         let term = self.node.raft.raft_log.term(index).unwrap_or_else(|e| {
             panic!("the term of applied entry {index} is unknown: {e}");
         });
-        // raft-rs keeps the voters in a hash set: in no particular order.
-        let mut voters = self.node.raft.prs().conf().to_conf_state().voters;
-        voters.sort_unstable();
+        let (voters, learners) = self.members();
         image::Image {
             term,
             voters,
+            learners,
             machine: self.machine.clone(),
         }
+    }
+
+    /// The voters and learners of the configuration applied, sorted.
+    pub fn members(&self) -> (Vec<u64>, Vec<u64>) {
+        // raft-rs keeps them in hash sets: in no particular order.
+        members_of(&self.node.raft.prs().conf().to_conf_state())
+    }
+
+    /// Whether this node is in no configuration yet: a new member that has not yet
+    /// installed its first snapshot (which brings the configuration).
+    pub fn unconfigured(&self) -> bool {
+        let (voters, learners) = self.members();
+        voters.is_empty() && learners.is_empty()
     }
 
     /// On a leader, each follower's match index and whether it was heard from
@@ -285,7 +378,45 @@ impl<S: LogStore> Peer<S> {
 
     /// Takes in a message from a peer. A message raft-rs refuses (stale, from an
     /// unknown peer) is dropped with a debug log.
+    ///
+    /// A node in no configuration yet (a new member) takes nothing from a leader's
+    /// log: the log does not hold the configuration the group started with. It
+    /// answers an append by asking for a snapshot, which brings it.
     pub fn step(&mut self, msg: Message) {
+        if msg.get_msg_type() == MessageType::MsgAppend && self.unconfigured() {
+            let mut ask = Message::default();
+            ask.set_msg_type(MessageType::MsgAppendResponse);
+            ask.to = msg.from;
+            ask.from = self.id();
+            ask.term = msg.term;
+            ask.index = msg.index;
+            ask.reject = true;
+            ask.reject_hint = 0;
+            ask.request_snapshot = msg.index.max(1);
+            self.replies.push(ask);
+            return;
+        }
+        if msg.get_msg_type() == MessageType::MsgHeartbeat
+            && msg.commit > self.node.raft.raft_log.last_index()
+        {
+            // A leader sends a follower a commit index no higher than what that
+            // follower acknowledged: this node lost entries it had acknowledged (its
+            // directory was lost or replaced). raft-rs would stop the process here;
+            // the node stays, refused by its peers, until it is replaced.
+            self.lost_data_warnings += 1;
+            if self.lost_data_warnings % 100 != 1 {
+                return;
+            }
+            log::error!(
+                "raft {}: the leader says entries up to {} are held here, but this log ends \
+                 at {}: this node lost its data; it must be removed and replaced by a new \
+                 member",
+                self.id(),
+                msg.commit,
+                self.node.raft.raft_log.last_index()
+            );
+            return;
+        }
         if let Err(e) = self.node.step(msg) {
             log::debug!("raft {}: message dropped: {e}", self.id());
         }
@@ -320,6 +451,96 @@ impl<S: LogStore> Peer<S> {
                 Err(Refused::NoLeader)
             }
         }
+    }
+
+    /// Proposes a membership change; returns its request number. Its outcome comes
+    /// from [`Peer::take_changed`] once applied here. Only a leader proposes one (it
+    /// knows the members' progress), one at a time (raft-rs refuses a second while
+    /// one is pending).
+    ///
+    /// # Errors
+    /// [`Refused::NoLeader`] when this node does not lead; [`Refused::Change`] when
+    /// the change makes no sense now (what is wrong).
+    pub fn propose_change(&mut self, change: &Change) -> Result<u64, Refused> {
+        if self.node.raft.state != StateRole::Leader {
+            return Err(Refused::NoLeader);
+        }
+        let (voters, learners) = self.members();
+        let (kind, id, name) = match change {
+            Change::AddLearner(name) => {
+                if let Some((id, _)) = self.machine.names.iter().find(|(_, n)| *n == name) {
+                    return Err(Refused::Change(format!(
+                        "{name} was already given Raft id {id}: a node is added once, \
+                         under a new node id"
+                    )));
+                }
+                let id = self
+                    .machine
+                    .names
+                    .keys()
+                    .max()
+                    .copied()
+                    .unwrap_or(0)
+                    .max(voters.iter().chain(&learners).max().copied().unwrap_or(0))
+                    + 1;
+                (ConfChangeType::AddLearnerNode, id, name.clone())
+            }
+            Change::Promote(id) => {
+                if !learners.contains(id) {
+                    return Err(Refused::Change(format!("{id} is not a learner")));
+                }
+                let last = self.node.raft.raft_log.last_index();
+                let matched = self.node.raft.prs().get(*id).map_or(0, |p| p.matched);
+                if matched == 0 || matched + PROMOTE_LAG < last {
+                    return Err(Refused::Change(format!(
+                        "the learner has index {matched} of {last}: promote it once it has \
+                         caught up (within {PROMOTE_LAG} entries)"
+                    )));
+                }
+                (ConfChangeType::AddNode, *id, String::new())
+            }
+            Change::Remove(id) => {
+                if *id == self.id() {
+                    return Err(Refused::Change(
+                        "the leader does not remove itself: remove it from another node \
+                         once it no longer leads"
+                            .into(),
+                    ));
+                }
+                if !voters.contains(id) && !learners.contains(id) {
+                    return Err(Refused::Change(format!("{id} is not a member")));
+                }
+                (ConfChangeType::RemoveNode, *id, String::new())
+            }
+        };
+        if self.node.raft.has_pending_conf() {
+            return Err(Refused::Change(
+                "another membership change is under way: one at a time".into(),
+            ));
+        }
+        let seq = self.next_seq;
+        let mut cc = ConfChange::default();
+        cc.set_change_type(kind);
+        cc.node_id = id;
+        let ticket = Ticket {
+            node: self.id(),
+            boot: self.boot,
+            seq,
+        };
+        cc.context = change_context(ticket, &name).into();
+        match self.node.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                self.next_seq += 1;
+                self.changes.insert(seq);
+                Ok(seq)
+            }
+            Err(e) => Err(Refused::Change(format!("raft refused it: {e}"))),
+        }
+    }
+
+    /// The outcomes of this node's membership changes applied since the last call.
+    pub fn take_changed(&mut self) -> Vec<(u64, Changed)> {
+        std::mem::take(&mut self.changed)
     }
 
     /// Starts a linearizable read; returns its request number. [`Outcome::Readable`]
@@ -358,6 +579,7 @@ impl<S: LogStore> Peer<S> {
 
     /// Forgets a request the driver gave up on (a read it stopped waiting for).
     pub fn forget(&mut self, seq: u64) {
+        self.changes.remove(&seq);
         self.asked.remove(&seq);
         self.proposals.remove(&seq);
         self.reads.retain(|&(s, _)| s != seq);
@@ -408,12 +630,15 @@ impl<S: LogStore> Peer<S> {
     /// # Errors
     /// A write to the store failed: the peer must not be used again (fail-stop).
     pub fn cycle(&mut self) -> std::io::Result<Cycle> {
-        let mut out = Cycle::default();
+        let mut out = Cycle {
+            send: std::mem::take(&mut self.replies),
+            ..Cycle::default()
+        };
         if !self.node.has_ready() {
             return Ok(out);
         }
         let mut rd = self.node.ready();
-        out.send = rd.take_messages();
+        out.send.extend(rd.take_messages());
         for rs in rd.take_read_states() {
             if let Ok(seq) = <[u8; 8]>::try_from(&rs.request_ctx[..])
                 && self.asked.remove(&u64::from_le_bytes(seq)).is_some()
@@ -446,8 +671,12 @@ impl<S: LogStore> Peer<S> {
 
     fn apply(&mut self, committed: &[Entry], answers: &mut Vec<(u64, Outcome)>) {
         for e in committed {
+            if e.entry_type == EntryType::EntryConfChange {
+                self.apply_change(e);
+                continue;
+            }
             if e.entry_type != EntryType::EntryNormal || e.data.is_empty() {
-                // A new leader's empty entry (configuration changes come later).
+                // A new leader's empty entry.
                 self.machine.skip(e.index);
                 continue;
             }
@@ -487,6 +716,96 @@ impl<S: LogStore> Peer<S> {
         });
     }
 }
+
+impl<S: LogStore> Peer<S> {
+    /// Applies a configuration change entry, or refuses it, the same way on every
+    /// replica (by the configuration and names at this index).
+    fn apply_change(&mut self, e: &Entry) {
+        self.machine.skip(e.index);
+        let (cc, ticket, name) = match decode_change(&e.data) {
+            Ok(d) => d,
+            Err(why) => {
+                log::error!(
+                    "raft {}: entry {} not understood: {why}",
+                    self.id(),
+                    e.index
+                );
+                return;
+            }
+        };
+        let id = cc.node_id;
+        let (voters, learners) = self.members();
+        let refused = match cc.get_change_type() {
+            ConfChangeType::AddLearnerNode => {
+                if self.machine.names.contains_key(&id)
+                    || voters.contains(&id)
+                    || learners.contains(&id)
+                {
+                    Some(format!("Raft id {id} was given before"))
+                } else if name.is_empty() || self.machine.names.values().any(|n| *n == name) {
+                    Some(format!("node id {name:?} was a member before"))
+                } else {
+                    None
+                }
+            }
+            ConfChangeType::AddNode if !learners.contains(&id) => {
+                Some(format!("{id} is not a learner"))
+            }
+            ConfChangeType::AddNode => None,
+            ConfChangeType::RemoveNode if voters == [id] => {
+                Some("the last voter stays".to_string())
+            }
+            ConfChangeType::RemoveNode if !voters.contains(&id) && !learners.contains(&id) => {
+                Some(format!("{id} is not a member"))
+            }
+            ConfChangeType::RemoveNode => None,
+        };
+        let outcome = match refused {
+            Some(why) => {
+                log::warn!(
+                    "raft {}: membership change at {} refused: {why}",
+                    self.id(),
+                    e.index
+                );
+                Changed::Refused(why)
+            }
+            None => match self.node.apply_conf_change(&cc) {
+                Ok(cs) => {
+                    if cc.get_change_type() == ConfChangeType::AddLearnerNode {
+                        self.machine.names.insert(id, name.clone());
+                    }
+                    self.node.mut_store().configured(&cs, e.index);
+                    let (voters, learners) = members_of(&cs);
+                    log::info!(
+                        "raft {}: membership at {}: voters {voters:?}, learners {learners:?}",
+                        self.id(),
+                        e.index
+                    );
+                    Changed::Done {
+                        id,
+                        voters,
+                        learners,
+                    }
+                }
+                Err(err) => {
+                    log::warn!(
+                        "raft {}: membership change at {} refused: {err}",
+                        self.id(),
+                        e.index
+                    );
+                    Changed::Refused(err.to_string())
+                }
+            },
+        };
+        if ticket.node == self.id() && ticket.boot == self.boot && self.changes.remove(&ticket.seq)
+        {
+            self.changed.push((ticket.seq, outcome));
+        }
+    }
+}
+
+/// How far behind the leader's last index a learner may be when it is promoted.
+pub const PROMOTE_LAG: u64 = 1000;
 
 /// raft-rs's log lines, into this crate's logger (target `raft`).
 struct ToLog(u64);

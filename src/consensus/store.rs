@@ -31,6 +31,9 @@ pub trait LogStore: raft::Storage {
     /// # Errors
     /// The I/O error: fail-stop for the caller.
     fn install(&mut self, index: u64, term: u64) -> std::io::Result<()>;
+    /// Notes the configuration a change at `index` made (applied; the log holds the
+    /// change, so nothing needs to become durable).
+    fn configured(&mut self, cs: &ConfState, index: u64);
 }
 
 /// An in-memory Raft log.
@@ -95,6 +98,10 @@ impl LogStore for MemLog {
         self.entries.clear();
         self.hard_state.commit = self.hard_state.commit.max(index);
         Ok(())
+    }
+
+    fn configured(&mut self, cs: &ConfState, _index: u64) {
+        self.conf_state = cs.clone();
     }
 }
 

@@ -13,8 +13,10 @@ use super::json as out_json;
 use super::{Answer, Body, Router, error_body, ok, wire};
 use crate::actor::Reply;
 use crate::cluster::transfer::{self, Part};
-use crate::cluster::{ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, ToPeer, Transport};
-use crate::consensus::{Command, Effect};
+use crate::cluster::{
+    ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, Roster, ToPeer, Transport,
+};
+use crate::consensus::{Change, Changed, Command, Effect};
 use crate::core::kv;
 use crate::error::Error;
 use wire::{Request, code};
@@ -23,24 +25,48 @@ use wire::{Request, code};
 /// (Raft retries, as over a lossy network).
 pub(super) const PEER_QUEUE: usize = 4096;
 
+/// The node id of each Raft id, as the router last read it from the roster.
+pub(super) type Names = std::collections::BTreeMap<u64, String>;
+
 /// This node in its group.
 pub(super) struct Member {
-    /// Every node's id, in `init`'s order: Raft id `i` is `ids[i - 1]`.
-    ids: Arc<[String]>,
-    me: usize,
+    me: String,
+    /// This node's Raft id.
+    id: u64,
+    /// Node ids by Raft id, shared with the consensus actor (which adds members).
+    roster: Roster,
     pub(super) node: ClusterNode,
+}
+
+/// A node started with `join`, waiting for the group's first message to it, which
+/// names its Raft id.
+pub(super) struct Joining {
+    me: String,
+    config: crate::config::Config,
+}
+
+impl Joining {
+    pub(super) fn me(&self) -> &str {
+        &self.me
+    }
 }
 
 impl Member {
     pub(super) fn me(&self) -> &str {
-        &self.ids[self.me]
+        &self.me
     }
 
     fn raft_id(&self, name: &str) -> Option<u64> {
-        self.ids
-            .iter()
-            .position(|n| n == name)
-            .map(|i| i as u64 + 1)
+        let roster = self.roster.read().expect("roster lock");
+        roster.iter().find(|(_, n)| *n == name).map(|(id, _)| *id)
+    }
+
+    fn name(&self, id: u64) -> Option<String> {
+        self.roster.read().expect("roster lock").get(&id).cloned()
+    }
+
+    fn names(&self) -> Names {
+        self.roster.read().expect("roster lock").clone()
     }
 }
 
@@ -62,13 +88,22 @@ impl Transport for ToRouter {
 }
 
 impl<W: Write> Router<W> {
-    pub(super) fn init_cluster(&mut self, node_id: String, node_ids: &[String]) -> Body {
-        let Some(me) = node_ids.iter().position(|n| *n == node_id) else {
+    pub(super) fn init_cluster(
+        &mut self,
+        node_id: String,
+        node_ids: &[String],
+        join: bool,
+    ) -> Body {
+        let me = node_ids.iter().position(|n| *n == node_id);
+        if me.is_none() && !join {
             return error_body(
                 code::MALFORMED_REQUEST,
-                format!("node_id {node_id} is not among node_ids {node_ids:?}"),
+                format!(
+                    "node_id {node_id} is not among node_ids {node_ids:?} (a node that joins \
+                     an existing group says \"join\": true)"
+                ),
             );
-        };
+        }
         for (i, id) in node_ids.iter().enumerate() {
             if let Err(why) = wire::check_node_id(id) {
                 return error_body(code::MALFORMED_REQUEST, format!("in node_ids: {why}"));
@@ -83,14 +118,57 @@ impl<W: Write> Router<W> {
         let mut config = self.config.node.clone();
         config.dir = self.config.data_dir.join(&node_id);
         self.flush();
-        let voters: Vec<u64> = (1..=node_ids.len() as u64).collect();
+        // The directory says who the node is, once it has been one: a node that
+        // joined keeps the Raft id the group gave it.
+        let recorded =
+            match crate::consensus::durable::read_identity(&crate::fs::RealFs, &config.dir) {
+                Ok(r) => r.filter(|who| who.id != 0),
+                Err(e) => {
+                    log::error!("{e}");
+                    self.fatal = true;
+                    return error_body(code::CRASH, e.to_string());
+                }
+            };
+        let (id, founders) = match (recorded, me) {
+            (Some(who), _) => (who.id, who.founders),
+            (None, _) if join => {
+                log::info!("{node_id} waits to join a group: add it with member_add on the leader");
+                self.joining = Some(Joining {
+                    me: node_id,
+                    config,
+                });
+                return ok("init_ok", vec![]);
+            }
+            (None, Some(me)) => (me as u64 + 1, (1..=node_ids.len() as u64).collect()),
+            (None, None) => unreachable!("checked above"),
+        };
+        let roster: Roster = Arc::default();
+        if !founders.is_empty() {
+            // Founders are Raft members 1..=k in init's order.
+            let mut r = roster.write().expect("roster lock");
+            for (i, name) in node_ids.iter().enumerate() {
+                r.insert(i as u64 + 1, name.clone());
+            }
+        }
+        self.open_member(node_id, config, id, &founders, roster)
+    }
+
+    fn open_member(
+        &mut self,
+        node_id: String,
+        config: crate::config::Config,
+        id: u64,
+        founders: &[u64],
+        roster: Roster,
+    ) -> Body {
         let transport = Box::new(ToRouter(self.peer_tx.clone()));
-        match ClusterNode::open(&config, me as u64 + 1, &voters, transport) {
+        match ClusterNode::open(&config, id, founders, roster.clone(), transport) {
             Ok(node) => {
-                log::info!("{node_id} is a member of {node_ids:?}");
+                log::info!("{node_id} is Raft member {id}");
                 self.cluster = Some(Member {
-                    ids: node_ids.into(),
-                    me,
+                    me: node_id,
+                    id,
+                    roster,
                     node,
                 });
                 ok("init_ok", vec![])
@@ -103,8 +181,8 @@ impl<W: Write> Router<W> {
         }
     }
 
-    /// Steps a `raft` line from a peer; returns whether the line was one (any other
-    /// line is a client's).
+    /// Steps a `raft` or `snapshot_part` line from a peer; returns whether the line was
+    /// one (any other line is a client's).
     pub(super) fn peer_message(&mut self, line: &[u8]) -> bool {
         let raft = line.windows(6).any(|w| w == b"\"raft\"");
         if !raft && !line.windows(15).any(|w| w == b"\"snapshot_part\"") {
@@ -117,27 +195,66 @@ impl<W: Write> Router<W> {
         if v["body"]["type"] != "raft" && !part {
             return false;
         }
-        let member = self.cluster.as_ref().expect("cluster mode");
-        let (Some(from), Some(to)) = (
-            v["src"].as_str().and_then(|s| member.raft_id(s)),
-            v["dest"].as_str().and_then(|s| member.raft_id(s)),
-        ) else {
-            log::warn!("a raft message between unknown nodes: dropped");
+        let (Some(src), Some(dest)) = (v["src"].as_str(), v["dest"].as_str()) else {
+            log::warn!("a peer message without src or dest: dropped");
             return true;
         };
-        if to != member.me as u64 + 1 {
-            log::warn!("a raft message for another node: dropped");
+        let body = &v["body"];
+        if let Some(j) = self.joining.take() {
+            // The group's first message to a joining node names its Raft id.
+            match body["to"].as_u64().filter(|_| dest == j.me && !part) {
+                Some(id) if id != 0 => {
+                    let roster: Roster = Arc::default();
+                    self.open_member(j.me, j.config, id, &[], roster);
+                }
+                _ => {
+                    self.joining = Some(j);
+                    return true;
+                }
+            }
+        }
+        let Some(member) = self.cluster.as_ref() else {
+            return true;
+        };
+        if dest != member.me || body["to"].as_u64().is_some_and(|to| to != member.id) {
+            log::warn!("a peer message for another node (or another Raft id of this one): dropped");
             return true;
         }
+        let from = match body["fr"].as_u64() {
+            Some(fr) => {
+                let mut roster = member.roster.write().expect("roster lock");
+                match roster.get(&fr) {
+                    Some(name) if name != src => {
+                        log::warn!(
+                            "a peer message from {src} as Raft id {fr}, which is {name}: dropped"
+                        );
+                        return true;
+                    }
+                    Some(_) => fr,
+                    None => {
+                        roster.insert(fr, src.to_string());
+                        fr
+                    }
+                }
+            }
+            None => match member.raft_id(src) {
+                Some(id) => id,
+                None => {
+                    log::warn!("a peer message from unknown node {src}: dropped");
+                    return true;
+                }
+            },
+        };
         if part {
-            match transfer::from_json(&v["body"]["part"]) {
+            match transfer::from_json(&body["part"]) {
                 Ok(p) => member.node.step_part(from, p),
                 Err(why) => log::warn!("a snapshot part that does not decode: {why}; dropped"),
             }
             return true;
         }
-        match crate::cluster::wire::decode(&v["body"]["msg"], from, to) {
-            Ok(m) => member.node.step(m),
+        let incarnation = body["inc"].as_u64().unwrap_or(0);
+        match crate::cluster::wire::decode(&body["msg"], from, member.id) {
+            Ok(m) => member.node.step(m, incarnation),
             Err(why) => log::warn!("a raft message that does not decode: {why}; dropped"),
         }
         true
@@ -148,13 +265,13 @@ impl<W: Write> Router<W> {
         let Some(member) = &self.cluster else {
             return;
         };
-        let Some(dest) = member.ids.get((to as usize).wrapping_sub(1)) else {
+        let Some(dest) = member.name(to) else {
             return;
         };
         let line = json!({
             "src": member.me(),
             "dest": dest,
-            "body": {"type": "snapshot_part", "part": transfer::to_json(part), "msg_id": self.next_msg_id},
+            "body": {"type": "snapshot_part", "fr": member.id, "part": transfer::to_json(part), "msg_id": self.next_msg_id},
         });
         self.next_msg_id += 1;
         let mut out = String::with_capacity(256);
@@ -170,15 +287,24 @@ impl<W: Write> Router<W> {
         let Some(member) = &self.cluster else {
             return;
         };
-        let Some(dest) = member.ids.get((m.to as usize).wrapping_sub(1)) else {
+        let Some(dest) = member.name(m.to) else {
+            log::debug!(
+                "a message for Raft id {}, whose node id is not known yet: dropped",
+                m.to
+            );
             return;
         };
-        let mut out = String::with_capacity(128);
+        let mut out = String::with_capacity(160);
         out.push_str("{\"src\": ");
         out_json::write_str(&mut out, member.me());
         out.push_str(", \"dest\": ");
-        out_json::write_str(&mut out, dest);
-        out.push_str(", \"body\": {\"type\": \"raft\", \"msg\": ");
+        out_json::write_str(&mut out, &dest);
+        out.push_str(&format!(
+            ", \"body\": {{\"type\": \"raft\", \"fr\": {}, \"to\": {}, \"inc\": {}, \"msg\": ",
+            member.id,
+            m.to,
+            member.node.incarnation()
+        ));
         crate::cluster::wire::write(&mut out, m);
         out.push_str(&format!(", \"msg_id\": {}}}}}\n", self.next_msg_id));
         self.next_msg_id += 1;
@@ -228,6 +354,7 @@ impl<W: Write> Router<W> {
                     Effect::CasMismatch(cur) => Err(Error::PreconditionFailed(format!(
                         "key {key} does not hold the expected value (it holds {cur})"
                     ))),
+                    Effect::Recorded => Err(Error::Crashed("a cas applied as a record".into())),
                 }),
             ),
             Request::Read { key } => {
@@ -258,11 +385,27 @@ impl<W: Write> Router<W> {
                 }),
             ),
             Request::WalStatus => {
-                let ids = member.ids.clone();
+                let roster = member.roster.clone();
                 node.status_with(self.reply_with(src, seq, move |s: ClusterStatus| {
-                    Ok(Answer::ClusterStatus(Box::new((s, ids))))
+                    let names = roster.read().expect("roster lock").clone();
+                    Ok(Answer::ClusterStatus(Box::new((s, names))))
                 }))
             }
+            Request::MemberAdd { member: name } => {
+                if let Err(why) = wire::check_node_id(&name) {
+                    let body = error_body(code::MALFORMED_REQUEST, why);
+                    return self.finish(&src, seq, body);
+                }
+                self.change(src, seq, "member_add_ok", Change::AddLearner(name));
+            }
+            Request::MemberPromote { member: name } => match member.raft_id(&name) {
+                Some(id) => self.change(src, seq, "member_promote_ok", Change::Promote(id)),
+                None => self.unknown_member(src, seq, &name),
+            },
+            Request::MemberRemove { member: name } => match member.raft_id(&name) {
+                Some(id) => self.change(src, seq, "member_remove_ok", Change::Remove(id)),
+                None => self.unknown_member(src, seq, &name),
+            },
             // Each node manages its own log. A cluster snapshot is always a full one,
             // whatever `mode` asks.
             Request::WalSnapshot { mode: _ } => {
@@ -286,9 +429,40 @@ impl<W: Write> Router<W> {
     }
 }
 
+/// The answer to a membership change.
+pub(super) fn changed_body(kind: &'static str, (c, names): &(Changed, Names)) -> Body {
+    let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
+    match c {
+        Changed::Done {
+            id,
+            voters,
+            learners,
+        } => ok(
+            kind,
+            vec![
+                ("raft_id", json!(id)),
+                ("voters", json!(voters.iter().map(name).collect::<Vec<_>>())),
+                (
+                    "learners",
+                    json!(learners.iter().map(name).collect::<Vec<_>>()),
+                ),
+            ],
+        ),
+        Changed::Refused(why) => error_body(
+            code::PRECONDITION_FAILED,
+            format!("the group refused the change: {why}"),
+        ),
+    }
+}
+
 /// A cluster node's `wal_status`.
-pub(super) fn status_json((s, ids): &(ClusterStatus, Arc<[String]>)) -> Value {
-    let name = |id: u64| ids.get((id as usize).wrapping_sub(1)).cloned();
+pub(super) fn status_json((s, names): &(ClusterStatus, Names)) -> Value {
+    let name = |id: u64| names.get(&id).cloned();
+    let all = |ids: &[u64]| {
+        ids.iter()
+            .map(|id| name(*id).unwrap_or_else(|| format!("#{id}")))
+            .collect::<Vec<_>>()
+    };
     let matched: serde_json::Map<String, Value> = s
         .match_index
         .iter()
@@ -317,6 +491,35 @@ pub(super) fn status_json((s, ids): &(ClusterStatus, Arc<[String]>)) -> Value {
             "restarted": s.management.transfers.restarted,
             "completed": s.management.transfers.completed,
         },
+        "raft_id": s.id,
+        "incarnation": format!("{:016x}", s.incarnation),
+        "voters": all(&s.voters),
+        "learners": all(&s.learners),
+        "refused_messages": s.refused_messages,
         "poisoned": s.poisoned,
     })
+}
+
+impl<W: Write> Router<W> {
+    fn change(&mut self, src: String, seq: u64, kind: &'static str, change: Change) {
+        let member = self.cluster.as_ref().expect("cluster mode");
+        let roster = member.roster.clone();
+        let reply = self.reply_with(src, seq, move |c: Changed| {
+            let names = roster.read().expect("roster lock").clone();
+            Ok(Answer::Changed(kind, Box::new((c, names))))
+        });
+        member.node.change_with(change, reply);
+    }
+
+    fn unknown_member(&mut self, src: String, seq: u64, name: &str) {
+        let known = self.cluster.as_ref().expect("cluster mode").names();
+        let body = error_body(
+            code::KEY_DOES_NOT_EXIST,
+            format!(
+                "{name} is not a member this node knows of ({:?})",
+                known.values().collect::<Vec<_>>()
+            ),
+        );
+        self.finish(&src, seq, body);
+    }
 }

@@ -213,7 +213,11 @@ enum Answer {
     Value(String),
     Written,
     Swapped,
-    ClusterStatus(Box<(crate::cluster::ClusterStatus, std::sync::Arc<[String]>)>),
+    ClusterStatus(Box<(crate::cluster::ClusterStatus, cluster::Names)>),
+    Changed(
+        &'static str,
+        Box<(crate::consensus::Changed, cluster::Names)>,
+    ),
 }
 
 impl Answer {
@@ -300,6 +304,7 @@ impl Answer {
             Answer::Value(text) => ok("read_ok", vec![("value", wire::stored_to_json(&text))]),
             Answer::Written => ok("write_ok", vec![]),
             Answer::Swapped => ok("cas_ok", vec![]),
+            Answer::Changed(kind, c) => cluster::changed_body(kind, &c),
             Answer::ClusterStatus(s) => {
                 ok("wal_status_ok", vec![("status", cluster::status_json(&s))])
             }
@@ -341,6 +346,9 @@ struct Router<W: Write> {
     node: Option<(String, Node)>,
     /// The cluster node, when `init` named more than one node.
     cluster: Option<cluster::Member>,
+    /// A node started to join a group, waiting for the group's first message to it
+    /// (which names its Raft id).
+    joining: Option<cluster::Joining>,
     /// Messages the consensus actor sends to peers, written as `raft` lines.
     peer_tx: Sender<crate::cluster::ToPeer>,
     queues: HashMap<String, SourceQueue>,
@@ -363,6 +371,7 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
     let mut router = Router {
         config,
         cluster: None,
+        joining: None,
         peer_tx,
         // Replies ready together go out in one write: flushed before the router waits.
         out: std::io::BufWriter::with_capacity(64 * 1024, output),
@@ -463,7 +472,7 @@ impl<W: Write> Router<W> {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
-        if self.cluster.is_some() && self.peer_message(line) {
+        if (self.cluster.is_some() || self.joining.is_some()) && self.peer_message(line) {
             return;
         }
         let (env, request) = match wire::parse_line(line) {
@@ -476,10 +485,23 @@ impl<W: Write> Router<W> {
         let seq = self.enqueue(&env);
         match request {
             Err(e) => self.finish(&env.src, seq, from_wire(e)),
-            Ok(Request::Init { node_id, node_ids }) => {
-                let body = self.init(node_id, &node_ids);
+            Ok(Request::Init {
+                node_id,
+                node_ids,
+                join,
+            }) => {
+                let body = self.init(node_id, &node_ids, join);
                 self.finish(&env.src, seq, body);
             }
+            Ok(_) if self.joining.is_some() => self.finish(
+                &env.src,
+                seq,
+                error_body(
+                    code::TEMPORARILY_UNAVAILABLE,
+                    "this node is not a member yet: it waits for the group to add it \
+                     (member_add on the leader) and send it a snapshot",
+                ),
+            ),
             Ok(_) if self.node.is_none() && self.cluster.is_none() => self.finish(
                 &env.src,
                 seq,
@@ -560,16 +582,17 @@ impl<W: Write> Router<W> {
         }
     }
 
-    fn init(&mut self, node_id: String, node_ids: &[String]) -> Body {
+    fn init(&mut self, node_id: String, node_ids: &[String], join: bool) -> Body {
         // A node id that cannot name a directory is the client's to fix: error 12, and
         // the node stays up for the next init.
         if let Err(why) = wire::check_node_id(&node_id) {
             return error_body(code::MALFORMED_REQUEST, why);
         }
-        let current = match (&self.node, &self.cluster) {
-            (Some((id, _)), _) => Some(id.as_str()),
-            (None, Some(member)) => Some(member.me()),
-            (None, None) => None,
+        let current = match (&self.node, &self.cluster, &self.joining) {
+            (Some((id, _)), _, _) => Some(id.as_str()),
+            (None, Some(member), _) => Some(member.me()),
+            (None, None, Some(j)) => Some(j.me()),
+            (None, None, None) => None,
         };
         if let Some(current) = current {
             return if current == node_id {
@@ -582,8 +605,8 @@ impl<W: Write> Router<W> {
             };
         }
 
-        if node_ids.len() > 1 {
-            return self.init_cluster(node_id, node_ids);
+        if node_ids.len() > 1 || join {
+            return self.init_cluster(node_id, node_ids, join);
         }
         if !node_ids.is_empty() && !node_ids.contains(&node_id) {
             log::warn!("node_id {node_id} is not among node_ids {node_ids:?}");
@@ -630,6 +653,16 @@ impl<W: Write> Router<W> {
         let a = node.appender();
         match request {
             Request::Init { .. } => unreachable!("handled by the router"),
+            Request::MemberAdd { .. }
+            | Request::MemberPromote { .. }
+            | Request::MemberRemove { .. } => {
+                let body = error_body(
+                    code::NOT_SUPPORTED,
+                    "a single node has no group to change: membership requests go to a \
+                     node started with several node_ids (or with join)",
+                );
+                self.finish(&src, seq, body);
+            }
             Request::WalAppend { payload } => {
                 a.append_with(payload.into_bytes(), self.reply(src, seq, Answer::Appended))
             }

@@ -60,11 +60,19 @@ pub struct Envelope {
 /// A request the node understands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    /// `init {node_id, node_ids}`.
+    /// `init {node_id, node_ids, join?}`.
     Init {
         node_id: String,
         node_ids: Vec<String>,
+        /// Join an existing group as a new member (instead of founding one).
+        join: bool,
     },
+    /// `member_add {member}`: add a node as a learner.
+    MemberAdd { member: String },
+    /// `member_promote {member}`: make a learner a voter.
+    MemberPromote { member: String },
+    /// `member_remove {member}`: remove a member.
+    MemberRemove { member: String },
     /// `wal_append {payload}`.
     WalAppend { payload: String },
     /// `wal_read {offset}`.
@@ -295,6 +303,20 @@ fn parse_body(body: &Map<String, Value>) -> Result<Request, WireError> {
                     .ok_or_else(|| malformed("field `node_ids` must be an array of strings"))?,
                 _ => return Err(malformed("field `node_ids` must be an array of strings")),
             },
+            join: match body.get("join") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(malformed("field `join` must be true or false")),
+            },
+        },
+        "member_add" => Request::MemberAdd {
+            member: f.string("member")?,
+        },
+        "member_promote" => Request::MemberPromote {
+            member: f.string("member")?,
+        },
+        "member_remove" => Request::MemberRemove {
+            member: f.string("member")?,
         },
         "wal_append" => Request::WalAppend {
             payload: f.string("payload")?,

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support;
 
@@ -222,4 +222,65 @@ fn log_management_requests_act_on_the_cluster_node_that_receives_them() {
     assert_eq!(replies[&5]["snapshot_offset"], 0);
     // Offset 5 is past the end of an empty log: 22, nothing done.
     assert_eq!(replies[&6]["code"], 22, "{:?}", replies[&6]);
+}
+
+#[test]
+fn a_joining_node_learns_its_raft_id_from_the_group_and_asks_for_a_snapshot() {
+    use std::io::{BufRead, BufReader, Write};
+    let data = tempfile::tempdir().unwrap();
+    for run in 0..2 {
+        let mut child = support::spawn(&[], Some(data.path()));
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = |want: &str| -> Value {
+            loop {
+                let v: Value = serde_json::from_str(&stdout.next().unwrap().unwrap()).unwrap();
+                if v["dest"] == want {
+                    return v;
+                }
+            }
+        };
+        let mut send = |l: &str| {
+            writeln!(stdin, "{l}").unwrap();
+            stdin.flush().unwrap();
+        };
+        send(
+            r#"{"src": "c1", "dest": "n4", "body": {"type": "init", "msg_id": 1, "node_id": "n4", "node_ids": ["n1", "n2", "n3", "n4"], "join": true}}"#,
+        );
+        assert_eq!(next("c1")["body"]["type"], "init_ok");
+        if run == 0 {
+            send(
+                r#"{"src": "c1", "dest": "n4", "body": {"type": "read", "msg_id": 2, "key": "k"}}"#,
+            );
+            let r = next("c1");
+            assert_eq!(r["body"]["code"], 11, "{r}");
+            assert!(
+                r["body"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a member yet")
+            );
+            // The leader's first append names the new member's Raft id; having no
+            // configuration, it asks for a snapshot instead of taking entries.
+            send(
+                r#"{"src": "n1", "dest": "n4", "body": {"type": "raft", "fr": 1, "to": 4, "inc": 77, "msg": {"t": 3, "term": 2, "i": 300, "lt": 2, "c": 300}, "msg_id": 9}}"#,
+            );
+            let ask = next("n1");
+            assert_eq!(ask["body"]["type"], "raft", "{ask}");
+            assert_eq!(
+                (&ask["body"]["fr"], &ask["body"]["to"]),
+                (&json!(4), &json!(1))
+            );
+            assert_eq!(ask["body"]["msg"]["t"], 4, "an append response: {ask}");
+            assert_eq!(ask["body"]["msg"]["rj"], true, "{ask}");
+            assert!(ask["body"]["msg"]["rs"].as_u64().unwrap() > 0, "{ask}");
+        }
+        send(r#"{"src": "c1", "dest": "n4", "body": {"type": "wal_status", "msg_id": 3}}"#);
+        let s = next("c1");
+        // Started again, its directory says who it is.
+        assert_eq!(s["body"]["status"]["raft_id"], 4, "run {run}: {s}");
+        assert_eq!(s["body"]["status"]["voters"], json!([]), "{s}");
+        drop(stdin);
+        let _ = child.wait();
+    }
 }

@@ -37,7 +37,7 @@ impl Checked {
         let cut = self.fs.crash(0, CrashMode::DropAll);
         let c = config(self.me);
         cut.create_dir_all(&c.dir).map_err(|e| e.to_string())?;
-        let log = RaftLog::open(Arc::new(cut), &c.log_options(), &VOTERS)
+        let log = RaftLog::open(Arc::new(cut), &c.log_options(), self.me as u64, &VOTERS)
             .map_err(|e| format!("recovery refused: {e}"))?;
         let hs = log.hard_state();
         Ok((log.last_index(), hs.term, hs.vote))
@@ -95,8 +95,15 @@ fn every_vote_and_acknowledgement_is_durable_before_it_leaves() {
             checked: checked.clone(),
         });
         nodes.push(Arc::new(
-            ClusterNode::open_with_fs(&config(i), i as u64, &VOTERS, transport, Arc::new(fs))
-                .unwrap(),
+            ClusterNode::open_with_fs(
+                &config(i),
+                i as u64,
+                &VOTERS,
+                Arc::default(),
+                transport,
+                Arc::new(fs),
+            )
+            .unwrap(),
         ));
     }
     let peers = nodes.clone();
@@ -107,7 +114,8 @@ fn every_vote_and_acknowledgement_is_durable_before_it_leaves() {
             if let Ok(m) = net_rx.recv_timeout(Duration::from_millis(20))
                 && let Some(n) = peers.get(m.to as usize - 1)
             {
-                n.step(m);
+                let incarnation = peers[m.from as usize - 1].incarnation();
+                n.step(m, incarnation);
             }
         }
     });

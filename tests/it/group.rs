@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use flintlog::cluster::transfer::Part;
 use flintlog::cluster::{ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, Transport};
-use flintlog::consensus::{Command, Effect};
+use flintlog::consensus::{Change, Changed, Command, Effect};
 use flintlog::fs::sim::{CrashMode, SimFs};
 use flintlog::{Config, Error, Offset, Reply};
 use raft::eraftpb::Message;
@@ -38,8 +38,11 @@ impl Transport for Link {
         }
         drop(cut);
         let nodes = self.net.nodes.read().unwrap();
+        let Some(Some(me)) = nodes.get(self.from as usize - 1) else {
+            return;
+        };
         if let Some(Some(n)) = nodes.get(msg.to as usize - 1) {
-            n.step(msg);
+            n.step(msg, me.incarnation());
         }
     }
 
@@ -150,10 +153,15 @@ impl Group {
             .as_ref()
             .map(|d| d[id as usize - 1].clone());
         let node = match disk {
-            Some(fs) => {
-                ClusterNode::open_with_fs(&self.config(id), id, &VOTERS, link, Arc::new(fs))
-            }
-            None => ClusterNode::open(&self.config(id), id, &VOTERS, link),
+            Some(fs) => ClusterNode::open_with_fs(
+                &self.config(id),
+                id,
+                &VOTERS,
+                Arc::default(),
+                link,
+                Arc::new(fs),
+            ),
+            None => ClusterNode::open(&self.config(id), id, &VOTERS, Arc::default(), link),
         }
         .unwrap_or_else(|e| panic!("n{id} does not start: {e}"));
         self.net.nodes.write().unwrap()[id as usize - 1] = Some(Arc::new(node));
@@ -255,9 +263,51 @@ impl Group {
     }
 }
 
+impl Group {
+    /// Starts node `id` on directory `dir` as a new member that joins the group (no
+    /// founders: the group must have added it).
+    pub fn join(&self, id: u64, dir: &Path) {
+        let link = Box::new(Link {
+            from: id,
+            net: self.net.clone(),
+        });
+        let mut c = Config::new(dir);
+        (self.configure)(&mut c);
+        let node = ClusterNode::open(&c, id, &[], Arc::default(), link)
+            .unwrap_or_else(|e| panic!("n{id} does not start: {e}"));
+        let mut nodes = self.net.nodes.write().unwrap();
+        if nodes.len() < id as usize {
+            nodes.resize(id as usize, None);
+        }
+        nodes[id as usize - 1] = Some(Arc::new(node));
+    }
+
+    /// The node among `ids` that leads with everything applied, waiting for one.
+    pub fn leader(&self, ids: &[u64]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for &id in ids {
+                let s = self.status(id);
+                if s.role == "leader" && s.applied == s.commit {
+                    return id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among {ids:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A membership change through the leader among `ids`.
+    pub fn change(&self, ids: &[u64], change: Change) -> flintlog::Result<Changed> {
+        let leader = self.leader(ids);
+        call(|r| self.node(leader).change_with(change, r))
+    }
+}
+
 impl Drop for Group {
     fn drop(&mut self) {
-        for id in 1..=3 {
+        let n = self.net.nodes.read().unwrap().len() as u64;
+        for id in 1..=n {
             self.down(id);
         }
     }

@@ -15,6 +15,7 @@ mod kill;
 mod layers;
 mod library;
 mod load;
+mod members;
 mod node;
 mod policy;
 mod raftlog;

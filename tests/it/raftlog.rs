@@ -26,7 +26,7 @@ fn options() -> LogOptions {
 
 fn open(fs: &SimFs) -> flintlog::Result<RaftLog> {
     fs.create_dir_all(std::path::Path::new(DIR)).unwrap();
-    RaftLog::open(Arc::new(fs.clone()), &options(), &VOTERS)
+    RaftLog::open(Arc::new(fs.clone()), &options(), 1, &VOTERS)
 }
 
 fn entry(index: u64, term: u64) -> Entry {

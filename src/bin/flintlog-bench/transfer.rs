@@ -40,8 +40,9 @@ impl Link {
 
 impl Transport for Link {
     fn send(&self, msg: Message) {
-        if let Some(n) = self.to(msg.to) {
-            n.step(msg);
+        let me = self.net.nodes.read().expect("nodes")[self.from as usize - 1].clone();
+        if let (Some(n), Some(me)) = (self.to(msg.to), me) {
+            n.step(msg, me.incarnation());
         }
     }
     fn send_part(&self, to: u64, part: Part) {
@@ -124,7 +125,8 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
             from: id,
             net: net.clone(),
         });
-        let node = ClusterNode::open(&config(id), id, &[1, 2, 3], link).expect("open");
+        let node =
+            ClusterNode::open(&config(id), id, &[1, 2, 3], Arc::default(), link).expect("open");
         net.nodes.write().expect("nodes")[id as usize - 1] = Some(Arc::new(node));
     }
     let node = |id: u64| {
@@ -234,7 +236,9 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
             from: 3,
             net: net.clone(),
         });
-        let n3 = Arc::new(ClusterNode::open(&config(3), 3, &[1, 2, 3], link).expect("reopen"));
+        let n3 = Arc::new(
+            ClusterNode::open(&config(3), 3, &[1, 2, 3], Arc::default(), link).expect("reopen"),
+        );
         net.nodes.write().expect("nodes")[2] = Some(n3.clone());
         loop {
             let (tx, rx) = crossbeam_channel::bounded(1);
