@@ -13,7 +13,9 @@ fn small(c: &mut Config) {
     c.segment_prefill = false;
     c.policy.snapshot_entries = 100;
     c.policy.jitter_percent = 0;
-    c.policy.trailing_entries = 20;
+    // Enough kept behind each snapshot that a new member, once it installed one,
+    // continues from the log.
+    c.policy.trailing_entries = 200;
     c.policy.retain_snapshots = 2;
 }
 
@@ -99,6 +101,13 @@ fn a_lost_disk_is_refused_under_its_old_id_and_replaced_by_a_new_member() {
     assert!(
         s4.first_index > 1,
         "n4 did not start from a snapshot: {s4:#?}"
+    );
+    // One snapshot, and one that names it: an older one would be refused on arrival.
+    let t = s4.management.transfers;
+    assert_eq!(
+        (t.started, t.completed, t.restarted),
+        (1, 1, 0),
+        "n4 needed more than one snapshot: {s4:#?}"
     );
     let promoted = g.change(&[1, 3], Change::Promote(4)).unwrap();
     assert!(
