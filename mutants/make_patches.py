@@ -239,12 +239,12 @@ MUTANTS = [
      [("src/cluster/mod.rs",
        "            Some(&recorded) if recorded != incarnation => {",
        "            Some(&recorded) if recorded != incarnation && incarnation == u64::MAX => {")]),
-    ("a-new-member-gets-a-snapshot-that-predates-it",
-     "the leader offers a new member a snapshot older than the change that added it",
-     "--test it -- members::a_lost_disk_is_refused_under_its_old_id_and_replaced_by_a_new_member",
-     [("src/consensus/durable.rs",
-       ".filter(|(o, _)| o.index >= self.conf_index)",
-       ".filter(|(o, _)| o.index + 1 > 0)")]),
+    ("a-new-member-waits-for-a-snapshot",
+     "a leader whose snapshot predates a membership change does not cut a newer one",
+     "--test it -- members::a_member_added_to_an_idle_group_catches_up",
+     [("src/cluster/mod.rs",
+       "        if self.peer.store().offer_stale()\n",
+       "        if self.peer.store().offer_stale() && self.incarnation == 0\n")]),
 ]
 
 

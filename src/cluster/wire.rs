@@ -10,7 +10,7 @@
 //! {"t": type, "term", "lt": log term, "i": index, "c": commit, "ct": commit term,
 //!  "rj": reject, "rh": reject hint, "rs": request snapshot, "ctx": base64,
 //!  "e": [{"t": term, "i": index, "k": kind, "d": base64}, ...],
-//!  "sn": {"i": index, "t": term, "v": [voters], "d": base64}}
+//!  "sn": {"i": index, "t": term, "v": [voters], "l": [learners], "d": base64}}
 //! ```
 //! `sn` is a snapshot offer (`MsgSnapshot`): its data is the snapshot's identity, not
 //! its content (see [`super::transfer`]).
@@ -77,20 +77,24 @@ pub fn write(out: &mut String, m: &Message) {
     if m.msg_type == MessageType::MsgSnapshot {
         let s = m.get_snapshot();
         let meta = s.get_metadata();
-        let voters: Vec<String> = meta
-            .get_conf_state()
-            .voters
-            .iter()
-            .map(u64::to_string)
-            .collect();
+        let list = |ids: &[u64]| {
+            ids.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let cs = meta.get_conf_state();
         let _ = write!(
             out,
-            ", \"sn\": {{\"i\": {}, \"t\": {}, \"v\": [{}], \"d\": \"{}\"}}",
+            ", \"sn\": {{\"i\": {}, \"t\": {}, \"v\": [{}], ",
             meta.index,
             meta.term,
-            voters.join(", "),
-            B64.encode(&s.data)
+            list(&cs.voters),
         );
+        if !cs.learners.is_empty() {
+            let _ = write!(out, "\"l\": [{}], ", list(&cs.learners));
+        }
+        let _ = write!(out, "\"d\": \"{}\"}}", B64.encode(&s.data));
     }
     out.push('}');
 }
@@ -154,17 +158,27 @@ pub fn decode(body: &Value, from: u64, to: u64) -> Result<Message, String> {
             .get("sn")
             .and_then(Value::as_object)
             .ok_or("a snapshot message without its \"sn\" object")?;
-        let voters = sn
-            .get("v")
-            .and_then(Value::as_array)
-            .ok_or("field \"v\" is not a list")?
-            .iter()
-            .map(|v| v.as_u64().ok_or("a voter is not an unsigned integer"))
-            .collect::<Result<Vec<u64>, _>>()?;
+        let ids = |field: &str, required: bool| -> Result<Vec<u64>, String> {
+            match sn.get(field) {
+                None if !required => Ok(Vec::new()),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_u64().ok_or(format!(
+                            "a member in \"{field}\" is not an unsigned integer"
+                        ))
+                    })
+                    .collect(),
+                _ => Err(format!("field \"{field}\" is not a list")),
+            }
+        };
+        let voters = ids("v", true)?;
+        let learners = ids("l", false)?;
         let meta = snapshot.mut_metadata();
         meta.index = u64_field(sn, "i")?;
         meta.term = u64_field(sn, "t")?;
         meta.mut_conf_state().voters = voters;
+        meta.mut_conf_state().learners = learners;
         if meta.index == 0 {
             return Err("a snapshot at index 0".into());
         }
@@ -277,6 +291,7 @@ mod tests {
         s.mut_metadata().index = 500;
         s.mut_metadata().term = 6;
         s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.mut_metadata().mut_conf_state().learners = vec![5];
         m
     }
 

@@ -74,9 +74,15 @@ fn three_nodes_under_partitions_kills_pauses_and_loss() {
             "50",
             "--trailing-entries",
             "20",
+            // A node loses its disk: refused under its old id, then replaced.
+            "--replace",
         ],
     );
     assert_eq!(r["pass"], true);
+    let rep = &r["replacement"];
+    assert_eq!(rep["done"], true, "{r}");
+    assert!(rep["refused_messages"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["members"].as_array().unwrap().len(), 3, "{r}");
     let total = |field: &str| -> u64 {
         r[field]
             .as_array()

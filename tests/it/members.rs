@@ -182,3 +182,44 @@ fn a_node_that_lost_its_disk_cannot_elect_a_leader_that_lacks_acknowledged_write
         }
     }
 }
+
+/// A new member needs a snapshot that names it, even when nothing else would make the
+/// leader write one (an idle group, no policy snapshot due).
+#[test]
+fn a_member_added_to_an_idle_group_catches_up() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let g = Group::start(|_| {});
+    write_batch(&g, 1, 0, 20);
+    g.converge(&[1, 2, 3]);
+    let added = g
+        .change(&[1, 2, 3], Change::AddLearner("n4".into()))
+        .unwrap();
+    assert!(matches!(added, Changed::Done { id: 4, .. }), "{added:?}");
+    let dir4 = g.dirs[0].parent().unwrap().join("n4");
+    g.join(4, &dir4);
+    let target = g.status(g.leader(&[1, 2, 3])).commit;
+    wait_until("n4 caught up", || g.status(4).applied >= target);
+    // The leader learns of it with n4's next acknowledgement.
+    let mut promoted = None;
+    wait_until("n4 promoted", || {
+        match g.change(&[1, 2, 3], Change::Promote(4)) {
+            Ok(c) => promoted = Some(c),
+            Err(flintlog::Error::PreconditionFailed(why)) if why.contains("caught up") => {}
+            Err(e) => panic!("promote: {e}"),
+        }
+        promoted.is_some()
+    });
+    let promoted = promoted.unwrap();
+    assert!(
+        matches!(&promoted, Changed::Done { voters, .. } if *voters == [1, 2, 3, 4]),
+        "{promoted:?}"
+    );
+    for i in 20..40u64 {
+        let cmd = flintlog::consensus::Command::Append(format!("set k{i}=v{i}").into_bytes());
+        if let Err(e) = crate::group::call(|r| g.node(4).propose_with(cmd, r)) {
+            let s: Vec<_> = (1..=4).map(|id| g.status(id)).collect();
+            panic!("write {i} through n4: {e}: {s:#?}");
+        }
+    }
+    g.converge(&[1, 2, 3, 4]);
+}

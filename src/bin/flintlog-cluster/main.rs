@@ -97,6 +97,12 @@ struct Args {
     /// `--trailing-entries`); a follower that misses more catches up from a snapshot.
     #[arg(long, default_value_t = 200)]
     trailing_entries: u64,
+    /// A quarter into the run, a node loses its disk: it is wiped and restarted under
+    /// its old id (its peers must refuse it), then replaced by a new member
+    /// (removed, a new node added as a learner, started with `join`, caught up,
+    /// promoted), all under load and the nemesis.
+    #[arg(long)]
+    replace: bool,
 }
 
 fn event_json(e: &Event) -> Value {
@@ -236,7 +242,12 @@ struct Shared {
     /// The nodes' log-management flags.
     policy: Vec<String>,
     to_net: Sender<(usize, String)>,
+    /// Every node id: the founders, then the spare that joins with `--replace`.
     ids: Vec<String>,
+    /// How many of `ids` founded the group.
+    founders: usize,
+    /// The nodes that are members now (clients and the nemesis use these).
+    members: Mutex<Vec<usize>>,
 }
 
 impl Shared {
@@ -265,8 +276,11 @@ impl Shared {
     }
 
     fn init(&self, i: usize) {
-        let body =
-            json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids});
+        let body = if i < self.founders {
+            json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids[..self.founders]})
+        } else {
+            json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids, "join": true})
+        };
         let line = json!({"src": "harness", "dest": self.ids[i], "body": body}).to_string();
         self.send_to_node(i, line);
     }
@@ -275,6 +289,22 @@ impl Shared {
         let p = spawn_node(&self.bin, &self.out, &self.policy, i, self.to_net.clone());
         self.net.lock().expect("net").nodes[i] = Some(p);
         self.init(i);
+    }
+
+    /// Kills node `i` (kill -9) and waits for it.
+    fn kill(&self, i: usize) {
+        let proc = self.net.lock().expect("net").nodes[i].take();
+        if let Some(mut p) = proc {
+            if p.paused {
+                signal(p.child.id(), libc::SIGCONT);
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    fn members(&self) -> Vec<usize> {
+        self.members.lock().expect("members").clone()
     }
 }
 
@@ -383,7 +413,8 @@ fn client(
     let mut msg_id = 0u64;
     while Instant::now() < until {
         msg_id += 1;
-        let node = rng.below(shared.ids.len() as u64) as usize;
+        let members = shared.members();
+        let node = members[rng.below(members.len() as u64) as usize];
         let key = format!("k{}", rng.below(args.keys));
         let body = if appender {
             json!({"type": "wal_append", "msg_id": msg_id, "payload": format!("{name}-{msg_id}")})
@@ -536,16 +567,18 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
         return faults;
     }
     let mut rng = Rng::new(seed ^ 0xfa17);
-    let n = shared.ids.len();
     let now_s = |s: &Shared| s.started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(args.nemesis_every.min(2.0)));
     while Instant::now() + Duration::from_secs_f64(args.nemesis_every) < until {
         let hold =
             Duration::from_secs_f64(args.nemesis_every * (0.5 + rng.below(50) as f64 / 100.0));
         let from_s = now_s(&shared);
+        // Among the members now (a node being replaced is left alone).
+        let members = shared.members();
+        let n = members.len();
         let what = match kinds[rng.below(kinds.len() as u64) as usize] {
             "partition" => {
-                let mut order: Vec<usize> = (0..n).collect();
+                let mut order: Vec<usize> = members.clone();
                 for i in (1..n).rev() {
                     order.swap(i, rng.below(i as u64 + 1) as usize);
                 }
@@ -555,7 +588,8 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
                         // The leader cut off (when one is known), with a new leader
                         // elected on the other side while it still believes it leads.
                         let l = current_leader(&shared).unwrap_or(order[0]);
-                        let rest: Vec<usize> = (0..n).filter(|&i| i != l).collect();
+                        let rest: Vec<usize> =
+                            members.iter().copied().filter(|&i| i != l).collect();
                         (vec![vec![l], rest], "leader isolated")
                     }
                     0 => {
@@ -591,18 +625,16 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
                 format!("partition ({label}) {named:?}")
             }
             "kill" => {
-                let i = rng.below(n as u64) as usize;
-                let proc = shared.net.lock().expect("net").nodes[i].take();
-                if let Some(mut p) = proc {
-                    let _ = p.child.kill();
-                    let _ = p.child.wait();
-                }
+                let i = members[rng.below(n as u64) as usize];
+                shared.kill(i);
                 std::thread::sleep(hold);
-                shared.start(i);
+                if shared.members().contains(&i) {
+                    shared.start(i);
+                }
                 format!("kill -9 and restart {}", shared.ids[i])
             }
             "pause" => {
-                let i = rng.below(n as u64) as usize;
+                let i = members[rng.below(n as u64) as usize];
                 let pid = {
                     let mut net = shared.net.lock().expect("net");
                     net.nodes[i].as_mut().map(|p| {
@@ -639,7 +671,7 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
 
 /// The node that says it leads, if one does.
 fn current_leader(shared: &Shared) -> Option<usize> {
-    (0..shared.ids.len()).find(|&i| {
+    shared.members().into_iter().find(|&i| {
         ask(
             shared,
             i,
@@ -695,12 +727,14 @@ fn ask_many(
 /// Starts `nodes` node processes under `out` and the network between them.
 fn start_cluster(args: &Args, bin: &Path, nodes: usize, out: &Path) -> Arc<Shared> {
     std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
-    let ids: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+    // With `--replace`, one more id: the new member that replaces a lost one.
+    let all = nodes + usize::from(args.replace && !args.bench);
+    let ids: Vec<String> = (1..=all).map(|i| format!("n{i}")).collect();
     let (to_net, from_nodes) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         net: Mutex::new(Net {
-            nodes: (0..nodes).map(|_| None).collect(),
-            cut: vec![vec![false; nodes]; nodes],
+            nodes: (0..all).map(|_| None).collect(),
+            cut: vec![vec![false; all]; all],
             clients: HashMap::new(),
             lossy: true,
         }),
@@ -713,6 +747,8 @@ fn start_cluster(args: &Args, bin: &Path, nodes: usize, out: &Path) -> Arc<Share
         ],
         to_net,
         ids,
+        founders: nodes,
+        members: Mutex::new((0..nodes).collect()),
     });
     {
         let shared = shared.clone();
@@ -739,6 +775,169 @@ fn stop_cluster(shared: &Shared) {
     }
 }
 
+/// What the replacement of a lost node did, for the report.
+#[derive(Default, Debug)]
+struct Replacement {
+    lost: String,
+    new: String,
+    /// Messages the members refused from the lost node, back under its old id.
+    refused: u64,
+    /// Seconds into the run: wiped, removed, added, caught up, promoted.
+    steps: Vec<(String, f64)>,
+    /// Snapshot transfers the new member completed to catch up.
+    transfers: u64,
+    done: bool,
+}
+
+/// Sends `body` to the leader until it answers `ok_type` (or `done_if` says an error
+/// means the change is already made), for up to 60 s; returns the answer.
+fn to_leader(
+    shared: &Shared,
+    body: &Value,
+    ok_type: &str,
+    done_if: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(l) = current_leader(shared)
+            && let Some(r) = ask(shared, l, body.clone(), Duration::from_secs(5))
+        {
+            if r["type"] == ok_type || done_if(&r) {
+                return Some(r);
+            }
+            log::info!("{} on {}: {r}", body["type"], shared.ids[l]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// A quarter into the run: a follower loses its disk and comes back under its old id
+/// (refused), then is replaced by the spare node, step by step as the protocol
+/// reference tells a user to.
+fn replace(shared: Arc<Shared>, args: Args) -> Replacement {
+    std::thread::sleep(Duration::from_secs_f64(args.duration / 4.0));
+    let now_s = || shared.started.elapsed().as_secs_f64();
+    let members = shared.members();
+    let leader = current_leader(&shared);
+    let lost = *members
+        .iter()
+        .find(|&&i| Some(i) != leader)
+        .expect("a follower");
+    let new = shared.ids.len() - 1;
+    let mut r = Replacement {
+        lost: shared.ids[lost].clone(),
+        new: shared.ids[new].clone(),
+        ..Replacement::default()
+    };
+    let refused_now = |shared: &Shared| -> u64 {
+        shared
+            .members()
+            .into_iter()
+            .filter(|&i| i != lost)
+            .filter_map(|i| {
+                ask(
+                    shared,
+                    i,
+                    json!({"type": "wal_status"}),
+                    Duration::from_secs(2),
+                )
+            })
+            .map(|b| b["status"]["refused_messages"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let refused_before = refused_now(&shared);
+    // The accident: the disk is gone, and the node is started again as it was.
+    shared
+        .members
+        .lock()
+        .expect("members")
+        .retain(|&i| i != lost);
+    shared.kill(lost);
+    let _ = std::fs::remove_dir_all(shared.out.join("data").join(&shared.ids[lost]));
+    shared.start(lost);
+    r.steps.push((
+        format!("{} wiped and restarted under its id", r.lost),
+        now_s(),
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    r.refused = refused_now(&shared).saturating_sub(refused_before);
+    shared.kill(lost);
+    let is = |code: u64, text: &'static str| {
+        move |v: &Value| v["code"] == code && v["text"].as_str().is_some_and(|t| t.contains(text))
+    };
+    // 1. Remove the lost member.
+    let removed = to_leader(
+        &shared,
+        &json!({"type": "member_remove", "member": r.lost}),
+        "member_remove_ok",
+        is(20, "not a member"),
+    );
+    if removed.is_none() {
+        return r;
+    }
+    r.steps.push((format!("{} removed", r.lost), now_s()));
+    // 2. Add the new node as a learner, 3. start it empty with join.
+    let added = to_leader(
+        &shared,
+        &json!({"type": "member_add", "member": r.new}),
+        "member_add_ok",
+        is(22, "was already given"),
+    );
+    if added.is_none() {
+        return r;
+    }
+    r.steps
+        .push((format!("{} added as a learner", r.new), now_s()));
+    shared.start(new);
+    // 4. Wait until it has applied what the leader had committed.
+    let target = current_leader(&shared)
+        .and_then(|l| {
+            ask(
+                &shared,
+                l,
+                json!({"type": "wal_status"}),
+                Duration::from_secs(2),
+            )
+        })
+        .and_then(|b| b["status"]["commit_index"].as_u64())
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = ask(
+            &shared,
+            new,
+            json!({"type": "wal_status"}),
+            Duration::from_secs(2),
+        );
+        if let Some(s) = s.as_ref().map(|b| &b["status"])
+            && s["applied_index"].as_u64().unwrap_or(0) >= target
+        {
+            r.transfers = s["snapshot_transfers"]["completed"].as_u64().unwrap_or(0);
+            break;
+        }
+        if Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    r.steps.push((format!("{} caught up", r.new), now_s()));
+    // 5. Promote it.
+    let promoted = to_leader(
+        &shared,
+        &json!({"type": "member_promote", "member": r.new}),
+        "member_promote_ok",
+        |_| false,
+    );
+    if promoted.is_none() {
+        return r;
+    }
+    r.steps.push((format!("{} promoted", r.new), now_s()));
+    shared.members.lock().expect("members").push(new);
+    r.done = true;
+    r
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -762,7 +961,6 @@ fn main() -> ExitCode {
     if args.bench {
         return bench::run(&args, &bin);
     }
-    let ids: Vec<String> = (1..=args.nodes).map(|i| format!("n{i}")).collect();
     println!(
         "flintlog-cluster: {} nodes, {:.0} s, nemesis {}, latency {} ms, loss {:.0}%, {} lin-kv clients on {} keys, {} appenders, seed {}",
         args.nodes,
@@ -794,16 +992,23 @@ fn main() -> ExitCode {
         let seed = args.seed;
         std::thread::spawn(move || nemesis(shared, args, seed, until))
     };
+    let replacement = args.replace.then(|| {
+        let shared = shared.clone();
+        let args = args.clone();
+        std::thread::spawn(move || replace(shared, args))
+    });
     let logs: Vec<ClientLog> = clients
         .into_iter()
         .map(|h| h.join().expect("client"))
         .collect();
     let faults = faults.join().expect("nemesis");
+    let replacement = replacement.map(|h| h.join().expect("replacement"));
 
-    // Heal: no partition, no loss, nothing paused, every node running.
+    // Heal: no partition, no loss, nothing paused, every member running.
     heal(&shared);
     shared.net.lock().expect("net").lossy = false;
-    for i in 0..args.nodes {
+    let members = shared.members();
+    for &i in &members {
         let pid = {
             let net = shared.net.lock().expect("net");
             net.nodes[i]
@@ -823,8 +1028,9 @@ fn main() -> ExitCode {
     let mut statuses: Vec<Value> = Vec::new();
     let mut converged = false;
     while healed_at.elapsed() < Duration::from_secs(30) {
-        statuses = (0..args.nodes)
-            .map(|i| {
+        statuses = members
+            .iter()
+            .map(|&i| {
                 ask(
                     &shared,
                     i,
@@ -852,7 +1058,7 @@ fn main() -> ExitCode {
         let invoked = micros(shared.started);
         let r = ask(
             &shared,
-            0,
+            members[0],
             json!({"type": "read", "key": key}),
             Duration::from_secs(10),
         );
@@ -883,8 +1089,9 @@ fn main() -> ExitCode {
     }
     let mut lost = 0;
     // Per node, appends compacted away behind a snapshot: always the oldest ones.
-    let mut compacted = vec![0u64; ids.len()];
-    for (i, id) in ids.iter().enumerate() {
+    let mut compacted = vec![0u64; members.len()];
+    for (m, &i) in members.iter().enumerate() {
+        let id = &shared.ids[i];
         let asks = by_offset
             .keys()
             .map(|o| json!({"type": "wal_read", "offset": o}))
@@ -896,7 +1103,7 @@ fn main() -> ExitCode {
                 b["code"] == 20 && b["text"].as_str().is_some_and(|t| t.contains("compacted"))
             });
             if gone && !readable_seen {
-                compacted[i] += 1;
+                compacted[m] += 1;
                 continue;
             }
             readable_seen = true;
@@ -924,7 +1131,8 @@ fn main() -> ExitCode {
         .collect();
     lat.sort_by(f64::total_cmp);
     let digests_equal = converged;
-    let pass = linearizable && lost == 0 && duplicate_offsets == 0 && digests_equal;
+    let replaced = replacement.as_ref().is_none_or(|r| r.done && r.refused > 0);
+    let pass = linearizable && lost == 0 && duplicate_offsets == 0 && digests_equal && replaced;
     println!(
         "requests        {total} ({ok} ok, {failed} failed for sure, {unknown} unknown): availability {:.1}%",
         ok as f64 * 100.0 / total as f64
@@ -985,6 +1193,26 @@ fn main() -> ExitCode {
             .first()
             .map_or(Value::Null, |s| s["state_digest"].clone())
     );
+    if let Some(r) = &replacement {
+        let steps: Vec<String> = r
+            .steps
+            .iter()
+            .map(|(what, at)| format!("{at:.1} s {what}"))
+            .collect();
+        println!(
+            "replacement     {}: {} messages from {} refused after its disk was lost; {}; {} caught up with {} snapshot(s); members now {:?}",
+            if r.done { "done" } else { "NOT DONE" },
+            r.refused,
+            r.lost,
+            steps.join(", "),
+            r.new,
+            r.transfers,
+            members
+                .iter()
+                .map(|&i| shared.ids[i].clone())
+                .collect::<Vec<_>>()
+        );
+    }
     println!("verdict         {}", if pass { "PASS" } else { "FAIL" });
     let report = json!({
         "nodes": args.nodes,
@@ -1005,6 +1233,15 @@ fn main() -> ExitCode {
             "completed": transfer_total("completed"),
         },
         "replicas_agree": digests_equal,
+        "members": members.iter().map(|&i| shared.ids[i].clone()).collect::<Vec<_>>(),
+        "replacement": replacement.as_ref().map(|r| json!({
+            "lost": r.lost,
+            "new": r.new,
+            "refused_messages": r.refused,
+            "steps": r.steps.iter().map(|(w, at)| json!({"what": w, "at_s": at})).collect::<Vec<_>>(),
+            "snapshots_installed": r.transfers,
+            "done": r.done,
+        })),
         "statuses": statuses,
         "pass": pass,
     });
