@@ -130,6 +130,25 @@ impl<W: Write> Router<W> {
                 }
             };
         let (id, founders) = match (recorded, me) {
+            (Some(who), Some(me))
+                if !who.founders.is_empty()
+                    && (who.id != me as u64 + 1
+                        || who.founders != (1..=node_ids.len() as u64).collect::<Vec<_>>()) =>
+            {
+                let why = format!(
+                    "{} belongs to Raft member {} of a group founded by {} nodes, not to \
+                     member {} of the {} named in node_ids: start this node with the \
+                     node_ids it was started with first, or on a new directory",
+                    config.dir.display(),
+                    who.id,
+                    who.founders.len(),
+                    me + 1,
+                    node_ids.len()
+                );
+                log::error!("{why}");
+                self.fatal = true;
+                return error_body(code::CRASH, why);
+            }
             (Some(who), _) => (who.id, who.founders),
             (None, _) if join => {
                 log::info!("{node_id} waits to join a group: add it with member_add on the leader");

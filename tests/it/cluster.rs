@@ -290,3 +290,38 @@ fn a_joining_node_learns_its_raft_id_from_the_group_and_asks_for_a_snapshot() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn a_directory_is_refused_for_another_group_or_member() {
+    use std::io::{BufRead, BufReader, Write};
+    let data = tempfile::tempdir().unwrap();
+    let init = |ids: &str| {
+        let mut child = support::spawn(&[], Some(data.path()));
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(
+            stdin,
+            r#"{{"src": "c1", "dest": "n1", "body": {{"type": "init", "msg_id": 1, "node_id": "n1", "node_ids": {ids}}}}}"#
+        )
+        .unwrap();
+        drop(stdin);
+        let line = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        let _ = child.wait();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    assert_eq!(init(r#"["n1", "n2", "n3"]"#)["body"]["type"], "init_ok");
+    for other in [r#"["n1", "n2", "n3", "n4", "n5"]"#, r#"["n0", "n1", "n2"]"#] {
+        let r = init(other);
+        assert_eq!(r["body"]["code"], 13, "{other}: {r}");
+        assert!(
+            r["body"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("belongs to Raft member 1")
+        );
+    }
+    assert_eq!(init(r#"["n1", "n2", "n3"]"#)["body"]["type"], "init_ok");
+}
