@@ -345,6 +345,7 @@ impl ClusterNode {
             recording: HashMap::new(),
             refused_messages: 0,
             warned_incarnation: None,
+            names_shared: 0,
             last_stale_cut: None,
         };
         let join = spawn_actor(
@@ -520,6 +521,8 @@ struct Consensus {
     recording: HashMap<(u64, u64), Instant>,
     refused_messages: u64,
     warned_incarnation: Option<Instant>,
+    /// How many of the state machine's names the roster has.
+    names_shared: usize,
     /// When the leader last cut a snapshot because its offer predated a membership
     /// change.
     last_stale_cut: Option<Instant>,
@@ -870,6 +873,12 @@ impl Consensus {
     /// roster the router reads.
     fn share_names(&mut self) {
         let names = &self.peer.machine().names;
+        // Names are only ever added (a Raft id is never given twice): the count says
+        // whether there is anything new.
+        if names.len() == self.names_shared {
+            return;
+        }
+        self.names_shared = names.len();
         let mut roster = self.roster.write().expect("roster lock");
         for (id, name) in names {
             if roster.get(id) != Some(name) {

@@ -273,8 +273,9 @@ impl<S: LogStore> Peer<S> {
     /// Whether this node is in no configuration yet: a new member that has not yet
     /// installed its first snapshot (which brings the configuration).
     pub fn unconfigured(&self) -> bool {
-        let (voters, learners) = self.members();
-        voters.is_empty() && learners.is_empty()
+        // On every append a follower takes in: no allocation.
+        let conf = self.node.raft.prs().conf();
+        conf.voters().ids().is_empty() && conf.learners().is_empty()
     }
 
     /// On a leader, each follower's match index and whether it was heard from
