@@ -15,6 +15,9 @@ pub(super) struct Download {
     expected: u64,
     asked_at: Instant,
     finishing: bool,
+    /// When the offer came, and when the last byte was durable.
+    started: Instant,
+    received: Option<Instant>,
 }
 
 /// How long a whole file may wait for its verification before it is asked again.
@@ -94,6 +97,8 @@ impl Consensus {
             expected: have,
             asked_at: Instant::now(),
             finishing: false,
+            started: Instant::now(),
+            received: None,
         });
         self.ask();
     }
@@ -108,6 +113,7 @@ impl Consensus {
         if d.durable >= d.id.size {
             d.finishing = true;
             d.asked_at = Instant::now();
+            d.received.get_or_insert(d.asked_at);
             let id = d.id.clone();
             return self.manager.job(manage::Job::Finish { id });
         }
@@ -213,6 +219,16 @@ impl Consensus {
         match outcome {
             Ok((image, file)) => {
                 self.manager.status.transfers.completed += 1;
+                let now = Instant::now();
+                let received = d.received.unwrap_or(now);
+                let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_millis() as u64;
+                self.manager.status.transfers.last = Some(manage::Phases {
+                    bytes: id.size,
+                    transfer_ms: ms(d.started, received),
+                    verify_ms: ms(received, now),
+                    install_ms: 0,
+                });
+                self.install_timer = Some((id.index, now));
                 log::info!("received snapshot {} whole; installing it", id.file);
                 self.peer
                     .store_mut()
@@ -232,6 +248,7 @@ impl Consensus {
                     asked: 0,
                     expected: 0,
                     finishing: false,
+                    received: None,
                     ..d
                 });
                 self.ask();
@@ -247,6 +264,19 @@ impl Consensus {
         }
         if let Some((msg, image)) = self.installing.take() {
             self.peer.step_snapshot(msg, *image);
+        }
+    }
+
+    /// After each round of Readies: once the state machine stands at a received
+    /// snapshot's index, its install is over.
+    pub(super) fn install_timed(&mut self) {
+        if let Some((index, since)) = self.install_timer
+            && self.peer.machine().applied >= index
+        {
+            self.install_timer = None;
+            if let Some(last) = &mut self.manager.status.transfers.last {
+                last.install_ms = since.elapsed().as_millis() as u64;
+            }
         }
     }
 

@@ -136,6 +136,23 @@ pub struct Transfers {
     pub restarted: u64,
     /// Snapshots received whole, verified and installed.
     pub completed: u64,
+    /// Where the time of the last snapshot installed went.
+    pub last: Option<Phases>,
+}
+
+/// The phases of one snapshot received and installed, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// The snapshot file's size.
+    pub bytes: u64,
+    /// From the offer to the last byte durable in the part file.
+    pub transfer_ms: u64,
+    /// Reading the whole file back, checking it and decoding its state, then putting
+    /// it in place (rename, directory sync).
+    pub verify_ms: u64,
+    /// From then until the state machine stood at the snapshot's index (the log
+    /// replaced, crash-safely; any compaction in flight waited for first).
+    pub install_ms: u64,
 }
 
 pub(super) struct Manager {

@@ -347,6 +347,7 @@ impl ClusterNode {
             warned_incarnation: None,
             names_shared: 0,
             last_stale_cut: None,
+            install_timer: None,
         };
         let join = spawn_actor(
             "consensus",
@@ -526,6 +527,8 @@ struct Consensus {
     /// When the leader last cut a snapshot because its offer predated a membership
     /// change.
     last_stale_cut: Option<Instant>,
+    /// A received snapshot being installed: its index, and since when.
+    install_timer: Option<(u64, Instant)>,
 }
 
 impl Consensus {
@@ -866,6 +869,7 @@ impl Consensus {
                 }
             }
             self.share_names();
+            self.install_timed();
         }
     }
 

@@ -697,9 +697,11 @@ impl RaftLog {
     /// Whether the snapshot offered (if any) predates the last membership change:
     /// a member added since needs a newer one, which names it.
     pub fn offer_stale(&self) -> bool {
-        self.offered
-            .as_ref()
-            .is_none_or(|(o, _)| o.index < self.conf_index)
+        self.conf_index > 0
+            && self
+                .offered
+                .as_ref()
+                .is_none_or(|(o, _)| o.index < self.conf_index)
     }
 
     /// The cluster snapshots in the directory, as `(index, name)`.

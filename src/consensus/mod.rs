@@ -187,6 +187,10 @@ pub struct Peer<S: LogStore> {
     replies: Vec<Message>,
     /// Heartbeats dropped because they showed this node lost acknowledged entries.
     lost_data_warnings: u64,
+    /// Ticks so far, and when this node (in no configuration yet) last asked for a
+    /// snapshot.
+    ticks: u64,
+    asked_snapshot_at: Option<u64>,
     /// The state machine of the snapshot the driver stepped in last, until raft-rs
     /// installs it (or ignores it: it was not newer than what this node committed).
     incoming: Option<image::Image>,
@@ -238,6 +242,8 @@ impl<S: LogStore> Peer<S> {
             changed: Vec::new(),
             replies: Vec::new(),
             lost_data_warnings: 0,
+            ticks: 0,
+            asked_snapshot_at: None,
             incoming: None,
             installed: None,
         })
@@ -357,6 +363,7 @@ impl<S: LogStore> Peer<S> {
 
     /// One clock tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.node.tick();
         let again = 2 * self.node.raft.heartbeat_timeout();
         for (seq, ticks) in &mut self.asked {
@@ -384,7 +391,32 @@ impl<S: LogStore> Peer<S> {
     /// log: the log does not hold the configuration the group started with. It
     /// answers an append by asking for a snapshot, which brings it.
     pub fn step(&mut self, msg: Message) {
+        if msg.get_msg_type() == MessageType::MsgAppendResponse
+            && msg.reject
+            && msg.request_snapshot != raft::INVALID_INDEX
+            && self.node.raft.state == StateRole::Leader
+            && self
+                .node
+                .raft
+                .prs()
+                .get(msg.from)
+                .is_some_and(|p| p.matched > 0)
+        {
+            // A new member's ask for its first snapshot, overtaken by the snapshot it
+            // asked for: raft-rs would send it one again, and again.
+            return;
+        }
         if msg.get_msg_type() == MessageType::MsgAppend && self.unconfigured() {
+            // Once per heartbeat interval at most: the leader may append many times
+            // while the snapshot travels.
+            let again = self.node.raft.heartbeat_timeout() as u64;
+            if self
+                .asked_snapshot_at
+                .is_some_and(|at| self.ticks < at + again)
+            {
+                return;
+            }
+            self.asked_snapshot_at = Some(self.ticks);
             let mut ask = Message::default();
             ask.set_msg_type(MessageType::MsgAppendResponse);
             ask.to = msg.from;
@@ -825,5 +857,110 @@ impl slog::Drain for ToLog {
         };
         log::log!(target: "raft", level, "raft {}: {}", self.0, record.msg());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs every Ready of a peer whose writes are durable at once; the messages it
+    /// would send.
+    fn settle(p: &mut Peer<MemLog>) -> Vec<Message> {
+        let mut out = Vec::new();
+        loop {
+            let c = p.cycle().unwrap();
+            out.extend(c.send);
+            let Some(persist) = c.persist else {
+                return out;
+            };
+            out.extend(persist.then_send);
+            p.persisted(persist.number);
+        }
+    }
+
+    /// A leader of one with a learner (Raft id 2) added, and the learner's
+    /// acknowledgement of everything in the log.
+    fn leader_with_a_caught_up_learner() -> Peer<MemLog> {
+        let config = PeerConfig {
+            id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            boot: 1,
+        };
+        let mut p = Peer::new(&config, MemLog::new(&[1])).unwrap();
+        while p.role().0 != StateRole::Leader {
+            p.tick();
+            settle(&mut p);
+        }
+        let seq = p.propose_change(&Change::AddLearner("n2".into())).unwrap();
+        settle(&mut p);
+        assert!(matches!(p.take_changed()[..], [(s, Changed::Done { id: 2, .. })] if s == seq));
+        let (_, term, _, commit) = p.role();
+        let mut ack = Message::default();
+        ack.set_msg_type(MessageType::MsgAppendResponse);
+        (ack.from, ack.to, ack.term, ack.index) = (2, 1, term, commit);
+        p.step(ack);
+        settle(&mut p);
+        assert_eq!(p.node.raft.prs().get(2).unwrap().matched, commit);
+        p
+    }
+
+    #[test]
+    fn a_new_members_ask_for_a_snapshot_overtaken_by_its_snapshot_is_dropped() {
+        let mut p = leader_with_a_caught_up_learner();
+        // As after the member's acknowledgement of the snapshot itself: probing from
+        // there (in the replicating state raft-rs would drop this ask on its own).
+        p.node.raft.mut_prs().get_mut(2).unwrap().become_probe();
+        let (_, term, _, _) = p.role();
+        let mut stale = Message::default();
+        stale.set_msg_type(MessageType::MsgAppendResponse);
+        (stale.from, stale.to, stale.term, stale.index) = (2, 1, term, 1);
+        stale.reject = true;
+        stale.request_snapshot = 1;
+        p.step(stale);
+        let sent = settle(&mut p);
+        assert_eq!(
+            p.node.raft.prs().get(2).unwrap().pending_request_snapshot,
+            raft::INVALID_INDEX,
+            "the leader would send the member a snapshot again"
+        );
+        assert!(
+            sent.iter()
+                .all(|m| m.get_msg_type() != MessageType::MsgSnapshot),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_member_with_no_configuration_asks_for_a_snapshot_once_per_heartbeat() {
+        let config = PeerConfig {
+            id: 4,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            boot: 1,
+        };
+        let mut p = Peer::new(&config, MemLog::new(&[])).unwrap();
+        assert!(p.unconfigured());
+        let append = || {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgAppend);
+            (m.from, m.to, m.term, m.index, m.log_term) = (1, 4, 3, 40, 3);
+            m
+        };
+        let asks = |sent: &[Message]| {
+            sent.iter()
+                .filter(|m| m.reject && m.request_snapshot > 0 && m.to == 1)
+                .count()
+        };
+        p.step(append());
+        p.step(append());
+        assert_eq!(asks(&settle(&mut p)), 1);
+        p.tick();
+        p.tick();
+        p.step(append());
+        assert_eq!(asks(&settle(&mut p)), 1);
+        // It took nothing from the log.
+        assert_eq!(p.store().entries().len(), 0);
     }
 }

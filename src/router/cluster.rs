@@ -509,6 +509,12 @@ pub(super) fn status_json((s, names): &(ClusterStatus, Names)) -> Value {
             "asked_again": s.management.transfers.asked_again,
             "restarted": s.management.transfers.restarted,
             "completed": s.management.transfers.completed,
+            "last": s.management.transfers.last.map(|p| json!({
+                "bytes": p.bytes,
+                "transfer_ms": p.transfer_ms,
+                "verify_ms": p.verify_ms,
+                "install_ms": p.install_ms,
+            })),
         },
         "raft_id": s.id,
         "incarnation": format!("{:016x}", s.incarnation),

@@ -76,6 +76,8 @@ struct CatchUp {
     p99_during: f64,
     /// Seconds from restarting the caught-up follower to its first linearizable read.
     restart_to_read: f64,
+    /// Where the snapshot's time went on the follower (by snapshot only).
+    phases: Option<flintlog::cluster::manage::Phases>,
 }
 
 /// Stops node `id` (once the links that may hold it for a moment let go).
@@ -261,6 +263,7 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
         p99_idle,
         p99_during,
         restart_to_read,
+        phases: t3.last,
     }
 }
 
@@ -343,4 +346,26 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
     );
     println!("{line}");
     r.md.push_str(&format!("{line}\n\n"));
+    let phases: Vec<_> = snap.iter().filter_map(|c| c.phases).collect();
+    if !phases.is_empty() {
+        let med_ms = |f: fn(&flintlog::cluster::manage::Phases) -> u64| {
+            median(phases.iter().map(|p| f(p) as f64).collect())
+        };
+        let (t, v, i) = (
+            med_ms(|p| p.transfer_ms),
+            med_ms(|p| p.verify_ms),
+            med_ms(|p| p.install_ms),
+        );
+        let all = (t + v + i).max(1.0);
+        let line = format!(
+            "the snapshot on the follower (median): transfer {t:.0} ms ({:.0}%), verification \
+             {v:.0} ms ({:.0}%), install {i:.0} ms ({:.0}%); {:.1} MB/s for the three together",
+            100.0 * t / all,
+            100.0 * v / all,
+            100.0 * i / all,
+            phases[0].bytes as f64 / 1e6 / (all / 1000.0)
+        );
+        println!("{line}");
+        r.md.push_str(&format!("{line}\n\n"));
+    }
 }
