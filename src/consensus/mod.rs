@@ -450,8 +450,21 @@ impl<S: LogStore> Peer<S> {
             );
             return;
         }
+        let acked = (msg.get_msg_type() == MessageType::MsgAppendResponse && !msg.reject)
+            .then_some(msg.from);
         if let Err(e) = self.node.step(msg) {
             log::debug!("raft {}: message dropped: {e}", self.id());
+        }
+        // A member that asked for a snapshot and now holds what it asked for: raft-rs
+        // forgets the ask only when told the snapshot was delivered, and would send
+        // the member the snapshot again at its next append.
+        if let Some(from) = acked
+            && self.node.raft.state == StateRole::Leader
+            && let Some(pr) = self.node.raft.mut_prs().get_mut(from)
+            && pr.pending_request_snapshot != raft::INVALID_INDEX
+            && pr.matched >= pr.pending_request_snapshot
+        {
+            pr.pending_request_snapshot = raft::INVALID_INDEX;
         }
     }
 
@@ -924,6 +937,31 @@ mod tests {
             p.node.raft.prs().get(2).unwrap().pending_request_snapshot,
             raft::INVALID_INDEX,
             "the leader would send the member a snapshot again"
+        );
+        assert!(
+            sent.iter()
+                .all(|m| m.get_msg_type() != MessageType::MsgSnapshot),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_members_ask_is_forgotten_once_it_holds_what_it_asked_for() {
+        let mut p = leader_with_a_caught_up_learner();
+        let (_, term, _, commit) = p.role();
+        // It asked for a snapshot at index 1, was sent one and installed it (the
+        // leader probing it from there), and acknowledges the snapshot's index.
+        let pr = p.node.raft.mut_prs().get_mut(2).unwrap();
+        pr.become_probe();
+        pr.pending_request_snapshot = 1;
+        let mut ack = Message::default();
+        ack.set_msg_type(MessageType::MsgAppendResponse);
+        (ack.from, ack.to, ack.term, ack.index) = (2, 1, term, commit);
+        p.step(ack);
+        let sent = settle(&mut p);
+        assert_eq!(
+            p.node.raft.prs().get(2).unwrap().pending_request_snapshot,
+            raft::INVALID_INDEX
         );
         assert!(
             sent.iter()
