@@ -450,21 +450,20 @@ impl<S: LogStore> Peer<S> {
             );
             return;
         }
-        let acked = (msg.get_msg_type() == MessageType::MsgAppendResponse && !msg.reject)
-            .then_some(msg.from);
-        if let Err(e) = self.node.step(msg) {
-            log::debug!("raft {}: message dropped: {e}", self.id());
-        }
-        // A member that asked for a snapshot and now holds what it asked for: raft-rs
-        // forgets the ask only when told the snapshot was delivered, and would send
-        // the member the snapshot again at its next append.
-        if let Some(from) = acked
+        // A member that asked for a snapshot acknowledges holding what it asked for:
+        // raft-rs forgets the ask only when told the snapshot was delivered, and would
+        // send the member the snapshot again while taking in this acknowledgement.
+        if msg.get_msg_type() == MessageType::MsgAppendResponse
+            && !msg.reject
             && self.node.raft.state == StateRole::Leader
-            && let Some(pr) = self.node.raft.mut_prs().get_mut(from)
+            && let Some(pr) = self.node.raft.mut_prs().get_mut(msg.from)
             && pr.pending_request_snapshot != raft::INVALID_INDEX
-            && pr.matched >= pr.pending_request_snapshot
+            && msg.index >= pr.pending_request_snapshot
         {
             pr.pending_request_snapshot = raft::INVALID_INDEX;
+        }
+        if let Err(e) = self.node.step(msg) {
+            log::debug!("raft {}: message dropped: {e}", self.id());
         }
     }
 
@@ -949,10 +948,16 @@ mod tests {
     fn a_new_members_ask_is_forgotten_once_it_holds_what_it_asked_for() {
         let mut p = leader_with_a_caught_up_learner();
         let (_, term, _, commit) = p.role();
-        // It asked for a snapshot at index 1, was sent one and installed it (the
-        // leader probing it from there), and acknowledges the snapshot's index.
+        p.store_mut().offer(
+            commit,
+            term,
+            raft::eraftpb::ConfState::from((vec![1], vec![2])),
+        );
+        // It asked for a snapshot at index 1 and was sent one, which it installed and
+        // now acknowledges.
         let pr = p.node.raft.mut_prs().get_mut(2).unwrap();
-        pr.become_probe();
+        pr.become_snapshot(commit);
+        pr.matched = commit - 1;
         pr.pending_request_snapshot = 1;
         let mut ack = Message::default();
         ack.set_msg_type(MessageType::MsgAppendResponse);

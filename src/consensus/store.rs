@@ -45,6 +45,8 @@ pub struct MemLog {
     base: (u64, u64),
     /// Entries from index `base.0 + 1`.
     entries: Vec<Entry>,
+    /// What it offers a follower that asks for a snapshot.
+    offered: Option<Snapshot>,
 }
 
 impl MemLog {
@@ -54,6 +56,16 @@ impl MemLog {
             conf_state: ConfState::from((voters.to_vec(), vec![])),
             ..MemLog::default()
         }
+    }
+
+    /// Offers a follower that asks for a snapshot one at `index` (term `term`) of the
+    /// configuration `conf` (its data empty).
+    pub fn offer(&mut self, index: u64, term: u64, conf: ConfState) {
+        let mut s = Snapshot::default();
+        s.mut_metadata().index = index;
+        s.mut_metadata().term = term;
+        s.mut_metadata().set_conf_state(conf);
+        self.offered = Some(s);
     }
 
     /// The hard state.
@@ -156,8 +168,8 @@ impl raft::Storage for MemLog {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Nothing is compacted, so no follower ever needs one.
-        Err(raft::Error::Store(
+        // Nothing is compacted, so no follower needs one but one that asks for it.
+        self.offered.clone().ok_or(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
     }
