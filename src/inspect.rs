@@ -69,6 +69,9 @@ pub struct Examination {
     /// are checked as a single node's are, but its payloads are Raft entries, not
     /// commands, so no key is replayed.
     pub raft_log: bool,
+    /// On a cluster node: who it is in its group and its hard state, as `raft.state`
+    /// records them (`term`, `vote`, `commit`; the commit index may lag).
+    pub raft_member: Option<(crate::consensus::durable::Identity, [u64; 3])>,
     /// The process holding the directory's lock, when a node runs on it: the
     /// examination then sees a directory that is changing, and its temp files are the
     /// node's work in progress, not debris.
@@ -103,6 +106,14 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
     };
     report_files(fs, dir, &mut ex, &survey.listing);
     ex.raft_log = survey.listing.raft_state;
+    if ex.raft_log {
+        match crate::consensus::durable::read_raft_state(fs, dir) {
+            Ok(found) => {
+                ex.raft_member = found.map(|(who, hs)| (who, [hs.term, hs.vote, hs.commit]));
+            }
+            Err(e) => ex.refusal = Some(e.text().to_string()),
+        }
+    }
     ex.first_offset = survey.first_offset;
     let replay_from = survey.replay_from();
     let chosen = survey.chosen;
@@ -288,6 +299,17 @@ pub fn inspect_table(ex: &Examination) -> String {
     if ex.raft_log {
         out.push_str("kind          a cluster node's Raft log (offset i is Raft index i + 1)\n");
     }
+    if let Some((who, [term, vote, commit])) = &ex.raft_member {
+        let founded = match who.founders.as_slice() {
+            [] => "joined its group later".to_string(),
+            f => format!("a founder of a group of {} ({f:?})", f.len()),
+        };
+        out.push_str(&format!(
+            "member        Raft id {}, {founded}; incarnation {:016x}; term {term}, vote \
+             {vote}, commit {commit} (as last recorded)\n",
+            who.id, who.incarnation
+        ));
+    }
     if let Some(why) = &ex.refusal {
         out.push_str(&format!("problem       {why}\n"));
     }
@@ -431,6 +453,14 @@ pub fn inspect_json(ex: &Examination) -> Value {
             "refusal": ex.refusal,
         },
         "raft_log": ex.raft_log,
+        "raft_member": ex.raft_member.as_ref().map(|(who, [term, vote, commit])| json!({
+            "raft_id": who.id,
+            "founders": who.founders,
+            "incarnation": format!("{:016x}", who.incarnation),
+            "term": term,
+            "vote": vote,
+            "commit": commit,
+        })),
         "broken_files": ex.broken_files,
         "foreign_files": ex.foreign_files,
         "damaged": ex.damaged(),

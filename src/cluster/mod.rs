@@ -135,13 +135,13 @@ pub struct ClusterStatus {
     pub match_index: Vec<(u64, u64)>,
     /// CRC-32C of the state machine at `applied` (see `Machine::digest`).
     pub state_digest: u32,
-    /// The voters and learners of the configuration applied, by Raft id.
+    /// The voters of the configuration applied, by Raft id.
     pub voters: Vec<u64>,
-    /// Learners.
+    /// Its learners (members that receive the log and do not vote).
     pub learners: Vec<u64>,
-    /// This node's Raft id and incarnation.
+    /// This node's Raft id.
     pub id: u64,
-    /// See `durable::Identity`.
+    /// Its directory's incarnation (see `consensus::durable::Identity`).
     pub incarnation: u64,
     /// Peer messages refused since the node started because they came from another
     /// incarnation of a member than the one the group recorded.

@@ -177,6 +177,15 @@ pub fn decode_state(b: &[u8]) -> std::result::Result<(Identity, HardState), Stri
     ))
 }
 
+/// What `dir`'s `raft.state` records, if there is one: the node's identity and its
+/// hard state as last written (the commit index may lag).
+///
+/// # Errors
+/// [`Error::Open`] when it cannot be read or is damaged.
+pub fn read_raft_state(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Identity, HardState)>> {
+    read_state(fs, dir)
+}
+
 /// The identity recorded in `dir`'s `raft.state`, if there is one.
 ///
 /// # Errors

@@ -871,7 +871,8 @@ fn replace(shared: Arc<Shared>, args: Args) -> Replacement {
         &shared,
         &json!({"type": "member_remove", "member": r.lost}),
         "member_remove_ok",
-        is(20, "not a member"),
+        // Applied by an earlier attempt whose answer was lost.
+        is(22, "is not a member"),
     );
     if removed.is_none() {
         return r;
@@ -882,6 +883,7 @@ fn replace(shared: Arc<Shared>, args: Args) -> Replacement {
         &shared,
         &json!({"type": "member_add", "member": r.new}),
         "member_add_ok",
+        // Added by an earlier attempt whose answer was lost.
         is(22, "was already given"),
     );
     if added.is_none() {
