@@ -324,4 +324,18 @@ fn a_directory_is_refused_for_another_group_or_member() {
         );
     }
     assert_eq!(init(r#"["n1", "n2", "n3"]"#)["body"]["type"], "init_ok");
+    // inspect tells who the directory belongs to.
+    let dir = data.path().join("n1");
+    let out = Command::new(support::binary())
+        .args(["inspect", dir.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["raft_member"]["raft_id"], 1, "{v}");
+    assert_eq!(v["raft_member"]["founders"], json!([1, 2, 3]), "{v}");
+    assert_eq!(
+        v["raft_member"]["incarnation"].as_str().unwrap().len(),
+        16,
+        "{v}"
+    );
 }
