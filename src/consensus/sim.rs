@@ -271,12 +271,13 @@ impl Sim {
                 return Ok(());
             };
             let cycle = peer.cycle().expect("memory writes do not fail");
-            let Some(persist) = cycle.persist else {
-                break;
-            };
+            // Messages the peer answers itself leave even when nothing was ready.
             for m in cycle.send {
                 self.send(m);
             }
+            let Some(persist) = cycle.persist else {
+                break;
+            };
             let due = self.now + self.range(self.cfg.persist_ms);
             let jobs = &mut self.nodes[i].jobs;
             let due = jobs.back().map_or(due, |(last, _)| due.max(*last));
