@@ -234,20 +234,18 @@ impl ClusterNode {
             None => (crate::consensus::Machine::default(), None),
         };
         let mut machine = machine;
-        if machine.names.is_empty() {
-            // The founders' names come from whoever started the group (the same list
-            // on every founder); a member added later finds them in its snapshot.
-            let known = roster.read().expect("roster lock");
-            for f in &who.founders {
-                if let Some(name) = known.get(f) {
-                    machine.names.insert(*f, name.clone());
-                }
-            }
-        }
-        roster
-            .write()
-            .expect("roster lock")
-            .extend(machine.names.iter().map(|(id, n)| (*id, n.clone())));
+        crate::consensus::name_founders(
+            &mut machine,
+            &who.founders,
+            &roster.read().expect("roster lock"),
+        );
+        roster.write().expect("roster lock").extend(
+            machine
+                .names
+                .iter()
+                .filter(|(_, n)| !n.is_empty())
+                .map(|(id, n)| (*id, n.clone())),
+        );
 
         let first_offset = match store.first_index() {
             1 => Offset::ZERO,
@@ -884,7 +882,7 @@ impl Consensus {
         }
         self.names_shared = names.len();
         let mut roster = self.roster.write().expect("roster lock");
-        for (id, name) in names {
+        for (id, name) in names.iter().filter(|(_, n)| !n.is_empty()) {
             if roster.get(id) != Some(name) {
                 roster.insert(*id, name.clone());
             }

@@ -166,7 +166,8 @@ pub struct Machine {
     /// leader, or not), and the copy that comes second changes nothing.
     pub sessions: BTreeMap<(u64, u64), Session>,
     /// The node id of every Raft id that was ever a member (founders and members
-    /// added since; a Raft id is never given to another node).
+    /// added since; a Raft id is never given to another node). A founder's name is
+    /// empty when the program that started the group gave none.
     pub names: BTreeMap<u64, String>,
     /// Each member's incarnation, as first recorded: the random number its data
     /// directory was created with. Messages from another incarnation of that Raft id

@@ -126,6 +126,23 @@ pub enum Changed {
     Refused(String),
 }
 
+/// Records the founders' Raft ids in `machine.names` (with their node ids from
+/// `known`, or an empty name when the embedding program gave none), so that no Raft
+/// id of a founder is ever given to a member added later. Every founder does the same
+/// from the same list; a member added later finds them in its snapshot.
+pub fn name_founders(
+    machine: &mut Machine,
+    founders: &[u64],
+    known: &std::collections::BTreeMap<u64, String>,
+) {
+    for f in founders {
+        machine
+            .names
+            .entry(*f)
+            .or_insert_with(|| known.get(f).cloned().unwrap_or_default());
+    }
+}
+
 /// The voters and learners of a configuration, sorted.
 pub fn members_of(cs: &raft::eraftpb::ConfState) -> (Vec<u64>, Vec<u64>) {
     let mut voters = cs.voters.clone();

@@ -12,6 +12,11 @@
 //!   holds the same state;
 //! - the clients' history, with a final read of every key, is linearizable
 //!   ([`crate::lincheck`]).
+//!
+//! With `replace`, a founder is lost for good a little into the run and replaced as
+//! an operator would (removed, a new node added as a learner, caught up from the
+//! leader's state offered as a snapshot, promoted), under the same faults.
+//! `SIM_DEBUG=1` prints the faults of a seed that fails or does not finish.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -47,6 +52,10 @@ pub struct SimConfig {
     pub timeout_ms: u64,
     /// Partitions, crashes and restarts.
     pub nemesis: bool,
+    /// A member is lost for good a little into the run, and replaced: removed, a new
+    /// node added as a learner, caught up from a snapshot, promoted (the newcomer is
+    /// never crashed itself).
+    pub replace: bool,
 }
 
 impl SimConfig {
@@ -64,6 +73,7 @@ impl SimConfig {
             keys: 3,
             timeout_ms: 600,
             nemesis: true,
+            replace: false,
         }
     }
 }
@@ -85,6 +95,8 @@ pub struct SimReport {
     pub faults: Vec<String>,
     /// The applied index every replica reached.
     pub applied: u64,
+    /// With `replace`: whether the replacement was carried out to the end.
+    pub replaced: bool,
 }
 
 struct Node {
@@ -94,6 +106,10 @@ struct Node {
     jobs: VecDeque<(u64, Persist)>,
     /// Requests this node holds for clients: request number → client.
     pending: HashMap<u64, usize>,
+    /// Lost for good (its disk): never restarted.
+    gone: bool,
+    /// A node that joined the group (never crashed: its durable copy is not kept).
+    joined: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +150,19 @@ struct Sim {
     seen_applied: Vec<u64>,
     /// Restarts so far (each run of a node gets its own number).
     boots: u64,
+    /// The replacement under way: its stage (0 not started, 1 removing the lost
+    /// member, 2 adding the newcomer, 3 waiting for it to catch up, 4 promoting it,
+    /// 5 done), the lost member, when to act next, and what the newcomer must reach.
+    stage: u8,
+    lost: u64,
+    next_act: u64,
+    target: u64,
+    /// States offered as snapshots, by index (what a newcomer installs).
+    images: BTreeMap<u64, super::image::Image>,
+    /// Per (leader, follower): since when the leader waits for the follower to
+    /// install a snapshot (the node's driver reports it failed after a while, so
+    /// that a lost offer is sent again).
+    waiting_install: BTreeMap<(usize, u64), u64>,
 }
 
 fn peer_config(id: u64, boot: u64) -> PeerConfig {
@@ -154,10 +183,15 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
     let nodes = voters
         .iter()
         .map(|&id| Node {
-            peer: Some(Peer::new(&peer_config(id, 0), MemLog::new(&voters)).expect("raft config")),
+            peer: Some(
+                Peer::resume(&peer_config(id, 0), MemLog::new(&voters), founded(&voters))
+                    .expect("raft config"),
+            ),
             durable: MemLog::new(&voters),
             jobs: VecDeque::new(),
             pending: HashMap::new(),
+            gone: false,
+            joined: false,
         })
         .collect();
     let mut sim = Sim {
@@ -178,11 +212,18 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
             terms_with_leader: 0,
             faults: Vec::new(),
             applied: 0,
+            replaced: false,
         },
         leaders: BTreeMap::new(),
         applied_at: HashMap::new(),
         seen_applied: vec![0; cfg.nodes],
         boots: 0,
+        stage: 0,
+        lost: 0,
+        next_act: 500 + Rng::new(cfg.seed ^ 0x7e91).below(1000),
+        target: 0,
+        images: BTreeMap::new(),
+        waiting_install: BTreeMap::new(),
         cfg: cfg.clone(),
     };
     let mut next_fault = 300;
@@ -191,18 +232,25 @@ pub fn run(cfg: &SimConfig) -> Result<SimReport, String> {
             sim.nemesis();
             next_fault = sim.now + 200 + sim.rng.below(800);
         }
+        if cfg.replace {
+            sim.replace();
+        }
         sim.clients_act(true);
         sim.step_ms()?;
     }
-    // Heal, restart, and let the clients' last requests end.
+    // Heal, restart, and let the clients' last requests end (and the replacement).
     sim.cut.clear();
-    for i in 0..cfg.nodes {
-        if sim.nodes[i].peer.is_none() {
+    for i in 0..sim.nodes.len() {
+        if sim.nodes[i].peer.is_none() && !sim.nodes[i].gone {
             sim.restart(i);
         }
     }
     let quiet_until = sim.now + 3_000;
-    while sim.now < quiet_until {
+    while sim.now < quiet_until || (cfg.replace && sim.stage < 5 && sim.now < quiet_until + 10_000)
+    {
+        if cfg.replace {
+            sim.replace();
+        }
         sim.clients_act(false);
         sim.step_ms()?;
     }
@@ -229,16 +277,31 @@ impl Sim {
         });
         for m in due {
             let to = (m.to - 1) as usize;
-            if let Some(peer) = self.nodes[to].peer.as_mut() {
-                peer.step(m);
-                self.drive(to)?;
+            if to >= self.nodes.len() || self.nodes[to].peer.is_none() {
+                continue;
             }
+            if m.request_snapshot != 0 {
+                self.offer(to);
+            }
+            let peer = self.nodes[to].peer.as_mut().expect("alive");
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                let index = m.get_snapshot().get_metadata().index;
+                // Only states the sim offered are ever sent.
+                if let Some(image) = self.images.get(&index) {
+                    peer.step_snapshot(m, image.clone());
+                }
+            } else {
+                peer.step(m);
+            }
+            self.drive(to)?;
         }
         for i in 0..self.nodes.len() {
             while self.nodes[i].jobs.front().is_some_and(|(at, _)| *at <= now) {
                 let (_, job) = self.nodes[i].jobs.pop_front().expect("a job");
                 let node = &mut self.nodes[i];
-                store_durably(&mut node.durable, &job);
+                if !node.joined {
+                    store_durably(&mut node.durable, &job);
+                }
                 node.peer
                     .as_mut()
                     .expect("jobs die with the peer")
@@ -250,6 +313,7 @@ impl Sim {
             }
             if now.is_multiple_of(self.cfg.tick_ms) && self.nodes[i].peer.is_some() {
                 self.nodes[i].peer.as_mut().expect("alive").tick();
+                self.snapshots_tick(i);
                 self.drive(i)?;
             }
         }
@@ -305,7 +369,10 @@ impl Sim {
         let applied = peer.machine().applied;
         let from = self.seen_applied[i];
         if applied > from {
-            for e in &peer.store().entries()[from as usize..applied as usize] {
+            let entries = peer.store().entries();
+            let first = entries.first().map_or(applied + 1, |e| e.index);
+            let (lo, hi) = (from.max(first - 1), applied.max(first - 1));
+            for e in &entries[(lo + 1 - first) as usize..(hi + 1 - first) as usize] {
                 let digest = crc32c::crc32c_append(crc32c::crc32c(&e.data), &e.term.to_le_bytes());
                 match self.applied_at.insert(e.index, digest) {
                     Some(d) if d != digest => {
@@ -476,7 +543,7 @@ impl Sim {
             }
             2 => {
                 let i = self.rng.below(n) as usize;
-                if self.nodes[i].peer.take().is_some() {
+                if !self.nodes[i].joined && self.nodes[i].peer.take().is_some() {
                     // Everything not yet durable is gone; so are its clients' requests.
                     self.nodes[i].jobs.clear();
                     self.nodes[i].pending.clear();
@@ -488,7 +555,7 @@ impl Sim {
             }
             _ => {
                 for i in 0..self.nodes.len() {
-                    if self.nodes[i].peer.is_none() {
+                    if self.nodes[i].peer.is_none() && !self.nodes[i].gone {
                         self.restart(i);
                         self.report
                             .faults
@@ -500,12 +567,141 @@ impl Sim {
         }
     }
 
+    /// A leader asked for a snapshot offers its state as it stands.
+    fn offer(&mut self, i: usize) {
+        let Some(peer) = self.nodes[i].peer.as_mut() else {
+            return;
+        };
+        if peer.role().0 != StateRole::Leader || peer.machine().applied == 0 {
+            return;
+        }
+        let image = peer.image();
+        let conf = raft::eraftpb::ConfState::from((image.voters.clone(), image.learners.clone()));
+        peer.store_mut().offer(image.index(), image.term, conf);
+        self.images.insert(image.index(), image);
+    }
+
+    /// As the node's driver does: a snapshot offer nobody acted on for a while is
+    /// reported failed, so that raft-rs offers one again (the offer may have been lost).
+    fn snapshots_tick(&mut self, i: usize) {
+        let now = self.now;
+        let peer = self.nodes[i].peer.as_mut().expect("alive");
+        let sending: Vec<u64> = peer
+            .followers_in_snapshot()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        self.waiting_install
+            .retain(|(l, id), _| *l != i || sending.contains(id));
+        for id in sending {
+            let since = *self.waiting_install.entry((i, id)).or_insert(now);
+            if now >= since + 300 {
+                peer.snapshot_failed(id);
+                self.waiting_install.remove(&(i, id));
+            }
+        }
+    }
+
+    /// The alive leader, if one.
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| {
+            self.nodes[i]
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.role().0 == StateRole::Leader)
+        })
+    }
+
+    /// Moves the replacement on, as an operator would: each step asked of the leader
+    /// until the leader's configuration shows it done.
+    fn replace(&mut self) {
+        if self.stage == 5 || self.now < self.next_act {
+            return;
+        }
+        self.next_act = self.now + 50;
+        let newcomer = self.cfg.nodes as u64 + 1;
+        if self.stage == 0 {
+            // The disk of a founder is lost for good.
+            let i = self.rng.below(self.cfg.nodes as u64) as usize;
+            self.nodes[i].peer = None;
+            self.nodes[i].jobs.clear();
+            self.nodes[i].pending.clear();
+            self.nodes[i].gone = true;
+            self.lost = i as u64 + 1;
+            self.report
+                .faults
+                .push(format!("{}ms n{} lost for good", self.now, self.lost));
+            self.stage = 1;
+            return;
+        }
+        let Some(l) = self.leader() else { return };
+        let (voters, learners) = self.nodes[l].peer.as_ref().expect("alive").members();
+        let change = match self.stage {
+            1 if !voters.contains(&self.lost) => {
+                self.stage = 2;
+                return;
+            }
+            1 => super::Change::Remove(self.lost),
+            2 if learners.contains(&newcomer) => {
+                self.nodes.push(Node {
+                    peer: Some(
+                        Peer::new(&peer_config(newcomer, 0), MemLog::new(&[]))
+                            .expect("raft config"),
+                    ),
+                    durable: MemLog::new(&[]),
+                    jobs: VecDeque::new(),
+                    pending: HashMap::new(),
+                    gone: false,
+                    joined: true,
+                });
+                self.seen_applied.push(0);
+                self.target = self.nodes[l].peer.as_ref().expect("alive").role().3;
+                self.report
+                    .faults
+                    .push(format!("{}ms n{newcomer} added and started", self.now));
+                self.stage = 3;
+                return;
+            }
+            2 => super::Change::AddLearner(format!("n{newcomer}")),
+            3 => {
+                let caught_up = self.nodes[newcomer as usize - 1]
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.machine().applied >= self.target);
+                if caught_up {
+                    self.stage = 4;
+                }
+                return;
+            }
+            4 if voters.contains(&newcomer) => {
+                self.report
+                    .faults
+                    .push(format!("{}ms n{newcomer} promoted", self.now));
+                self.stage = 5;
+                return;
+            }
+            _ => super::Change::Promote(newcomer),
+        };
+        let peer = self.nodes[l].peer.as_mut().expect("alive");
+        if peer.propose_change(&change).is_ok() {
+            self.next_act = self.now + 200;
+        }
+        drop(peer.take_changed());
+        let _ = self.drive(l);
+    }
+
     fn restart(&mut self, i: usize) {
         self.boots += 1;
         let boot = self.boots;
         let node = &mut self.nodes[i];
+        let founders: Vec<u64> = (1..=self.cfg.nodes as u64).collect();
         node.peer = Some(
-            Peer::new(&peer_config(i as u64 + 1, boot), node.durable.clone()).expect("raft config"),
+            Peer::resume(
+                &peer_config(i as u64 + 1, boot),
+                node.durable.clone(),
+                founded(&founders),
+            )
+            .expect("raft config"),
         );
         self.seen_applied[i] = 0;
     }
@@ -514,10 +710,45 @@ impl Sim {
         let machines: Vec<_> = self
             .nodes
             .iter()
+            .filter(|n| !n.gone)
             .map(|n| n.peer.as_ref().expect("all restarted").machine().clone())
             .collect();
         for (i, m) in machines.iter().enumerate().skip(1) {
             if *m != machines[0] {
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    eprintln!("faults {:?}", self.report.faults);
+                    for (j, n) in self.nodes.iter().enumerate() {
+                        if let Some(p) = &n.peer {
+                            eprintln!(
+                                "n{}: {:?} members {:?} applied {} last {:?}",
+                                j + 1,
+                                p.role(),
+                                p.members(),
+                                p.machine().applied,
+                                raft::Storage::last_index(p.store())
+                            );
+                            if p.role().0 == StateRole::Leader {
+                                eprintln!(
+                                    "progress {:?}",
+                                    p.node
+                                        .raft
+                                        .prs()
+                                        .iter()
+                                        .map(|(id, pr)| (
+                                            *id,
+                                            pr.matched,
+                                            pr.next_idx,
+                                            pr.state,
+                                            pr.pending_request_snapshot,
+                                            pr.pending_snapshot,
+                                            pr.paused
+                                        ))
+                                        .collect::<Vec<_>>()
+                                );
+                            }
+                        }
+                    }
+                }
                 return Err(format!(
                     "after healing, n{} applied {} ({} keys, next offset {}) but n1 applied {} \
                      ({} keys, next offset {})",
@@ -549,8 +780,17 @@ impl Sim {
         self.report.history = self.history;
         self.report.terms_with_leader = self.leaders.len();
         self.report.applied = machines[0].applied;
+        self.report.replaced = self.stage == 5;
         Ok(self.report)
     }
+}
+
+/// The state machine a founder starts from: nothing applied, the founders named.
+fn founded(founders: &[u64]) -> super::Machine {
+    let mut m = super::Machine::default();
+    let names = founders.iter().map(|f| (*f, format!("n{f}"))).collect();
+    super::name_founders(&mut m, founders, &names);
+    m
 }
 
 fn store_durably(durable: &mut MemLog, job: &Persist) {
@@ -597,6 +837,32 @@ mod tests {
         }
         println!("{seeds} seeds: {ok} operations acknowledged, {unknown} unknown, {faults} faults");
         assert!(ok > 100 * seeds as usize);
+    }
+
+    #[test]
+    fn a_lost_member_is_replaced_under_faults() {
+        let seeds: u64 = std::env::var("SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(100, |n: u64| n / 3);
+        let mut replaced = 0;
+        for seed in 0..seeds {
+            let cfg = SimConfig {
+                replace: true,
+                ..SimConfig::faulty(seed)
+            };
+            let r = run(&cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            replaced += usize::from(r.replaced);
+            if !r.replaced && std::env::var("SIM_DEBUG").is_ok() {
+                eprintln!("seed {seed}: {:?}", r.faults);
+            }
+        }
+        // A seed whose faults keep the group of two without a majority long enough
+        // may not finish; nearly all must.
+        assert!(
+            replaced * 10 >= seeds as usize * 9,
+            "{replaced} of {seeds} replaced"
+        );
     }
 
     #[test]
