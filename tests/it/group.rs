@@ -332,7 +332,7 @@ pub fn files(dir: &Path, suffix: &str) -> Vec<String> {
 }
 
 /// Small thresholds, so that a few hundred writes snapshot and compact several times.
-fn small(c: &mut Config) {
+pub fn small(c: &mut Config) {
     c.segment_bytes_max = 4096;
     c.segment_prefill = false;
     c.policy.snapshot_entries = 100;

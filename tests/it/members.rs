@@ -9,14 +9,10 @@ use flintlog::consensus::{Change, Changed};
 use crate::group::Group;
 
 fn small(c: &mut Config) {
-    c.segment_bytes_max = 4096;
-    c.segment_prefill = false;
-    c.policy.snapshot_entries = 100;
-    c.policy.jitter_percent = 0;
+    crate::group::small(c);
     // Enough kept behind each snapshot that a new member, once it installed one,
     // continues from the log.
     c.policy.trailing_entries = 200;
-    c.policy.retain_snapshots = 2;
 }
 
 fn write_batch(g: &Group, via: u64, from: u64, n: u64) -> Vec<(flintlog::Offset, u64)> {
