@@ -453,3 +453,44 @@ fn replacing_the_log_by_a_snapshot_survives_a_power_cut_at_every_operation() {
         check_install,
     );
 }
+
+/// `raft.state` written before it recorded the node's identity (version 1: hard state
+/// and voters only) opens as the founder it names, and is rewritten with the Raft id
+/// and an incarnation; a directory is then refused to another member, or to a node
+/// that joins, and its identity stays the same across opens.
+#[test]
+fn a_version_1_state_is_upgraded_and_the_identity_then_holds() {
+    use flintlog::consensus::durable::read_identity;
+    let fs = SimFs::new();
+    fs.create_dir_all(std::path::Path::new(DIR)).unwrap();
+    // Version 1: magic, version, term, vote, commit, n, voters, crc32c.
+    let mut v1 = b"FLNTRAFT".to_vec();
+    v1.extend_from_slice(&1u32.to_le_bytes());
+    for v in [4u64, 2, 0] {
+        v1.extend_from_slice(&v.to_le_bytes());
+    }
+    v1.extend_from_slice(&3u32.to_le_bytes());
+    for v in VOTERS {
+        v1.extend_from_slice(&v.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    flintlog::fs::create_durably(&fs, std::path::Path::new(DIR), "raft.state", |f| {
+        f.write_all_at(&v1, 0)
+    })
+    .unwrap();
+    let log = open(&fs).unwrap();
+    assert_eq!((log.hard_state().term, log.hard_state().vote), (4, 2));
+    let who = log.identity().clone();
+    assert_eq!((who.id, who.founders.as_slice()), (1, &VOTERS[..]));
+    assert_ne!(who.incarnation, 0);
+    drop(log);
+    let dir = std::path::Path::new(DIR);
+    assert_eq!(read_identity(&fs, dir).unwrap(), Some(who.clone()));
+    // Another member, or a joining node, is refused this directory.
+    assert!(RaftLog::open(Arc::new(fs.clone()), &options(), 2, &VOTERS).is_err());
+    assert!(RaftLog::open(Arc::new(fs.clone()), &options(), 1, &[]).is_err());
+    // The same member again: the same identity (the incarnation is not drawn again).
+    let log = open(&fs).unwrap();
+    assert_eq!(log.identity(), &who);
+}
