@@ -373,6 +373,40 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_image_reads_as_a_group_of_its_voters_with_nothing_recorded() {
+        let fs = SimFs::new();
+        let dir = Path::new("/n");
+        fs.create_dir_all(dir).unwrap();
+        let image = sample(20);
+        let m = &image.machine;
+        let sessions: Vec<SessionRow> = m
+            .sessions
+            .iter()
+            .map(|(&(node, boot), s)| {
+                let applied = s.applied.iter().copied().collect();
+                (node, boot, s.floor, applied, s.last_index)
+            })
+            .collect();
+        let head: HeadV1 = (
+            1,
+            image.term,
+            image.voters.clone(),
+            m.next_offset.on_disk(),
+            m.runs.clone(),
+            sessions,
+        );
+        let head = bincode::encode_to_vec(head, bincode::config::standard()).unwrap();
+        let name = layout::raft_snapshot(20);
+        snapshot::write_machine(&fs, dir, name.clone(), 20, &head, &m.kv, 4096).unwrap();
+        let (back, _) = read(&fs, dir, &name).unwrap();
+        assert_eq!((back.term, &back.voters), (image.term, &image.voters));
+        assert!(back.learners.is_empty());
+        assert!(back.machine.names.is_empty() && back.machine.incarnations.is_empty());
+        assert_eq!(back.machine.digest(), image.machine.digest());
+        assert_eq!(back.machine.sessions, image.machine.sessions);
+    }
+
+    #[test]
     fn a_damaged_image_is_refused_and_loading_falls_back() {
         let fs = SimFs::new();
         let dir = Path::new("/n");
