@@ -673,6 +673,9 @@ impl<S: LogStore> Peer<S> {
                 )
             });
         self.node.mut_store().install(meta.index, meta.term)?;
+        self.node
+            .mut_store()
+            .configured(meta.get_conf_state(), meta.index);
         log::info!(
             "raft {}: installed the snapshot at index {} (term {}, {} keys)",
             self.id(),
