@@ -115,9 +115,12 @@ fn five_nodes_under_partitions_and_kills() {
             "0.1",
             "--seed",
             "11",
+            "--replace",
         ],
     );
     assert_eq!(r["pass"], true);
+    assert_eq!(r["replacement"]["done"], true, "{r}");
+    assert_eq!(r["members"].as_array().unwrap().len(), 5, "{r}");
     assert!(r["requests"]["ok"].as_u64().unwrap() > 100, "{r}");
 }
 

@@ -820,10 +820,13 @@ fn replace(shared: Arc<Shared>, args: Args) -> Replacement {
     let now_s = || shared.started.elapsed().as_secs_f64();
     let members = shared.members();
     let leader = current_leader(&shared);
-    let lost = *members
+    // A follower, chosen by the seed.
+    let followers: Vec<usize> = members
         .iter()
-        .find(|&&i| Some(i) != leader)
-        .expect("a follower");
+        .copied()
+        .filter(|&i| Some(i) != leader)
+        .collect();
+    let lost = followers[args.seed as usize % followers.len()];
     let new = shared.ids.len() - 1;
     let mut r = Replacement {
         lost: shared.ids[lost].clone(),
