@@ -863,8 +863,16 @@ fn replace(shared: Arc<Shared>, args: Args) -> Replacement {
         format!("{} wiped and restarted under its id", r.lost),
         now_s(),
     ));
-    std::thread::sleep(Duration::from_secs(3));
-    r.refused = refused_now(&shared).saturating_sub(refused_before);
+    // Until its peers have refused some of its messages (a partition may keep it
+    // apart for a while), 10 s at most.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        r.refused = refused_now(&shared).saturating_sub(refused_before);
+        if r.refused > 0 {
+            break;
+        }
+    }
     shared.kill(lost);
     let is = |code: u64, text: &'static str| {
         move |v: &Value| v["code"] == code && v["text"].as_str().is_some_and(|t| t.contains(text))
