@@ -216,7 +216,7 @@ impl ClusterNode {
         let mut loaded_term = 0;
         let mut loaded_conf = (who.founders.clone(), Vec::new());
         let mut newest_client_offset = Offset::ZERO;
-        let (machine, newest) = match loaded {
+        let (mut machine, newest) = match loaded {
             Some((image, file)) => {
                 store.start_from_snapshot(image.index());
                 store.start_configured(&image.voters, &image.learners);
@@ -233,7 +233,6 @@ impl ClusterNode {
             }
             None => (crate::consensus::Machine::default(), None),
         };
-        let mut machine = machine;
         crate::consensus::name_founders(
             &mut machine,
             &who.founders,
@@ -1071,6 +1070,7 @@ impl Consensus {
 
     fn status(&self) -> ClusterStatus {
         let (role, term, leader, commit) = self.peer.role();
+        let (voters, learners) = self.peer.members();
         let m = self.peer.machine();
         ClusterStatus {
             role: match role {
@@ -1086,8 +1086,8 @@ impl Consensus {
             next_offset: m.next_offset,
             match_index: self.peer.progress(),
             state_digest: m.digest(),
-            voters: self.peer.members().0,
-            learners: self.peer.members().1,
+            voters,
+            learners,
             id: self.peer.id(),
             incarnation: self.incarnation,
             refused_messages: self.refused_messages,

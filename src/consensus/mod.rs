@@ -911,6 +911,14 @@ mod tests {
         }
     }
 
+    /// Learner 2's answer to leader 1's append at `index`.
+    fn from_learner(term: u64, index: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppendResponse);
+        (m.from, m.to, m.term, m.index) = (2, 1, term, index);
+        m
+    }
+
     /// A leader of one with a learner (Raft id 2) added, and the learner's
     /// acknowledgement of everything in the log.
     fn leader_with_a_caught_up_learner() -> Peer<MemLog> {
@@ -929,10 +937,7 @@ mod tests {
         settle(&mut p);
         assert!(matches!(p.take_changed()[..], [(s, Changed::Done { id: 2, .. })] if s == seq));
         let (_, term, _, commit) = p.role();
-        let mut ack = Message::default();
-        ack.set_msg_type(MessageType::MsgAppendResponse);
-        (ack.from, ack.to, ack.term, ack.index) = (2, 1, term, commit);
-        p.step(ack);
+        p.step(from_learner(term, commit));
         settle(&mut p);
         assert_eq!(p.node.raft.prs().get(2).unwrap().matched, commit);
         p
@@ -945,9 +950,7 @@ mod tests {
         // there (in the replicating state raft-rs would drop this ask on its own).
         p.node.raft.mut_prs().get_mut(2).unwrap().become_probe();
         let (_, term, _, _) = p.role();
-        let mut stale = Message::default();
-        stale.set_msg_type(MessageType::MsgAppendResponse);
-        (stale.from, stale.to, stale.term, stale.index) = (2, 1, term, 1);
+        let mut stale = from_learner(term, 1);
         stale.reject = true;
         stale.request_snapshot = 1;
         p.step(stale);
@@ -979,10 +982,7 @@ mod tests {
         pr.become_snapshot(commit);
         pr.matched = commit - 1;
         pr.pending_request_snapshot = 1;
-        let mut ack = Message::default();
-        ack.set_msg_type(MessageType::MsgAppendResponse);
-        (ack.from, ack.to, ack.term, ack.index) = (2, 1, term, commit);
-        p.step(ack);
+        p.step(from_learner(term, commit));
         let sent = settle(&mut p);
         assert_eq!(
             p.node.raft.prs().get(2).unwrap().pending_request_snapshot,

@@ -105,6 +105,8 @@ fn a_lost_disk_is_refused_under_its_old_id_and_replaced_by_a_new_member() {
         (1, 1, 0),
         "n4 needed more than one snapshot: {s4:#?}"
     );
+    // Where its time went is reported, for the snapshot it installed.
+    assert!(t.last.is_some_and(|p| p.bytes > 0), "{s4:#?}");
     let promoted = g.change(&[1, 3], Change::Promote(4)).unwrap();
     assert!(
         matches!(&promoted, Changed::Done { voters, learners, .. } if *voters == [1, 3, 4] && learners.is_empty()),
