@@ -63,9 +63,19 @@ pub struct Config {
     /// The clock the log-management policy reads (its age trigger, the ages in
     /// `wal_status`); tests substitute a [`crate::clock::ManualClock`].
     pub clock: Arc<dyn Clock>,
+    /// Where durable snapshots are copied off the node (`None`: nowhere). The node's
+    /// name in the store is the last component of [`Config::dir`].
+    pub snapshot_store: Option<crate::store::StoreConfig>,
 }
 
 impl Config {
+    /// The node's name in a snapshot store: the last component of its directory.
+    pub fn store_name(&self) -> String {
+        self.dir
+            .file_name()
+            .map_or_else(|| "node".to_string(), |n| n.to_string_lossy().into_owned())
+    }
+
     /// What the log needs of this configuration.
     pub fn log_options(&self) -> LogOptions {
         LogOptions {
@@ -95,6 +105,7 @@ impl Config {
             delete_pause: std::time::Duration::from_millis(10),
             snapshot_send_bytes_per_sec: 8 * 1024 * 1024,
             clock: Arc::new(SystemClock),
+            snapshot_store: None,
         }
     }
 
@@ -115,6 +126,9 @@ impl Config {
         }
         if self.snapshot_sync_chunk_bytes < 4096 {
             return bad("snapshot sync chunk must be at least 4096 bytes");
+        }
+        if self.snapshot_store.as_ref().is_some_and(|s| s.retain < 1) {
+            return bad("the snapshot store must keep at least 1 chain");
         }
         self.policy.validate()?;
         Ok(())

@@ -23,6 +23,7 @@ pub mod lincheck;
 mod node;
 pub mod router;
 pub mod snapshot;
+pub mod store;
 pub mod survey;
 pub mod types;
 pub mod wal;

@@ -24,7 +24,11 @@ use flintlog::{Config, FsyncPolicy, Policy, inspect};
     after_help = "Examples:\n  \
     flintlog --data-dir /var/lib/fl < input.jsonl   run as a node; files in /var/lib/fl/<node_id>/\n  \
     flintlog verify /var/lib/fl/n1                  check a directory; exit 1 on damage\n  \
-    flintlog inspect /var/lib/fl/n1 --json          segments, snapshots, offsets\n\n\
+    flintlog inspect /var/lib/fl/n1 --json          segments, snapshots, offsets\n  \
+    flintlog verify --store s3://bkt/fl --store-endpoint http://127.0.0.1:8333\n  \
+                                                    download and check every chain in a store\n  \
+    flintlog restore --from s3://bkt/fl --data-dir /var/lib/fl/n1\n  \
+                                                    a data directory from the newest chain\n\n\
 The first line a node expects:\n  \
     {\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\"]}}\n\
 With several node_ids, the node joins that Raft group: deliver each line it writes to\n\
@@ -104,6 +108,69 @@ struct Args {
     /// catching up from one (0: no limit).
     #[arg(long, default_value_t = flintlog::Config::new("").snapshot_send_bytes_per_sec, value_name = "BYTES", help_heading = "Log management")]
     snapshot_send_bytes_per_sec: u64,
+
+    /// Copy every durable snapshot chain to this store, under the node's id:
+    /// s3://BUCKET/PREFIX (S3 or an S3-compatible store), file:///PATH or a path.
+    /// Credentials come only from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_SESSION_TOKEN (or the instance's metadata service).
+    #[arg(
+        long,
+        env = "FLINTLOG_SNAPSHOT_STORE",
+        value_name = "URL",
+        help_heading = "Snapshot store"
+    )]
+    snapshot_store: Option<String>,
+
+    /// Chains kept in the store per node, newest first (at least 1).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..), value_name = "N", help_heading = "Snapshot store")]
+    store_retain: u64,
+
+    /// Free log segments only once a snapshot covering them is in the store (off: the
+    /// log is compacted behind local snapshots, and a node that loses its disk before an
+    /// upload lands relies on the other replicas for those entries).
+    #[arg(long, help_heading = "Snapshot store")]
+    compact_after_upload: bool,
+
+    #[command(flatten)]
+    store: StoreFlags,
+}
+
+/// How to reach an S3-compatible store (for the node, `restore` and `verify`).
+#[derive(clap::Args, Debug, Clone)]
+struct StoreFlags {
+    /// The S3 endpoint, e.g. http://127.0.0.1:8333 for a self-hosted store (default:
+    /// AWS_ENDPOINT_URL, else Amazon's endpoint for the region).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        help_heading = "Snapshot store"
+    )]
+    store_endpoint: Option<String>,
+
+    /// The S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(
+        long,
+        global = true,
+        value_name = "REGION",
+        help_heading = "Snapshot store"
+    )]
+    store_region: Option<String>,
+
+    /// Address the bucket as BUCKET.HOST rather than HOST/BUCKET (path style, the
+    /// default, suits self-hosted stores).
+    #[arg(long, global = true, help_heading = "Snapshot store")]
+    store_virtual_hosted: bool,
+}
+
+impl StoreFlags {
+    fn config(&self, url: &str) -> flintlog::store::StoreConfig {
+        let mut c = flintlog::store::StoreConfig::new(url);
+        c.endpoint = self.store_endpoint.clone();
+        c.region = self.store_region.clone();
+        c.virtual_hosted = self.store_virtual_hosted;
+        c
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,7 +180,26 @@ enum Command {
     /// what it would repair. Exits 1 if anything is damaged or recovery would refuse.
     Verify {
         /// The node's own directory (DATA_DIR/<node_id>).
-        dir: PathBuf,
+        #[arg(required_unless_present = "store")]
+        dir: Option<PathBuf>,
+        /// Instead: download and verify every snapshot chain in this store (the
+        /// restore drill); exits 1 if any chain is damaged or incomplete.
+        #[arg(long, value_name = "URL", conflicts_with = "dir")]
+        store: Option<String>,
+    },
+    /// Make a data directory from the newest snapshot chain in a store that downloads
+    /// and verifies (falling back to older chains, saying why); start a node on it.
+    Restore {
+        /// The store: s3://BUCKET/PREFIX, file:///PATH or a path.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The directory to create (it must be empty or absent): the node's own
+        /// directory, DATA_DIR/<node_id>.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Restore the chain at this index instead of the newest.
+        #[arg(long, value_name = "N")]
+        index: Option<u64>,
     },
     /// Print a node directory's segments, snapshots and offsets, offline.
     Inspect {
@@ -125,11 +211,88 @@ enum Command {
     },
 }
 
+/// Runs `restore --from`: returns the exit code.
+fn restore(flags: &StoreFlags, from: &str, dir: &std::path::Path, index: Option<u64>) -> u8 {
+    let store = match flintlog::store::open(&flags.config(from)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    match flintlog::store::restore(&*store, &RealFs, dir, index) {
+        Ok(r) => {
+            for (object, why) in &r.skipped {
+                println!("skipped {object}: {why}");
+            }
+            let m = &r.manifest;
+            println!(
+                "restored {} from {}: the chain at index {} (node {}, term {}, {} file(s), {} \
+                 bytes), verified",
+                dir.display(),
+                store.url(),
+                m.index,
+                m.node,
+                m.term,
+                m.files.len(),
+                r.bytes
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("restore failed: {e}");
+            1
+        }
+    }
+}
+
+/// Runs `verify --store`: returns the exit code.
+fn verify_store(flags: &StoreFlags, url: &str) -> u8 {
+    let store = match flintlog::store::open(&flags.config(url)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let mut bad = 0;
+    let outcome = flintlog::store::verify(&*store, &mut |v| match &v.problem {
+        None => println!("ok       {} ({} bytes)", v.object, v.bytes),
+        Some(why) => {
+            bad += 1;
+            println!("DAMAGED  {}: {why}", v.object);
+        }
+    });
+    match outcome {
+        Ok(all) => {
+            println!(
+                "{}: {} chain(s), {} verified, {bad} damaged or incomplete",
+                store.url(),
+                all.len(),
+                all.len() - bad
+            );
+            u8::from(bad > 0 || all.is_empty())
+        }
+        Err(e) => {
+            eprintln!("verify failed: {e}");
+            1
+        }
+    }
+}
+
 /// Runs `verify` or `inspect`; returns the exit code.
-fn offline(command: Command) -> u8 {
+fn offline(command: Command, flags: &StoreFlags) -> u8 {
     let (dir, json, verify) = match command {
-        Command::Verify { dir } => (dir, false, true),
+        Command::Verify {
+            store: Some(url), ..
+        } => return verify_store(flags, &url),
+        Command::Verify { dir, .. } => (dir.expect("clap requires a dir"), false, true),
         Command::Inspect { dir, json } => (dir, json, false),
+        Command::Restore {
+            from,
+            data_dir,
+            index,
+        } => return restore(flags, &from, &data_dir, index),
     };
     match std::fs::metadata(&dir) {
         Err(e) => {
@@ -183,7 +346,7 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     if let Some(command) = args.command {
-        return ExitCode::from(offline(command));
+        return ExitCode::from(offline(command, &args.store));
     }
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         eprintln!(
@@ -218,6 +381,12 @@ fn main() -> ExitCode {
     node.segment_bytes_max = args.max_segment_bytes;
     node.payload_bytes_max = args.max_payload_bytes;
     node.snapshot_send_bytes_per_sec = args.snapshot_send_bytes_per_sec;
+    node.snapshot_store = args.snapshot_store.as_deref().map(|url| {
+        let mut c = args.store.config(url);
+        c.retain = args.store_retain;
+        c.compact_after_upload = args.compact_after_upload;
+        c
+    });
     node.policy = Policy {
         snapshot_entries: args.snapshot_entries,
         snapshot_bytes: args.snapshot_bytes,

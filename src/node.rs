@@ -9,6 +9,7 @@ use crate::actor::appender::{Appender, AppenderHandle, AppenderMsg, AppenderPart
 use crate::actor::compactor::Compactor;
 use crate::actor::facades::{CompactorHandle, SnapshotterHandle};
 use crate::actor::snapshotter::{Snapshotter, SnapshotterParts};
+use crate::actor::uploader::{self, UploaderHandle};
 use crate::config::Config;
 use crate::core::layout::{self, LOCK as LOCK_NAME};
 use crate::core::position::Offset;
@@ -74,6 +75,30 @@ fn log_options(config: &Config, fs: &dyn FileSystem) -> crate::wal::LogOptions {
     options
 }
 
+/// Opens the snapshot store and starts the uploader for the node in `config.dir`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a store that cannot be opened (a bad URL); [`Error::Open`]
+/// if the thread cannot start.
+pub(crate) fn start_uploader(
+    config: &Config,
+    store: &crate::store::StoreConfig,
+    fs: Arc<dyn FileSystem>,
+    cluster: Vec<String>,
+) -> Result<(UploaderHandle, JoinHandle<()>)> {
+    let opened = crate::store::open(store).map_err(Error::InvalidArgument)?;
+    log::info!("snapshots are copied to {}", opened.url());
+    uploader::spawn(uploader::UploaderParts {
+        store: opened,
+        fs,
+        dir: config.dir.clone(),
+        node: config.store_name(),
+        cluster,
+        retain: store.retain,
+    })
+    .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))
+}
+
 /// A running node: the appender, snapshotter and compactor threads over one directory.
 ///
 /// ```
@@ -98,6 +123,8 @@ pub struct Node {
     snapshotter: SnapshotterHandle,
     compactor: CompactorHandle,
     threads: Vec<(&'static str, JoinHandle<()>)>,
+    /// The uploader (stopped last: the snapshotter offers it chains).
+    uploader: Option<(UploaderHandle, JoinHandle<()>)>,
     recovery: RecoveryReport,
     _lock: Box<dyn Lock>,
 }
@@ -213,6 +240,16 @@ impl Node {
 
         let (feedback_tx, feedback_rx) = crossbeam_channel::unbounded();
         let spawn_err = |e: std::io::Error| Error::Open(format!("cannot start a thread: {e}"));
+        let uploader = match &config.snapshot_store {
+            Some(store) => {
+                let (handle, join) = start_uploader(&config, store, fs.clone(), vec![])?;
+                if let Some(upload) = uploader::chain_upload(&chain) {
+                    handle.offer(upload);
+                }
+                Some((handle, join))
+            }
+            None => None,
+        };
         let (compactor_tx, compactor_join) = Compactor::spawn(
             fs.clone(),
             dir.clone(),
@@ -239,6 +276,7 @@ impl Node {
             on_disk: on_disk.clone(),
             chain: chain.clone(),
             tip_state,
+            uploader: uploader.as_ref().map(|(h, _)| h.clone()),
         })
         .map_err(spawn_err)?;
         let (appender, appender_join) = Appender::spawn(AppenderParts {
@@ -251,6 +289,7 @@ impl Node {
             latest_snapshot: snapshot,
             loaded_chain: chain,
             snapshots_on_disk: on_disk,
+            uploader: uploader.as_ref().map(|(h, _)| h.clone()),
         })
         .map_err(spawn_err)?;
         Ok(Node {
@@ -266,6 +305,7 @@ impl Node {
                 ("snapshotter", snapshotter_join),
                 ("compactor", compactor_join),
             ],
+            uploader,
             recovery: report,
             _lock: lock,
         })
@@ -313,6 +353,12 @@ impl Node {
         for (name, join) in self.threads.drain(..) {
             if join.join().is_err() {
                 panicked.push(name);
+            }
+        }
+        if let Some((handle, join)) = self.uploader.take() {
+            handle.stop();
+            if join.join().is_err() {
+                panicked.push("uploader");
             }
         }
         if panicked.is_empty() {

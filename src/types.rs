@@ -205,6 +205,8 @@ pub struct Status {
     pub recovery: RecoveryReport,
     /// The log-management policy and where the node stands against it.
     pub management: Management,
+    /// The uploads to the snapshot store, if one is configured.
+    pub store: Option<UploadStatus>,
 }
 
 /// One snapshot file kept on disk.
@@ -237,4 +239,24 @@ pub struct Management {
     pub replay_estimate_ms: u64,
     /// The oldest live segment and why it cannot be deleted yet.
     pub oldest_segment: Option<(String, &'static str)>,
+}
+
+/// What the uploader reports (the `snapshot_store` part of `wal_status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// The store (never a credential).
+    pub url: String,
+    /// The index of the newest chain in the store uploaded by this node.
+    pub uploaded_index: Option<u64>,
+    /// When it was uploaded (milliseconds since the Unix epoch).
+    pub uploaded_at_ms: Option<u64>,
+    /// Chains and bytes uploaded since the node started.
+    pub chains_uploaded: u64,
+    pub bytes_uploaded: u64,
+    /// Offers waiting.
+    pub queued: usize,
+    /// Failed attempts since the node started, and the latest failure's message (cleared
+    /// by the next success).
+    pub failures: u64,
+    pub last_error: Option<String>,
 }

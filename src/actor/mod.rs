@@ -11,6 +11,7 @@ pub mod appender;
 pub mod compactor;
 pub mod facades;
 pub mod snapshotter;
+pub mod uploader;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

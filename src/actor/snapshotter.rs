@@ -17,6 +17,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::actor::compactor::CompactorMsg;
+use crate::actor::uploader::UploaderHandle;
 use crate::actor::{Feedback, Poison, Reply, poison_on_panic, spawn_actor};
 use crate::config::Config;
 use crate::core::kv::{self, Change, KvState, Written};
@@ -87,6 +88,8 @@ pub(crate) struct Snapshotter {
     on_disk: Vec<(Offset, String)>,
     /// Set after a failed sync: every later request fails.
     poison: Poison,
+    /// Offered each chain once durable, if the node has a snapshot store.
+    uploader: Option<UploaderHandle>,
 }
 
 pub(crate) struct SnapshotterParts {
@@ -97,6 +100,7 @@ pub(crate) struct SnapshotterParts {
     pub on_disk: Vec<(Offset, String)>,
     pub chain: Vec<SnapshotFile>,
     pub tip_state: KvState,
+    pub uploader: Option<UploaderHandle>,
 }
 
 /// Whether `changes` (from the keys written) hold every change of `diff` (from
@@ -134,6 +138,7 @@ impl Snapshotter {
             compactor: parts.compactor,
             feedback: parts.feedback,
             on_disk: parts.on_disk,
+            uploader: parts.uploader,
         };
         let join = spawn_actor("snapshotter", on_panic, move || actor.run())?;
         Ok((tx, join))
@@ -336,6 +341,11 @@ impl Snapshotter {
         for (offset, name) in policy::retention(&self.on_disk, policy.retain_snapshots) {
             self.on_disk.retain(|(o, _)| *o != offset);
             self.retiring.push(name);
+        }
+        if let Some(uploader) = &self.uploader
+            && let Some(upload) = crate::actor::uploader::chain_upload(&self.chain)
+        {
+            uploader.offer(upload);
         }
         // Announced once retention is done, so that whoever learns of the new snapshot
         // finds the old files gone.

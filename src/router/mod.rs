@@ -812,6 +812,24 @@ fn status_json(s: &Status) -> Value {
             "foreign_files": r.foreign_files,
             "duration_ms": r.duration_ms,
         },
+        "snapshot_store": s.store.as_ref().map(store_json),
+    })
+}
+
+/// The uploads to the snapshot store, as `wal_status` shows them.
+pub(crate) fn store_json(u: &crate::types::UploadStatus) -> Value {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "url": u.url,
+        "uploaded_index": u.uploaded_index,
+        "uploaded_age_ms": u.uploaded_at_ms.map(|t| now_ms.saturating_sub(t)),
+        "chains_uploaded": u.chains_uploaded,
+        "bytes_uploaded": u.bytes_uploaded,
+        "queued": u.queued,
+        "failures": u.failures,
+        "last_error": u.last_error,
     })
 }
 

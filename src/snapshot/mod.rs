@@ -65,7 +65,7 @@ pub use choose::{Chosen, choose, choose_machine};
 pub use format::HEADER_BYTES;
 use format::*;
 use read::read_full;
-pub use read::{Delta, MachineFile, read, read_delta, read_machine};
+pub use read::{Delta, MachineFile, read, read_delta, read_identified, read_machine};
 pub use write::{to_bytes, write, write_delta, write_machine};
 
 /// Retires snapshot files retention dropped, one at a time: each is renamed to its

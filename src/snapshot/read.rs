@@ -144,6 +144,14 @@ pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<(u64, KvState), String> 
     read_full(fs, path).map(|(offset, _, state)| (offset, state))
 }
 
+/// [`read`], with the body checksum (the file's identity).
+///
+/// # Errors
+/// As [`read`].
+pub fn read_identified(fs: &dyn FileSystem, path: &Path) -> Result<(u64, u32, KvState), String> {
+    read_full(fs, path)
+}
+
 /// [`read`], with the body checksum.
 pub(super) fn read_full(fs: &dyn FileSystem, path: &Path) -> Result<(u64, u32, KvState), String> {
     let file = fs

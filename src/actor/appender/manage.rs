@@ -77,11 +77,37 @@ impl Appender {
         }
     }
 
+    /// With compaction waiting for the store: once a newer chain is uploaded, the
+    /// policy's compaction behind it is due.
+    fn compact_after_uploads(&mut self) {
+        let Some(uploader) = self.uploader.as_ref().filter(|_| self.compact_after_upload) else {
+            return;
+        };
+        let uploaded = uploader.uploaded_index();
+        if uploaded <= self.upload_seen || !self.auto.policy.auto_compact {
+            return;
+        }
+        self.upload_seen = uploaded;
+        let behind = self
+            .latest_snapshot
+            .as_ref()
+            .map_or(Offset::ZERO, |s| s.offset)
+            .min(Offset::new(uploaded.unwrap_or(0)));
+        if let Some(at) = policy::compaction_target(
+            behind,
+            self.auto.policy.trailing_entries,
+            self.log.first_offset(),
+        ) {
+            self.auto.compact_due = Some(self.auto.compact_due.map_or(at, |d| d.max(at)));
+        }
+    }
+
     pub(super) fn start_due_work(&mut self) {
         if self.poison.reason().is_some() {
             return;
         }
         self.drain_feedback();
+        self.compact_after_uploads();
         // One automatic compaction at a time: the flag says whether one is in flight.
         if !self.auto.compacting.load(Ordering::Acquire)
             && let Some(at) = self.auto.compact_due.take()

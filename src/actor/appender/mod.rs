@@ -46,6 +46,7 @@ use manage::Auto;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::actor::snapshotter::SnapshotterMsg;
+use crate::actor::uploader::UploaderHandle;
 use crate::actor::{Feedback, Poison, Reply, spawn_actor};
 use crate::clock::Clock;
 use crate::config::{Config, FsyncPolicy};
@@ -85,6 +86,12 @@ pub(crate) struct Appender {
     /// `None` when deltas are off, or when the writes grew past [`WRITTEN_MAX`]: a delta
     /// that large would not be cut, and the memory is better returned.
     changed: Option<Written>,
+    /// The uploader, if the node has a snapshot store (its status is in `wal_status`).
+    uploader: Option<UploaderHandle>,
+    /// Free log only behind what the store holds: the index of the newest chain
+    /// uploaded, as last seen.
+    compact_after_upload: bool,
+    upload_seen: Option<u64>,
 }
 
 pub(crate) struct AppenderParts {
@@ -98,6 +105,7 @@ pub(crate) struct AppenderParts {
     /// The snapshot chain recovery loaded, the full snapshot first.
     pub loaded_chain: Vec<SnapshotFile>,
     pub snapshots_on_disk: Vec<(Offset, String)>,
+    pub uploader: Option<UploaderHandle>,
 }
 
 impl Appender {
@@ -123,6 +131,14 @@ impl Appender {
             recovery: parts.recovery,
             batch: Batch::default(),
             changed: (parts.config.policy.max_chain > 0).then(Written::new),
+            compact_after_upload: parts.uploader.is_some()
+                && parts
+                    .config
+                    .snapshot_store
+                    .as_ref()
+                    .is_some_and(|s| s.compact_after_upload),
+            uploader: parts.uploader,
+            upload_seen: None,
             auto: Auto {
                 policy: parts.config.policy,
                 seed: parts.config.jitter_seed,
@@ -253,7 +269,9 @@ impl Appender {
                 auto.known
                     .retain(|o, _| on_disk.iter().any(|(d, _)| d == o));
                 auto.on_disk = on_disk;
+                // With compaction waiting for the store, the uploads make it due.
                 if auto.policy.auto_compact
+                    && !self.compact_after_upload
                     && let Some(at) = policy::compaction_target(
                         snapshot.offset,
                         auto.policy.trailing_entries,
@@ -281,6 +299,21 @@ impl Appender {
                 self.counters.bytes_freed += bytes_freed;
                 self.log.compacted(first_offset, &removed, resized);
             }
+        }
+    }
+
+    /// `at`, or less when compaction waits for the store: entries from the newest
+    /// chain uploaded on stay.
+    fn store_bound(&self, at: Offset) -> Offset {
+        match &self.uploader {
+            Some(u) if self.compact_after_upload => {
+                let uploaded = Offset::new(u.uploaded_index().unwrap_or(0));
+                if uploaded < at {
+                    log::debug!("compaction to {at} held at {uploaded}: the store has no more");
+                }
+                at.min(uploaded)
+            }
+            _ => at,
         }
     }
 
@@ -410,6 +443,7 @@ impl Appender {
     }
 
     fn compact(&mut self, at: Offset, reply: Reply<Compaction>) {
+        let at = self.store_bound(at);
         let next = self.log.next_offset();
         if at > next {
             return reply.send(Err(Error::PreconditionFailed(format!(

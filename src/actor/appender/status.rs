@@ -25,6 +25,7 @@ impl Appender {
             poisoned: self.poison.reason().map(str::to_string),
             recovery: self.recovery.clone(),
             management: self.management(&segments),
+            store: self.uploader.as_ref().map(UploaderHandle::status),
         }
     }
 

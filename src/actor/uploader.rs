@@ -1,0 +1,342 @@
+//! The uploader: copies each durable snapshot chain to the snapshot store, off every
+//! other path.
+//!
+//! The snapshotter offers it each chain once durable, through a bounded queue that never
+//! blocks the offerer (when full, the oldest offer goes: a newer chain supersedes it).
+//! The uploader takes the newest offer first, uploads the chain's files the store lacks
+//! (object names carry the file's checksum, so a file already there is not sent again),
+//! then its manifest, created only if absent, then applies the store's retention.
+//! Offers older than one uploaded are dropped. A failure is retried with backoff
+//! (0.2 s doubling to 10 s) while the node goes on; the status says what failed.
+//!
+//! Architecture Invariant: a manifest is written only after every file it lists is in
+//! the store, and retention deletes manifests (then files no kept manifest lists) only
+//! after a newer manifest of the node is in the store.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::fs::FileSystem;
+use crate::store::{self, ChainFile, Manifest, SnapshotStore, StoreError};
+use crate::types::{SnapshotFile, UploadStatus};
+
+/// Offers kept waiting; beyond this the oldest is dropped.
+pub const QUEUE_MAX: usize = 4;
+/// The first retry's delay; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A durable chain to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// Entries `[0, index)` (a Raft index for a group node).
+    pub index: u64,
+    /// The term of the entry at the index (0 for a single node).
+    pub term: u64,
+    /// The group's voters and learners at the index.
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    /// The chain's files in the node's directory, the full snapshot first.
+    pub files: Vec<SnapshotFile>,
+}
+
+/// Where the uploader works, and for whom.
+pub struct UploaderParts {
+    pub store: Box<dyn SnapshotStore>,
+    pub fs: Arc<dyn FileSystem>,
+    pub dir: PathBuf,
+    /// The node's name in the store.
+    pub node: String,
+    /// The group's founders (empty for a single node).
+    pub cluster: Vec<String>,
+    /// Chains kept in the store.
+    pub retain: u64,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Upload>>,
+    status: Mutex<UploadStatus>,
+    /// One more than the index of the newest chain uploaded (0: none).
+    uploaded: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Offers chains to the uploader and reads its status; cloneable.
+#[derive(Clone)]
+pub struct UploaderHandle {
+    shared: Arc<Shared>,
+    wake: Sender<()>,
+}
+
+impl std::fmt::Debug for UploaderHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploaderHandle").finish()
+    }
+}
+
+impl UploaderHandle {
+    /// Queues `upload` (never blocks; drops the oldest offer when the queue is full).
+    pub fn offer(&self, upload: Upload) {
+        let mut q = self.shared.queue.lock().expect("queue");
+        if q.iter().any(|u| u.index >= upload.index) {
+            return;
+        }
+        q.push_back(upload);
+        while q.len() > QUEUE_MAX {
+            q.pop_front();
+        }
+        drop(q);
+        let _ = self.wake.try_send(());
+    }
+
+    /// What the uploader has done.
+    pub fn status(&self) -> UploadStatus {
+        let mut s = self.shared.status.lock().expect("status").clone();
+        s.queued = self.shared.queue.lock().expect("queue").len();
+        s
+    }
+
+    /// The index of the newest chain this node has in the store.
+    pub fn uploaded_index(&self) -> Option<u64> {
+        self.shared.uploaded.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Stops the thread after the request in progress (the queue is dropped: the
+    /// chains are on disk, and the next start offers the newest again).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.wake.try_send(());
+    }
+}
+
+/// Starts the uploader thread.
+///
+/// # Errors
+/// The thread could not be started.
+pub fn spawn(
+    parts: UploaderParts,
+) -> std::io::Result<(UploaderHandle, std::thread::JoinHandle<()>)> {
+    let (wake, woken) = crossbeam_channel::bounded(1);
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        status: Mutex::new(UploadStatus {
+            url: parts.store.url(),
+            ..UploadStatus::default()
+        }),
+        uploaded: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let handle = UploaderHandle {
+        shared: shared.clone(),
+        wake,
+    };
+    let mut uploader = Uploader {
+        parts,
+        shared,
+        crcs: HashMap::new(),
+    };
+    let join = std::thread::Builder::new()
+        .name("uploader".into())
+        .spawn(move || uploader.run(&woken))?;
+    Ok((handle, join))
+}
+
+struct Uploader {
+    parts: UploaderParts,
+    shared: Arc<Shared>,
+    /// Whole-file checksums computed so far, by file name and body checksum.
+    crcs: HashMap<(String, u32), u32>,
+}
+
+impl Uploader {
+    fn run(&mut self, woken: &Receiver<()>) {
+        let mut retry = RETRY_FIRST;
+        let mut wait: Option<Duration> = None;
+        loop {
+            let _ = match wait {
+                Some(d) => woken.recv_timeout(d).map_err(|_| ()),
+                None => woken.recv().map_err(|_| ()),
+            };
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let newest = self.shared.queue.lock().expect("queue").back().cloned();
+            let Some(upload) = newest else {
+                wait = None;
+                continue;
+            };
+            let started = Instant::now();
+            match self.upload(&upload) {
+                Ok(bytes) => {
+                    retry = RETRY_FIRST;
+                    wait = Some(Duration::ZERO);
+                    self.shared
+                        .queue
+                        .lock()
+                        .expect("queue")
+                        .retain(|u| u.index > upload.index);
+                    self.shared
+                        .uploaded
+                        .fetch_max(upload.index + 1, Ordering::AcqRel);
+                    let mut s = self.shared.status.lock().expect("status");
+                    s.uploaded_index = s.uploaded_index.max(Some(upload.index));
+                    s.uploaded_at_ms = Some(now_ms());
+                    s.chains_uploaded += 1;
+                    s.bytes_uploaded += bytes;
+                    s.last_error = None;
+                    log::info!(
+                        "snapshot chain at {} uploaded to {}: {bytes} bytes sent, {} ms",
+                        upload.index,
+                        s.url,
+                        started.elapsed().as_millis()
+                    );
+                }
+                Err(why) => {
+                    let superseded = {
+                        let mut q = self.shared.queue.lock().expect("queue");
+                        let newer = q.iter().any(|u| u.index > upload.index);
+                        if newer {
+                            q.retain(|u| u.index != upload.index);
+                        }
+                        newer
+                    };
+                    let mut s = self.shared.status.lock().expect("status");
+                    s.failures += 1;
+                    s.last_error = Some(why.clone());
+                    if superseded {
+                        log::info!(
+                            "uploading the chain at {} failed ({why}); a newer one goes instead",
+                            upload.index
+                        );
+                        wait = Some(Duration::ZERO);
+                    } else {
+                        log::warn!(
+                            "uploading the chain at {} to {} failed: {why}; retrying in {} ms",
+                            upload.index,
+                            s.url,
+                            retry.as_millis()
+                        );
+                        wait = Some(retry);
+                        retry = (retry * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+        log::debug!("uploader stopped");
+    }
+
+    /// Uploads the chain's missing files, then its manifest, then applies retention;
+    /// returns the bytes sent.
+    fn upload(&mut self, upload: &Upload) -> Result<u64, String> {
+        let node = self.parts.node.clone();
+        let store = &*self.parts.store;
+        let present: HashMap<String, u64> = store
+            .list(&format!("{node}/files/"))
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|l| (l.name, l.size))
+            .collect();
+        let mut files = Vec::new();
+        let mut sent = 0;
+        for f in &upload.files {
+            let key = (f.file.clone(), f.checksum);
+            let crc = match self.crcs.get(&key) {
+                Some(crc) => *crc,
+                None => {
+                    let crc = store::file_crc(&*self.parts.fs, &self.parts.dir, f)
+                        .map_err(|e| format!("reading {}: {e}", f.file))?;
+                    self.crcs.insert(key, crc);
+                    crc
+                }
+            };
+            let object = store::file_object(&node, &f.file, crc);
+            if present.get(&object) != Some(&f.size_bytes) {
+                let mut source = store::FileSource::open(&*self.parts.fs, &self.parts.dir, f)
+                    .map_err(|e| format!("reading {}: {e}", f.file))?
+                    .expecting(crc);
+                store
+                    .put(&object, &mut source, f.size_bytes)
+                    .map_err(|e| e.to_string())?;
+                sent += f.size_bytes;
+            }
+            files.push(ChainFile {
+                name: f.file.clone(),
+                object,
+                size: f.size_bytes,
+                crc32c: crc,
+            });
+        }
+        let manifest = Manifest {
+            node: node.clone(),
+            cluster: self.parts.cluster.clone(),
+            index: upload.index,
+            term: upload.term,
+            voters: upload.voters.clone(),
+            learners: upload.learners.clone(),
+            created_ms: now_ms(),
+            files,
+        };
+        let bytes = manifest.to_json();
+        sent += bytes.len() as u64;
+        store
+            .put_new(&manifest.object(), bytes)
+            .map_err(|e| e.to_string())?;
+        // Only the chains the uploader just used are worth their cached checksums.
+        self.crcs.retain(|(name, sum), _| {
+            upload
+                .files
+                .iter()
+                .any(|f| &f.file == name && f.checksum == *sum)
+        });
+        if let Err(e) = self.retain() {
+            log::warn!("store retention: {e}");
+        }
+        Ok(sent)
+    }
+
+    /// Deletes this node's chains beyond the newest `retain` (manifests first), and
+    /// file objects no kept manifest lists.
+    fn retain(&self) -> Result<(), StoreError> {
+        let store = &*self.parts.store;
+        let node = &self.parts.node;
+        let objects = store.list(&format!("{node}/"))?;
+        let mut own = Vec::new();
+        for o in objects.iter().filter(|o| o.name.contains("/manifests/")) {
+            let mut bytes = Vec::new();
+            store.get(&o.name, &mut bytes)?;
+            match Manifest::from_json(&bytes) {
+                Ok(m) => own.push(m),
+                Err(why) => log::warn!("{} in the store does not read: {why}", o.name),
+            }
+        }
+        let (manifests, files) = store::retention_plan(node, &own, &objects, self.parts.retain);
+        for name in manifests.iter().chain(&files) {
+            store.delete(name)?;
+            log::debug!("removed {name} from the store");
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A single node's chain (the full snapshot first) as an [`Upload`].
+pub fn chain_upload(chain: &[SnapshotFile]) -> Option<Upload> {
+    let tip = chain.last()?;
+    Some(Upload {
+        index: tip.offset.get(),
+        term: 0,
+        voters: vec![],
+        learners: vec![],
+        files: chain.to_vec(),
+    })
+}

@@ -1,0 +1,863 @@
+//! The snapshot store: a node's durable snapshots copied off the node, to a local
+//! directory (a mounted volume, for backups) or an S3-compatible object store, so that
+//! a lost disk does not take the state with it, and a data directory can be restored
+//! from the newest complete copy.
+//!
+//! ```text
+//! <store root>/                       (s3://bucket/prefix, or a directory)
+//!   <node>/files/<snapshot file>.<crc32c of the whole file, 8 hex>
+//!   <node>/manifests/<index, 20 digits>-<crc32c of the tip, 8 hex>.json
+//! ```
+//!
+//! Object names are immutable: a file's name carries the checksum of its bytes, so a
+//! name always means the same bytes, and a manifest is created only if absent. A
+//! manifest lists a chain (a full snapshot, then the deltas building on it), each file
+//! with its size and checksum, and is written only once every file it lists is in the
+//! store: a chain whose manifest can be read is complete. Retention deletes a chain's
+//! manifest before its files, and only once a newer manifest is in the store.
+//!
+//! Architecture Invariant: nothing here writes to a node's data directory except
+//! [`restore`], which writes only into a directory it was given that holds no log, and
+//! makes each file durable (temp, fsync, rename, directory fsync) before the next.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::core::layout;
+use crate::fs::{FileSystem, join};
+use crate::types::SnapshotFile;
+
+mod local;
+mod s3;
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+/// Files larger than this go to an object store in parts of this size.
+pub const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// What went wrong with a store operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The object does not exist.
+    NotFound(String),
+    /// Anything else: the store is unreachable, refused, or timed out.
+    Failed(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NotFound(name) => write!(f, "{name} is not in the store"),
+            StoreError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// An object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its name, relative to the store's root.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Where snapshots are kept off the node. Blocking calls: the uploader runs them on a
+/// thread of its own, and the offline commands on the main thread.
+pub trait SnapshotStore: Send + Sync {
+    /// The store's address, safe to print (never a credential).
+    fn url(&self) -> String;
+    /// Stores `size` bytes read from `data` as `name` (replacing any object of that
+    /// name: names are immutable by convention, so it held the same bytes).
+    ///
+    /// # Errors
+    /// The store failed, or `data` gave fewer bytes or an error.
+    fn put(&self, name: &str, data: &mut dyn Read, size: u64) -> Result<(), StoreError>;
+    /// Stores `data` as `name` only if no object has that name; `false` if one had.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, StoreError>;
+    /// Writes the object's bytes to `into`; returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or the store or `into` failed.
+    fn get(&self, name: &str, into: &mut dyn Write) -> Result<u64, StoreError>;
+    /// Every object whose name starts with `prefix`, in name order.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+    /// Deletes `name` (nothing if it is absent).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn delete(&self, name: &str) -> Result<(), StoreError>;
+}
+
+/// How to reach a store, from flags and the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `s3://bucket/prefix`, `file:///path` or a path.
+    pub url: String,
+    /// The S3 endpoint (for S3-compatible stores such as SeaweedFS or MinIO); without
+    /// it, `AWS_ENDPOINT_URL` or Amazon's endpoint for the region.
+    pub endpoint: Option<String>,
+    /// The S3 region; without it, `AWS_REGION` or `us-east-1`.
+    pub region: Option<String>,
+    /// Address buckets as `bucket.host` instead of `host/bucket` (path style, the
+    /// default, is what self-hosted stores expect).
+    pub virtual_hosted: bool,
+    /// Chains kept in the store, newest first (at least 1).
+    pub retain: u64,
+    /// Free log segments only once a snapshot that covers them is in the store.
+    pub compact_after_upload: bool,
+}
+
+impl StoreConfig {
+    /// A store at `url` with the defaults: path-style addressing, 3 chains kept,
+    /// compaction not waiting for uploads.
+    pub fn new(url: impl Into<String>) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            endpoint: None,
+            region: None,
+            virtual_hosted: false,
+            retain: 3,
+            compact_after_upload: false,
+        }
+    }
+}
+
+/// Opens the store `config` names. Credentials for S3 come only from the standard
+/// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`) or the instance's metadata service.
+///
+/// # Errors
+/// An unsupported URL or an invalid S3 configuration, said in a sentence.
+pub fn open(config: &StoreConfig) -> Result<Box<dyn SnapshotStore>, String> {
+    let url = config.url.trim();
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url}: no bucket named (s3://BUCKET/PREFIX)"));
+        }
+        return Ok(Box::new(S3Store::open(bucket, prefix, config)?));
+    }
+    let path = match url.strip_prefix("file://") {
+        Some(p) => PathBuf::from(p),
+        None if url.contains("://") => {
+            return Err(format!(
+                "{url}: unsupported snapshot store (give s3://BUCKET/PREFIX, file:///PATH or a \
+                 path)"
+            ));
+        }
+        None if url.is_empty() => return Err("the snapshot store URL is empty".into()),
+        None => PathBuf::from(url),
+    };
+    Ok(Box::new(LocalStore::open(&path)?))
+}
+
+/// A file of a chain, as a manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainFile {
+    /// Its name in a data directory.
+    pub name: String,
+    /// Its object's name in the store.
+    pub object: String,
+    /// Its size.
+    pub size: u64,
+    /// CRC32C of the whole file.
+    pub crc32c: u32,
+}
+
+/// A chain in the store: what a node had durable at one index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The node that uploaded it.
+    pub node: String,
+    /// The group's founding members (empty for a single node).
+    pub cluster: Vec<String>,
+    /// Entries `[0, index)` are in the state it holds (a Raft index for a group).
+    pub index: u64,
+    /// The term of the entry at the index (0 for a single node).
+    pub term: u64,
+    /// The group's voters and learners at the index (empty for a single node).
+    pub voters: Vec<String>,
+    /// See `voters`.
+    pub learners: Vec<String>,
+    /// When it was uploaded, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The chain's files, the full snapshot first.
+    pub files: Vec<ChainFile>,
+}
+
+/// The manifest format's version.
+const MANIFEST_FORMAT: u64 = 1;
+
+impl Manifest {
+    /// Its object name.
+    pub fn object(&self) -> String {
+        let tip = self.files.last().map_or(0, |f| f.crc32c);
+        format!("{}/manifests/{:020}-{tip:08x}.json", self.node, self.index)
+    }
+
+    /// The manifest as a JSON document.
+    pub fn to_json(&self) -> Vec<u8> {
+        let files: Vec<serde_json::Value> = self
+            .files
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name, "object": f.object, "size": f.size,
+                    "crc32c": format!("{:08x}", f.crc32c),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "format": MANIFEST_FORMAT,
+            "node": self.node,
+            "cluster": self.cluster,
+            "index": self.index,
+            "term": self.term,
+            "voters": self.voters,
+            "learners": self.learners,
+            "created_ms": self.created_ms,
+            "files": files,
+        });
+        let mut bytes = serde_json::to_vec_pretty(&doc).expect("JSON");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Parses a manifest.
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let u = |v: &serde_json::Value, k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .ok_or(format!("no number {k:?}"))
+        };
+        let s = |v: &serde_json::Value, k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+                .ok_or(format!("no string {k:?}"))
+        };
+        let names = |k: &str| -> Result<Vec<String>, String> {
+            doc.get(k)
+                .and_then(serde_json::Value::as_array)
+                .ok_or(format!("no list {k:?}"))?
+                .iter()
+                .map(|n| {
+                    n.as_str()
+                        .map(str::to_string)
+                        .ok_or(format!("{k}: not a name"))
+                })
+                .collect()
+        };
+        let format = u(&doc, "format")?;
+        if format != MANIFEST_FORMAT {
+            return Err(format!(
+                "format {format}, this build reads {MANIFEST_FORMAT}"
+            ));
+        }
+        let mut files = Vec::new();
+        for f in doc
+            .get("files")
+            .and_then(serde_json::Value::as_array)
+            .ok_or("no list \"files\"")?
+        {
+            let name = s(f, "name")?;
+            if layout::parse_snapshot(&name).is_none()
+                && layout::parse_raft_snapshot(&name).is_none()
+                && !(layout::is_delta(&name))
+            {
+                return Err(format!("{name:?} is not a snapshot file's name"));
+            }
+            let crc = s(f, "crc32c")?;
+            files.push(ChainFile {
+                name,
+                object: s(f, "object")?,
+                size: u(f, "size")?,
+                crc32c: u32::from_str_radix(&crc, 16).map_err(|_| format!("crc32c {crc:?}"))?,
+            });
+        }
+        if files.is_empty() {
+            return Err("it lists no files".into());
+        }
+        Ok(Manifest {
+            node: s(&doc, "node")?,
+            cluster: names("cluster")?,
+            index: u(&doc, "index")?,
+            term: u(&doc, "term")?,
+            voters: names("voters")?,
+            learners: names("learners")?,
+            created_ms: u(&doc, "created_ms")?,
+            files,
+        })
+    }
+}
+
+/// The object name of `file` (of `node`) whose bytes have checksum `crc32c`.
+pub fn file_object(node: &str, file: &str, crc32c: u32) -> String {
+    format!("{node}/files/{file}.{crc32c:08x}")
+}
+
+/// Whether `name` is a manifest's object name.
+fn is_manifest(name: &str) -> bool {
+    name.split('/').nth(1) == Some("manifests") && name.ends_with(".json")
+}
+
+/// A manifest's index, from its object name (`<node>/manifests/<index>-<crc>.json`).
+fn manifest_index(name: &str) -> Option<u64> {
+    let base = name.rsplit('/').next()?;
+    base.get(..20)?.parse().ok()
+}
+
+/// Manifests that could not be read: the object's name, and why.
+pub type Unreadable = Vec<(String, String)>;
+
+/// Every manifest in the store (of every node), newest index first, and the objects
+/// whose manifests could not be read, with why.
+///
+/// # Errors
+/// The store could not be listed.
+pub fn manifests(
+    store: &dyn SnapshotStore,
+) -> Result<(Vec<Manifest>, Unreadable), StoreError> {
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut names: Vec<String> = store
+        .list("")?
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| is_manifest(n))
+        .collect();
+    names.sort_by_key(|n| std::cmp::Reverse(manifest_index(n)));
+    for name in names {
+        let mut bytes = Vec::new();
+        match store.get(&name, &mut bytes) {
+            Ok(_) => match Manifest::from_json(&bytes) {
+                Ok(m) => found.push(m),
+                Err(why) => unreadable.push((name, why)),
+            },
+            Err(e) => unreadable.push((name, e.to_string())),
+        }
+    }
+    found.sort_by_key(|m| std::cmp::Reverse((m.index, m.created_ms)));
+    Ok((found, unreadable))
+}
+
+/// A writer that counts and checksums what passes through it.
+struct Summing<W> {
+    inner: W,
+    bytes: u64,
+    crc: u32,
+}
+
+impl<W: Write> Write for Summing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a file from its start, through [`crate::fs::File::write_all_at`].
+struct AtWriter<'f> {
+    file: &'f mut dyn crate::fs::File,
+    at: u64,
+}
+
+impl Write for AtWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_all_at(buf, self.at)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a file of a node's directory for upload, checksumming what it reads, and
+/// failing if the file ends early (retention retired it meanwhile).
+pub(crate) struct FileSource<'f> {
+    file: Box<dyn crate::fs::File + 'f>,
+    at: u64,
+    size: u64,
+    pub(crate) crc: u32,
+    /// The checksum the whole file must have: the read that completes the file fails
+    /// otherwise, so that a store never completes an object from changed bytes.
+    expected: Option<u32>,
+}
+
+impl<'f> FileSource<'f> {
+    pub(crate) fn open(fs: &'f dyn FileSystem, dir: &Path, f: &SnapshotFile) -> io::Result<Self> {
+        Ok(FileSource {
+            file: fs.open(&join(dir, &f.file), false)?,
+            at: 0,
+            size: f.size_bytes,
+            crc: 0,
+            expected: None,
+        })
+    }
+
+    /// Fails the read that completes the file unless its checksum is `crc`.
+    pub(crate) fn expecting(mut self, crc: u32) -> Self {
+        self.expected = Some(crc);
+        self
+    }
+}
+
+impl Read for FileSource<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.size - self.at) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ended at byte {} of {}", self.at, self.size),
+            ));
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.at += n as u64;
+        if self.at == self.size
+            && let Some(expected) = self.expected
+            && expected != self.crc
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the file changed while it was read (checksum {:08x}, expected {expected:08x})",
+                    self.crc
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// CRC32C of a whole file of a node's directory.
+pub(crate) fn file_crc(fs: &dyn FileSystem, dir: &Path, f: &SnapshotFile) -> io::Result<u32> {
+    let mut src = FileSource::open(fs, dir, f)?;
+    io::copy(&mut src, &mut io::sink())?;
+    Ok(src.crc)
+}
+
+/// Which manifests retention deletes (oldest first) when `keep` chains of `node` are
+/// kept, and then which of its file objects no kept manifest lists.
+pub fn retention_plan(
+    node: &str,
+    manifests: &[Manifest],
+    objects: &[Listed],
+    keep: u64,
+) -> (Vec<String>, Vec<String>) {
+    let mut own: Vec<&Manifest> = manifests.iter().filter(|m| m.node == node).collect();
+    own.sort_by_key(|m| std::cmp::Reverse((m.index, m.created_ms)));
+    let keep = (keep.max(1) as usize).min(own.len());
+    let (kept, dropped) = own.split_at(keep);
+    let mut doomed_manifests: Vec<String> = dropped.iter().map(|m| m.object()).collect();
+    doomed_manifests.reverse();
+    let files_prefix = format!("{node}/files/");
+    let doomed_files = objects
+        .iter()
+        .filter(|o| o.name.starts_with(&files_prefix))
+        .filter(|o| {
+            !kept
+                .iter()
+                .any(|m| m.files.iter().any(|f| f.object == o.name))
+        })
+        .map(|o| o.name.clone())
+        .collect();
+    (doomed_manifests, doomed_files)
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The chain restored.
+    pub manifest: Manifest,
+    /// Newer chains that could not be restored, with why.
+    pub skipped: Vec<(String, String)>,
+    /// Bytes downloaded for the chain restored.
+    pub bytes: u64,
+}
+
+/// Downloads and verifies one chain into `dir` (each file made durable under its
+/// name); removes what it wrote if anything is wrong.
+///
+/// # Errors
+/// What is wrong: a missing object, a size or checksum that differs from the
+/// manifest's, a file that does not verify as a snapshot, or a chain whose deltas do
+/// not build on each other.
+pub fn fetch_chain(
+    store: &dyn SnapshotStore,
+    fs: &dyn FileSystem,
+    dir: &Path,
+    m: &Manifest,
+) -> Result<u64, String> {
+    let mut written: Vec<String> = Vec::new();
+    let result = (|| {
+        let mut bytes = 0;
+        for f in &m.files {
+            let temp = layout::temp(&f.name);
+            let mut file = fs
+                .create(&join(dir, &temp))
+                .map_err(|e| format!("cannot create {temp}: {e}"))?;
+            written.push(temp.clone());
+            let mut sink = Summing {
+                inner: AtWriter {
+                    file: &mut *file,
+                    at: 0,
+                },
+                bytes: 0,
+                crc: 0,
+            };
+            store
+                .get(&f.object, &mut sink)
+                .map_err(|e| format!("{}: {e}", f.object))?;
+            sink.flush().map_err(|e| format!("writing {temp}: {e}"))?;
+            let (got, crc) = (sink.bytes, sink.crc);
+            if got != f.size || crc != f.crc32c {
+                return Err(format!(
+                    "{}: {got} bytes with checksum {crc:08x}, the manifest says {} bytes with \
+                     {:08x}",
+                    f.object, f.size, f.crc32c
+                ));
+            }
+            file.sync_data()
+                .map_err(|e| format!("cannot sync {temp}: {e}"))?;
+            drop(file);
+            bytes += got;
+        }
+        verify_chain(fs, dir, m)?;
+        for f in &m.files {
+            fs.rename(&join(dir, &layout::temp(&f.name)), &join(dir, &f.name))
+                .map_err(|e| format!("cannot rename {}: {e}", f.name))?;
+        }
+        written.clear();
+        fs.sync_dir(dir)
+            .map_err(|e| format!("cannot sync {}: {e}", dir.display()))?;
+        Ok(bytes)
+    })();
+    for temp in written {
+        let _ = fs.remove(&join(dir, &temp));
+    }
+    result
+}
+
+/// Verifies the chain's files downloaded under their temp names in `dir`: each file's
+/// own checksums, its index, and each delta's parent.
+fn verify_chain(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), String> {
+    let (base, deltas) = m.files.split_first().ok_or("no files")?;
+    let path = |f: &ChainFile| join(dir, &layout::temp(&f.name));
+    let mut tip = if let Some(index) = layout::parse_raft_snapshot(&base.name) {
+        let file = crate::snapshot::read_machine(fs, &path(base))
+            .map_err(|e| format!("{}: {e}", base.object))?;
+        if file.index != index {
+            return Err(format!(
+                "{}: its header says index {}",
+                base.object, file.index
+            ));
+        }
+        (file.index, file.checksum)
+    } else {
+        let index = layout::parse_snapshot(&base.name).ok_or("not a full snapshot first")?;
+        let (offset, checksum) = crate::snapshot::read_identified(fs, &path(base))
+            .map(|(offset, checksum, _)| (offset, checksum))
+            .map_err(|e| format!("{}: {e}", base.object))?;
+        if offset != index {
+            return Err(format!("{}: its header says offset {offset}", base.object));
+        }
+        (offset, checksum)
+    };
+    for d in deltas {
+        let delta =
+            crate::snapshot::read_delta(fs, &path(d)).map_err(|e| format!("{}: {e}", d.object))?;
+        if (delta.parent_offset, delta.parent_checksum) != tip {
+            return Err(format!(
+                "{}: builds on offset {} ({:08x}), not on the file before it",
+                d.object, delta.parent_offset, delta.parent_checksum
+            ));
+        }
+        tip = (delta.offset, delta.checksum);
+    }
+    if tip.0 != m.index {
+        return Err(format!(
+            "the chain ends at {}, the manifest says {}",
+            tip.0, m.index
+        ));
+    }
+    Ok(())
+}
+
+/// Materializes a data directory from the store: the newest chain (or the newest at
+/// `index`) that downloads and verifies, falling back to older ones and saying why.
+/// `dir` must be absent or empty. The chain is assembled in `<dir>.restoring` and
+/// renamed to `dir` once whole (with, for a single node's chain, an empty log that
+/// starts at the chain's index), so an interrupted restore leaves no half directory.
+///
+/// # Errors
+/// The store could not be listed, `dir` holds files, or no chain could be restored
+/// (the message lists why for each).
+pub fn restore(
+    store: &dyn SnapshotStore,
+    fs: &dyn FileSystem,
+    dir: &Path,
+    index: Option<u64>,
+) -> Result<Restored, String> {
+    if let Ok(present) = fs.list(dir)
+        && !present.is_empty()
+    {
+        return Err(format!(
+            "{} already holds {} (restore into an empty or new directory)",
+            dir.display(),
+            present.join(", ")
+        ));
+    }
+    let name = dir
+        .file_name()
+        .ok_or_else(|| format!("{}: not a directory's path", dir.display()))?;
+    let staging = dir.with_file_name(format!("{}.restoring", name.to_string_lossy()));
+    if let Ok(leftovers) = fs.list(&staging) {
+        for f in leftovers {
+            fs.remove(&join(&staging, &f))
+                .map_err(|e| format!("cannot clear {}: {e}", staging.display()))?;
+        }
+    }
+    fs.create_dir_all(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let restored = restore_into(store, fs, &staging, dir, index);
+    if restored.is_err() {
+        for f in fs.list(&staging).unwrap_or_default() {
+            let _ = fs.remove(&join(&staging, &f));
+        }
+        let _ = std::fs::remove_dir(&staging);
+    }
+    restored
+}
+
+/// [`restore`]'s work once `staging` exists.
+fn restore_into(
+    store: &dyn SnapshotStore,
+    fs: &dyn FileSystem,
+    staging: &Path,
+    dir: &Path,
+    index: Option<u64>,
+) -> Result<Restored, String> {
+    let (all, unreadable) = manifests(store).map_err(|e| format!("{}: {e}", store.url()))?;
+    let mut skipped = unreadable;
+    let candidates: Vec<&Manifest> = all
+        .iter()
+        .filter(|m| index.is_none_or(|i| m.index == i))
+        .collect();
+    if candidates.is_empty() {
+        let what = index.map_or("no chain".to_string(), |i| format!("no chain at index {i}"));
+        return Err(format!("{}: {what} in the store", store.url()));
+    }
+    for m in candidates {
+        match fetch_chain(store, fs, staging, m).and_then(|bytes| {
+            start_log(fs, staging, m)?;
+            Ok(bytes)
+        }) {
+            Ok(bytes) => {
+                fs.rename(staging, dir).map_err(|e| {
+                    format!(
+                        "cannot rename {} to {}: {e}",
+                        staging.display(),
+                        dir.display()
+                    )
+                })?;
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fs.sync_dir(parent)
+                        .map_err(|e| format!("cannot sync {}: {e}", parent.display()))?;
+                }
+                return Ok(Restored {
+                    manifest: m.clone(),
+                    skipped,
+                    bytes,
+                });
+            }
+            Err(why) => {
+                log::warn!(
+                    "the chain at index {} from {} does not restore ({why}); falling back to an \
+                     older one",
+                    m.index,
+                    m.node
+                );
+                skipped.push((m.object(), why));
+                for f in fs.list(staging).unwrap_or_default() {
+                    let _ = fs.remove(&join(staging, &f));
+                }
+            }
+        }
+    }
+    Err(format!(
+        "no chain in {} restores: {}",
+        store.url(),
+        skipped
+            .iter()
+            .map(|(n, why)| format!("{n}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ))
+}
+
+/// For a single node's chain: an empty log that starts at the chain's index (its
+/// first segment, then `log.meta`), so that the node opens on the snapshot and
+/// appends from there.
+fn start_log(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), String> {
+    if m.files
+        .iter()
+        .any(|f| layout::parse_raft_snapshot(&f.name).is_some())
+    {
+        return Ok(());
+    }
+    let header = crate::wal::segment::HEADER_BYTES;
+    crate::wal::create_segment(fs, dir, m.index, header, false)
+        .map_err(|e| format!("cannot create the log's first segment: {e}"))?;
+    let start = crate::wal::meta::LogStart {
+        first_offset: crate::core::position::Offset::new(m.index),
+        skip: None,
+    };
+    crate::wal::meta::write(fs, dir, &start).map_err(|e| format!("cannot write log.meta: {e}"))
+}
+
+/// One chain's verdict from [`verify`].
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The manifest's object name.
+    pub object: String,
+    /// Its index, if the manifest could be read.
+    pub index: Option<u64>,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// `None` if the chain verified, else why not.
+    pub problem: Option<String>,
+}
+
+/// Downloads and verifies every chain in the store (into a scratch directory that is
+/// removed afterwards), calling `progress` after each.
+///
+/// # Errors
+/// The store could not be listed or the scratch directory made.
+pub fn verify(
+    store: &dyn SnapshotStore,
+    progress: &mut dyn FnMut(&Verdict),
+) -> Result<Vec<Verdict>, String> {
+    let (all, unreadable) = manifests(store).map_err(|e| format!("{}: {e}", store.url()))?;
+    let mut verdicts = Vec::new();
+    for (object, why) in unreadable {
+        let v = Verdict {
+            index: manifest_index(&object),
+            object,
+            bytes: 0,
+            problem: Some(why),
+        };
+        progress(&v);
+        verdicts.push(v);
+    }
+    let fs = crate::fs::RealFs;
+    for m in &all {
+        let scratch = tempfile::tempdir().map_err(|e| format!("scratch directory: {e}"))?;
+        let outcome = fetch_chain(store, &fs, scratch.path(), m);
+        let v = Verdict {
+            object: m.object(),
+            index: Some(m.index),
+            bytes: *outcome.as_ref().unwrap_or(&0),
+            problem: outcome.err(),
+        };
+        progress(&v);
+        verdicts.push(v);
+    }
+    Ok(verdicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(node: &str, index: u64, files: &[(&str, u32)]) -> Manifest {
+        Manifest {
+            node: node.into(),
+            cluster: vec![],
+            index,
+            term: 0,
+            voters: vec![],
+            learners: vec![],
+            created_ms: index,
+            files: files
+                .iter()
+                .map(|(name, crc)| ChainFile {
+                    name: name.to_string(),
+                    object: file_object(node, name, *crc),
+                    size: 1,
+                    crc32c: *crc,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_round_trips_through_json_and_is_named_by_index_and_tip() {
+        let mut m = manifest(
+            "n1",
+            1500,
+            &[(&layout::snapshot(1000), 7), (&layout::delta(1500), 9)],
+        );
+        m.cluster = vec!["n1".into(), "n2".into()];
+        m.voters = vec!["n1".into()];
+        m.term = 4;
+        assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
+        assert_eq!(
+            m.object(),
+            "n1/manifests/00000000000000001500-00000009.json"
+        );
+        assert_eq!(manifest_index(&m.object()), Some(1500));
+        assert!(is_manifest(&m.object()));
+        assert!(!is_manifest(&m.files[0].object));
+        let bad = String::from_utf8(m.to_json())
+            .unwrap()
+            .replace(".delta", ".exe");
+        assert!(Manifest::from_json(bad.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_chains_of_the_node_and_the_files_they_list() {
+        let a = manifest("n1", 100, &[("a.snap", 1)]);
+        let b = manifest("n1", 200, &[("a.snap", 1), ("b.delta", 2)]);
+        let c = manifest("n1", 300, &[("c.snap", 3)]);
+        let other = manifest("n2", 50, &[("z.snap", 4)]);
+        let all = vec![a.clone(), b.clone(), c.clone(), other.clone()];
+        let objects: Vec<Listed> = all
+            .iter()
+            .flat_map(|m| m.files.iter().map(|f| f.object.clone()).chain([m.object()]))
+            .map(|name| Listed { name, size: 1 })
+            .collect();
+        let (manifests, files) = retention_plan("n1", &all, &objects, 2);
+        assert_eq!(manifests, vec![a.object()]);
+        assert!(files.is_empty(), "a.snap is still listed by b: {files:?}");
+        let (manifests, mut files) = retention_plan("n1", &all, &objects, 1);
+        assert_eq!(manifests, vec![a.object(), b.object()]);
+        files.sort();
+        assert_eq!(
+            files,
+            vec![a.files[0].object.clone(), b.files[1].object.clone()]
+        );
+        assert_eq!(retention_plan("n1", &all, &objects, 5), (vec![], vec![]));
+    }
+}
