@@ -328,9 +328,7 @@ pub type Unreadable = Vec<(String, String)>;
 ///
 /// # Errors
 /// The store could not be listed.
-pub fn manifests(
-    store: &dyn SnapshotStore,
-) -> Result<(Vec<Manifest>, Unreadable), StoreError> {
+pub fn manifests(store: &dyn SnapshotStore) -> Result<(Vec<Manifest>, Unreadable), StoreError> {
     let mut found = Vec::new();
     let mut unreadable = Vec::new();
     let mut names: Vec<String> = store
@@ -846,6 +844,8 @@ mod tests {
         let objects: Vec<Listed> = all
             .iter()
             .flat_map(|m| m.files.iter().map(|f| f.object.clone()).chain([m.object()]))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .map(|name| Listed { name, size: 1 })
             .collect();
         let (manifests, files) = retention_plan("n1", &all, &objects, 2);
