@@ -113,6 +113,22 @@ pub struct StoreConfig {
     pub retain: u64,
     /// Free log segments only once a snapshot that covers them is in the store.
     pub compact_after_upload: bool,
+    /// S3 credentials an embedding program got its own way (the binary never sets
+    /// them: it reads the standard environment variables). Never printed.
+    pub credentials: Option<Credentials>,
+}
+
+/// An S3 access key and its secret; `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(..)")
+    }
 }
 
 impl StoreConfig {
@@ -126,6 +142,7 @@ impl StoreConfig {
             virtual_hosted: false,
             retain: 3,
             compact_after_upload: false,
+            credentials: None,
         }
     }
 }

@@ -80,6 +80,11 @@ impl S3Store {
             .or_else(|| std::env::var("AWS_REGION").ok())
             .unwrap_or_else(|| "us-east-1".into());
         builder = builder.with_region(region);
+        if let Some(c) = &config.credentials {
+            builder = builder
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(&c.secret_access_key);
+        }
         let store = builder.build().map_err(|e| format!("s3://{bucket}: {e}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -19,5 +19,7 @@ mod members;
 mod node;
 mod policy;
 mod raftlog;
+mod store;
 mod strace;
 mod support;
+mod weed;

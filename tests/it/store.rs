@@ -1,0 +1,483 @@
+//! The snapshot store, against a real SeaweedFS (started once for the test binary, see
+//! `weed.rs`) and the local-directory store, with the same tests: chains uploaded and
+//! restored equal, a wiped node restored, a damaged or missing object detected with a
+//! fallback, a store that is down while the node goes on, retention in the store,
+//! compaction that waits for the store, and credentials kept out of logs and status.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flintlog::core::policy::SnapshotMode;
+use flintlog::fs::RealFs;
+use flintlog::store::{self, Credentials, SnapshotStore, StoreConfig};
+use flintlog::{Config, Node, Offset, Policy};
+
+use crate::support::{binary, cannot_run};
+use crate::weed::{self, ACCESS_KEY, BUCKET, Proxy, SECRET_KEY};
+
+/// A store for one test: a local directory, or a prefix of the shared bucket.
+struct Backend {
+    name: &'static str,
+    config: StoreConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn open(&self) -> Box<dyn SnapshotStore> {
+        store::open(&self.config).unwrap()
+    }
+}
+
+fn s3_config(prefix: &str, port: u16) -> StoreConfig {
+    let mut c = StoreConfig::new(format!("s3://{BUCKET}/{prefix}"));
+    c.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    c.credentials = Some(Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+    });
+    c
+}
+
+/// Both stores (SeaweedFS only where it can run; under CI it must).
+fn backends(test: &str) -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![Backend {
+        name: "local directory",
+        config: StoreConfig::new(dir.path().join("store").display().to_string()),
+        _dir: Some(dir),
+    }];
+    match weed::weed() {
+        Ok(w) => all.push(Backend {
+            name: "SeaweedFS",
+            config: s3_config(&format!("{test}-{}", std::process::id()), w.s3_port),
+            _dir: None,
+        }),
+        Err(why) => cannot_run("snapshot store on SeaweedFS", &why),
+    }
+    all
+}
+
+/// A node that snapshots only when asked and never compacts on its own.
+fn config(dir: &Path, store: &StoreConfig) -> Config {
+    let mut c = Config::new(dir);
+    c.policy = Policy {
+        snapshot_entries: 0,
+        snapshot_bytes: 0,
+        snapshot_age_ms: 0,
+        auto_compact: false,
+        retain_snapshots: 3,
+        ..Policy::default()
+    };
+    c.snapshot_store = Some(store.clone());
+    c
+}
+
+fn wait_uploaded(node: &Node, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = node.appender().status().unwrap().store.expect("a store");
+        if s.uploaded_index == Some(index) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chain at {index} was not uploaded in 60 s: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `n` keys from `from`, with values tagged `tag`, to the node and the model.
+fn write(node: &Node, model: &mut BTreeMap<String, String>, from: usize, n: usize, tag: &str) {
+    for i in from..from + n {
+        let (k, v) = (format!("key{i:06}"), format!("{tag}-{i}"));
+        node.appender().kv_set(&k, &v).unwrap();
+        model.insert(k, v);
+    }
+}
+
+/// The node holds exactly the model's state.
+fn assert_state(node: &Node, model: &BTreeMap<String, String>, what: &str) {
+    let status = node.appender().status().unwrap();
+    assert_eq!(status.keys, model.len() as u64, "{what}: key count");
+    for (k, v) in model {
+        assert_eq!(&node.appender().kv_get(k).unwrap(), v, "{what}: {k}");
+    }
+}
+
+#[test]
+fn a_chain_uploaded_restores_a_wiped_node_to_the_same_state() {
+    for b in backends("roundtrip") {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("n1");
+        let node = Node::open(config(&dir, &b.config)).unwrap();
+        let mut model = BTreeMap::new();
+        write(&node, &mut model, 0, 2000, "a");
+        let full = node
+            .snapshotter()
+            .snapshot_mode(SnapshotMode::Full)
+            .unwrap();
+        assert_eq!(full.offset, Offset::new(2000));
+        wait_uploaded(&node, 2000);
+        let at_full = model.clone();
+        write(&node, &mut model, 1500, 800, "b");
+        let delta = node
+            .snapshotter()
+            .snapshot_mode(SnapshotMode::Incremental)
+            .unwrap();
+        assert!(delta.file.ends_with(".delta"), "{delta:?}");
+        wait_uploaded(&node, 2800);
+        let at_delta = model.clone();
+        write(&node, &mut model, 9000, 50, "c");
+        node.shutdown().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let store = b.open();
+        let r = store::restore(&*store, &RealFs, &dir, None).unwrap();
+        assert_eq!(r.manifest.index, 2800, "{}", b.name);
+        assert_eq!(r.manifest.files.len(), 2, "{}: base and delta", b.name);
+        assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+        let node = Node::open(Config::new(&dir)).unwrap();
+        assert_state(
+            &node,
+            &at_delta,
+            &format!("{}: restored from the delta chain", b.name),
+        );
+        assert_eq!(
+            node.appender().status().unwrap().next_offset,
+            Offset::new(2800)
+        );
+        node.appender().kv_set("after", "restore").unwrap();
+        node.shutdown().unwrap();
+
+        let older = base.path().join("older");
+        let r = store::restore(&*store, &RealFs, &older, Some(2000)).unwrap();
+        assert_eq!(r.manifest.files.len(), 1);
+        let node = Node::open(Config::new(&older)).unwrap();
+        assert_state(
+            &node,
+            &at_full,
+            &format!("{}: restored at index 2000", b.name),
+        );
+        node.shutdown().unwrap();
+
+        let err = store::restore(&*store, &RealFs, &older, None).unwrap_err();
+        assert!(err.contains("already holds"), "{err}");
+        let verdicts = store::verify(&*store, &mut |_| {}).unwrap();
+        assert_eq!(verdicts.len(), 2);
+        assert!(verdicts.iter().all(|v| v.problem.is_none()), "{verdicts:?}");
+    }
+}
+
+/// The object name of the first file of the newest chain in the store.
+fn newest_base(store: &dyn SnapshotStore) -> (u64, String) {
+    let (all, _) = store::manifests(store).unwrap();
+    (all[0].index, all[0].files[0].object.clone())
+}
+
+#[test]
+fn a_damaged_or_missing_object_is_detected_and_restore_falls_back_to_an_older_chain() {
+    for b in backends("damage") {
+        let base = tempfile::tempdir().unwrap();
+        let node = Node::open(config(&base.path().join("n1"), &b.config)).unwrap();
+        let mut model = BTreeMap::new();
+        write(&node, &mut model, 0, 500, "a");
+        node.snapshotter()
+            .snapshot_mode(SnapshotMode::Full)
+            .unwrap();
+        wait_uploaded(&node, 500);
+        let at_500 = model.clone();
+        write(&node, &mut model, 0, 700, "b");
+        node.snapshotter()
+            .snapshot_mode(SnapshotMode::Full)
+            .unwrap();
+        wait_uploaded(&node, 1200);
+        node.shutdown().unwrap();
+        let store = b.open();
+        let (index, object) = newest_base(&*store);
+        assert_eq!(index, 1200);
+
+        // One byte flipped in the newest chain's file.
+        let mut bytes = Vec::new();
+        store.get(&object, &mut bytes).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        store
+            .put(&object, &mut &bytes[..], bytes.len() as u64)
+            .unwrap();
+        let dir = base.path().join("damaged");
+        let r = store::restore(&*store, &RealFs, &dir, None).unwrap();
+        assert_eq!(r.manifest.index, 500, "{}: fell back", b.name);
+        assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+        assert!(r.skipped[0].1.contains("checksum"), "{:?}", r.skipped);
+        let node = Node::open(Config::new(&dir)).unwrap();
+        assert_state(
+            &node,
+            &at_500,
+            &format!("{}: after a damaged object", b.name),
+        );
+        node.shutdown().unwrap();
+        let verdicts = store::verify(&*store, &mut |_| {}).unwrap();
+        let damaged: Vec<_> = verdicts.iter().filter(|v| v.problem.is_some()).collect();
+        assert_eq!(damaged.len(), 1, "{verdicts:?}");
+        assert_eq!(damaged[0].index, Some(1200));
+
+        // The object gone altogether.
+        store.delete(&object).unwrap();
+        let dir = base.path().join("missing");
+        let r = store::restore(&*store, &RealFs, &dir, None).unwrap();
+        assert_eq!(r.manifest.index, 500, "{}: fell back", b.name);
+        assert!(
+            r.skipped[0].1.contains("not in the store"),
+            "{:?}",
+            r.skipped
+        );
+        assert!(
+            std::fs::read_dir(base.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".restoring")),
+            "a restore leaves no staging directory"
+        );
+    }
+}
+
+#[test]
+fn retention_in_the_store_keeps_the_newest_chains_and_what_they_list() {
+    for b in backends("retention") {
+        let base = tempfile::tempdir().unwrap();
+        let mut config = config(&base.path().join("n1"), &b.config);
+        config.snapshot_store.as_mut().unwrap().retain = 2;
+        let node = Node::open(config).unwrap();
+        let mut model = BTreeMap::new();
+        let mut tips = Vec::new();
+        for round in 0..4 {
+            write(&node, &mut model, round * 100, 300, "r");
+            let mode = if round == 2 {
+                SnapshotMode::Incremental
+            } else {
+                SnapshotMode::Full
+            };
+            let s = node.snapshotter().snapshot_mode(mode).unwrap();
+            wait_uploaded(&node, s.offset.get());
+            tips.push(s.offset.get());
+        }
+        node.shutdown().unwrap();
+        let store = b.open();
+        let (all, unreadable) = store::manifests(&*store).unwrap();
+        assert!(unreadable.is_empty());
+        let kept: Vec<u64> = all.iter().map(|m| m.index).collect();
+        assert_eq!(kept, vec![tips[3], tips[2]], "{}", b.name);
+        let mut listed: Vec<String> = all
+            .iter()
+            .flat_map(|m| m.files.iter().map(|f| f.object.clone()))
+            .collect();
+        listed.sort();
+        listed.dedup();
+        let files: Vec<String> = store
+            .list("n1/files/")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(
+            files, listed,
+            "{}: only the files the kept chains list",
+            b.name
+        );
+    }
+}
+
+/// Makes a store unreachable and reachable again.
+enum Outage {
+    /// The local store's root replaced by a plain file.
+    Local(PathBuf),
+    /// SeaweedFS behind a proxy that refuses connections.
+    Proxy(Proxy),
+}
+
+impl Outage {
+    fn set_down(&self, down: bool) {
+        match self {
+            Outage::Local(root) => {
+                let away = root.with_extension("away");
+                if down {
+                    std::fs::rename(root, &away).unwrap();
+                    std::fs::write(root, b"not a directory").unwrap();
+                } else {
+                    std::fs::remove_file(root).unwrap();
+                    std::fs::rename(&away, root).unwrap();
+                }
+            }
+            Outage::Proxy(p) => p.set_up(!down),
+        }
+    }
+}
+
+#[test]
+fn a_store_that_is_down_holds_back_uploads_and_compaction_never_writes() {
+    for b in backends("outage") {
+        let (outage, store_config) = match b.name {
+            "SeaweedFS" => {
+                let proxy = Proxy::new(weed::weed().unwrap().s3_port);
+                let mut c = b.config.clone();
+                c.endpoint = Some(format!("http://127.0.0.1:{}", proxy.port));
+                (Outage::Proxy(proxy), c)
+            }
+            _ => {
+                std::fs::create_dir_all(&b.config.url).unwrap();
+                (
+                    Outage::Local(PathBuf::from(&b.config.url)),
+                    b.config.clone(),
+                )
+            }
+        };
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("n1");
+        let mut config = config(&dir, &store_config);
+        config.policy.auto_compact = true;
+        config.policy.trailing_entries = 0;
+        config.segment_bytes_max = 16 * 1024;
+        config.snapshot_store.as_mut().unwrap().compact_after_upload = true;
+        let node = Node::open(config).unwrap();
+        let mut model = BTreeMap::new();
+        outage.set_down(true);
+        write(&node, &mut model, 0, 1000, "a");
+        let s = node.snapshotter().snapshot().unwrap();
+        assert_eq!(s.offset, Offset::new(1000));
+        write(&node, &mut model, 1000, 200, "b");
+        // The store is down: appends go on, the upload waits, nothing is compacted.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let failing = loop {
+            let st = node.appender().status().unwrap();
+            let up = st.store.clone().unwrap();
+            if up.failures >= 2 {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "no failed upload seen: {up:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let up = failing.store.unwrap();
+        assert_eq!(up.uploaded_index, None, "{}", b.name);
+        assert!(up.last_error.is_some());
+        assert_eq!(up.queued, 1);
+        node.compactor().compact(Offset::new(1000)).unwrap();
+        node.appender().settle().unwrap();
+        assert_eq!(
+            node.appender().status().unwrap().first_offset,
+            Offset::ZERO,
+            "{}: the log was compacted behind a snapshot the store does not have",
+            b.name
+        );
+        write(&node, &mut model, 1200, 100, "c");
+        // Back up: the upload lands, then the policy compacts behind it.
+        outage.set_down(false);
+        wait_uploaded(&node, 1000);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.appender().status().unwrap().first_offset == Offset::ZERO {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no compaction after the upload",
+                b.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let up = node.appender().status().unwrap().store.unwrap();
+        assert_eq!(up.last_error, None);
+        assert!(node.appender().status().unwrap().first_offset <= Offset::new(1000));
+        assert_state(&node, &model, b.name);
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn credentials_never_reach_the_log_or_the_status() {
+    let w = match weed::weed() {
+        Ok(w) => w,
+        Err(why) => return cannot_run("snapshot store on SeaweedFS", &why),
+    };
+    let prefix = format!("creds-{}", std::process::id());
+    let mut lines = vec![
+        r#"{"src":"c0","dest":"n1","body":{"type":"init","msg_id":1,"node_id":"n1","node_ids":["n1"]}}"#.to_string(),
+    ];
+    for i in 0..20 {
+        lines.push(format!(
+            r#"{{"src":"c0","dest":"n1","body":{{"type":"write","msg_id":{},"key":"k{i}","value":"v"}}}}"#,
+            i + 2
+        ));
+    }
+    lines.push(r#"{"src":"c0","dest":"n1","body":{"type":"wal_snapshot","msg_id":100}}"#.into());
+    // A store that does not answer, and a working one: both runs' output is searched.
+    for (endpoint, wait_upload) in [
+        ("http://127.0.0.1:9".to_string(), false),
+        (w.endpoint.clone(), true),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(binary())
+            .args(["--data-dir", &data.path().display().to_string()])
+            .args(["--snapshot-store", &format!("s3://{BUCKET}/{prefix}")])
+            .args(["--store-endpoint", &endpoint])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("RUST_LOG", "trace")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        use std::io::{BufRead, Write};
+        for l in &lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut msg_id = 1000;
+        loop {
+            msg_id += 1;
+            writeln!(
+                stdin,
+                r#"{{"src":"c0","dest":"n1","body":{{"type":"wal_status","msg_id":{msg_id}}}}}"#
+            )
+            .unwrap();
+            let status = loop {
+                let mut line = String::new();
+                out.read_line(&mut line).unwrap();
+                seen.push_str(&line);
+                if line.contains(&format!("\"in_reply_to\": {msg_id}")) {
+                    break line;
+                }
+            };
+            let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+            let store = &v["body"]["status"]["snapshot_store"];
+            let done = if wait_upload {
+                store["uploaded_index"].as_u64() == Some(20)
+            } else {
+                store["failures"].as_u64().unwrap_or(0) >= 1
+            };
+            if done {
+                assert!(!store["url"].as_str().unwrap().contains(ACCESS_KEY));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{endpoint}: {store}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        seen.push_str(&rest);
+        let result = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        for secret in [SECRET_KEY] {
+            assert!(!seen.contains(secret), "the secret is in the replies");
+            assert!(!stderr.contains(secret), "the secret is in the log");
+        }
+        assert!(
+            stderr.contains("snapshots are copied to"),
+            "the log says where snapshots go: {stderr}"
+        );
+    }
+}
