@@ -471,10 +471,8 @@ fn credentials_never_reach_the_log_or_the_status() {
         seen.push_str(&rest);
         let result = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&result.stderr);
-        for secret in [SECRET_KEY] {
-            assert!(!seen.contains(secret), "the secret is in the replies");
-            assert!(!stderr.contains(secret), "the secret is in the log");
-        }
+        assert!(!seen.contains(SECRET_KEY), "the secret is in the replies");
+        assert!(!stderr.contains(SECRET_KEY), "the secret is in the log");
         assert!(
             stderr.contains("snapshots are copied to"),
             "the log says where snapshots go: {stderr}"

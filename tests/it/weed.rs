@@ -25,7 +25,6 @@ pub struct Weed {
     /// `http://127.0.0.1:PORT`, the S3 endpoint.
     pub endpoint: String,
     pub s3_port: u16,
-    pub dir: PathBuf,
 }
 
 static WEED: OnceLock<Result<Weed, String>> = OnceLock::new();
@@ -160,11 +159,13 @@ fn start() -> Result<Weed, String> {
         .name("seaweedfs".into())
         .spawn(move || {
             let child = cmd.spawn();
-            let ok = child.is_ok();
+            let started = child.is_ok();
             let _ = tx.send(child.map(|_| ()).map_err(|e| e.to_string()));
             // The server lives as long as this thread: to the end of the process.
-            while ok {
-                std::thread::park();
+            if started {
+                loop {
+                    std::thread::park();
+                }
             }
         })
         .map_err(|e| e.to_string())?;
@@ -219,7 +220,6 @@ fn start() -> Result<Weed, String> {
     Ok(Weed {
         endpoint: format!("http://127.0.0.1:{s3}"),
         s3_port: s3,
-        dir,
     })
 }
 
