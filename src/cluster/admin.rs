@@ -54,6 +54,11 @@ impl Consensus {
             return;
         }
         let mut keep = keep.min(snapshot + 1);
+        // Compaction waits for the store: entries after the newest snapshot uploaded
+        // stay (all of them before the first upload).
+        if let Some((uploader, _)) = self.uploader.as_ref().filter(|_| self.compact_after_upload) {
+            keep = keep.min(uploader.uploaded_index().map_or(0, |i| i + 1));
+        }
         // A follower receiving a snapshot goes on from the log right after it: that
         // part stays, however long the transfer takes, or the follower would need
         // another snapshot as soon as it installed this one.

@@ -35,6 +35,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use raft::StateRole;
 use raft::eraftpb::Message;
 
+use crate::actor::uploader::{Upload, UploaderHandle};
 use crate::actor::{Feedback, Reply, spawn_actor};
 use crate::config::Config;
 use crate::consensus::durable::{SyncJob, Syncer};
@@ -154,6 +155,8 @@ pub struct ClusterStatus {
     pub management: manage::Management,
     /// Why the node stopped serving, after a failed write or sync.
     pub poisoned: Option<String>,
+    /// The uploads to the snapshot store, if the node has one.
+    pub store: Option<crate::types::UploadStatus>,
 }
 
 enum Msg {
@@ -209,6 +212,11 @@ impl ClusterNode {
     ) -> Result<ClusterNode> {
         config.validate()?;
         let (lock, _existed) = crate::node::prepare_dir(&*fs, &config.dir)?;
+        if founders.is_empty()
+            && let Some(store) = &config.snapshot_store
+        {
+            bootstrap_from_store(&*fs, &config.dir, store, &roster);
+        }
         let mut store = RaftLog::open(fs.clone(), &config.log_options(), id, founders)?;
         let who = store.identity().clone();
         let on_disk = store.snapshots_on_disk()?;
@@ -294,6 +302,28 @@ impl ClusterNode {
             on_disk,
         )?;
         let incarnation = who.incarnation;
+        let uploader = match &config.snapshot_store {
+            Some(store) => {
+                let roster = roster.read().expect("roster lock");
+                let founders = who
+                    .founders
+                    .iter()
+                    .map(|id| roster.get(id).cloned().unwrap_or_else(|| format!("#{id}")))
+                    .collect();
+                drop(roster);
+                Some(crate::node::start_uploader(
+                    config,
+                    store,
+                    fs.clone(),
+                    founders,
+                )?)
+            }
+            None => None,
+        };
+        let compact_after_upload = config
+            .snapshot_store
+            .as_ref()
+            .is_some_and(|s| s.compact_after_upload);
         let mut syncer = Syncer::new(fs, config.dir.clone(), who);
         let syncer_join = spawn_actor(
             "syncer",
@@ -345,6 +375,9 @@ impl ClusterNode {
             names_shared: 0,
             last_stale_cut: None,
             install_timer: None,
+            uploader,
+            compact_after_upload,
+            upload_seen: None,
         };
         let join = spawn_actor(
             "consensus",
@@ -526,6 +559,11 @@ struct Consensus {
     last_stale_cut: Option<Instant>,
     /// A received snapshot being installed: its index, and since when.
     install_timer: Option<(u64, Instant)>,
+    /// The uploader, if the node copies its snapshots to a store.
+    uploader: Option<(UploaderHandle, std::thread::JoinHandle<()>)>,
+    /// Compaction waits for the store; the newest index uploaded, as last seen.
+    compact_after_upload: bool,
+    upload_seen: Option<u64>,
 }
 
 impl Consensus {
@@ -572,6 +610,7 @@ impl Consensus {
                 self.expire(now);
                 self.transfers_tick();
                 self.membership_tick();
+                self.upload_tick();
             }
             self.drive();
             if self.poisoned.is_none() && self.manager.due(self.peer.machine().applied) {
@@ -589,6 +628,10 @@ impl Consensus {
         self.jobs.take();
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
+        }
+        if let Some((uploader, join)) = self.uploader.take() {
+            uploader.stop();
+            let _ = join.join();
         }
         log::debug!("consensus stopped");
     }
@@ -623,6 +666,7 @@ impl Consensus {
                         let index = id.index;
                         if let Ok(w) = &r {
                             self.peer.store_mut().offer(id, &w.voters, &w.learners);
+                            self.upload(w);
                         }
                         if compact {
                             self.compact_behind(index);
@@ -977,6 +1021,52 @@ impl Consensus {
         }
     }
 
+    /// Offers a durable snapshot to the uploader, if the node has a store.
+    fn upload(&self, w: &manage::Written) {
+        let Some((uploader, _)) = &self.uploader else {
+            return;
+        };
+        let roster = self.roster.read().expect("roster lock");
+        let names = |ids: &[u64]| -> Vec<String> {
+            ids.iter()
+                .map(|id| roster.get(id).cloned().unwrap_or_else(|| format!("#{id}")))
+                .collect()
+        };
+        uploader.offer(Upload {
+            index: w.file.offset.get(),
+            term: w.term,
+            voters: names(&w.voters),
+            learners: names(&w.learners),
+            files: vec![w.file.clone()],
+        });
+    }
+
+    /// With compaction waiting for the store: once a newer snapshot is uploaded, the
+    /// policy's compaction behind the newest snapshot is due again.
+    fn upload_tick(&mut self) {
+        let Some((uploader, _)) = self.uploader.as_ref().filter(|_| self.compact_after_upload)
+        else {
+            return;
+        };
+        let uploaded = uploader.uploaded_index();
+        if uploaded <= self.upload_seen {
+            return;
+        }
+        self.upload_seen = uploaded;
+        let snapshot = self
+            .manager
+            .status
+            .snapshot
+            .as_ref()
+            .map(|s| s.offset.get());
+        if let Some(snapshot) = snapshot
+            && self.manager.policy().auto_compact
+            && !self.manager.compacting()
+        {
+            self.compact_behind(snapshot);
+        }
+    }
+
     /// Proposes a membership change, on the leader.
     fn change(&mut self, change: Change, reply: Reply<Changed>) {
         match self.peer.propose_change(&change) {
@@ -1095,6 +1185,7 @@ impl Consensus {
             first_index: self.peer.store().first_index(),
             management: self.manager.status.clone(),
             poisoned: self.poisoned.clone(),
+            store: self.uploader.as_ref().map(|(u, _)| u.status()),
         }
     }
 
@@ -1119,6 +1210,77 @@ impl Consensus {
             ))));
         }
         self.poisoned = Some(why);
+    }
+}
+
+/// A new member starting on an empty directory with a snapshot store: the newest
+/// group snapshot in the store that names one of the members it knows (any, when it
+/// knows none: an embedding program's store holds one group), downloaded and
+/// verified into the directory, so that it loads it and catches up from the leader's
+/// log instead of asking for the whole snapshot. Anything wrong (the store down, no
+/// such chain, a damaged object) is logged, and the member asks the leader as usual.
+fn bootstrap_from_store(
+    fs: &dyn FileSystem,
+    dir: &std::path::Path,
+    config: &crate::store::StoreConfig,
+    roster: &Roster,
+) {
+    let present = fs.list(dir).unwrap_or_default();
+    if present.iter().any(|n| {
+        n == crate::core::layout::RAFT_STATE
+            || crate::core::layout::parse_raft_snapshot(n).is_some()
+    }) {
+        return;
+    }
+    let known: Vec<String> = roster
+        .read()
+        .expect("roster lock")
+        .values()
+        .cloned()
+        .collect();
+    let started = Instant::now();
+    let outcome = (|| {
+        let store = crate::store::open(config)?;
+        let (all, _) = crate::store::manifests(&*store).map_err(|e| e.to_string())?;
+        let ours = all.iter().filter(|m| {
+            m.files.len() == 1
+                && crate::core::layout::parse_raft_snapshot(&m.files[0].name).is_some()
+                && (known.is_empty() || m.voters.iter().any(|v| known.contains(v)))
+        });
+        let mut why = Vec::new();
+        for m in ours {
+            match crate::store::fetch_chain(&*store, fs, dir, m).and_then(|bytes| {
+                crate::consensus::durable::mark_install(fs, dir, m.index, m.term)
+                    .map_err(|e| format!("cannot mark the install: {e}"))?;
+                Ok(bytes)
+            }) {
+                Ok(bytes) => return Ok((m.clone(), bytes, store.url())),
+                Err(e) => {
+                    log::warn!(
+                        "bootstrap: the snapshot at {} does not restore: {e}",
+                        m.index
+                    );
+                    why.push(e);
+                }
+            }
+        }
+        Err(if why.is_empty() {
+            "no snapshot of this group in the store".to_string()
+        } else {
+            why.join("; ")
+        })
+    })();
+    match outcome {
+        Ok((m, bytes, url)) => log::info!(
+            "bootstrap: loaded the snapshot at index {} (uploaded by {}, {bytes} bytes) from {url} \
+             in {} ms; the rest comes from the leader's log",
+            m.index,
+            m.node,
+            started.elapsed().as_millis()
+        ),
+        Err(why) => log::warn!(
+            "bootstrap from the snapshot store failed ({why}); asking the leader for a snapshot"
+        ),
     }
 }
 

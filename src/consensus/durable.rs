@@ -205,6 +205,17 @@ fn encode_install(index: u64, term: u64) -> Vec<u8> {
     b
 }
 
+/// Marks `dir`, where a snapshot at `index` (term `term`) was made durable, as a log
+/// to be replaced by one continuing from it: the next [`RaftLog::open`] finishes the
+/// install (a new member bootstrapped from a snapshot it fetched itself).
+///
+/// # Errors
+/// The I/O error.
+pub fn mark_install(fs: &dyn FileSystem, dir: &Path, index: u64, term: u64) -> io::Result<()> {
+    let bytes = encode_install(index, term);
+    create_durably(fs, dir, RAFT_INSTALL, |f| f.write_all_at(&bytes, 0))
+}
+
 fn decode_install(b: &[u8]) -> std::result::Result<(u64, u64), String> {
     if b.len() != 28 || &b[0..8] != INSTALL_MAGIC {
         return Err("not an install marker".into());
@@ -414,6 +425,7 @@ impl RaftLog {
             fs.sync_dir(&dir)
                 .map_err(|e| Error::open_io(dir.display(), &e))?;
         }
+        let installed = listing.raft_install;
         if listing.raft_install {
             let path = join(&dir, RAFT_INSTALL);
             let bytes = fs
@@ -485,7 +497,11 @@ impl RaftLog {
                 (who, hs)
             }
             Some(found) => found,
-            None if !listing.segments.is_empty() || !listing.snapshots.is_empty() => {
+            // (A new member that fetched a snapshot itself has a log, just installed,
+            // and no state yet.)
+            None if !(listing.segments.is_empty() && listing.snapshots.is_empty()
+                || installed && founders.is_empty()) =>
+            {
                 return Err(Error::Open(format!(
                     "{} holds a single node's log, not a Raft log: start a cluster node on a \
                      new directory (the single node's entries are not part of any group)",

@@ -33,12 +33,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl LocalStore {
-    /// A store rooted at `root` (created if missing).
+    /// A store rooted at `root` (created with the first object: a store that is not
+    /// there yet, like an unmounted volume, fails each call, not the opening).
     ///
     /// # Errors
-    /// The directory cannot be created.
+    /// None yet; the signature leaves room for checks of the root.
     pub fn open(root: &Path) -> Result<LocalStore, String> {
-        fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
         Ok(LocalStore {
             root: root.to_path_buf(),
         })

@@ -221,3 +221,73 @@ fn a_member_added_to_an_idle_group_catches_up() {
     }
     g.converge(&[1, 2, 3, 4]);
 }
+
+static STORE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+fn with_store(c: &mut Config) {
+    small(c);
+    c.snapshot_store = Some(flintlog::store::StoreConfig::new(
+        STORE.get().unwrap().display().to_string(),
+    ));
+}
+
+/// Adds a learner, once the change before it is done.
+fn add(g: &Group, name: &str) -> Changed {
+    let mut added = None;
+    wait_until("the learner added", || {
+        match g.change(&[1, 2, 3], Change::AddLearner(name.into())) {
+            Ok(c) => added = Some(c),
+            Err(flintlog::Error::PreconditionFailed(why)) if why.contains("one at a time") => {}
+            Err(e) => panic!("add {name}: {e}"),
+        }
+        added.is_some()
+    });
+    added.unwrap()
+}
+
+#[test]
+fn a_new_member_bootstraps_from_the_store_and_catches_up_from_the_log() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let store = tempfile::tempdir().unwrap();
+    let root = store.path().join("bucket");
+    STORE.set(root.clone()).unwrap();
+    let g = Group::start(with_store);
+    write_batch(&g, 1, 0, 50);
+    g.converge(&[1, 2, 3]);
+    for from in [50, 200, 350] {
+        write_batch(&g, 1, from, 150);
+    }
+    g.converge(&[1, 2, 3]);
+    // Every member's newest snapshot is in the store.
+    wait_until("snapshots uploaded", || {
+        (1..=3).all(|id| {
+            let s = g.status(id);
+            let snap = s.management.snapshot.as_ref().map(|f| f.offset.get());
+            snap.is_some() && s.store.unwrap().uploaded_index == snap
+        })
+    });
+    let added = add(&g, "n4");
+    assert!(matches!(added, Changed::Done { id: 4, .. }), "{added:?}");
+    let dir4 = g.dirs[0].parent().unwrap().join("n4");
+    g.join(4, &dir4);
+    let s = g.converge(&[1, 2, 3, 4]);
+    let n4 = &s[3];
+    assert_eq!(
+        n4.management.transfers.started, 0,
+        "n4 loaded the store's snapshot: the leader sent none: {n4:?}"
+    );
+    assert!(
+        n4.first_index > 1,
+        "n4 started from a snapshot, not from the log's start: {n4:?}"
+    );
+
+    // The store down: the next new member falls back to the leader's snapshot.
+    std::fs::rename(&root, root.with_extension("away")).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+    write_batch(&g, 1, 450, 50);
+    let added = add(&g, "n5");
+    assert!(matches!(added, Changed::Done { id: 5, .. }), "{added:?}");
+    g.join(5, &g.dirs[0].parent().unwrap().join("n5"));
+    let s = g.converge(&[1, 2, 3, 4, 5]);
+    assert_eq!(s[4].management.transfers.completed, 1, "{:?}", s[4]);
+}
