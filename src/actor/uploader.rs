@@ -340,3 +340,132 @@ pub fn chain_upload(chain: &[SnapshotFile]) -> Option<Upload> {
         files: chain.to_vec(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::kv::KvState;
+    use crate::fs::RealFs;
+    use crate::store::{Listed, LocalStore};
+    use std::io::{Read, Write};
+    use std::sync::atomic::AtomicBool;
+
+    /// A local store whose file puts or manifest creations can be made to fail.
+    struct Flaky {
+        inner: LocalStore,
+        fail_files: Arc<AtomicBool>,
+        fail_manifests: Arc<AtomicBool>,
+    }
+
+    impl SnapshotStore for Flaky {
+        fn url(&self) -> String {
+            self.inner.url()
+        }
+        fn put(&self, name: &str, data: &mut dyn Read, size: u64) -> Result<(), StoreError> {
+            if self.fail_files.load(Ordering::Acquire) {
+                return Err(StoreError::Failed("planted failure".into()));
+            }
+            self.inner.put(name, data, size)
+        }
+        fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, StoreError> {
+            if self.fail_manifests.load(Ordering::Acquire) {
+                return Err(StoreError::Failed("planted failure".into()));
+            }
+            self.inner.put_new(name, data)
+        }
+        fn get(&self, name: &str, into: &mut dyn Write) -> Result<u64, StoreError> {
+            self.inner.get(name, into)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.delete(name)
+        }
+    }
+
+    fn snapshot(dir: &std::path::Path, keys: usize) -> Upload {
+        let mut state = KvState::default();
+        for i in 0..keys {
+            state.apply(format!("set k{i}=v{i}").as_bytes());
+        }
+        let offset = crate::core::position::Offset::new(keys as u64);
+        let f = crate::snapshot::write(&RealFs, dir, offset, &state, 4096).unwrap();
+        chain_upload(&[f]).unwrap()
+    }
+
+    fn wait(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_chain_is_listed_only_once_whole_and_the_old_one_goes_only_after_it() {
+        let node_dir = tempfile::tempdir().unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let fail_files = Arc::new(AtomicBool::new(false));
+        let fail_manifests = Arc::new(AtomicBool::new(false));
+        let flaky = Flaky {
+            inner: LocalStore::open(store_dir.path()).unwrap(),
+            fail_files: fail_files.clone(),
+            fail_manifests: fail_manifests.clone(),
+        };
+        let (up, join) = spawn(UploaderParts {
+            store: Box::new(flaky),
+            fs: Arc::new(RealFs),
+            dir: node_dir.path().to_path_buf(),
+            node: "n1".into(),
+            cluster: vec![],
+            retain: 1,
+        })
+        .unwrap();
+        let check = LocalStore::open(store_dir.path()).unwrap();
+        let listed = || {
+            let (all, bad) = store::manifests(&check).unwrap();
+            assert!(bad.is_empty(), "{bad:?}");
+            all.iter().map(|m| m.index).collect::<Vec<_>>()
+        };
+        up.offer(snapshot(node_dir.path(), 10));
+        wait("the first chain", || up.uploaded_index() == Some(10));
+        assert_eq!(listed(), vec![10]);
+
+        // Its file cannot be stored: no manifest names the new chain.
+        fail_files.store(true, Ordering::Release);
+        up.offer(snapshot(node_dir.path(), 20));
+        wait("a failed attempt", || up.status().failures >= 1);
+        assert_eq!(
+            listed(),
+            vec![10],
+            "a manifest for a chain whose file is missing"
+        );
+
+        // Its file is stored, its manifest is not: the old chain stays.
+        fail_files.store(false, Ordering::Release);
+        fail_manifests.store(true, Ordering::Release);
+        wait("the manifest failing", || up.status().failures >= 2);
+        assert_eq!(
+            listed(),
+            vec![10],
+            "the old chain went before a newer one was in"
+        );
+        let old = store::manifests(&check).unwrap().0[0].clone();
+        for f in &old.files {
+            assert!(
+                check.get(&f.object, &mut std::io::sink()).is_ok(),
+                "{} deleted",
+                f.object
+            );
+        }
+
+        fail_manifests.store(false, Ordering::Release);
+        wait("the second chain", || up.uploaded_index() == Some(20));
+        assert_eq!(listed(), vec![20], "retention keeps one chain");
+        let s = up.status();
+        assert_eq!((s.last_error, s.queued, s.chains_uploaded), (None, 0, 2));
+        up.stop();
+        join.join().unwrap();
+    }
+}

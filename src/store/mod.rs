@@ -852,6 +852,38 @@ mod tests {
     }
 
     #[test]
+    fn a_file_read_for_upload_fails_unless_it_has_the_checksum_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.snap"), b"snapshot bytes").unwrap();
+        let f = SnapshotFile {
+            file: "a.snap".into(),
+            offset: crate::core::position::Offset::new(1),
+            size_bytes: 14,
+            checksum: 0,
+        };
+        let fs = crate::fs::RealFs;
+        let crc = file_crc(&fs, dir.path(), &f).unwrap();
+        let mut ok = FileSource::open(&fs, dir.path(), &f)
+            .unwrap()
+            .expecting(crc);
+        assert_eq!(io::copy(&mut ok, &mut io::sink()).unwrap(), 14);
+        // Changed since its checksum was taken (retention replaced it, say).
+        std::fs::write(dir.path().join("a.snap"), b"Snapshot bytes").unwrap();
+        let mut changed = FileSource::open(&fs, dir.path(), &f)
+            .unwrap()
+            .expecting(crc);
+        let err = io::copy(&mut changed, &mut io::sink()).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while it was read"),
+            "{err}"
+        );
+        // Shorter than the size recorded.
+        std::fs::write(dir.path().join("a.snap"), b"snap").unwrap();
+        let mut short = FileSource::open(&fs, dir.path(), &f).unwrap();
+        assert!(io::copy(&mut short, &mut io::sink()).is_err());
+    }
+
+    #[test]
     fn retention_keeps_the_newest_chains_of_the_node_and_the_files_they_list() {
         let a = manifest("n1", 100, &[("a.snap", 1)]);
         let b = manifest("n1", 200, &[("a.snap", 1), ("b.delta", 2)]);

@@ -479,3 +479,65 @@ fn credentials_never_reach_the_log_or_the_status() {
         );
     }
 }
+
+#[test]
+fn both_stores_keep_the_same_contract() {
+    for b in backends("contract") {
+        let s = b.open();
+        let big: Vec<u8> = (0..(store::PART_BYTES + 12345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        s.put("n1/files/big", &mut &big[..], big.len() as u64)
+            .unwrap();
+        s.put("n1/files/small", &mut &b"abc"[..], 3).unwrap();
+        let mut got = Vec::new();
+        assert_eq!(s.get("n1/files/big", &mut got).unwrap(), big.len() as u64);
+        assert!(got == big, "{}: the multipart object reads back", b.name);
+        // A reader that ends early stores nothing under the name.
+        let err = s.put("n1/files/short", &mut &b"ab"[..], 3);
+        assert!(err.is_err(), "{}", b.name);
+        assert!(matches!(
+            s.get("n1/files/short", &mut Vec::new()),
+            Err(store::StoreError::NotFound(_))
+        ));
+        // Create-if-absent.
+        assert!(s.put_new("n1/manifests/m", b"first".to_vec()).unwrap());
+        assert!(
+            !s.put_new("n1/manifests/m", b"second".to_vec()).unwrap(),
+            "{}",
+            b.name
+        );
+        let mut got = Vec::new();
+        s.get("n1/manifests/m", &mut got).unwrap();
+        assert_eq!(
+            got, b"first",
+            "{}: create-if-absent replaced the object",
+            b.name
+        );
+        let names: Vec<(String, u64)> = s
+            .list("n1/")
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.name, l.size))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("n1/files/big".to_string(), big.len() as u64),
+                ("n1/files/small".to_string(), 3),
+                ("n1/manifests/m".to_string(), 5),
+            ],
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.list("n1/files/s").unwrap().len(),
+            1,
+            "{}: a string prefix",
+            b.name
+        );
+        s.delete("n1/files/small").unwrap();
+        s.delete("n1/files/small").unwrap();
+        assert_eq!(s.list("n1/files/").unwrap().len(), 1);
+    }
+}
