@@ -25,6 +25,10 @@ pub struct Weed {
     /// `http://127.0.0.1:PORT`, the S3 endpoint.
     pub endpoint: String,
     pub s3_port: u16,
+    /// The master's port (for `weed upload` and `weed download`).
+    pub master_port: u16,
+    /// The `weed` binary.
+    pub binary: PathBuf,
 }
 
 static WEED: OnceLock<Result<Weed, String>> = OnceLock::new();
@@ -114,8 +118,9 @@ fn http_status(port: u16, request: &str) -> Option<u16> {
 
 fn start() -> Result<Weed, String> {
     let weed = binary()?;
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("weed-{}", std::process::id()));
+    let dir = option_env!("CARGO_TARGET_TMPDIR")
+        .map_or_else(std::env::temp_dir, PathBuf::from)
+        .join(format!("weed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
     let config = dir.join("s3.json");
@@ -220,6 +225,8 @@ fn start() -> Result<Weed, String> {
     Ok(Weed {
         endpoint: format!("http://127.0.0.1:{s3}"),
         s3_port: s3,
+        master_port: master,
+        binary: weed,
     })
 }
 

@@ -15,6 +15,7 @@ mod latency;
 mod memory;
 mod recovery;
 mod snapshot;
+mod store;
 mod transfer;
 
 use group_commit::*;
@@ -22,6 +23,7 @@ use latency::*;
 use memory::*;
 use recovery::*;
 use snapshot::*;
+use store::*;
 use transfer::*;
 
 use clap::Parser;
@@ -54,7 +56,7 @@ struct Args {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Only the benchmarks whose letter is given (e.g. `ac`).
-    #[arg(long, default_value = "abcdefghi")]
+    #[arg(long, default_value = "abcdefghij")]
     only: String,
     /// Keys written while a follower is away, in the catch-up benchmark (i).
     #[arg(long, default_value_t = 200_000)]
@@ -98,6 +100,7 @@ fn main() {
             'g' => bench_delta(&args, &mut r),
             'h' => bench_chain_recovery(&args, &mut r),
             'i' => bench_transfer(&args, &mut r),
+            'j' => bench_store(&args, &mut r),
             other => eprintln!("no benchmark {other:?}"),
         }
         std::io::stdout().flush().ok();
