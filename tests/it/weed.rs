@@ -25,9 +25,12 @@ pub struct Weed {
     /// `http://127.0.0.1:PORT`, the S3 endpoint.
     pub endpoint: String,
     pub s3_port: u16,
-    /// The master's port (for `weed upload` and `weed download`).
+    /// The master's port (for `weed upload` and `weed download`: the benchmark's
+    /// ceiling, which includes this file).
+    #[allow(dead_code)]
     pub master_port: u16,
     /// The `weed` binary.
+    #[allow(dead_code)]
     pub binary: PathBuf,
 }
 
