@@ -11,7 +11,8 @@
 #   make bench-cluster  a 3-node group against one node side by side, commit latency, failover
 #                 over 20 leader kills; writes the group part of BENCHMARKS.md (~3 min)
 #   make cluster  a 3-node Raft group for 60 s under partitions, kill -9, pauses and 10% loss,
-#                 one node wiped and replaced by a new member,
+#                 one node wiped and replaced by a new member that starts from the
+#                 snapshot store (a directory every node copies its snapshots to),
 #                 checked for linearizability, lost appends and replica agreement
 
 # A pipeline fails when any command in it fails (make crash filters test output).
@@ -59,7 +60,7 @@ load: build
 	target/release/flintlog-load $(LOAD_ARGS)
 
 cluster: build
-	target/release/flintlog-cluster --replace $(CLUSTER_ARGS)
+	target/release/flintlog-cluster --replace --store $(CLUSTER_ARGS)
 
 bench-cluster: build
 	target/release/flintlog-cluster --bench --out target/bench-cluster --markdown BENCHMARKS.md $(CLUSTER_ARGS)

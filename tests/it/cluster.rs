@@ -116,10 +116,13 @@ fn five_nodes_under_partitions_and_kills() {
             "--seed",
             "11",
             "--replace",
+            // Every node copies its snapshots to a store; the new member starts from it.
+            "--store",
         ],
     );
     assert_eq!(r["pass"], true);
     assert_eq!(r["replacement"]["done"], true, "{r}");
+    assert_eq!(r["replacement"]["bootstrapped_from_store"], true, "{r}");
     assert_eq!(r["members"].as_array().unwrap().len(), 5, "{r}");
     assert!(r["requests"]["ok"].as_u64().unwrap() > 100, "{r}");
 }

@@ -103,6 +103,11 @@ struct Args {
     /// promoted), all under load and the nemesis.
     #[arg(long)]
     replace: bool,
+    /// Every node copies its snapshots to a snapshot store, a directory in the output
+    /// directory (`--snapshot-store`); the new member of `--replace` loads the newest
+    /// group snapshot from it.
+    #[arg(long)]
+    store: bool,
 }
 
 fn event_json(e: &Event) -> Value {
@@ -741,10 +746,16 @@ fn start_cluster(args: &Args, bin: &Path, nodes: usize, out: &Path) -> Arc<Share
         started: Instant::now(),
         bin: bin.to_path_buf(),
         out: out.to_path_buf(),
-        policy: vec![
+        policy: [
             format!("--snapshot-entries={}", args.snapshot_entries),
             format!("--trailing-entries={}", args.trailing_entries),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            args.store
+                .then(|| format!("--snapshot-store={}", out.join("store").display())),
+        )
+        .collect(),
         to_net,
         ids,
         founders: nodes,
@@ -786,6 +797,8 @@ struct Replacement {
     steps: Vec<(String, f64)>,
     /// Snapshot transfers the new member completed to catch up.
     transfers: u64,
+    /// Whether the new member loaded a snapshot from the store (its log says so).
+    from_store: bool,
     done: bool,
 }
 
@@ -927,6 +940,8 @@ fn replace(shared: Arc<Shared>, args: Args) -> Replacement {
             && s["applied_index"].as_u64().unwrap_or(0) >= target
         {
             r.transfers = s["snapshot_transfers"]["completed"].as_u64().unwrap_or(0);
+            r.from_store = std::fs::read_to_string(shared.out.join(format!("{}.log", r.new)))
+                .is_ok_and(|log| log.contains("bootstrap: loaded the snapshot"));
             break;
         }
         if Instant::now() > deadline {
@@ -1214,13 +1229,18 @@ fn main() -> ExitCode {
             .map(|(what, at)| format!("{at:.1} s {what}"))
             .collect();
         println!(
-            "replacement     {}: {} messages from {} refused after its disk was lost; {}; {} caught up with {} snapshot(s); members now {:?}",
+            "replacement     {}: {} messages from {} refused after its disk was lost; {}; {} caught up with {} snapshot(s) from the leader{}; members now {:?}",
             if r.done { "done" } else { "NOT DONE" },
             r.refused,
             r.lost,
             steps.join(", "),
             r.new,
             r.transfers,
+            if r.from_store {
+                ", after loading one from the store"
+            } else {
+                ""
+            },
             members
                 .iter()
                 .map(|&i| shared.ids[i].clone())
@@ -1254,6 +1274,7 @@ fn main() -> ExitCode {
             "refused_messages": r.refused,
             "steps": r.steps.iter().map(|(w, at)| json!({"what": w, "at_s": at})).collect::<Vec<_>>(),
             "snapshots_installed": r.transfers,
+            "bootstrapped_from_store": r.from_store,
             "done": r.done,
         })),
         "statuses": statuses,
