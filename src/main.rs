@@ -125,6 +125,10 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..), value_name = "N", help_heading = "Snapshot store")]
     store_retain: u64,
 
+    /// Most bytes per second the uploader reads and sends (0: no limit).
+    #[arg(long, default_value_t = flintlog::store::DEFAULT_UPLOAD_RATE, value_name = "BYTES", help_heading = "Snapshot store")]
+    store_upload_bytes_per_sec: u64,
+
     /// Free log segments only once a snapshot covering them is in the store (off: the
     /// log is compacted behind local snapshots, and a node that loses its disk before an
     /// upload lands relies on the other replicas for those entries).
@@ -385,6 +389,7 @@ fn main() -> ExitCode {
         let mut c = args.store.config(url);
         c.retain = args.store_retain;
         c.compact_after_upload = args.compact_after_upload;
+        c.upload_bytes_per_sec = args.store_upload_bytes_per_sec;
         c
     });
     node.policy = Policy {

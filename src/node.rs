@@ -95,6 +95,7 @@ pub(crate) fn start_uploader(
         node: config.store_name(),
         cluster,
         retain: store.retain,
+        rate: store.upload_bytes_per_sec,
     })
     .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))
 }

@@ -56,6 +56,8 @@ pub struct UploaderParts {
     pub cluster: Vec<String>,
     /// Chains kept in the store.
     pub retain: u64,
+    /// Most bytes per second read and sent (0: no limit).
+    pub rate: u64,
 }
 
 struct Shared {
@@ -258,7 +260,8 @@ impl Uploader {
             if present.get(&object) != Some(&f.size_bytes) {
                 let mut source = store::FileSource::open(&*self.parts.fs, &self.parts.dir, f)
                     .map_err(|e| format!("reading {}: {e}", f.file))?
-                    .expecting(crc);
+                    .expecting(crc)
+                    .paced(self.parts.rate);
                 store
                     .put(&object, &mut source, f.size_bytes)
                     .map_err(|e| e.to_string())?;
@@ -420,6 +423,7 @@ mod tests {
             node: "n1".into(),
             cluster: vec![],
             retain: 1,
+            rate: 0,
         })
         .unwrap();
         let check = LocalStore::open(store_dir.path()).unwrap();

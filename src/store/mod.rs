@@ -33,6 +33,9 @@ mod s3;
 pub use local::LocalStore;
 pub use s3::S3Store;
 
+/// The uploader's default rate limit, bytes per second (see `make bench`, section j).
+pub const DEFAULT_UPLOAD_RATE: u64 = 4 * 1024 * 1024;
+
 /// Files larger than this go to an object store in parts of this size.
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
 
@@ -113,6 +116,9 @@ pub struct StoreConfig {
     pub retain: u64,
     /// Free log segments only once a snapshot that covers them is in the store.
     pub compact_after_upload: bool,
+    /// Most bytes per second the uploader reads and sends (0: no limit), so that an
+    /// upload leaves the disk and the cores to the log.
+    pub upload_bytes_per_sec: u64,
     /// S3 credentials an embedding program got its own way (the binary never sets
     /// them: it reads the standard environment variables). Never printed.
     pub credentials: Option<Credentials>,
@@ -142,6 +148,7 @@ impl StoreConfig {
             virtual_hosted: false,
             retain: 3,
             compact_after_upload: false,
+            upload_bytes_per_sec: DEFAULT_UPLOAD_RATE,
             credentials: None,
         }
     }
@@ -415,6 +422,8 @@ pub(crate) struct FileSource<'f> {
     /// The checksum the whole file must have: the read that completes the file fails
     /// otherwise, so that a store never completes an object from changed bytes.
     expected: Option<u32>,
+    /// The rate limit, and when reading started.
+    rate: Option<(u64, std::time::Instant)>,
 }
 
 impl<'f> FileSource<'f> {
@@ -425,7 +434,14 @@ impl<'f> FileSource<'f> {
             size: f.size_bytes,
             crc: 0,
             expected: None,
+            rate: None,
         })
+    }
+
+    /// Reads at most `bytes_per_sec` (0: no limit), sleeping as needed.
+    pub(crate) fn paced(mut self, bytes_per_sec: u64) -> Self {
+        self.rate = (bytes_per_sec > 0).then(|| (bytes_per_sec, std::time::Instant::now()));
+        self
     }
 
     /// Fails the read that completes the file unless its checksum is `crc`.
@@ -437,9 +453,21 @@ impl<'f> FileSource<'f> {
 
 impl Read for FileSource<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min((self.size - self.at) as usize);
+        // Small reads, when paced, so that the pauses are short and even.
+        let cap = if self.rate.is_some() {
+            256 * 1024
+        } else {
+            buf.len()
+        };
+        let want = buf.len().min(cap).min((self.size - self.at) as usize);
         if want == 0 {
             return Ok(0);
+        }
+        if let Some((rate, since)) = self.rate {
+            let due = std::time::Duration::from_secs_f64(self.at as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(since.elapsed()) {
+                std::thread::sleep(wait);
+            }
         }
         let n = self.file.read_at(&mut buf[..want], self.at)?;
         if n == 0 {
