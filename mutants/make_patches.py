@@ -311,6 +311,12 @@ MUTANTS = [
      [("src/cluster/mod.rs",
        "        if founders.is_empty()\n            && let Some(store) = &config.snapshot_store\n",
        "        if founders.len() > 1\n            && let Some(store) = &config.snapshot_store\n")]),
+    ("no-fetch-from-the-store",
+     "a follower offered a snapshot never looks for it in the store: the leader always sends it",
+     "--test it -- group::a_follower_fetches_the_offered_snapshot_from_the_store_and_falls_back_to_the_leader",
+     [("src/cluster/catch_up.rs",
+       "        if d.store_tried {\n            return false;\n        }",
+       "        if d.store_tried || !d.store_tried {\n            return false;\n        }")]),
 ]
 
 

@@ -18,7 +18,16 @@ pub(super) struct Download {
     /// When the offer came, and when the last byte was durable.
     started: Instant,
     received: Option<Instant>,
+    /// Being fetched from the snapshot store (since when), or not; and whether the
+    /// store was tried for this snapshot already.
+    fetching: Option<Instant>,
+    store_tried: bool,
+    /// The part file came from the store.
+    from_store: bool,
 }
+
+/// How long a fetch from the store may take before the leader is asked instead.
+const FETCH_MAX: Duration = Duration::from_secs(60);
 
 /// How long a whole file may wait for its verification before it is asked again.
 const FINISH_AGAIN: Duration = Duration::from_secs(10);
@@ -99,7 +108,78 @@ impl Consensus {
             finishing: false,
             started: Instant::now(),
             received: None,
+            fetching: None,
+            store_tried: false,
+            from_store: false,
         });
+        if have == 0 && self.fetch_from_store() {
+            return;
+        }
+        self.ask();
+    }
+
+    /// With a snapshot store: fetches the snapshot being received from it, on a
+    /// thread of its own, instead of asking the leader (which is asked if the store
+    /// fails or lacks it). Returns whether a fetch started.
+    fn fetch_from_store(&mut self) -> bool {
+        let (Some((config, fs, dir)), Some(d)) = (&self.store_fetch, &mut self.download) else {
+            return false;
+        };
+        if d.store_tried {
+            return false;
+        }
+        d.store_tried = true;
+        d.fetching = Some(Instant::now());
+        let (config, fs) = (config.clone(), fs.clone());
+        let (id, path) = (d.id.clone(), crate::fs::join(dir, &d.id.part_name()));
+        let reports = self.manager.reporter();
+        let spawned = std::thread::Builder::new()
+            .name("store-fetch".into())
+            .spawn(move || {
+                let outcome = crate::store::open(&config).and_then(|store| {
+                    crate::store::fetch_file(&*store, &*fs, &path, &id.file, id.size)
+                });
+                let _ = reports.send(manage::Report::Fetched { id, outcome });
+            });
+        if spawned.is_err() {
+            d.fetching = None;
+        }
+        spawned.is_ok()
+    }
+
+    /// A fetch from the store ended: the part file is whole (verified next, as if the
+    /// leader had sent it), or the leader is asked.
+    pub(super) fn fetched(
+        &mut self,
+        id: transfer::Identity,
+        outcome: std::result::Result<String, String>,
+    ) {
+        let Some(d) = self
+            .download
+            .as_mut()
+            .filter(|d| d.id == id && d.fetching.is_some())
+        else {
+            return;
+        };
+        d.fetching = None;
+        match outcome {
+            Ok(object) => {
+                log::info!("fetched snapshot {} from the store ({object})", id.file);
+                d.durable = id.size;
+                d.asked = id.size;
+                d.expected = id.size;
+                d.from_store = true;
+            }
+            Err(why) => {
+                log::info!(
+                    "snapshot {} not fetched from the store ({why}): asking the leader",
+                    id.file
+                );
+                d.durable = 0;
+                d.asked = 0;
+                d.expected = 0;
+            }
+        }
         self.ask();
     }
 
@@ -107,7 +187,7 @@ impl Consensus {
     /// whole, has it verified and put in place).
     pub(super) fn ask(&mut self) {
         let Some(d) = &mut self.download else { return };
-        if d.finishing {
+        if d.finishing || d.fetching.is_some() {
             return;
         }
         if d.durable >= d.id.size {
@@ -219,6 +299,9 @@ impl Consensus {
         match outcome {
             Ok((image, file)) => {
                 self.manager.status.transfers.completed += 1;
+                if d.from_store {
+                    self.manager.status.transfers.from_store += 1;
+                }
                 let now = Instant::now();
                 let received = d.received.unwrap_or(now);
                 let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_millis() as u64;
@@ -249,6 +332,8 @@ impl Consensus {
                     expected: 0,
                     finishing: false,
                     received: None,
+                    fetching: None,
+                    from_store: false,
                     ..d
                 });
                 self.ask();
@@ -285,7 +370,16 @@ impl Consensus {
     /// again (to a follower that restarted, say).
     pub(super) fn transfers_tick(&mut self) {
         if let Some(d) = &mut self.download {
-            if !d.finishing && d.asked_at.elapsed() >= transfer::ASK_AGAIN {
+            if let Some(since) = d.fetching {
+                if since.elapsed() >= FETCH_MAX {
+                    log::warn!(
+                        "fetching snapshot {} from the store takes too long: asking the leader",
+                        d.id.file
+                    );
+                    d.fetching = None;
+                    self.ask();
+                }
+            } else if !d.finishing && d.asked_at.elapsed() >= transfer::ASK_AGAIN {
                 self.manager.status.transfers.asked_again += 1;
                 self.ask();
             } else if d.finishing && d.asked_at.elapsed() >= FINISH_AGAIN {

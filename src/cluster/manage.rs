@@ -91,6 +91,12 @@ pub(super) enum Report {
         id: Identity,
         outcome: std::result::Result<(Image, SnapshotFile), String>,
     },
+    /// A snapshot offered was fetched from the snapshot store into its part file
+    /// (whole and synced), or why not.
+    Fetched {
+        id: Identity,
+        outcome: std::result::Result<String, String>,
+    },
 }
 
 /// A durable snapshot.
@@ -136,6 +142,9 @@ pub struct Transfers {
     pub restarted: u64,
     /// Snapshots received whole, verified and installed.
     pub completed: u64,
+    /// Of those, how many were fetched from the snapshot store rather than sent by the
+    /// leader.
+    pub from_store: u64,
     /// Where the time of the last snapshot installed went.
     pub last: Option<Phases>,
 }
@@ -280,6 +289,11 @@ impl Manager {
 
     /// Hands transfer work to the snapshotter thread; dropped when its queue is full
     /// (the transfer asks again).
+    /// A sender of reports, for work done on a thread of its own.
+    pub(super) fn reporter(&self) -> Sender<Report> {
+        self.report_tx.clone()
+    }
+
     pub(super) fn job(&self, job: Job) {
         if let Some(jobs) = &self.jobs
             && jobs.try_send(job).is_err()

@@ -324,6 +324,10 @@ impl ClusterNode {
             .snapshot_store
             .as_ref()
             .is_some_and(|s| s.compact_after_upload);
+        let store_fetch = config
+            .snapshot_store
+            .clone()
+            .map(|s| (s, fs.clone(), config.dir.clone()));
         let mut syncer = Syncer::new(fs, config.dir.clone(), who);
         let syncer_join = spawn_actor(
             "syncer",
@@ -378,6 +382,7 @@ impl ClusterNode {
             uploader,
             compact_after_upload,
             upload_seen: None,
+            store_fetch,
         };
         let join = spawn_actor(
             "consensus",
@@ -564,6 +569,13 @@ struct Consensus {
     /// Compaction waits for the store; the newest index uploaded, as last seen.
     compact_after_upload: bool,
     upload_seen: Option<u64>,
+    /// Where a follower looks for an offered snapshot before asking the leader: the
+    /// store, and this node's filesystem and directory.
+    store_fetch: Option<(
+        crate::store::StoreConfig,
+        Arc<dyn FileSystem>,
+        std::path::PathBuf,
+    )>,
 }
 
 impl Consensus {
@@ -714,6 +726,7 @@ impl Consensus {
                 }
             }
             manage::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
+            manage::Report::Fetched { id, outcome } => self.fetched(id, outcome),
         }
     }
 

@@ -509,6 +509,7 @@ pub(super) fn status_json((s, names): &(ClusterStatus, Names)) -> Value {
             "asked_again": s.management.transfers.asked_again,
             "restarted": s.management.transfers.restarted,
             "completed": s.management.transfers.completed,
+            "from_store": s.management.transfers.from_store,
             "last": s.management.transfers.last.map(|p| json!({
                 "bytes": p.bytes,
                 "transfer_ms": p.transfer_ms,

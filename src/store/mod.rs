@@ -603,6 +603,52 @@ pub fn fetch_chain(
     result
 }
 
+/// Downloads the copy of snapshot file `file` (of `size` bytes) that some node put in
+/// the store into `path` (created or truncated), synced; returns the object's name.
+/// The caller verifies the file (its own header and body checksums).
+///
+/// # Errors
+/// No object of that file with that size is in the store, or the download failed.
+pub fn fetch_file(
+    store: &dyn SnapshotStore,
+    fs: &dyn FileSystem,
+    path: &Path,
+    file: &str,
+    size: u64,
+) -> Result<String, String> {
+    let object = store
+        .list("")
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|l| {
+            l.size == size
+                && l.name.split('/').nth(1) == Some("files")
+                && l.name
+                    .rsplit('/')
+                    .next()
+                    .and_then(|base| base.rsplit_once('.'))
+                    .is_some_and(|(name, _crc)| name == file)
+        })
+        .ok_or_else(|| format!("{file} ({size} bytes) is not in the store"))?
+        .name;
+    let mut f = fs
+        .create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut sink = AtWriter {
+        file: &mut *f,
+        at: 0,
+    };
+    let got = store
+        .get(&object, &mut sink)
+        .map_err(|e| format!("{object}: {e}"))?;
+    if got != size {
+        return Err(format!("{object}: {got} bytes, {size} expected"));
+    }
+    f.sync_data()
+        .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+    Ok(object)
+}
+
 /// Verifies the chain's files downloaded under their temp names in `dir`: each file's
 /// own checksums, its index, and each delta's parent.
 fn verify_chain(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), String> {

@@ -802,3 +802,75 @@ fn a_snapshot_gone_from_its_sender_is_replaced_by_a_newer_offer() {
         .file;
     assert_ne!(now, newest);
 }
+
+static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn with_store(c: &mut Config) {
+    small(c);
+    c.snapshot_send_bytes_per_sec = 256 * 1024;
+    c.snapshot_store = Some(flintlog::store::StoreConfig::new(
+        STORE.get().unwrap().display().to_string(),
+    ));
+}
+
+/// Cuts n3 off while `n` writes go through n1 and n2 (the leader compacts past it),
+/// waits until the leader's newest snapshot is in the store (if it can be), then lets
+/// n3 back.
+fn strand_n3_with_store(g: &Group, from: u64, n: u64, uploaded: bool) {
+    g.converge(&[1, 2, 3]);
+    g.cut_off(3, true);
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in from..from + n {
+        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
+    }
+    let s = g.converge(&[1, 2]);
+    assert!(
+        s.iter().all(|s| s.first_index > g.status(3).applied + 1),
+        "{s:#?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while uploaded
+        && !(1..=2).all(|id| {
+            let s = g.status(id);
+            s.store.unwrap().uploaded_index == s.management.snapshot.map(|f| f.offset.get())
+        })
+    {
+        assert!(Instant::now() < deadline, "uploads did not catch up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g.cut_off(3, false);
+}
+
+#[test]
+fn a_follower_fetches_the_offered_snapshot_from_the_store_and_falls_back_to_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    STORE.set(store.clone()).unwrap();
+    let g = Group::start(with_store);
+    for i in 0..50u64 {
+        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
+    }
+    strand_n3_with_store(&g, 50, 400, true);
+    let s = g.converge(&[1, 2, 3]);
+    let t = s[2].management.transfers;
+    assert_eq!(
+        (t.completed, t.from_store),
+        (1, 1),
+        "n3 fetched the snapshot from the store: {:#?}",
+        s[2]
+    );
+    assert!(files(&g.dirs[2], ".part").is_empty());
+    drop(g);
+    // A group whose store is gone: the leader sends it.
+    std::fs::rename(&store, store.with_extension("away")).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    let g = Group::start(with_store);
+    for i in 0..50u64 {
+        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
+    }
+    strand_n3_with_store(&g, 50, 400, false);
+    let s = g.converge(&[1, 2, 3]);
+    let t = s[2].management.transfers;
+    assert_eq!((t.completed, t.from_store), (1, 0), "{:#?}", s[2]);
+    assert!(files(&g.dirs[2], ".part").is_empty());
+}
