@@ -12,7 +12,7 @@ use super::*;
 #[allow(dead_code)]
 mod weed;
 
-fn store_config(prefix: &str) -> Option<StoreConfig> {
+pub(crate) fn store_config(prefix: &str) -> Option<StoreConfig> {
     let w = match weed::weed() {
         Ok(w) => w,
         Err(why) => {

@@ -104,7 +104,13 @@ fn p99(mut v: Vec<f64>) -> f64 {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
-fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
+fn catch_up(
+    dir: &Path,
+    keys: u64,
+    by_snapshot: bool,
+    rate: u64,
+    store: Option<&flintlog::store::StoreConfig>,
+) -> CatchUp {
     let net = Net::default();
     *net.nodes.write().expect("nodes") = vec![None, None, None];
     let config = |id: u64| {
@@ -120,6 +126,7 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
             trailing_entries: 0,
             ..flintlog::Policy::default()
         };
+        c.snapshot_store = store.cloned();
         c
     };
     for id in 1..=3u64 {
@@ -170,6 +177,13 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
         }
     }
     let held = target.last_index - status(&node(leader)).first_index + 1;
+    // With a store: the leader's snapshot in it before the follower comes back.
+    while store.is_some() && {
+        let s = status(&node(leader));
+        s.store.expect("store").uploaded_index != s.management.snapshot.map(|f| f.offset.get())
+    } {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Four writers through the leader, one write at a time each, timed: a second
     // before the follower is let back, and while it catches up.
     let stop = Arc::new(AtomicBool::new(false));
@@ -229,6 +243,12 @@ fn catch_up(dir: &Path, keys: u64, by_snapshot: bool, rate: u64) -> CatchUp {
         "caught up {} a snapshot",
         if by_snapshot { "without" } else { "with" }
     );
+    if store.is_some() {
+        assert_eq!(
+            t3.from_store, 1,
+            "the follower fetched the snapshot from the store"
+        );
+    }
     let sent = net.chunk_bytes.load(Ordering::Relaxed);
     // A restart of the caught-up follower, its disk intact: until it serves a read.
     let restart_to_read = {
@@ -283,14 +303,20 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
             args.transfer_rate, args.runs
         ),
     );
-    let (mut snap, mut log) = (Vec::new(), Vec::new());
+    let (mut snap, mut log, mut stored) = (Vec::new(), Vec::new(), Vec::new());
+    let store = super::store::store_config(&format!("bench-i-{}", std::process::id()));
     for run in 0..args.runs {
         let d = fresh(&args.dir, &format!("i-snapshot-{run}"));
-        snap.push(catch_up(&d, keys, true, args.transfer_rate));
+        snap.push(catch_up(&d, keys, true, args.transfer_rate, None));
         let _ = std::fs::remove_dir_all(&d);
         let d = fresh(&args.dir, &format!("i-log-{run}"));
-        log.push(catch_up(&d, keys, false, args.transfer_rate));
+        log.push(catch_up(&d, keys, false, args.transfer_rate, None));
         let _ = std::fs::remove_dir_all(&d);
+        if let Some(store) = &store {
+            let d = fresh(&args.dir, &format!("i-store-{run}"));
+            stored.push(catch_up(&d, keys, true, args.transfer_rate, Some(store)));
+            let _ = std::fs::remove_dir_all(&d);
+        }
     }
     let med = |v: &[CatchUp], f: fn(&CatchUp) -> f64| median(v.iter().map(f).collect());
     let (ts, tl) = (med(&snap, |c| c.took), med(&log, |c| c.took));
@@ -331,7 +357,27 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
                 ),
                 format!("{:.2}", med(&log, |c| c.restart_to_read)),
             ],
-        ],
+        ]
+        .into_iter()
+        .chain((!stored.is_empty()).then(|| {
+            let t = med(&stored, |c| c.took);
+            vec![
+                "by snapshot, fetched from the store (SeaweedFS)".into(),
+                format!("{t:.2}"),
+                runs(&stored),
+                format!(
+                    "{} bytes from the leader",
+                    stored.last().map_or(0, |c| c.sent)
+                ),
+                format!(
+                    "{:.2} / {:.2}",
+                    med(&stored, |c| c.p99_idle),
+                    med(&stored, |c| c.p99_during)
+                ),
+                format!("{:.2}", med(&stored, |c| c.restart_to_read)),
+            ]
+        }))
+        .collect::<Vec<_>>(),
     );
     let ratio = med(&snap, |c| c.p99_during) / med(&snap, |c| c.p99_idle).max(1e-9);
     r.target(
