@@ -386,6 +386,7 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
         "<= 1.5x",
         ratio <= 1.5,
     );
+    bench_new_member(args, r);
     let line = format!(
         "catch-up by snapshot vs by the log ({keys} keys): {:.2}x the time",
         ts / tl
@@ -414,4 +415,157 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
         println!("{line}");
         r.md.push_str(&format!("{line}\n\n"));
     }
+}
+
+/// A new member added to a group of three that holds `keys` writes (compacted behind a
+/// snapshot in the store): seconds from starting it to its first linearizable read,
+/// loading the snapshot from the store (`bootstrap`) or receiving the leader's.
+fn new_member(dir: &Path, keys: u64, store: &flintlog::store::StoreConfig, bootstrap: bool) -> f64 {
+    let net = Net::default();
+    *net.nodes.write().expect("nodes") = vec![None, None, None, None];
+    let config = |id: u64, with_store: bool| {
+        let mut c = Config::new(dir.join(format!("n{id}")));
+        c.segment_bytes_max = 64 * 1024 * 1024;
+        c.policy = flintlog::Policy {
+            snapshot_entries: keys,
+            jitter_percent: 0,
+            auto_compact: true,
+            trailing_entries: 0,
+            ..flintlog::Policy::default()
+        };
+        c.snapshot_store = with_store.then(|| store.clone());
+        c
+    };
+    for id in 1..=3u64 {
+        let link = Box::new(Link {
+            from: id,
+            net: net.clone(),
+        });
+        let node = ClusterNode::open(&config(id, true), id, &[1, 2, 3], Arc::default(), link)
+            .expect("open");
+        net.nodes.write().expect("nodes")[id as usize - 1] = Some(Arc::new(node));
+    }
+    let node = |id: u64| {
+        net.nodes.read().expect("nodes")[id as usize - 1]
+            .clone()
+            .expect("up")
+    };
+    let leader = loop {
+        if let Some(id) = (1..=3).find(|&id| status(&node(id)).role == "leader") {
+            break id;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<Effect>>(2048);
+    let mut in_flight = 0;
+    for i in 0..keys {
+        if in_flight >= 1024 {
+            rx.recv().expect("answer").expect("write");
+            in_flight -= 1;
+        }
+        let tx = tx.clone();
+        node(leader).propose_with(
+            Command::Append(format!("set key{i:010}=value-{i:010}-0123456789abcdef").into_bytes()),
+            Reply::new(move |r| drop(tx.send(r))),
+        );
+        in_flight += 1;
+    }
+    for _ in 0..in_flight {
+        rx.recv().expect("answer").expect("write");
+    }
+    // The leader compacted behind its snapshot, and that snapshot is in the store.
+    while {
+        let s = status(&node(leader));
+        s.first_index <= 2
+            || s.store.expect("store").uploaded_index
+                != s.management.snapshot.map(|f| f.offset.get())
+    } {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = loop {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        node(leader).change_with(
+            flintlog::consensus::Change::AddLearner("n4".into()),
+            Reply::new(move |r| drop(tx.send(r))),
+        );
+        match rx.recv().expect("answer") {
+            Ok(flintlog::consensus::Changed::Done { id, .. }) => break id,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let started = Instant::now();
+    let link = Box::new(Link {
+        from: added,
+        net: net.clone(),
+    });
+    let n4 = Arc::new(
+        ClusterNode::open(&config(added, bootstrap), added, &[], Arc::default(), link)
+            .expect("join"),
+    );
+    net.nodes.write().expect("nodes")[added as usize - 1] = Some(n4.clone());
+    let took = loop {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        n4.read_with(
+            flintlog::cluster::ReadQuery::Key(format!("key{:010}", keys - 1)),
+            Reply::new(move |r| drop(tx.send(r))),
+        );
+        if let Ok(flintlog::cluster::ReadAnswer::Value(Some(_))) = rx.recv().expect("answer") {
+            break started.elapsed().as_secs_f64();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let t = status(&n4).management.transfers;
+    assert_eq!(
+        (t.completed, t.started),
+        if bootstrap { (0, 0) } else { (1, 1) },
+        "the new member {} the leader's snapshot",
+        if bootstrap {
+            "received"
+        } else {
+            "did not receive"
+        }
+    );
+    drop(n4);
+    for id in 1..=added {
+        stop_node(&net, id);
+    }
+    took
+}
+
+/// Section i's last table: a new member's time to its first read.
+pub(crate) fn bench_new_member(args: &Args, r: &mut Report) {
+    let Some(store) = super::store::store_config(&format!("bench-m-{}", std::process::id())) else {
+        return;
+    };
+    let keys = args.transfer_keys;
+    let (mut from_store, mut from_leader) = (Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let mut store = store.clone();
+        store.url = format!("{}-{run}", store.url);
+        let d = fresh(&args.dir, &format!("i-member-store-{run}"));
+        from_store.push(new_member(&d, keys, &store, true));
+        let _ = std::fs::remove_dir_all(&d);
+        let d = fresh(&args.dir, &format!("i-member-leader-{run}"));
+        from_leader.push(new_member(&d, keys, &store, false));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    r.table(
+        &[
+            "a new member, started to first read",
+            "seconds (median)",
+            "runs",
+        ],
+        &[
+            vec![
+                "loading the group's snapshot from the store".into(),
+                format!("{:.2}", median(from_store.clone())),
+                format!("{from_store:.2?}"),
+            ],
+            vec![
+                "receiving the leader's snapshot".into(),
+                format!("{:.2}", median(from_leader.clone())),
+                format!("{from_leader:.2?}"),
+            ],
+        ],
+    );
 }
