@@ -96,6 +96,37 @@ fn stop_node(net: &Net, id: u64) {
     }
 }
 
+/// The node among `ids` that leads, waiting for one.
+fn leader_among(node: &dyn Fn(u64) -> Arc<ClusterNode>, ids: &[u64]) -> u64 {
+    loop {
+        if let Some(&id) = ids.iter().find(|&&id| status(&node(id)).role == "leader") {
+            return id;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `keys` distinct keys through `leader`, 1,024 in flight.
+fn write_keys(leader: &ClusterNode, keys: u64) {
+    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<Effect>>(2048);
+    let mut in_flight = 0;
+    for i in 0..keys {
+        if in_flight >= 1024 {
+            rx.recv().expect("answer").expect("write");
+            in_flight -= 1;
+        }
+        let tx = tx.clone();
+        leader.propose_with(
+            Command::Append(format!("set key{i:010}=value-{i:010}-0123456789abcdef").into_bytes()),
+            Reply::new(move |r| drop(tx.send(r))),
+        );
+        in_flight += 1;
+    }
+    for _ in 0..in_flight {
+        rx.recv().expect("answer").expect("write");
+    }
+}
+
 fn p99(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -145,30 +176,9 @@ fn catch_up(
     };
     // A leader among n1 and n2, with n3 cut off.
     net.cut.lock().expect("cut").insert(3);
-    let leader = loop {
-        if let Some(id) = (1..=2).find(|&id| status(&node(id)).role == "leader") {
-            break id;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let leader = leader_among(&node, &[1, 2]);
     // The state: `keys` writes, 1,024 in flight.
-    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<Effect>>(2048);
-    let mut in_flight = 0;
-    for i in 0..keys {
-        if in_flight >= 1024 {
-            rx.recv().expect("answer").expect("write");
-            in_flight -= 1;
-        }
-        let tx = tx.clone();
-        node(leader).propose_with(
-            Command::Append(format!("set key{i:010}=value-{i:010}-0123456789abcdef").into_bytes()),
-            Reply::new(move |r| drop(tx.send(r))),
-        );
-        in_flight += 1;
-    }
-    for _ in 0..in_flight {
-        rx.recv().expect("answer").expect("write");
-    }
+    write_keys(&node(leader), keys);
     // Wait for the snapshot and the compaction (or for nothing, without them).
     let target = status(&node(leader));
     if by_snapshot {
@@ -450,29 +460,8 @@ fn new_member(dir: &Path, keys: u64, store: &flintlog::store::StoreConfig, boots
             .clone()
             .expect("up")
     };
-    let leader = loop {
-        if let Some(id) = (1..=3).find(|&id| status(&node(id)).role == "leader") {
-            break id;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<Effect>>(2048);
-    let mut in_flight = 0;
-    for i in 0..keys {
-        if in_flight >= 1024 {
-            rx.recv().expect("answer").expect("write");
-            in_flight -= 1;
-        }
-        let tx = tx.clone();
-        node(leader).propose_with(
-            Command::Append(format!("set key{i:010}=value-{i:010}-0123456789abcdef").into_bytes()),
-            Reply::new(move |r| drop(tx.send(r))),
-        );
-        in_flight += 1;
-    }
-    for _ in 0..in_flight {
-        rx.recv().expect("answer").expect("write");
-    }
+    let leader = leader_among(&node, &[1, 2, 3]);
+    write_keys(&node(leader), keys);
     // The leader compacted behind its snapshot, and that snapshot is in the store.
     while {
         let s = status(&node(leader));
