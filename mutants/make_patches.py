@@ -317,6 +317,12 @@ MUTANTS = [
      [("src/cluster/catch_up.rs",
        "        if d.store_tried {\n            return false;\n        }",
        "        if d.store_tried || !d.store_tried {\n            return false;\n        }")]),
+    ("shutdown-waits-for-the-upload",
+     "a node that stops waits for the upload in progress, however slow",
+     "--test it -- store::a_node_stops_promptly_in_the_middle_of_a_slow_upload",
+     [("src/actor/uploader.rs",
+       "                    .paced(self.parts.rate)\n                    .cancelled_by(&self.shared.stop);",
+       "                    .paced(self.parts.rate);")]),
 ]
 
 

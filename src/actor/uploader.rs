@@ -261,7 +261,8 @@ impl Uploader {
                 let mut source = store::FileSource::open(&*self.parts.fs, &self.parts.dir, f)
                     .map_err(|e| format!("reading {}: {e}", f.file))?
                     .expecting(crc)
-                    .paced(self.parts.rate);
+                    .paced(self.parts.rate)
+                    .cancelled_by(&self.shared.stop);
                 store
                     .put(&object, &mut source, f.size_bytes)
                     .map_err(|e| e.to_string())?;

@@ -424,6 +424,8 @@ pub(crate) struct FileSource<'f> {
     expected: Option<u32>,
     /// The rate limit, and when reading started.
     rate: Option<(u64, std::time::Instant)>,
+    /// Set when the reader should give up (the node is stopping).
+    cancel: Option<&'f std::sync::atomic::AtomicBool>,
 }
 
 impl<'f> FileSource<'f> {
@@ -435,12 +437,19 @@ impl<'f> FileSource<'f> {
             crc: 0,
             expected: None,
             rate: None,
+            cancel: None,
         })
     }
 
     /// Reads at most `bytes_per_sec` (0: no limit), sleeping as needed.
     pub(crate) fn paced(mut self, bytes_per_sec: u64) -> Self {
         self.rate = (bytes_per_sec > 0).then(|| (bytes_per_sec, std::time::Instant::now()));
+        self
+    }
+
+    /// Fails the next read once `flag` is set.
+    pub(crate) fn cancelled_by(mut self, flag: &'f std::sync::atomic::AtomicBool) -> Self {
+        self.cancel = Some(flag);
         self
     }
 
@@ -462,6 +471,12 @@ impl Read for FileSource<'_> {
         let want = buf.len().min(cap).min((self.size - self.at) as usize);
         if want == 0 {
             return Ok(0);
+        }
+        if self
+            .cancel
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire))
+        {
+            return Err(io::Error::other("the node is stopping"));
         }
         if let Some((rate, since)) = self.rate {
             let due = std::time::Duration::from_secs_f64(self.at as f64 / rate as f64);

@@ -541,3 +541,29 @@ fn both_stores_keep_the_same_contract() {
         assert_eq!(s.list("n1/files/").unwrap().len(), 1);
     }
 }
+
+#[test]
+fn a_node_stops_promptly_in_the_middle_of_a_slow_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = StoreConfig::new(dir.path().join("store").display().to_string());
+    // 64 KiB/s: the snapshot below would take about a minute to upload.
+    store.upload_bytes_per_sec = 64 * 1024;
+    let node = Node::open(config(&dir.path().join("n1"), &store)).unwrap();
+    let mut model = BTreeMap::new();
+    write(&node, &mut model, 0, 2_000, &"v".repeat(1000));
+    let s = node.snapshotter().snapshot().unwrap();
+    assert!(s.size_bytes > 2_000_000, "{s:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    node.shutdown().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} for the upload",
+        started.elapsed()
+    );
+    let left = store::open(&store).unwrap();
+    assert!(
+        store::manifests(&*left).unwrap().0.is_empty(),
+        "an upload cut short is no chain"
+    );
+}
