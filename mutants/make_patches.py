@@ -323,6 +323,12 @@ MUTANTS = [
      [("src/actor/uploader.rs",
        "                    .paced(self.parts.rate)\n                    .cancelled_by(&self.shared.stop);",
        "                    .paced(self.parts.rate);")]),
+    ("group-compaction-ignores-the-store",
+     "with compaction waiting for the store, a group member compacts behind snapshots the store lacks",
+     "--test it -- group::with_compaction_waiting_for_the_store_a_member_keeps_its_log_until_an_upload_lands",
+     [("src/cluster/admin.rs",
+       "            keep = keep.min(uploader.uploaded_index().map_or(0, |i| i + 1));",
+       "            keep = keep.min(uploader.uploaded_index().map_or(keep, |i| i + 1));")]),
 ]
 
 

@@ -874,3 +874,50 @@ fn a_follower_fetches_the_offered_snapshot_from_the_store_and_falls_back_to_the_
     assert_eq!((t.completed, t.from_store), (1, 0), "{:#?}", s[2]);
     assert!(files(&g.dirs[2], ".part").is_empty());
 }
+
+static WAITING_STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn compact_after_upload(c: &mut Config) {
+    small(c);
+    let mut store =
+        flintlog::store::StoreConfig::new(WAITING_STORE.get().unwrap().display().to_string());
+    store.compact_after_upload = true;
+    c.snapshot_store = Some(store);
+}
+
+#[test]
+fn with_compaction_waiting_for_the_store_a_member_keeps_its_log_until_an_upload_lands() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    // The store is down from the start: its directory is a file.
+    std::fs::write(&store, b"not a directory").unwrap();
+    WAITING_STORE.set(store.clone()).unwrap();
+    let g = Group::start(compact_after_upload);
+    for i in 0..400u64 {
+        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
+    }
+    let s = g.converge(&[1, 2, 3]);
+    for s in &s {
+        assert!(s.management.snapshots_written >= 2, "{s:#?}");
+        assert_eq!(
+            s.first_index, 1,
+            "compacted behind a snapshot the store lacks: {s:#?}"
+        );
+        assert!(s.store.as_ref().unwrap().failures > 0, "{s:#?}");
+    }
+    // Back: each member's next upload lands and its log is compacted behind it.
+    std::fs::remove_file(&store).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(1..=3).all(|id| g.status(id).first_index > 1) {
+        assert!(Instant::now() < deadline, "no compaction after the uploads");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for id in 1..=3 {
+        let s = g.status(id);
+        let uploaded = s.store.as_ref().unwrap().uploaded_index.unwrap();
+        assert!(
+            s.first_index <= uploaded + 1,
+            "compacted past the store: {s:#?}"
+        );
+    }
+}
