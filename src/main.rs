@@ -25,10 +25,9 @@ use flintlog::{Config, FsyncPolicy, Policy, inspect};
     flintlog --data-dir /var/lib/fl < input.jsonl   run as a node; files in /var/lib/fl/<node_id>/\n  \
     flintlog verify /var/lib/fl/n1                  check a directory; exit 1 on damage\n  \
     flintlog inspect /var/lib/fl/n1 --json          segments, snapshots, offsets\n  \
-    flintlog verify --store s3://bkt/fl --store-endpoint http://127.0.0.1:8333\n  \
-                                                    download and check every chain in a store\n  \
-    flintlog restore --from s3://bkt/fl --data-dir /var/lib/fl/n1\n  \
-                                                    a data directory from the newest chain\n\n\
+    flintlog verify --store s3://bkt/fl             download and check every chain in a store\n  \
+    flintlog restore --from s3://bkt/fl --data-dir /var/lib/fl/n1\n\
+\x20                                                 a data directory from its newest chain\n\n\
 The first line a node expects:\n  \
     {\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\"]}}\n\
 With several node_ids, the node joins that Raft group: deliver each line it writes to\n\
