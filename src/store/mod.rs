@@ -823,13 +823,16 @@ fn restore_into(
 
 /// For a single node's chain: an empty log that starts at the chain's index (its
 /// first segment, then `log.meta`), so that the node opens on the snapshot and
-/// appends from there.
+/// appends from there. For a group's snapshot: the install marker, so that a node
+/// started on the directory as a new member (`join`) finishes installing it and
+/// continues from the leader's log.
 fn start_log(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), String> {
     if m.files
         .iter()
         .any(|f| layout::parse_raft_snapshot(&f.name).is_some())
     {
-        return Ok(());
+        return crate::consensus::durable::mark_install(fs, dir, m.index, m.term)
+            .map_err(|e| format!("cannot mark the install: {e}"));
     }
     let header = crate::wal::segment::HEADER_BYTES;
     crate::wal::create_segment(fs, dir, m.index, header, false)

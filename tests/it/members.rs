@@ -281,13 +281,29 @@ fn a_new_member_bootstraps_from_the_store_and_catches_up_from_the_log() {
         "n4 started from a snapshot, not from the log's start: {n4:?}"
     );
 
+    // A directory made by `restore` from the store: a new member that continues from
+    // the leader's log.
+    let dir5 = g.dirs[0].parent().unwrap().join("n5");
+    let local = flintlog::store::LocalStore::open(&root).unwrap();
+    let r = flintlog::store::restore(&local, &flintlog::fs::RealFs, &dir5, None).unwrap();
+    assert!(
+        r.manifest.files[0].name.ends_with(".rsnap"),
+        "{:?}",
+        r.manifest
+    );
+    let added = add(&g, "n5");
+    assert!(matches!(added, Changed::Done { id: 5, .. }), "{added:?}");
+    g.join(5, &dir5);
+    let s = g.converge(&[1, 2, 3, 4, 5]);
+    assert_eq!(s[4].management.transfers.started, 0, "{:?}", s[4]);
+
     // The store down: the next new member falls back to the leader's snapshot.
     std::fs::rename(&root, root.with_extension("away")).unwrap();
     std::fs::write(&root, b"not a directory").unwrap();
     write_batch(&g, 1, 450, 50);
-    let added = add(&g, "n5");
-    assert!(matches!(added, Changed::Done { id: 5, .. }), "{added:?}");
-    g.join(5, &g.dirs[0].parent().unwrap().join("n5"));
-    let s = g.converge(&[1, 2, 3, 4, 5]);
-    assert_eq!(s[4].management.transfers.completed, 1, "{:?}", s[4]);
+    let added = add(&g, "n6");
+    assert!(matches!(added, Changed::Done { id: 6, .. }), "{added:?}");
+    g.join(6, &g.dirs[0].parent().unwrap().join("n6"));
+    let s = g.converge(&[1, 2, 3, 4, 5, 6]);
+    assert_eq!(s[5].management.transfers.completed, 1, "{:?}", s[5]);
 }
