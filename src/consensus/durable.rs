@@ -499,6 +499,13 @@ impl RaftLog {
             Some(found) => found,
             // (A new member that fetched a snapshot itself has a log, just installed,
             // and no state yet.)
+            None if installed && !founders.is_empty() => {
+                return Err(Error::Open(format!(
+                    "{} holds a group's snapshot restored for a new member: add the node with \
+                     member_add and start it with join",
+                    dir.display()
+                )));
+            }
             None if !(listing.segments.is_empty() && listing.snapshots.is_empty()
                 || installed && founders.is_empty()) =>
             {
