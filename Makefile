@@ -7,7 +7,7 @@
 #   make fuzz   the fuzz targets (needs a nightly toolchain and cargo-fuzz)
 #   make bench  the benchmarks, as ratios measured side by side; writes BENCHMARKS.md
 #   make bench-peers  the same appends against okaywal, raft-engine, SQLite; BENCHMARKS.md
-#   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~17 min)
+#   make mutants  plant each bug in mutants/*.patch in a scratch copy; its tests must fail (~25 min)
 #   make bench-cluster  a 3-node group against one node side by side, commit latency, failover
 #                 over 20 leader kills; writes the group part of BENCHMARKS.md (~3 min)
 #   make cluster  a 3-node Raft group for 60 s under partitions, kill -9, pauses and 10% loss,
