@@ -144,7 +144,14 @@ pub fn spawn(
     };
     let join = std::thread::Builder::new()
         .name("uploader".into())
-        .spawn(move || uploader.run(&woken))?;
+        .spawn(move || {
+            // Below the log's threads on the CPU: an upload can always wait.
+            // SAFETY: setpriority on this thread's own id; no memory is touched.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+            }
+            uploader.run(&woken)
+        })?;
     Ok((handle, join))
 }
 
