@@ -355,13 +355,11 @@ pub type Unreadable = Vec<(String, String)>;
 pub fn manifests(store: &dyn SnapshotStore) -> Result<(Vec<Manifest>, Unreadable), StoreError> {
     let mut found = Vec::new();
     let mut unreadable = Vec::new();
-    let mut names: Vec<String> = store
+    let names = store
         .list("")?
         .into_iter()
         .map(|l| l.name)
-        .filter(|n| is_manifest(n))
-        .collect();
-    names.sort_by_key(|n| std::cmp::Reverse(manifest_index(n)));
+        .filter(|n| is_manifest(n));
     for name in names {
         let mut bytes = Vec::new();
         match store.get(&name, &mut bytes) {

@@ -101,7 +101,7 @@ pub(crate) fn bench_store(args: &Args, r: &mut Report) {
     };
     // Throughput: the uploader unpaced.
     let node = open(0);
-    fill(&node, keys);
+    fill(&node, keys, keys);
     let (mut ups, mut restores, mut weed_ups, mut weed_downs) = (vec![], vec![], vec![], vec![]);
     let mut size = 0;
     for run in 0..args.runs {
@@ -259,38 +259,6 @@ fn snapshot_and_upload(node: &Node, measure: bool) -> (flintlog::SnapshotFile, f
     (snap, started.elapsed().as_secs_f64(), p99)
 }
 
-/// Writes `keys` distinct keys through 8 pipelined writers.
-fn fill(node: &Node, keys: u64) {
-    let app = node.appender().clone();
-    let app = &app;
-    let next = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(256, Ordering::Relaxed);
-                    if i >= keys {
-                        break;
-                    }
-                    let (tx, rx) = crossbeam_channel::unbounded();
-                    for k in i..(i + 256).min(keys) {
-                        let tx = tx.clone();
-                        app.kv_set_with(
-                            format!("key{k:08}"),
-                            format!("value-{k}"),
-                            Reply::new(move |r| drop(tx.send(r))),
-                        );
-                    }
-                    drop(tx);
-                    for r in rx {
-                        r.expect("write");
-                    }
-                }
-            });
-        }
-    });
-}
-
 /// The p99 (ms) of appends by 8 writers, one at a time each, until `done` or `limit`.
 fn writers_p99(node: &Node, limit: Duration, done: impl Fn() -> bool) -> f64 {
     let app = node.appender().clone();
@@ -318,9 +286,5 @@ fn writers_p99(node: &Node, limit: Duration, done: impl Fn() -> bool) -> f64 {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    let mut v = lat.into_inner().unwrap();
-    v.sort_by(f64::total_cmp);
-    v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0)
+    super::transfer::p99(lat.into_inner().unwrap())
 }

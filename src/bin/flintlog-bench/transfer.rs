@@ -127,7 +127,7 @@ fn write_keys(leader: &ClusterNode, keys: u64) {
     }
 }
 
-fn p99(mut v: Vec<f64>) -> f64 {
+pub(crate) fn p99(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
