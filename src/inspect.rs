@@ -159,7 +159,10 @@ fn report_files(fs: &dyn FileSystem, dir: &Path, ex: &mut Examination, listing: 
         let size_bytes = fs.open(&path, false).and_then(|f| f.len()).unwrap_or(0);
         // For a delta, `keys` counts the keys it sets or deletes; a cluster snapshot's
         // "offset" is its Raft index.
-        let read = if layout::parse_raft_snapshot(name).is_some() {
+        let read = if layout::is_raft_delta(name) {
+            snapshot::read_machine_delta(fs, &path)
+                .map(|m| (m.delta.offset, m.delta.changes.len() as u64))
+        } else if layout::parse_raft_snapshot(name).is_some() {
             snapshot::read_machine(fs, &path).map(|m| (m.index, m.state.map.len() as u64))
         } else if snapshot::is_delta(name) {
             snapshot::read_delta(fs, &path).map(|d| (d.offset, d.changes.len() as u64))
@@ -405,7 +408,7 @@ impl Examination {
 }
 
 fn kind(file: &str) -> &'static str {
-    if snapshot::is_delta(file) {
+    if snapshot::is_delta(file) || layout::is_raft_delta(file) {
         "delta"
     } else {
         "full"

@@ -2,13 +2,18 @@
 //! follower (see [`super::transfer`]); methods of the consensus actor.
 
 use super::*;
+use crate::consensus::image::Link;
 
 /// A snapshot being received: see [`transfer`].
 pub(super) struct Download {
     id: transfer::Identity,
-    /// The offer, stepped into raft-rs once the file is whole and in place.
+    /// The offer, stepped into raft-rs once the chain is whole and in place.
     msg: Message,
-    /// Bytes of the part file durable, and asked for so far.
+    /// The chain's files this node lacks, base first, and which one is being
+    /// received (all are whole once `at` reaches the end).
+    need: Vec<Link>,
+    at: usize,
+    /// Bytes of that file's part file durable, and asked for so far.
     durable: u64,
     asked: u64,
     /// Chunks are taken in order: the next one must start here.
@@ -45,6 +50,39 @@ pub(super) fn offer_wait(rate: u64) -> Duration {
     at_rate.max(Duration::from_secs(3))
 }
 
+impl Download {
+    /// The file being received.
+    fn current(&self) -> Option<&Link> {
+        self.need.get(self.at)
+    }
+
+    /// Whether `file` with `checksum` is the file being received.
+    fn receiving(&self, file: &str, checksum: u32) -> bool {
+        self.current()
+            .is_some_and(|l| l.file == file && l.checksum == checksum)
+    }
+
+    /// Goes on from the first needed file not yet whole (by its part file's length,
+    /// as `len` gives it), from that file's durable length.
+    fn skip_whole(&mut self, len: impl Fn(&str) -> Option<u64>) {
+        while let Some(l) = self.need.get(self.at) {
+            let have = len(&l.part_name()).unwrap_or(0).min(l.size);
+            if have < l.size {
+                (self.durable, self.asked, self.expected) = (have, have, have);
+                return;
+            }
+            self.at += 1;
+        }
+        (self.durable, self.asked, self.expected) = (0, 0, 0);
+    }
+
+    /// Starts over from zero, every file.
+    fn restart(&mut self) {
+        self.at = 0;
+        (self.durable, self.asked, self.expected) = (0, 0, 0);
+    }
+}
+
 impl Consensus {
     /// A leader offers a snapshot (`MsgSnapshot`, carrying its identity): receive it
     /// in full before raft-rs sees the offer. The same snapshot offered again goes on
@@ -73,8 +111,13 @@ impl Consensus {
         {
             return;
         }
-        let part = id.part_name();
-        let have = self.peer.store().file_len(&part).unwrap_or(0).min(id.size);
+        // The chain's files this node already holds are not received again.
+        let store = self.peer.store();
+        let need: Vec<Link> = id.links().into_iter().filter(|l| !store.holds(l)).collect();
+        let have: u64 = need
+            .iter()
+            .map(|l| store.file_len(&l.part_name()).unwrap_or(0).min(l.size))
+            .sum();
         let t = &mut self.manager.status.transfers;
         t.started += 1;
         if have > 0 {
@@ -83,27 +126,37 @@ impl Consensus {
         if self.download.is_some() {
             t.restarted += 1;
         }
+        let held = id.links().len() - need.len();
+        t.bytes_held += id.total_size() - need.iter().map(|l| l.size).sum::<u64>();
         log::info!(
-            "receiving snapshot {} (index {}, {} bytes) from node {}{}",
+            "receiving snapshot {} (index {}, {} file(s), {} bytes to receive{}) from node {}{}",
             id.file,
             id.index,
-            id.size,
+            need.len(),
+            need.iter().map(|l| l.size).sum::<u64>(),
+            if held > 0 {
+                format!(", {held} held already")
+            } else {
+                String::new()
+            },
             m.from,
             if have > 0 {
-                format!(", resuming at byte {have}")
+                format!(", resuming with {have} bytes received")
             } else {
                 String::new()
             }
         );
         self.manager.job(manage::Job::Forget {
-            keep: Some(part.clone()),
+            keep: need.iter().map(Link::part_name).collect(),
         });
-        self.download = Some(Download {
+        let mut d = Download {
             id,
             msg: m,
-            durable: have,
-            asked: have,
-            expected: have,
+            need,
+            at: 0,
+            durable: 0,
+            asked: 0,
+            expected: 0,
             asked_at: Instant::now(),
             finishing: false,
             started: Instant::now(),
@@ -111,7 +164,9 @@ impl Consensus {
             fetching: None,
             store_tried: false,
             from_store: false,
-        });
+        };
+        d.skip_whole(|name| store.file_len(name));
+        self.download = Some(d);
         if have == 0 && self.fetch_from_store() {
             return;
         }
@@ -130,14 +185,21 @@ impl Consensus {
         }
         d.store_tried = true;
         d.fetching = Some(Instant::now());
-        let (config, fs) = (config.clone(), fs.clone());
-        let (id, path) = (d.id.clone(), crate::fs::join(dir, &d.id.part_name()));
+        let (config, fs, dir) = (config.clone(), fs.clone(), dir.clone());
+        let (id, need) = (d.id.clone(), d.need.clone());
         let reports = self.manager.reporter();
         let spawned = std::thread::Builder::new()
             .name("store-fetch".into())
             .spawn(move || {
                 let outcome = crate::store::open(&config).and_then(|store| {
-                    crate::store::fetch_file(&*store, &*fs, &path, &id.file, id.size)
+                    let mut objects = Vec::new();
+                    for l in &need {
+                        let path = crate::fs::join(&dir, &l.part_name());
+                        objects.push(crate::store::fetch_file(
+                            &*store, &*fs, &path, &l.file, l.size, l.checksum,
+                        )?);
+                    }
+                    Ok(objects.join(", "))
                 });
                 let _ = reports.send(manage::Report::Fetched { id, outcome });
             });
@@ -165,9 +227,7 @@ impl Consensus {
         match outcome {
             Ok(object) => {
                 log::info!("fetched snapshot {} from the store ({object})", id.file);
-                d.durable = id.size;
-                d.asked = id.size;
-                d.expected = id.size;
+                d.at = d.need.len();
                 d.from_store = true;
             }
             Err(why) => {
@@ -175,34 +235,41 @@ impl Consensus {
                     "snapshot {} not fetched from the store ({why}): asking the leader",
                     id.file
                 );
-                d.durable = 0;
-                d.asked = 0;
-                d.expected = 0;
+                d.restart();
+                // What the fetch left in the part files is not trusted.
+                self.manager.job(manage::Job::Forget { keep: Vec::new() });
             }
         }
         self.ask();
     }
 
-    /// Asks the offering leader for the next window of chunks (or, when the file is
-    /// whole, has it verified and put in place).
+    /// Asks the offering leader for the next window of chunks of the file being
+    /// received (or, when the chain is whole, has it verified and put in place).
     pub(super) fn ask(&mut self) {
         let Some(d) = &mut self.download else { return };
         if d.finishing || d.fetching.is_some() {
             return;
         }
-        if d.durable >= d.id.size {
+        if d.current().is_some_and(|l| d.durable >= l.size) {
+            let store = self.peer.store();
+            d.skip_whole(|name| store.file_len(name));
+        }
+        let Some(l) = d.current().cloned() else {
             d.finishing = true;
             d.asked_at = Instant::now();
             d.received.get_or_insert(d.asked_at);
-            let id = d.id.clone();
-            return self.manager.job(manage::Job::Finish { id });
-        }
+            let (id, received) = (
+                d.id.clone(),
+                d.need.iter().map(|l| l.file.clone()).collect(),
+            );
+            return self.manager.job(manage::Job::Finish { id, received });
+        };
         d.expected = d.durable;
-        d.asked = (d.durable + u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES).min(d.id.size);
+        d.asked = (d.durable + u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES).min(l.size);
         d.asked_at = Instant::now();
         let part = transfer::Part::Ask {
-            file: d.id.file.clone(),
-            checksum: d.id.checksum,
+            file: l.file,
+            checksum: l.checksum,
             from: d.durable,
             count: transfer::WINDOW,
         };
@@ -217,7 +284,15 @@ impl Consensus {
                 from: at,
                 count,
             } => {
-                let index = crate::core::layout::parse_raft_snapshot(&file).unwrap_or(0);
+                // The index the follower goes on from: the offered chain's tip (it
+                // asks for the base first), or the file's own.
+                let own = crate::core::layout::parse_raft_snapshot(&file).unwrap_or(0);
+                let index = self
+                    .peer
+                    .followers_in_snapshot()
+                    .into_iter()
+                    .find(|(id, _)| *id == from)
+                    .map_or(own, |(_, tip)| tip.max(own));
                 self.serving.insert(from, (Instant::now(), index));
                 self.manager.job(manage::Job::Serve {
                     to: from,
@@ -237,9 +312,8 @@ impl Consensus {
                 crc,
             } => {
                 let Some(d) = &mut self.download else { return };
-                let ok = d.id.file == file
-                    && d.id.checksum == checksum
-                    && d.id.size == size
+                let ok = d.receiving(&file, checksum)
+                    && d.current().is_some_and(|l| l.size == size)
                     && at == d.expected
                     && at + data.len() as u64 <= size
                     && crc32c::crc32c(&data) == crc;
@@ -253,18 +327,18 @@ impl Consensus {
                 // One sync per window: the window's last chunk makes it durable.
                 let sync = d.expected >= d.asked;
                 self.manager.job(manage::Job::Receive {
-                    part: d.id.part_name(),
+                    part: crate::core::layout::snapshot_part(&file, checksum),
                     at,
                     data,
                     sync,
                 });
             }
             transfer::Part::Gone { file, checksum } => {
-                if self
-                    .download
-                    .as_ref()
-                    .is_some_and(|d| d.id.file == file && d.id.checksum == checksum)
-                {
+                if self.download.as_ref().is_some_and(|d| {
+                    d.need
+                        .iter()
+                        .any(|l| l.file == file && l.checksum == checksum)
+                }) {
                     log::info!(
                         "the leader no longer has snapshot {file}: waiting for a newer offer"
                     );
@@ -277,7 +351,7 @@ impl Consensus {
     /// The part file holds `durable` bytes durably.
     pub(super) fn received(&mut self, part: &str, durable: u64) {
         let Some(d) = &mut self.download else { return };
-        if d.id.part_name() != part || durable <= d.durable {
+        if d.current().is_none_or(|l| l.part_name() != part) || durable <= d.durable {
             return;
         }
         d.durable = durable;
@@ -291,13 +365,13 @@ impl Consensus {
     pub(super) fn downloaded(
         &mut self,
         id: transfer::Identity,
-        outcome: std::result::Result<(image::Image, crate::snapshot::SnapshotFile), String>,
+        outcome: std::result::Result<(image::Image, Vec<crate::snapshot::SnapshotFile>), String>,
     ) {
         let Some(d) = self.download.take_if(|d| d.id == id) else {
             return;
         };
         match outcome {
-            Ok((image, file)) => {
+            Ok((image, chain)) => {
                 self.manager.status.transfers.completed += 1;
                 if d.from_store {
                     self.manager.status.transfers.from_store += 1;
@@ -306,7 +380,7 @@ impl Consensus {
                 let received = d.received.unwrap_or(now);
                 let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_millis() as u64;
                 self.manager.status.transfers.last = Some(manage::Phases {
-                    bytes: id.size,
+                    bytes: d.need.iter().map(|l| l.size).sum(),
                     transfer_ms: ms(d.started, received),
                     verify_ms: ms(received, now),
                     install_ms: 0,
@@ -316,7 +390,7 @@ impl Consensus {
                 self.peer
                     .store_mut()
                     .offer(id.clone(), &image.voters, &image.learners);
-                self.manager.status.snapshot = Some(file);
+                self.manager.status.snapshot = chain.last().cloned();
                 self.newest_client = image.machine.next_offset;
                 // The install replaces the log's files: not while the compactor may
                 // still rewrite log.meta for the old log.
@@ -327,6 +401,7 @@ impl Consensus {
                 log::warn!("{why}; receiving it again from the start");
                 self.manager.status.transfers.restarted += 1;
                 self.download = Some(Download {
+                    at: 0,
                     durable: 0,
                     asked: 0,
                     expected: 0,
@@ -398,6 +473,23 @@ impl Consensus {
                 self.peer.snapshot_failed(id);
             }
         }
-        self.serving.retain(|_, (at, _)| at.elapsed() < manage::PIN);
+        // A follower that installed the snapshot it asked for and caught up past this
+        // node's newest snapshot needs nothing the compaction behind it frees: the log
+        // no longer waits for it (the policy's rule for followers takes over).
+        let newest = self
+            .manager
+            .status
+            .snapshot
+            .as_ref()
+            .map_or(0, |f| f.offset.get());
+        let matched: HashMap<u64, u64> = self
+            .peer
+            .followers()
+            .into_iter()
+            .map(|(id, m, _)| (id, m))
+            .collect();
+        self.serving.retain(|id, (at, index)| {
+            at.elapsed() < manage::PIN && matched.get(id).is_none_or(|m| *m < newest.max(*index))
+        });
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! The consensus actor cuts an [`Image`] (O(1): the map is shared) when the policy's
 //! entries or age trigger fires, and hands it to the **snapshotter** thread here, which
-//! writes `<index>.rsnap` crash-safely, applies retention, and reports back. Once a
+//! writes it crash-safely, as a full snapshot `<index>.rsnap` or, when the policy's
+//! chain allows, as a delta `<index>.rdelta` on the newest one (what changed since:
+//! the persistent maps' diff), applies retention (whole chains), and reports back. Once a
 //! snapshot is durable, the actor picks how much log to keep
 //! ([`policy::raft_keep_from`]: trailing entries, and on a leader back to a follower
 //! still catching up), stops reading below it, and sends the job to the node's
@@ -26,7 +28,8 @@ use crate::actor::compactor::{Compactor, CompactorMsg};
 use crate::actor::{Feedback, Reply, spawn_actor};
 use crate::config::Config;
 use crate::consensus::image::{self, Image};
-use crate::core::policy::{self, Policy, Progress, Thresholds};
+use crate::core::kv::KvState;
+use crate::core::policy::{self, ChainSize, Policy, Progress, SnapshotMode, Thresholds};
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
@@ -36,10 +39,10 @@ use super::Transport;
 use super::transfer::{CHUNK_BYTES, Identity, Part};
 use std::time::Duration;
 
-/// A snapshot to write, with the retention in force.
+/// A snapshot to write, with the policy in force (retention, chain length).
 pub(super) struct Cut {
     image: Image,
-    retain: u64,
+    policy: Policy,
 }
 
 /// Work for the snapshotter thread.
@@ -64,10 +67,11 @@ pub(super) enum Job {
         data: Vec<u8>,
         sync: bool,
     },
-    /// The part file of `id` is whole: verify it and rename it into place.
-    Finish { id: Identity },
+    /// The chain `id` is whole (the files named in `received` in their part files,
+    /// the others in place): verify it and rename the received files into place.
+    Finish { id: Identity, received: Vec<String> },
     /// Remove part files other than `keep` (a transfer that will not resume).
-    Forget { keep: Option<String> },
+    Forget { keep: Vec<String> },
 }
 
 /// Snapshot files pinned by a transfer stay this long after the last ask.
@@ -85,11 +89,11 @@ pub(super) enum Report {
     /// A member asked for snapshot `file`, which is not (or no longer) on this node's
     /// disk: it must not be offered again.
     Missing { file: String },
-    /// A received snapshot is whole, verified and in place, or why not (the part
-    /// file is then gone: the transfer starts over).
+    /// A received snapshot is whole, verified and in place (its chain's files, base
+    /// first), or why not (the part files are then gone: the transfer starts over).
     Downloaded {
         id: Identity,
-        outcome: std::result::Result<(Image, SnapshotFile), String>,
+        outcome: std::result::Result<(Image, Vec<SnapshotFile>), String>,
     },
     /// A snapshot offered was fetched from the snapshot store into its part file
     /// (whole and synced), or why not.
@@ -101,7 +105,10 @@ pub(super) enum Report {
 
 /// A durable snapshot.
 pub(super) struct Written {
+    /// Its tip: the file just written.
     pub file: SnapshotFile,
+    /// Its chain, base first (the tip last).
+    pub chain: Vec<SnapshotFile>,
     pub term: u64,
     /// The configuration it records: voters and learners.
     pub voters: Vec<u64>,
@@ -145,6 +152,9 @@ pub struct Transfers {
     /// Of those, how many were fetched from the snapshot store rather than sent by the
     /// leader.
     pub from_store: u64,
+    /// Bytes of offered chains this node held already (a base received with an earlier
+    /// snapshot) and did not receive again.
+    pub bytes_held: u64,
     /// Where the time of the last snapshot installed went.
     pub last: Option<Phases>,
 }
@@ -184,16 +194,18 @@ pub(super) struct Manager {
 
 impl Manager {
     /// Starts the snapshotter and compactor threads of a node whose log starts at
-    /// `first_offset`, whose newest snapshot is `newest`, with `on_disk` snapshots.
+    /// `first_offset`, whose newest snapshot is the chain `newest` (files, base first,
+    /// and the state at its tip), with `on_disk` snapshots.
     pub(super) fn start(
         fs: Arc<dyn FileSystem>,
         config: &Config,
         transport: Arc<dyn Transport>,
         first_offset: Offset,
         applied: u64,
-        newest: Option<SnapshotFile>,
+        newest: Option<(Vec<SnapshotFile>, KvState)>,
         on_disk: Vec<(u64, String)>,
     ) -> Result<Manager> {
+        let newest_file = newest.as_ref().and_then(|(chain, _)| chain.last().cloned());
         let pacing = Pacing {
             chunk_bytes: config.delete_chunk_bytes,
             pause: config.delete_pause,
@@ -208,6 +220,8 @@ impl Manager {
             sync_chunk: config.snapshot_sync_chunk_bytes,
             pacing,
             on_disk,
+            tip: newest,
+            parents: std::collections::HashMap::new(),
             reports: report_tx.clone(),
             transport,
             pinned: std::collections::HashMap::new(),
@@ -236,7 +250,7 @@ impl Manager {
             cutting: false,
             compacting: false,
             status: Management {
-                snapshot: newest,
+                snapshot: newest_file,
                 ..Management::default()
             },
             jobs: Some(job_tx),
@@ -281,8 +295,8 @@ impl Manager {
         self.round += 1;
         self.thresholds = self.policy.thresholds(self.seed, self.round);
         self.cutting = true;
-        let retain = self.policy.retain_snapshots;
-        if jobs.try_send(Job::Cut(Cut { image, retain })).is_err() {
+        let policy = self.policy;
+        if jobs.try_send(Job::Cut(Cut { image, policy })).is_err() {
             self.cutting = false;
         }
     }
@@ -318,7 +332,7 @@ impl Manager {
                     w.file.size_bytes,
                     w.term
                 );
-                let id = Identity::of(&w.file, w.term);
+                let id = Identity::of(&w.chain, w.term);
                 // (A cut taken before a snapshot from the leader was installed is older.)
                 if self
                     .status
@@ -416,6 +430,10 @@ struct Snapshotter {
     pacing: Pacing,
     /// Snapshots on disk, `(index, name)`, oldest first.
     on_disk: Vec<(u64, String)>,
+    /// The newest chain (base first) and the state at its tip: what a delta builds on.
+    tip: Option<(Vec<SnapshotFile>, KvState)>,
+    /// The file each delta on disk builds on, as learned.
+    parents: std::collections::HashMap<String, Option<String>>,
     reports: Sender<Report>,
     transport: Arc<dyn Transport>,
     /// Snapshots being sent, with the time of the last ask: retention keeps them.
@@ -469,21 +487,22 @@ impl Snapshotter {
                     }
                     continue;
                 }
-                Job::Finish { id } => {
-                    let outcome = self.finish(&id);
+                Job::Finish { id, received } => {
+                    let outcome = self.finish(&id, &received);
                     let _ = self.reports.send(Report::Downloaded { id, outcome });
                     continue;
                 }
                 Job::Forget { keep } => {
-                    self.forget(keep.as_deref());
+                    self.forget(&keep);
                     continue;
                 }
             };
             let started = Instant::now();
             let r = self.write(&cut);
             let failed = matches!(r, Err((_, true)));
-            let r = r.map(|file| Written {
-                file,
+            let r = r.map(|chain| Written {
+                file: chain.last().cloned().expect("a chain has a file"),
+                chain,
                 term: cut.image.term,
                 voters: cut.image.voters.clone(),
                 learners: cut.image.learners.clone(),
@@ -498,43 +517,132 @@ impl Snapshotter {
         log::debug!("cluster snapshotter stopped");
     }
 
-    fn write(&mut self, cut: &Cut) -> std::result::Result<SnapshotFile, (String, bool)> {
+    /// Writes a cut, as a delta on the newest chain when the policy allows it, then
+    /// applies retention; returns the new chain, base first.
+    fn write(&mut self, cut: &Cut) -> std::result::Result<Vec<SnapshotFile>, (String, bool)> {
         let index = cut.image.index();
         let failed = |what: &str, e: std::io::Error| {
             let fatal = is_sync_failure(&e);
             (format!("{what}: {e}"), fatal)
         };
-        let file = image::write(&*self.fs, &self.dir, &cut.image, self.sync_chunk)
-            .map_err(|e| failed(&format!("writing the snapshot at index {index}"), e))?;
+        let on = self.tip.take().filter(|(chain, _)| {
+            let (base, deltas) = chain.split_first().expect("a chain has a file");
+            let size = ChainSize {
+                deltas: deltas.len() as u64,
+                deltas_bytes: deltas.iter().map(|d| d.size_bytes).sum(),
+                base_bytes: base.size_bytes,
+            };
+            chain.last().is_some_and(|t| t.offset.get() < index)
+                && chain
+                    .iter()
+                    .all(|f| self.on_disk.iter().any(|(_, n)| *n == f.file))
+                && policy::next_is_delta(SnapshotMode::Auto, Some(size), &cut.policy)
+        });
+        let written = match &on {
+            Some((chain, state)) => {
+                let parent = chain.last().expect("a chain has a file");
+                image::write_delta(
+                    &*self.fs,
+                    &self.dir,
+                    &cut.image,
+                    parent,
+                    state,
+                    self.sync_chunk,
+                )
+                .map(|file| {
+                    self.parents
+                        .insert(file.file.clone(), Some(parent.file.clone()));
+                    let mut chain = chain.clone();
+                    chain.push(file);
+                    chain
+                })
+            }
+            None => {
+                image::write(&*self.fs, &self.dir, &cut.image, self.sync_chunk).map(|f| vec![f])
+            }
+        };
+        let chain = match written {
+            Ok(chain) => chain,
+            Err(e) => {
+                self.tip = on;
+                return Err(failed(&format!("writing the snapshot at index {index}"), e));
+            }
+        };
+        let file = chain.last().expect("a chain has a file");
+        self.checksums.insert(file.file.clone(), file.checksum);
         self.on_disk.retain(|(i, _)| *i != index);
         self.on_disk.push((index, file.file.clone()));
-        // Retention: the newest `retain` stay. Each dropped file is renamed to a temp
-        // name (removed at the next start) and the rename made durable before it is
-        // freed step by step, so no half-freed file is ever read as a snapshot.
-        // Every cluster snapshot is a full one: a chain of one file.
         self.on_disk.sort();
-        let keep = (cut.retain.max(1) as usize).min(self.on_disk.len());
+        self.tip = Some((chain.clone(), cut.image.machine.kv.clone()));
+        self.retain(cut.policy.retain_snapshots)?;
+        Ok(chain)
+    }
+
+    /// Retention: the newest `retain` chains stay whole (each chain ranked by its
+    /// newest file), and so do the chains of snapshots being sent. Each dropped file is
+    /// renamed to a temp name (removed at the next start) and the rename made durable
+    /// before it is freed step by step, so no half-freed file is ever read as a
+    /// snapshot.
+    fn retain(&mut self, retain: u64) -> std::result::Result<(), (String, bool)> {
         self.pinned.retain(|_, at| at.elapsed() < PIN);
-        let dropped: Vec<(u64, String)> = self.on_disk[..self.on_disk.len() - keep]
-            .iter()
-            .filter(|(_, name)| !self.pinned.contains_key(name))
-            .cloned()
-            .collect();
-        if dropped.is_empty() {
-            return Ok(file);
+        let on_disk = self.on_disk.clone();
+        let mut root = std::collections::HashMap::new();
+        for (_, name) in &on_disk {
+            let r = self.root_of(name);
+            root.insert(name.clone(), r);
         }
-        self.on_disk
-            .retain(|(_, n)| !dropped.iter().any(|(_, d)| d == n));
-        let names: Vec<String> = dropped.iter().map(|(_, n)| n.clone()).collect();
-        crate::snapshot::retire(&*self.fs, &self.dir, &names, &self.pacing).map_err(|e| {
+        let dropped = chains_dropped(&on_disk, &root, retain, &self.pinned);
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        self.on_disk.retain(|(_, n)| !dropped.contains(n));
+        crate::snapshot::retire(&*self.fs, &self.dir, &dropped, &self.pacing).map_err(|e| {
             (
                 format!("syncing the directory after retiring snapshots: {e}"),
                 true,
             )
         })?;
-        self.checksums
-            .retain(|name, _| !dropped.iter().any(|(_, d)| d == name));
-        Ok(file)
+        for name in &dropped {
+            self.checksums.remove(name);
+            self.parents.remove(name);
+        }
+        Ok(())
+    }
+
+    /// The full snapshot at the root of `name`'s chain, if its links are all on disk.
+    fn root_of(&mut self, name: &str) -> Option<String> {
+        let mut at = name.to_string();
+        for _ in 0..=self.on_disk.len() {
+            if !crate::core::layout::is_raft_delta(&at) {
+                return Some(at);
+            }
+            at = self.parent_of(&at)?;
+        }
+        None
+    }
+
+    /// The file on disk delta `name` builds on (read from the delta once, then
+    /// remembered).
+    fn parent_of(&mut self, name: &str) -> Option<String> {
+        if let Some(p) = self.parents.get(name) {
+            return p.clone();
+        }
+        let found = crate::snapshot::read_machine_delta(&*self.fs, &join(&self.dir, name))
+            .ok()
+            .and_then(|d| {
+                let (index, crc) = (d.delta.parent_offset, d.delta.parent_checksum);
+                let candidates: Vec<String> = self
+                    .on_disk
+                    .iter()
+                    .filter(|(i, _)| *i == index)
+                    .map(|(_, n)| n.clone())
+                    .collect();
+                candidates
+                    .into_iter()
+                    .find(|n| self.identity_of(n).is_some_and(|(c, _)| c == crc))
+            });
+        self.parents.insert(name.to_string(), found.clone());
+        found
     }
 
     /// The body checksum and size of snapshot `file` on disk, if it is one of ours.
@@ -547,7 +655,8 @@ impl Snapshotter {
         if let Some(&crc) = self.checksums.get(file) {
             return Some((crc, size));
         }
-        let crc = crate::snapshot::read_machine(&*self.fs, &path)
+        // The header's checksum: the receiver verifies the whole file against it.
+        let crc = crate::snapshot::peek_machine(&*self.fs, &path)
             .ok()?
             .checksum;
         self.checksums.insert(file.to_string(), crc);
@@ -610,6 +719,7 @@ impl Snapshotter {
             log::warn!("snapshot {file} was asked for but is not on disk");
             self.on_disk.retain(|(_, n)| n != file);
             self.checksums.remove(file);
+            self.parents.remove(file);
             let _ = self.reports.send(Report::Missing {
                 file: file.to_string(),
             });
@@ -668,59 +778,208 @@ impl Snapshotter {
         Ok(Some(at + data.len() as u64))
     }
 
-    /// Verifies a whole part file and renames it into place.
-    fn finish(&mut self, id: &Identity) -> std::result::Result<(Image, SnapshotFile), String> {
-        let part = id.part_name();
+    /// Verifies a whole chain (the files in `received` in their part files) and
+    /// renames the received files into place, the tip last.
+    fn finish(
+        &mut self,
+        id: &Identity,
+        received: &[String],
+    ) -> std::result::Result<(Image, Vec<SnapshotFile>), String> {
+        let links = id.links();
+        let names: Vec<String> = links
+            .iter()
+            .map(|l| {
+                if received.contains(&l.file) {
+                    l.part_name()
+                } else {
+                    l.file.clone()
+                }
+            })
+            .collect();
         let checked =
-            image::read_as(&*self.fs, &self.dir, &part, id.index).and_then(|(image, info)| {
-                if info.checksum != id.checksum
-                    || info.size_bytes != id.size
-                    || image.term != id.term
-                {
-                    return Err(format!(
-                        "it is not the snapshot offered (checksum {:08x}, {} bytes, term {})",
-                        info.checksum, info.size_bytes, image.term
-                    ));
+            image::read_files(&*self.fs, &self.dir, &names, id.index).and_then(|(image, files)| {
+                for (f, l) in files.iter().zip(&links) {
+                    if f.checksum != l.checksum || f.size_bytes != l.size {
+                        return Err(format!(
+                            "{} is not the file offered (checksum {:08x}, {} bytes)",
+                            l.file, f.checksum, f.size_bytes
+                        ));
+                    }
+                }
+                if image.term != id.term {
+                    return Err(format!("its term is {}, not {}", image.term, id.term));
                 }
                 Ok(image)
             });
-        let path = join(&self.dir, &part);
         let image = match checked {
             Ok(image) => image,
             Err(why) => {
-                let _ = self.fs.remove(&path);
+                for l in links.iter().filter(|l| received.contains(&l.file)) {
+                    let _ = self.fs.remove(&join(&self.dir, &l.part_name()));
+                }
                 return Err(format!(
                     "the received snapshot {} does not verify: {why}",
                     id.file
                 ));
             }
         };
-        self.fs
-            .rename(&path, &join(&self.dir, &id.file))
+        // The chain's other files first, made durable, then the tip: a crash between
+        // leaves no tip whose chain is not whole.
+        let (tip, parents) = links.split_last().expect("a chain has a file");
+        let put = |l: &crate::consensus::image::Link| -> std::io::Result<()> {
+            if received.contains(&l.file) {
+                self.fs
+                    .rename(&join(&self.dir, &l.part_name()), &join(&self.dir, &l.file))?;
+            }
+            Ok(())
+        };
+        parents
+            .iter()
+            .try_for_each(put)
+            .and_then(|()| self.fs.sync_dir(&self.dir).map_err(crate::fs::sync_failed))
+            .and_then(|()| put(tip))
             .and_then(|()| self.fs.sync_dir(&self.dir).map_err(crate::fs::sync_failed))
             .map_err(|e| format!("putting the received snapshot {} in place: {e}", id.file))?;
-        self.on_disk.retain(|(i, _)| *i != id.index);
-        self.on_disk.push((id.index, id.file.clone()));
+        let mut chain = Vec::with_capacity(links.len());
+        let mut parent: Option<String> = None;
+        for l in &links {
+            let index = crate::core::layout::parse_raft_snapshot(&l.file).unwrap_or(0);
+            self.on_disk.retain(|(_, n)| *n != l.file);
+            self.on_disk.push((index, l.file.clone()));
+            self.checksums.insert(l.file.clone(), l.checksum);
+            if crate::core::layout::is_raft_delta(&l.file) {
+                self.parents.insert(l.file.clone(), parent.clone());
+            }
+            parent = Some(l.file.clone());
+            chain.push(SnapshotFile {
+                file: l.file.clone(),
+                offset: Offset::new(index),
+                size_bytes: l.size,
+                checksum: l.checksum,
+            });
+        }
         self.on_disk.sort();
-        self.checksums.insert(id.file.clone(), id.checksum);
-        let file = SnapshotFile {
-            file: id.file.clone(),
-            offset: Offset::new(id.index),
-            size_bytes: id.size,
-            checksum: id.checksum,
-        };
-        Ok((image, file))
+        self.tip = Some((chain.clone(), image.machine.kv.clone()));
+        Ok((image, chain))
     }
 
     /// Removes the part files other than `keep`.
-    fn forget(&mut self, keep: Option<&str>) {
+    fn forget(&mut self, keep: &[String]) {
         let Ok(names) = self.fs.list(&self.dir) else {
             return;
         };
         for name in crate::core::recovery::classify(names).parts {
-            if Some(name.as_str()) != keep {
+            if !keep.contains(&name) {
                 let _ = self.fs.remove(&join(&self.dir, &name));
             }
         }
+    }
+}
+
+/// Which snapshot files retention drops: `on_disk` (`(index, name)`) grouped into
+/// chains by their root (the full snapshot each file's chain starts from, `None` when
+/// a link is missing); the `retain` chains whose newest file is newest stay whole, and
+/// so do the chains of `pinned` files (being sent). A file whose chain is broken goes
+/// only when older than every chain kept.
+fn chains_dropped(
+    on_disk: &[(u64, String)],
+    root: &std::collections::HashMap<String, Option<String>>,
+    retain: u64,
+    pinned: &std::collections::HashMap<String, Instant>,
+) -> Vec<String> {
+    let mut newest: Vec<(u64, &str)> = Vec::new();
+    for (index, name) in on_disk {
+        if let Some(Some(r)) = root.get(name) {
+            match newest.iter_mut().find(|(_, n)| n == r) {
+                Some(e) => e.0 = e.0.max(*index),
+                None => newest.push((*index, r)),
+            }
+        }
+    }
+    newest.sort_by(|a, b| b.cmp(a));
+    let mut keep: Vec<&str> = newest
+        .iter()
+        .take(retain.max(1) as usize)
+        .map(|(_, r)| *r)
+        .collect();
+    for name in pinned.keys() {
+        if let Some(Some(r)) = root.get(name) {
+            keep.push(r);
+        }
+    }
+    let oldest_kept = on_disk
+        .iter()
+        .filter(|(_, n)| keep.contains(&n.as_str()))
+        .map(|(i, _)| *i)
+        .min()
+        .unwrap_or(0);
+    on_disk
+        .iter()
+        .filter(|(index, name)| match root.get(name) {
+            Some(Some(r)) => !keep.contains(&r.as_str()),
+            _ => *index < oldest_kept && !pinned.contains_key(name),
+        })
+        .map(|(_, n)| n.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::layout::{raft_delta as d, raft_snapshot as s};
+
+    fn roots(links: &[(&str, Option<&str>)]) -> std::collections::HashMap<String, Option<String>> {
+        links
+            .iter()
+            .map(|(n, r)| (n.to_string(), r.map(str::to_string)))
+            .collect()
+    }
+
+    #[test]
+    fn retention_keeps_whole_chains_ranked_by_their_newest_file_and_those_being_sent() {
+        // Own chains at 100 and 300; a chain received from the leader, based at 200,
+        // whose deltas (400, 500) are the newest files.
+        let on_disk: Vec<(u64, String)> = vec![
+            (100, s(100)),
+            (150, d(150)),
+            (200, s(200)),
+            (300, s(300)),
+            (350, d(350)),
+            (400, d(400)),
+            (500, d(500)),
+        ];
+        let (s100, s200, s300) = (s(100), s(200), s(300));
+        let root = roots(&[
+            (&s(100), Some(&s100)),
+            (&d(150), Some(&s100)),
+            (&s(200), Some(&s200)),
+            (&s(300), Some(&s300)),
+            (&d(350), Some(&s300)),
+            (&d(400), Some(&s200)),
+            (&d(500), Some(&s200)),
+        ]);
+        let none = std::collections::HashMap::new();
+        // One chain: the received one (newest file 500), base and deltas whole.
+        let dropped = chains_dropped(&on_disk, &root, 1, &none);
+        assert_eq!(dropped, vec![s(100), d(150), s(300), d(350)]);
+        // Two: that one and the chain at 300.
+        assert_eq!(
+            chains_dropped(&on_disk, &root, 2, &none),
+            vec![s(100), d(150)]
+        );
+        // A delta of the oldest chain being sent keeps that chain too.
+        let pinned = [(d(150), Instant::now())].into_iter().collect();
+        assert_eq!(
+            chains_dropped(&on_disk, &root, 1, &pinned),
+            vec![s(300), d(350)]
+        );
+        // A delta whose chain is broken goes only when older than every chain kept.
+        let mut root = root;
+        root.insert(d(150), None);
+        root.insert(d(350), None);
+        assert_eq!(
+            chains_dropped(&on_disk, &root, 1, &none),
+            vec![s(100), d(150), s(300)]
+        );
     }
 }

@@ -225,19 +225,22 @@ impl ClusterNode {
         let mut loaded_conf = (who.founders.clone(), Vec::new());
         let mut newest_client_offset = Offset::ZERO;
         let (mut machine, newest) = match loaded {
-            Some((image, file)) => {
+            Some((image, chain)) => {
                 store.start_from_snapshot(image.index());
                 store.start_configured(&image.voters, &image.learners);
                 log::info!(
-                    "cluster node {id}: loaded snapshot {} (index {}, {} keys)",
-                    file.file,
+                    "cluster node {id}: loaded snapshot {} (index {}, a chain of {} file(s), \
+                     {} keys)",
+                    chain.last().map_or("", |f| f.file.as_str()),
                     image.index(),
+                    chain.len(),
                     image.machine.kv.map.len()
                 );
                 loaded_term = image.term;
                 loaded_conf = (image.voters.clone(), image.learners.clone());
                 newest_client_offset = image.machine.next_offset;
-                (image.machine, Some(file))
+                let kv = image.machine.kv.clone();
+                (image.machine, Some((chain, kv)))
             }
             None => (crate::consensus::Machine::default(), None),
         };
@@ -285,9 +288,9 @@ impl ClusterNode {
         let (jobs_tx, jobs) = crossbeam_channel::unbounded::<(u64, SyncJob)>();
         let (synced_tx, synced) = crossbeam_channel::unbounded();
         let transport: Arc<dyn Transport> = Arc::from(transport);
-        if let Some(file) = &newest {
+        if let Some((chain, _)) = &newest {
             peer.store_mut().offer(
-                transfer::Identity::of(file, loaded_term),
+                transfer::Identity::of(chain, loaded_term),
                 &loaded_conf.0,
                 &loaded_conf.1,
             );
@@ -1050,7 +1053,7 @@ impl Consensus {
             term: w.term,
             voters: names(&w.voters),
             learners: names(&w.learners),
-            files: vec![w.file.clone()],
+            files: w.chain.clone(),
         });
     }
 
@@ -1256,8 +1259,9 @@ fn bootstrap_from_store(
         let store = crate::store::open(config)?;
         let (all, _) = crate::store::manifests(&*store).map_err(|e| e.to_string())?;
         let ours = all.iter().filter(|m| {
-            m.files.len() == 1
-                && crate::core::layout::parse_raft_snapshot(&m.files[0].name).is_some()
+            m.files
+                .iter()
+                .all(|f| crate::core::layout::parse_raft_snapshot(&f.name).is_some())
                 && (known.is_empty() || m.voters.iter().any(|v| known.contains(v)))
         });
         let mut why = Vec::new();

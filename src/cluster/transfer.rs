@@ -1,17 +1,22 @@
 //! Snapshot transfer between members: the snapshot travels in chunks outside Raft.
 //!
 //! A leader whose follower needs entries it compacted lets raft-rs send a
-//! `MsgSnapshot` that carries only the snapshot's [`Identity`] (index, term, file
-//! name, size, body checksum) in place of the data. The follower does not step that
-//! message into raft-rs until it holds the whole file: it asks the sender for chunks
-//! ([`Part::Ask`]: a window of [`WINDOW`] chunks of at most [`CHUNK_BYTES`] from the
-//! first byte it lacks), writes each in order to `<file>.<checksum>.part`, syncs it
-//! at the end of the window, and asks on from there; a chunk whose CRC-32C does not match, or that arrives out
-//! of order, is dropped and asked again after [`ASK_AGAIN`]. The part file survives a
-//! restart of either side, a lost chunk and a leader change: the transfer resumes at
-//! its durable length as long as the snapshot offered is the same one (same name and
-//! checksum); another one starts from zero. Once whole, the file is verified (header,
-//! body checksum, the state machine decodes), renamed into place and the directory
+//! `MsgSnapshot` that carries only the snapshot's [`Identity`] (index, term, and each
+//! file of its chain, a full snapshot then the deltas on it, with sizes and body
+//! checksums) in place of the data. The follower does not step that message into
+//! raft-rs until it holds the whole chain. Files of the chain it already holds (the
+//! same name, size and checksum: a base received with an earlier snapshot, say) are
+//! not sent again; the others it receives one after the other, base first. For each, it
+//! asks the sender for chunks ([`Part::Ask`]: a window of [`WINDOW`] chunks of at most
+//! [`CHUNK_BYTES`] from the first byte it lacks), writes each in order to
+//! `<file>.<checksum>.part`, syncs it at the end of the window, and asks on from
+//! there; a chunk whose CRC-32C does not match, or that arrives out of order, is
+//! dropped and asked again after [`ASK_AGAIN`]. The part files survive a restart of
+//! either side, a lost chunk and a leader change: the transfer resumes at their durable
+//! lengths as long as the snapshot offered is the same one (same names and checksums);
+//! another one starts from zero. Once all are whole, the chain is verified (headers,
+//! body checksums, each delta building on the file before it, the state machine
+//! decodes), the received files renamed into place (the tip last) and the directory
 //! synced; only then is the message stepped, and raft-rs installs it.
 //!
 //! ```text
@@ -154,9 +159,25 @@ mod tests {
             file: crate::core::layout::raft_snapshot(1234),
             size: 99_999,
             checksum: 0xdead_beef,
+            parents: vec![],
         };
         assert_eq!(Identity::decode(&id.encode()), Ok(id.clone()));
         assert!(Identity::decode(&id.encode()[..30]).is_err());
+        let chain = Identity {
+            file: crate::core::layout::raft_delta(1234),
+            parents: vec![crate::consensus::image::Link {
+                file: crate::core::layout::raft_snapshot(1000),
+                size: 5_000_000,
+                checksum: 7,
+            }],
+            ..id.clone()
+        };
+        assert_eq!(Identity::decode(&chain.encode()), Ok(chain.clone()));
+        assert_eq!(chain.total_size(), 5_099_999);
+        let bytes = chain.encode();
+        for cut in [10, 30, bytes.len() - 1] {
+            assert!(Identity::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
         assert!(Identity::decode(b"FLNTSNIDxxxxxxxxxxxxxxxxxxxxxxxxxxxx../etc/passwd").is_err());
         let parts = [
             Part::Ask {

@@ -698,7 +698,7 @@ impl RaftLog {
     /// Stops offering snapshot `file` (it is no longer on disk); whether it was the
     /// one offered.
     pub fn withdraw(&mut self, file: &str) -> bool {
-        let offered = self.offered.as_ref().is_some_and(|(o, _)| o.file == file);
+        let offered = self.offered.as_ref().is_some_and(|(o, _)| o.names(file));
         if offered {
             self.offered = None;
         }
@@ -711,6 +711,13 @@ impl RaftLog {
             .open(&join(&self.dir, name), false)
             .and_then(|f| f.len())
             .ok()
+    }
+
+    /// Whether file `link.file` in the log's directory is that very file (by the size
+    /// and body checksum its header gives; the full check comes with the chain's).
+    pub fn holds(&self, link: &super::image::Link) -> bool {
+        crate::snapshot::peek_machine(&*self.fs, &join(&self.dir, &link.file))
+            .is_ok_and(|f| f.checksum == link.checksum && f.size_bytes == link.size)
     }
 
     /// Makes `id` the snapshot offered to a follower that needs entries this log no

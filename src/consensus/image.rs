@@ -27,7 +27,7 @@ use crate::consensus::Machine;
 use crate::consensus::command::Session;
 use crate::core::layout;
 use crate::core::position::Offset;
-use crate::fs::{FileSystem, join};
+use crate::fs::FileSystem;
 use crate::snapshot::{self, SnapshotFile};
 
 const VERSION: u32 = 2;
@@ -162,33 +162,74 @@ impl Image {
 }
 
 const IDENTITY_MAGIC: &[u8; 8] = b"FLNTSNID";
+const CHAIN_IDENTITY_MAGIC: &[u8; 8] = b"FLNTSNCH";
 
 /// Which snapshot a `MsgSnapshot` offers a follower (see `cluster::transfer`): what
-/// the offer carries in place of the data.
+/// the offer carries in place of the data. The snapshot is a chain: a full snapshot,
+/// then the deltas building on it; `file`, `size` and `checksum` are its tip's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// Its Raft index.
     pub index: u64,
     /// The term of that entry.
     pub term: u64,
-    /// Its file name in the sender's directory (`<index>.rsnap`).
+    /// Its tip's file name in the sender's directory (`<index>.rsnap` or
+    /// `<index>.rdelta`).
     pub file: String,
-    /// The file's size.
+    /// The tip's size.
     pub size: u64,
-    /// Its body checksum.
+    /// The tip's body checksum.
+    pub checksum: u32,
+    /// The files the tip builds on, base first (none when the tip is a full snapshot).
+    pub parents: Vec<Link>,
+}
+
+/// One file of a chain offered: its name, size and body checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub file: String,
+    pub size: u64,
     pub checksum: u32,
 }
 
+impl Link {
+    /// Where a follower keeps what it received of this file so far.
+    pub fn part_name(&self) -> String {
+        crate::core::layout::snapshot_part(&self.file, self.checksum)
+    }
+}
+
+fn cluster_name(file: String) -> Result<String, String> {
+    if crate::core::layout::parse_raft_snapshot(&file).is_none() {
+        return Err(format!("{file:?} is not a cluster snapshot's name"));
+    }
+    Ok(file)
+}
+
 impl Identity {
-    /// The bytes a `MsgSnapshot`'s data carries.
+    /// The bytes a `MsgSnapshot`'s data carries: for a chain of one file, index,
+    /// term, size, checksum and name; for a longer chain, index, term, then each
+    /// file (base first) as size, checksum, name length and name.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(48 + self.file.len());
-        b.extend_from_slice(IDENTITY_MAGIC);
-        for v in [self.index, self.term, self.size] {
-            b.extend_from_slice(&v.to_le_bytes());
+        if self.parents.is_empty() {
+            b.extend_from_slice(IDENTITY_MAGIC);
+            for v in [self.index, self.term, self.size] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&self.checksum.to_le_bytes());
+            b.extend_from_slice(self.file.as_bytes());
+            return b;
         }
-        b.extend_from_slice(&self.checksum.to_le_bytes());
-        b.extend_from_slice(self.file.as_bytes());
+        b.extend_from_slice(CHAIN_IDENTITY_MAGIC);
+        b.extend_from_slice(&self.index.to_le_bytes());
+        b.extend_from_slice(&self.term.to_le_bytes());
+        for l in self.links() {
+            b.extend_from_slice(&l.size.to_le_bytes());
+            b.extend_from_slice(&l.checksum.to_le_bytes());
+            b.extend_from_slice(&(l.file.len() as u32).to_le_bytes());
+            b.extend_from_slice(l.file.as_bytes());
+        }
         b
     }
 
@@ -197,37 +238,99 @@ impl Identity {
     /// # Errors
     /// What is wrong with it.
     pub fn decode(b: &[u8]) -> Result<Identity, String> {
-        if b.len() < 36 || &b[..8] != IDENTITY_MAGIC {
+        let u64_at = |at: usize| -> Result<u64, String> {
+            b.get(at..at + 8)
+                .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
+                .ok_or_else(|| "a snapshot identity cut short".to_string())
+        };
+        let u32_at = |at: usize| -> Result<u32, String> {
+            b.get(at..at + 4)
+                .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+                .ok_or_else(|| "a snapshot identity cut short".to_string())
+        };
+        if b.len() >= 36 && &b[..8] == IDENTITY_MAGIC {
+            let file = String::from_utf8(b[36..].to_vec()).map_err(|e| e.to_string())?;
+            return Ok(Identity {
+                index: u64_at(8)?,
+                term: u64_at(16)?,
+                size: u64_at(24)?,
+                checksum: u32_at(32)?,
+                file: cluster_name(file)?,
+                parents: Vec::new(),
+            });
+        }
+        if b.len() < 24 || &b[..8] != CHAIN_IDENTITY_MAGIC {
             return Err("not a snapshot identity".into());
         }
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-        let file = String::from_utf8(b[36..].to_vec()).map_err(|e| e.to_string())?;
-        if crate::core::layout::parse_raft_snapshot(&file).is_none() {
-            return Err(format!("{file:?} is not a cluster snapshot's name"));
+        let mut links = Vec::new();
+        let mut at = 24;
+        while at < b.len() {
+            let (size, checksum, len) = (u64_at(at)?, u32_at(at + 8)?, u32_at(at + 12)?);
+            let name = b
+                .get(at + 16..at + 16 + len as usize)
+                .ok_or("a snapshot identity cut short")?;
+            let file = String::from_utf8(name.to_vec()).map_err(|e| e.to_string())?;
+            links.push(Link {
+                file: cluster_name(file)?,
+                size,
+                checksum,
+            });
+            at += 16 + len as usize;
         }
+        let tip = links.pop().ok_or("a chain of no files")?;
         Ok(Identity {
-            index: u64_at(8),
-            term: u64_at(16),
-            size: u64_at(24),
-            checksum: u32::from_le_bytes(b[32..36].try_into().expect("4 bytes")),
-            file,
+            index: u64_at(8)?,
+            term: u64_at(16)?,
+            file: tip.file,
+            size: tip.size,
+            checksum: tip.checksum,
+            parents: links,
         })
     }
 
-    /// The identity of snapshot `file` (of this node), whose entry has term `term`.
-    pub fn of(file: &SnapshotFile, term: u64) -> Identity {
+    /// The identity of the chain `chain` (of this node, base first), whose tip's entry
+    /// has term `term`.
+    ///
+    /// # Panics
+    /// `chain` is empty.
+    pub fn of(chain: &[SnapshotFile], term: u64) -> Identity {
+        let (tip, parents) = chain.split_last().expect("a chain has a file");
         Identity {
-            index: file.offset.get(),
+            index: tip.offset.get(),
             term,
-            file: file.file.clone(),
-            size: file.size_bytes,
-            checksum: file.checksum,
+            file: tip.file.clone(),
+            size: tip.size_bytes,
+            checksum: tip.checksum,
+            parents: parents
+                .iter()
+                .map(|f| Link {
+                    file: f.file.clone(),
+                    size: f.size_bytes,
+                    checksum: f.checksum,
+                })
+                .collect(),
         }
     }
 
-    /// Where the follower keeps what it received so far.
-    pub fn part_name(&self) -> String {
-        crate::core::layout::snapshot_part(&self.file, self.checksum)
+    /// Every file of the chain, base first, the tip last.
+    pub fn links(&self) -> Vec<Link> {
+        let mut all = self.parents.clone();
+        all.push(Link {
+            file: self.file.clone(),
+            size: self.size,
+            checksum: self.checksum,
+        });
+        all
+    }
+
+    /// Whether file `file` is part of the chain.
+    pub fn names(&self, file: &str) -> bool {
+        self.file == file || self.parents.iter().any(|l| l.file == file)
+    }
+
+    /// The chain's size in bytes, all files.
+    pub fn total_size(&self) -> u64 {
+        self.size + self.parents.iter().map(|l| l.size).sum::<u64>()
     }
 }
 
@@ -253,43 +356,75 @@ pub fn write(
     )
 }
 
-/// Reads and verifies the snapshot `name` in `dir`.
+/// Writes `image` as the delta `<index>.rdelta` in `dir` building on `parent` (the
+/// chain's tip, cut from `parent_state`), crash-safely; returns the file once durable.
 ///
 /// # Errors
-/// What is wrong with it.
-pub fn read(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<(Image, SnapshotFile), String> {
-    let index = layout::parse_raft_snapshot(name).ok_or("not a cluster snapshot's name")?;
-    read_as(fs, dir, name, index)
-}
-
-/// Reads and verifies the file `name` in `dir` as the snapshot at `index` (a snapshot
-/// received under a temporary name).
-///
-/// # Errors
-/// What is wrong with it.
-pub fn read_as(
+/// As [`write`].
+pub fn write_delta(
     fs: &dyn FileSystem,
     dir: &Path,
-    name: &str,
-    index: u64,
-) -> Result<(Image, SnapshotFile), String> {
-    let file = snapshot::read_machine(fs, &join(dir, name))?;
+    image: &Image,
+    parent: &SnapshotFile,
+    parent_state: &crate::core::kv::KvState,
+    sync_chunk: u64,
+) -> std::io::Result<SnapshotFile> {
+    let kv = &image.machine.kv;
+    snapshot::write_machine_delta(
+        fs,
+        dir,
+        layout::raft_delta(image.index()),
+        image.index(),
+        &image.head(),
+        parent,
+        &parent_state.changes_to(kv),
+        kv.other_payloads,
+        sync_chunk,
+    )
+}
+
+/// Reads and verifies the chain ending at `tip` among the snapshots `on_disk`
+/// (`(index, name)`): the image at its tip, and its files, base first.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn read_chain(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    on_disk: &[(u64, String)],
+    tip: &str,
+) -> Result<(Image, Vec<SnapshotFile>), String> {
+    let index = layout::parse_raft_snapshot(tip).ok_or("not a cluster snapshot's name")?;
+    let (file, chain) = snapshot::read_machine_chain(fs, dir, on_disk, tip)?;
     if file.index != index {
         return Err(format!("its header says index {}", file.index));
     }
-    let info = SnapshotFile {
-        file: name.to_string(),
-        offset: Offset::from_disk(file.index),
-        size_bytes: file.size_bytes,
-        checksum: file.checksum,
-    };
-    Ok((Image::from_parts(file)?, info))
+    Ok((Image::from_parts(file)?, chain))
 }
 
-/// The newest snapshot among `on_disk` (as `(index, name)`) that verifies and from
-/// which the log continues (its index at least `first_index - 1`); damaged ones are
-/// skipped with a warning. `Ok(None)` when there is none and the log was never
-/// compacted (`first_index` 1: the state is rebuilt from the whole log).
+/// Reads and verifies the chain of files `names` in `dir` (a snapshot then its deltas,
+/// under whatever names they were received) as the chain whose tip is at `index`.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn read_files(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    names: &[String],
+    index: u64,
+) -> Result<(Image, Vec<SnapshotFile>), String> {
+    let (file, chain) = snapshot::read_machine_files(fs, dir, names)?;
+    if file.index != index {
+        return Err(format!("its tip's header says index {}", file.index));
+    }
+    Ok((Image::from_parts(file)?, chain))
+}
+
+/// The newest chain among `on_disk` (as `(index, name)`) that verifies and from which
+/// the log continues (its index at least `first_index - 1`): its image and its files,
+/// base first. Damaged ones are skipped with a warning. `Ok(None)` when there is none
+/// and the log was never compacted (`first_index` 1: the state is rebuilt from the
+/// whole log).
 ///
 /// # Errors
 /// The log was compacted and no snapshot reaches it: starting would lose the
@@ -299,12 +434,12 @@ pub fn load(
     dir: &Path,
     on_disk: &[(u64, String)],
     first_index: u64,
-) -> crate::Result<Option<(Image, SnapshotFile)>> {
+) -> crate::Result<Option<(Image, Vec<SnapshotFile>)>> {
     for (index, name) in on_disk.iter().rev() {
         if *index + 1 < first_index {
             break;
         }
-        match read(fs, dir, name) {
+        match read_chain(fs, dir, on_disk, name) {
             Ok(found) => return Ok(Some(found)),
             Err(why) => log::warn!("skipping cluster snapshot {name}: {why}"),
         }
@@ -325,7 +460,15 @@ pub fn load(
 mod tests {
     use super::*;
     use crate::consensus::{Command, Ticket};
+    use crate::fs::join;
     use crate::fs::sim::SimFs;
+
+    /// Reads the snapshot (a chain of one file) `name` in `dir`.
+    fn read(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<(Image, SnapshotFile), String> {
+        let index = layout::parse_raft_snapshot(name).ok_or("not a name")?;
+        let (image, chain) = read_chain(fs, dir, &[(index, name.to_string())], name)?;
+        Ok((image, chain.last().cloned().expect("a file")))
+    }
 
     fn sample(last: u64) -> Image {
         let mut m = Machine::default();
@@ -430,6 +573,51 @@ mod tests {
         assert!(load(&fs, dir, &[], 1).unwrap().is_none());
     }
 
+    #[test]
+    fn a_delta_reads_only_on_the_very_file_it_builds_on() {
+        let fs = SimFs::new();
+        let dir = Path::new("/n");
+        fs.create_dir_all(dir).unwrap();
+        let (a, b, c) = (sample(10), sample(20), sample(30));
+        let base = write(&fs, dir, &a, 4096).unwrap();
+        let d20 = write_delta(&fs, dir, &b, &base, &a.machine.kv, 4096).unwrap();
+        let d30 = write_delta(&fs, dir, &c, &d20, &b.machine.kv, 4096).unwrap();
+        assert_eq!(d30.file, "00000000000000000030.rdelta");
+        assert!(
+            d30.size_bytes < base.size_bytes + 200,
+            "a delta holds the changes"
+        );
+        let mut on_disk = vec![
+            (10, base.file.clone()),
+            (20, d20.file.clone()),
+            (30, d30.file.clone()),
+        ];
+        let (got, chain) = load(&fs, dir, &on_disk, 25).unwrap().unwrap();
+        assert_eq!(got, c);
+        assert_eq!(chain, vec![base.clone(), d20.clone(), d30.clone()]);
+        let names: Vec<String> = chain.iter().map(|f| f.file.clone()).collect();
+        assert_eq!(read_files(&fs, dir, &names, 30).unwrap().0, c);
+        // The base rewritten with other content (the same index, another checksum):
+        // the deltas no longer build on it, and nothing reaches index 25.
+        let other = Image {
+            term: 4,
+            ..sample(10)
+        };
+        write(&fs, dir, &other, 4096).unwrap();
+        let why = read_chain(&fs, dir, &on_disk, &d30.file).unwrap_err();
+        assert!(why.contains("another checksum"), "{why}");
+        assert!(
+            read_files(&fs, dir, &names, 30)
+                .unwrap_err()
+                .contains("builds on")
+        );
+        assert!(load(&fs, dir, &on_disk, 25).is_err());
+        // A delta whose parent is gone.
+        on_disk.remove(0);
+        let why = read_chain(&fs, dir, &on_disk, &d20.file).unwrap_err();
+        assert!(why.contains("not on disk"), "{why}");
+    }
+
     /// One step of a random workload: an entry at the next index.
     #[derive(Debug, Clone)]
     enum Step {
@@ -520,6 +708,44 @@ mod tests {
                 let o = Offset::new(o);
                 proptest::prop_assert_eq!(back.machine.index_of(o), full.index_of(o));
             }
+        }
+
+        /// The same for a chain: a snapshot at `base`, deltas at each later cut, read
+        /// back through the chain, then the rest of the log replayed on it.
+        #[test]
+        fn a_base_plus_deltas_plus_the_rest_of_the_log_equals_a_full_replay(
+            steps in proptest::collection::vec(step(), 1..120),
+            cuts in proptest::collection::btree_set(1..120usize, 1..5),
+        ) {
+            let cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= steps.len()).collect();
+            proptest::prop_assume!(!cuts.is_empty());
+            let mut full = Machine::default();
+            replay(&mut full, &steps, 0);
+            let fs = SimFs::new();
+            let dir = Path::new("/n");
+            fs.create_dir_all(dir).unwrap();
+            let mut on_disk = Vec::new();
+            let mut tip: Option<(SnapshotFile, crate::core::kv::KvState)> = None;
+            let mut at = Machine::default();
+            let mut done = 0;
+            for &cut in &cuts {
+                replay(&mut at, &steps[..cut], done);
+                done = cut;
+                let image = Image { term: 1, voters: vec![1, 2, 3], learners: vec![], machine: at.clone() };
+                let file = match &tip {
+                    None => write(&fs, dir, &image, 4096).unwrap(),
+                    Some((parent, state)) => write_delta(&fs, dir, &image, parent, state, 4096).unwrap(),
+                };
+                on_disk.push((cut as u64, file.file.clone()));
+                tip = Some((file, at.kv.clone()));
+            }
+            let (mut back, chain) = load(&fs, dir, &on_disk, 1).unwrap().unwrap();
+            proptest::prop_assert_eq!(chain.len(), cuts.len());
+            proptest::prop_assert_eq!(back.machine.digest(), at.digest());
+            proptest::prop_assert_eq!(&back.machine, &at);
+            replay(&mut back.machine, &steps, done);
+            proptest::prop_assert_eq!(back.machine.digest(), full.digest());
+            proptest::prop_assert_eq!(&back.machine, &full);
         }
     }
 }

@@ -10,6 +10,7 @@
 //!   00000000000000001500.delta        a delta on the chain, covering [0, 1500)
 //!   00000000000000002000.rsnap        a cluster node's snapshot: its state machine at
 //!                                     Raft index 2000 (entries [0, 2000) of its log)
+//!   00000000000000002500.rdelta       a cluster node's delta on its chain, at index 2500
 //!   <index>.rsnap.<crc>.part          a cluster snapshot being received (kept: resumed)
 //!   *.tmp                             an interrupted write (spare.log.tmp: the
 //!                                     next segment being prepared); removed at open
@@ -37,6 +38,9 @@ pub const SNAPSHOT_SUFFIX: &str = ".snap";
 /// Suffix of a cluster node's snapshot files (the replicated state machine at a Raft
 /// index).
 pub const RAFT_SNAPSHOT_SUFFIX: &str = ".rsnap";
+/// Suffix of a cluster node's deltas (what changed since the cluster snapshot or
+/// delta before it).
+pub const RAFT_DELTA_SUFFIX: &str = ".rdelta";
 /// Suffix of delta files (incremental snapshots).
 pub const DELTA_SUFFIX: &str = ".delta";
 /// Suffix of a file being written; recovery removes every such file.
@@ -87,9 +91,20 @@ pub fn raft_snapshot(index: u64) -> String {
     offset_name(index, RAFT_SNAPSHOT_SUFFIX)
 }
 
-/// The Raft index a cluster snapshot's file name stands for, if it is one.
+/// The file name of a cluster node's delta at Raft index `index`.
+pub fn raft_delta(index: u64) -> String {
+    offset_name(index, RAFT_DELTA_SUFFIX)
+}
+
+/// The Raft index a cluster snapshot's or delta's file name stands for, if it is one.
 pub fn parse_raft_snapshot(name: &str) -> Option<u64> {
     parse_offset_name(name, RAFT_SNAPSHOT_SUFFIX)
+        .or_else(|| parse_offset_name(name, RAFT_DELTA_SUFFIX))
+}
+
+/// Whether a file name (or path) is a cluster delta's.
+pub fn is_raft_delta(name: &str) -> bool {
+    name.ends_with(RAFT_DELTA_SUFFIX)
 }
 
 /// Suffix of a snapshot being received from another member.
@@ -103,7 +118,7 @@ pub fn snapshot_part(file: &str, checksum: u32) -> String {
 
 /// Whether a snapshot file name is a delta's.
 pub fn is_delta(name: &str) -> bool {
-    name.ends_with(DELTA_SUFFIX)
+    name.ends_with(DELTA_SUFFIX) && !is_raft_delta(name)
 }
 
 /// The temp name a file is written under before its rename.
@@ -150,6 +165,9 @@ mod tests {
         assert_eq!(parse_snapshot("00000000000000000001.log"), None);
         assert_eq!(parse_raft_snapshot(&raft_snapshot(42)), Some(42));
         assert_eq!(parse_snapshot(&raft_snapshot(42)), None);
+        assert_eq!(parse_raft_snapshot(&raft_delta(43)), Some(43));
+        assert!(is_raft_delta(&raft_delta(43)) && !is_raft_delta(&raft_snapshot(42)));
+        assert_eq!(parse_snapshot(&raft_delta(43)), None);
     }
 
     #[test]

@@ -510,6 +510,7 @@ pub(super) fn status_json((s, names): &(ClusterStatus, Names)) -> Value {
             "restarted": s.management.transfers.restarted,
             "completed": s.management.transfers.completed,
             "from_store": s.management.transfers.from_store,
+            "bytes_held": s.management.transfers.bytes_held,
             "last": s.management.transfers.last.map(|p| json!({
                 "bytes": p.bytes,
                 "transfer_ms": p.transfer_ms,

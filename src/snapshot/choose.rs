@@ -134,22 +134,18 @@ pub fn choose_machine(
         if first > 0 && *index < first + 1 {
             break;
         }
-        match read_machine(fs, &dir.join(name)) {
-            Ok(m) if m.index == *index => {
-                let file = SnapshotFile {
-                    file: name.clone(),
-                    offset: Offset::from_disk(m.index),
-                    size_bytes: m.size_bytes,
-                    checksum: m.checksum,
-                };
+        match read::read_machine_chain(fs, dir, snapshots, name) {
+            Ok((m, chain)) if m.index == *index => {
                 return Ok(Chosen {
-                    snapshot: Some(file.clone()),
-                    chain: vec![file],
+                    snapshot: chain.last().cloned(),
+                    chain,
                     state: m.state,
                     skipped,
                 });
             }
-            Ok(m) => skipped.push((name.clone(), format!("its header says index {}", m.index))),
+            Ok((m, _)) => {
+                skipped.push((name.clone(), format!("its header says index {}", m.index)))
+            }
             Err(why) => skipped.push((name.clone(), why)),
         }
     }

@@ -11,6 +11,8 @@ pub(super) const DELTA_MAGIC: &[u8; 8] = b"FLNTDLTA";
 
 pub(super) const MACHINE_MAGIC: &[u8; 8] = b"FLNTRSNP";
 
+pub(super) const MACHINE_DELTA_MAGIC: &[u8; 8] = b"FLNTRDLT";
+
 pub(super) const VERSION: u32 = 1;
 
 /// Most bytes one decoded pair may take: two strings of the largest payload.
@@ -49,6 +51,8 @@ pub(super) fn decode_header(
                 "delta"
             } else if magic == MACHINE_MAGIC {
                 "cluster snapshot"
+            } else if magic == MACHINE_DELTA_MAGIC {
+                "cluster delta"
             } else {
                 "snapshot"
             }

@@ -30,6 +30,15 @@
 //!   `consensus::image`), then the full snapshot's body
 //! ```
 //!
+//! A cluster node's delta (`<index>.rdelta`, magic `FLNTRDLT`, the same header with the
+//! Raft index) holds the consensus layer's fields at its index, whole, and what changed
+//! since its parent (a cluster snapshot or delta):
+//!
+//! ```text
+//! body: head (bincode byte string), then the delta's body (parent_offset being the
+//!   parent's Raft index)
+//! ```
+//!
 //! A file's identity is its body checksum: a delta names its parent by offset and
 //! checksum, so a chain (a full snapshot, then deltas each building on the one before)
 //! cannot be mixed up with another chain's files.
@@ -65,8 +74,11 @@ pub use choose::{Chosen, choose, choose_machine};
 pub use format::HEADER_BYTES;
 use format::*;
 use read::read_full;
-pub use read::{Delta, MachineFile, read, read_delta, read_identified, read_machine};
-pub use write::{to_bytes, write, write_delta, write_machine};
+pub use read::{
+    Delta, MachineDelta, MachineFile, peek_machine, read, read_delta, read_identified,
+    read_machine, read_machine_chain, read_machine_delta, read_machine_files,
+};
+pub use write::{to_bytes, write, write_delta, write_machine, write_machine_delta};
 
 /// Retires snapshot files retention dropped, one at a time: each is renamed to its
 /// temp name (which recovery removes), the rename made durable by a directory sync,

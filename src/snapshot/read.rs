@@ -23,10 +23,17 @@ pub fn read_delta(fs: &dyn FileSystem, path: &Path) -> Result<Delta, String> {
         .open(path, false)
         .map_err(|e| format!("cannot open: {e}"))?;
     let (header, mut r) = open_body(&*file, DELTA_MAGIC)?;
+    let delta = read_changes(&mut r, &header)?;
+    r.finish(&header)?;
+    Ok(delta)
+}
+
+/// Reads a delta body's fields and changes (after whatever precedes them).
+fn read_changes(r: &mut ChunkReader<'_>, header: &Header) -> Result<Delta, String> {
     let bad = |e: bincode::error::DecodeError| format!("body does not decode: {e}");
     let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
     let (parent_offset, parent_checksum, other_payloads, count): (u64, u32, u64, u64) =
-        bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+        bincode::decode_from_std_read(&mut *r, limited).map_err(bad)?;
     if count > header.body_len / 2 {
         return Err(format!(
             "body claims {count} changes in {} bytes",
@@ -42,14 +49,13 @@ pub fn read_delta(fs: &dyn FileSystem, path: &Path) -> Result<Delta, String> {
     let mut changes: Vec<Change> = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let (k, v): (String, Option<String>) =
-            bincode::decode_from_std_read(&mut r, limited).map_err(bad)?;
+            bincode::decode_from_std_read(&mut *r, limited).map_err(bad)?;
         let k: Arc<str> = Arc::from(k);
         if changes.last().is_some_and(|(l, _)| *l >= k) {
             return Err("keys are not in strictly ascending order".into());
         }
         changes.push((k, v.map(Arc::from)));
     }
-    r.finish(&header)?;
     Ok(Delta {
         offset: header.offset,
         checksum: header.body_crc,
@@ -58,6 +64,118 @@ pub fn read_delta(fs: &dyn FileSystem, path: &Path) -> Result<Delta, String> {
         other_payloads,
         changes,
     })
+}
+
+/// A cluster node's delta as read back: the consensus layer's head at its index, and
+/// the changes since its parent (`delta.parent_offset` is the parent's Raft index).
+#[derive(Debug)]
+pub struct MachineDelta {
+    pub size_bytes: u64,
+    pub head: Vec<u8>,
+    pub delta: Delta,
+}
+
+/// Reads and fully verifies a cluster node's delta (see [`write_machine_delta`]).
+///
+/// [`write_machine_delta`]: super::write_machine_delta
+///
+/// # Errors
+/// A sentence saying what is wrong.
+pub fn read_machine_delta(fs: &dyn FileSystem, path: &Path) -> Result<MachineDelta, String> {
+    let file = fs
+        .open(path, false)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let (header, mut r) = open_body(&*file, MACHINE_DELTA_MAGIC)?;
+    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
+    let head: Vec<u8> = bincode::decode_from_std_read(&mut r, limited)
+        .map_err(|e| format!("head does not decode: {e}"))?;
+    let delta = read_changes(&mut r, &header)?;
+    r.finish(&header)?;
+    Ok(MachineDelta {
+        size_bytes: header.body_len + HEADER_BYTES,
+        head,
+        delta,
+    })
+}
+
+/// The identity a cluster snapshot or delta's header gives (its index, body checksum
+/// and size), without reading its body: what a member compares with an offer before
+/// the full verification.
+///
+/// # Errors
+/// The file cannot be read, or its header is not a cluster file's.
+pub fn peek_machine(fs: &dyn FileSystem, path: &Path) -> Result<SnapshotFile, String> {
+    let file = fs
+        .open(path, false)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let (header, _) = open_body(&*file, MACHINE_MAGIC)
+        .or_else(|why| open_body(&*file, MACHINE_DELTA_MAGIC).map_err(|_| why))?;
+    Ok(SnapshotFile {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        offset: Offset::from_disk(header.offset),
+        size_bytes: header.body_len + HEADER_BYTES,
+        checksum: header.body_crc,
+    })
+}
+
+/// Reads and fully verifies the cluster chain `names` in `dir` (a snapshot, then
+/// deltas each building on the one before), returning the state at its tip (with the
+/// tip's index, checksum, size and head) and each file's identity, named as given.
+///
+/// # Errors
+/// A sentence saying which file is wrong and how, or that the chain is broken.
+pub fn read_machine_files(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    names: &[String],
+) -> Result<(MachineFile, Vec<SnapshotFile>), String> {
+    let (base, deltas) = names.split_first().ok_or("an empty chain")?;
+    let mut tip = read_machine(fs, &dir.join(base)).map_err(|e| format!("{base}: {e}"))?;
+    let mut files = vec![tip.identity(base)];
+    for name in deltas {
+        let d = read_machine_delta(fs, &dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        tip.extend(d, name)?;
+        files.push(tip.identity(name));
+    }
+    Ok((tip, files))
+}
+
+/// Reads and fully verifies the cluster chain ending at `tip` among the snapshots
+/// `on_disk` (`(index, name)`): each delta's parent is the file at its parent index
+/// with its parent checksum.
+///
+/// # Errors
+/// As [`read_machine_files`].
+pub fn read_machine_chain(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    on_disk: &[(u64, String)],
+    tip: &str,
+) -> Result<(MachineFile, Vec<SnapshotFile>), String> {
+    if !layout::is_raft_delta(tip) {
+        return read_machine_files(fs, dir, &[tip.to_string()]);
+    }
+    let d = read_machine_delta(fs, &dir.join(tip)).map_err(|e| format!("{tip}: {e}"))?;
+    let parent = d.delta.parent_offset;
+    let mut why = format!("{tip}: its parent at index {parent} is not on disk");
+    for (_, name) in on_disk.iter().filter(|(i, _)| *i == parent) {
+        match read_machine_chain(fs, dir, on_disk, name) {
+            Ok((mut m, mut files)) => {
+                if m.checksum != d.delta.parent_checksum {
+                    why = format!("{tip}: its parent {name} has another checksum");
+                    continue;
+                }
+                m.extend(d, tip)?;
+                files.push(m.identity(tip));
+                return Ok((m, files));
+            }
+            Err(e) => why = e,
+        }
+    }
+    Err(why)
 }
 
 /// Checks the header and length of a snapshot or delta file and returns a reader of
@@ -202,6 +320,36 @@ pub struct MachineFile {
     pub head: Vec<u8>,
     /// The key-value state.
     pub state: KvState,
+}
+
+impl MachineFile {
+    fn identity(&self, name: &str) -> SnapshotFile {
+        SnapshotFile {
+            file: name.to_string(),
+            offset: Offset::from_disk(self.index),
+            size_bytes: self.size_bytes,
+            checksum: self.checksum,
+        }
+    }
+
+    /// Applies delta `d` (named `name`), which must build on this very file.
+    fn extend(&mut self, d: MachineDelta, name: &str) -> Result<(), String> {
+        let delta = d.delta;
+        if (delta.parent_offset, delta.parent_checksum) != (self.index, self.checksum) {
+            return Err(format!(
+                "{name}: it builds on index {} (checksum {:08x}), not on the file before it \
+                 (index {}, checksum {:08x})",
+                delta.parent_offset, delta.parent_checksum, self.index, self.checksum
+            ));
+        }
+        self.state
+            .apply_changes(&delta.changes, delta.other_payloads);
+        self.index = delta.offset;
+        self.checksum = delta.checksum;
+        self.size_bytes = d.size_bytes;
+        self.head = d.head;
+        Ok(())
+    }
 }
 
 /// Reads the key-value part of a body: the counts, then the pairs in key order.

@@ -115,6 +115,31 @@ pub fn write_machine(
     })
 }
 
+/// Writes a cluster node's delta `name` at Raft index `index`, building on `parent`
+/// (the cluster snapshot or delta before it): `head` (the consensus layer's fields at
+/// `index`, whole: they are small) then the changes since `parent`, crash-safely as
+/// [`write`].
+///
+/// # Errors
+/// As [`write`].
+#[allow(clippy::too_many_arguments)]
+pub fn write_machine_delta(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: String,
+    index: u64,
+    head: &[u8],
+    parent: &SnapshotFile,
+    changes: &[Change],
+    other_payloads: u64,
+    sync_chunk: u64,
+) -> io::Result<SnapshotFile> {
+    write_file(fs, dir, name, MACHINE_DELTA_MAGIC, index, sync_chunk, |w| {
+        bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+        write_delta_body(w, parent, changes, other_payloads)
+    })
+}
+
 /// The recipe every kind shares: the body streamed after a placeholder header (synced
 /// every `sync_chunk` bytes), then the real header, all through [`create_durably`].
 pub(super) fn write_file(

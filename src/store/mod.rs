@@ -616,24 +616,28 @@ pub fn fetch_chain(
     result
 }
 
-/// Downloads the copy of snapshot file `file` (of `size` bytes) that some node put in
-/// the store into `path` (created or truncated), synced; returns the object's name.
-/// The caller verifies the file (its own header and body checksums).
+/// Downloads a copy of cluster snapshot file `file` (of `size` bytes, body checksum
+/// `checksum`) that some node put in the store into `path` (created or truncated),
+/// synced; returns the object's name. Members' files of the same name may differ (a
+/// delta at one index builds on each member's own chain): each candidate's header is
+/// checked until one has that checksum. The caller verifies the whole file.
 ///
 /// # Errors
-/// No object of that file with that size is in the store, or the download failed.
+/// No object of that file with that size and checksum is in the store, or the
+/// download failed.
 pub fn fetch_file(
     store: &dyn SnapshotStore,
     fs: &dyn FileSystem,
     path: &Path,
     file: &str,
     size: u64,
+    checksum: u32,
 ) -> Result<String, String> {
-    let object = store
+    let candidates: Vec<String> = store
         .list("")
         .map_err(|e| e.to_string())?
         .into_iter()
-        .find(|l| {
+        .filter(|l| {
             l.size == size
                 && l.name.split('/').nth(1) == Some("files")
                 && l.name
@@ -642,24 +646,39 @@ pub fn fetch_file(
                     .and_then(|base| base.rsplit_once('.'))
                     .is_some_and(|(name, _crc)| name == file)
         })
-        .ok_or_else(|| format!("{file} ({size} bytes) is not in the store"))?
-        .name;
-    let mut f = fs
-        .create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let mut sink = AtWriter {
-        file: &mut *f,
-        at: 0,
-    };
-    let got = store
-        .get(&object, &mut sink)
-        .map_err(|e| format!("{object}: {e}"))?;
-    if got != size {
-        return Err(format!("{object}: {got} bytes, {size} expected"));
+        .map(|l| l.name)
+        .collect();
+    let mut why = format!("{file} ({size} bytes) is not in the store");
+    for object in candidates {
+        let mut f = fs
+            .create(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut sink = AtWriter {
+            file: &mut *f,
+            at: 0,
+        };
+        let got = store
+            .get(&object, &mut sink)
+            .map_err(|e| format!("{object}: {e}"))?;
+        if got != size {
+            return Err(format!("{object}: {got} bytes, {size} expected"));
+        }
+        match crate::snapshot::peek_machine(fs, path) {
+            Ok(found) if found.checksum == checksum => {
+                f.sync_data()
+                    .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+                return Ok(object);
+            }
+            Ok(found) => {
+                why = format!(
+                    "{object} is another {file} (checksum {:08x}, {checksum:08x} offered)",
+                    found.checksum
+                )
+            }
+            Err(e) => why = format!("{object}: {e}"),
+        }
     }
-    f.sync_data()
-        .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
-    Ok(object)
+    Err(why)
 }
 
 /// Verifies the chain's files downloaded under their temp names in `dir`: each file's
@@ -667,17 +686,19 @@ pub fn fetch_file(
 fn verify_chain(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), String> {
     let (base, deltas) = m.files.split_first().ok_or("no files")?;
     let path = |f: &ChainFile| join(dir, &layout::temp(&f.name));
-    let mut tip = if let Some(index) = layout::parse_raft_snapshot(&base.name) {
-        let file = crate::snapshot::read_machine(fs, &path(base))
-            .map_err(|e| format!("{}: {e}", base.object))?;
-        if file.index != index {
+    if layout::parse_raft_snapshot(&base.name).is_some() {
+        // A group's chain: a cluster snapshot then its deltas, read through.
+        let names: Vec<String> = m.files.iter().map(|f| layout::temp(&f.name)).collect();
+        let (file, _) = crate::snapshot::read_machine_files(fs, dir, &names)?;
+        if file.index != m.index || layout::is_raft_delta(&base.name) {
             return Err(format!(
-                "{}: its header says index {}",
-                base.object, file.index
+                "the chain starts with {} and ends at index {}, the manifest says {}",
+                base.name, file.index, m.index
             ));
         }
-        (file.index, file.checksum)
-    } else {
+        return Ok(());
+    }
+    let mut tip = {
         let index = layout::parse_snapshot(&base.name).ok_or("not a full snapshot first")?;
         let (offset, checksum) = crate::snapshot::read_identified(fs, &path(base))
             .map(|(offset, checksum, _)| (offset, checksum))

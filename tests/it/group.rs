@@ -739,6 +739,80 @@ fn each_node_snapshots_and_compacts_its_own_log_on_request() {
 }
 
 #[test]
+fn a_follower_holding_the_base_of_the_offered_chain_receives_only_the_deltas() {
+    // Snapshots only when asked, each a delta on the first full one.
+    fn chains(c: &mut Config) {
+        small(c);
+        c.policy.snapshot_entries = 0;
+        c.policy.auto_compact = false;
+        c.policy.max_chain = 100;
+        c.policy.delta_share_percent = 1000;
+    }
+    let g = Group::start(chains);
+    let value = "x".repeat(100);
+    for from in (0..2000).step_by(100) {
+        g.append_many(
+            1,
+            (from..from + 100)
+                .map(|i| format!("set k{i}={value}"))
+                .collect(),
+        );
+    }
+    g.converge(&[1, 2, 3]);
+    let leader = g.leader(&[1, 2, 3]);
+    let n = g.node(leader);
+    let base = call(|r| n.snapshot_with(r)).unwrap();
+    assert!(base.file.ends_with(".rsnap"), "{base:?}");
+    for round in 1..=2u64 {
+        // n3 is cut off while the log grows; the leader snapshots (a delta) and
+        // compacts past it.
+        g.cut_off(3, true);
+        std::thread::sleep(Duration::from_millis(1500));
+        let o = g.append_many(
+            leader,
+            (0..100).map(|i| format!("set r{round}k{i}=v{i}")).collect(),
+        );
+        let end = Offset::new(o.last().unwrap().get() + 1);
+        call(|r| n.compact_with(end, r)).unwrap();
+        let s = g.status(leader);
+        let tip = s.management.snapshot.clone().expect("a snapshot");
+        assert!(tip.file.ends_with(".rdelta"), "{tip:?}");
+        assert!(s.first_index > g.status(3).applied + 1, "{s:#?}");
+        g.cut_off(3, false);
+        let all = g.converge(&[1, 2, 3]);
+        let t = all[2].management.transfers;
+        assert_eq!((t.completed, t.restarted), (round, 0), "{t:?}");
+        let got = t.last.expect("the phases of the transfer").bytes;
+        if round == 1 {
+            // Everything: the base and the first delta.
+            assert!(
+                got > base.size_bytes + tip.size_bytes / 2,
+                "{got} bytes, {t:?}"
+            );
+        } else {
+            // It held the base and the first delta: only the new delta travels.
+            assert_eq!(got, tip.size_bytes, "{t:?}");
+            assert!(t.bytes_held > base.size_bytes, "{t:?}");
+            assert!(got * 10 < base.size_bytes, "{got} vs {}", base.size_bytes);
+        }
+        assert!(files(&g.dirs[2], ".rsnap").contains(&base.file));
+        assert!(files(&g.dirs[2], ".rdelta").contains(&tip.file));
+        match g.read(3, ReadQuery::Key(format!("r{round}k99"))).unwrap() {
+            ReadAnswer::Value(v) => assert_eq!(v.as_deref(), Some("v99")),
+            other => panic!("{other:?}"),
+        }
+    }
+    // It restarts from the chain it received.
+    g.down(3);
+    g.up(3);
+    g.converge(&[1, 2, 3]);
+    match g.read(3, ReadQuery::Key("k1999".into())).unwrap() {
+        ReadAnswer::Value(v) => assert_eq!(v, Some(value)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_received_snapshot_that_does_not_verify_is_received_again_never_installed() {
     let g = Group::start(slow);
     strand_n3(&g);

@@ -1205,12 +1205,13 @@ fn main() -> ExitCode {
         count("first_index")
     );
     println!(
-        "transfers       snapshots received: {} started, {} resumed from a part file, {} chunk windows asked again, {} restarted from zero, {} completed",
+        "transfers       snapshots received: {} started, {} resumed from a part file, {} chunk windows asked again, {} restarted from zero, {} completed; {} bytes of chains held already, not sent again",
         transfer_total("started"),
         transfer_total("resumed"),
         transfer_total("asked_again"),
         transfer_total("restarted"),
-        transfer_total("completed")
+        transfer_total("completed"),
+        transfer_total("bytes_held")
     );
     println!(
         "replicas        {} at applied index {} (digest {})",
@@ -1265,6 +1266,7 @@ fn main() -> ExitCode {
             "asked_again": transfer_total("asked_again"),
             "restarted": transfer_total("restarted"),
             "completed": transfer_total("completed"),
+            "bytes_held": transfer_total("bytes_held"),
         },
         "replicas_agree": digests_equal,
         "members": members.iter().map(|&i| shared.ids[i].clone()).collect::<Vec<_>>(),
