@@ -78,6 +78,10 @@ struct CatchUp {
     restart_to_read: f64,
     /// Where the snapshot's time went on the follower (by snapshot only).
     phases: Option<flintlog::cluster::manage::Phases>,
+    /// By snapshot only: the follower cut off again while a tenth as many keys were
+    /// written, the leader's next snapshot a delta on the chain the follower holds:
+    /// seconds to catch up, bytes of chunks sent, bytes held and not sent.
+    again: Option<(f64, u64, u64)>,
 }
 
 /// Stops node `id` (once the links that may hold it for a moment let go).
@@ -108,6 +112,11 @@ fn leader_among(node: &dyn Fn(u64) -> Arc<ClusterNode>, ids: &[u64]) -> u64 {
 
 /// Writes `keys` distinct keys through `leader`, 1,024 in flight.
 fn write_keys(leader: &ClusterNode, keys: u64) {
+    write_keys_as(leader, keys, "key");
+}
+
+/// Writes `keys` distinct keys named `<prefix><number>`, 1,024 in flight.
+fn write_keys_as(leader: &ClusterNode, keys: u64, prefix: &str) {
     let (tx, rx) = crossbeam_channel::bounded::<flintlog::Result<Effect>>(2048);
     let mut in_flight = 0;
     for i in 0..keys {
@@ -117,7 +126,9 @@ fn write_keys(leader: &ClusterNode, keys: u64) {
         }
         let tx = tx.clone();
         leader.propose_with(
-            Command::Append(format!("set key{i:010}=value-{i:010}-0123456789abcdef").into_bytes()),
+            Command::Append(
+                format!("set {prefix}{i:010}=value-{i:010}-0123456789abcdef").into_bytes(),
+            ),
             Reply::new(move |r| drop(tx.send(r))),
         );
         in_flight += 1;
@@ -260,6 +271,44 @@ fn catch_up(
         );
     }
     let sent = net.chunk_bytes.load(Ordering::Relaxed);
+    let again = (by_snapshot && store.is_none()).then(|| {
+        // Cut off until the leader stops counting it as active, a tenth as many keys
+        // written, a snapshot (a delta on the chain) and a compaction past it asked of
+        // the leader, then let back.
+        net.cut.lock().expect("cut").insert(3);
+        std::thread::sleep(Duration::from_millis(1500));
+        let l = node(leader);
+        write_keys_as(&l, keys / 10, "again");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        l.snapshot_with(Reply::new(move |r| drop(tx.send(r))));
+        let tip = rx.recv().expect("answer").expect("snapshot");
+        assert!(tip.file.ends_with(".rdelta"), "a delta: {tip:?}");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        l.compact_with(tip.offset, Reply::new(move |r| drop(tx.send(r))));
+        rx.recv().expect("answer").expect("compaction");
+        let target = status(&l);
+        let before = (
+            net.chunk_bytes.load(Ordering::Relaxed),
+            status(&node(3)).management.transfers,
+        );
+        let started = Instant::now();
+        net.cut.lock().expect("cut").remove(&3);
+        while status(&node(3)).applied < target.applied {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = started.elapsed().as_secs_f64();
+        let t = status(&node(3)).management.transfers;
+        assert_eq!(
+            t.completed,
+            before.1.completed + 1,
+            "caught up by a snapshot"
+        );
+        (
+            took,
+            net.chunk_bytes.load(Ordering::Relaxed) - before.0,
+            t.bytes_held - before.1.bytes_held,
+        )
+    });
     // A restart of the caught-up follower, its disk intact: until it serves a read.
     let restart_to_read = {
         stop_node(&net, 3);
@@ -294,6 +343,7 @@ fn catch_up(
         p99_during,
         restart_to_read,
         phases: t3.last,
+        again,
     }
 }
 
@@ -369,6 +419,26 @@ pub(crate) fn bench_transfer(args: &Args, r: &mut Report) {
             ],
         ]
         .into_iter()
+        .chain(snap.iter().all(|c| c.again.is_some()).then(|| {
+            let again: Vec<(f64, u64, u64)> = snap.iter().filter_map(|c| c.again).collect();
+            let t = median(again.iter().map(|a| a.0).collect());
+            let (sent, held) = again.last().map_or((0, 0), |a| (a.1, a.2));
+            vec![
+                format!(
+                    "by snapshot again, {} more keys: the follower holds the base, receives the delta",
+                    keys / 10
+                ),
+                format!("{t:.2}"),
+                format!("{:.2?}", again.iter().map(|a| a.0).collect::<Vec<_>>()),
+                format!(
+                    "{:.1} MB of delta ({:.1} MB held, not sent)",
+                    sent as f64 / 1e6,
+                    held as f64 / 1e6
+                ),
+                "-".into(),
+                "-".into(),
+            ]
+        }))
         .chain((!stored.is_empty()).then(|| {
             let t = med(&stored, |c| c.took);
             vec![
