@@ -60,7 +60,7 @@ load: build
 	target/release/flintlog-load $(LOAD_ARGS)
 
 cluster: build
-	target/release/flintlog-cluster --replace --store $(CLUSTER_ARGS)
+	target/release/flintlog-cluster --replace --store --snapshot-entries 100 --trailing-entries 20 $(CLUSTER_ARGS)
 
 bench-cluster: build
 	target/release/flintlog-cluster --bench --out target/bench-cluster --markdown BENCHMARKS.md $(CLUSTER_ARGS)
