@@ -13,6 +13,7 @@ mod common;
 mod group_commit;
 mod latency;
 mod memory;
+mod protocol;
 mod recovery;
 mod snapshot;
 mod store;
@@ -21,6 +22,7 @@ mod transfer;
 use group_commit::*;
 use latency::*;
 use memory::*;
+use protocol::*;
 use recovery::*;
 use snapshot::*;
 use store::*;
@@ -56,7 +58,7 @@ struct Args {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Only the benchmarks whose letter is given (e.g. `ac`).
-    #[arg(long, default_value = "abcdefghij")]
+    #[arg(long, default_value = "abcdefghijk")]
     only: String,
     /// Keys written while a follower is away, in the catch-up benchmark (i).
     #[arg(long, default_value_t = 200_000)]
@@ -101,6 +103,7 @@ fn main() {
             'h' => bench_chain_recovery(&args, &mut r),
             'i' => bench_transfer(&args, &mut r),
             'j' => bench_store(&args, &mut r),
+            'k' => bench_protocol(&args, &mut r),
             other => eprintln!("no benchmark {other:?}"),
         }
         std::io::stdout().flush().ok();
