@@ -166,12 +166,7 @@ impl Consensus {
         if self.poisoned.is_some() {
             return;
         }
-        let newest = self
-            .manager
-            .status
-            .snapshot
-            .as_ref()
-            .map_or(0, |f| f.offset.get());
+        let newest = self.manager.newest_index();
         let needs_cut = !self.snapshot_waiters.is_empty()
             || self
                 .compact_waiters

@@ -476,12 +476,7 @@ impl Consensus {
         // A follower that installed the snapshot it asked for and caught up past this
         // node's newest snapshot needs nothing the compaction behind it frees: the log
         // no longer waits for it (the policy's rule for followers takes over).
-        let newest = self
-            .manager
-            .status
-            .snapshot
-            .as_ref()
-            .map_or(0, |f| f.offset.get());
+        let newest = self.manager.newest_index();
         let matched: HashMap<u64, u64> = self
             .peer
             .followers()

@@ -273,6 +273,11 @@ impl Manager {
         self.thresholds = policy.thresholds(self.seed, self.round);
     }
 
+    /// The Raft index of the newest durable snapshot (0 before the first).
+    pub(super) fn newest_index(&self) -> u64 {
+        self.status.snapshot.as_ref().map_or(0, |f| f.offset.get())
+    }
+
     /// Whether a snapshot is being written.
     pub(super) fn cutting(&self) -> bool {
         self.cutting

@@ -29,10 +29,9 @@ fn load(node: &Path, depth: usize, seconds: f64, out: &Path) -> f64 {
         .status()
         .expect("flintlog-load starts (build it: make build)");
     assert!(status.success(), "flintlog-load against {}", node.display());
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("report.json")).expect("the load report"),
-    )
-    .expect("JSON");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("the load report"))
+            .expect("JSON");
     report["appends_per_s"].as_f64().expect("appends_per_s")
 }
 
@@ -54,8 +53,18 @@ pub(crate) fn bench_protocol(args: &Args, r: &mut Report) {
     for (depth, target) in [(16usize, 0.7), (1, 0.5)] {
         let (mut n, mut e, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..args.runs {
-            let a = load(&node, depth, seconds, &fresh(&args.dir, &format!("k-node-{run}")));
-            let b = load(&echo, depth, seconds, &fresh(&args.dir, &format!("k-echo-{run}")));
+            let a = load(
+                &node,
+                depth,
+                seconds,
+                &fresh(&args.dir, &format!("k-node-{run}")),
+            );
+            let b = load(
+                &echo,
+                depth,
+                seconds,
+                &fresh(&args.dir, &format!("k-echo-{run}")),
+            );
             n.push(a);
             e.push(b);
             ratios.push(a / b);
