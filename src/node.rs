@@ -190,10 +190,7 @@ impl Node {
             .iter()
             .map(|(name, _)| name.clone())
             .collect();
-        let (snapshot, chain, state) = (chosen.snapshot, chosen.chain, chosen.state);
-        // The snapshotter builds the next delta on the chain's tip (an O(1) clone).
-        let tip_state = state.clone();
-        let mut state = state;
+        let (snapshot, chain, mut state) = (chosen.snapshot, chosen.chain, chosen.state);
         let replay_from = snapshot.as_ref().map_or(Offset::ZERO, |s| s.offset);
         let replaying = Instant::now();
         let (log, log_report) = Log::recover(
@@ -276,7 +273,6 @@ impl Node {
             feedback: feedback_tx,
             on_disk: on_disk.clone(),
             chain: chain.clone(),
-            tip_state,
             uploader: uploader.as_ref().map(|(h, _)| h.clone()),
         })
         .map_err(spawn_err)?;

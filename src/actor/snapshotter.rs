@@ -68,9 +68,11 @@ pub(crate) struct Snapshotter {
     dir: PathBuf,
     sync_chunk: u64,
     /// The chain the next delta would extend: its files (the full snapshot first)
-    /// and the state at its tip.
+    /// and the state at its tip: `None` after opening, read back from the chain's
+    /// files when the first delta needs it (keeping the loaded state from the start
+    /// would make the replay of the log copy every node of the map it touches).
     chain: Vec<SnapshotFile>,
-    tip_state: KvState,
+    tip_state: Option<KvState>,
     /// The writes since the tip's cut, from every cut received since, later ones
     /// winning (complete once a snapshot was written here: the log replayed at recovery
     /// is not in it, so the first delta after opening diffs the two maps instead).
@@ -99,7 +101,6 @@ pub(crate) struct SnapshotterParts {
     pub feedback: Sender<Feedback>,
     pub on_disk: Vec<(Offset, String)>,
     pub chain: Vec<SnapshotFile>,
-    pub tip_state: KvState,
     pub uploader: Option<UploaderHandle>,
 }
 
@@ -114,6 +115,25 @@ fn covers(changes: &[Change], diff: &[Change], tip: &KvState) -> bool {
 }
 
 impl Snapshotter {
+    /// The state at the chain's tip, read back from its files (base, then each delta
+    /// on the file before it).
+    fn read_tip(&self) -> Result<KvState, String> {
+        let (base, deltas) = self.chain.split_first().ok_or("no chain")?;
+        let (_, crc, mut state) = snapshot::read_identified(&*self.fs, &self.dir.join(&base.file))
+            .map_err(|e| format!("{}: {e}", base.file))?;
+        let mut tip = (base.offset.on_disk(), crc);
+        for d in deltas {
+            let delta = snapshot::read_delta(&*self.fs, &self.dir.join(&d.file))
+                .map_err(|e| format!("{}: {e}", d.file))?;
+            if (delta.parent_offset, delta.parent_checksum) != tip {
+                return Err(format!("{} does not build on the file before it", d.file));
+            }
+            state.apply_changes(&delta.changes, delta.other_payloads);
+            tip = (delta.offset, delta.checksum);
+        }
+        Ok(state)
+    }
+
     pub(crate) fn spawn(
         parts: SnapshotterParts,
     ) -> std::io::Result<(Sender<SnapshotterMsg>, std::thread::JoinHandle<()>)> {
@@ -125,7 +145,7 @@ impl Snapshotter {
             dir: parts.config.dir.clone(),
             sync_chunk: parts.config.snapshot_sync_chunk_bytes,
             chain: parts.chain,
-            tip_state: parts.tip_state,
+            tip_state: None,
             since_tip: Written::new(),
             since_tip_complete: false,
             retiring: Vec::new(),
@@ -288,17 +308,32 @@ impl Snapshotter {
             deltas_bytes: deltas.iter().map(|d| d.size_bytes).sum(),
             base_bytes: base.size_bytes,
         });
-        let written = if policy::next_is_delta(mode, chain, policy) {
+        let mut delta = policy::next_is_delta(mode, chain, policy);
+        if delta && !self.since_tip_complete && self.tip_state.is_none() {
+            match self.read_tip() {
+                Ok(tip) => self.tip_state = Some(tip),
+                Err(why) => {
+                    log::warn!("cannot read the chain's tip back ({why}): a full snapshot instead");
+                    delta = false;
+                }
+            }
+        }
+        let written = if delta {
             let parent = self.chain.last().expect("a chain to extend");
-            let changes = if self.since_tip_complete {
-                let changes = kv::changes_of(&self.since_tip);
-                debug_assert!(
-                    covers(&changes, &self.tip_state.changes_to(state), &self.tip_state),
-                    "the writes since the tip do not give the state of the cut"
-                );
-                changes
-            } else {
-                self.tip_state.changes_to(state)
+            let changes = match &self.tip_state {
+                Some(tip) if !self.since_tip_complete => tip.changes_to(state),
+                tip => {
+                    let changes = kv::changes_of(&self.since_tip);
+                    debug_assert!(
+                        tip.as_ref().is_none_or(|tip| covers(
+                            &changes,
+                            &tip.changes_to(state),
+                            tip
+                        )),
+                        "the writes since the tip do not give the state of the cut"
+                    );
+                    changes
+                }
             };
             let d = snapshot::write_delta(
                 &*self.fs,
@@ -331,7 +366,7 @@ impl Snapshotter {
             self.chain = vec![f.clone()];
             f
         };
-        self.tip_state = state.clone();
+        self.tip_state = Some(state.clone());
         self.since_tip.clear();
         self.since_tip_complete = true;
         let duration_ms = started.elapsed().as_millis() as u64;

@@ -194,18 +194,18 @@ pub(super) struct Manager {
 
 impl Manager {
     /// Starts the snapshotter and compactor threads of a node whose log starts at
-    /// `first_offset`, whose newest snapshot is the chain `newest` (files, base first,
-    /// and the state at its tip), with `on_disk` snapshots.
+    /// `first_offset`, whose newest snapshot is the chain `newest` (files, base first),
+    /// with `on_disk` snapshots.
     pub(super) fn start(
         fs: Arc<dyn FileSystem>,
         config: &Config,
         transport: Arc<dyn Transport>,
         first_offset: Offset,
         applied: u64,
-        newest: Option<(Vec<SnapshotFile>, KvState)>,
+        newest: Vec<SnapshotFile>,
         on_disk: Vec<(u64, String)>,
     ) -> Result<Manager> {
-        let newest_file = newest.as_ref().and_then(|(chain, _)| chain.last().cloned());
+        let newest_file = newest.last().cloned();
         let pacing = Pacing {
             chunk_bytes: config.delete_chunk_bytes,
             pause: config.delete_pause,
@@ -220,7 +220,8 @@ impl Manager {
             sync_chunk: config.snapshot_sync_chunk_bytes,
             pacing,
             on_disk,
-            tip: newest,
+            tip: None,
+            loaded: newest,
             parents: std::collections::HashMap::new(),
             reports: report_tx.clone(),
             transport,
@@ -437,6 +438,10 @@ struct Snapshotter {
     on_disk: Vec<(u64, String)>,
     /// The newest chain (base first) and the state at its tip: what a delta builds on.
     tip: Option<(Vec<SnapshotFile>, KvState)>,
+    /// The chain loaded at startup, whose state is read back from its files when the
+    /// first delta needs it (keeping the loaded state from the start would make the
+    /// replay of the log copy every node of the map it touches).
+    loaded: Vec<SnapshotFile>,
     /// The file each delta on disk builds on, as learned.
     parents: std::collections::HashMap<String, Option<String>>,
     reports: Sender<Report>,
@@ -530,19 +535,23 @@ impl Snapshotter {
             let fatal = is_sync_failure(&e);
             (format!("{what}: {e}"), fatal)
         };
-        let on = self.tip.take().filter(|(chain, _)| {
-            let (base, deltas) = chain.split_first().expect("a chain has a file");
-            let size = ChainSize {
-                deltas: deltas.len() as u64,
-                deltas_bytes: deltas.iter().map(|d| d.size_bytes).sum(),
-                base_bytes: base.size_bytes,
-            };
-            chain.last().is_some_and(|t| t.offset.get() < index)
-                && chain
-                    .iter()
-                    .all(|f| self.on_disk.iter().any(|(_, n)| *n == f.file))
-                && policy::next_is_delta(SnapshotMode::Auto, Some(size), &cut.policy)
-        });
+        let on = self
+            .tip
+            .take()
+            .or_else(|| self.read_loaded())
+            .filter(|(chain, _)| {
+                let (base, deltas) = chain.split_first().expect("a chain has a file");
+                let size = ChainSize {
+                    deltas: deltas.len() as u64,
+                    deltas_bytes: deltas.iter().map(|d| d.size_bytes).sum(),
+                    base_bytes: base.size_bytes,
+                };
+                chain.last().is_some_and(|t| t.offset.get() < index)
+                    && chain
+                        .iter()
+                        .all(|f| self.on_disk.iter().any(|(_, n)| *n == f.file))
+                    && policy::next_is_delta(SnapshotMode::Auto, Some(size), &cut.policy)
+            });
         let written = match &on {
             Some((chain, state)) => {
                 let parent = chain.last().expect("a chain has a file");
@@ -581,6 +590,21 @@ impl Snapshotter {
         self.tip = Some((chain.clone(), cut.image.machine.kv.clone()));
         self.retain(cut.policy.retain_snapshots)?;
         Ok(chain)
+    }
+
+    /// The chain loaded at startup and the state at its tip, read back (once; `None`
+    /// if it cannot be, and the next snapshot is then a full one).
+    fn read_loaded(&mut self) -> Option<(Vec<SnapshotFile>, KvState)> {
+        let chain = std::mem::take(&mut self.loaded);
+        let tip = chain.last()?.offset.get();
+        let names: Vec<String> = chain.iter().map(|f| f.file.clone()).collect();
+        match image::read_files(&*self.fs, &self.dir, &names, tip) {
+            Ok((image, _)) => Some((chain, image.machine.kv)),
+            Err(why) => {
+                log::warn!("cannot read the loaded chain back ({why}): a full snapshot next");
+                None
+            }
+        }
     }
 
     /// Retention: the newest `retain` chains stay whole (each chain ranked by its
@@ -864,7 +888,10 @@ impl Snapshotter {
             });
         }
         self.on_disk.sort();
-        self.tip = Some((chain.clone(), image.machine.kv.clone()));
+        // The next delta builds on this chain, its state read back when needed (the
+        // installed state is not kept shared: the log applied after it would copy it).
+        self.tip = None;
+        self.loaded = chain.clone();
         Ok((image, chain))
     }
 

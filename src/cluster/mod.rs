@@ -239,8 +239,7 @@ impl ClusterNode {
                 loaded_term = image.term;
                 loaded_conf = (image.voters.clone(), image.learners.clone());
                 newest_client_offset = image.machine.next_offset;
-                let kv = image.machine.kv.clone();
-                (image.machine, Some((chain, kv)))
+                (image.machine, Some(chain))
             }
             None => (crate::consensus::Machine::default(), None),
         };
@@ -288,7 +287,7 @@ impl ClusterNode {
         let (jobs_tx, jobs) = crossbeam_channel::unbounded::<(u64, SyncJob)>();
         let (synced_tx, synced) = crossbeam_channel::unbounded();
         let transport: Arc<dyn Transport> = Arc::from(transport);
-        if let Some((chain, _)) = &newest {
+        if let Some(chain) = &newest {
             peer.store_mut().offer(
                 transfer::Identity::of(chain, loaded_term),
                 &loaded_conf.0,
@@ -301,7 +300,7 @@ impl ClusterNode {
             transport.clone(),
             first_offset,
             applied,
-            newest,
+            newest.unwrap_or_default(),
             on_disk,
         )?;
         let incarnation = who.incarnation;
