@@ -366,7 +366,12 @@ impl Snapshotter {
             self.chain = vec![f.clone()];
             f
         };
-        self.tip_state = Some(state.clone());
+        // The tip's state is not kept (shared with the appender's map, it would make
+        // every write until the next cut copy nodes of the map): the writes since the
+        // tip make the next delta, and when they are not complete the tip is read back
+        // from the chain's files. Debug builds keep it, to check every delta against
+        // the diff of the maps.
+        self.tip_state = cfg!(debug_assertions).then(|| state.clone());
         self.since_tip.clear();
         self.since_tip_complete = true;
         let duration_ms = started.elapsed().as_millis() as u64;
