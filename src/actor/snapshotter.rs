@@ -68,9 +68,10 @@ pub(crate) struct Snapshotter {
     dir: PathBuf,
     sync_chunk: u64,
     /// The chain the next delta would extend: its files (the full snapshot first)
-    /// and the state at its tip: `None` after opening, read back from the chain's
-    /// files when the first delta needs it (keeping the loaded state from the start
-    /// would make the replay of the log copy every node of the map it touches).
+    /// and the state at its tip, when known: `None` after opening and (in release
+    /// builds) after each snapshot, read back from the chain's files when a delta
+    /// needs it (a state kept shared with the appender's map would make the replay of
+    /// the log, and every write until the next cut, copy the map's nodes).
     chain: Vec<SnapshotFile>,
     tip_state: Option<KvState>,
     /// The writes since the tip's cut, from every cut received since, later ones
