@@ -8,6 +8,10 @@
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 
+/// The node's allocator, so that the comparison measures the work, not the allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use serde_json::{Value, json};
 
 fn main() {
