@@ -698,7 +698,7 @@ impl RaftLog {
     /// Stops offering snapshot `file` (it is no longer on disk); whether it was the
     /// one offered.
     pub fn withdraw(&mut self, file: &str) -> bool {
-        let offered = self.offered.as_ref().is_some_and(|(o, _)| o.names(file));
+        let offered = self.offered.as_ref().is_some_and(|(o, _)| o.includes(file));
         if offered {
             self.offered = None;
         }

@@ -324,7 +324,7 @@ impl Identity {
     }
 
     /// Whether file `file` is part of the chain.
-    pub fn names(&self, file: &str) -> bool {
+    pub fn includes(&self, file: &str) -> bool {
         self.file == file || self.parents.iter().any(|l| l.file == file)
     }
 
