@@ -114,10 +114,27 @@ impl Consensus {
         // The chain's files this node already holds are not received again.
         let store = self.peer.store();
         let need: Vec<Link> = id.links().into_iter().filter(|l| !store.holds(l)).collect();
-        let have: u64 = need
-            .iter()
-            .map(|l| store.file_len(&l.part_name()).unwrap_or(0).min(l.size))
-            .sum();
+        let mut d = Download {
+            id,
+            msg: m,
+            need,
+            at: 0,
+            durable: 0,
+            asked: 0,
+            expected: 0,
+            asked_at: Instant::now(),
+            finishing: false,
+            started: Instant::now(),
+            received: None,
+            fetching: None,
+            store_tried: false,
+            from_store: false,
+        };
+        // Part files kept from an earlier attempt: whole ones skipped, the first that
+        // is not whole resumed from its length.
+        d.skip_whole(|name| store.file_len(name));
+        let have = d.need[..d.at].iter().map(|l| l.size).sum::<u64>() + d.durable;
+        let (id, need) = (&d.id, &d.need);
         let t = &mut self.manager.status.transfers;
         t.started += 1;
         if have > 0 {
@@ -139,7 +156,7 @@ impl Consensus {
             } else {
                 String::new()
             },
-            m.from,
+            d.msg.from,
             if have > 0 {
                 format!(", resuming with {have} bytes received")
             } else {
@@ -149,23 +166,6 @@ impl Consensus {
         self.manager.job(manage::Job::Forget {
             keep: need.iter().map(Link::part_name).collect(),
         });
-        let mut d = Download {
-            id,
-            msg: m,
-            need,
-            at: 0,
-            durable: 0,
-            asked: 0,
-            expected: 0,
-            asked_at: Instant::now(),
-            finishing: false,
-            started: Instant::now(),
-            received: None,
-            fetching: None,
-            store_tried: false,
-            from_store: false,
-        };
-        d.skip_whole(|name| store.file_len(name));
         self.download = Some(d);
         if have == 0 && self.fetch_from_store() {
             return;

@@ -395,11 +395,18 @@ pub fn read_chain(
     tip: &str,
 ) -> Result<(Image, Vec<SnapshotFile>), String> {
     let index = layout::parse_raft_snapshot(tip).ok_or("not a cluster snapshot's name")?;
-    let (file, chain) = snapshot::read_machine_chain(fs, dir, on_disk, tip)?;
-    if file.index != index {
-        return Err(format!("its header says index {}", file.index));
+    image_at(snapshot::read_machine_chain(fs, dir, on_disk, tip)?, index)
+}
+
+/// The image a chain read back gives, if its tip stands at `index`.
+fn image_at(
+    (tip, chain): (snapshot::MachineFile, Vec<SnapshotFile>),
+    index: u64,
+) -> Result<(Image, Vec<SnapshotFile>), String> {
+    if tip.index != index {
+        return Err(format!("its tip's header says index {}", tip.index));
     }
-    Ok((Image::from_parts(file)?, chain))
+    Ok((Image::from_parts(tip)?, chain))
 }
 
 /// Reads and verifies the chain of files `names` in `dir` (a snapshot then its deltas,
@@ -413,11 +420,7 @@ pub fn read_files(
     names: &[String],
     index: u64,
 ) -> Result<(Image, Vec<SnapshotFile>), String> {
-    let (file, chain) = snapshot::read_machine_files(fs, dir, names)?;
-    if file.index != index {
-        return Err(format!("its tip's header says index {}", file.index));
-    }
-    Ok((Image::from_parts(file)?, chain))
+    image_at(snapshot::read_machine_files(fs, dir, names)?, index)
 }
 
 /// The newest chain among `on_disk` (as `(index, name)`) that verifies and from which

@@ -85,10 +85,7 @@ pub fn read_machine_delta(fs: &dyn FileSystem, path: &Path) -> Result<MachineDel
     let file = fs
         .open(path, false)
         .map_err(|e| format!("cannot open: {e}"))?;
-    let (header, mut r) = open_body(&*file, MACHINE_DELTA_MAGIC)?;
-    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
-    let head: Vec<u8> = bincode::decode_from_std_read(&mut r, limited)
-        .map_err(|e| format!("head does not decode: {e}"))?;
+    let (header, mut r, head) = open_machine_body(&*file, MACHINE_DELTA_MAGIC)?;
     let delta = read_changes(&mut r, &header)?;
     r.finish(&header)?;
     Ok(MachineDelta {
@@ -176,6 +173,19 @@ pub fn read_machine_chain(
         }
     }
     Err(why)
+}
+
+/// [`open_body`] for a cluster node's file, with the consensus layer's head read off
+/// the front of its body.
+fn open_machine_body<'f>(
+    file: &'f dyn File,
+    magic: &[u8; 8],
+) -> Result<(Header, ChunkReader<'f>, Vec<u8>), String> {
+    let (header, mut r) = open_body(file, magic)?;
+    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
+    let head: Vec<u8> = bincode::decode_from_std_read(&mut r, limited)
+        .map_err(|e| format!("head does not decode: {e}"))?;
+    Ok((header, r, head))
 }
 
 /// Checks the header and length of a snapshot or delta file and returns a reader of
@@ -292,10 +302,7 @@ pub fn read_machine(fs: &dyn FileSystem, path: &Path) -> Result<MachineFile, Str
     let file = fs
         .open(path, false)
         .map_err(|e| format!("cannot open: {e}"))?;
-    let (header, mut r) = open_body(&*file, MACHINE_MAGIC)?;
-    let limited = bincode_config().with_limit::<PAIR_BYTES_MAX>();
-    let head: Vec<u8> = bincode::decode_from_std_read(&mut r, limited)
-        .map_err(|e| format!("head does not decode: {e}"))?;
+    let (header, mut r, head) = open_machine_body(&*file, MACHINE_MAGIC)?;
     let state = read_state(&mut r, &header)?;
     r.finish(&header)?;
     Ok(MachineFile {
