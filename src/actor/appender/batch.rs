@@ -111,9 +111,7 @@ impl Appender {
             self.auto.entries += payloads.len() as u64;
             self.auto.bytes += bytes;
         }
-        for pending in pending {
-            pending(&outcome);
-        }
+        self.replier.answer(pending, outcome);
     }
 
     pub(super) fn write_batch(&mut self, payloads: &[Vec<u8>]) -> Result<()> {

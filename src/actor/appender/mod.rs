@@ -4,7 +4,9 @@
 //! limit), stages the writes among them into one buffer, writes it with one positional
 //! write, syncs once (under `--fsync always`), applies the batch to the state machine,
 //! and only then answers. Requests that arrive during the sync form the next batch:
-//! that is group commit, with no timer.
+//! that is group commit, with no timer. A large batch's answers (each a wake-up of the
+//! thread waiting for it) are handed to a replier thread, so that the next batch's
+//! sync starts while they go out.
 //!
 //! Reads and compare-and-set inside a batch see the batch's own earlier writes through
 //! a small overlay; their answers wait for the batch's sync like everything else, so a
@@ -36,12 +38,14 @@ const POLICY_TICK: Duration = Duration::from_millis(100);
 mod batch;
 mod handle;
 mod manage;
+mod replier;
 mod status;
 
 use batch::Batch;
 pub(crate) use handle::AppenderMsg;
 pub use handle::{AppenderHandle, CasPredicate};
 use manage::Auto;
+use replier::Replier;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
@@ -80,6 +84,8 @@ pub(crate) struct Appender {
     last_snapshot_ms: Option<u64>,
     recovery: RecoveryReport,
     batch: Batch,
+    /// Answers synced batches while the appender goes on to the next.
+    replier: Replier,
     auto: Auto,
     /// The writes since the last cut (key and last value): handed with the next cut to
     /// the snapshotter, which writes a delta from them instead of diffing the whole map.
@@ -130,6 +136,7 @@ impl Appender {
             last_snapshot_ms: None,
             recovery: parts.recovery,
             batch: Batch::default(),
+            replier: Replier::start(),
             changed: (parts.config.policy.max_chain > 0).then(Written::new),
             compact_after_upload: parts.uploader.is_some()
                 && parts
@@ -371,6 +378,8 @@ impl Appender {
             }
             other => {
                 self.flush();
+                // Its answer follows those of the writes before it.
+                self.replier.wait_idle();
                 return self.handle_barrier(other);
             }
         }
