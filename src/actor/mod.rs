@@ -30,6 +30,8 @@ use crate::snapshot::SnapshotFile;
 /// still runs, with [`Error::Crashed`]: no caller ever waits forever.
 pub struct Reply<T: 'static> {
     f: Option<Box<dyn FnOnce(Result<T>) + Send>>,
+    /// A thread sleeps until this answer comes: delivering it is a wake-up.
+    wakes: bool,
 }
 
 impl<T: 'static> Reply<T> {
@@ -37,7 +39,14 @@ impl<T: 'static> Reply<T> {
     pub fn new(f: impl FnOnce(Result<T>) + Send + 'static) -> Reply<T> {
         Reply {
             f: Some(Box::new(f)),
+            wakes: false,
         }
+    }
+
+    /// Whether a thread waits for this answer (a blocking call), so that delivering
+    /// it wakes that thread.
+    pub(crate) fn wakes_a_thread(&self) -> bool {
+        self.wakes
     }
 
     /// Delivers the outcome.
@@ -66,9 +75,11 @@ impl<T: 'static> Drop for Reply<T> {
 /// Runs `submit` with a reply that a blocking caller waits on.
 pub(crate) fn call<T: Send + 'static>(submit: impl FnOnce(Reply<T>)) -> Result<T> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    submit(Reply::new(move |r| {
+    let mut reply = Reply::new(move |r| {
         let _ = tx.send(r);
-    }));
+    });
+    reply.wakes = true;
+    submit(reply);
     wait(&rx).unwrap_or_else(|_| {
         Err(Error::Crashed(
             "the node stopped before answering this request".into(),

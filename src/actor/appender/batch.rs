@@ -15,6 +15,8 @@ pub(super) struct Batch {
     pub(super) bytes: u64,
     pub(super) overlay: HashMap<Arc<str>, Option<Arc<str>>>,
     pub(super) pending: Vec<Pending>,
+    /// How many of the answers wake a thread that waits for them.
+    pub(super) waking: usize,
 }
 
 impl Appender {
@@ -26,6 +28,7 @@ impl Appender {
     }
 
     pub(super) fn defer<T: Send + 'static>(&mut self, reply: Reply<T>, value: Result<T>) {
+        self.batch.waking += usize::from(reply.wakes_a_thread());
         self.batch
             .pending
             .push(Box::new(move |outcome: &Result<()>| {
@@ -90,6 +93,7 @@ impl Appender {
             bytes,
             overlay,
             pending,
+            waking,
         } = std::mem::take(&mut self.batch);
         let outcome = if payloads.is_empty() {
             Ok(())
@@ -111,7 +115,7 @@ impl Appender {
             self.auto.entries += payloads.len() as u64;
             self.auto.bytes += bytes;
         }
-        self.replier.answer(pending, outcome);
+        self.replier.answer(pending, waking, outcome);
     }
 
     pub(super) fn write_batch(&mut self, payloads: &[Vec<u8>]) -> Result<()> {

@@ -7,8 +7,9 @@
 //!
 //! Answers keep their order: a batch is answered here in the order batches were
 //! handed over, and the appender answers one itself only when nothing handed over is
-//! still being answered. A batch of one or two is answered in place: handing it over
-//! would cost a wake-up of its own.
+//! still being answered. A batch that wakes few threads is answered in place: handing
+//! it over would cost a wake-up of its own (answers that only queue a message for an
+//! actor that is awake anyway, as the router's are under load, wake nobody).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +19,8 @@ use crossbeam_channel::Sender;
 use super::batch::Pending;
 use crate::error::Result;
 
-/// Batches with at most this many answers are answered by the appender itself.
+/// Batches whose answers wake at most this many threads are answered by the appender
+/// itself.
 const ANSWER_IN_PLACE_MAX: usize = 8;
 
 type Answers = (Vec<Pending>, Result<()>);
@@ -64,14 +66,15 @@ impl Replier {
         }
     }
 
-    /// Answers a batch whose outcome is known (written, synced and applied, or failed).
-    pub(super) fn answer(&self, pending: Vec<Pending>, outcome: Result<()>) {
+    /// Answers a batch whose outcome is known (written, synced and applied, or failed);
+    /// `waking` of its answers wake a thread that waits for them.
+    pub(super) fn answer(&self, pending: Vec<Pending>, waking: usize, outcome: Result<()>) {
         if pending.is_empty() {
             return;
         }
         let idle = self.queued.load(Ordering::Acquire) == 0;
         match &self.tx {
-            Some(tx) if !(idle && pending.len() <= ANSWER_IN_PLACE_MAX) => {
+            Some(tx) if !(idle && waking <= ANSWER_IN_PLACE_MAX) => {
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 if let Err(back) = tx.send((pending, outcome)) {
                     self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -146,7 +149,8 @@ mod tests {
                 let _ = gate.recv();
             }),
         );
-        replier.answer(first, Ok(()));
+        let n = first.len();
+        replier.answer(first, n, Ok(()));
         let sizes = [1, 2, 30, 1, ANSWER_IN_PLACE_MAX + 1, 2, 1, 64];
         for (id, &n) in sizes.iter().enumerate() {
             let outcome = if id % 3 == 1 {
@@ -154,12 +158,12 @@ mod tests {
             } else {
                 Ok(())
             };
-            replier.answer(batch(n, id + 1, &seen), outcome);
+            replier.answer(batch(n, id + 1, &seen), n, outcome);
         }
         open.send(()).unwrap();
         replier.wait_idle();
         // And once idle, a small batch is answered in place, in order still.
-        replier.answer(batch(1, sizes.len() + 1, &seen), Ok(()));
+        replier.answer(batch(1, sizes.len() + 1, &seen), 1, Ok(()));
         drop(replier);
         let seen = seen.lock().unwrap();
         let mut expected = vec![];
