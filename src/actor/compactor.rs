@@ -80,7 +80,10 @@ impl Compactor {
             feedback,
             pacing,
         };
-        let join = spawn_actor("compactor", on_panic, move || actor.run())?;
+        let join = spawn_actor("compactor", on_panic, move || {
+            crate::actor::below_the_log();
+            actor.run()
+        })?;
         Ok((tx, join))
     }
 

@@ -215,6 +215,20 @@ pub(crate) fn spawn_actor(
         })
 }
 
+/// Puts the calling thread below the log's threads on the CPU (nice 10): a snapshot,
+/// a compaction or an upload can always wait; an append waiting for a core shows in
+/// its latency.
+pub(crate) fn below_the_log() {
+    // SAFETY: setpriority on this thread's own id; no memory is touched.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if rc != 0 {
+        log::debug!(
+            "could not lower a background thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The panic guard of an actor that reports to the appender: poisons the node.
 pub(crate) fn poison_on_panic(
     feedback: &crossbeam_channel::Sender<Feedback>,

@@ -161,7 +161,10 @@ impl Snapshotter {
             on_disk: parts.on_disk,
             uploader: parts.uploader,
         };
-        let join = spawn_actor("snapshotter", on_panic, move || actor.run())?;
+        let join = spawn_actor("snapshotter", on_panic, move || {
+            crate::actor::below_the_log();
+            actor.run()
+        })?;
         Ok((tx, join))
     }
 

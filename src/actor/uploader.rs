@@ -145,11 +145,7 @@ pub fn spawn(
     let join = std::thread::Builder::new()
         .name("uploader".into())
         .spawn(move || {
-            // Below the log's threads on the CPU: an upload can always wait.
-            // SAFETY: setpriority on this thread's own id; no memory is touched.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
-            }
+            crate::actor::below_the_log();
             uploader.run(&woken)
         })?;
     Ok((handle, join))

@@ -234,7 +234,10 @@ impl Manager {
         let snapshotter = spawn_actor(
             "snapshotter",
             |why: String| log::error!("{why}; the cluster node takes no more snapshots"),
-            move || snapshotter.run(&job_rx),
+            move || {
+                crate::actor::below_the_log();
+                snapshotter.run(&job_rx)
+            },
         )
         .map_err(started)?;
         let (compactor, compactor_join) =

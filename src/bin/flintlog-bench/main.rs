@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 mod group_commit;
+mod interference;
 mod latency;
 mod memory;
 mod protocol;
@@ -20,6 +21,7 @@ mod store;
 mod transfer;
 
 use group_commit::*;
+use interference::*;
 use latency::*;
 use memory::*;
 use protocol::*;
