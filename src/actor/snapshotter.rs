@@ -209,26 +209,34 @@ impl Snapshotter {
             SnapshotterMsg::Snapshot { offset, .. } => durable_offset < Some(*offset),
             SnapshotterMsg::Compact { at, .. } => durable_offset < Some(*at),
         });
+        // The cuts share their maps with the appender's: every one held makes the
+        // appender copy the nodes it writes to. Only the newest is kept, and only for as
+        // long as the write needs it.
+        let newest_at = group
+            .iter()
+            .map(SnapshotterMsg::cut_offset)
+            .max()
+            .expect("non-empty group");
+        let mut newest_state = None;
+        for msg in &mut group {
+            let (SnapshotterMsg::Snapshot { state, .. } | SnapshotterMsg::Compact { state, .. }) =
+                msg;
+            let state = std::mem::take(state);
+            if newest_state.is_none() && msg.cut_offset() == newest_at {
+                newest_state = Some(state);
+            }
+        }
         let mut failure = self.poison.check().err();
         if needs_write && failure.is_none() {
             let newest = group
                 .iter()
-                .max_by_key(|m| m.cut_offset())
+                .find(|m| m.cut_offset() == newest_at)
                 .expect("non-empty group");
-            let (offset, state, policy) = match newest {
-                SnapshotterMsg::Snapshot {
-                    offset,
-                    state,
-                    policy,
-                    ..
-                }
-                | SnapshotterMsg::Compact {
-                    offset,
-                    state,
-                    policy,
-                    ..
-                } => (*offset, state, *policy),
+            let (offset, policy) = match newest {
+                SnapshotterMsg::Snapshot { offset, policy, .. }
+                | SnapshotterMsg::Compact { offset, policy, .. } => (*offset, *policy),
             };
+            let state = newest_state.take().expect("the newest cut's state");
             // A request for a full snapshot wins, then one for a delta.
             let modes = group.iter().filter_map(|m| match m {
                 SnapshotterMsg::Snapshot { mode, .. } => Some(*mode),
@@ -302,7 +310,7 @@ impl Snapshotter {
     fn write(
         &mut self,
         offset: Offset,
-        state: &KvState,
+        state: KvState,
         mode: SnapshotMode,
         policy: &Policy,
     ) -> std::io::Result<()> {
@@ -322,8 +330,11 @@ impl Snapshotter {
                 }
             }
         }
+        let other_payloads = state.other_payloads;
+        let mut cut = Some(state);
         let written = if delta {
             let parent = self.chain.last().expect("a chain to extend");
+            let state = cut.as_ref().expect("the cut");
             let changes = match &self.tip_state {
                 Some(tip) if !self.since_tip_complete => tip.changes_to(state),
                 tip => {
@@ -339,13 +350,18 @@ impl Snapshotter {
                     changes
                 }
             };
+            // The delta is in hand: release builds let go of the cut now, so that the
+            // appender's map is its own again while the delta is written.
+            if !cfg!(debug_assertions) {
+                cut = None;
+            }
             let d = snapshot::write_delta(
                 &*self.fs,
                 &self.dir,
                 offset,
                 parent,
                 &changes,
-                state.other_payloads,
+                other_payloads,
                 self.sync_chunk,
             )?;
             log::info!(
@@ -359,6 +375,7 @@ impl Snapshotter {
             self.chain.push(d.clone());
             d
         } else {
+            let state = cut.as_ref().expect("the cut");
             let f = snapshot::write(&*self.fs, &self.dir, offset, state, self.sync_chunk)?;
             log::info!(
                 "snapshot {} durable: {} keys, {} bytes, {} ms",
@@ -375,7 +392,7 @@ impl Snapshotter {
         // tip make the next delta, and when they are not complete the tip is read back
         // from the chain's files. Debug builds keep it, to check every delta against
         // the diff of the maps.
-        self.tip_state = cfg!(debug_assertions).then(|| state.clone());
+        self.tip_state = if cfg!(debug_assertions) { cut } else { None };
         self.since_tip.clear();
         self.since_tip_complete = true;
         let duration_ms = started.elapsed().as_millis() as u64;
