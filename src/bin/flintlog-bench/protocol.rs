@@ -104,10 +104,11 @@ pub(crate) fn bench_protocol(args: &Args, r: &mut Report) {
                  {ratio:.2}x of the echo node. Without any disk wait or snapshot the node \
                  reaches {bare_ratio:.2}x: the rest of the gap is the node's own path on \
                  two cores shared with the driver (a line passes three threads, standard \
-                 input, the router and the appender, where the echo node is one; the \
-                 state machine's persistent map copies the nodes a write touches after \
-                 each cut), and what separates {ratio:.2}x from {bare_ratio:.2}x is the \
-                 fdatasync per batch and the policy's snapshots."
+                 input, the router and the appender, where the echo node's passes one, \
+                 and each append is applied to the state machine's ordered map). What \
+                 separates {ratio:.2}x from {bare_ratio:.2}x is the fdatasync per batch \
+                 and the policy's snapshots (after each cut, the writes copy the nodes of \
+                 the map they touch while the snapshotter still holds the cut)."
             ));
         }
     }
