@@ -248,6 +248,46 @@ fn a_failed_fsync_is_never_acknowledged_and_poisons_writes() {
 }
 
 #[test]
+fn many_blocked_writers_each_get_their_own_answer_and_keep_it_after_reopening() {
+    // Enough writers that batches wake more of them than the appender answers in place:
+    // their answers go through the replier thread.
+    let (_t, path) = dir();
+    let node = Node::open(Config::new(&path)).unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let a = node.appender().clone();
+            std::thread::spawn(move || {
+                let mut offsets = Vec::new();
+                for i in 0..200 {
+                    offsets.push(a.kv_set(&format!("w{w}"), &i.to_string()).unwrap());
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in writers {
+        let offsets = w.join().unwrap();
+        assert!(offsets.windows(2).all(|p| p[0] < p[1]), "{offsets:?}");
+        all.extend(offsets);
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 32 * 200, "every write has an offset of its own");
+    let counters = node.appender().status().unwrap().counters;
+    assert!(
+        counters.appends as f64 / counters.batches as f64 > 2.0,
+        "the writers shared batches: {counters:?}"
+    );
+    node.shutdown().unwrap();
+    let node = Node::open(Config::new(&path)).unwrap();
+    for w in 0..32 {
+        assert_eq!(node.appender().kv_get(&format!("w{w}")).unwrap(), "199");
+    }
+    node.shutdown().unwrap();
+}
+
+#[test]
 fn compare_and_set_is_atomic_across_threads() {
     let (_t, path) = dir();
     let node = Node::open(Config::new(&path)).unwrap();
