@@ -86,24 +86,9 @@ impl Report {
 pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool, aligned: bool) -> f64 {
     use std::os::unix::fs::FileExt;
     let path = dir.join("raw.dat");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .expect("raw file");
     let size = 128 * 1024 * 1024u64;
-    if prealloc {
-        let zeros = vec![0u8; 1 << 20];
-        for i in 0..size >> 20 {
-            file.write_all_at(&zeros, i << 20).expect("zero fill");
-        }
-        file.sync_all().expect("sync");
-    }
-    let mut buf = Vec::new();
-    for i in 0..batch {
-        record::encode(&mut buf, i as u64, PAYLOAD.as_bytes());
-    }
+    let file = raw_file(&path, prealloc.then_some(size));
+    let buf = raw_batch(batch);
     let started = Instant::now();
     let (mut pos, mut n) = (0u64, 0u64);
     while started.elapsed().as_secs_f64() < seconds && pos + (buf.len() as u64) < size {
@@ -119,6 +104,35 @@ pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool, aligned: bool
     drop(file);
     let _ = std::fs::remove_file(&path);
     rate
+}
+
+/// A new file at `path` for a raw log, zero-filled to `zeroed` bytes and synced if
+/// given (else empty, to grow with each write).
+pub fn raw_file(path: &Path, zeroed: Option<u64>) -> std::fs::File {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("raw file");
+    if let Some(size) = zeroed {
+        let zeros = vec![0u8; 1 << 20];
+        for i in 0..size >> 20 {
+            file.write_all_at(&zeros, i << 20).expect("zero fill");
+        }
+        file.sync_all().expect("sync");
+    }
+    file
+}
+
+/// `batch` records of the benchmarks' payload, encoded as the log encodes them.
+pub fn raw_batch(batch: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for i in 0..batch {
+        record::encode(&mut buf, i as u64, PAYLOAD.as_bytes());
+    }
+    buf
 }
 
 /// The machine and the day, for the head of a generated section.

@@ -7,7 +7,7 @@
 use std::os::unix::fs::FileExt;
 
 use super::*;
-use flintlog::wal::record;
+use common::{raw_batch, raw_file};
 
 /// Per-sync latencies of a raw log (µs): idle for `idle`, then while `during` runs on
 /// another thread. Returns (idle, during, seconds `during` took).
@@ -18,22 +18,9 @@ pub(crate) fn raw_latency_around(
     during: impl FnOnce() + Send,
 ) -> (Histogram<u64>, Histogram<u64>, f64) {
     let path = dir.join("raw-log.dat");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .expect("raw log");
     let size = 256 * 1024 * 1024u64;
-    let zeros = vec![0u8; 1 << 20];
-    for i in 0..size >> 20 {
-        file.write_all_at(&zeros, i << 20).expect("zero fill");
-    }
-    file.sync_all().expect("sync");
-    let mut buf = Vec::new();
-    for i in 0..batch {
-        record::encode(&mut buf, i as u64, PAYLOAD.as_bytes());
-    }
+    let file = raw_file(&path, Some(size));
+    let buf = raw_batch(batch);
     let phase = std::sync::atomic::AtomicU8::new(0); // 0 idle, 1 during, 2 done
     let mut hists = (
         Histogram::<u64>::new(3).unwrap(),
