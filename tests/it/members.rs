@@ -193,6 +193,16 @@ fn a_member_added_to_an_idle_group_catches_up() {
         .change(&[1, 2, 3], Change::AddLearner("n4".into()))
         .unwrap();
     assert!(matches!(added, Changed::Done { id: 4, .. }), "{added:?}");
+    // The leader's snapshot predates the change: it cuts one that holds it, on its own,
+    // before the new member has asked for anything.
+    let leader = g.leader(&[1, 2, 3]);
+    let changed_at = g.status(leader).commit;
+    wait_until("the leader's snapshot holds the new configuration", || {
+        g.status(leader)
+            .management
+            .snapshot
+            .is_some_and(|s| s.offset.get() >= changed_at)
+    });
     let dir4 = g.dirs[0].parent().unwrap().join("n4");
     g.join(4, &dir4);
     let target = g.status(g.leader(&[1, 2, 3])).commit;
