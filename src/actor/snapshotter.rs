@@ -116,23 +116,10 @@ fn covers(changes: &[Change], diff: &[Change], tip: &KvState) -> bool {
 }
 
 impl Snapshotter {
-    /// The state at the chain's tip, read back from its files (base, then each delta
-    /// on the file before it).
+    /// The state at the chain's tip, read back from its files.
     fn read_tip(&self) -> Result<KvState, String> {
-        let (base, deltas) = self.chain.split_first().ok_or("no chain")?;
-        let (_, crc, mut state) = snapshot::read_identified(&*self.fs, &self.dir.join(&base.file))
-            .map_err(|e| format!("{}: {e}", base.file))?;
-        let mut tip = (base.offset.on_disk(), crc);
-        for d in deltas {
-            let delta = snapshot::read_delta(&*self.fs, &self.dir.join(&d.file))
-                .map_err(|e| format!("{}: {e}", d.file))?;
-            if (delta.parent_offset, delta.parent_checksum) != tip {
-                return Err(format!("{} does not build on the file before it", d.file));
-            }
-            state.apply_changes(&delta.changes, delta.other_payloads);
-            tip = (delta.offset, delta.checksum);
-        }
-        Ok(state)
+        let names: Vec<String> = self.chain.iter().map(|f| f.file.clone()).collect();
+        snapshot::read_files(&*self.fs, &self.dir, &names)
     }
 
     pub(crate) fn spawn(
@@ -222,7 +209,7 @@ impl Snapshotter {
             let (SnapshotterMsg::Snapshot { state, .. } | SnapshotterMsg::Compact { state, .. }) =
                 msg;
             let state = std::mem::take(state);
-            if newest_state.is_none() && msg.cut_offset() == newest_at {
+            if needs_write && newest_state.is_none() && msg.cut_offset() == newest_at {
                 newest_state = Some(state);
             }
         }

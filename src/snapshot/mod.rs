@@ -75,7 +75,7 @@ pub use format::HEADER_BYTES;
 use format::*;
 use read::read_full;
 pub use read::{
-    Delta, MachineDelta, MachineFile, peek_machine, read, read_delta, read_identified,
+    Delta, MachineDelta, MachineFile, peek_machine, read, read_delta, read_files, read_identified,
     read_machine, read_machine_chain, read_machine_delta, read_machine_files,
 };
 pub use write::{to_bytes, write, write_delta, write_machine, write_machine_delta};

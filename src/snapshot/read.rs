@@ -140,6 +140,28 @@ pub fn read_machine_files(
     Ok((tip, files))
 }
 
+/// Reads and fully verifies the chain `names` in `dir` (a full snapshot, then deltas
+/// each building on the file before it: its offset and body checksum), returning the
+/// state at its tip.
+///
+/// # Errors
+/// A sentence saying which file is wrong and how, or that the chain is broken.
+pub fn read_files(fs: &dyn FileSystem, dir: &Path, names: &[String]) -> Result<KvState, String> {
+    let (base, deltas) = names.split_first().ok_or("an empty chain")?;
+    let (offset, checksum, mut state) =
+        read_full(fs, &dir.join(base)).map_err(|e| format!("{base}: {e}"))?;
+    let mut tip = (offset, checksum);
+    for name in deltas {
+        let d = read_delta(fs, &dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        if (d.parent_offset, d.parent_checksum) != tip {
+            return Err(format!("{name} does not build on the file before it"));
+        }
+        state.apply_changes(&d.changes, d.other_payloads);
+        tip = (d.offset, d.checksum);
+    }
+    Ok(state)
+}
+
 /// Reads and fully verifies the cluster chain ending at `tip` among the snapshots
 /// `on_disk` (`(index, name)`): each delta's parent is the file at its parent index
 /// with its parent checksum.
