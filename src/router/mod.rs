@@ -1,7 +1,8 @@
 //! The I/O router: the only code that knows JSON.
 //!
-//! A reader thread turns stdin into lines (bounded in length and in number queued);
-//! the router thread `select!`s over those lines and over finished requests. Each
+//! A reader thread turns stdin into lines (bounded in length and in number queued),
+//! handing over together the lines one read brought in; the router thread `select!`s
+//! over those lines and over finished requests. Each
 //! request goes to the node through a handle's non-blocking `_with` method, whose
 //! [`Reply`] callback sends the finished body back to the router.
 //!
@@ -15,7 +16,8 @@
 //! of its own snapshots and compactions in its later requests. Other sources are not
 //! held: one client's snapshot never delays another's appends.
 //!
-//! Bounds: the router stops reading stdin while `queued_max` replies are outstanding,
+//! Bounds: the router stops taking lines while `queued_max` replies are outstanding
+//! (lines already handed over wait in the router's own queue),
 //! and that bound is below every inbox's capacity, so the router's sends never wait
 //! on a full actor and the completion channel never fills.
 
@@ -91,13 +93,27 @@ fn last_bytes(a: &[u8], b: &[u8], n: usize) -> Vec<u8> {
     out
 }
 
+/// Most lines the reader hands over at once.
+const LINES_PER_HANDOVER: usize = 256;
+
+/// Batches of lines the reader may have queued for the router.
+const HANDOVERS_QUEUED: usize = 4;
+
 /// Reads lines of at most `max` bytes; longer ones are skipped to their newline.
-fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
+/// The lines already read are handed over together (at most [`LINES_PER_HANDOVER`])
+/// before the reader waits for more input: one wake-up of the router for all of them.
+fn read_lines(input: impl Read, max: usize, tx: Sender<Vec<Line>>) {
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut line = Vec::new();
     let mut dropped = 0usize;
     let (mut head, mut tail) = (Vec::new(), Vec::new());
+    let mut ready: Vec<Line> = Vec::new();
     loop {
+        let hand_over =
+            (reader.buffer().is_empty() && !ready.is_empty()) || ready.len() >= LINES_PER_HANDOVER;
+        if hand_over && tx.send(std::mem::take(&mut ready)).is_err() {
+            return;
+        }
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -109,13 +125,13 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
         if buf.is_empty() {
             if dropped > 0 {
                 let (head, tail) = (std::mem::take(&mut head), std::mem::take(&mut tail));
-                let _ = tx.send(Line::TooLong {
+                ready.push(Line::TooLong {
                     bytes: dropped,
                     head,
                     tail,
                 });
             } else if !line.is_empty() {
-                let _ = tx.send(Line::Data(std::mem::take(&mut line)));
+                ready.push(Line::Data(std::mem::take(&mut line)));
             }
             break;
         }
@@ -155,10 +171,11 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Line>) {
                 Line::Data(std::mem::take(&mut line))
             };
             dropped = 0;
-            if tx.send(msg).is_err() {
-                break;
-            }
+            ready.push(msg);
         }
+    }
+    if !ready.is_empty() {
+        let _ = tx.send(ready);
     }
 }
 
@@ -360,7 +377,7 @@ struct Router<W: Write> {
 /// Runs the node's protocol over `input` and `output` until end of input; returns the
 /// process exit code (0, or 1 if the node could not be opened or failed to stop).
 pub fn run(input: impl Read + Send + 'static, output: impl Write, config: RouterConfig) -> i32 {
-    let (line_tx, line_rx) = crossbeam_channel::bounded(1024);
+    let (line_tx, line_rx) = crossbeam_channel::bounded(HANDOVERS_QUEUED);
     let line_bytes_max = config.line_bytes_max;
     let reader = std::thread::Builder::new()
         .name("flintlog-stdin".into())
@@ -394,14 +411,29 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
 impl<W: Write> Router<W> {
     fn run(
         &mut self,
-        lines: Receiver<Line>,
+        lines: Receiver<Vec<Line>>,
         done: Receiver<Done>,
         peers: Receiver<crate::cluster::ToPeer>,
     ) -> i32 {
         let never = crossbeam_channel::never();
         let mut eof = false;
-        while !(self.fatal || eof && self.queued == 0) {
-            let input = if eof || self.queued >= self.config.queued_max {
+        // Lines handed over by the reader and not taken yet: taken while fewer than
+        // `queued_max` replies are outstanding.
+        let mut read: VecDeque<Line> = VecDeque::new();
+        loop {
+            while self.queued < self.config.queued_max
+                && !self.fatal
+                && let Some(line) = read.pop_front()
+            {
+                match line {
+                    Line::Data(bytes) => self.on_line(&bytes),
+                    Line::TooLong { bytes, head, tail } => self.on_too_long(bytes, &head, &tail),
+                }
+            }
+            if self.fatal || eof && self.queued == 0 && read.is_empty() {
+                break;
+            }
+            let input = if eof || !read.is_empty() || self.queued >= self.config.queued_max {
                 &never
             } else {
                 &lines
@@ -411,9 +443,8 @@ impl<W: Write> Router<W> {
                 self.flush();
             }
             select! {
-                recv(input) -> line => match line {
-                    Ok(Line::Data(bytes)) => self.on_line(&bytes),
-                    Ok(Line::TooLong { bytes, head, tail }) => self.on_too_long(bytes, &head, &tail),
+                recv(input) -> lines => match lines {
+                    Ok(lines) => read.extend(lines),
                     Err(_) => eof = true,
                 },
                 recv(peers) -> m => {
@@ -846,6 +877,75 @@ mod tests {
         );
     }
 
+    /// A writer whose bytes the test reads after the router is done.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_read_together_beyond_the_reply_bound_wait_their_turn() {
+        // Two replies outstanding at most, inboxes of two: the reader hands over
+        // hundreds of lines at once, and the router must take them two at a time (a
+        // router that took them all would block on the full inbox while the appender
+        // blocks on the full completion channel, and nothing would be answered).
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Config::new(dir.path().join("unused"));
+        node.inbox_capacity = 2;
+        let config = RouterConfig::new(dir.path().to_path_buf(), node);
+        assert_eq!(config.queued_max, 2);
+        let mut input = String::from(
+            r#"{"src": "c0", "dest": "n1", "body": {"type": "init", "msg_id": 1, "node_id": "n1", "node_ids": ["n1"]}}"#,
+        );
+        input.push('\n');
+        let n = 300;
+        for i in 0..n {
+            input.push_str(&format!(
+                r#"{{"src": "c{}", "dest": "n1", "body": {{"type": "wal_append", "msg_id": {}, "payload": "set k{i}=v"}}}}"#,
+                i % 3,
+                i + 2
+            ));
+            input.push('\n');
+        }
+        let out = Shared::default();
+        let (finished_tx, finished) = crossbeam_channel::bounded(1);
+        let writer = out.clone();
+        std::thread::spawn(move || {
+            let code = run(std::io::Cursor::new(input.into_bytes()), writer, config);
+            let _ = finished_tx.send(code);
+        });
+        let code = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the router answers every line and stops at end of input");
+        assert_eq!(code, 0);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let replies: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(replies.len(), n + 1);
+        // Each client's offsets go up with its requests; all are distinct.
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut offsets = std::collections::HashSet::new();
+        for r in &replies[1..] {
+            assert_eq!(r["body"]["type"], "wal_append_ok", "{r}");
+            let offset = r["body"]["offset"].as_u64().unwrap();
+            let client = r["dest"].as_str().unwrap().to_string();
+            if let Some(before) = last.insert(client, offset) {
+                assert!(offset > before, "{text}");
+            }
+            assert!(offsets.insert(offset));
+        }
+    }
+
     #[test]
     fn long_lines_are_dropped_whole_and_reading_goes_on() {
         let input = format!("short\n{}\nafter\nend", "x".repeat(100));
@@ -853,6 +953,7 @@ mod tests {
         read_lines(std::io::Cursor::new(input.into_bytes()), 10, tx);
         let got: Vec<String> = rx
             .iter()
+            .flatten()
             .map(|l| match l {
                 Line::Data(d) => String::from_utf8(d).unwrap(),
                 Line::TooLong { bytes, head, tail } => format!(
