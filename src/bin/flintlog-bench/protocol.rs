@@ -1,6 +1,6 @@
 //! The protocol path: durable appends through the node binary's standard input and
 //! output, driven by `flintlog-load`, against `flintlog-echo` (which parses each line
-//! as the node does and answers at once, storing nothing) driven the same way, side by
+//! into a generic JSON value and answers at once, storing nothing) driven the same way, side by
 //! side in one run: what the node keeps of what the JSON-lines path allows.
 
 use std::process::{Command, Stdio};
@@ -44,8 +44,10 @@ pub(crate) fn bench_protocol(args: &Args, r: &mut Report) {
         &format!(
             "`flintlog-load` drives the node binary (`--fsync always`, the default policy, \
              an empty state) with 64 clients, each keeping 16 or 1 appends in flight, for \
-             {seconds} s; then `flintlog-echo`, which parses each line as the node does and \
-             answers at once, storing nothing, with the same driver. Beside them, the node \
+             {seconds} s; then `flintlog-echo`, which parses each line into a generic JSON \
+             value (the node's typed parse of appends, given to the echo, made the driver \
+             slower against it: see its source) and answers at once, storing nothing, with \
+             the same driver. Beside them, the node \
              with no disk wait and no snapshot (`--fsync never`, the policy's snapshots \
              off): what the protocol path, the actors' hand-offs and the state machine \
              cost alone. Runs interleaved, median of {}.",
