@@ -68,6 +68,14 @@ pub fn set_payload(key: &str, value: &str) -> String {
 /// The persistent map type of the state.
 pub type KvMap = OrdMap<Arc<str>, Arc<str>>;
 
+/// What puts a [`KvState`] back as it was before some payloads were applied: each
+/// changed key's value before the change, in the order the changes were made.
+#[derive(Debug, Default)]
+pub struct Undo {
+    before: Vec<(Arc<str>, Option<Arc<str>>)>,
+    others: u64,
+}
+
 /// The state machine: keys and values, and a count of payloads that were not commands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvState {
@@ -89,6 +97,41 @@ impl KvState {
             }
             Command::Other => self.other_payloads += 1,
         }
+    }
+
+    /// Applies one payload, recording in `undo` what puts the state back as it was.
+    pub fn apply_recording(&mut self, payload: &[u8], undo: &mut Undo) {
+        match Command::parse(payload) {
+            Command::Set { key, value } => {
+                let key: Arc<str> = Arc::from(key);
+                let before = self.map.insert(key.clone(), Arc::from(value));
+                undo.before.push((key, before));
+            }
+            Command::Del { key } => {
+                if let Some((key, before)) = self.map.remove_with_key(key) {
+                    undo.before.push((key, Some(before)));
+                }
+            }
+            Command::Other => {
+                self.other_payloads += 1;
+                undo.others += 1;
+            }
+        }
+    }
+
+    /// Takes back the payloads recorded in `undo` (which must be the last applied).
+    pub fn undo(&mut self, undo: Undo) {
+        for (key, before) in undo.before.into_iter().rev() {
+            match before {
+                Some(value) => {
+                    self.map.insert(key, value);
+                }
+                None => {
+                    self.map.remove(&key);
+                }
+            }
+        }
+        self.other_payloads -= undo.others;
     }
 
     /// The value of `key`, if set.

@@ -10,13 +10,16 @@ use crossbeam_channel::{Receiver, Sender};
 use flintlog::fs::{File, FileSystem, Lock, RealFs};
 use flintlog::{Config, Error, Node, Offset, Reply};
 
-/// The real filesystem, with three knobs: snapshot temp files can be held at creation
-/// until a gate opens, every `sync_data` can be made to fail, and creating a file
-/// whose name ends with a given suffix can panic (in whichever actor does it).
+/// The real filesystem, with four knobs: snapshot temp files can be held at creation
+/// until a gate opens, every `sync_data` can be made to fail or to wait at a gate
+/// (whether it fails is read before it waits), and creating a file whose name ends
+/// with a given suffix can panic (in whichever actor does it).
 #[derive(Default)]
 struct HookFs {
     gate: Mutex<Option<Receiver<()>>>,
     fail_syncs: Arc<AtomicBool>,
+    sync_gate: Arc<Mutex<Option<Receiver<()>>>>,
+    syncs_started: Arc<std::sync::atomic::AtomicUsize>,
     panic_on: Mutex<&'static [&'static str]>,
     /// Directory syncs still allowed before every later one fails (`usize::MAX`: all).
     dir_syncs_left: std::sync::atomic::AtomicUsize,
@@ -25,6 +28,8 @@ struct HookFs {
 struct HookFile {
     inner: Box<dyn File>,
     fail_syncs: Arc<AtomicBool>,
+    sync_gate: Arc<Mutex<Option<Receiver<()>>>>,
+    syncs_started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl File for HookFile {
@@ -35,7 +40,13 @@ impl File for HookFile {
         self.inner.write_all_at(buf, pos)
     }
     fn sync_data(&mut self) -> io::Result<()> {
-        if self.fail_syncs.load(Ordering::SeqCst) {
+        let fail = self.fail_syncs.load(Ordering::SeqCst);
+        self.syncs_started.fetch_add(1, Ordering::SeqCst);
+        let gate = self.sync_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            let _ = gate.recv();
+        }
+        if fail {
             return Err(io::Error::other("injected EIO"));
         }
         self.inner.sync_data()
@@ -69,6 +80,8 @@ impl HookFs {
         Box::new(HookFile {
             inner,
             fail_syncs: self.fail_syncs.clone(),
+            sync_gate: self.sync_gate.clone(),
+            syncs_started: self.syncs_started.clone(),
         })
     }
 }
@@ -245,6 +258,67 @@ fn a_failed_fsync_is_never_acknowledged_and_poisons_writes() {
     assert!(a == "1" || a == "2", "{a}");
     node.appender().append("after reopen").unwrap();
     node.shutdown().unwrap();
+}
+
+#[test]
+fn a_batch_whose_sync_fails_is_taken_back_out_of_what_reads_see() {
+    // A batch large enough to be applied beside its sync (on the apply thread) fails
+    // that sync: the node is poisoned, and reads still see only what was durable.
+    let (_t, path) = dir();
+    let fs = Arc::new(HookFs::new());
+    let node = Node::open_with_fs(Config::new(&path), fs.clone()).unwrap();
+    let a = node.appender();
+    for i in 0..100 {
+        a.kv_set(&format!("k{i}"), "old").unwrap();
+    }
+    // The next sync waits at the gate; what comes meanwhile makes one batch.
+    let (open_gate, gate) = crossbeam_channel::bounded::<()>(0);
+    *fs.sync_gate.lock().unwrap() = Some(gate);
+    let started = fs.syncs_started.load(Ordering::SeqCst);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    a.kv_set_with("first".into(), "1".into(), collect(&tx, 0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fs.syncs_started.load(Ordering::SeqCst) == started {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first write syncs"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut n = 1;
+    for i in 0..40 {
+        a.kv_set_with(format!("k{i}"), "new".into(), collect(&tx, n));
+        n += 1;
+    }
+    for i in 40..50 {
+        a.append_with(format!("del k{i}").into_bytes(), collect(&tx, n));
+        n += 1;
+    }
+    for i in 0..10 {
+        a.kv_set_with(format!("n{i}"), "new".into(), collect(&tx, n));
+        a.append_with(b"noise".to_vec(), collect(&tx, n + 1));
+        n += 2;
+    }
+    fs.fail_syncs.store(true, Ordering::SeqCst);
+    drop(open_gate);
+    *fs.sync_gate.lock().unwrap() = None;
+    let mut answers: Vec<(usize, flintlog::Result<Offset>)> = rx.iter().take(n).collect();
+    answers.sort_by_key(|(i, _)| *i);
+    assert!(answers[0].1.is_ok(), "{:?}", answers[0]);
+    for (i, r) in &answers[1..] {
+        assert!(matches!(r, Err(Error::Crashed(_))), "{i}: {r:?}");
+    }
+    assert!(a.status().unwrap().poisoned.is_some());
+    for i in 0..50 {
+        assert_eq!(a.kv_get(&format!("k{i}")).unwrap(), "old", "k{i}");
+    }
+    for i in 0..10 {
+        assert!(
+            matches!(a.kv_get(&format!("n{i}")), Err(Error::NotFound(_))),
+            "n{i}"
+        );
+    }
+    assert_eq!(a.kv_get("first").unwrap(), "1");
 }
 
 #[test]

@@ -95,15 +95,13 @@ impl Appender {
             pending,
             waking,
         } = std::mem::take(&mut self.batch);
+        let entries = payloads.len() as u64;
         let outcome = if payloads.is_empty() {
             Ok(())
         } else {
-            self.write_batch(&payloads)
+            self.write_batch(payloads)
         };
         if outcome.is_ok() {
-            for payload in &payloads {
-                self.state.apply(payload);
-            }
             // The overlay holds exactly this batch's writes, each key's last value.
             if let Some(changed) = &mut self.changed {
                 changed.extend(overlay);
@@ -111,24 +109,55 @@ impl Appender {
                     self.changed = None;
                 }
             }
-            self.counters.appends += payloads.len() as u64;
-            self.auto.entries += payloads.len() as u64;
+            self.counters.appends += entries;
+            self.auto.entries += entries;
             self.auto.bytes += bytes;
         }
         self.replier.answer(pending, waking, outcome);
     }
 
-    pub(super) fn write_batch(&mut self, payloads: &[Vec<u8>]) -> Result<()> {
+    /// Writes the batch, syncs it (per policy) and applies it to the state: a large
+    /// batch on the apply thread while the sync runs. On failure the node is poisoned
+    /// and the state is as before the batch.
+    fn write_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<()> {
         self.counters.batches += 1;
         if let Err(e) = self.log.append(payloads.iter().map(|p| p.as_slice())) {
             return Err(self.poison(format!("write to the log failed: {e}")));
         }
-        if self.fsync == FsyncPolicy::Always {
-            self.counters.fsyncs += 1;
-            if let Err(e) = self.log.sync() {
-                return Err(self.poison(format!("fsync of the log failed: {e}")));
+        if self.fsync != FsyncPolicy::Always {
+            self.apply(&payloads);
+            return Ok(());
+        }
+        self.counters.fsyncs += 1;
+        let synced = match &self.applier {
+            Some(applier) if applier::worth_handing_over(payloads.len(), self.state.map.len()) => {
+                let state = std::mem::take(&mut self.state);
+                let log = &mut self.log;
+                let (mut state, undo, synced) = applier.around(state, payloads, || log.sync());
+                if synced.is_err() {
+                    // Reads on a poisoned node see only what was durable.
+                    state.undo(undo);
+                }
+                self.state = state;
+                synced
             }
+            _ => {
+                let synced = self.log.sync();
+                if synced.is_ok() {
+                    self.apply(&payloads);
+                }
+                synced
+            }
+        };
+        if let Err(e) = synced {
+            return Err(self.poison(format!("fsync of the log failed: {e}")));
         }
         Ok(())
+    }
+
+    fn apply(&mut self, payloads: &[Vec<u8>]) {
+        for payload in payloads {
+            self.state.apply(payload);
+        }
     }
 }

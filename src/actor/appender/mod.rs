@@ -35,12 +35,14 @@ const WRITTEN_MAX: usize = 4096;
 /// How often the appender checks the policy's age trigger when no request comes.
 const POLICY_TICK: Duration = Duration::from_millis(100);
 
+mod applier;
 mod batch;
 mod handle;
 mod manage;
 mod replier;
 mod status;
 
+use applier::Applier;
 use batch::Batch;
 pub(crate) use handle::AppenderMsg;
 pub use handle::{AppenderHandle, CasPredicate};
@@ -86,6 +88,8 @@ pub(crate) struct Appender {
     batch: Batch,
     /// Answers synced batches while the appender goes on to the next.
     replier: Replier,
+    /// Applies a batch while its fdatasync runs (under `--fsync always`).
+    applier: Option<Applier>,
     auto: Auto,
     /// The writes since the last cut (key and last value): handed with the next cut to
     /// the snapshotter, which writes a delta from them instead of diffing the whole map.
@@ -137,6 +141,9 @@ impl Appender {
             recovery: parts.recovery,
             batch: Batch::default(),
             replier: Replier::start(),
+            applier: (parts.config.fsync == FsyncPolicy::Always)
+                .then(Applier::start)
+                .flatten(),
             changed: (parts.config.policy.max_chain > 0).then(Written::new),
             compact_after_upload: parts.uploader.is_some()
                 && parts
