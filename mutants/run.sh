@@ -12,6 +12,12 @@ tar -C "$root" --exclude=./target --exclude=./.git -cf - . | tar -C "$scratch" -
 
 # MUTANT="a b" runs only those.
 only=" ${MUTANT:-} "
+for name in ${MUTANT:-}; do
+    if [ ! -f "$root/mutants/$name.patch" ]; then
+        echo "mutants: no planted bug named $name (mutants/$name.patch)" >&2
+        exit 1
+    fi
+done
 rows=()
 missed=0
 for patch in "$root"/mutants/*.patch; do
@@ -46,6 +52,10 @@ echo "| planted bug | patch | with it, the named tests | caught? |"
 echo "|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
+if [ "${#rows[@]}" -eq 0 ]; then
+    echo "mutants: no planted bug ran (mutants/*.patch: python3 mutants/make_patches.py)"
+    exit 1
+fi
 if [ "$missed" -gt 0 ]; then
     echo "mutants: $missed planted bug(s) NOT caught"
     exit 1
