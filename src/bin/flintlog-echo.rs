@@ -2,15 +2,15 @@
 //! same JSON lines as the node, parses each one into a `serde_json::Value` (with the
 //! crate's features: the router's generic path), and answers at once: `wal_append`
 //! with the next offset, `init` and anything else with `<type>_ok`. It stores nothing
-//! and syncs nothing.
+//! and syncs nothing. Replies ready together are written together, flushed before it
+//! waits for more input, as the node does. Arguments are accepted and ignored, so that
+//! `flintlog-load --node` can drive it exactly as it drives the node.
 //!
 //! The router reads `wal_append` lines with a typed parse, about three times faster.
 //! The echo keeps the generic one on purpose: given the router's parser it answered
 //! sooner, the driver then read fewer replies per wake-up, and the same driver reached
 //! only 164-173k appends/s against it instead of 210-218k (2026-12-01, three rounds,
-//! 64 clients x 16 in flight). The baseline is the higher ceiling of the two. Replies ready together are written together, flushed before it
-//! waits for more input, as the node does. Arguments are accepted and ignored, so that
-//! `flintlog-load --node` can drive it exactly as it drives the node.
+//! 64 clients x 16 in flight). The baseline is the higher ceiling of the two.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 
