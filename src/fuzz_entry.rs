@@ -45,8 +45,14 @@ pub fn snapshot(data: &[u8]) {
     drop(fs.create(&path).expect("in memory"));
     fs.overwrite(&path, data.to_vec());
     if let Ok((offset, state)) = snapshot::read(&fs, &path) {
-        let out = snapshot::write(&fs, dir, crate::Offset::from_disk(offset), &state, 1 << 20)
-            .expect("in memory");
+        let out = snapshot::write(
+            &fs,
+            dir,
+            crate::Offset::from_disk(offset),
+            &state,
+            &snapshot::WritePace::unpaced(1 << 20),
+        )
+        .expect("in memory");
         assert_eq!(
             fs.contents()[&dir.join(out.file)],
             data,

@@ -114,6 +114,11 @@ struct Args {
     #[arg(long, default_value_t = flintlog::Config::new("").snapshot_send_bytes_per_sec, value_name = "BYTES", help_heading = "Log management")]
     snapshot_send_bytes_per_sec: u64,
 
+    /// While the log is syncing, write snapshot files at most this many bytes per
+    /// second (0: no limit); while it is not, at full speed.
+    #[arg(long, default_value_t = flintlog::Config::new("").snapshot_busy_bytes_per_sec, value_name = "BYTES", help_heading = "Log management")]
+    snapshot_busy_bytes_per_sec: u64,
+
     /// Copy every durable snapshot chain to this store, under the node's id:
     /// s3://BUCKET/PREFIX (S3 or an S3-compatible store), file:///PATH or a path.
     /// Credentials come only from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
@@ -390,6 +395,7 @@ fn main() -> ExitCode {
     node.segment_bytes_max = args.max_segment_bytes;
     node.payload_bytes_max = args.max_payload_bytes;
     node.snapshot_send_bytes_per_sec = args.snapshot_send_bytes_per_sec;
+    node.snapshot_busy_bytes_per_sec = args.snapshot_busy_bytes_per_sec;
     node.snapshot_store = args.snapshot_store.as_deref().map(|url| {
         let mut c = args.store.config(url);
         c.retain = args.store_retain;

@@ -274,6 +274,7 @@ impl Node {
             on_disk: on_disk.clone(),
             chain: chain.clone(),
             uploader: uploader.as_ref().map(|(h, _)| h.clone()),
+            log_syncs: log.sync_count(),
         })
         .map_err(spawn_err)?;
         let (appender, appender_join) = Appender::spawn(AppenderParts {

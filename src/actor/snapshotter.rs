@@ -25,8 +25,10 @@ use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
 use crate::core::position::Offset;
 use crate::error::Error;
 use crate::fs::{FileSystem, Pacing, is_sync_failure};
+use crate::snapshot::WritePace;
 use crate::snapshot::{self, SnapshotFile};
 use crate::types::Compaction;
+use crate::wal::SyncCount;
 use crate::wal::meta::SkipTo;
 
 pub(crate) enum SnapshotterMsg {
@@ -66,7 +68,7 @@ impl SnapshotterMsg {
 pub(crate) struct Snapshotter {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    sync_chunk: u64,
+    pace: WritePace,
     /// The chain the next delta would extend: its files (the full snapshot first)
     /// and the state at its tip, when known: `None` after opening and (in release
     /// builds) after each snapshot, read back from the chain's files when a delta
@@ -103,6 +105,8 @@ pub(crate) struct SnapshotterParts {
     pub on_disk: Vec<(Offset, String)>,
     pub chain: Vec<SnapshotFile>,
     pub uploader: Option<UploaderHandle>,
+    /// The log's syncs, which pace the snapshot's writes.
+    pub log_syncs: SyncCount,
 }
 
 /// Whether `changes` (from the keys written) hold every change of `diff` (from
@@ -131,7 +135,7 @@ impl Snapshotter {
             poison: Poison::reporting_to(parts.feedback.clone()),
             fs: parts.fs,
             dir: parts.config.dir.clone(),
-            sync_chunk: parts.config.snapshot_sync_chunk_bytes,
+            pace: parts.config.snapshot_pace(parts.log_syncs),
             chain: parts.chain,
             tip_state: None,
             since_tip: Written::new(),
@@ -349,7 +353,7 @@ impl Snapshotter {
                 parent,
                 &changes,
                 other_payloads,
-                self.sync_chunk,
+                &self.pace,
             )?;
             log::info!(
                 "delta {} durable: {} changes on {}, {} bytes, {} ms",
@@ -363,7 +367,7 @@ impl Snapshotter {
             d
         } else {
             let state = cut.as_ref().expect("the cut");
-            let f = snapshot::write(&*self.fs, &self.dir, offset, state, self.sync_chunk)?;
+            let f = snapshot::write(&*self.fs, &self.dir, offset, state, &self.pace)?;
             log::info!(
                 "snapshot {} durable: {} keys, {} bytes, {} ms",
                 f.file,

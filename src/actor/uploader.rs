@@ -397,7 +397,14 @@ mod tests {
             state.apply(format!("set k{i}=v{i}").as_bytes());
         }
         let offset = crate::core::position::Offset::new(keys as u64);
-        let f = crate::snapshot::write(&RealFs, dir, offset, &state, 4096).unwrap();
+        let f = crate::snapshot::write(
+            &RealFs,
+            dir,
+            offset,
+            &state,
+            &crate::snapshot::WritePace::unpaced(4096),
+        )
+        .unwrap();
         chain_upload(&[f]).unwrap()
     }
 

@@ -33,7 +33,9 @@ use crate::core::policy::{self, ChainSize, Policy, Progress, SnapshotMode, Thres
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
+use crate::snapshot::WritePace;
 use crate::types::{Compaction, SnapshotFile};
+use crate::wal::SyncCount;
 
 use super::Transport;
 use super::transfer::{CHUNK_BYTES, Identity, Part};
@@ -195,7 +197,8 @@ pub(super) struct Manager {
 impl Manager {
     /// Starts the snapshotter and compactor threads of a node whose log starts at
     /// `first_offset`, whose newest snapshot is the chain `newest` (files, base first),
-    /// with `on_disk` snapshots.
+    /// with `on_disk` snapshots; `log_syncs` paces the snapshots written.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         fs: Arc<dyn FileSystem>,
         config: &Config,
@@ -204,6 +207,7 @@ impl Manager {
         applied: u64,
         newest: Vec<SnapshotFile>,
         on_disk: Vec<(u64, String)>,
+        log_syncs: SyncCount,
     ) -> Result<Manager> {
         let newest_file = newest.last().cloned();
         let pacing = Pacing {
@@ -217,7 +221,7 @@ impl Manager {
         let snapshotter = Snapshotter {
             fs: fs.clone(),
             dir: config.dir.clone(),
-            sync_chunk: config.snapshot_sync_chunk_bytes,
+            pace: config.snapshot_pace(log_syncs),
             pacing,
             on_disk,
             tip: None,
@@ -435,7 +439,7 @@ impl Manager {
 struct Snapshotter {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    sync_chunk: u64,
+    pace: WritePace,
     pacing: Pacing,
     /// Snapshots on disk, `(index, name)`, oldest first.
     on_disk: Vec<(u64, String)>,
@@ -558,25 +562,17 @@ impl Snapshotter {
         let written = match &on {
             Some((chain, state)) => {
                 let parent = chain.last().expect("a chain has a file");
-                image::write_delta(
-                    &*self.fs,
-                    &self.dir,
-                    &cut.image,
-                    parent,
-                    state,
-                    self.sync_chunk,
+                image::write_delta(&*self.fs, &self.dir, &cut.image, parent, state, &self.pace).map(
+                    |file| {
+                        self.parents
+                            .insert(file.file.clone(), Some(parent.file.clone()));
+                        let mut chain = chain.clone();
+                        chain.push(file);
+                        chain
+                    },
                 )
-                .map(|file| {
-                    self.parents
-                        .insert(file.file.clone(), Some(parent.file.clone()));
-                    let mut chain = chain.clone();
-                    chain.push(file);
-                    chain
-                })
             }
-            None => {
-                image::write(&*self.fs, &self.dir, &cut.image, self.sync_chunk).map(|f| vec![f])
-            }
+            None => image::write(&*self.fs, &self.dir, &cut.image, &self.pace).map(|f| vec![f]),
         };
         let chain = match written {
             Ok(chain) => chain,

@@ -302,6 +302,7 @@ impl ClusterNode {
             applied,
             newest.unwrap_or_default(),
             on_disk,
+            peer.store().sync_count(),
         )?;
         let incarnation = who.incarnation;
         let uploader = match &config.snapshot_store {

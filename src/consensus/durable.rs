@@ -656,7 +656,12 @@ impl RaftLog {
         self.log.borrow().total_bytes()
     }
 
-    /// Whether everything written is durable.
+    /// The count of the log's syncs, shared: it paces the snapshots written meanwhile.
+    pub fn sync_count(&self) -> crate::wal::SyncCount {
+        self.log.borrow().sync_count()
+    }
+
+    /// Whether every write so far is durable.
     pub fn synced(&self) -> bool {
         !self.log.borrow().has_unsynced()
     }

@@ -343,7 +343,7 @@ pub fn write(
     fs: &dyn FileSystem,
     dir: &Path,
     image: &Image,
-    sync_chunk: u64,
+    pace: &snapshot::WritePace,
 ) -> std::io::Result<SnapshotFile> {
     snapshot::write_machine(
         fs,
@@ -352,7 +352,7 @@ pub fn write(
         image.index(),
         &image.head(),
         &image.machine.kv,
-        sync_chunk,
+        pace,
     )
 }
 
@@ -367,7 +367,7 @@ pub fn write_delta(
     image: &Image,
     parent: &SnapshotFile,
     parent_state: &crate::core::kv::KvState,
-    sync_chunk: u64,
+    pace: &snapshot::WritePace,
 ) -> std::io::Result<SnapshotFile> {
     let kv = &image.machine.kv;
     snapshot::write_machine_delta(
@@ -379,7 +379,7 @@ pub fn write_delta(
         parent,
         &parent_state.changes_to(kv),
         kv.other_payloads,
-        sync_chunk,
+        pace,
     )
 }
 
@@ -510,7 +510,7 @@ mod tests {
         let dir = Path::new("/n");
         fs.create_dir_all(dir).unwrap();
         let image = sample(20);
-        let file = write(&fs, dir, &image, 4096).unwrap();
+        let file = write(&fs, dir, &image, &crate::snapshot::WritePace::unpaced(4096)).unwrap();
         assert_eq!(file.file, "00000000000000000020.rsnap");
         let (back, info) = read(&fs, dir, &file.file).unwrap();
         assert_eq!(back, image);
@@ -543,7 +543,16 @@ mod tests {
         );
         let head = bincode::encode_to_vec(head, bincode::config::standard()).unwrap();
         let name = layout::raft_snapshot(20);
-        snapshot::write_machine(&fs, dir, name.clone(), 20, &head, &m.kv, 4096).unwrap();
+        snapshot::write_machine(
+            &fs,
+            dir,
+            name.clone(),
+            20,
+            &head,
+            &m.kv,
+            &crate::snapshot::WritePace::unpaced(4096),
+        )
+        .unwrap();
         let (back, _) = read(&fs, dir, &name).unwrap();
         assert_eq!((back.term, &back.voters), (image.term, &image.voters));
         assert!(back.learners.is_empty());
@@ -557,8 +566,20 @@ mod tests {
         let fs = SimFs::new();
         let dir = Path::new("/n");
         fs.create_dir_all(dir).unwrap();
-        let old_file = write(&fs, dir, &sample(10), 4096).unwrap();
-        let new_file = write(&fs, dir, &sample(20), 4096).unwrap();
+        let old_file = write(
+            &fs,
+            dir,
+            &sample(10),
+            &crate::snapshot::WritePace::unpaced(4096),
+        )
+        .unwrap();
+        let new_file = write(
+            &fs,
+            dir,
+            &sample(20),
+            &crate::snapshot::WritePace::unpaced(4096),
+        )
+        .unwrap();
         let size = new_file.size_bytes;
         for at in [3, 20, 41, size / 2, size - 1] {
             let mut f = fs.open(&join(dir, &new_file.file), true).unwrap();
@@ -582,9 +603,25 @@ mod tests {
         let dir = Path::new("/n");
         fs.create_dir_all(dir).unwrap();
         let (a, b, c) = (sample(10), sample(20), sample(30));
-        let base = write(&fs, dir, &a, 4096).unwrap();
-        let d20 = write_delta(&fs, dir, &b, &base, &a.machine.kv, 4096).unwrap();
-        let d30 = write_delta(&fs, dir, &c, &d20, &b.machine.kv, 4096).unwrap();
+        let base = write(&fs, dir, &a, &crate::snapshot::WritePace::unpaced(4096)).unwrap();
+        let d20 = write_delta(
+            &fs,
+            dir,
+            &b,
+            &base,
+            &a.machine.kv,
+            &crate::snapshot::WritePace::unpaced(4096),
+        )
+        .unwrap();
+        let d30 = write_delta(
+            &fs,
+            dir,
+            &c,
+            &d20,
+            &b.machine.kv,
+            &crate::snapshot::WritePace::unpaced(4096),
+        )
+        .unwrap();
         assert_eq!(d30.file, "00000000000000000030.rdelta");
         assert!(
             d30.size_bytes < base.size_bytes + 200,
@@ -606,7 +643,7 @@ mod tests {
             term: 4,
             ..sample(10)
         };
-        write(&fs, dir, &other, 4096).unwrap();
+        write(&fs, dir, &other, &crate::snapshot::WritePace::unpaced(4096)).unwrap();
         let why = read_chain(&fs, dir, &on_disk, &d30.file).unwrap_err();
         assert!(why.contains("another checksum"), "{why}");
         assert!(
@@ -701,7 +738,7 @@ mod tests {
                 learners: vec![],
                 machine: upto,
             };
-            let file = write(&fs, dir, &image, 4096).unwrap();
+            let file = write(&fs, dir, &image, &crate::snapshot::WritePace::unpaced(4096)).unwrap();
             let (mut back, _) = read(&fs, dir, &file.file).unwrap();
             proptest::prop_assert_eq!(&back, &image);
             replay(&mut back.machine, &steps, cut);
@@ -736,8 +773,8 @@ mod tests {
                 done = cut;
                 let image = Image { term: 1, voters: vec![1, 2, 3], learners: vec![], machine: at.clone() };
                 let file = match &tip {
-                    None => write(&fs, dir, &image, 4096).unwrap(),
-                    Some((parent, state)) => write_delta(&fs, dir, &image, parent, state, 4096).unwrap(),
+                    None => write(&fs, dir, &image, &crate::snapshot::WritePace::unpaced(4096)).unwrap(),
+                    Some((parent, state)) => write_delta(&fs, dir, &image, parent, state, &crate::snapshot::WritePace::unpaced(4096)).unwrap(),
                 };
                 on_disk.push((cut as u64, file.file.clone()));
                 tip = Some((file, at.kv.clone()));

@@ -2,6 +2,7 @@
 
 pub mod kv;
 pub mod layout;
+pub mod pace;
 pub mod policy;
 pub mod position;
 pub mod recovery;

@@ -41,6 +41,11 @@ pub trait File: Send {
     /// Bytes of disk the file occupies: its allocated blocks (`st_blocks`), which
     /// count preallocated space and not holes.
     fn allocated_bytes(&self) -> io::Result<u64>;
+    /// Writes `[pos, pos + len)` out to the disk and waits until the disk has it, with
+    /// no cache flush and no metadata: nothing becomes durable by it (only
+    /// [`File::sync_data`] does that). It keeps written data from piling up in memory
+    /// for a later sync, or the kernel, to send at once.
+    fn write_back(&mut self, pos: u64, len: u64) -> io::Result<()>;
 
     /// Reads exactly `buf.len()` bytes at `pos`, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut pos: u64) -> io::Result<()> {
@@ -101,6 +106,32 @@ impl File for RealFile {
     }
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn write_back(&mut self, pos: u64, len: u64) -> io::Result<()> {
+        let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
+        let (pos, len) = (
+            libc::off64_t::try_from(pos).map_err(invalid)?,
+            libc::off64_t::try_from(len).map_err(invalid)?,
+        );
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0);
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: a valid descriptor owned by `self.0`, and plain integers.
+        if unsafe { libc::sync_file_range(fd, pos, len, flags) } == 0 {
+            return Ok(());
+        }
+        match io::Error::last_os_error() {
+            // A filesystem without it: the data waits for the next sync, as it would.
+            e if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::ESPIPE)
+            ) =>
+            {
+                Ok(())
+            }
+            e => Err(e),
+        }
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())

@@ -613,6 +613,14 @@ impl File for SimFile {
             .count();
         Ok(blocks as u64 * SECTOR_BYTES)
     }
+    /// Makes nothing durable, so the disk's state does not change: written data stays
+    /// pending until a sync, as it is.
+    fn write_back(&mut self, _pos: u64, _len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::from_raw_os_error(9)); // EBADF
+        }
+        Ok(())
+    }
 }
 
 struct SimLock {

@@ -44,22 +44,25 @@
 //! cannot be mixed up with another chain's files.
 //!
 //! Writing follows the one recipe that survives a power cut at any point: write
-//! `<name>.tmp` (synced every `snapshot_sync_chunk_bytes` so that the log's syncs never
-//! queue behind much of it), write the header last, fsync, rename to `<name>`, fsync
-//! the directory. Only then is the snapshot reported durable.
+//! `<name>.tmp` (handed to the disk every `snapshot_sync_chunk_bytes`, and paced while
+//! the log syncs: see [`WritePace`]), write the header last, fsync, rename to `<name>`,
+//! fsync the directory. Only then is the snapshot reported durable.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bincode::config::Configuration;
 
 use crate::core::kv::Change;
 use crate::core::kv::{KvMap, KvState};
 use crate::core::layout;
+use crate::core::pace::Pacer;
 use crate::core::position::Offset;
 use crate::core::recovery::{self, Probe};
 use crate::fs::{File, FileSystem, create_durably, sync_failed};
+use crate::wal::SyncCount;
 use crate::wal::record::RECORD_PAYLOAD_MAX_BYTES;
 
 pub use crate::types::SnapshotFile;
@@ -78,7 +81,7 @@ pub use read::{
     Delta, MachineDelta, MachineFile, peek_machine, read, read_delta, read_files, read_identified,
     read_machine, read_machine_chain, read_machine_delta, read_machine_files,
 };
-pub use write::{to_bytes, write, write_delta, write_machine, write_machine_delta};
+pub use write::{WritePace, to_bytes, write, write_delta, write_machine, write_machine_delta};
 
 /// Retires snapshot files retention dropped, one at a time: each is renamed to its
 /// temp name (which recovery removes), the rename made durable by a directory sync,
@@ -134,7 +137,14 @@ mod tests {
     fn round_trips_and_equal_states_give_equal_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let s = state(1000);
-        let a = write(&RealFs, dir.path(), Offset::new(1001), &s, 4096).unwrap();
+        let a = write(
+            &RealFs,
+            dir.path(),
+            Offset::new(1001),
+            &s,
+            &WritePace::unpaced(4096),
+        )
+        .unwrap();
         assert_eq!(a.file, "00000000000000001001.snap");
         let bytes_a = std::fs::read(dir.path().join(&a.file)).unwrap();
         assert_eq!(bytes_a.len() as u64, a.size_bytes);
@@ -148,7 +158,14 @@ mod tests {
         }
         s2.other_payloads = 1;
         let dir2 = tempfile::tempdir().unwrap();
-        let b = write(&RealFs, dir2.path(), Offset::new(1001), &s2, 1 << 20).unwrap();
+        let b = write(
+            &RealFs,
+            dir2.path(),
+            Offset::new(1001),
+            &s2,
+            &WritePace::unpaced(1 << 20),
+        )
+        .unwrap();
         assert_eq!(std::fs::read(dir2.path().join(b.file)).unwrap(), bytes_a);
         assert!(
             std::fs::read_dir(dir.path()).unwrap().all(|e| !e
@@ -162,7 +179,14 @@ mod tests {
     #[test]
     fn every_truncation_and_flipped_byte_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let snap = write(&RealFs, dir.path(), Offset::new(20), &state(20), 4096).unwrap();
+        let snap = write(
+            &RealFs,
+            dir.path(),
+            Offset::new(20),
+            &state(20),
+            &WritePace::unpaced(4096),
+        )
+        .unwrap();
         let path = dir.path().join(&snap.file);
         let good = std::fs::read(&path).unwrap();
         let probe = dir.path().join("probe.snap");
@@ -220,7 +244,7 @@ mod properties {
             let fs = SimFs::new();
             let dir = PathBuf::from("/d");
             fs.create_dir_all(&dir).unwrap();
-            let snap = write(&fs, &dir, Offset::new(offset), &state, 4096).unwrap();
+            let snap = write(&fs, &dir, Offset::new(offset), &state, &WritePace::unpaced(4096)).unwrap();
             let (o, back) = read(&fs, &dir.join(&snap.file)).unwrap();
             prop_assert_eq!(o, offset);
             prop_assert_eq!(back, state);
@@ -236,7 +260,7 @@ mod properties {
             let fs = SimFs::new();
             let dir = PathBuf::from("/d");
             fs.create_dir_all(&dir).unwrap();
-            let snap = write(&fs, &dir, Offset::new(9), &state, 4096).unwrap();
+            let snap = write(&fs, &dir, Offset::new(9), &state, &WritePace::unpaced(4096)).unwrap();
             let good = fs.contents()[&dir.join(&snap.file)].clone();
             let (t, tp) = disk_with(good[..cut.index(good.len())].to_vec());
             prop_assert!(read(&t, &tp).is_err());
@@ -290,7 +314,14 @@ mod in_memory {
             s.apply(format!("set k{i}=v{i}").as_bytes());
         }
         let dir = tempfile::tempdir().unwrap();
-        let snap = write(&RealFs, dir.path(), Offset::new(77), &s, 4096).unwrap();
+        let snap = write(
+            &RealFs,
+            dir.path(),
+            Offset::new(77),
+            &s,
+            &WritePace::unpaced(4096),
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read(dir.path().join(snap.file)).unwrap(),
             to_bytes(77, &s)

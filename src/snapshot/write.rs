@@ -6,7 +6,43 @@ use super::*;
 
 pub(super) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
-/// Streams the body into the temp file, syncing every `sync_chunk` bytes.
+/// How a snapshot file is written: written back to the disk every `sync_chunk` bytes
+/// (so that the data never piles up for one burst that the log's own fdatasync would
+/// queue behind), and, while the log syncs, at most `busy_bytes_per_sec` (see
+/// [`crate::core::pace`]).
+#[derive(Debug, Clone)]
+pub struct WritePace {
+    /// Bytes between two syncs of the file being written.
+    pub sync_chunk: u64,
+    /// Most bytes per second while the log syncs (0: no limit).
+    pub busy_bytes_per_sec: u64,
+    /// The log whose syncs pace the writes (`None`: never paced).
+    pub log: Option<SyncCount>,
+}
+
+impl WritePace {
+    /// Written back every `sync_chunk` bytes, never paced.
+    pub fn unpaced(sync_chunk: u64) -> WritePace {
+        WritePace {
+            sync_chunk,
+            busy_bytes_per_sec: 0,
+            log: None,
+        }
+    }
+
+    fn pacer(&self) -> Option<(Pacer, SyncCount)> {
+        let log = self.log.clone()?;
+        (self.busy_bytes_per_sec > 0).then(|| {
+            (
+                Pacer::new(self.busy_bytes_per_sec, Instant::now(), log.get()),
+                log,
+            )
+        })
+    }
+}
+
+/// Streams the body into the temp file, writing it back to the disk every `sync_chunk`
+/// bytes (no flush: the file is made durable once, whole, by [`create_durably`]).
 pub(super) struct ChunkWriter<'f> {
     pub(super) file: &'f mut dyn File,
     pub(super) pos: u64,
@@ -14,6 +50,7 @@ pub(super) struct ChunkWriter<'f> {
     pub(super) crc: u32,
     pub(super) since_sync: u64,
     pub(super) sync_chunk: u64,
+    pub(super) pacer: Option<(Pacer, SyncCount)>,
 }
 
 impl ChunkWriter<'_> {
@@ -23,12 +60,21 @@ impl ChunkWriter<'_> {
         }
         self.file.write_all_at(&self.buf, self.pos)?;
         self.crc = crc32c::crc32c_append(self.crc, &self.buf);
-        self.pos += self.buf.len() as u64;
-        self.since_sync += self.buf.len() as u64;
+        let bytes = self.buf.len() as u64;
+        self.pos += bytes;
+        self.since_sync += bytes;
         self.buf.clear();
         if self.since_sync >= self.sync_chunk {
-            self.file.sync_data().map_err(sync_failed)?;
+            self.file
+                .write_back(self.pos - self.since_sync, self.since_sync)
+                .map_err(sync_failed)?;
             self.since_sync = 0;
+        }
+        if let Some((pacer, log)) = &mut self.pacer {
+            let wait = pacer.after_write(bytes, Instant::now(), log.get());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
         }
         Ok(())
     }
@@ -65,10 +111,10 @@ pub fn write(
     dir: &Path,
     offset: Offset,
     state: &KvState,
-    sync_chunk: u64,
+    pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
     let offset = offset.on_disk();
-    write_file(fs, dir, file_name(offset), MAGIC, offset, sync_chunk, |w| {
+    write_file(fs, dir, file_name(offset), MAGIC, offset, pace, |w| {
         write_body(w, state)
     })
 }
@@ -85,11 +131,11 @@ pub fn write_delta(
     parent: &SnapshotFile,
     changes: &[Change],
     other_payloads: u64,
-    sync_chunk: u64,
+    pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
     let offset = offset.on_disk();
     let name = delta_file_name(offset);
-    write_file(fs, dir, name, DELTA_MAGIC, offset, sync_chunk, |w| {
+    write_file(fs, dir, name, DELTA_MAGIC, offset, pace, |w| {
         write_delta_body(w, parent, changes, other_payloads)
     })
 }
@@ -107,9 +153,9 @@ pub fn write_machine(
     index: u64,
     head: &[u8],
     state: &KvState,
-    sync_chunk: u64,
+    pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
-    write_file(fs, dir, name, MACHINE_MAGIC, index, sync_chunk, |w| {
+    write_file(fs, dir, name, MACHINE_MAGIC, index, pace, |w| {
         bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
         write_body(w, state)
     })
@@ -132,23 +178,23 @@ pub fn write_machine_delta(
     parent: &SnapshotFile,
     changes: &[Change],
     other_payloads: u64,
-    sync_chunk: u64,
+    pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
-    write_file(fs, dir, name, MACHINE_DELTA_MAGIC, index, sync_chunk, |w| {
+    write_file(fs, dir, name, MACHINE_DELTA_MAGIC, index, pace, |w| {
         bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
         write_delta_body(w, parent, changes, other_payloads)
     })
 }
 
-/// The recipe every kind shares: the body streamed after a placeholder header (synced
-/// every `sync_chunk` bytes), then the real header, all through [`create_durably`].
+/// The recipe every kind shares: the body streamed after a placeholder header (written
+/// back every `sync_chunk` bytes), then the real header, all through [`create_durably`].
 pub(super) fn write_file(
     fs: &dyn FileSystem,
     dir: &Path,
     name: String,
     magic: &[u8; 8],
     offset: u64,
-    sync_chunk: u64,
+    pace: &WritePace,
     body: impl FnOnce(&mut ChunkWriter<'_>) -> io::Result<()>,
 ) -> io::Result<SnapshotFile> {
     let (mut size_bytes, mut checksum) = (0, 0);
@@ -159,7 +205,8 @@ pub(super) fn write_file(
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES + 4096),
             crc: 0,
             since_sync: 0,
-            sync_chunk,
+            sync_chunk: pace.sync_chunk,
+            pacer: pace.pacer(),
         };
         body(&mut w)?;
         w.flush()?;

@@ -35,6 +35,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::core::layout::{self, SPARE_SEGMENT};
 use crate::core::position::Offset;
@@ -74,6 +75,23 @@ pub struct Log {
     /// The next segment being prepared zero-filled on a helper thread.
     spare: Option<std::thread::JoinHandle<io::Result<()>>>,
     prefill: bool,
+    syncs: SyncCount,
+}
+
+/// How many syncs a log has done, readable from any thread: what tells a snapshot
+/// being written that the log is busy (see [`crate::core::pace`]).
+#[derive(Debug, Clone, Default)]
+pub struct SyncCount(Arc<AtomicU64>);
+
+impl SyncCount {
+    /// The syncs done so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Log {
@@ -265,7 +283,13 @@ impl Log {
     pub fn sync(&mut self) -> io::Result<()> {
         self.active.sync_data()?;
         self.unsynced = false;
+        self.syncs.bump();
         Ok(())
+    }
+
+    /// The count of this log's syncs, shared.
+    pub fn sync_count(&self) -> SyncCount {
+        self.syncs.clone()
     }
 
     /// Reads the entry at `offset`.

@@ -169,6 +169,7 @@ impl Log {
             scratch: Vec::new(),
             spare: None,
             prefill: options.prefill,
+            syncs: SyncCount::default(),
         };
         log.start_spare();
         log

@@ -87,7 +87,7 @@ fn write_fuzz_seeds() {
             dir,
             flintlog::Offset::new(100 + i as u64),
             &state,
-            4096,
+            &flintlog::snapshot::WritePace::unpaced(4096),
         )
         .unwrap();
         write(

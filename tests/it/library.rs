@@ -66,6 +66,9 @@ impl File for HookFile {
     fn allocated_bytes(&self) -> io::Result<u64> {
         self.inner.allocated_bytes()
     }
+    fn write_back(&mut self, pos: u64, len: u64) -> io::Result<()> {
+        self.inner.write_back(pos, len)
+    }
 }
 
 impl HookFs {
@@ -598,4 +601,79 @@ fn a_compaction_counts_as_done_only_after_its_directory_sync() {
     assert!(status.poisoned.is_some());
     fs.dir_syncs_left.store(usize::MAX, Ordering::SeqCst);
     let _ = node.shutdown();
+}
+
+/// A node whose policy takes no snapshot of its own, with `keys` keys of 100-byte
+/// values written (about 120 bytes of snapshot each).
+fn node_with_keys(path: &Path, keys: usize, busy_bytes_per_sec: u64) -> Node {
+    let mut c = Config::new(path);
+    c.snapshot_busy_bytes_per_sec = busy_bytes_per_sec;
+    c.policy = flintlog::Policy {
+        snapshot_entries: 0,
+        snapshot_bytes: 0,
+        snapshot_age_ms: 0,
+        auto_compact: false,
+        ..flintlog::Policy::default()
+    };
+    let node = Node::open(c).unwrap();
+    let (tx, done) = crossbeam_channel::unbounded();
+    let value = "v".repeat(100);
+    for i in 0..keys {
+        node.appender()
+            .kv_set_with(format!("key-{i:08}"), value.clone(), collect(&tx, i));
+    }
+    for _ in 0..keys {
+        let (_, r) = done.recv_timeout(Duration::from_secs(60)).unwrap();
+        r.unwrap();
+    }
+    node
+}
+
+#[test]
+fn a_snapshot_written_while_the_log_syncs_keeps_to_the_busy_rate() {
+    let (_t, path) = dir();
+    let rate = 1 << 20;
+    let node = node_with_keys(&path, 20_000, rate);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (appender, stop) = (node.appender().clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                appender.kv_set("busy", &i.to_string()).unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    let started = std::time::Instant::now();
+    let snap = node.snapshotter().snapshot().unwrap();
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let appends = writer.join().unwrap();
+    // The first write may go before any sync of the log was seen.
+    let paced = snap.size_bytes.saturating_sub(512 * 1024);
+    assert!(paced > 1 << 20, "the state is too small to show pacing");
+    let least = Duration::from_secs_f64(paced as f64 / rate as f64);
+    assert!(
+        took >= least,
+        "a {} byte snapshot took {took:?} beside {appends} synced appends; at {rate} bytes/s \
+         it takes at least {least:?}",
+        snap.size_bytes
+    );
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn a_snapshot_written_while_the_log_is_idle_is_not_paced() {
+    let (_t, path) = dir();
+    // At this rate, a paced snapshot of this state would take over half an hour.
+    let node = node_with_keys(&path, 20_000, 1024);
+    let (tx, done) = crossbeam_channel::unbounded();
+    node.snapshotter().snapshot_with(collect(&tx, 0));
+    let (_, snap) = done
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a snapshot with no appends beside it was paced");
+    assert!(snap.unwrap().size_bytes > 2 << 20);
+    node.shutdown().unwrap();
 }

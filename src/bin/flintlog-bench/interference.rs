@@ -57,19 +57,43 @@ pub(crate) fn raw_latency_around(
 }
 
 /// Writes `bytes` into a new file as the snapshotter writes a snapshot: 256 KiB at a
-/// time, fdatasync every `sync_chunk` bytes, then a sync, a rename and a directory sync.
-pub(crate) fn write_like_a_snapshot(dir: &Path, bytes: u64, sync_chunk: u64) {
+/// time, each `sync_chunk` bytes handed to the disk (`sync_file_range`, no flush), at
+/// most `bytes_per_sec` (0: at full speed), then a sync, a rename and a directory sync.
+pub(crate) fn write_like_a_snapshot(dir: &Path, bytes: u64, sync_chunk: u64, bytes_per_sec: u64) {
+    use std::os::fd::AsRawFd;
     let temp = dir.join("raw-snapshot.tmp");
     let file = std::fs::File::create(&temp).expect("snapshot file");
     let block = vec![0x5au8; 256 * 1024];
     let (mut pos, mut since) = (0u64, 0u64);
+    let started = Instant::now();
     while pos < bytes {
         file.write_all_at(&block, pos).expect("write");
         pos += block.len() as u64;
         since += block.len() as u64;
         if since >= sync_chunk {
-            file.sync_data().expect("fdatasync");
+            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            // SAFETY: a descriptor this function owns, and plain integers.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    (pos - since) as libc::off64_t,
+                    since as libc::off64_t,
+                    flags,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "sync_file_range: {}",
+                std::io::Error::last_os_error()
+            );
             since = 0;
+        }
+        if bytes_per_sec > 0 {
+            let due = started + Duration::from_secs_f64(pos as f64 / bytes_per_sec as f64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
     }
     file.sync_all().expect("sync");
