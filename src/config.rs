@@ -114,7 +114,7 @@ impl Config {
             inbox_capacity: 4096,
             batch_entries_max: 4096,
             snapshot_sync_chunk_bytes: 256 * 1024,
-            snapshot_busy_bytes_per_sec: 64 * 1024 * 1024,
+            snapshot_busy_bytes_per_sec: 128 * 1024 * 1024,
             policy: Policy::default(),
             segment_prefill: true,
             delete_chunk_bytes: 1024 * 1024,

@@ -62,7 +62,7 @@ pub(crate) fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
          of the large state, against the idle period just before it. The hand-off pause is \
          what the append path spends giving the state to the snapshotter: a clone of the \
          persistent map and a channel send, measured directly. While the log syncs, the \
-         snapshotter writes at most `snapshot_busy_bytes_per_sec` (64 MiB/s). The raw log \
+         snapshotter writes at most `snapshot_busy_bytes_per_sec` (128 MiB/s). The raw log \
          beside it is the disk's own share: one thread writing and fdatasyncing 4 records \
          at a time into a zero-filled file, timed per sync, idle and then while another \
          thread writes a file of the snapshot's size as the snapshotter does (same writes, \
