@@ -618,8 +618,26 @@ fn a_chunk_damaged_on_the_way_is_asked_again_never_installed() {
 fn a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only() {
     let g = Group::start(slow);
     strand_n3(&g);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files(&g.dirs[2], ".part")
+        .first()
+        .is_none_or(|p| std::fs::metadata(g.dirs[2].join(p)).map_or(0, |m| m.len()) == 0)
+    {
+        assert!(Instant::now() < deadline, "no transfer began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Once the transfer is under way, the leader snapshots past it and compacts behind
+    // that newer snapshot at once, however fast the writes below go beside it.
+    let leader = (1..=2)
+        .find(|&id| g.status(id).role == "leader")
+        .expect("a leader among n1 and n2");
+    for i in 0..50u64 {
+        g.append(leader, format!("set past{i}=v"));
+    }
+    let newer = call(|r| g.node(leader).snapshot_with(r)).unwrap();
+    call(|r| g.node(leader).compact_with(newer.offset, r)).unwrap();
     // Writes go on while the snapshot travels at 256 KiB/s: the leader snapshots
-    // and compacts several times meanwhile.
+    // and compacts several times more meanwhile.
     let started = Instant::now();
     let mut i = 0u64;
     while g.status(3).management.transfers.completed == 0 {
