@@ -13,11 +13,11 @@ pub(super) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// is written back with no cache flush: the log's flushes carry the little written
 /// since the one before. Unpaced, each chunk is fdatasynced: at full speed, the
 /// snapshot's own flushes carry its bytes, where the log's would otherwise (in
-/// `make bench`, a raw log beside a file written at full speed had a p99 2.3-2.9x
+/// `make bench`, a raw log beside a file written at full speed had a p99 1.3-2.9x
 /// idle with a flush per chunk, 5.2-7.9x without).
 #[derive(Debug, Clone)]
 pub struct WritePace {
-    /// Bytes between two syncs of the file being written.
+    /// Bytes between two hand-offs to the disk (an fdatasync, or when paced a write-back).
     pub sync_chunk: u64,
     /// Most bytes per second while the log syncs (0: no limit).
     pub busy_bytes_per_sec: u64,

@@ -566,23 +566,24 @@ fn strand_n3(g: &Group) {
     g.cut_off(3, false);
 }
 
+/// Waits until part of a snapshot has arrived at n3.
+fn wait_for_a_transfer_to_n3(g: &Group) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files(&g.dirs[2], ".part")
+        .first()
+        .is_none_or(|p| std::fs::metadata(g.dirs[2].join(p)).map_or(0, |m| m.len()) == 0)
+    {
+        assert!(Instant::now() < deadline, "no transfer began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_transfer_cut_by_a_restart_of_the_follower_resumes_where_it_stopped() {
     let g = Group::start(slow);
     strand_n3(&g);
     // Wait until part of the snapshot arrived, then restart n3 mid-transfer.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let parts = files(&g.dirs[2], ".part");
-        let len = parts
-            .first()
-            .map_or(0, |p| std::fs::metadata(g.dirs[2].join(p)).unwrap().len());
-        if len > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no transfer began");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_transfer_to_n3(&g);
     g.down(3);
     g.up(3);
     let all = g.converge(&[1, 2, 3]);
@@ -618,14 +619,7 @@ fn a_chunk_damaged_on_the_way_is_asked_again_never_installed() {
 fn a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only() {
     let g = Group::start(slow);
     strand_n3(&g);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while files(&g.dirs[2], ".part")
-        .first()
-        .is_none_or(|p| std::fs::metadata(g.dirs[2].join(p)).map_or(0, |m| m.len()) == 0)
-    {
-        assert!(Instant::now() < deadline, "no transfer began");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_transfer_to_n3(&g);
     // Once the transfer is under way, the leader snapshots past it and compacts behind
     // that newer snapshot at once, however fast the writes below go beside it.
     let leader = (1..=2)
@@ -668,14 +662,7 @@ fn a_leader_lost_mid_transfer_is_replaced_and_the_follower_gets_a_snapshot_from_
     let leader = (1..=2)
         .find(|&id| g.status(id).role == "leader")
         .expect("a leader among n1 and n2");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while files(&g.dirs[2], ".part")
-        .first()
-        .is_none_or(|p| std::fs::metadata(g.dirs[2].join(p)).map_or(0, |m| m.len()) == 0)
-    {
-        assert!(Instant::now() < deadline, "no transfer began");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_a_transfer_to_n3(&g);
     g.down(leader);
     let other = 3 - leader;
     let pair = g.converge(&[other, 3]);
