@@ -32,15 +32,17 @@ pub struct Config {
     pub inbox_capacity: usize,
     /// Most requests the appender takes into one group commit.
     pub batch_entries_max: usize,
-    /// A snapshot being written is handed to the disk every this many bytes (written
-    /// back without a cache flush; the file is made durable once, whole), so that its
-    /// data never reaches the disk as one burst that the log's fdatasync queues behind.
-    /// When these were fdatasyncs, in `make bench` (1M keys, 8 writers), 256 KiB kept
-    /// the worst append under a snapshot to ~3-11 ms against 9-11 ms with 4 MiB.
+    /// A snapshot being written is handed to the disk every this many bytes, so that
+    /// its data never reaches the disk as one burst that the log's fdatasync queues
+    /// behind: written back without a cache flush when paced (see
+    /// [`Config::snapshot_busy_bytes_per_sec`]), fdatasynced when not. With an
+    /// fdatasync each, in `make bench` (1M keys, 8 writers), 256 KiB kept the worst
+    /// append under a snapshot to ~3-11 ms against 9-11 ms with 4 MiB.
     pub snapshot_sync_chunk_bytes: u64,
     /// While the log is syncing, a snapshot file is written at most this many bytes
-    /// per second (0: no limit); while it is not, at full speed. Each of the log's
-    /// fdatasyncs flushes whatever snapshot bytes were written since the one before.
+    /// per second (0: no limit, each chunk then fdatasynced); while it is not, at full
+    /// speed. Each of the log's fdatasyncs flushes whatever snapshot bytes were written
+    /// since the one before.
     pub snapshot_busy_bytes_per_sec: u64,
     /// When snapshots and compactions happen on their own, and how many snapshots
     /// are kept; changeable at run time with `wal_policy`.

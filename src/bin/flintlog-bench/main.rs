@@ -84,9 +84,6 @@ fn config(dir: &Path) -> Config {
         max_chain: 0,
         ..flintlog::Policy::default()
     };
-    if let Ok(v) = std::env::var("EXPERIMENT_PACE") {
-        c.snapshot_busy_bytes_per_sec = v.parse().unwrap();
-    }
     c
 }
 
