@@ -69,6 +69,7 @@ pub use crate::types::SnapshotFile;
 pub use layout::{delta as delta_file_name, is_delta, snapshot as file_name};
 
 mod choose;
+mod encode;
 mod format;
 mod read;
 mod write;

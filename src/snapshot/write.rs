@@ -1,7 +1,8 @@
 //! Writing snapshots and deltas crash-safely: temp file, body synced in chunks so
 //! that the log's own syncs never queue behind much of it, header, sync, rename,
-//! directory sync.
+//! directory sync. The body is encoded on a thread of its own (see [`super::encode`]).
 
+use super::encode::{Body, encode_beside};
 use super::*;
 
 pub(super) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
@@ -63,12 +64,21 @@ impl ChunkWriter<'_> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file.write_all_at(&self.buf, self.pos)?;
-        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
-        let bytes = self.buf.len() as u64;
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.put(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        written
+    }
+
+    /// Writes `data` at the end of the file, then hands it to the disk and paces as
+    /// [`WritePace`] says.
+    fn put(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.pos)?;
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        let bytes = data.len() as u64;
         self.pos += bytes;
         self.since_sync += bytes;
-        self.buf.clear();
         if self.since_sync >= self.sync_chunk {
             if self.pacer.is_some() {
                 self.file
@@ -91,6 +101,11 @@ impl ChunkWriter<'_> {
 
 impl Write for ChunkWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.is_empty() && data.len() >= WRITE_BUFFER_BYTES {
+            // A whole chunk from the encoder: written as it is, not copied.
+            self.put(data)?;
+            return Ok(data.len());
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= WRITE_BUFFER_BYTES {
             self.flush_buf()?;
@@ -123,7 +138,7 @@ pub fn write(
     pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
     let offset = offset.on_disk();
-    write_file(fs, dir, file_name(offset), MAGIC, offset, pace, |w| {
+    write_file(fs, dir, file_name(offset), MAGIC, offset, pace, &|w| {
         write_body(w, state)
     })
 }
@@ -144,7 +159,7 @@ pub fn write_delta(
 ) -> io::Result<SnapshotFile> {
     let offset = offset.on_disk();
     let name = delta_file_name(offset);
-    write_file(fs, dir, name, DELTA_MAGIC, offset, pace, |w| {
+    write_file(fs, dir, name, DELTA_MAGIC, offset, pace, &|w| {
         write_delta_body(w, parent, changes, other_payloads)
     })
 }
@@ -164,8 +179,8 @@ pub fn write_machine(
     state: &KvState,
     pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
-    write_file(fs, dir, name, MACHINE_MAGIC, index, pace, |w| {
-        bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    write_file(fs, dir, name, MACHINE_MAGIC, index, pace, &|mut w| {
+        bincode::encode_into_std_write(head, &mut w, bincode_config()).map_err(encode_err)?;
         write_body(w, state)
     })
 }
@@ -189,8 +204,8 @@ pub fn write_machine_delta(
     other_payloads: u64,
     pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
-    write_file(fs, dir, name, MACHINE_DELTA_MAGIC, index, pace, |w| {
-        bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    write_file(fs, dir, name, MACHINE_DELTA_MAGIC, index, pace, &|mut w| {
+        bincode::encode_into_std_write(head, &mut w, bincode_config()).map_err(encode_err)?;
         write_delta_body(w, parent, changes, other_payloads)
     })
 }
@@ -204,7 +219,7 @@ pub(super) fn write_file(
     magic: &[u8; 8],
     offset: u64,
     pace: &WritePace,
-    body: impl FnOnce(&mut ChunkWriter<'_>) -> io::Result<()>,
+    body: &Body<'_>,
 ) -> io::Result<SnapshotFile> {
     let (mut size_bytes, mut checksum) = (0, 0);
     create_durably(fs, dir, &name, |file| {
@@ -217,7 +232,7 @@ pub(super) fn write_file(
             sync_chunk: pace.sync_chunk,
             pacer: pace.pacer(),
         };
-        body(&mut w)?;
+        encode_beside(body, &mut w)?;
         w.flush()?;
         let header = Header {
             offset,
@@ -237,7 +252,7 @@ pub(super) fn write_file(
 }
 
 pub(super) fn write_delta_body(
-    w: &mut impl Write,
+    mut w: &mut dyn Write,
     parent: &SnapshotFile,
     changes: &[Change],
     other_payloads: u64,
@@ -248,20 +263,20 @@ pub(super) fn write_delta_body(
         other_payloads,
         changes.len() as u64,
     );
-    bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    bincode::encode_into_std_write(head, &mut w, bincode_config()).map_err(encode_err)?;
     for (k, v) in changes {
-        bincode::encode_into_std_write((&**k, v.as_deref()), &mut *w, bincode_config())
+        bincode::encode_into_std_write((&**k, v.as_deref()), &mut w, bincode_config())
             .map_err(encode_err)?;
     }
     Ok(())
 }
 
 /// Encodes the body: the key count and other-payload count, then the pairs in key order.
-pub(super) fn write_body(w: &mut impl Write, state: &KvState) -> io::Result<()> {
+pub(super) fn write_body(mut w: &mut dyn Write, state: &KvState) -> io::Result<()> {
     let head = (state.map.len() as u64, state.other_payloads);
-    bincode::encode_into_std_write(head, &mut *w, bincode_config()).map_err(encode_err)?;
+    bincode::encode_into_std_write(head, &mut w, bincode_config()).map_err(encode_err)?;
     for (k, v) in state.map.iter() {
-        bincode::encode_into_std_write((&**k, &**v), &mut *w, bincode_config())
+        bincode::encode_into_std_write((&**k, &**v), &mut w, bincode_config())
             .map_err(encode_err)?;
     }
     Ok(())
