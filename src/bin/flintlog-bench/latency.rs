@@ -61,8 +61,9 @@ pub(crate) fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
         "Eight writers append continuously; latency while the snapshotter writes a snapshot \
          of the large state, against the idle period just before it. The hand-off pause is \
          what the append path spends giving the state to the snapshotter: a clone of the \
-         persistent map and a channel send, measured directly. While the log syncs, the \
-         snapshotter writes at most `snapshot_busy_bytes_per_sec` (128 MiB/s). The raw log \
+         persistent map and a channel send, measured directly. The body is encoded on a \
+         thread under SCHED_IDLE; while the log syncs, the snapshotter writes it at most at \
+         `snapshot_busy_bytes_per_sec` (128 MiB/s). The raw log \
          beside it is the disk's own share: one thread writing and fdatasyncing 4 records \
          at a time into a zero-filled file, timed per sync, idle and then while another \
          thread writes a file of the snapshot's size as the snapshotter does (same writes, \
@@ -126,7 +127,8 @@ pub(crate) fn bench_appends_during_snapshot(args: &Args, r: &mut Report) {
              before. The same I/O without flintlog, a raw log beside a file written as the \
              snapshot is, measured {raw_ratio:.2}x at full speed (worst sync {raw_max:.1} ms) \
              and {raw_paced:.2}x at the node's {} MiB/s: that is the disk's share; the rest \
-             is the snapshot's serialization on the two cores the writers use; {}.",
+             is CPU on the two cores the writers use: the snapshotter's own writing thread, \
+             and the body's encoder wherever no core is idle; {}.",
             s99 / i99,
             rate >> 20,
             disk_facts(&args.dir)

@@ -13,10 +13,11 @@ pub(crate) fn big_state(keys: u64) -> KvState {
 pub(crate) fn bench_snapshot(args: &Args, r: &mut Report) {
     r.section(
         &format!("c. Snapshot of {} keys, end to end", args.keys),
-        "Serialize, write as a node with nothing appended does (at full speed, each \
+        "Serialize (on an encoder thread under SCHED_IDLE, beside the writing thread), write \
+         as a node with nothing appended does (at full speed, each \
          `snapshot_sync_chunk_bytes`, 256 KiB, written back with no cache flush), fsync, \
-         rename and fsync the directory, against serializing the same state (same format, same encoder) into a \
-         Vec in memory.",
+         rename and fsync the directory, against serializing the same state (same format, \
+         same encoder) into a Vec in memory on one thread.",
     );
     let state = big_state(args.keys);
     let d = fresh(&args.dir, "c");
