@@ -115,8 +115,8 @@ enum Ended {
 
 /// Runs `body` on an encoding thread under `SCHED_IDLE` and writes what it produces to
 /// `sink` on the calling thread, in chunks of [`WRITE_BUFFER_BYTES`] (the last one
-/// shorter); if the encoder starves, the calling thread encodes the rest. Returns once
-/// every byte is written to `sink`.
+/// shorter); if the encoder starves, the calling thread encodes the rest (and the whole
+/// body if no thread can be started). Returns once every byte is written to `sink`.
 ///
 /// # Errors
 /// The writer's first error (the encoder is then stopped at its next write), else the
@@ -142,7 +142,14 @@ pub(super) fn encode_beside(body: &Body<'_>, sink: &mut dyn Write) -> io::Result
                 };
                 body(&mut out)?;
                 out.hand_over()
-            })?;
+            });
+        let encoder = match encoder {
+            Ok(encoder) => encoder,
+            Err(e) => {
+                log::debug!("no thread for the snapshot encoder ({e}): encoding on the writer's");
+                return body(sink);
+            }
+        };
         let mut written = 0u64;
         let ended = loop {
             match full_rx.recv_timeout(STARVED_AFTER) {
