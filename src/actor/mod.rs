@@ -217,7 +217,8 @@ pub(crate) fn spawn_actor(
 
 /// Puts the calling thread below the log's threads on the CPU (nice 10): a snapshot,
 /// a compaction or an upload can always wait; an append waiting for a core shows in
-/// its latency.
+/// its latency. (A snapshot's encoding goes lower still, under `SCHED_IDLE`, on a
+/// thread that does no file operation: see `snapshot::encode`.)
 pub(crate) fn below_the_log() {
     // SAFETY: setpriority on this thread's own id; no memory is touched.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };

@@ -6,6 +6,10 @@
 //! answers them all. Compaction requests pass through here so that they reach the
 //! compactor only with a durable snapshot that covers them.
 //!
+//! This thread runs at nice 10 and does every file operation of a snapshot; the
+//! body's encoding runs beside it on a thread under `SCHED_IDLE` (see
+//! `snapshot::encode`), so that the CPU work gives way at once to the log's threads.
+//!
 //! Architecture Invariant: a snapshot is reported durable (to the requester, to the
 //! appender and to the compactor) only after temp-file fsync, rename and directory
 //! fsync have all completed.

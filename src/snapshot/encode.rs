@@ -15,9 +15,13 @@
 //! A `SCHED_IDLE` thread gets almost nothing of a core that other threads keep busy:
 //! when the writer has waited [`STARVED_AFTER`] for a chunk, it stops the encoder and
 //! encodes the rest itself (the encoding is deterministic: it skips the bytes already
-//! written), so a busy machine delays a snapshot by that much, never indefinitely.
+//! written), so a busy machine delays a snapshot by that much, never indefinitely. The
+//! writer does not wait for a stopped encoder to end: it may not get a core for a long
+//! while to see that it was stopped. So the body owns what it encodes (a cut of a
+//! persistent map is cheap to clone) and the encoder's thread is left to end alone.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -34,11 +38,11 @@ pub(super) const STARVED_AFTER: Duration = Duration::from_millis(50);
 
 /// What a snapshot's body is encoded by: called once on the encoder's thread, and
 /// again on the writer's if the encoder starves; it must write the same bytes each time.
-pub(super) type Body<'a> = dyn Fn(&mut dyn Write) -> io::Result<()> + Sync + 'a;
+pub(super) type Body = Arc<dyn Fn(&mut dyn Write) -> io::Result<()> + Send + Sync>;
 
 /// The encoder's end: what the body is written to. Full chunks go to the writer; a
 /// chunk it has written comes back to be filled again.
-struct Encoder<'a> {
+struct Encoder {
     buf: Vec<u8>,
     full: Sender<Vec<u8>>,
     free: Receiver<Vec<u8>>,
@@ -46,14 +50,14 @@ struct Encoder<'a> {
     /// flight and the one being filled).
     made: usize,
     /// Set by the writer when it stops waiting for this encoder.
-    stopped: &'a AtomicBool,
+    stopped: Arc<AtomicBool>,
 }
 
 fn writer_gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot writer stopped")
 }
 
-impl Encoder<'_> {
+impl Encoder {
     fn hand_over(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -69,7 +73,7 @@ impl Encoder<'_> {
     }
 }
 
-impl Write for Encoder<'_> {
+impl Write for Encoder {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.stopped.load(Ordering::Relaxed) {
             return Err(writer_gone());
@@ -121,17 +125,15 @@ enum Ended {
 /// # Errors
 /// The writer's first error (the encoder is then stopped at its next write), else the
 /// encoder's.
-pub(super) fn encode_beside(body: &Body<'_>, sink: &mut dyn Write) -> io::Result<()> {
-    let stopped = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        // Made inside the scope: if the writer unwinds, they are dropped before the
-        // scope waits for the encoder, whose next hand-over then fails.
-        let (full_tx, full_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT);
-        let (free_tx, free_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
-        let stopped = &stopped;
-        let encoder = std::thread::Builder::new()
+pub(super) fn encode_beside(body: Body, sink: &mut dyn Write) -> io::Result<()> {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (full_tx, full_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(CHUNKS_IN_FLIGHT + 1);
+    let encoder = {
+        let (body, stopped) = (body.clone(), stopped.clone());
+        std::thread::Builder::new()
             .name("snapshot-encoder".into())
-            .spawn_scoped(scope, move || {
+            .spawn(move || {
                 below_every_other_thread();
                 let mut out = Encoder {
                     buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
@@ -142,55 +144,55 @@ pub(super) fn encode_beside(body: &Body<'_>, sink: &mut dyn Write) -> io::Result
                 };
                 body(&mut out)?;
                 out.hand_over()
-            });
-        let encoder = match encoder {
-            Ok(encoder) => encoder,
-            Err(e) => {
-                log::debug!("no thread for the snapshot encoder ({e}): encoding on the writer's");
-                return body(sink);
-            }
-        };
-        let mut written = 0u64;
-        let ended = loop {
-            match full_rx.recv_timeout(STARVED_AFTER) {
-                Ok(mut chunk) => {
-                    if let Err(e) = sink.write_all(&chunk) {
-                        break Err(e);
-                    }
-                    written += chunk.len() as u64;
-                    chunk.clear();
-                    // The encoder may have finished and gone: the chunk is then not needed.
-                    let _ = free_tx.send(chunk);
-                }
-                Err(RecvTimeoutError::Disconnected) => break Ok(Ended::Encoded),
-                Err(RecvTimeoutError::Timeout) => break Ok(Ended::Starved),
-            }
-        };
-        if !matches!(ended, Ok(Ended::Encoded)) {
-            stopped.store(true, Ordering::Relaxed);
+            })
+    };
+    let encoder = match encoder {
+        Ok(encoder) => encoder,
+        Err(e) => {
+            log::debug!("no thread for the snapshot encoder ({e}): encoding on the writer's");
+            return body(sink);
         }
-        drop(full_rx);
-        drop(free_tx);
-        let rest = match ended {
-            Ok(Ended::Starved) => {
-                log::debug!(
-                    "the snapshot encoder got no core for {STARVED_AFTER:?}: encoding the \
-                     rest of the body on the writer's thread"
-                );
-                Some(body(&mut Skip {
-                    skip: written,
-                    sink,
-                }))
+    };
+    // If the writer unwinds, the channels are dropped with it and the encoder's next
+    // hand-over fails: it ends alone.
+    let mut written = 0u64;
+    let ended = loop {
+        match full_rx.recv_timeout(STARVED_AFTER) {
+            Ok(mut chunk) => {
+                if let Err(e) = sink.write_all(&chunk) {
+                    break Err(e);
+                }
+                written += chunk.len() as u64;
+                chunk.clear();
+                // The encoder may have finished and gone: the chunk is then not needed.
+                let _ = free_tx.send(chunk);
             }
-            Ok(Ended::Encoded) => None,
-            Err(e) => Some(Err(e)),
-        };
-        let encoded = encoder
+            Err(RecvTimeoutError::Disconnected) => break Ok(Ended::Encoded),
+            Err(RecvTimeoutError::Timeout) => break Ok(Ended::Starved),
+        }
+    };
+    match ended {
+        // The encoder has dropped its end: its thread is ending, if not gone.
+        Ok(Ended::Encoded) => encoder
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        // Once the writer stopped the encoder, its error is only that.
-        rest.unwrap_or(encoded)
-    })
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        Ok(Ended::Starved) => {
+            stopped.store(true, Ordering::Relaxed);
+            drop((full_rx, free_tx));
+            log::debug!(
+                "the snapshot encoder got no core for {STARVED_AFTER:?}: encoding the \
+                 rest of the body on the writer's thread"
+            );
+            body(&mut Skip {
+                skip: written,
+                sink,
+            })
+        }
+        Err(e) => {
+            stopped.store(true, Ordering::Relaxed);
+            Err(e)
+        }
+    }
 }
 
 /// Puts the calling thread under `SCHED_IDLE`: it runs only on a core no other thread
@@ -214,32 +216,35 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
-    fn encode(body: &Body<'_>) -> (Vec<u8>, io::Result<()>) {
+    fn encode(
+        body: impl Fn(&mut dyn Write) -> io::Result<()> + Send + Sync + 'static,
+    ) -> (Vec<u8>, io::Result<()>) {
         let mut out = Vec::new();
-        let result = encode_beside(body, &mut out);
+        let result = encode_beside(Arc::new(body), &mut out);
         (out, result)
     }
 
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    fn pattern(len: usize) -> Arc<Vec<u8>> {
+        Arc::new((0..len).map(|i| (i * 7 % 251) as u8).collect())
     }
 
     #[test]
     fn every_byte_arrives_in_order_whatever_the_write_sizes() {
         let data = pattern(WRITE_BUFFER_BYTES * 5 + 123);
-        let (out, result) = encode(&|w| {
-            for piece in data.chunks(1000) {
+        let source = data.clone();
+        let (out, result) = encode(move |w| {
+            for piece in source.chunks(1000) {
                 w.write_all(piece)?;
             }
             w.write_all(&[])
         });
         result.unwrap();
-        assert_eq!(out, data);
+        assert_eq!(out, *data);
     }
 
     #[test]
     fn an_empty_body_writes_nothing() {
-        let (out, result) = encode(&|_| Ok(()));
+        let (out, result) = encode(|_| Ok(()));
         result.unwrap();
         assert!(out.is_empty());
     }
@@ -247,7 +252,7 @@ mod tests {
     #[test]
     fn the_encoder_runs_on_its_own_thread_under_sched_idle() {
         let caller = std::thread::current().id();
-        let (_, result) = encode(&|w| {
+        let (_, result) = encode(move |w| {
             assert_ne!(std::thread::current().id(), caller);
             // SAFETY: reads the calling thread's policy.
             let policy = unsafe { libc::sched_getscheduler(0) };
@@ -258,26 +263,23 @@ mod tests {
     }
 
     #[test]
-    fn a_starved_encoder_is_stopped_and_the_writer_encodes_the_rest_itself() {
+    fn a_starved_encoder_is_left_behind_and_the_writer_encodes_the_rest_itself() {
         let data = pattern(WRITE_BUFFER_BYTES * 3 + 77);
+        let source = data.clone();
         let caller = std::thread::current().id();
-        let runs_by_the_writer = AtomicUsize::new(0);
+        let runs_by_the_writer = Arc::new(AtomicUsize::new(0));
+        let runs = runs_by_the_writer.clone();
         let started = Instant::now();
-        let (out, result) = encode(&|w| {
+        let (out, result) = encode(move |w| {
             let on_encoder = std::thread::current().id() != caller;
             if !on_encoder {
-                runs_by_the_writer.fetch_add(1, Ordering::Relaxed);
+                runs.fetch_add(1, Ordering::Relaxed);
             }
-            for (i, piece) in data.chunks(4096).enumerate() {
-                // The encoder stalls after its first chunk as if it got no core, and
-                // would for twenty seconds.
+            for (i, piece) in source.chunks(4096).enumerate() {
                 if on_encoder && i == WRITE_BUFFER_BYTES / 4096 + 1 {
-                    let stall = Instant::now();
-                    while stall.elapsed() < Duration::from_secs(20) {
-                        std::thread::sleep(Duration::from_millis(5));
-                        // Where a real encoder next writes, it finds itself stopped.
-                        let _ = w.write(&[])?;
-                    }
+                    // The encoder stalls after its first chunk as if it got no core,
+                    // and would not see that it was stopped for twenty seconds.
+                    std::thread::sleep(Duration::from_secs(20));
                 }
                 w.write_all(piece)?;
             }
@@ -285,7 +287,7 @@ mod tests {
         });
         result.unwrap();
         assert_eq!(
-            out, data,
+            out, *data,
             "the bytes of one encoding, none twice or missing"
         );
         assert_eq!(runs_by_the_writer.load(Ordering::Relaxed), 1);
@@ -320,26 +322,32 @@ mod tests {
             ok: WRITE_BUFFER_BYTES,
             seen: 0,
         };
-        let encoded = AtomicUsize::new(0);
+        let encoded = Arc::new(AtomicUsize::new(0));
+        let (count, (done_tx, done_rx)) = (encoded.clone(), crossbeam_channel::bounded(1));
         let result = encode_beside(
-            &|w| {
+            Arc::new(move |w: &mut dyn Write| {
                 // Far more than the writer takes and the chunks in flight hold.
-                for _ in 0..1000 {
+                let outcome = (0..1000).try_for_each(|_| {
                     w.write_all(&[1u8; WRITE_BUFFER_BYTES])?;
-                    encoded.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            },
+                    count.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                });
+                let _ = done_tx.send(());
+                outcome
+            }),
             &mut sink,
         );
         assert_eq!(result.unwrap_err().to_string(), "disk gone");
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the encoder stops");
         let encoded = encoded.load(Ordering::Relaxed);
         assert!(encoded <= CHUNKS_IN_FLIGHT + 3, "encoded {encoded} chunks");
     }
 
     #[test]
     fn an_encoding_error_is_reported_once_what_was_handed_over_is_written() {
-        let (out, result) = encode(&|w| {
+        let (out, result) = encode(|w| {
             w.write_all(&[2u8; WRITE_BUFFER_BYTES + 10])?;
             Err(io::Error::other("bad state"))
         });
@@ -358,17 +366,21 @@ mod tests {
                 Ok(())
             }
         }
-        let outcome = std::panic::catch_unwind(|| {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let outcome = std::panic::catch_unwind(move || {
             encode_beside(
-                &|w| {
-                    for _ in 0..100 {
-                        w.write_all(&[3u8; WRITE_BUFFER_BYTES])?;
-                    }
-                    Ok(())
-                },
+                Arc::new(move |w: &mut dyn Write| {
+                    let outcome =
+                        (0..100).try_for_each(|_| w.write_all(&[3u8; WRITE_BUFFER_BYTES]));
+                    let _ = done_tx.send(());
+                    outcome
+                }),
                 &mut Panicking,
             )
         });
         assert!(outcome.is_err(), "the writer's panic goes on to the caller");
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the encoder stops");
     }
 }

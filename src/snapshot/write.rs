@@ -2,7 +2,7 @@
 //! that the log's own syncs never queue behind much of it, header, sync, rename,
 //! directory sync. The body is encoded on a thread of its own (see [`super::encode`]).
 
-use super::encode::{Body, encode_beside};
+use super::encode::encode_beside;
 use super::*;
 
 pub(super) const WRITE_BUFFER_BYTES: usize = 256 * 1024;
@@ -138,8 +138,9 @@ pub fn write(
     pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
     let offset = offset.on_disk();
-    write_file(fs, dir, file_name(offset), MAGIC, offset, pace, &|w| {
-        write_body(w, state)
+    let state = state.clone();
+    write_file(fs, dir, file_name(offset), MAGIC, offset, pace, move |w| {
+        write_body(w, &state)
     })
 }
 
@@ -159,8 +160,9 @@ pub fn write_delta(
 ) -> io::Result<SnapshotFile> {
     let offset = offset.on_disk();
     let name = delta_file_name(offset);
-    write_file(fs, dir, name, DELTA_MAGIC, offset, pace, &|w| {
-        write_delta_body(w, parent, changes, other_payloads)
+    let (parent, changes) = (parent.clone(), changes.to_vec());
+    write_file(fs, dir, name, DELTA_MAGIC, offset, pace, move |w| {
+        write_delta_body(w, &parent, &changes, other_payloads)
     })
 }
 
@@ -179,9 +181,11 @@ pub fn write_machine(
     state: &KvState,
     pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
-    write_file(fs, dir, name, MACHINE_MAGIC, index, pace, &|mut w| {
-        bincode::encode_into_std_write(head, &mut w, bincode_config()).map_err(encode_err)?;
-        write_body(w, state)
+    let (head, state) = (head.to_vec(), state.clone());
+    write_file(fs, dir, name, MACHINE_MAGIC, index, pace, move |mut w| {
+        bincode::encode_into_std_write(head.as_slice(), &mut w, bincode_config())
+            .map_err(encode_err)?;
+        write_body(w, &state)
     })
 }
 
@@ -204,10 +208,20 @@ pub fn write_machine_delta(
     other_payloads: u64,
     pace: &WritePace,
 ) -> io::Result<SnapshotFile> {
-    write_file(fs, dir, name, MACHINE_DELTA_MAGIC, index, pace, &|mut w| {
-        bincode::encode_into_std_write(head, &mut w, bincode_config()).map_err(encode_err)?;
-        write_delta_body(w, parent, changes, other_payloads)
-    })
+    let (head, parent, changes) = (head.to_vec(), parent.clone(), changes.to_vec());
+    write_file(
+        fs,
+        dir,
+        name,
+        MACHINE_DELTA_MAGIC,
+        index,
+        pace,
+        move |mut w| {
+            bincode::encode_into_std_write(head.as_slice(), &mut w, bincode_config())
+                .map_err(encode_err)?;
+            write_delta_body(w, &parent, &changes, other_payloads)
+        },
+    )
 }
 
 /// The recipe every kind shares: the body streamed after a placeholder header (handed
@@ -219,8 +233,9 @@ pub(super) fn write_file(
     magic: &[u8; 8],
     offset: u64,
     pace: &WritePace,
-    body: &Body<'_>,
+    body: impl Fn(&mut dyn Write) -> io::Result<()> + Send + Sync + 'static,
 ) -> io::Result<SnapshotFile> {
+    let body = std::sync::Arc::new(body);
     let (mut size_bytes, mut checksum) = (0, 0);
     create_durably(fs, dir, &name, |file| {
         let mut w = ChunkWriter {
@@ -232,7 +247,7 @@ pub(super) fn write_file(
             sync_chunk: pace.sync_chunk,
             pacer: pace.pacer(),
         };
-        encode_beside(body, &mut w)?;
+        encode_beside(body.clone(), &mut w)?;
         w.flush()?;
         let header = Header {
             offset,
