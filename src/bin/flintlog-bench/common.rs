@@ -2,6 +2,8 @@
 //! and their Markdown), medians, scratch directories and the raw `fdatasync` baseline.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use flintlog::wal::record;
@@ -104,6 +106,67 @@ pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool, aligned: bool
     drop(file);
     let _ = std::fs::remove_file(&path);
     rate
+}
+
+/// The least a group commit can do: `writers` threads each hand one record to a
+/// syncing thread over a channel and wait for its answer; the syncing thread takes
+/// every record queued, writes them with one `pwrite` at a 4 KiB boundary (as flintlog
+/// does) into a zero-filled file, fdatasyncs and answers each writer. No state machine,
+/// no request types: the cost of the threads' hand-offs alone. Returns (records/s,
+/// records per fdatasync).
+pub fn raw_group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("raw-group.dat");
+    let size = 256 * 1024 * 1024u64;
+    let file = raw_file(&path, Some(size));
+    let (tx, rx) = crossbeam_channel::unbounded::<crossbeam_channel::Sender<()>>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|_| {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if tx.send(done_tx.clone()).is_err() || done_rx.recv().is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    drop(tx);
+    let (mut pos, mut syncs) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        buf.clear();
+        for i in 0..waiting.len() {
+            record::encode(&mut buf, i as u64, PAYLOAD.as_bytes());
+        }
+        if pos + buf.len() as u64 > size {
+            pos = 0;
+        }
+        file.write_all_at(&buf, pos).expect("write");
+        file.sync_data().expect("fdatasync");
+        syncs += 1;
+        pos = (pos + buf.len() as u64).next_multiple_of(4096);
+        for w in waiting {
+            let _ = w.send(());
+        }
+        if started.elapsed().as_secs_f64() >= seconds {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let total: u64 = handles.into_iter().map(|h| h.join().expect("writer")).sum();
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    (rate, total as f64 / syncs.max(1) as f64)
 }
 
 /// A new file at `path` for a raw log, zero-filled to `zeroed` bytes and synced if

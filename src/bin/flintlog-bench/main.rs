@@ -31,7 +31,7 @@ use store::*;
 use transfer::*;
 
 use clap::Parser;
-use common::{PAYLOAD, Report, disk_facts, fresh, median, raw};
+use common::{PAYLOAD, Report, disk_facts, fresh, median, raw, raw_group_commit};
 use flintlog::core::kv::{KvState, Written, changes_of};
 use flintlog::core::policy::SnapshotMode;
 use flintlog::{Config, Node, Offset, Reply};
