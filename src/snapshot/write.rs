@@ -235,7 +235,6 @@ pub(super) fn write_file(
     pace: &WritePace,
     body: impl Fn(&mut dyn Write) -> io::Result<()> + Send + Sync + 'static,
 ) -> io::Result<SnapshotFile> {
-    let body = std::sync::Arc::new(body);
     let (mut size_bytes, mut checksum) = (0, 0);
     create_durably(fs, dir, &name, |file| {
         let mut w = ChunkWriter {
@@ -247,7 +246,7 @@ pub(super) fn write_file(
             sync_chunk: pace.sync_chunk,
             pacer: pace.pacer(),
         };
-        encode_beside(body.clone(), &mut w)?;
+        encode_beside(std::sync::Arc::new(body), &mut w)?;
         w.flush()?;
         let header = Header {
             offset,

@@ -112,7 +112,7 @@ pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool, aligned: bool
 /// syncing thread over a channel and wait for its answer; the syncing thread takes
 /// every record queued, writes them with one `pwrite` at a 4 KiB boundary (as flintlog
 /// does) into a zero-filled file, fdatasyncs and answers each writer. No state machine,
-/// no request types: the cost of the threads' hand-offs alone. Returns (records/s,
+/// no request types: the threads' hand-offs and the alignment alone. Returns (records/s,
 /// records per fdatasync).
 pub fn raw_group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) {
     use std::os::unix::fs::FileExt;

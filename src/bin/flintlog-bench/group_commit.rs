@@ -46,7 +46,8 @@ pub(crate) fn bench_group_commit(args: &Args, r: &mut Report) {
          commit is the least a group commit can do with the same threads: each writer hands \
          a record to one syncing thread over a channel and waits for its answer; that thread \
          writes every record queued at a 4 KiB boundary, fdatasyncs and answers each, with \
-         no state machine: against raw at its own batch, the hand-offs' share.",
+         no state machine: against packed raw at its own batch, the hand-offs' and the \
+         alignment's shares together.",
     );
     let mut rows = Vec::new();
     for writers in [1usize, 8, 64] {
@@ -96,7 +97,7 @@ pub(crate) fn bench_group_commit(args: &Args, r: &mut Report) {
                  share. The minimal group commit, the same threads handing records over \
                  channels to one syncing thread, reaches {:.2}x of raw at its own batch: \
                  that is the hand-offs' share (the writers' wake-ups, the syncing thread's \
-                 answers). flintlog reaches {:.2}x of the minimal group commit's appends/s; \
+                 answers) and the alignment's together. flintlog reaches {:.2}x of the minimal group commit's appends/s; \
                  the rest is the appender's own work per batch (request types, the state \
                  machine, the log's records and checksums).",
                 ours / base,
