@@ -617,7 +617,14 @@ fn a_chunk_damaged_on_the_way_is_asked_again_never_installed() {
 
 #[test]
 fn a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only() {
-    let g = Group::start(slow);
+    // A transfer of about 5 s: longer than the leader's 50 writes, snapshot and
+    // compaction below take even on a loaded machine (at `slow`'s rate, 1.3 s, they
+    // outlasted it with two busy loops beside the test).
+    fn slower(c: &mut Config) {
+        small(c);
+        c.snapshot_send_bytes_per_sec = 64 * 1024;
+    }
+    let g = Group::start(slower);
     strand_n3(&g);
     wait_for_a_transfer_to_n3(&g);
     // Once the transfer is under way, the leader snapshots past it and compacts behind
@@ -630,7 +637,12 @@ fn a_follower_installing_slower_than_the_log_grows_needs_one_snapshot_only() {
     }
     let newer = call(|r| g.node(leader).snapshot_with(r)).unwrap();
     call(|r| g.node(leader).compact_with(newer.offset, r)).unwrap();
-    // Writes go on while the snapshot travels at 256 KiB/s: the leader snapshots
+    let t = g.status(3).management.transfers;
+    assert_eq!(
+        t.completed, 0,
+        "the transfer ended before the leader compacted past it: nothing was tested"
+    );
+    // Writes go on while the snapshot travels at 64 KiB/s: the leader snapshots
     // and compacts several times more meanwhile.
     let started = Instant::now();
     let mut i = 0u64;
