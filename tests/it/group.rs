@@ -94,6 +94,7 @@ impl Group {
         for id in 1..=3 {
             g.up(id);
         }
+        g.settle();
         g
     }
 
@@ -112,7 +113,27 @@ impl Group {
         for id in 1..=3 {
             g.up(id);
         }
+        g.settle();
         g
+    }
+
+    /// Waits until the three nodes name one leader in one term. A test's first writes,
+    /// sent all in flight at once, would otherwise meet the first elections (on a
+    /// loaded machine a new group goes through several terms) and time out unanswered.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s: Vec<ClusterStatus> = (1..=3).map(|i| self.status(i)).collect();
+            let (leader, term) = (s[0].leader, s[0].term);
+            if leader != 0
+                && s.iter().all(|x| x.leader == leader && x.term == term)
+                && s[leader as usize - 1].role == "leader"
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no leader settled: {s:#?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// A power cut on node `id`'s disk now: the node is stopped and started again on
