@@ -177,9 +177,106 @@ impl KvState {
 /// One key set to a value, or deleted (`None`).
 pub type Change = (Arc<str>, Option<Arc<str>>);
 
+/// Shards of a [`Written`]. A hash map grows by moving every entry it holds into a
+/// table twice the size, in one go: for the half-million keys the appender may track
+/// between two cuts, that took 150 ms on the append path (each key's string is read
+/// again to hash it). Split in this many maps, one grows at a time, and by a 256th.
+pub const WRITTEN_SHARDS: usize = 256;
+
 /// The keys written (set, or deleted: `None`) over some stretch of the log, each with
 /// its last value. Extending one with a later one gives the writes of both stretches.
-pub type Written = std::collections::HashMap<Arc<str>, Option<Arc<str>>>;
+///
+/// Held in [`WRITTEN_SHARDS`] hash maps, a key's shard chosen by its hash, so that the
+/// map grows in small steps, never by rehashing every key at once.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// Empty until the first write.
+    shards: Vec<WrittenShard>,
+    len: usize,
+}
+
+/// One shard of a [`Written`].
+pub type WrittenShard = std::collections::HashMap<Arc<str>, Option<Arc<str>>>;
+
+/// Picks a key's shard: one seed for the process, random (keys come from clients).
+fn shard_of(key: &str) -> usize {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    (SEED.get_or_init(Default::default).hash_one(key) % WRITTEN_SHARDS as u64) as usize
+}
+
+impl Written {
+    pub fn new() -> Written {
+        Written::default()
+    }
+
+    /// Keys written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records `key`'s last value; returns what it replaced, if `key` was written before.
+    pub fn insert(&mut self, key: Arc<str>, value: Option<Arc<str>>) -> Option<Option<Arc<str>>> {
+        if self.shards.is_empty() {
+            self.shards = (0..WRITTEN_SHARDS).map(|_| Default::default()).collect();
+        }
+        let old = self.shards[shard_of(&key)].insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// The last value written to `key` (`Some(None)`: deleted), if it was written.
+    pub fn get(&self, key: &str) -> Option<&Option<Arc<str>>> {
+        self.shards.get(shard_of(key))?.get(key)
+    }
+
+    /// Each key written and its last value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Option<Arc<str>>)> {
+        self.shards.iter().flatten()
+    }
+
+    /// The shards, to be freed a part at a time.
+    pub fn into_shards(self) -> Vec<WrittenShard> {
+        self.shards
+    }
+
+    /// Forgets every write, keeping the memory for the next ones.
+    pub fn clear(&mut self) {
+        self.shards.iter_mut().for_each(|s| s.clear());
+        self.len = 0;
+    }
+}
+
+impl Extend<Change> for Written {
+    fn extend<I: IntoIterator<Item = Change>>(&mut self, writes: I) {
+        for (key, value) in writes {
+            self.insert(key, value);
+        }
+    }
+}
+
+impl FromIterator<Change> for Written {
+    fn from_iter<I: IntoIterator<Item = Change>>(writes: I) -> Written {
+        let mut w = Written::new();
+        w.extend(writes);
+        w
+    }
+}
+
+impl IntoIterator for Written {
+    type Item = Change;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<WrittenShard>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.shards.into_iter().flatten()
+    }
+}
 
 /// The writes as changes, in key order: what turns the state before the stretch into
 /// the state after it.
@@ -228,6 +325,60 @@ mod tests {
         let mut replayed = old.clone();
         replayed.apply_changes(&changes_of(&written), new.other_payloads);
         assert_eq!(replayed, new);
+    }
+
+    #[test]
+    fn written_keeps_each_keys_last_value_and_counts_keys_once() {
+        let mut w = Written::new();
+        assert!(w.is_empty() && w.get("a").is_none());
+        assert_eq!(w.insert("a".into(), Some("1".into())), None);
+        assert_eq!(w.insert("b".into(), None), None);
+        assert_eq!(
+            w.insert("a".into(), Some("2".into())),
+            Some(Some("1".into()))
+        );
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.get("a"), Some(&Some("2".into())));
+        assert_eq!(w.get("b"), Some(&None));
+        let later: Written = [
+            (Arc::from("b"), Some(Arc::from("3"))),
+            (Arc::from("c"), None),
+        ]
+        .into_iter()
+        .collect();
+        w.extend(later);
+        assert_eq!(w.len(), 3);
+        let mut all: Vec<Change> = w.clone().into_iter().collect();
+        all.sort();
+        assert_eq!(all, changes_of(&w));
+        assert_eq!(
+            all,
+            [
+                (Arc::from("a"), Some(Arc::from("2"))),
+                (Arc::from("b"), Some(Arc::from("3"))),
+                (Arc::from("c"), None)
+            ]
+        );
+        w.clear();
+        assert!(w.is_empty() && w.iter().next().is_none() && w.get("a").is_none());
+    }
+
+    #[test]
+    fn written_grows_one_small_shard_at_a_time() {
+        // A map grows by moving all its keys: no shard may hold much more than its
+        // share, so that no growth moves more than a small part of the keys.
+        let mut w = Written::new();
+        let n = 100_000;
+        for i in 0..n {
+            w.insert(format!("key{i}").into(), None);
+        }
+        assert_eq!(w.len(), n);
+        assert_eq!(w.shards.iter().map(|s| s.len()).sum::<usize>(), n);
+        let largest = w.shards.iter().map(|s| s.len()).max().unwrap();
+        assert!(
+            largest < 2 * n / WRITTEN_SHARDS,
+            "a shard of {largest} keys of {n}"
+        );
     }
 
     fn check(payload: &str, expected: Command<'_>) {

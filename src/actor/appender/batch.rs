@@ -105,10 +105,16 @@ impl Appender {
             // The overlay holds exactly this batch's writes, each key's last value.
             if let Some(changed) = &mut self.changed {
                 changed.extend(overlay);
-                if changed.len() > WRITTEN_MAX.max(self.state.map.len() / 2) {
-                    self.changed = None;
+                if changed.len() > WRITTEN_MAX.max(self.state.map.len() / 2)
+                    && let Some(given_up) = self.changed.take()
+                {
+                    self.given_up = given_up.into_shards();
                 }
             }
+            // Freeing half a million keys' entries at once stalled appends for 50 ms,
+            // on this thread or (through the allocator's cross-thread frees) another:
+            // the writes given up are freed a shard per batch.
+            drop(self.given_up.pop());
             self.counters.appends += entries;
             self.auto.entries += entries;
             self.auto.bytes += bytes;

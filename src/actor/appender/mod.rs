@@ -96,6 +96,8 @@ pub(crate) struct Appender {
     /// `None` when deltas are off, or when the writes grew past [`WRITTEN_MAX`]: a delta
     /// that large would not be cut, and the memory is better returned.
     changed: Option<Written>,
+    /// The shards of writes given up on, freed one per batch.
+    given_up: Vec<kv::WrittenShard>,
     /// The uploader, if the node has a snapshot store (its status is in `wal_status`).
     uploader: Option<UploaderHandle>,
     /// Free log only behind what the store holds: the index of the newest chain
@@ -145,6 +147,7 @@ impl Appender {
                 .then(Applier::start)
                 .flatten(),
             changed: (parts.config.policy.max_chain > 0).then(Written::new),
+            given_up: Vec::new(),
             compact_after_upload: parts.uploader.is_some()
                 && parts
                     .config
