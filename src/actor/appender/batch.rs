@@ -111,9 +111,9 @@ impl Appender {
                     self.given_up = given_up.into_shards();
                 }
             }
-            // Freeing half a million keys' entries at once stalled appends for 50 ms,
-            // on this thread or (through the allocator's cross-thread frees) another:
-            // the writes given up are freed a shard per batch.
+            // Half a million keys' entries freed at once stall appends, even freed on
+            // a thread of their own (50 ms: the allocator hands frees made elsewhere
+            // back to this thread): the writes given up are freed a shard per batch.
             drop(self.given_up.pop());
             self.counters.appends += entries;
             self.auto.entries += entries;
