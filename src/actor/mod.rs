@@ -248,6 +248,10 @@ pub(crate) enum Feedback {
         duration_ms: u64,
         /// Every snapshot kept on disk after retention, as (offset, file), oldest first.
         on_disk: Vec<(Offset, String)>,
+        /// The writes the snapshot was made from, handed back to the appender, which
+        /// allocated them, to be freed a part per batch: freed on the snapshotter's
+        /// thread, the allocator gave them back to the appender's all at once.
+        spent: Vec<crate::core::kv::WrittenShard>,
     },
     /// A sync failed in another actor: the node must stop acknowledging writes.
     Poisoned(String),

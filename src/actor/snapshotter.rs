@@ -388,7 +388,7 @@ impl Snapshotter {
         // from the chain's files. Debug builds keep it, to check every delta against
         // the diff of the maps.
         self.tip_state = if cfg!(debug_assertions) { cut } else { None };
-        self.since_tip.clear();
+        let spent = std::mem::take(&mut self.since_tip).into_shards();
         self.since_tip_complete = true;
         let duration_ms = started.elapsed().as_millis() as u64;
         self.on_disk.retain(|(o, _)| *o != offset);
@@ -409,6 +409,7 @@ impl Snapshotter {
             snapshot: written,
             duration_ms,
             on_disk: self.on_disk.clone(),
+            spent,
         });
         Ok(())
     }

@@ -108,13 +108,18 @@ impl Appender {
                 if changed.len() > WRITTEN_MAX.max(self.state.map.len() / 2)
                     && let Some(given_up) = self.changed.take()
                 {
-                    self.given_up = given_up.into_shards();
+                    self.given_up.extend(given_up.into_shards());
                 }
             }
             // Half a million keys' entries freed at once stall appends, even freed on
             // a thread of their own (50 ms: the allocator hands frees made elsewhere
-            // back to this thread): the writes given up are freed a shard per batch.
-            drop(self.given_up.pop());
+            // back to this thread): spent writes are freed a part per batch.
+            let mut budget = FREE_PER_BATCH;
+            while budget > 0
+                && let Some(shard) = self.given_up.pop()
+            {
+                budget = budget.saturating_sub(shard.len().max(1));
+            }
             self.counters.appends += entries;
             self.auto.entries += entries;
             self.auto.bytes += bytes;

@@ -32,6 +32,9 @@ const SPIN_FOR_REQUEST: Duration = Duration::from_micros(50);
 /// half the state's keys if more.
 const WRITTEN_MAX: usize = 4096;
 
+/// Entries of spent writes freed after each batch, at most (and one map at least).
+const FREE_PER_BATCH: usize = 4096;
+
 /// How often the appender checks the policy's age trigger when no request comes.
 const POLICY_TICK: Duration = Duration::from_millis(100);
 
@@ -96,7 +99,8 @@ pub(crate) struct Appender {
     /// `None` when deltas are off, or when the writes grew past [`WRITTEN_MAX`]: a delta
     /// that large would not be cut, and the memory is better returned.
     changed: Option<Written>,
-    /// The shards of writes given up on, freed one per batch.
+    /// Writes given up on, and those a snapshot was made from, freed a part per batch
+    /// (see [`FREE_PER_BATCH`]).
     given_up: Vec<kv::WrittenShard>,
     /// The uploader, if the node has a snapshot store (its status is in `wal_status`).
     uploader: Option<UploaderHandle>,
@@ -275,7 +279,9 @@ impl Appender {
                 snapshot,
                 duration_ms,
                 on_disk,
+                spent,
             } => {
+                self.given_up.extend(spent);
                 self.counters.snapshots += 1;
                 self.last_snapshot_ms = Some(duration_ms);
                 let auto = &mut self.auto;
