@@ -108,7 +108,7 @@ impl Appender {
                 if changed.len() > WRITTEN_MAX.max(self.state.map.len() / 2)
                     && let Some(given_up) = self.changed.take()
                 {
-                    self.given_up.extend(given_up.into_shards());
+                    self.spent.extend(given_up.into_shards());
                 }
             }
             // Half a million keys' entries freed at once stall appends, even freed on
@@ -116,7 +116,7 @@ impl Appender {
             // back to this thread): spent writes are freed a part per batch.
             let mut budget = FREE_PER_BATCH;
             while budget > 0
-                && let Some(shard) = self.given_up.pop()
+                && let Some(shard) = self.spent.pop()
             {
                 budget = budget.saturating_sub(shard.len().max(1));
             }

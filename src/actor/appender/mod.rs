@@ -101,7 +101,7 @@ pub(crate) struct Appender {
     changed: Option<Written>,
     /// Writes given up on, and those a snapshot was made from, freed a part per batch
     /// (see [`FREE_PER_BATCH`]).
-    given_up: Vec<kv::WrittenShard>,
+    spent: Vec<kv::WrittenShard>,
     /// The uploader, if the node has a snapshot store (its status is in `wal_status`).
     uploader: Option<UploaderHandle>,
     /// Free log only behind what the store holds: the index of the newest chain
@@ -151,7 +151,7 @@ impl Appender {
                 .then(Applier::start)
                 .flatten(),
             changed: (parts.config.policy.max_chain > 0).then(Written::new),
-            given_up: Vec::new(),
+            spent: Vec::new(),
             compact_after_upload: parts.uploader.is_some()
                 && parts
                     .config
@@ -281,7 +281,7 @@ impl Appender {
                 on_disk,
                 spent,
             } => {
-                self.given_up.extend(spent);
+                self.spent.extend(spent);
                 self.counters.snapshots += 1;
                 self.last_snapshot_ms = Some(duration_ms);
                 let auto = &mut self.auto;
