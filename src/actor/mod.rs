@@ -10,6 +10,7 @@
 pub mod appender;
 pub mod compactor;
 pub mod facades;
+mod oneshot;
 pub mod snapshotter;
 pub mod uploader;
 
@@ -17,8 +18,6 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, RecvError, TryRecvError};
 
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
@@ -74,13 +73,11 @@ impl<T: 'static> Drop for Reply<T> {
 
 /// Runs `submit` with a reply that a blocking caller waits on.
 pub(crate) fn call<T: Send + 'static>(submit: impl FnOnce(Reply<T>)) -> Result<T> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let mut reply = Reply::new(move |r| {
-        let _ = tx.send(r);
-    });
+    let (tx, rx) = oneshot::channel();
+    let mut reply = Reply::new(move |r| tx.send(r));
     reply.wakes = true;
     submit(reply);
-    wait(&rx).unwrap_or_else(|_| {
+    wait(&rx).unwrap_or_else(|| {
         Err(Error::Crashed(
             "the node stopped before answering this request".into(),
         ))
@@ -97,8 +94,8 @@ static WAITING: AtomicUsize = AtomicUsize::new(0);
 
 /// `rx.recv()`, busy-waiting first for up to [`SPIN`] while this caller is the only one
 /// waiting and the machine has a core to spare. With many callers the appender batches
-/// their requests anyway, and spinning would take the core it needs.
-fn wait<T>(rx: &Receiver<T>) -> std::result::Result<T, RecvError> {
+/// their requests anyway, and spinning would take the core it needs: they sleep at once.
+fn wait<T>(rx: &oneshot::Receiver<T>) -> Option<T> {
     static SPARE_CORE: OnceLock<bool> = OnceLock::new();
     let spare =
         *SPARE_CORE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
@@ -109,9 +106,9 @@ fn wait<T>(rx: &Receiver<T>) -> std::result::Result<T, RecvError> {
         while outcome.is_none() && started.elapsed() < SPIN && WAITING.load(Ordering::Acquire) == 1
         {
             match rx.try_recv() {
-                Ok(v) => outcome = Some(Ok(v)),
-                Err(TryRecvError::Disconnected) => outcome = Some(Err(RecvError)),
-                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                oneshot::Received::Value(v) => outcome = Some(Some(v)),
+                oneshot::Received::Disconnected => outcome = Some(None),
+                oneshot::Received::Empty => std::hint::spin_loop(),
             }
         }
     }
