@@ -109,7 +109,8 @@ pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool, aligned: bool
 }
 
 /// The least a group commit can do: `writers` threads each hand one record to a
-/// syncing thread over a channel and wait for its answer; the syncing thread takes
+/// syncing thread over a channel and wait for its answer asleep (parked at once, with
+/// no spinning: as flintlog's blocking callers wait while others do); the syncing thread takes
 /// every record queued, writes them with one `pwrite` at a 4 KiB boundary (as flintlog
 /// does) into a zero-filled file, fdatasyncs and answers each writer. No state machine,
 /// no request types: the threads' hand-offs and the alignment alone. Returns (records/s,
@@ -119,18 +120,24 @@ pub fn raw_group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) 
     let path = dir.join("raw-group.dat");
     let size = 256 * 1024 * 1024u64;
     let file = raw_file(&path, Some(size));
-    let (tx, rx) = crossbeam_channel::unbounded::<crossbeam_channel::Sender<()>>();
+    // Each writer's answer: a flag set, then the writer unparked.
+    type Answer = (std::thread::Thread, Arc<AtomicBool>);
+    let (tx, rx) = crossbeam_channel::unbounded::<Answer>();
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let handles: Vec<_> = (0..writers)
         .map(|_| {
             let (tx, stop) = (tx.clone(), stop.clone());
             std::thread::spawn(move || {
-                let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+                let answered = Arc::new(AtomicBool::new(false));
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    if tx.send(done_tx.clone()).is_err() || done_rx.recv().is_err() {
+                    answered.store(false, Ordering::Relaxed);
+                    if tx.send((std::thread::current(), answered.clone())).is_err() {
                         break;
+                    }
+                    while !answered.load(Ordering::Acquire) {
+                        std::thread::park();
                     }
                     n += 1;
                 }
@@ -155,8 +162,9 @@ pub fn raw_group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) 
         file.sync_data().expect("fdatasync");
         syncs += 1;
         pos = (pos + buf.len() as u64).next_multiple_of(4096);
-        for w in waiting {
-            let _ = w.send(());
+        for (writer, answered) in waiting {
+            answered.store(true, Ordering::Release);
+            writer.unpark();
         }
         if started.elapsed().as_secs_f64() >= seconds {
             stop.store(true, Ordering::Relaxed);

@@ -44,7 +44,8 @@ pub(crate) fn bench_group_commit(args: &Args, r: &mut Report) {
          `fdatasync` into a zero-filled preallocated file, at the batch size flintlog achieved. \
          Batch 1 is also compared with a file that grows with each write. The minimal group \
          commit is the least a group commit can do with the same threads: each writer hands \
-         a record to one syncing thread over a channel and waits for its answer; that thread \
+         a record to one syncing thread over a channel and waits for its answer asleep \
+         (parked at once, no spinning); that thread \
          writes every record queued at a 4 KiB boundary, fdatasyncs and answers each, with \
          no state machine: against packed raw at its own batch, the hand-offs' and the \
          alignment's shares together.",
