@@ -15,9 +15,6 @@ pub mod snapshotter;
 pub mod uploader;
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
@@ -77,44 +74,11 @@ pub(crate) fn call<T: Send + 'static>(submit: impl FnOnce(Reply<T>)) -> Result<T
     let mut reply = Reply::new(move |r| tx.send(r));
     reply.wakes = true;
     submit(reply);
-    wait(&rx).unwrap_or_else(|| {
+    rx.recv().unwrap_or_else(|| {
         Err(Error::Crashed(
             "the node stopped before answering this request".into(),
         ))
     })
-}
-
-/// How long a blocking caller busy-waits for its answer before it sleeps: about one
-/// fdatasync. On a virtual machine, waking a sleeping thread on an idle CPU costs tens
-/// of microseconds; a lone writer that sleeps through each commit pays that twice.
-const SPIN: Duration = Duration::from_micros(250);
-
-/// Callers waiting for an answer right now.
-static WAITING: AtomicUsize = AtomicUsize::new(0);
-
-/// `rx.recv()`, busy-waiting first for up to [`SPIN`] while this caller is the only one
-/// waiting and the machine has a core to spare. With many callers the appender batches
-/// their requests anyway, and spinning would take the core it needs: they sleep at once.
-fn wait<T>(rx: &oneshot::Receiver<T>) -> Option<T> {
-    static SPARE_CORE: OnceLock<bool> = OnceLock::new();
-    let spare =
-        *SPARE_CORE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
-    let alone = WAITING.fetch_add(1, Ordering::AcqRel) == 0;
-    let mut outcome = None;
-    if spare && alone {
-        let started = Instant::now();
-        while outcome.is_none() && started.elapsed() < SPIN && WAITING.load(Ordering::Acquire) == 1
-        {
-            match rx.try_recv() {
-                oneshot::Received::Value(v) => outcome = Some(Some(v)),
-                oneshot::Received::Disconnected => outcome = Some(None),
-                oneshot::Received::Empty => std::hint::spin_loop(),
-            }
-        }
-    }
-    let outcome = outcome.unwrap_or_else(|| rx.recv());
-    WAITING.fetch_sub(1, Ordering::AcqRel);
-    outcome
 }
 
 /// Why an actor refuses work after a failure it must not paper over (a failed sync,
