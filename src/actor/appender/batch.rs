@@ -119,6 +119,7 @@ impl Appender {
                 && let Some(shard) = self.spent.pop()
             {
                 budget = budget.saturating_sub(shard.len().max(1));
+                drop(shard);
             }
             self.counters.appends += entries;
             self.auto.entries += entries;

@@ -110,8 +110,8 @@ pub fn raw(dir: &Path, batch: usize, seconds: f64, prealloc: bool, aligned: bool
 
 /// The least a group commit can do: `writers` threads each hand one record to a
 /// syncing thread over a channel and wait for its answer asleep (parked at once, with
-/// no spinning: as flintlog's blocking callers wait while others do); the syncing thread takes
-/// every record queued, writes them with one `pwrite` at a 4 KiB boundary (as flintlog
+/// no spinning, as flintlog's blocking callers wait); the syncing thread takes every
+/// record queued, writes them with one `pwrite` at a 4 KiB boundary (as flintlog
 /// does) into a zero-filled file, fdatasyncs and answers each writer. No state machine,
 /// no request types: the threads' hand-offs and the alignment alone. Returns (records/s,
 /// records per fdatasync).
