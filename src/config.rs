@@ -75,6 +75,15 @@ pub struct Config {
     /// Where durable snapshots are copied off the node (`None`: nowhere). The node's
     /// name in the store is the last component of [`Config::dir`].
     pub snapshot_store: Option<crate::store::StoreConfig>,
+    /// In a group: how long a request waits for a leader to be known before it is
+    /// answered error 11 (nothing was done). 2 s: four election timeouts at most.
+    pub leader_wait: std::time::Duration,
+    /// In a group: how long a request waits for its outcome before a write is answered
+    /// error 13 (it may or may not be committed later) and a read error 11. 3 s: long
+    /// enough for an election and a retry, short enough that a client stuck behind a
+    /// lost quorum hears of it. Tests that load a busy machine raise it: the error is
+    /// correct there too, but it is not what they check.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -125,6 +134,8 @@ impl Config {
             snapshot_send_bytes_per_sec: 8 * 1024 * 1024,
             clock: Arc::new(SystemClock),
             snapshot_store: None,
+            leader_wait: std::time::Duration::from_secs(2),
+            request_timeout: std::time::Duration::from_secs(3),
         }
     }
 

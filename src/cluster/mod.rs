@@ -17,9 +17,10 @@
 //!    out committed entries only up to the persisted index), and reads whose read
 //!    index this node has applied.
 //!
-//! A request that finds no leader waits up to [`LEADER_WAIT`] for one, then gets
-//! error 11 (nothing happened). A write still unanswered after [`REQUEST_TIMEOUT`]
-//! gets error 13 (it may or may not be committed later); a read, error 11.
+//! A request that finds no leader waits up to [`Config::leader_wait`] for one, then
+//! gets error 11 (nothing happened). A write still unanswered after
+//! [`Config::request_timeout`] gets error 13 (it may or may not be committed later); a
+//! read, error 11.
 
 mod admin;
 mod catch_up;
@@ -61,10 +62,6 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub const ELECTION_TICKS: usize = 50;
 /// Ticks between a leader's heartbeats: 100 ms.
 pub const HEARTBEAT_TICKS: usize = 10;
-/// How long a request waits for a leader to be known before error 11.
-pub const LEADER_WAIT: Duration = Duration::from_secs(2);
-/// How long a request waits for its outcome before error 13 (writes) or 11 (reads).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a node's messages to its peers go: the binary writes them to stdout as
 /// `raft` lines; an embedding program supplies its own.
@@ -375,6 +372,8 @@ impl ClusterNode {
             offer_wait: offer_wait(config.snapshot_send_bytes_per_sec),
             roster,
             incarnation,
+            leader_wait: config.leader_wait,
+            request_timeout: config.request_timeout,
             changes: HashMap::new(),
             recording: HashMap::new(),
             refused_messages: 0,
@@ -554,6 +553,10 @@ struct Consensus {
     newest_client: Offset,
     roster: Roster,
     incarnation: u64,
+    /// How long a request waits for a leader ([`Config::leader_wait`]).
+    leader_wait: Duration,
+    /// How long a request waits for its outcome ([`Config::request_timeout`]).
+    request_timeout: Duration,
     /// Membership changes proposed here, by request number, with their deadlines.
     changes: HashMap<u64, (Reply<Changed>, Instant)>,
     /// On a leader: incarnations it proposed to record, and when.
@@ -782,7 +785,7 @@ impl Consensus {
                 if let Err(msg) = self.start(msg) {
                     self.waiting.push(Waiting {
                         msg,
-                        until: Instant::now() + LEADER_WAIT,
+                        until: Instant::now() + self.leader_wait,
                     });
                 }
             }
@@ -791,7 +794,7 @@ impl Consensus {
 
     /// Proposes or starts a read; gives the message back when no leader is known.
     fn start(&mut self, msg: Msg) -> std::result::Result<(), Msg> {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let deadline = Instant::now() + self.request_timeout;
         match msg {
             Msg::Propose(cmd, reply) => match self.peer.propose(&cmd) {
                 Ok(seq) => {
@@ -841,7 +844,7 @@ impl Consensus {
                 if now >= until {
                     let e = Error::Unavailable(format!(
                         "no leader known after {} ms: nothing was done",
-                        LEADER_WAIT.as_millis()
+                        self.leader_wait.as_millis()
                     ));
                     match msg {
                         Msg::Propose(_, reply) => reply.send(Err(e)),
@@ -868,7 +871,7 @@ impl Consensus {
             reply.send(Err(Error::Crashed(format!(
                 "the membership change was not applied within {} ms: it may or may not \
                  happen (wal_status shows the members)",
-                REQUEST_TIMEOUT.as_millis()
+                self.request_timeout.as_millis()
             ))));
         }
         let expired: Vec<u64> = self
@@ -883,11 +886,11 @@ impl Consensus {
             match p.waiter {
                 Waiter::Write(reply) => reply.send(Err(Error::Crashed(format!(
                     "not committed within {} ms: the write may or may not happen",
-                    REQUEST_TIMEOUT.as_millis()
+                    self.request_timeout.as_millis()
                 )))),
                 Waiter::Read(_, reply) => reply.send(Err(Error::Unavailable(format!(
                     "the read was not confirmed by a quorum within {} ms: nothing was read",
-                    REQUEST_TIMEOUT.as_millis()
+                    self.request_timeout.as_millis()
                 )))),
             }
         }
@@ -1088,7 +1091,7 @@ impl Consensus {
         match self.peer.propose_change(&change) {
             Ok(seq) => {
                 self.changes
-                    .insert(seq, (reply, Instant::now() + REQUEST_TIMEOUT));
+                    .insert(seq, (reply, Instant::now() + self.request_timeout));
             }
             Err(Refused::NoLeader) => {
                 let leader = self.peer.role().2;
