@@ -268,12 +268,17 @@ fn a_new_member_bootstraps_from_the_store_and_catches_up_from_the_log() {
         write_batch(&g, 1, from, 150);
     }
     g.converge(&[1, 2, 3]);
-    // Every member's newest snapshot is in the store.
-    wait_until("snapshots uploaded", || {
+    // Every member has cut the last snapshot these writes call for (its policy cuts
+    // one every 100 entries: none is due) and it is in the store. Waiting for uploads
+    // alone let a loaded machine go on while a member was still to cut its last one:
+    // n4 then started from an older chain than the leader's newest, the leader
+    // compacted past it, and n4 needed a snapshot after all.
+    wait_until("the last snapshots cut and uploaded", || {
         (1..=3).all(|id| {
             let s = g.status(id);
             let snap = s.management.snapshot.as_ref().map(|f| f.offset.get());
-            snap.is_some() && s.store.unwrap().uploaded_index == snap
+            snap.is_some_and(|o| o + 100 > s.next_offset.get())
+                && s.store.unwrap().uploaded_index == snap
         })
     });
     let added = add(&g, "n4");
