@@ -121,8 +121,10 @@ struct Args {
 
     /// Copy every durable snapshot chain to this store, under the node's id:
     /// s3://BUCKET/PREFIX (S3 or an S3-compatible store), file:///PATH or a path.
-    /// Credentials come only from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-    /// AWS_SESSION_TOKEN (or the instance's metadata service).
+    /// Credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
+    /// AWS_SESSION_TOKEN for temporary ones); without them, the metadata service of a
+    /// cloud instance, which fails elsewhere. Never logged. A local store:
+    /// scripts/store.sh.
     #[arg(
         long,
         env = "FLINTLOG_SNAPSHOT_STORE",
@@ -154,30 +156,35 @@ struct Args {
 struct StoreFlags {
     /// The S3 endpoint, e.g. http://127.0.0.1:8333 for a self-hosted store (default:
     /// AWS_ENDPOINT_URL, else Amazon's endpoint for the region).
-    #[arg(
-        long,
-        global = true,
-        value_name = "URL",
-        help_heading = "Snapshot store"
-    )]
+    #[arg(long, value_name = "URL", help_heading = "Snapshot store")]
     store_endpoint: Option<String>,
 
     /// The S3 region (default: AWS_REGION, else us-east-1).
-    #[arg(
-        long,
-        global = true,
-        value_name = "REGION",
-        help_heading = "Snapshot store"
-    )]
+    #[arg(long, value_name = "REGION", help_heading = "Snapshot store")]
     store_region: Option<String>,
 
     /// Address the bucket as BUCKET.HOST rather than HOST/BUCKET (path style, the
     /// default, suits self-hosted stores).
-    #[arg(long, global = true, help_heading = "Snapshot store")]
+    #[arg(long, help_heading = "Snapshot store")]
     store_virtual_hosted: bool,
 }
 
 impl StoreFlags {
+    /// These flags, each falling back to the one given before the subcommand.
+    fn or(&self, outer: &StoreFlags) -> StoreFlags {
+        StoreFlags {
+            store_endpoint: self
+                .store_endpoint
+                .clone()
+                .or_else(|| outer.store_endpoint.clone()),
+            store_region: self
+                .store_region
+                .clone()
+                .or_else(|| outer.store_region.clone()),
+            store_virtual_hosted: self.store_virtual_hosted || outer.store_virtual_hosted,
+        }
+    }
+
     fn config(&self, url: &str) -> flintlog::store::StoreConfig {
         let mut c = flintlog::store::StoreConfig::new(url);
         c.endpoint = self.store_endpoint.clone();
@@ -200,6 +207,8 @@ enum Command {
         /// restore drill); exits 1 if any chain is damaged or incomplete.
         #[arg(long, value_name = "URL", conflicts_with = "dir")]
         store: Option<String>,
+        #[command(flatten)]
+        flags: StoreFlags,
     },
     /// Make a data directory from the newest snapshot chain in a store that downloads
     /// and verifies (falling back to older chains, saying why); start a node on it.
@@ -214,6 +223,8 @@ enum Command {
         /// Restore the chain at this index instead of the newest.
         #[arg(long, value_name = "N")]
         index: Option<u64>,
+        #[command(flatten)]
+        flags: StoreFlags,
     },
     /// Print a node directory's segments, snapshots and offsets, offline.
     Inspect {
@@ -298,15 +309,18 @@ fn verify_store(flags: &StoreFlags, url: &str) -> u8 {
 fn offline(command: Command, flags: &StoreFlags) -> u8 {
     let (dir, json, verify) = match command {
         Command::Verify {
-            store: Some(url), ..
-        } => return verify_store(flags, &url),
+            store: Some(url),
+            flags: own,
+            ..
+        } => return verify_store(&own.or(flags), &url),
         Command::Verify { dir, .. } => (dir.expect("clap requires a dir"), false, true),
         Command::Inspect { dir, json } => (dir, json, false),
         Command::Restore {
             from,
             data_dir,
             index,
-        } => return restore(flags, &from, &data_dir, index),
+            flags: own,
+        } => return restore(&own.or(flags), &from, &data_dir, index),
     };
     match std::fs::metadata(&dir) {
         Err(e) => {
