@@ -499,6 +499,20 @@ impl<W: Write> Router<W> {
         }
     }
 
+    /// This node's id, when `env` names another node as its `dest` (after `init`).
+    fn misaddressed(&self, env: &wire::Envelope) -> Option<String> {
+        let me = match (&self.node, &self.cluster, &self.joining) {
+            (Some((id, _)), _, _) => id.as_str(),
+            (None, Some(member), _) => member.me(),
+            (None, None, Some(joining)) => joining.me(),
+            (None, None, None) => return None,
+        };
+        match env.dest.as_deref() {
+            Some(dest) if dest != me => Some(me.to_string()),
+            _ => None,
+        }
+    }
+
     fn on_line(&mut self, line: &[u8]) {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return;
@@ -523,6 +537,15 @@ impl<W: Write> Router<W> {
             }) => {
                 let body = self.init(node_id, &node_ids, join);
                 self.finish(&env.src, seq, body);
+            }
+            Ok(_) if self.misaddressed(&env).is_some() => {
+                let why = format!(
+                    "this is node {}, and the request is addressed to {}: whatever routes \
+                     messages sent it to the wrong node; nothing was done",
+                    self.misaddressed(&env).unwrap_or_default(),
+                    env.dest.as_deref().unwrap_or_default()
+                );
+                self.finish(&env.src, seq, error_body(code::MALFORMED_REQUEST, why));
             }
             Ok(_) if self.joining.is_some() => self.finish(
                 &env.src,
