@@ -48,13 +48,16 @@ struct Args {
     /// Seconds between snapshots (each followed by a compaction); 0 for none.
     #[arg(long, default_value_t = 5.0)]
     snapshot_every: f64,
-    /// Entries kept behind the snapshot at each compaction.
+    /// Entries the admin's compactions keep behind each snapshot. The node's own
+    /// policy keeps its own default (`flintlog --trailing-entries`, 5000) when it
+    /// compacts by itself.
     #[arg(long, default_value_t = 10_000)]
     trailing_entries: u64,
     /// The node's fsync policy.
     #[arg(long, default_value = "always")]
     fsync: String,
-    /// The node's segment size limit.
+    /// The node's segment size limit: 4 MiB here, against the node's own default of
+    /// 16 MiB, so that a 30 s run seals and frees many segments.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_segment_bytes: u64,
     /// Where the data directory, report and plot go (on a real disk, not tmpfs).
@@ -188,16 +191,19 @@ fn run(args: &Args) -> Result<(), String> {
     let node_bin = node_binary(args)?;
     println!(
         "flintlog-load: {} clients x {} appends in flight, {}-byte payloads over {} keys, \
-         {} keys pre-filled, --fsync {}, {} s; the node's default log-management policy, plus \
-         an admin snapshot and compaction every {} s (0: none)",
+         {} keys pre-filled, --fsync {}, --max-segment-bytes {} (the node's default: 16 MiB), {} s; \
+         the node's default log-management policy, plus an admin snapshot every {} s (0: none) \
+         followed by a compaction keeping {} entries behind it",
         args.clients,
         args.depth,
         args.payload_bytes,
         args.keys,
         args.prefill_keys,
         args.fsync,
+        args.max_segment_bytes,
         args.duration,
-        args.snapshot_every
+        args.snapshot_every,
+        args.trailing_entries
     );
     let data = args.out.join("data");
     let _ = std::fs::remove_dir_all(&data);
@@ -676,67 +682,134 @@ fn plot(
         p99.push((t, b[(b.len() * 99 / 100).min(b.len() - 1)] as f64 / 1000.0));
         max.push((t, *b.last().expect("non-empty") as f64 / 1000.0));
     }
-    let y_max = max.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    // Log scale: the data in the middle, the windows' bands above it, the legend below.
+    let data_max = max.iter().map(|p| p.1).fold(1.0, f64::max) * 1.5;
+    let y_max = data_max * 1.5f64.powi(5);
+    let y_min = p50
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min)
+        .clamp(0.001, 1.0)
+        / 30.0;
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
-    let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 950)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (top, rest) = root.split_vertically(480);
-    let (middle, bottom) = rest.split_vertically(210);
+    let (top, rest) = root.split_vertically(520);
+    let (middle, bottom) = rest.split_vertically(215);
+    let bucket_ms = bucket * 1000.0;
     let mut chart = ChartBuilder::on(&top)
         .caption(
-            "append latency (shaded: blue/orange = admin's snapshot/compaction, green/purple = policy's)",
+            format!(
+                "append latency: p50, p99 and max of each {bucket_ms:.0} ms of acknowledgements (log scale)"
+            ),
             ("sans-serif", 20),
         )
         .margin(10)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..elapsed.max(1.0), 0f64..y_max)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..elapsed.max(1.0), (y_min..y_max).log_scale())
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("latency (ms)")
+        .x_desc("seconds since the load started")
+        .y_desc("latency (ms, log scale)")
+        .y_label_formatter(&|v| {
+            if *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
         .draw()
         .map_err(|e| err(&e))?;
-    for (ws, color) in [
-        (snaps, BLUE.mix(0.15)),
-        (compactions, RGBColor(255, 140, 0).mix(0.2)),
-        (policy_snaps, GREEN.mix(0.15)),
-        (policy_compactions, RGBColor(150, 0, 200).mix(0.15)),
-    ] {
+    // Each kind of window lightly over the whole height, and solid in a band of its own
+    // along the top, so that overlapping windows stay told apart.
+    let kinds = [
+        (snaps, "snapshot asked by the admin", RGBColor(66, 133, 244)),
+        (
+            compactions,
+            "compaction asked by the admin",
+            RGBColor(230, 145, 56),
+        ),
+        (
+            policy_snaps,
+            "snapshot cut by the node's policy",
+            RGBColor(52, 168, 83),
+        ),
+        (
+            policy_compactions,
+            "compaction by the node's policy",
+            RGBColor(142, 68, 173),
+        ),
+    ];
+    for (k, (ws, label, colour)) in kinds.into_iter().enumerate() {
+        // The admin's windows (those of the latency table) shaded over the whole height.
+        let shade = if k < 2 { ws } else { &[][..] };
         chart
-            .draw_series(ws.iter().map(|w| {
+            .draw_series(shade.iter().map(|w| {
                 Rectangle::new(
-                    [(w.start, 0.0), (w.end.max(w.start + 0.02), y_max)],
-                    color.filled(),
+                    [(w.start, y_min), (w.end.max(w.start + 0.02), y_max)],
+                    colour.mix(0.1).filled(),
                 )
             }))
             .map_err(|e| err(&e))?;
+        let band_top = y_max / 1.5f64.powi(k as i32);
+        let band_bottom = band_top / 1.4;
+        chart
+            .draw_series(ws.iter().map(|w| {
+                Rectangle::new(
+                    [
+                        (w.start, band_bottom),
+                        (w.end.max(w.start + 0.02), band_top),
+                    ],
+                    colour.mix(0.8).filled(),
+                )
+            }))
+            .map_err(|e| err(&e))?
+            .label(format!(
+                "{label}: {} windows, band {} from the top{}",
+                ws.len(),
+                k + 1,
+                if k < 2 { ", shaded below" } else { "" }
+            ))
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], colour.mix(0.8).filled())
+            });
     }
     chart
-        .draw_series(LineSeries::new(max, RED.stroke_width(1)))
+        .draw_series(LineSeries::new(max, RED.mix(0.6).stroke_width(1)))
         .map_err(|e| err(&e))?
-        .label("max")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        .label("max of the bucket")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.mix(0.6)));
     chart
         .draw_series(LineSeries::new(p99, BLACK.stroke_width(2)))
         .map_err(|e| err(&e))?
-        .label("p99")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        .label("p99 of the bucket")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
     chart
-        .draw_series(LineSeries::new(p50, RGBColor(0, 120, 0).stroke_width(1)))
+        .draw_series(LineSeries::new(p50, RGBColor(0, 120, 0).stroke_width(2)))
         .map_err(|e| err(&e))?
-        .label("p50")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(0, 120, 0)));
+        .label("p50 of the bucket")
+        .legend(|(x, y)| {
+            PathElement::new(
+                vec![(x, y), (x + 20, y)],
+                RGBColor(0, 120, 0).stroke_width(2),
+            )
+        });
     chart
         .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
+        .label_font(("sans-serif", 13))
         .draw()
         .map_err(|e| err(&e))?;
     let rate_max = rate.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let mut throughput = ChartBuilder::on(&middle)
-        .caption("acknowledged appends per second", ("sans-serif", 18))
+        .caption(
+            format!("acknowledged appends per second, per {bucket_ms:.0} ms bucket"),
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -744,8 +817,9 @@ fn plot(
         .map_err(|e| err(&e))?;
     throughput
         .configure_mesh()
-        .x_desc("seconds")
+        .x_desc("seconds since the load started")
         .y_desc("appends/s")
+        .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
         .draw()
         .map_err(|e| err(&e))?;
     throughput
@@ -764,7 +838,7 @@ fn plot(
         .build_cartesian_2d(0f64..elapsed.max(1.0), 0f64..mib_max)
         .map_err(|e| err(&e))?;
     size.configure_mesh()
-        .x_desc("seconds")
+        .x_desc("seconds since the load started")
         .y_desc("MiB")
         .draw()
         .map_err(|e| err(&e))?;
