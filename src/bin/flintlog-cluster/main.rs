@@ -384,6 +384,8 @@ struct Sample {
     at_s: f64,
     latency_ms: f64,
     ok: bool,
+    /// Not ok, and it may or may not have happened (no reply, or error 13).
+    unknown: bool,
 }
 
 struct ClientLog {
@@ -479,15 +481,16 @@ fn client(
             }
         };
         let _ = op_if_happened;
-        let sample = |ok| Sample {
+        let sample = |ok, unknown| Sample {
             at_s: invoked as f64 / 1e6,
             latency_ms: (returned - invoked) as f64 / 1000.0,
             ok,
+            unknown,
         };
         match outcome {
             Ok(op) => {
                 log.ok += 1;
-                log.samples.push(sample(true));
+                log.samples.push(sample(true, false));
                 if let Some(op) = op {
                     log.history.push(Event {
                         key: key.clone(),
@@ -500,7 +503,7 @@ fn client(
             // No reply, or error 13: it may or may not have happened.
             Err(code) if code == 0 || code == 13 => {
                 log.unknown += 1;
-                log.samples.push(sample(false));
+                log.samples.push(sample(false, true));
                 let maybe = match kind {
                     "write" => Some(Op::Write(text(&body["value"]))),
                     "cas" => Some(Op::Cas(text(&body["from"]), text(&body["to"]))),
@@ -518,7 +521,7 @@ fn client(
             // Any other error: it certainly did nothing.
             Err(_) => {
                 log.failed += 1;
-                log.samples.push(sample(false));
+                log.samples.push(sample(false, false));
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -1117,8 +1120,12 @@ fn main() -> ExitCode {
         }
     }
     let mut lost = 0;
-    // Per node, appends compacted away behind a snapshot: always the oldest ones.
+    // Per node, appends compacted away behind a snapshot (always the oldest ones), and
+    // appends read back with their payload.
     let mut compacted = vec![0u64; members.len()];
+    let mut read_back = vec![0u64; members.len()];
+    // Offsets some node read back: the rest were compacted away on every node.
+    let mut read_somewhere: std::collections::BTreeSet<u64> = Default::default();
     for (m, &i) in members.iter().enumerate() {
         let id = &shared.ids[i];
         let asks = by_offset
@@ -1136,7 +1143,10 @@ fn main() -> ExitCode {
                 continue;
             }
             readable_seen = true;
-            if r.as_ref().and_then(|b| b["payload"].as_str()) != Some(p) {
+            if r.as_ref().and_then(|b| b["payload"].as_str()) == Some(p) {
+                read_back[m] += 1;
+                read_somewhere.insert(*o);
+            } else {
                 lost += 1;
                 if lost <= 5 {
                     eprintln!("{id}: offset {o} should hold {p:?}, got {r:?}");
@@ -1178,9 +1188,35 @@ fn main() -> ExitCode {
         if linearizable { "yes" } else { "NO" },
         history.len()
     );
+    let names: Vec<String> = members.iter().map(|&i| shared.ids[i].clone()).collect();
+    let per_node = |values: &[u64]| -> String {
+        names
+            .iter()
+            .zip(values)
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "appends         {} acknowledged, {lost} missing or wrong on some node, {duplicate_offsets} duplicate offsets",
-        appended.len()
+        "appends         {} acknowledged at distinct offsets ({duplicate_offsets} offsets acknowledged twice); \
+         each node asked for every one:",
+        by_offset.len()
+    );
+    println!(
+        "                read back with their payload: {}",
+        per_node(&read_back)
+    );
+    println!(
+        "                compacted away behind a snapshot, so not read (the oldest ones): {}",
+        per_node(&compacted)
+    );
+    println!(
+        "                verified by reading on at least one node: {} of {}; the other {} were \
+         compacted away on every node before the check, counted and not read; missing or \
+         wrong where a log still holds them: {lost}",
+        read_somewhere.len(),
+        by_offset.len(),
+        by_offset.len() - read_somewhere.len()
     );
     let count = |field: &str| -> Vec<u64> {
         statuses
@@ -1200,9 +1236,10 @@ fn main() -> ExitCode {
             .sum()
     };
     println!(
-        "log management  snapshots written per node {snapshots:?}, compactions {compactions:?}, \
-         first index {:?}; appends compacted away (read back as such, oldest first) {compacted:?}",
-        count("first_index")
+        "log management  snapshots written: {}; compactions: {}; first index: {}",
+        per_node(&snapshots),
+        per_node(&compactions),
+        per_node(&count("first_index"))
     );
     println!(
         "transfers       snapshots received: {} started, {} resumed from a part file, {} chunk windows asked again, {} restarted from zero, {} completed; {} bytes of chains held already, not sent again",
@@ -1257,7 +1294,9 @@ fn main() -> ExitCode {
         "latency_ms": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0.0)},
         "linearizable": linearizable,
         "checker": format!("{verdict:?}"),
-        "appends": {"acknowledged": appended.len(), "lost": lost, "duplicate_offsets": duplicate_offsets, "compacted_per_node": compacted},
+        "appends": {"acknowledged": appended.len(), "lost": lost, "duplicate_offsets": duplicate_offsets,
+            "nodes": names, "read_back_per_node": read_back, "compacted_per_node": compacted,
+            "read_back_somewhere": read_somewhere.len()},
         "snapshots_written": snapshots,
         "compactions": compactions,
         "snapshot_transfers": {
@@ -1298,10 +1337,21 @@ fn main() -> ExitCode {
         &samples,
         &faults,
         shared.started.elapsed().as_secs_f64(),
+        args.timeout_ms,
     ) {
         eprintln!("{e}");
     }
-    println!("report          {}", args.out.join("report.json").display());
+    println!(
+        "files           {}: report.json (these figures and every node's status), history.json \
+         (every operation, for --check), latency.svg (the plot), {} (each node's log), data/ (the nodes' directories)",
+        args.out.display(),
+        shared
+            .ids
+            .iter()
+            .map(|id| format!("{id}.log"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if pass {
         ExitCode::SUCCESS
     } else {
@@ -1309,41 +1359,135 @@ fn main() -> ExitCode {
     }
 }
 
-fn plot(path: &Path, samples: &[Sample], faults: &[Fault], elapsed: f64) -> Result<(), String> {
+/// The kinds of nemesis window, as the plot shades them: (the `what` prefix, label, colour).
+const FAULT_KINDS: [(&str, &str, (u8, u8, u8)); 3] = [
+    ("partition", "partition", (66, 133, 244)),
+    ("kill", "kill -9 until restart", (230, 145, 56)),
+    ("pause", "SIGSTOP pause", (142, 68, 173)),
+];
+
+fn plot(
+    path: &Path,
+    samples: &[Sample],
+    faults: &[Fault],
+    elapsed: f64,
+    timeout_ms: u64,
+) -> Result<(), String> {
     use plotters::prelude::*;
-    let y_max = samples.iter().map(|s| s.latency_ms).fold(1.0, f64::max) * 1.1;
+    // Log scale: the requests below, each kind of nemesis window in a band above them.
+    let data_max = samples.iter().map(|s| s.latency_ms).fold(1.0, f64::max) * 1.5;
+    let y_max = data_max * 1.6f64.powi(4);
+    let y_min = 0.1;
     let err = |e: &dyn std::fmt::Display| format!("plotting {}: {e}", path.display());
-    let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "request latency (green: ok, red: failed or unknown; shaded: nemesis)",
+            "latency of each request against the time it was sent (log scale)",
             ("sans-serif", 20),
         )
         .margin(10)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..elapsed.max(1.0), 0f64..y_max)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..elapsed.max(1.0), (y_min..y_max).log_scale())
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("latency (ms)")
+        .x_desc("seconds since the start")
+        .y_desc("latency (ms, log scale)")
+        .y_label_formatter(&|v| {
+            if *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        })
         .draw()
         .map_err(|e| err(&e))?;
+    // Each kind of nemesis window in a band of its own at the top, and shaded lightly
+    // over the whole height: overlapping kinds stay readable in their bands.
+    for (k, (prefix, label, (r, g, b))) in FAULT_KINDS.iter().enumerate() {
+        let colour = RGBColor(*r, *g, *b);
+        let mine: Vec<&Fault> = faults
+            .iter()
+            .filter(|f| f.what.starts_with(prefix))
+            .collect();
+        let band_top = y_max / 1.6f64.powi(k as i32);
+        let band_bottom = band_top / 1.5;
+        chart
+            .draw_series(mine.iter().map(|f| {
+                Rectangle::new(
+                    [(f.from_s, y_min), (f.to_s.max(f.from_s + 0.05), y_max)],
+                    colour.mix(0.08).filled(),
+                )
+            }))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(mine.iter().map(|f| {
+                Rectangle::new(
+                    [
+                        (f.from_s, band_bottom),
+                        (f.to_s.max(f.from_s + 0.05), band_top),
+                    ],
+                    colour.mix(0.7).filled(),
+                )
+            }))
+            .map_err(|e| err(&e))?
+            .label(format!(
+                "{label}: {} windows, band {} from the top, shaded below",
+                mine.len(),
+                k + 1
+            ))
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.mix(0.7).filled())
+            });
+    }
+    let ok: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
+    let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok && !s.unknown).collect();
+    let unknown: Vec<&Sample> = samples.iter().filter(|s| s.unknown).collect();
     chart
-        .draw_series(faults.iter().map(|f| {
-            Rectangle::new(
-                [(f.from_s, 0.0), (f.to_s.max(f.from_s + 0.05), y_max)],
-                BLUE.mix(0.12).filled(),
+        .draw_series(ok.iter().map(|s| {
+            Circle::new(
+                (s.at_s, s.latency_ms.max(y_min)),
+                2,
+                GREEN.mix(0.5).filled(),
             )
         }))
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(&e))?
+        .label(format!("acknowledged ({})", ok.len()))
+        .legend(|(x, y)| Circle::new((x + 7, y), 3, GREEN.filled()));
     chart
-        .draw_series(samples.iter().map(|s| {
-            let color = if s.ok { GREEN.mix(0.6) } else { RED.mix(0.8) };
-            Circle::new((s.at_s, s.latency_ms), 2, color.filled())
-        }))
+        .draw_series(
+            failed
+                .iter()
+                .map(|s| Cross::new((s.at_s, s.latency_ms.max(y_min)), 4, BLACK.stroke_width(1))),
+        )
+        .map_err(|e| err(&e))?
+        .label(format!(
+            "failed for sure: an error that says nothing was done ({})",
+            failed.len()
+        ))
+        .legend(|(x, y)| Cross::new((x + 7, y), 4, BLACK.stroke_width(1)));
+    chart
+        .draw_series(
+            unknown
+                .iter()
+                .map(|s| TriangleMarker::new((s.at_s, s.latency_ms.max(y_min)), 4, RED.filled())),
+        )
+        .map_err(|e| err(&e))?
+        .label(format!(
+            "unknown outcome: error 13 (at the node's 3 s request timeout) or no reply \
+             within the client's {timeout_ms} ms ({})",
+            unknown.len()
+        ))
+        .legend(|(x, y)| TriangleMarker::new((x + 7, y), 4, RED.filled()));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
