@@ -48,6 +48,21 @@ fn harness(name: &str, args: &[&str]) -> Value {
         out_dir.path().join("latency.svg").exists(),
         "{name}: no plot"
     );
+    let svg = std::fs::read_to_string(out_dir.path().join("latency.svg")).unwrap();
+    for label in [
+        "latency (ms, log scale)",
+        "partition:",
+        "kill -9 until restart:",
+        "SIGSTOP pause:",
+        "acknowledged (",
+        "failed for sure",
+        "unknown outcome",
+    ] {
+        assert!(
+            svg.contains(label),
+            "{name}: the plot's legend lacks {label:?}"
+        );
+    }
     report
 }
 

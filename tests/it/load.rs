@@ -51,7 +51,20 @@ fn the_load_generator_reports_and_plots_a_short_run() {
     assert!(report["snapshots"].as_u64().unwrap() >= 1, "{report}");
     let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
     assert!(
-        svg.contains("latency (ms)") && svg.contains("seconds"),
+        svg.contains("latency (ms, log scale)") && svg.contains("seconds since the load started"),
         "the plot has labelled axes"
     );
+    // A legend names every kind of window and every line, and the bucket width is said.
+    for label in [
+        "snapshot asked by the admin",
+        "compaction asked by the admin",
+        "snapshot cut by the node",
+        "compaction by the node",
+        "p50 of the bucket",
+        "p99 of the bucket",
+        "max of the bucket",
+        "each 250 ms",
+    ] {
+        assert!(svg.contains(label), "the plot's legend lacks {label:?}");
+    }
 }
