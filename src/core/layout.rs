@@ -15,6 +15,8 @@
 //!   *.tmp                             an interrupted write (spare.log.tmp: the
 //!                                     next segment being prepared); removed at open
 //!   *.broken                          bytes moved aside by recovery; left alone
+//!   <segment>.cut                     the segment is being cut shorter and grown back
+//!                                     (a torn tail, a replaced suffix); removed after
 //! ```
 //!
 //! Offsets are written in 20 digits, so names sort like offsets.
@@ -47,6 +49,8 @@ pub const DELTA_SUFFIX: &str = ".delta";
 pub const TEMP_SUFFIX: &str = ".tmp";
 /// Suffix of bytes recovery moved aside.
 pub const BROKEN_SUFFIX: &str = ".broken";
+/// Suffix of the marker of a segment being cut shorter and grown back.
+pub const CUT_SUFFIX: &str = ".cut";
 
 fn offset_name(offset: u64, suffix: &str) -> String {
     format!("{offset:020}{suffix}")
@@ -134,6 +138,13 @@ pub fn retired(name: &str) -> String {
 /// Where a damaged snapshot is moved aside.
 pub fn broken_snapshot(name: &str) -> String {
     format!("{name}{BROKEN_SUFFIX}")
+}
+
+/// The marker present, durably, while segment `name` is cut shorter and grown back to
+/// its length: the one time a crash can leave the last segment shorter than the length
+/// it was named with (`wal::segment`).
+pub fn cut_marker(name: &str) -> String {
+    format!("{name}{CUT_SUFFIX}")
 }
 
 /// Where the torn tail of segment `name`, cut from byte `from`, is kept.

@@ -27,6 +27,9 @@ pub struct DirListing {
     pub temps: Vec<String>,
     /// Bytes kept from earlier repairs: left alone.
     pub broken: Vec<String>,
+    /// Markers of segments being cut shorter and grown back (`layout::cut_marker`):
+    /// the log's recovery reads and removes them.
+    pub cuts: Vec<String>,
     /// Files that are none of the node's: ignored and logged.
     pub foreign: Vec<String>,
 }
@@ -53,6 +56,8 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
             out.temps.push(name);
         } else if name.ends_with(BROKEN_SUFFIX) {
             out.broken.push(name);
+        } else if name.ends_with(layout::CUT_SUFFIX) {
+            out.cuts.push(name);
         } else if name != LOCK {
             out.foreign.push(name);
         }
@@ -62,6 +67,7 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
     out.raft_snapshots.sort();
     out.temps.sort();
     out.broken.sort();
+    out.cuts.sort();
     out.foreign.sort();
     out
 }

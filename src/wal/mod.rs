@@ -370,8 +370,8 @@ impl Log {
     /// Removes every entry at or after `offset`, durably, before it returns: the
     /// segments that start after it are deleted (and the directory synced), and the
     /// segment holding it is cut at the entry's record (truncated, re-extended to its
-    /// preallocated size, synced), so that no byte of a removed entry stays on disk
-    /// where a later scan could read it. New entries then take the removed offsets.
+    /// preallocated size, synced, under its cut marker), so that no byte of a removed
+    /// entry stays on disk where a later scan could read it. New entries then take the removed offsets.
     /// (Raft truncates a suffix that conflicts with its leader this way.)
     ///
     /// # Errors
@@ -385,6 +385,17 @@ impl Log {
         if offset == self.next() {
             return Ok(());
         }
+        // From here until the cut segment has grown back, a crash may leave it, the
+        // last segment, shorter than it was named with: its marker says why.
+        let keeps = self
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.start <= offset)
+            .expect("a segment holds the offset")
+            .name
+            .clone();
+        mark_cut(&*self.fs, &self.dir, &keeps)?;
         let mut deleted = false;
         while self.segments.len() > 1 && self.segments.back().is_some_and(|s| s.start > offset) {
             let seg = self.segments.pop_back().expect("a segment");
@@ -405,6 +416,7 @@ impl Log {
         self.active.set_len(cut)?;
         self.active.allocate(target)?;
         self.active.sync_data().map_err(sync_failed)?;
+        unmark_cut(&*self.fs, &self.dir, &keeps)?;
         seg.positions.truncate(keep);
         seg.data_end = cut;
         self.unsynced = false;
@@ -432,4 +444,19 @@ impl Log {
             .retain(|s| Some(s.start) == active || !removed.contains(&s.start));
         self.readers.retain(|(s, _)| !removed.contains(s));
     }
+}
+
+/// Marks segment `name` as being cut shorter and grown back, durably, before the cut:
+/// recovery then takes a last segment shorter than it was named with for an
+/// interrupted cut (and grows it back), not for damage (`segment`).
+pub(crate) fn mark_cut(fs: &dyn FileSystem, dir: &Path, name: &str) -> io::Result<()> {
+    drop(fs.create(&join(dir, &layout::cut_marker(name)))?);
+    fs.sync_dir(dir).map_err(sync_failed)
+}
+
+/// Removes the marker of [`mark_cut`], durably, once the segment has grown back and
+/// is synced.
+pub(crate) fn unmark_cut(fs: &dyn FileSystem, dir: &Path, name: &str) -> io::Result<()> {
+    fs.remove(&join(dir, &layout::cut_marker(name)))?;
+    fs.sync_dir(dir).map_err(sync_failed)
 }

@@ -87,6 +87,7 @@ impl Log {
         }
 
         let prealloc = options.preallocate_bytes();
+        let last_named = found.segments.last().map_or(0, |s| s.preallocated);
         let mut live: VecDeque<Segment> = found
             .segments
             .into_iter()
@@ -119,6 +120,18 @@ impl Log {
                 let mut file = fs
                     .open(&path, true)
                     .map_err(|e| Error::open_io(format!("opening {}", path.display()), &e))?;
+                if found.interrupted_cut.is_some() {
+                    // Grown back to its length before its marker goes (below).
+                    let fail = |e: io::Error| {
+                        Error::open_io(format!("growing back {}", path.display()), &e)
+                    };
+                    file.allocate(last_named.max(prealloc)).map_err(fail)?;
+                    file.sync_data().map_err(|e| fail(sync_failed(e)))?;
+                    log::info!(
+                        "{}: a cut interrupted by the last shutdown, finished",
+                        path.display()
+                    );
+                }
                 if let Some(torn) = &found.torn_tail {
                     let broken = cut_tail(
                         &*fs, &dir, &torn.name, &mut *file, torn.from, torn.to, prealloc,
@@ -142,6 +155,22 @@ impl Log {
                 file
             }
         };
+        // Cut markers: the last segment is whole again (grown back above, or never
+        // shortened); any other is stale.
+        let markers: Vec<String> = fs
+            .list(&dir)
+            .map_err(|e| Error::open_io(dir.display(), &e))?
+            .into_iter()
+            .filter(|n| n.ends_with(layout::CUT_SUFFIX))
+            .collect();
+        for name in &markers {
+            fs.remove(&join(&dir, name))
+                .map_err(|e| Error::open_io(format!("removing {name}"), &e))?;
+        }
+        if !markers.is_empty() {
+            fs.sync_dir(&dir)
+                .map_err(|e| Error::open_io(dir.display(), &sync_failed(e)))?;
+        }
         report.segments = live.len();
         Ok((
             Log::new(fs, options, start.first_offset.get(), active, live),
@@ -177,7 +206,7 @@ impl Log {
 }
 
 /// Keeps bytes `[from, to)` of the last segment in a `.broken` file, then zeroes them
-/// (truncate and re-extend), durably.
+/// (truncate and re-extend, under the segment's cut marker), durably.
 fn cut_tail(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -198,8 +227,10 @@ fn cut_tail(
     out.sync_data().map_err(fail)?;
     fs.sync_dir(dir).map_err(fail)?;
     let len = file.len().map_err(fail)?;
+    super::mark_cut(fs, dir, name).map_err(fail)?;
     file.set_len(from).map_err(fail)?;
     file.allocate(len.max(prealloc)).map_err(fail)?;
     file.sync_data().map_err(fail)?;
+    super::unmark_cut(fs, dir, name).map_err(fail)?;
     Ok(broken)
 }

@@ -98,7 +98,8 @@ impl Log {
         let name = layout::segment(start);
         let result = (|| {
             let mut file = self.fs.open(&spare, true)?;
-            file.write_all_at(&segment::encode_header(start), 0)?;
+            let len = file.len()?;
+            file.write_all_at(&segment::encode_header(start, len), 0)?;
             file.sync_data().map_err(sync_failed)?;
             drop(file);
             self.fs.rename(&spare, &join(&self.dir, &name))?;
@@ -148,12 +149,19 @@ pub fn create_segment(
 ) -> io::Result<Box<dyn File>> {
     let name = layout::segment(start);
     create_durably(fs, dir, &name, |file| {
-        file.write_all_at(&segment::encode_header(start), 0)?;
         let size = prealloc.max(segment::HEADER_BYTES);
-        if !prefill {
-            return file.allocate(size);
+        file.write_all_at(&segment::encode_header(start, size), 0)?;
+        if prefill {
+            zero_fill(file, segment::HEADER_BYTES, size)?;
+        } else {
+            file.allocate(size)?;
         }
-        zero_fill(file, segment::HEADER_BYTES, size)
+        // The header promises this length: a file that did not reach it says less.
+        let len = file.len()?;
+        if len < size {
+            file.write_all_at(&segment::encode_header(start, len), 0)?;
+        }
+        Ok(())
     })?;
     fs.open(&join(dir, &name), true)
 }

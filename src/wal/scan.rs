@@ -135,6 +135,8 @@ pub struct ScannedSegment {
     pub file_bytes: u64,
     /// Disk space the file occupies (allocated blocks; holes excluded).
     pub allocated_bytes: u64,
+    /// The length its header says it was named with (0: not recorded).
+    pub preallocated: u64,
     pub(super) positions: Vec<u64>,
 }
 
@@ -160,6 +162,9 @@ pub struct LogScan {
     pub compacted_leftovers: Vec<String>,
     /// A torn tail of the last segment, if any.
     pub torn_tail: Option<TornTail>,
+    /// The last segment, when it is shorter than it was named with because a cut of it
+    /// (`layout::cut_marker`) was interrupted: recovery grows it back.
+    pub interrupted_cut: Option<String>,
     /// Entries handed to `visit`.
     pub entries_replayed: u64,
 }
@@ -237,11 +242,28 @@ pub fn scan(
         let head = scanner
             .bytes(0, segment::HEADER_BYTES as usize)
             .map_err(io)?;
-        let head_start = head
+        let header = head
             .try_into()
             .map_err(|_| "file shorter than a segment header".to_string())
             .and_then(segment::decode_header)
             .map_err(|why| Error::Open(format!("{}: {why}", path.display())))?;
+        let head_start = header.start;
+        let cut_marker = join(dir, &layout::cut_marker(name));
+        if is_last && scanner.len < header.preallocated && fs.open(&cut_marker, false).is_ok() {
+            // A cut interrupted between shortening the file and growing it back.
+            out.interrupted_cut = Some(name.clone());
+        } else if is_last && scanner.len < header.preallocated {
+            // Sealed segments are trimmed to their data once the next one is durable;
+            // the last one keeps at least the length it was named with (segment.rs).
+            return Err(Error::Open(format!(
+                "{}: the file is {} bytes, shorter than the {} bytes it was preallocated to \
+                 before it was named: it was cut short (a crash does not do that), and \
+                 acknowledged entries may be missing from its end",
+                path.display(),
+                scanner.len,
+                header.preallocated
+            )));
+        }
         if head_start != *start {
             return Err(Error::Open(format!(
                 "{}: header says the segment starts at offset {head_start}, its name says {start}",
@@ -258,6 +280,7 @@ pub fn scan(
             data_end: segment::HEADER_BYTES,
             file_bytes: scanner.len,
             allocated_bytes: file.allocated_bytes().map_err(io)?,
+            preallocated: header.preallocated,
             positions: Vec::new(),
         };
         // The segment holding the first live offset: its blocks before the first live

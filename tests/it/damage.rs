@@ -164,3 +164,47 @@ fn a_restart_after_kill_then_a_power_cut_never_looks_like_damage() {
     }
     assert!(refused.is_empty(), "{refused:#?}");
 }
+
+/// The active segment cut short in the middle (a copy that stopped early, a
+/// truncation by hand, a filesystem that lost the end of a file): the cut looks like
+/// the end of the log or a torn write, but a crash never makes a named segment
+/// shorter than it was preallocated to, so recovery refuses instead of cutting the
+/// acknowledged entries after it and reusing their offsets.
+#[test]
+fn an_active_segment_cut_short_refuses_to_start() {
+    let full = written().contents()[Path::new(SEGMENT)].len();
+    for offset in [1, 7, ENTRIES - 2] {
+        // At a record's first byte (the log seems to end there) and inside it (a torn
+        // write, it seems).
+        for inside in [0, 20] {
+            let disk = damaged(|b| {
+                let pos = record_at(b, offset);
+                b.truncate(pos + inside);
+            });
+            let err = match Node::open_with_fs(config(), Arc::new(disk.clone())) {
+                Ok(node) => {
+                    let next = node.appender().status().unwrap().next_offset;
+                    node.shutdown().unwrap();
+                    panic!(
+                        "a segment cut at offset {offset} (+{inside} bytes) was taken for the \
+                         end of the log: it now ends at {next}, {ENTRIES} were acknowledged"
+                    );
+                }
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("00000000000000000000.log")
+                    && err.contains("cut short")
+                    && err.contains(&format!("{full} bytes")),
+                "{err}"
+            );
+            let ex = inspect::examine(&disk, Path::new(DIR));
+            assert!(ex.damaged(), "verify must report the cut");
+            let report = inspect::verify_report(&ex);
+            assert!(
+                report.contains("DAMAGED") && report.contains("00000000000000000000.log"),
+                "{report}"
+            );
+        }
+    }
+}
