@@ -35,7 +35,7 @@ pub use config::{Config, FsyncPolicy};
 pub use core::policy::{Policy, PolicyUpdate};
 pub use core::position::Offset;
 pub use error::{Error, Result};
-pub use node::Node;
+pub use node::{Node, check_data_dir};
 pub use snapshot::SnapshotFile;
 pub use types::{
     Compaction, Counters, Info, KeptSnapshot, Management, ReadEntry, RecoveryReport, SegmentInfo,

@@ -32,8 +32,8 @@ use flintlog::{Config, FsyncPolicy, Policy, inspect};
     flintlog verify /var/lib/fl/n1                  check a directory; exit 1 on damage\n  \
     flintlog inspect /var/lib/fl/n1 --json          segments, snapshots, offsets\n  \
     flintlog verify --store s3://bkt/fl             download and check every chain in a store\n  \
-    flintlog restore --from s3://bkt/fl --data-dir /var/lib/fl/n1\n\
-\x20                                                 a data directory from its newest chain\n\n\
+    flintlog restore --from s3://bkt/fl --data-dir /var/lib/fl --node-id n1\n\
+\x20                                                 /var/lib/fl/n1/ from n1's newest chain\n\n\
 The first line a node expects:\n  \
     {\"src\":\"c0\",\"dest\":\"n1\",\"body\":{\"type\":\"init\",\"msg_id\":1,\"node_id\":\"n1\",\"node_ids\":[\"n1\"]}}\n\
 With several node_ids, the node joins that Raft group: deliver each line it writes to\n\
@@ -210,16 +210,24 @@ enum Command {
         #[command(flatten)]
         flags: StoreFlags,
     },
-    /// Make a data directory from the newest snapshot chain in a store that downloads
-    /// and verifies (falling back to older chains, saying why); start a node on it.
+    /// Make a node's directory from its newest snapshot chain in a store that downloads
+    /// and verifies (falling back to older chains, saying why); then start the node
+    /// with the same --data-dir.
     Restore {
         /// The store: s3://BUCKET/PREFIX, file:///PATH or a path.
         #[arg(long, value_name = "URL")]
         from: String,
-        /// The directory to create (it must be empty or absent): the node's own
-        /// directory, DATA_DIR/<node_id>.
-        #[arg(long, value_name = "DIR")]
+        /// The data directory the node is then started with, as for the node itself:
+        /// the chain goes to DATA_DIR/<node_id>/, which must be empty or absent.
+        #[arg(long, value_name = "DATA_DIR")]
         data_dir: PathBuf,
+        /// Whose chain (default: the only node id with chains in the store).
+        #[arg(long, value_name = "ID")]
+        node_id: Option<String>,
+        /// Restore it as the directory of this node id instead (a new member of a
+        /// group made from another member's snapshot).
+        #[arg(long = "as", value_name = "ID")]
+        as_node: Option<String>,
         /// Restore the chain at this index instead of the newest.
         #[arg(long, value_name = "N")]
         index: Option<u64>,
@@ -236,31 +244,112 @@ enum Command {
     },
 }
 
+/// What `restore` is asked.
+struct RestoreArgs {
+    from: String,
+    data_dir: PathBuf,
+    node_id: Option<String>,
+    as_node: Option<String>,
+    index: Option<u64>,
+}
+
 /// Runs `restore --from`: returns the exit code.
-fn restore(flags: &StoreFlags, from: &str, dir: &std::path::Path, index: Option<u64>) -> u8 {
-    let store = match flintlog::store::open(&flags.config(from)) {
+fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
+    let store = match flintlog::store::open(&flags.config(&a.from)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             return 2;
         }
     };
-    match flintlog::store::restore(&*store, &RealFs, dir, index) {
+    let ids = match flintlog::store::node_ids(&*store) {
+        Ok(ids) => ids,
+        Err(e) => {
+            eprintln!("restore failed: {e}");
+            return 1;
+        }
+    };
+    let whose = match (&a.node_id, ids.as_slice()) {
+        (Some(id), _) if ids.contains(id) => id.clone(),
+        (_, []) => {
+            let of = a
+                .node_id
+                .as_ref()
+                .map_or(String::new(), |id| format!(" of {id}"));
+            eprintln!("restore failed: {}: no chain{of} in the store", store.url());
+            return 1;
+        }
+        (Some(id), _) => {
+            eprintln!(
+                "restore failed: {}: no chain of {id} in the store; it holds chains of {}",
+                store.url(),
+                ids.join(", ")
+            );
+            return 1;
+        }
+        (None, [only]) => only.clone(),
+        (None, _) => {
+            eprintln!(
+                "{}: the store holds chains of {}: say whose with --node-id",
+                store.url(),
+                ids.join(", ")
+            );
+            return 2;
+        }
+    };
+    let as_node = a.as_node.clone().unwrap_or_else(|| whose.clone());
+    if let Err(why) = flintlog::router::wire::check_node_id(&as_node) {
+        eprintln!("--as {as_node}: {why}");
+        return 2;
+    }
+    // The spelling of old, where --data-dir named the node's own directory.
+    let last = a
+        .data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if let Some(last) = last.filter(|l| *l == as_node || ids.contains(l))
+        && !a.data_dir.join(&as_node).exists()
+    {
+        let parent = a
+            .data_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        eprintln!(
+            "--data-dir {} ends in node id {last}: --data-dir is the directory the node is \
+             started with, and the chain goes to DATA_DIR/<node_id>/ inside it. To restore \
+             {whose} there, type:\n  flintlog restore --from {} --data-dir {} --node-id {whose}",
+            a.data_dir.display(),
+            a.from,
+            parent.display()
+        );
+        return 2;
+    }
+    if let Err(e) = flintlog::check_data_dir(&RealFs, &a.data_dir, &as_node) {
+        eprintln!("restore refused: {e}");
+        return 2;
+    }
+    let dir = a.data_dir.join(&as_node);
+    match flintlog::store::restore(&*store, &RealFs, &dir, Some(&whose), a.index) {
         Ok(r) => {
             for (object, why) in &r.skipped {
                 println!("skipped {object}: {why}");
             }
             let m = &r.manifest;
             println!(
-                "restored {} from {}: the chain at index {} (node {}, term {}, {} file(s), {} \
-                 bytes), verified",
-                dir.display(),
-                store.url(),
-                m.index,
+                "restored {}'s chain at index {} (term {}, {} file(s), {} bytes) from {}, \
+                 verified, into {}",
                 m.node,
+                m.index,
                 m.term,
                 m.files.len(),
-                r.bytes
+                r.bytes,
+                store.url(),
+                dir.display()
+            );
+            println!(
+                "start it with: flintlog --data-dir {} (then init as {as_node})",
+                a.data_dir.display()
             );
             0
         }
@@ -318,9 +407,20 @@ fn offline(command: Command, flags: &StoreFlags) -> u8 {
         Command::Restore {
             from,
             data_dir,
+            node_id,
+            as_node,
             index,
             flags: own,
-        } => return restore(&own.or(flags), &from, &data_dir, index),
+        } => {
+            let args = RestoreArgs {
+                from,
+                data_dir,
+                node_id,
+                as_node,
+                index,
+            };
+            return restore(&own.or(flags), args);
+        }
     };
     match std::fs::metadata(&dir) {
         Err(e) => {

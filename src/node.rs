@@ -1,6 +1,7 @@
 //! A node: recovers its directory, wires the actors, owns their threads, shuts down in
 //! order.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -18,6 +19,46 @@ use crate::fs::{FileSystem, Lock, Pacing, RealFs, join};
 use crate::survey;
 use crate::types::RecoveryReport;
 use crate::wal::{Log, RecoverLog};
+
+/// Checks that `data_dir`, the directory a node keeps its own directory in
+/// (`data_dir/<node_id>/`), does not itself hold a node's files: a restore or a copy
+/// made one level too high. Starting anyway would create an empty node beside them,
+/// which reads as if the data were lost.
+///
+/// # Errors
+/// [`Error::Open`] naming the files and where they belong.
+pub fn check_data_dir(fs: &dyn FileSystem, data_dir: &Path, node_id: &str) -> Result<()> {
+    let Ok(names) = fs.list(data_dir) else {
+        return Ok(()); // absent: created for the node
+    };
+    let l = crate::core::recovery::classify(names);
+    let mut found: Vec<String> = l
+        .segments
+        .iter()
+        .chain(&l.snapshots)
+        .chain(&l.raft_snapshots)
+        .map(|(_, n)| n.clone())
+        .collect();
+    found.extend(
+        [(l.meta, layout::META), (l.raft_state, layout::RAFT_STATE)]
+            .into_iter()
+            .filter(|(here, _)| *here)
+            .map(|(_, n)| n.to_string()),
+    );
+    if found.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = found.iter().take(3).map(String::as_str).collect();
+    Err(Error::Open(format!(
+        "{} holds a node's files directly ({}{}), but the data directory holds each node's \
+         files in a directory of its own: this node's are read from {}. Move them there, or \
+         give --data-dir the directory above this one; nothing was started",
+        data_dir.display(),
+        shown.join(", "),
+        if found.len() > 3 { ", ..." } else { "" },
+        join(data_dir, node_id).display()
+    )))
+}
 
 /// Creates `dir` and any missing ancestors, syncing the parent of each one created (a
 /// new directory's entry is durable only then: without it, a power cut could take the

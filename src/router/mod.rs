@@ -659,6 +659,13 @@ impl<W: Write> Router<W> {
             };
         }
 
+        if let Err(e) =
+            crate::node::check_data_dir(&crate::fs::RealFs, &self.config.data_dir, &node_id)
+        {
+            log::error!("{e}");
+            self.fatal = true;
+            return error_body(code::CRASH, e.to_string());
+        }
         if node_ids.len() > 1 || join {
             return self.init_cluster(node_id, node_ids, join);
         }

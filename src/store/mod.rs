@@ -728,8 +728,21 @@ fn verify_chain(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), Str
     Ok(())
 }
 
-/// Materializes a data directory from the store: the newest chain (or the newest at
-/// `index`) that downloads and verifies, falling back to older ones and saying why.
+/// The node ids that have chains in the store, sorted.
+///
+/// # Errors
+/// The store could not be listed.
+pub fn node_ids(store: &dyn SnapshotStore) -> Result<Vec<String>, String> {
+    let (all, _) = manifests(store).map_err(|e| format!("{}: {e}", store.url()))?;
+    let mut ids: Vec<String> = all.into_iter().map(|m| m.node).collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Materializes a data directory from the store: the newest chain of node `whose`
+/// (any node's when `None`; or the newest at `index`) that downloads and verifies,
+/// falling back to older ones of the same node and saying why.
 /// `dir` must be absent or empty. The chain is assembled in `<dir>.restoring` and
 /// renamed to `dir` once whole (with, for a single node's chain, an empty log that
 /// starts at the chain's index), so an interrupted restore leaves no half directory.
@@ -741,6 +754,7 @@ pub fn restore(
     store: &dyn SnapshotStore,
     fs: &dyn FileSystem,
     dir: &Path,
+    whose: Option<&str>,
     index: Option<u64>,
 ) -> Result<Restored, String> {
     if let Ok(present) = fs.list(dir)
@@ -764,7 +778,7 @@ pub fn restore(
     }
     fs.create_dir_all(&staging)
         .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
-    let restored = restore_into(store, fs, &staging, dir, index);
+    let restored = restore_into(store, fs, &staging, dir, whose, index);
     if restored.is_err() {
         for f in fs.list(&staging).unwrap_or_default() {
             let _ = fs.remove(&join(&staging, &f));
@@ -780,16 +794,21 @@ fn restore_into(
     fs: &dyn FileSystem,
     staging: &Path,
     dir: &Path,
+    whose: Option<&str>,
     index: Option<u64>,
 ) -> Result<Restored, String> {
     let (all, unreadable) = manifests(store).map_err(|e| format!("{}: {e}", store.url()))?;
     let mut skipped = unreadable;
     let candidates: Vec<&Manifest> = all
         .iter()
+        .filter(|m| whose.is_none_or(|w| m.node == w))
         .filter(|m| index.is_none_or(|i| m.index == i))
         .collect();
     if candidates.is_empty() {
-        let what = index.map_or("no chain".to_string(), |i| format!("no chain at index {i}"));
+        let of = whose.map_or(String::new(), |w| format!(" of {w}"));
+        let what = index.map_or(format!("no chain{of}"), |i| {
+            format!("no chain{of} at index {i}")
+        });
         return Err(format!("{}: {what} in the store", store.url()));
     }
     for m in candidates {

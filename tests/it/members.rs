@@ -300,7 +300,7 @@ fn a_new_member_bootstraps_from_the_store_and_catches_up_from_the_log() {
     // the leader's log.
     let dir5 = g.dirs[0].parent().unwrap().join("n5");
     let local = flintlog::store::LocalStore::open(&root).unwrap();
-    let r = flintlog::store::restore(&local, &flintlog::fs::RealFs, &dir5, None).unwrap();
+    let r = flintlog::store::restore(&local, &flintlog::fs::RealFs, &dir5, None, None).unwrap();
     assert!(
         r.manifest.files[0].name.ends_with(".rsnap"),
         "{:?}",

@@ -134,7 +134,7 @@ fn a_chain_uploaded_restores_a_wiped_node_to_the_same_state() {
         std::fs::remove_dir_all(&dir).unwrap();
 
         let store = b.open();
-        let r = store::restore(&*store, &RealFs, &dir, None).unwrap();
+        let r = store::restore(&*store, &RealFs, &dir, None, None).unwrap();
         assert_eq!(r.manifest.index, 2800, "{}", b.name);
         assert_eq!(r.manifest.files.len(), 2, "{}: base and delta", b.name);
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);
@@ -152,7 +152,7 @@ fn a_chain_uploaded_restores_a_wiped_node_to_the_same_state() {
         node.shutdown().unwrap();
 
         let older = base.path().join("older");
-        let r = store::restore(&*store, &RealFs, &older, Some(2000)).unwrap();
+        let r = store::restore(&*store, &RealFs, &older, None, Some(2000)).unwrap();
         assert_eq!(r.manifest.files.len(), 1);
         let node = Node::open(Config::new(&older)).unwrap();
         assert_state(
@@ -162,7 +162,7 @@ fn a_chain_uploaded_restores_a_wiped_node_to_the_same_state() {
         );
         node.shutdown().unwrap();
 
-        let err = store::restore(&*store, &RealFs, &older, None).unwrap_err();
+        let err = store::restore(&*store, &RealFs, &older, None, None).unwrap_err();
         assert!(err.contains("already holds"), "{err}");
         let verdicts = store::verify(&*store, &mut |_| {}).unwrap();
         assert_eq!(verdicts.len(), 2);
@@ -207,7 +207,7 @@ fn a_damaged_or_missing_object_is_detected_and_restore_falls_back_to_an_older_ch
             .put(&object, &mut &bytes[..], bytes.len() as u64)
             .unwrap();
         let dir = base.path().join("damaged");
-        let r = store::restore(&*store, &RealFs, &dir, None).unwrap();
+        let r = store::restore(&*store, &RealFs, &dir, None, None).unwrap();
         assert_eq!(r.manifest.index, 500, "{}: fell back", b.name);
         assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
         assert!(r.skipped[0].1.contains("checksum"), "{:?}", r.skipped);
@@ -226,7 +226,7 @@ fn a_damaged_or_missing_object_is_detected_and_restore_falls_back_to_an_older_ch
         // The object gone altogether.
         store.delete(&object).unwrap();
         let dir = base.path().join("missing");
-        let r = store::restore(&*store, &RealFs, &dir, None).unwrap();
+        let r = store::restore(&*store, &RealFs, &dir, None, None).unwrap();
         assert_eq!(r.manifest.index, 500, "{}: fell back", b.name);
         assert!(
             r.skipped[0].1.contains("not in the store"),
@@ -565,5 +565,119 @@ fn a_node_stops_promptly_in_the_middle_of_a_slow_upload() {
     assert!(
         store::manifests(&*left).unwrap().0.is_empty(),
         "an upload cut short is no chain"
+    );
+}
+
+/// `flintlog restore` run as a user would against SeaweedFS, with two single nodes
+/// shipping under one prefix: `--data-dir` means what it means for the node (the chain
+/// goes to DATA_DIR/<node_id>/), `--node-id` chooses whose chain (required when the
+/// store holds several), the old spelling (the node's own directory) is refused with the
+/// command to type, and a node that finds its files one level too high refuses to start.
+#[test]
+fn restore_takes_the_named_nodes_chain_into_the_data_dir_the_node_is_started_with() {
+    let w = match weed::weed() {
+        Ok(w) => w,
+        Err(why) => return cannot_run("restore from SeaweedFS", &why),
+    };
+    let prefix = format!("restore-cli-{}", std::process::id());
+    let store = s3_config(&prefix, w.s3_port);
+    let url = format!("s3://{BUCKET}/{prefix}");
+    let root = tempfile::tempdir().unwrap();
+    for name in ["n1", "n2"] {
+        let node = Node::open(config(&root.path().join("src").join(name), &store)).unwrap();
+        for i in 0..30 {
+            node.appender()
+                .kv_set(&format!("{name}-k{i}"), "v")
+                .unwrap();
+        }
+        let snap = node.snapshotter().snapshot().unwrap();
+        wait_uploaded(&node, snap.offset.get());
+        node.shutdown().unwrap();
+    }
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .arg("restore")
+            .args(["--from", &url, "--store-endpoint", &w.endpoint])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let data = root.path().join("data");
+    let data_arg = data.display().to_string();
+
+    // Two nodes' chains: whose must be said, and nothing is written.
+    let (code, text) = cli(&["--data-dir", &data_arg]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("n1, n2") && text.contains("--node-id"),
+        "{text}"
+    );
+    assert!(!data.join("n1").exists() && !data.join("n2").exists());
+    let (code, text) = cli(&["--data-dir", &data_arg, "--node-id", "n9"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("no chain of n9") && text.contains("n1, n2"),
+        "{text}"
+    );
+
+    // The old spelling: the node's own directory. Refused, with the command to type.
+    let own = data.join("n1").display().to_string();
+    let (code, text) = cli(&["--data-dir", &own, "--node-id", "n1"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(&format!("--data-dir {data_arg} --node-id n1")),
+        "{text}"
+    );
+    assert!(!data.join("n1").exists(), "nothing restored on a refusal");
+
+    // The same --data-dir on both commands brings back n1's state, not n2's.
+    let (code, text) = cli(&["--data-dir", &data_arg, "--node-id", "n1"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("restored n1's chain"), "{text}");
+    let input = crate::support::lines(&[
+        crate::support::init(1),
+        crate::support::msg(
+            "c1",
+            serde_json::json!({"type": "read", "msg_id": 2, "key": "n1-k7"}),
+        ),
+        crate::support::msg(
+            "c1",
+            serde_json::json!({"type": "read", "msg_id": 3, "key": "n2-k7"}),
+        ),
+    ]);
+    let run = crate::support::run(&[], Some(&data), &input);
+    assert_eq!(run.reply_to("c0", 1)["type"], "init_ok", "{}", run.stderr);
+    assert_eq!(run.reply_to("c1", 2)["value"], "v", "n1's key is back");
+    assert_eq!(run.reply_to("c1", 3)["code"], 20, "n2's keys are not n1's");
+
+    // The files one level too high (as the old spelling made them): refused at init,
+    // naming where they belong, instead of an empty node beside them.
+    let high = root.path().join("high");
+    std::fs::create_dir_all(&high).unwrap();
+    for f in std::fs::read_dir(data.join("n1")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), high.join(f.file_name())).unwrap();
+    }
+    let run = crate::support::run(
+        &[],
+        Some(&high),
+        &crate::support::lines(&[crate::support::init(1)]),
+    );
+    let reply = run.reply_to("c0", 1);
+    assert_eq!(reply["code"], 13, "{reply}");
+    let text = reply["text"].as_str().unwrap();
+    assert!(
+        text.contains(&high.join("n1").display().to_string()) && text.contains("directly"),
+        "{text}"
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        !high.join("n1").exists(),
+        "no empty node made beside the files"
     );
 }

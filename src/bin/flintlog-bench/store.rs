@@ -115,8 +115,14 @@ pub(crate) fn bench_store(args: &Args, r: &mut Report) {
         let target = d.join(format!("restored-{run}"));
         let s = store::open(&base_config).expect("store");
         let started = Instant::now();
-        let restored = store::restore(&*s, &flintlog::fs::RealFs, &target, Some(snap.offset.get()))
-            .expect("restore");
+        let restored = store::restore(
+            &*s,
+            &flintlog::fs::RealFs,
+            &target,
+            None,
+            Some(snap.offset.get()),
+        )
+        .expect("restore");
         restores.push(started.elapsed().as_secs_f64());
         assert_eq!(restored.bytes, snap.size_bytes);
         let _ = std::fs::remove_dir_all(&target);
