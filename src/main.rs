@@ -141,6 +141,17 @@ struct Args {
     #[arg(long, default_value_t = flintlog::store::DEFAULT_UPLOAD_RATE, value_name = "BYTES", help_heading = "Snapshot store")]
     store_upload_bytes_per_sec: u64,
 
+    /// At end of input, wait up to this many seconds for the upload in flight and the
+    /// newest chain to reach the store before exiting (then say how far behind it is).
+    /// 0: exit at once (the chain stays on disk; the next start uploads it).
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        value_name = "SECONDS",
+        help_heading = "Snapshot store"
+    )]
+    store_shutdown_wait: f64,
+
     /// Free log segments only once a snapshot covering them is in the store (off: the
     /// log is compacted behind local snapshots, and a node that loses its disk before an
     /// upload lands relies on the other replicas for those entries).
@@ -515,6 +526,7 @@ fn main() -> ExitCode {
         c.retain = args.store_retain;
         c.compact_after_upload = args.compact_after_upload;
         c.upload_bytes_per_sec = args.store_upload_bytes_per_sec;
+        c.shutdown_wait = std::time::Duration::from_secs_f64(args.store_shutdown_wait.max(0.0));
         c
     });
     node.policy = Policy {

@@ -167,6 +167,8 @@ pub struct Node {
     threads: Vec<(&'static str, JoinHandle<()>)>,
     /// The uploader (stopped last: the snapshotter offers it chains).
     uploader: Option<(UploaderHandle, JoinHandle<()>)>,
+    /// How long a stop waits for the newest chain to reach the store.
+    upload_shutdown_wait: std::time::Duration,
     recovery: RecoveryReport,
     _lock: Box<dyn Lock>,
 }
@@ -279,6 +281,10 @@ impl Node {
 
         let (feedback_tx, feedback_rx) = crossbeam_channel::unbounded();
         let spawn_err = |e: std::io::Error| Error::Open(format!("cannot start a thread: {e}"));
+        let upload_shutdown_wait = config
+            .snapshot_store
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |s| s.shutdown_wait);
         let uploader = match &config.snapshot_store {
             Some(store) => {
                 let (handle, join) = start_uploader(&config, store, fs.clone(), vec![])?;
@@ -345,6 +351,7 @@ impl Node {
                 ("compactor", compactor_join),
             ],
             uploader,
+            upload_shutdown_wait,
             recovery: report,
             _lock: lock,
         })
@@ -395,6 +402,7 @@ impl Node {
             }
         }
         if let Some((handle, join)) = self.uploader.take() {
+            handle.drain_at_shutdown(self.upload_shutdown_wait);
             handle.stop();
             if join.join().is_err() {
                 panicked.push("uploader");

@@ -65,6 +65,8 @@ struct Shared {
     status: Mutex<UploadStatus>,
     /// One more than the index of the newest chain uploaded (0: none).
     uploaded: AtomicU64,
+    /// One more than the index of the newest chain offered (0: none).
+    offered: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -84,6 +86,9 @@ impl std::fmt::Debug for UploaderHandle {
 impl UploaderHandle {
     /// Queues `upload` (never blocks; drops the oldest offer when the queue is full).
     pub fn offer(&self, upload: Upload) {
+        self.shared
+            .offered
+            .fetch_max(upload.index + 1, Ordering::AcqRel);
         let mut q = self.shared.queue.lock().expect("queue");
         if q.iter().any(|u| u.index >= upload.index) {
             return;
@@ -106,6 +111,61 @@ impl UploaderHandle {
     /// The index of the newest chain this node has in the store.
     pub fn uploaded_index(&self) -> Option<u64> {
         self.shared.uploaded.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Waits up to `wait` for the newest chain offered to be in the store (the upload
+    /// in flight, then the newest queued); what the store lacks if it is not: the
+    /// newest chain uploaded (`None`: none) and the newest offered.
+    ///
+    /// # Errors
+    /// The store is still behind after `wait`.
+    pub fn wait_caught_up(&self, wait: Duration) -> Result<(), (Option<u64>, u64)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let offered = self.shared.offered.load(Ordering::Acquire);
+            let uploaded = self.shared.uploaded.load(Ordering::Acquire);
+            if uploaded >= offered {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err((uploaded.checked_sub(1), offered - 1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`UploaderHandle::wait_caught_up`] for up to `wait` when the node stops, saying
+    /// on the log how far behind the store is if it gave up.
+    pub fn drain_at_shutdown(&self, wait: Duration) {
+        if wait.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        let behind = self.shared.uploaded.load(Ordering::Acquire)
+            < self.shared.offered.load(Ordering::Acquire);
+        if behind {
+            log::info!(
+                "stopping: waiting up to {} s for the newest snapshot chain to reach the store",
+                wait.as_secs_f64()
+            );
+        }
+        match self.wait_caught_up(wait) {
+            Ok(()) if behind => log::info!(
+                "the newest snapshot chain reached the store ({} ms)",
+                started.elapsed().as_millis()
+            ),
+            Ok(()) => {}
+            Err((uploaded, newest)) => log::warn!(
+                "stopping with the store behind: it holds this node's chain at {}, the node's \
+                 newest is at {newest} (still on disk: the next start uploads it); gave up \
+                 after {} s{}",
+                uploaded.map_or("no index (none)".to_string(), |i| i.to_string()),
+                wait.as_secs_f64(),
+                self.status()
+                    .last_error
+                    .map_or(String::new(), |e| format!("; the last error: {e}"))
+            ),
+        }
     }
 
     /// Stops the thread after the request in progress (the queue is dropped: the
@@ -131,6 +191,7 @@ pub fn spawn(
             ..UploadStatus::default()
         }),
         uploaded: AtomicU64::new(0),
+        offered: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
     let handle = UploaderHandle {

@@ -382,6 +382,10 @@ impl ClusterNode {
             last_stale_cut: None,
             install_timer: None,
             uploader,
+            upload_shutdown_wait: config
+                .snapshot_store
+                .as_ref()
+                .map_or(Duration::ZERO, |s| s.shutdown_wait),
             compact_after_upload,
             upload_seen: None,
             store_fetch,
@@ -572,6 +576,8 @@ struct Consensus {
     install_timer: Option<(u64, Instant)>,
     /// The uploader, if the node copies its snapshots to a store.
     uploader: Option<(UploaderHandle, std::thread::JoinHandle<()>)>,
+    /// How long a stop waits for the newest chain to reach the store.
+    upload_shutdown_wait: Duration,
     /// Compaction waits for the store; the newest index uploaded, as last seen.
     compact_after_upload: bool,
     upload_seen: Option<u64>,
@@ -648,6 +654,7 @@ impl Consensus {
             let _ = syncer.join();
         }
         if let Some((uploader, join)) = self.uploader.take() {
+            uploader.drain_at_shutdown(self.upload_shutdown_wait);
             uploader.stop();
             let _ = join.join();
         }

@@ -122,6 +122,11 @@ pub struct StoreConfig {
     /// S3 credentials an embedding program got its own way (the binary never sets
     /// them: it reads the standard environment variables). Never printed.
     pub credentials: Option<Credentials>,
+    /// At shutdown, how long the node waits for the upload in flight and its newest
+    /// chain to reach the store before it stops anyway (and says how far behind the
+    /// store is). 0: it stops at once, abandoning the upload (the chain stays on disk
+    /// and the next start offers it again).
+    pub shutdown_wait: std::time::Duration,
 }
 
 /// An S3 access key and its secret; `Debug` shows neither.
@@ -150,6 +155,7 @@ impl StoreConfig {
             compact_after_upload: false,
             upload_bytes_per_sec: DEFAULT_UPLOAD_RATE,
             credentials: None,
+            shutdown_wait: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -939,9 +939,10 @@ static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 fn with_store(c: &mut Config) {
     small(c);
     c.snapshot_send_bytes_per_sec = 256 * 1024;
-    c.snapshot_store = Some(flintlog::store::StoreConfig::new(
-        STORE.get().unwrap().display().to_string(),
-    ));
+    let mut store = flintlog::store::StoreConfig::new(STORE.get().unwrap().display().to_string());
+    // Some tests take the store away: a stop waits for it only briefly.
+    store.shutdown_wait = Duration::from_secs(1);
+    c.snapshot_store = Some(store);
 }
 
 /// Cuts n3 off while `n` writes go through n1 and n2 (the leader compacts past it),
@@ -1013,6 +1014,7 @@ fn compact_after_upload(c: &mut Config) {
     let mut store =
         flintlog::store::StoreConfig::new(WAITING_STORE.get().unwrap().display().to_string());
     store.compact_after_upload = true;
+    store.shutdown_wait = Duration::from_secs(1);
     c.snapshot_store = Some(store);
 }
 

@@ -236,9 +236,10 @@ static STORE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new
 
 fn with_store(c: &mut Config) {
     small(c);
-    c.snapshot_store = Some(flintlog::store::StoreConfig::new(
-        STORE.get().unwrap().display().to_string(),
-    ));
+    let mut store = flintlog::store::StoreConfig::new(STORE.get().unwrap().display().to_string());
+    // The test takes the store away: a stop waits for it only briefly.
+    store.shutdown_wait = Duration::from_secs(1);
+    c.snapshot_store = Some(store);
 }
 
 /// Adds a learner, once the change before it is done.

@@ -31,6 +31,8 @@ impl Backend {
 
 fn s3_config(prefix: &str, port: u16) -> StoreConfig {
     let mut c = StoreConfig::new(format!("s3://{BUCKET}/{prefix}"));
+    // Some tests take the store away: a stop waits for it only briefly.
+    c.shutdown_wait = Duration::from_secs(2);
     c.endpoint = Some(format!("http://127.0.0.1:{port}"));
     c.credentials = Some(Credentials {
         access_key_id: ACCESS_KEY.into(),
@@ -42,9 +44,11 @@ fn s3_config(prefix: &str, port: u16) -> StoreConfig {
 /// Both stores (SeaweedFS only where it can run; under CI it must).
 fn backends(test: &str) -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
+    let mut local = StoreConfig::new(dir.path().join("store").display().to_string());
+    local.shutdown_wait = Duration::from_secs(2);
     let mut all = vec![Backend {
         name: "local directory",
-        config: StoreConfig::new(dir.path().join("store").display().to_string()),
+        config: local,
         _dir: Some(dir),
     }];
     match weed::weed() {
@@ -419,6 +423,7 @@ fn credentials_never_reach_the_log_or_the_status() {
             .args(["--data-dir", &data.path().display().to_string()])
             .args(["--snapshot-store", &format!("s3://{BUCKET}/{prefix}")])
             .args(["--store-endpoint", &endpoint])
+            .args(["--store-shutdown-wait", "2"])
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("RUST_LOG", "trace")
@@ -546,8 +551,10 @@ fn both_stores_keep_the_same_contract() {
 fn a_node_stops_promptly_in_the_middle_of_a_slow_upload() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = StoreConfig::new(dir.path().join("store").display().to_string());
-    // 64 KiB/s: the snapshot below would take about a minute to upload.
+    // 64 KiB/s: the snapshot below would take about a minute to upload; the stop
+    // waits 1 s for it, then gives up.
     store.upload_bytes_per_sec = 64 * 1024;
+    store.shutdown_wait = Duration::from_secs(1);
     let node = Node::open(config(&dir.path().join("n1"), &store)).unwrap();
     let mut model = BTreeMap::new();
     write(&node, &mut model, 0, 2_000, &"v".repeat(1000));
@@ -557,8 +564,8 @@ fn a_node_stops_promptly_in_the_middle_of_a_slow_upload() {
     let started = Instant::now();
     node.shutdown().unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "shutdown waited {:?} for the upload",
+        started.elapsed() >= Duration::from_secs(1) && started.elapsed() < Duration::from_secs(10),
+        "shutdown waited {:?} for the upload, told 1 s",
         started.elapsed()
     );
     let left = store::open(&store).unwrap();
@@ -679,5 +686,89 @@ fn restore_takes_the_named_nodes_chain_into_the_data_dir_the_node_is_started_wit
     assert!(
         !high.join("n1").exists(),
         "no empty node made beside the files"
+    );
+}
+
+/// End of input right after a `wal_snapshot` of 200,000 entries: the node waits for
+/// the upload before it exits (it used to cut it short, "the node is stopping", and
+/// exit 0 with the store far behind), so a restore then has every entry.
+#[test]
+fn end_of_input_waits_for_the_newest_chain_to_reach_the_store() {
+    let w = match weed::weed() {
+        Ok(w) => w,
+        Err(why) => return cannot_run("snapshot store on SeaweedFS", &why),
+    };
+    const N: u64 = 200_000;
+    let prefix = format!("exit-{}", std::process::id());
+    let url = format!("s3://{BUCKET}/{prefix}");
+    let root = tempfile::tempdir().unwrap();
+    let mut lines = vec![crate::support::init(1)];
+    for i in 0..N {
+        lines.push(crate::support::msg(
+            "c1",
+            serde_json::json!({"type": "wal_append", "msg_id": i + 2, "payload": format!("set k{}=v{i}", i % 50_000)}),
+        ));
+    }
+    lines.push(crate::support::msg(
+        "c1",
+        serde_json::json!({"type": "wal_snapshot", "msg_id": N + 2}),
+    ));
+    let store_args = [
+        "--store-endpoint",
+        w.endpoint.as_str(),
+        "--snapshot-entries",
+        "0",
+        "--snapshot-bytes",
+        "0",
+    ];
+    let mut args = vec!["--snapshot-store", url.as_str()];
+    args.extend(store_args);
+    let mut child = std::process::Command::new(binary())
+        .args(&args)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = crate::support::lines(&lines);
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let run = crate::support::finish(out);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        run.reply_to("c1", N + 2)["snapshot_offset"],
+        N,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("reached the store") || run.stderr.contains("uploaded"),
+        "{}",
+        run.stderr
+    );
+    let restored = std::process::Command::new(binary())
+        .args(["restore", "--from", &url, "--store-endpoint", &w.endpoint])
+        .arg("--data-dir")
+        .arg(root.path().join("back"))
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&restored.stdout).to_string()
+        + &String::from_utf8_lossy(&restored.stderr);
+    assert!(restored.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("chain at index {N} ")),
+        "the store must hold the chain of every entry: {text}"
     );
 }
