@@ -470,6 +470,12 @@ MUTANTS = [
      [("src/node.rs",
        "    if found.is_empty() {\n        return Ok(());",
        "    if true {\n        return Ok(());")]),
+    ("uploads-abandoned-at-exit",
+     "the node stops without waiting for its newest chain to reach the store",
+     "--test it -- store::end_of_input_waits_for_the_newest_chain_to_reach_the_store",
+     [("src/actor/uploader.rs",
+       "    pub fn drain_at_shutdown(&self, wait: Duration) {\n        if wait.is_zero() {",
+       "    pub fn drain_at_shutdown(&self, wait: Duration) {\n        if wait.is_zero() || wait > Duration::ZERO {")]),
 ]
 
 
