@@ -371,7 +371,8 @@ impl Log {
     /// segments that start after it are deleted (and the directory synced), and the
     /// segment holding it is cut at the entry's record (truncated, re-extended to its
     /// preallocated size, synced, under its cut marker), so that no byte of a removed
-    /// entry stays on disk where a later scan could read it. New entries then take the removed offsets.
+    /// entry stays on disk where a later scan could read it. New entries then take the
+    /// removed offsets.
     /// (Raft truncates a suffix that conflicts with its leader this way.)
     ///
     /// # Errors
@@ -413,8 +414,15 @@ impl Log {
         let seg = self.segments.back_mut().expect("a segment");
         let keep = (offset - seg.start) as usize;
         let cut = seg.positions.get(keep).copied().unwrap_or(seg.data_end);
+        // Grown back to at least the length its header says it was named with (the
+        // options may have changed since, and a sealed segment was trimmed).
+        let mut head = [0u8; segment::HEADER_BYTES as usize];
+        self.active.read_exact_at(&mut head, 0)?;
+        let named = segment::decode_header(&head)
+            .map_err(io::Error::other)?
+            .preallocated;
         self.active.set_len(cut)?;
-        self.active.allocate(target)?;
+        self.active.allocate(target.max(named))?;
         self.active.sync_data().map_err(sync_failed)?;
         unmark_cut(&*self.fs, &self.dir, &keeps)?;
         seg.positions.truncate(keep);

@@ -494,3 +494,31 @@ fn a_version_1_state_is_upgraded_and_the_identity_then_holds() {
     let log = open(&fs).unwrap();
     assert_eq!(log.identity(), &who);
 }
+
+/// A suffix replaced after the segment size was made smaller (as `wal_segment_config`
+/// does at run time): the segment cut grows back to the length its header says it was
+/// named with, not to today's smaller size, or the next start would take it for a
+/// segment cut short (damage).
+#[test]
+fn a_suffix_replaced_after_the_segment_size_shrank_leaves_a_log_that_opens() {
+    let fs = SimFs::new();
+    let mut log = open(&fs).unwrap();
+    log.write_entries(&(1..=12).map(|i| entry(i, 1)).collect::<Vec<_>>())
+        .unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let small = LogOptions {
+        segment_bytes_max: 10000,
+        preallocate_bytes_max: 10000,
+        ..options()
+    };
+    let mut log = RaftLog::open(Arc::new(fs.clone()), &small, 1, &VOTERS).unwrap();
+    log.write_entries(&(7..=9).map(|i| entry(i, 2)).collect::<Vec<_>>())
+        .unwrap();
+    log.sync().unwrap();
+    let expected = contents(&log);
+    drop(log);
+    let log = open(&fs.clean_copy()).unwrap_or_else(|e| panic!("the log does not open: {e}"));
+    assert_eq!(contents(&log), expected);
+    assert_eq!(log.term(9).unwrap(), 2);
+}
