@@ -476,6 +476,12 @@ MUTANTS = [
      [("src/actor/uploader.rs",
        "    pub fn drain_at_shutdown(&self, wait: Duration) {\n        if wait.is_zero() {",
        "    pub fn drain_at_shutdown(&self, wait: Duration) {\n        if wait.is_zero() || wait > Duration::ZERO {")]),
+    ("raft-cut-grown-to-todays-size",
+     "a Raft suffix cut grows its segment back to today's segment size, not the length it was named with",
+     "--test it -- raftlog::a_suffix_replaced_after_the_segment_size_shrank_leaves_a_log_that_opens",
+     [("src/wal/mod.rs",
+       "        self.active.allocate(target.max(named))?;",
+       "        self.active.allocate(target)?;")]),
 ]
 
 
