@@ -329,10 +329,13 @@ fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
         eprintln!(
             "--data-dir {} ends in node id {last}: --data-dir is the directory the node is \
              started with, and the chain goes to DATA_DIR/<node_id>/ inside it. To restore \
-             {whose} there, type:\n  flintlog restore --from {} --data-dir {} --node-id {whose}",
+             {whose} there, type:\n  flintlog restore --from {} --data-dir {} --node-id {whose}{}",
             a.data_dir.display(),
             a.from,
-            parent.display()
+            parent.display(),
+            a.as_node
+                .as_ref()
+                .map_or(String::new(), |n| format!(" --as {n}"))
         );
         return 2;
     }
