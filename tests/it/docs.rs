@@ -84,7 +84,10 @@ fn no_document_points_outside_the_repository() {
     ];
     for entry in std::fs::read_dir(root().join("docs")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        docs.push(format!("docs/{name}"));
+        // Text documents; the plots (PNG) point nowhere.
+        if !name.ends_with(".png") {
+            docs.push(format!("docs/{name}"));
+        }
     }
     for doc in docs {
         let text = read(&doc);
