@@ -918,6 +918,26 @@ fn replace(shared: Arc<Shared>, args: Args) -> Replacement {
     }
     r.steps
         .push((format!("{} added as a learner", r.new), now_s()));
+    // With a store, the new node is to start from it: wait (30 s at most) until a
+    // member has a chain there. On a loaded machine the first upload can come later
+    // than a quarter into the run.
+    if args.store {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let in_store = |shared: &Shared| {
+            shared.members().into_iter().any(|i| {
+                ask(
+                    shared,
+                    i,
+                    json!({"type": "wal_status"}),
+                    Duration::from_secs(2),
+                )
+                .is_some_and(|b| b["status"]["snapshot_store"]["uploaded_index"].is_u64())
+            })
+        };
+        while !in_store(&shared) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     shared.start(new);
     // 4. Wait until it has applied what the leader had committed.
     let target = current_leader(&shared)
