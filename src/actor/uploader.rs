@@ -156,10 +156,11 @@ impl UploaderHandle {
             ),
             Ok(()) => {}
             Err((uploaded, newest)) => log::warn!(
-                "stopping with the store behind: it holds this node's chain at {}, the node's \
-                 newest is at {newest} (still on disk: the next start uploads it); gave up \
-                 after {} s{}",
-                uploaded.map_or("no index (none)".to_string(), |i| i.to_string()),
+                "stopping with the store behind: it holds {}, the node's newest is at \
+                 {newest} (still on disk: the next start uploads it); gave up after {} s{}",
+                uploaded.map_or("no chain of this node".to_string(), |i| format!(
+                    "this node's chain at {i}"
+                )),
                 wait.as_secs_f64(),
                 self.status()
                     .last_error
