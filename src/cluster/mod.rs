@@ -780,7 +780,6 @@ impl Consensus {
         }
         match msg {
             Msg::Admin(a) => self.admin(*a),
-            Msg::Change(change, reply) => self.change(change, reply),
             Msg::Peer(m, incarnation) if !self.admit(&m, incarnation) => {}
             Msg::Peer(m, _) if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot => {
                 self.offered(*m);
@@ -815,7 +814,7 @@ impl Consensus {
                     Ok(())
                 }
                 Err(Refused::NoLeader) => Err(Msg::Propose(cmd, reply)),
-                Err(Refused::Change(why)) => {
+                Err(Refused::Change(why) | Refused::NotYet(why)) => {
                     reply.send(Err(Error::Unavailable(why)));
                     Ok(())
                 }
@@ -832,11 +831,12 @@ impl Consensus {
                     Ok(())
                 }
                 Err(Refused::NoLeader) => Err(Msg::Read(query, reply)),
-                Err(Refused::Change(why)) => {
+                Err(Refused::Change(why) | Refused::NotYet(why)) => {
                     reply.send(Err(Error::Unavailable(why)));
                     Ok(())
                 }
             },
+            Msg::Change(change, reply) => self.change(change, reply),
             other => {
                 self.take(other);
                 Ok(())
@@ -856,6 +856,11 @@ impl Consensus {
                     match msg {
                         Msg::Propose(_, reply) => reply.send(Err(e)),
                         Msg::Read(_, reply) => reply.send(Err(e)),
+                        Msg::Change(_, reply) => reply.send(Err(Error::Unavailable(format!(
+                            "this leader did not commit an entry of its term within {} ms: \
+                             the membership change was not proposed",
+                            self.leader_wait.as_millis()
+                        )))),
                         _ => {}
                     }
                 } else {
@@ -1093,13 +1098,16 @@ impl Consensus {
         }
     }
 
-    /// Proposes a membership change, on the leader.
-    fn change(&mut self, change: Change, reply: Reply<Changed>) {
+    /// Proposes a membership change, on the leader; gives the message back when the
+    /// leader has not yet committed an entry of its term (it waits as a request waits
+    /// for a leader).
+    fn change(&mut self, change: Change, reply: Reply<Changed>) -> std::result::Result<(), Msg> {
         match self.peer.propose_change(&change) {
             Ok(seq) => {
                 self.changes
                     .insert(seq, (reply, Instant::now() + self.request_timeout));
             }
+            Err(Refused::NotYet(_)) => return Err(Msg::Change(change, reply)),
             Err(Refused::NoLeader) => {
                 let leader = self.peer.role().2;
                 let name = self
@@ -1117,6 +1125,7 @@ impl Consensus {
             }
             Err(Refused::Change(why)) => reply.send(Err(Error::PreconditionFailed(why))),
         }
+        Ok(())
     }
 
     fn answer(&mut self, seq: u64, outcome: Outcome) {

@@ -25,6 +25,8 @@
 pub mod command;
 pub mod durable;
 pub mod image;
+#[cfg(test)]
+mod rules;
 pub mod sim;
 pub mod store;
 
@@ -96,6 +98,9 @@ pub enum Refused {
     NoLeader,
     /// A membership change this node cannot propose: why.
     Change(String),
+    /// A membership change this leader cannot propose yet (it has not committed an
+    /// entry of its term): asking again in a moment will do.
+    NotYet(String),
 }
 
 /// A change of the group's membership, one member at a time.
@@ -521,8 +526,9 @@ impl<S: LogStore> Peer<S> {
     /// one is pending).
     ///
     /// # Errors
-    /// [`Refused::NoLeader`] when this node does not lead; [`Refused::Change`] when
-    /// the change makes no sense now (what is wrong).
+    /// [`Refused::NoLeader`] when this node does not lead; [`Refused::NotYet`] when
+    /// it has just been elected (no entry of its term committed yet);
+    /// [`Refused::Change`] when the change makes no sense now (what is wrong).
     pub fn propose_change(&mut self, change: &Change) -> Result<u64, Refused> {
         if self.node.raft.state != StateRole::Leader {
             return Err(Refused::NoLeader);
@@ -575,6 +581,17 @@ impl<S: LogStore> Peer<S> {
                 (ConfChangeType::RemoveNode, *id, String::new())
             }
         };
+        // A leader does not know which entries of earlier terms are committed until an
+        // entry of its own term is: a change proposed before that could overlap one of
+        // the previous leader that it does not know committed (two majorities that do
+        // not meet). raft-rs guards only entries above what this node applied.
+        if !self.node.raft.commit_to_current_term() {
+            return Err(Refused::NotYet(
+                "this node was elected a moment ago and has not yet committed an entry of \
+                 its term: try again"
+                    .into(),
+            ));
+        }
         if self.node.raft.has_pending_conf() {
             return Err(Refused::Change(
                 "another membership change is under way: one at a time".into(),
