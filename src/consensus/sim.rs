@@ -805,7 +805,7 @@ impl Sim {
 }
 
 /// The state machine a founder starts from: nothing applied, the founders named.
-fn founded(founders: &[u64]) -> super::Machine {
+pub(super) fn founded(founders: &[u64]) -> super::Machine {
     let mut m = super::Machine::default();
     let names = founders.iter().map(|f| (*f, format!("n{f}"))).collect();
     super::name_founders(&mut m, founders, &names);
