@@ -848,12 +848,27 @@ mod tests {
             .and_then(|s| s.parse().ok())
             .unwrap_or(300);
         let (mut ok, mut unknown, mut faults) = (0, 0, 0);
+        // Every seed runs: how many find a bug says how long a sweep must be.
+        let mut failed = Vec::new();
         for seed in 0..seeds {
-            let r = run(&SimConfig::faulty(seed)).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-            ok += r.ok;
-            unknown += r.unknown;
-            faults += r.faults.len();
+            let cfg = SimConfig::faulty(seed);
+            let outcome = std::panic::catch_unwind(|| run(&cfg))
+                .unwrap_or_else(|_| Err("a check panicked".to_string()));
+            match outcome {
+                Ok(r) => {
+                    ok += r.ok;
+                    unknown += r.unknown;
+                    faults += r.faults.len();
+                }
+                Err(e) => failed.push(format!("seed {seed}: {e}")),
+            }
         }
+        assert!(
+            failed.is_empty(),
+            "{} of {seeds} seeds failed; the first: {}",
+            failed.len(),
+            failed[0]
+        );
         println!("{seeds} seeds: {ok} operations acknowledged, {unknown} unknown, {faults} faults");
         assert!(ok > 100 * seeds as usize);
     }

@@ -332,6 +332,7 @@ impl Group {
             .propose(&Command::Append(payload.clone()))
             .ok()?;
         let boot = self.node(id).boot;
+        let invoked = self.tick_clock();
         self.pending.insert(
             (id, seq),
             Request {
@@ -339,17 +340,25 @@ impl Group {
                 op: Op::Write(value.into()),
                 payload,
                 boot,
-                invoked: self.now,
+                invoked,
             },
         );
         self.drive(id);
         Some(seq)
     }
 
+    /// The time a request is invoked: after everything that happened so far (an
+    /// answer given in this round returned before it).
+    fn tick_clock(&mut self) -> u64 {
+        self.now += 1;
+        self.now
+    }
+
     /// A client reads `key` through node `id` (see [`Group::write`]).
     pub fn read(&mut self, id: u64, key: &str) -> Option<u64> {
         let seq = self.peer_mut(id).read().ok()?;
         let boot = self.node(id).boot;
+        let invoked = self.tick_clock();
         self.pending.insert(
             (id, seq),
             Request {
@@ -357,7 +366,7 @@ impl Group {
                 op: Op::Read(None),
                 payload: Vec::new(),
                 boot,
-                invoked: self.now,
+                invoked,
             },
         );
         self.drive(id);
