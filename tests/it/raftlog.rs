@@ -358,7 +358,11 @@ fn verify_knows_a_raft_log_and_checks_its_records() {
 /// What the install workload made durable.
 #[derive(Default)]
 struct Installed {
-    /// Entries 1-10 were synced.
+    /// The old log: entries 1 to this, of term 1.
+    old_last: u64,
+    /// The snapshot's index (its term is 2).
+    at: u64,
+    /// The old log was synced.
     old_synced: bool,
     /// `install` returned: the log continues from the snapshot at 40.
     done: bool,
@@ -371,21 +375,38 @@ struct Installed {
 /// entries 41-45 of term 2 are written, synced after 43 and 45. Stops at the first
 /// error.
 fn install_workload(fs: &SimFs) -> Installed {
-    let mut o = Installed::default();
+    install_over(fs, 10, 40)
+}
+
+/// A follower whose log runs past the snapshot with entries of an old term that the
+/// group never committed (entries 1-25 of term 1; the snapshot at 15, term 2): the
+/// whole suffix goes, and entries 16-20 of term 2 follow the snapshot.
+fn install_over_a_conflicting_suffix(fs: &SimFs) -> Installed {
+    install_over(fs, 25, 15)
+}
+
+/// Entries 1 to `old_last` of term 1, synced; the snapshot at `at` (term 2) installed;
+/// then five entries of term 2, synced after the third and the fifth.
+fn install_over(fs: &SimFs, old_last: u64, at: u64) -> Installed {
+    let mut o = Installed {
+        old_last,
+        at,
+        ..Installed::default()
+    };
     let Ok(mut log) = open(fs) else { return o };
     if log
-        .write_entries(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+        .write_entries(&(1..=old_last).map(|i| entry(i, 1)).collect::<Vec<_>>())
         .is_err()
         || log.sync().is_err()
     {
         return o;
     }
     o.old_synced = true;
-    if log.install(40, 2).is_err() {
+    if log.install(at, 2).is_err() {
         return o;
     }
     o.done = true;
-    for (from, to) in [(41, 43), (44, 45)] {
+    for (from, to) in [(at + 1, at + 3), (at + 4, at + 5)] {
         if log
             .write_entries(&(from..=to).map(|i| entry(i, 2)).collect::<Vec<_>>())
             .is_err()
@@ -393,7 +414,7 @@ fn install_workload(fs: &SimFs) -> Installed {
         {
             return o;
         }
-        o.synced_after = to - 40;
+        o.synced_after = to - at;
     }
     o
 }
@@ -406,7 +427,7 @@ fn check_install(disk: &SimFs, o: &Installed) -> Result<(), String> {
         if o.done {
             return Err("the install returned, but the old log came back".into());
         }
-        let old: Vec<_> = (1..=10)
+        let old: Vec<_> = (1..=o.old_last)
             .map(|i| (i, 1, entry(i, 1).data.to_vec()))
             .collect();
         let got = contents(&log);
@@ -415,19 +436,25 @@ fn check_install(disk: &SimFs, o: &Installed) -> Result<(), String> {
         }
         return Ok(());
     }
-    if first != 41 || log.term(40) != Ok(2) {
+    let at = o.at;
+    if first != at + 1 || log.term(at) != Ok(2) {
         return Err(format!(
-            "first index {first}, term of 40 {:?}",
-            log.term(40)
+            "first index {first}, term of {at} {:?}",
+            log.term(at)
         ));
     }
     let last = log.last_index();
-    if last < 40 + o.synced_after {
+    if last < at + o.synced_after {
         return Err(format!("synced entries lost: the log ends at {last}"));
     }
-    if last > 40 {
+    if last > at {
         let got = log
-            .entries(41, last + 1, None, raft::GetEntriesContext::empty(false))
+            .entries(
+                at + 1,
+                last + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
             .map_err(|e| e.to_string())?;
         for e in got {
             if e.term != 2 || e.data != entry(e.index, 2).data {
@@ -450,6 +477,27 @@ fn replacing_the_log_by_a_snapshot_survives_a_power_cut_at_every_operation() {
         clean.ops(),
         3,
         install_workload,
+        check_install,
+    );
+}
+
+/// hashicorp/raft PR #704, openraft PR #559: a snapshot installed on a follower whose
+/// log holds a conflicting suffix past the snapshot's index replaces that suffix too,
+/// and a power cut at any point of the install leaves either the old log or the new
+/// one, never the snapshot followed by entries of the old term.
+#[test]
+fn a_snapshot_over_a_conflicting_suffix_replaces_it_across_a_power_cut_at_every_operation() {
+    let clean = SimFs::new();
+    let o = install_over_a_conflicting_suffix(&clean);
+    assert!(o.done && o.synced_after == 5);
+    let log = open(&clean.clean_copy()).unwrap();
+    assert_eq!((log.first_index(), log.last_index()), (16, 20));
+    assert_eq!(log.term(20), Ok(2));
+    sweep(
+        "Raft log install over a conflicting suffix",
+        clean.ops(),
+        3,
+        install_over_a_conflicting_suffix,
         check_install,
     );
 }
