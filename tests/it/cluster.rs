@@ -113,6 +113,40 @@ fn three_nodes_under_partitions_kills_pauses_and_loss() {
     assert!(r["appends"]["acknowledged"].as_u64().unwrap() > 10, "{r}");
 }
 
+/// The leader cut off from the others again and again, with clients still sending it
+/// requests: while it believes it leads, the others elect a leader and commit writes.
+/// A read it answered on its own would return a value from before them, and the
+/// history would not be linearizable.
+#[test]
+fn a_leader_cut_off_with_clients_on_both_sides_serves_no_stale_read() {
+    let r = harness(
+        "the leader isolated",
+        &[
+            "--nodes",
+            "3",
+            "--duration",
+            "10",
+            "--nemesis",
+            "isolate-leader",
+            "--nemesis-every",
+            "2",
+            "--loss",
+            "0",
+            "--seed",
+            "3",
+        ],
+    );
+    assert_eq!(r["pass"], true);
+    let isolated = r["nemesis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f.to_string().contains("leader isolated"))
+        .count();
+    assert!(isolated >= 2, "{r}");
+    assert!(r["requests"]["ok"].as_u64().unwrap() > 100, "{r}");
+}
+
 #[test]
 fn five_nodes_under_partitions_and_kills() {
     let r = harness(

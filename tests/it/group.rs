@@ -1054,3 +1054,54 @@ fn with_compaction_waiting_for_the_store_a_member_keeps_its_log_until_an_upload_
         );
     }
 }
+
+/// Deadlines short enough for a test to wait them out.
+fn quick_deadlines(c: &mut Config) {
+    c.request_timeout = Duration::from_millis(1500);
+    c.leader_wait = Duration::from_millis(500);
+}
+
+/// A write that a leader proposed but could not commit before the request deadline (it
+/// lost its quorum) may still be committed later: its client must hear "unknown"
+/// (error 13), never "nothing happened" (error 11). A write refused for want of a
+/// leader (11) must never appear.
+#[test]
+fn a_write_past_its_deadline_is_unknown_and_one_refused_never_appears() {
+    let g = Group::start(quick_deadlines);
+    let leader = g.leader(&VOTERS);
+    let write = |key: &str| {
+        let cmd = Command::Append(format!("set {key}=1").into_bytes());
+        call(|r| g.node(leader).propose_with(cmd, r))
+    };
+    g.cut_off(leader, true);
+    // Proposed at once (the node still leads until check-quorum deposes it), never
+    // committed.
+    let held = write("held");
+    assert!(
+        matches!(&held, Err(Error::Crashed(why)) if why.contains("may or may not")),
+        "a write past its deadline: {held:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while g.status(leader).leader != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off leader never stepped down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = write("refused");
+    assert!(
+        matches!(&refused, Err(Error::Unavailable(why)) if why.contains("nothing was done")),
+        "a write with no leader known: {refused:?}"
+    );
+    g.cut_off(leader, false);
+    g.converge(&VOTERS);
+    let now = g.leader(&VOTERS);
+    match g.read(now, ReadQuery::Key("refused".into())) {
+        Ok(ReadAnswer::Value(None)) => {}
+        other => panic!("a write answered 11 appeared: {other:?}"),
+    }
+    // The held write may or may not have been committed after the heal; either way
+    // the group agrees.
+    assert!(g.read(now, ReadQuery::Key("held".into())).is_ok());
+}

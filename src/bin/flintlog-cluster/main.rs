@@ -37,7 +37,8 @@ struct Args {
     /// Seconds of workload (healing and checks follow).
     #[arg(long, default_value_t = 60.0)]
     duration: f64,
-    /// Faults, comma-separated: partition, kill, pause; or none.
+    /// Faults, comma-separated: partition (random shapes), isolate-leader (the leader
+    /// alone, every time), kill, pause; or none.
     #[arg(long, default_value = "partition,kill,pause")]
     nemesis: String,
     /// Seconds between nemesis actions.
@@ -549,6 +550,18 @@ fn set_partition(shared: &Shared, sides: &[Vec<usize>]) {
     }
 }
 
+/// Cuts the network into `sides` for `hold`, then heals it; the fault's description.
+fn partition_for(shared: &Shared, sides: &[Vec<usize>], label: &str, hold: Duration) -> String {
+    set_partition(shared, sides);
+    std::thread::sleep(hold);
+    heal(shared);
+    let named: Vec<Vec<String>> = sides
+        .iter()
+        .map(|s| s.iter().map(|&i| shared.ids[i].clone()).collect())
+        .collect();
+    format!("partition ({label}) {named:?}")
+}
+
 fn heal(shared: &Shared) {
     let mut net = shared.net.lock().expect("net");
     for row in &mut net.cut {
@@ -623,14 +636,14 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
                         (vec![a, b], "bridge")
                     }
                 };
-                set_partition(&shared, &sides);
-                std::thread::sleep(hold);
-                heal(&shared);
-                let named: Vec<Vec<String>> = sides
-                    .iter()
-                    .map(|s| s.iter().map(|&i| shared.ids[i].clone()).collect())
-                    .collect();
-                format!("partition ({label}) {named:?}")
+                partition_for(&shared, &sides, label, hold)
+            }
+            "isolate-leader" => {
+                // Every time: the leader alone on one side, with clients still sending
+                // it requests, while the others elect a leader and commit writes.
+                let l = current_leader(&shared).unwrap_or(members[0]);
+                let rest: Vec<usize> = members.iter().copied().filter(|&i| i != l).collect();
+                partition_for(&shared, &[vec![l], rest], "leader isolated", hold)
             }
             "kill" => {
                 let i = members[rng.below(n as u64) as usize];
@@ -660,7 +673,9 @@ fn nemesis(shared: Arc<Shared>, args: Args, seed: u64, until: Instant) -> Vec<Fa
                 }
                 format!("pause {}", shared.ids[i])
             }
-            other => panic!("unknown nemesis {other:?}: use partition, kill, pause or none"),
+            other => panic!(
+                "unknown nemesis {other:?}: use partition, isolate-leader, kill, pause or none"
+            ),
         };
         let fault = Fault {
             what,
