@@ -241,7 +241,7 @@ MUTANTS = [
        "        out.send.extend(rd.take_messages());\n        out.send.extend(rd.take_persisted_messages());")]),
     ("reads-without-read-index",
      "a read is served from the local state machine without confirming leadership",
-     "--lib -- consensus::sim",
+     "--lib -- consensus::sim consensus::rules::a_deposed_leader_never_serves_a_read",
      [("src/consensus/mod.rs",
        "        self.node.read_index(seq.to_le_bytes().to_vec());\n        Ok(seq)",
        "        self.asked.remove(&seq);\n        self.reads.push((seq, 0));\n        Ok(seq)")]),
@@ -482,6 +482,97 @@ MUTANTS = [
      [("src/wal/mod.rs",
        "        self.active.allocate(target.max(named))?;",
        "        self.active.allocate(target)?;")]),
+    ("reads-under-a-leader-lease",
+     "reads are served under a leader lease (raft-rs's LeaseBased) instead of a quorum-confirmed ReadIndex",
+     "--lib -- consensus::rules::a_deposed_leader_never_serves_a_read consensus::rules::a_paused_leader_that_resumes_answers_no_read_from_before_the_pause",
+     [("src/consensus/mod.rs",
+       "            read_only_option: ReadOnlyOption::Safe,",
+       "            read_only_option: ReadOnlyOption::LeaseBased,")]),
+    ("new-leader-reads-at-its-commit-index",
+     "a new leader serves a read at its commit index instead of waiting for an entry of its term to commit",
+     "--lib -- consensus::rules::a_new_leader_serves_no_read_before_an_entry_of_its_term_commits",
+     [("src/consensus/mod.rs",
+       "        self.node.read_index(seq.to_le_bytes().to_vec());\n        Ok(seq)",
+       "        if self.node.raft.state == StateRole::Leader && !self.node.raft.commit_to_current_term() {\n"
+       "            // raft-rs would drop it until the leader commits an entry of its term.\n"
+       "            self.asked.remove(&seq);\n"
+       "            self.reads.push((seq, self.node.raft.raft_log.committed));\n"
+       "        } else {\n"
+       "            self.node.read_index(seq.to_le_bytes().to_vec());\n"
+       "        }\n"
+       "        Ok(seq)")]),
+    ("read-confirmed-by-an-older-reads-quorum",
+     "a quorum's confirmation goes to the oldest read waiting, not to the read it names",
+     "--lib -- consensus::rules::a_paused_leader_that_resumes_answers_no_read_from_before_the_pause",
+     [("src/consensus/mod.rs",
+       "            if let Ok(seq) = <[u8; 8]>::try_from(&rs.request_ctx[..])\n"
+       "                && self.asked.remove(&u64::from_le_bytes(seq)).is_some()\n"
+       "            {\n"
+       "                self.reads.push((u64::from_le_bytes(seq), rs.index));\n"
+       "            }",
+       "            // Confirmations come back in the order the reads were asked.\n"
+       "            if let Some((seq, _)) = self.asked.pop_first() {\n"
+       "                self.reads.push((seq, rs.index));\n"
+       "            }")]),
+    ("replayed-entry-answers-a-new-request",
+     "after a restart, an entry replayed from the previous run answers this run's request with the same number",
+     "--lib -- consensus::rules::after_a_restart_a_request_gets_the_answer_of_its_own_entry",
+     [("src/consensus/mod.rs",
+       "                    if ticket.node == self.id() && ticket.boot == self.boot {\n",
+       "                    if ticket.node == self.id() {\n")]),
+    ("membership-change-before-the-leaders-term",
+     "a new leader proposes a membership change before it has committed an entry of its term",
+     "--lib -- consensus::rules::a_membership_change_waits_for_the_leaders_term_and_for_the_change_before_it",
+     [("src/consensus/mod.rs",
+       "        if !self.node.raft.commit_to_current_term() {\n            return Err(Refused::NotYet(",
+       "        if self.node.raft.state != StateRole::Leader {\n            return Err(Refused::NotYet(")]),
+    ("membership-changes-not-one-at-a-time",
+     "a membership change is proposed while another is under way",
+     "--lib -- consensus::rules::a_membership_change_waits_for_the_leaders_term_and_for_the_change_before_it",
+     [("src/consensus/mod.rs",
+       "        if self.node.raft.has_pending_conf() {",
+       "        if self.node.raft.has_pending_conf() && false {")]),
+    ("leader-counts-its-entries-durable-when-written",
+     "a leader counts its own entries toward the quorum once written, before they are durable",
+     "--lib -- consensus::rules::a_leader_whose_disk_stalls_acknowledges_nothing_it_has_not_made_durable",
+     [("src/consensus/mod.rs",
+       "        self.node.advance_append_async(rd);\n",
+       "        let number = rd.number();\n"
+       "        self.node.advance_append_async(rd);\n"
+       "        if self.node.raft.state == StateRole::Leader {\n"
+       "            // Written and readable: count them toward the quorum now.\n"
+       "            self.node.on_persist_ready(number);\n"
+       "        }\n")]),
+    ("duplicate-request-applied-twice",
+     "a request proposed twice is applied twice (the session's duplicate check ignored)",
+     "--lib -- consensus::rules::reordered_and_duplicated_messages_never_apply_an_entry_twice_or_out_of_place",
+     [("src/consensus/command.rs",
+       "        if !session.admit(ticket.seq, index) {\n            return None;\n        }",
+       "        let _ = session.admit(ticket.seq, index);")]),
+    ("no-check-quorum",
+     "a leader does not step down when it stops hearing a quorum, and followers vote while they hear a leader (check-quorum off)",
+     "--lib -- consensus::rules::under_a_bridge_partition_one_leader_stays_and_writes_commit consensus::rules::a_leader_that_cannot_hear_its_followers_steps_down_and_the_others_go_on",
+     [("src/consensus/mod.rs",
+       "            check_quorum: true,",
+       "            check_quorum: false,")]),
+    ("write-past-its-deadline-answered-as-not-done",
+     "a write still unanswered at the request deadline is answered 11 (nothing happened) instead of 13 (unknown)",
+     "--test it -- group::a_write_past_its_deadline_is_unknown_and_one_refused_never_appears",
+     [("src/cluster/mod.rs",
+       "                Waiter::Write(reply) => reply.send(Err(Error::Crashed(format!(",
+       "                Waiter::Write(reply) => reply.send(Err(Error::Unavailable(format!(")]),
+    ("interrupted-install-not-finished-at-open",
+     "a snapshot install cut short by a power cut is not finished when the Raft log opens",
+     "--test it -- raftlog::a_snapshot_over_a_conflicting_suffix_replaces_it_across_a_power_cut_at_every_operation raftlog::replacing_the_log_by_a_snapshot_survives_a_power_cut_at_every_operation",
+     [("src/consensus/durable.rs",
+       "        if listing.raft_install {",
+       "        if listing.raft_install && false {")]),
+    ("reads-without-read-index-through-processes",
+     "a read is served from the local state machine without confirming leadership (checked through real processes)",
+     "--test it -- cluster::a_leader_cut_off_with_clients_on_both_sides_serves_no_stale_read",
+     [("src/consensus/mod.rs",
+       "        self.node.read_index(seq.to_le_bytes().to_vec());\n        Ok(seq)",
+       "        self.asked.remove(&seq);\n        self.reads.push((seq, 0));\n        Ok(seq)")]),
 ]
 
 
