@@ -1,0 +1,759 @@
+//! The consensus actor: one thread that owns the [`Peer`] and its [`RaftLog`]; its
+//! loop is described in the module documentation of [`crate::cluster`].
+
+use super::*;
+
+pub(super) enum Waiter {
+    Write(Reply<Effect>),
+    Read(ReadQuery, Reply<ReadAnswer>),
+}
+
+pub(super) struct Pending {
+    pub(super) waiter: Waiter,
+    pub(super) deadline: Instant,
+}
+
+/// A request waiting for a leader to be known.
+pub(super) struct Waiting {
+    pub(super) msg: Msg,
+    pub(super) until: Instant,
+}
+
+pub(super) struct Consensus {
+    pub(super) peer: Peer<RaftLog>,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) inbox: Receiver<Msg>,
+    /// Sync jobs for the syncer thread, by Ready number.
+    pub(super) jobs: Option<Sender<(u64, SyncJob)>>,
+    /// The syncer's reports: every Ready up to this number is durable (with the
+    /// writes count of its job), or why a sync failed.
+    pub(super) synced: Receiver<std::result::Result<(u64, u64), String>>,
+    pub(super) syncer: Option<std::thread::JoinHandle<()>>,
+    /// Readies written but not yet durable, with the messages that wait for that.
+    pub(super) unsynced: std::collections::VecDeque<(u64, Vec<Message>)>,
+    pub(super) pending: HashMap<u64, Pending>,
+    pub(super) waiting: Vec<Waiting>,
+    pub(super) poisoned: Option<String>,
+    /// Snapshots and compaction.
+    pub(super) manager: Manager,
+    /// The snapshot this node is receiving from its leader.
+    pub(super) download: Option<Download>,
+    /// A snapshot received whole, waiting for a compaction in flight to end before
+    /// raft-rs installs it.
+    pub(super) installing: Option<(Message, Box<image::Image>)>,
+    /// On a leader: when each follower catching up from a snapshot was last heard of
+    /// (offered one, or asked for chunks).
+    pub(super) serving: HashMap<u64, (Instant, u64)>,
+    /// How long a leader waits for an ask before it offers a snapshot again: longer
+    /// than a window takes at the configured send rate.
+    pub(super) offer_wait: Duration,
+    /// `wal_snapshot` requests, with the index applied when each came: answered by the
+    /// first snapshot cut at or after it.
+    pub(super) snapshot_waiters: Vec<(u64, Reply<SnapshotFile>)>,
+    /// `wal_compact` requests: the first index to keep, in order.
+    pub(super) compact_waiters: std::collections::VecDeque<(u64, Reply<Compaction>)>,
+    /// The client offset the newest durable snapshot covers up to.
+    pub(super) newest_client: Offset,
+    pub(super) roster: Roster,
+    pub(super) incarnation: u64,
+    /// How long a request waits for a leader ([`Config::leader_wait`]).
+    pub(super) leader_wait: Duration,
+    /// How long a request waits for its outcome ([`Config::request_timeout`]).
+    pub(super) request_timeout: Duration,
+    /// Membership changes proposed here, by request number, with their deadlines.
+    pub(super) changes: HashMap<u64, (Reply<Changed>, Instant)>,
+    /// On a leader: incarnations it proposed to record, and when.
+    pub(super) recording: HashMap<(u64, u64), Instant>,
+    pub(super) refused_messages: u64,
+    pub(super) warned_incarnation: Option<Instant>,
+    /// How many of the state machine's names the roster has.
+    pub(super) names_shared: usize,
+    /// When the leader last cut a snapshot because its offer predated a membership
+    /// change.
+    pub(super) last_stale_cut: Option<Instant>,
+    /// A received snapshot being installed: its index, and since when.
+    pub(super) install_timer: Option<(u64, Instant)>,
+    /// The uploader, if the node copies its snapshots to a store.
+    pub(super) uploader: Option<(UploaderHandle, std::thread::JoinHandle<()>)>,
+    /// How long a stop waits for the newest chain to reach the store.
+    pub(super) upload_shutdown_wait: Duration,
+    /// Compaction waits for the store; the newest index uploaded, as last seen.
+    pub(super) compact_after_upload: bool,
+    pub(super) upload_seen: Option<u64>,
+    /// Where a follower looks for an offered snapshot before asking the leader: the
+    /// store, and this node's filesystem and directory.
+    pub(super) store_fetch: Option<(
+        crate::store::StoreConfig,
+        Arc<dyn FileSystem>,
+        std::path::PathBuf,
+    )>,
+}
+
+impl Consensus {
+    pub(super) fn run(mut self) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(self.inbox) -> msg => match msg {
+                    Ok(msg) => self.take(msg),
+                    Err(_) => break,
+                },
+                recv(self.synced) -> r => {
+                    if let Ok(r) = r {
+                        self.on_synced(r);
+                    }
+                }
+                recv(self.manager.reports) -> r => {
+                    if let Ok(r) = r {
+                        self.on_report(r);
+                    }
+                }
+                recv(self.manager.feedback) -> f => {
+                    if let Ok(f) = f {
+                        self.on_feedback(f);
+                    }
+                }
+                default(wait) => {}
+            }
+            for _ in 0..4096 {
+                match self.inbox.try_recv() {
+                    Ok(msg) => self.take(msg),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(r) = self.synced.try_recv() {
+                self.on_synced(r);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.peer.tick();
+                next_tick = now + TICK;
+                self.retry_waiting(now);
+                self.expire(now);
+                self.transfers_tick();
+                self.membership_tick();
+                self.upload_tick();
+            }
+            self.drive();
+            if self.poisoned.is_none() && self.manager.due(self.peer.machine().applied) {
+                let image = self.peer.image();
+                self.manager.cut(image);
+            }
+        }
+        for (_, p) in self.pending.drain() {
+            fail(
+                p.waiter,
+                Error::Crashed("the node stopped before the outcome was known".into()),
+            );
+        }
+        self.manager.stop();
+        self.jobs.take();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
+        if let Some((uploader, join)) = self.uploader.take() {
+            uploader.drain_at_shutdown(self.upload_shutdown_wait);
+            uploader.stop();
+            let _ = join.join();
+        }
+        log::debug!("consensus stopped");
+    }
+
+    /// The syncer made every Ready up to a number durable: raft-rs learns it, and the
+    /// messages that waited for it leave.
+    pub(super) fn on_synced(&mut self, r: std::result::Result<(u64, u64), String>) {
+        match r {
+            Ok((number, writes)) => {
+                if self.poisoned.is_some() {
+                    return;
+                }
+                self.peer.store_mut().synced_through(writes);
+                self.peer.persisted(number);
+                while self.unsynced.front().is_some_and(|(n, _)| *n <= number) {
+                    let (_, messages) = self.unsynced.pop_front().expect("front");
+                    for m in messages {
+                        self.transport.send(m);
+                    }
+                }
+            }
+            Err(e) => self.poison(format!("a sync of the Raft log failed: {e}")),
+        }
+    }
+
+    /// The snapshotter or the compactor finished a job.
+    pub(super) fn on_report(&mut self, r: manage::Report) {
+        match r {
+            manage::Report::Snapshot(r) => {
+                match self.manager.snapshot_done(&r) {
+                    Ok(Some((id, compact))) => {
+                        let index = id.index;
+                        if let Ok(w) = &r {
+                            self.peer.store_mut().offer(id, &w.voters, &w.learners);
+                            self.upload(w);
+                        }
+                        if compact {
+                            self.compact_behind(index);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(why) => self.poison(why),
+                }
+                match r {
+                    Ok(w) => {
+                        self.newest_client = w.next_offset;
+                        let index = w.file.offset.get();
+                        let file = SnapshotFile {
+                            offset: w.next_offset,
+                            ..w.file
+                        };
+                        let (done, waiting): (Vec<_>, Vec<_>) =
+                            std::mem::take(&mut self.snapshot_waiters)
+                                .into_iter()
+                                .partition(|(asked_at, _)| *asked_at <= index);
+                        self.snapshot_waiters = waiting;
+                        for (_, reply) in done {
+                            reply.send(Ok(file.clone()));
+                        }
+                    }
+                    Err((why, _)) => {
+                        for (_, reply) in self.snapshot_waiters.drain(..) {
+                            reply.send(Err(Error::Unavailable(why.clone())));
+                        }
+                    }
+                }
+                self.serve_admin();
+            }
+            manage::Report::Compaction(r) => {
+                self.manager.compaction_done(r);
+                self.install_when_idle();
+                self.serve_admin();
+            }
+            manage::Report::Received { part, durable } => self.received(&part, durable),
+            manage::Report::Missing { file } => {
+                // Offer nothing until a newer snapshot is durable: write one now.
+                if self.peer.store_mut().withdraw(&file) && !self.manager.cutting() {
+                    let image = self.peer.image();
+                    self.manager.cut(image);
+                }
+            }
+            manage::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
+            manage::Report::Fetched { id, outcome } => self.fetched(id, outcome),
+        }
+    }
+
+    /// The compactor's news: it is about to free, or freed, what lies below the new
+    /// start (reads stopped there when the job was sent), or a sync failed.
+    pub(super) fn on_feedback(&mut self, f: Feedback) {
+        match f {
+            Feedback::Fence { first_offset, ack } => {
+                self.peer.store_mut().fence(first_offset);
+                let _ = ack.send(());
+            }
+            Feedback::Compacted {
+                first_offset,
+                removed,
+                resized,
+                bytes_freed: _,
+            } => self
+                .peer
+                .store_mut()
+                .compacted(first_offset, &removed, resized),
+            Feedback::Poisoned(why) => self.poison(why),
+            Feedback::SnapshotDurable { .. } => {}
+        }
+    }
+
+    pub(super) fn take(&mut self, msg: Msg) {
+        if let Some(why) = &self.poisoned {
+            let e = Error::Crashed(format!("the node stopped serving: {why}"));
+            match msg {
+                Msg::Peer(..) | Msg::Part(..) => {}
+                Msg::Admin(a) => a.refuse(e),
+                Msg::Change(_, reply) => reply.send(Err(e)),
+                Msg::Propose(_, reply) => reply.send(Err(e)),
+                Msg::Read(_, reply) => reply.send(Err(e)),
+                Msg::Status(reply) => reply.send(Ok(self.status())),
+            }
+            return;
+        }
+        match msg {
+            Msg::Admin(a) => self.admin(*a),
+            Msg::Peer(m, incarnation) if !self.admit(&m, incarnation) => {}
+            Msg::Peer(m, _) if m.msg_type == raft::eraftpb::MessageType::MsgSnapshot => {
+                self.offered(*m);
+            }
+            Msg::Peer(m, _) => self.peer.step(*m),
+            Msg::Part(from, part) => self.on_part(from, *part),
+            Msg::Status(reply) => reply.send(Ok(self.status())),
+            msg => {
+                if let Err(msg) = self.start(msg) {
+                    self.waiting.push(Waiting {
+                        msg,
+                        until: Instant::now() + self.leader_wait,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Proposes or starts a read; gives the message back when no leader is known.
+    pub(super) fn start(&mut self, msg: Msg) -> std::result::Result<(), Msg> {
+        let deadline = Instant::now() + self.request_timeout;
+        match msg {
+            Msg::Propose(cmd, reply) => match self.peer.propose(&cmd) {
+                Ok(seq) => {
+                    self.pending.insert(
+                        seq,
+                        Pending {
+                            waiter: Waiter::Write(reply),
+                            deadline,
+                        },
+                    );
+                    Ok(())
+                }
+                Err(Refused::NoLeader) => Err(Msg::Propose(cmd, reply)),
+                Err(Refused::Change(why) | Refused::NotYet(why)) => {
+                    reply.send(Err(Error::Unavailable(why)));
+                    Ok(())
+                }
+            },
+            Msg::Read(query, reply) => match self.peer.read() {
+                Ok(seq) => {
+                    self.pending.insert(
+                        seq,
+                        Pending {
+                            waiter: Waiter::Read(query, reply),
+                            deadline,
+                        },
+                    );
+                    Ok(())
+                }
+                Err(Refused::NoLeader) => Err(Msg::Read(query, reply)),
+                Err(Refused::Change(why) | Refused::NotYet(why)) => {
+                    reply.send(Err(Error::Unavailable(why)));
+                    Ok(())
+                }
+            },
+            Msg::Change(change, reply) => self.change(change, reply),
+            other => {
+                self.take(other);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn retry_waiting(&mut self, now: Instant) {
+        for w in std::mem::take(&mut self.waiting) {
+            let until = w.until;
+            if let Err(msg) = self.start(w.msg) {
+                if now >= until {
+                    let e = Error::Unavailable(format!(
+                        "no leader known after {} ms: nothing was done",
+                        self.leader_wait.as_millis()
+                    ));
+                    match msg {
+                        Msg::Propose(_, reply) => reply.send(Err(e)),
+                        Msg::Read(_, reply) => reply.send(Err(e)),
+                        Msg::Change(_, reply) => reply.send(Err(Error::Unavailable(format!(
+                            "this leader did not commit an entry of its term within {} ms: \
+                             the membership change was not proposed",
+                            self.leader_wait.as_millis()
+                        )))),
+                        _ => {}
+                    }
+                } else {
+                    self.waiting.push(Waiting { msg, until });
+                }
+            }
+        }
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .changes
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in late {
+            let (reply, _) = self.changes.remove(&seq).expect("listed");
+            self.peer.forget(seq);
+            reply.send(Err(Error::Crashed(format!(
+                "the membership change was not applied within {} ms: it may or may not \
+                 happen (wal_status shows the members)",
+                self.request_timeout.as_millis()
+            ))));
+        }
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            let p = self.pending.remove(&seq).expect("listed");
+            self.peer.forget(seq);
+            match p.waiter {
+                Waiter::Write(reply) => reply.send(Err(Error::Crashed(format!(
+                    "not committed within {} ms: the write may or may not happen",
+                    self.request_timeout.as_millis()
+                )))),
+                Waiter::Read(_, reply) => reply.send(Err(Error::Unavailable(format!(
+                    "the read was not confirmed by a quorum within {} ms: nothing was read",
+                    self.request_timeout.as_millis()
+                )))),
+            }
+        }
+    }
+
+    /// Runs every Ready; see the module documentation.
+    pub(super) fn drive(&mut self) {
+        while self.poisoned.is_none() {
+            let cycle = match self.peer.cycle() {
+                Ok(c) => c,
+                Err(e) => return self.poison(format!("a write to the Raft log failed: {e}")),
+            };
+            for m in cycle.send {
+                self.transport.send(m);
+            }
+            let Some(persist) = cycle.persist else {
+                break;
+            };
+            // The syncer makes it durable while this thread goes on; `on_synced` then
+            // tells raft-rs and sends what waited.
+            let job = self.peer.store_mut().take_sync_job();
+            self.unsynced.push_back((persist.number, persist.then_send));
+            let sent = self
+                .jobs
+                .as_ref()
+                .is_some_and(|jobs| jobs.send((persist.number, job)).is_ok());
+            if !sent {
+                return self.poison("the syncer thread stopped".into());
+            }
+            for (seq, outcome) in cycle.answers {
+                self.answer(seq, outcome);
+            }
+            for (seq, outcome) in self.peer.take_changed() {
+                if let Some((reply, _)) = self.changes.remove(&seq) {
+                    reply.send(Ok(outcome));
+                }
+            }
+            self.share_names();
+            self.install_timed();
+        }
+    }
+
+    /// Publishes the node ids of members added (by the log or a snapshot) to the
+    /// roster the router reads.
+    pub(super) fn share_names(&mut self) {
+        let names = &self.peer.machine().names;
+        // Names are only ever added (a Raft id is never given twice): the count says
+        // whether there is anything new.
+        if names.len() == self.names_shared {
+            return;
+        }
+        self.names_shared = names.len();
+        let mut roster = self.roster.write().expect("roster lock");
+        for (id, name) in names.iter().filter(|(_, n)| !n.is_empty()) {
+            if roster.get(id) != Some(name) {
+                roster.insert(*id, name.clone());
+            }
+        }
+    }
+
+    /// Whether a peer message may be stepped: not when the group recorded another
+    /// incarnation of its sender (a node that came back with an empty directory under
+    /// a member's id: it forgot its vote and its log, and must join as a new member).
+    /// A leader records the incarnation of each member it hears from first.
+    pub(super) fn admit(&mut self, m: &Message, incarnation: u64) -> bool {
+        match self.peer.machine().incarnations.get(&m.from) {
+            Some(&recorded) if recorded != incarnation => {
+                self.refused_messages += 1;
+                let now = Instant::now();
+                if self
+                    .warned_incarnation
+                    .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+                {
+                    self.warned_incarnation = Some(now);
+                    let name = self
+                        .roster
+                        .read()
+                        .expect("roster lock")
+                        .get(&m.from)
+                        .cloned();
+                    log::error!(
+                        "refusing messages from {} (Raft id {}): it is incarnation \
+                         {incarnation:016x}, the group knows {recorded:016x}. That node \
+                         lost its data directory; it cannot take part under its old id \
+                         (it forgot its vote and its log). Remove it and add a new \
+                         member in its place.",
+                        name.as_deref().unwrap_or("?"),
+                        m.from
+                    );
+                }
+                false
+            }
+            Some(_) => true,
+            None => {
+                self.record(m.from, incarnation);
+                true
+            }
+        }
+    }
+
+    /// On a leader, proposes to record the incarnation of member `id` (not again
+    /// within [`RECORD_AGAIN`]).
+    pub(super) fn record(&mut self, id: u64, incarnation: u64) {
+        if incarnation == 0
+            || self.peer.role().0 != StateRole::Leader
+            || self.peer.machine().incarnations.contains_key(&id)
+        {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .recording
+            .get(&(id, incarnation))
+            .is_some_and(|at| now.duration_since(*at) < RECORD_AGAIN)
+        {
+            return;
+        }
+        self.recording
+            .retain(|_, at| now.duration_since(*at) < RECORD_AGAIN);
+        if self
+            .peer
+            .propose(&Command::Incarnation { id, incarnation })
+            .is_ok()
+        {
+            self.recording.insert((id, incarnation), now);
+        }
+    }
+
+    /// Each tick: a leader records its own incarnation, and cuts a snapshot when the
+    /// one it offers predates a membership change (a member added since needs one
+    /// that names it).
+    pub(super) fn membership_tick(&mut self) {
+        if self.peer.role().0 != StateRole::Leader {
+            return;
+        }
+        self.record(self.peer.id(), self.incarnation);
+        let now = Instant::now();
+        if self.peer.store().offer_stale()
+            && !self.manager.cutting()
+            && self
+                .last_stale_cut
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            self.last_stale_cut = Some(now);
+            let image = self.peer.image();
+            self.manager.cut(image);
+        }
+    }
+
+    /// Offers a durable snapshot to the uploader, if the node has a store.
+    pub(super) fn upload(&self, w: &manage::Written) {
+        let Some((uploader, _)) = &self.uploader else {
+            return;
+        };
+        let roster = self.roster.read().expect("roster lock");
+        let names = |ids: &[u64]| -> Vec<String> {
+            ids.iter()
+                .map(|id| roster.get(id).cloned().unwrap_or_else(|| format!("#{id}")))
+                .collect()
+        };
+        uploader.offer(Upload {
+            index: w.file.offset.get(),
+            term: w.term,
+            voters: names(&w.voters),
+            learners: names(&w.learners),
+            files: w.chain.clone(),
+        });
+    }
+
+    /// With compaction waiting for the store: once a newer snapshot is uploaded, the
+    /// policy's compaction behind the newest snapshot is due again.
+    pub(super) fn upload_tick(&mut self) {
+        let Some((uploader, _)) = self.uploader.as_ref().filter(|_| self.compact_after_upload)
+        else {
+            return;
+        };
+        let uploaded = uploader.uploaded_index();
+        if uploaded <= self.upload_seen {
+            return;
+        }
+        self.upload_seen = uploaded;
+        let snapshot = self
+            .manager
+            .status
+            .snapshot
+            .as_ref()
+            .map(|s| s.offset.get());
+        if let Some(snapshot) = snapshot
+            && self.manager.policy().auto_compact
+            && !self.manager.compacting()
+        {
+            self.compact_behind(snapshot);
+        }
+    }
+
+    /// Proposes a membership change, on the leader; gives the message back when the
+    /// leader has not yet committed an entry of its term (it waits as a request waits
+    /// for a leader).
+    pub(super) fn change(
+        &mut self,
+        change: Change,
+        reply: Reply<Changed>,
+    ) -> std::result::Result<(), Msg> {
+        match self.peer.propose_change(&change) {
+            Ok(seq) => {
+                self.changes
+                    .insert(seq, (reply, Instant::now() + self.request_timeout));
+            }
+            Err(Refused::NotYet(_)) => return Err(Msg::Change(change, reply)),
+            Err(Refused::NoLeader) => {
+                let leader = self.peer.role().2;
+                let name = self
+                    .roster
+                    .read()
+                    .expect("roster lock")
+                    .get(&leader)
+                    .cloned();
+                reply.send(Err(Error::Unavailable(match name {
+                    Some(n) => format!(
+                        "this node does not lead: send membership changes to the leader, {n}"
+                    ),
+                    None => "this node does not lead, and no leader is known: try again".into(),
+                })));
+            }
+            Err(Refused::Change(why)) => reply.send(Err(Error::PreconditionFailed(why))),
+        }
+        Ok(())
+    }
+
+    pub(super) fn answer(&mut self, seq: u64, outcome: Outcome) {
+        let Some(p) = self.pending.remove(&seq) else {
+            return; // timed out already
+        };
+        match (p.waiter, outcome) {
+            (Waiter::Write(reply), Outcome::Applied(effect)) => reply.send(Ok(effect)),
+            (Waiter::Read(query, reply), Outcome::Readable) => {
+                reply.send(self.read(&query));
+            }
+            (Waiter::Write(reply), Outcome::Readable) => {
+                reply.send(Err(Error::Crashed("a write answered as a read".into())));
+            }
+            (Waiter::Read(_, reply), Outcome::Applied(_)) => {
+                reply.send(Err(Error::Crashed("a read answered as a write".into())));
+            }
+        }
+    }
+
+    pub(super) fn read(&self, query: &ReadQuery) -> Result<ReadAnswer> {
+        let m = self.peer.machine();
+        Ok(match query {
+            ReadQuery::Key(k) => ReadAnswer::Value(m.kv.get(k).map(|v| v.to_string())),
+            ReadQuery::Info => ReadAnswer::Info(Info {
+                entries: m.next_offset.get(),
+                total_bytes: self.peer.store().total_bytes(),
+                fsynced: self.peer.store().synced(),
+            }),
+            ReadQuery::Entry(offset) => {
+                if m.runs.first().is_some_and(|&(o, _)| offset.get() < o) {
+                    return Err(Error::NotFound(format!(
+                        "offset {offset} was compacted away (the log starts at Raft index {})",
+                        self.peer.store().first_index()
+                    )));
+                }
+                let Some(index) = m.index_of(*offset) else {
+                    return Err(Error::NotFound(format!(
+                        "offset {offset} is past the end of the log (next offset is {})",
+                        m.next_offset
+                    )));
+                };
+                if index < self.peer.store().first_index() {
+                    return Err(Error::NotFound(format!(
+                        "offset {offset} was compacted away (its Raft index {index} is \
+                         before the log's first, {})",
+                        self.peer.store().first_index()
+                    )));
+                }
+                let entries = raft::Storage::entries(
+                    self.peer.store(),
+                    index,
+                    index + 1,
+                    None,
+                    raft::GetEntriesContext::empty(false),
+                )
+                .map_err(|e| Error::Unavailable(format!("reading entry {index}: {e}")))?;
+                let (_, cmd) = crate::consensus::command::decode(&entries[0].data)
+                    .map_err(|why| Error::Unavailable(format!("entry {index}: {why}")))?;
+                ReadAnswer::Entry(ReadEntry {
+                    payload: crate::consensus::Machine::payload_of(&cmd),
+                    checksum_valid: true,
+                })
+            }
+        })
+    }
+
+    pub(super) fn status(&self) -> ClusterStatus {
+        let (role, term, leader, commit) = self.peer.role();
+        let (voters, learners) = self.peer.members();
+        let m = self.peer.machine();
+        ClusterStatus {
+            role: match role {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre_candidate",
+            },
+            term,
+            leader,
+            commit,
+            applied: m.applied,
+            next_offset: m.next_offset,
+            match_index: self.peer.progress(),
+            state_digest: m.digest(),
+            voters,
+            learners,
+            id: self.peer.id(),
+            incarnation: self.incarnation,
+            refused_messages: self.refused_messages,
+            last_index: self.peer.store().last_index(),
+            first_index: self.peer.store().first_index(),
+            management: self.manager.status.clone(),
+            poisoned: self.poisoned.clone(),
+            store: self.uploader.as_ref().map(|(u, _)| u.status()),
+        }
+    }
+
+    pub(super) fn poison(&mut self, why: String) {
+        log::error!("{why}: the node stops serving (fail-stop)");
+        for (_, p) in self.pending.drain() {
+            fail(
+                p.waiter,
+                Error::Crashed(format!("{why}: the outcome is unknown")),
+            );
+        }
+        let e = Error::Crashed(format!("the node stopped serving: {why}"));
+        for (_, reply) in self.snapshot_waiters.drain(..) {
+            reply.send(Err(e.clone()));
+        }
+        for (_, reply) in self.compact_waiters.drain(..) {
+            reply.send(Err(e.clone()));
+        }
+        for (_, (reply, _)) in self.changes.drain() {
+            reply.send(Err(Error::Crashed(format!(
+                "{why}: the outcome is unknown"
+            ))));
+        }
+        self.poisoned = Some(why);
+    }
+}
+
+pub(super) fn fail(waiter: Waiter, e: Error) {
+    match waiter {
+        Waiter::Write(reply) => reply.send(Err(e)),
+        Waiter::Read(_, reply) => reply.send(Err(e)),
+    }
+}
