@@ -18,7 +18,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Args, Shared, ask, micros, percentile, start_cluster, stop_cluster};
+use crate::Args;
+use crate::clients::micros;
+use crate::network::ask;
+use crate::processes::{Shared, start_cluster, stop_cluster};
+use crate::report::percentile;
 
 #[path = "../flintlog-bench/common.rs"]
 #[allow(dead_code)]

@@ -1,0 +1,215 @@
+//! The node processes: starting, killing and restarting them, and the state the
+//! harness's threads share.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{Value, json};
+
+use crate::Args;
+use crate::network::{Net, route};
+
+/// One node process and the thread that feeds its stdin.
+pub(crate) struct NodeProc {
+    pub(crate) child: Child,
+    pub(crate) input: Sender<String>,
+    pub(crate) paused: bool,
+}
+
+pub(crate) fn spawn_node(
+    bin: &Path,
+    out: &Path,
+    policy: &[String],
+    i: usize,
+    to_net: Sender<(usize, String)>,
+) -> NodeProc {
+    let name = format!("n{}", i + 1);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join(format!("{name}.log")))
+        .expect("node log file");
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(out.join("data"))
+        .args(policy)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if to_net.send((i, line)).is_err() {
+                break;
+            }
+        }
+    });
+    let (input, lines) = crossbeam_channel::unbounded::<String>();
+    let stdin: ChildStdin = child.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        let mut stdin = std::io::BufWriter::new(stdin);
+        while let Ok(line) = lines.recv() {
+            if writeln!(stdin, "{line}").is_err() {
+                break;
+            }
+            if lines.is_empty() && stdin.flush().is_err() {
+                break;
+            }
+        }
+    });
+    NodeProc {
+        child,
+        input,
+        paused: false,
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) net: Mutex<Net>,
+    pub(crate) started: Instant,
+    pub(crate) bin: PathBuf,
+    pub(crate) out: PathBuf,
+    /// The nodes' log-management flags.
+    pub(crate) policy: Vec<String>,
+    pub(crate) to_net: Sender<(usize, String)>,
+    /// Every node id: the founders, then the spare that joins with `--replace`.
+    pub(crate) ids: Vec<String>,
+    /// How many of `ids` founded the group.
+    pub(crate) founders: usize,
+    /// The nodes that are members now (clients and the nemesis use these).
+    pub(crate) members: Mutex<Vec<usize>>,
+}
+
+impl Shared {
+    pub(crate) fn send_to_node(&self, i: usize, line: String) -> bool {
+        let net = self.net.lock().expect("net");
+        match &net.nodes[i] {
+            Some(p) => p.input.send(line).is_ok(),
+            None => false,
+        }
+    }
+
+    /// A channel on which the network delivers replies to client `name`.
+    pub(crate) fn register(&self, name: &str) -> Receiver<Value> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.net
+            .lock()
+            .expect("net")
+            .clients
+            .insert(name.to_string(), tx);
+        rx
+    }
+
+    /// Stops delivering replies to client `name`.
+    pub(crate) fn unregister(&self, name: &str) {
+        self.net.lock().expect("net").clients.remove(name);
+    }
+
+    pub(crate) fn init(&self, i: usize) {
+        let body = if i < self.founders {
+            json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids[..self.founders]})
+        } else {
+            json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids, "join": true})
+        };
+        let line = json!({"src": "harness", "dest": self.ids[i], "body": body}).to_string();
+        self.send_to_node(i, line);
+    }
+
+    pub(crate) fn start(&self, i: usize) {
+        let p = spawn_node(&self.bin, &self.out, &self.policy, i, self.to_net.clone());
+        self.net.lock().expect("net").nodes[i] = Some(p);
+        self.init(i);
+    }
+
+    /// Kills node `i` (kill -9) and waits for it.
+    pub(crate) fn kill(&self, i: usize) {
+        let proc = self.net.lock().expect("net").nodes[i].take();
+        if let Some(mut p) = proc {
+            if p.paused {
+                signal(p.child.id(), libc::SIGCONT);
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    pub(crate) fn members(&self) -> Vec<usize> {
+        self.members.lock().expect("members").clone()
+    }
+}
+
+pub(crate) fn signal(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to a child process we started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Starts `nodes` node processes under `out` and the network between them.
+pub(crate) fn start_cluster(args: &Args, bin: &Path, nodes: usize, out: &Path) -> Arc<Shared> {
+    std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
+    // With `--replace`, one more id: the new member that replaces a lost one.
+    let all = nodes + usize::from(args.replace && !args.bench);
+    let ids: Vec<String> = (1..=all).map(|i| format!("n{i}")).collect();
+    let (to_net, from_nodes) = crossbeam_channel::unbounded();
+    let shared = Arc::new(Shared {
+        net: Mutex::new(Net {
+            nodes: (0..all).map(|_| None).collect(),
+            cut: vec![vec![false; all]; all],
+            clients: HashMap::new(),
+            lossy: true,
+        }),
+        started: Instant::now(),
+        bin: bin.to_path_buf(),
+        out: out.to_path_buf(),
+        policy: [
+            format!("--snapshot-entries={}", args.snapshot_entries),
+            format!("--trailing-entries={}", args.trailing_entries),
+        ]
+        .into_iter()
+        .chain(
+            args.store
+                .then(|| format!("--snapshot-store={}", out.join("store").display())),
+        )
+        .collect(),
+        to_net,
+        ids,
+        founders: nodes,
+        members: Mutex::new((0..nodes).collect()),
+    });
+    {
+        let shared = shared.clone();
+        let args = args.clone();
+        std::thread::spawn(move || route(shared, from_nodes, args, 1));
+    }
+    for i in 0..nodes {
+        shared.start(i);
+    }
+    shared
+}
+
+/// Ends every node's input and waits for the processes to exit.
+pub(crate) fn stop_cluster(shared: &Shared) {
+    let mut net = shared.net.lock().expect("net");
+    for slot in net.nodes.iter_mut() {
+        if let Some(mut p) = slot.take() {
+            if p.paused {
+                signal(p.child.id(), libc::SIGCONT);
+            }
+            drop(p.input);
+            let _ = p.child.wait();
+        }
+    }
+}
