@@ -87,6 +87,8 @@ pub(super) struct Consensus {
         Arc<dyn FileSystem>,
         std::path::PathBuf,
     )>,
+    /// Fetches from the store under way or finished and not yet joined.
+    pub(super) fetchers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Consensus {
@@ -151,6 +153,10 @@ impl Consensus {
         self.jobs.take();
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
+        }
+        // A fetch ends within the store's own timeouts.
+        for fetcher in self.fetchers.drain(..) {
+            let _ = fetcher.join();
         }
         if let Some((uploader, join)) = self.uploader.take() {
             uploader.drain_at_shutdown(self.upload_shutdown_wait);

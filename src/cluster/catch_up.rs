@@ -188,25 +188,49 @@ impl Consensus {
         let (config, fs, dir) = (config.clone(), fs.clone(), dir.clone());
         let (id, need) = (d.id.clone(), d.need.clone());
         let reports = self.manager.reporter();
-        let spawned = std::thread::Builder::new()
-            .name("store-fetch".into())
-            .spawn(move || {
-                let outcome = crate::store::open(&config).and_then(|store| {
-                    let mut objects = Vec::new();
-                    for l in &need {
-                        let path = crate::fs::join(&dir, &l.part_name());
-                        objects.push(crate::store::fetch_file(
-                            &*store, &*fs, &path, &l.file, l.size, l.checksum,
-                        )?);
-                    }
-                    Ok(objects.join(", "))
-                });
+        let on_panic = {
+            let (reports, id) = (reports.clone(), id.clone());
+            move |why: String| {
+                let outcome = Err(format!("the fetch failed: {why}"));
                 let _ = reports.send(manage::Report::Fetched { id, outcome });
+            }
+        };
+        let spawned = spawn_actor("store-fetch", on_panic, move || {
+            let outcome = crate::store::open(&config).and_then(|store| {
+                let mut objects = Vec::new();
+                for l in &need {
+                    let path = crate::fs::join(&dir, &l.part_name());
+                    objects.push(crate::store::fetch_file(
+                        &*store, &*fs, &path, &l.file, l.size, l.checksum,
+                    )?);
+                }
+                Ok(objects.join(", "))
             });
-        if spawned.is_err() {
+            let _ = reports.send(manage::Report::Fetched { id, outcome });
+        });
+        // Fetches that ended are joined here; the rest when the actor stops.
+        let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fetchers)
+            .into_iter()
+            .partition(std::thread::JoinHandle::is_finished);
+        for fetcher in ended {
+            let _ = fetcher.join();
+        }
+        self.fetchers = running;
+        let d = self.download.as_mut().expect("checked above");
+        let spawned = match spawned {
+            Ok(join) => {
+                self.fetchers.push(join);
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot start a thread to fetch from the store: {e}");
+                false
+            }
+        };
+        if !spawned {
             d.fetching = None;
         }
-        spawned.is_ok()
+        spawned
     }
 
     /// A fetch from the store ended: the part file is whole (verified next, as if the

@@ -206,6 +206,7 @@ impl ClusterNode {
             compact_after_upload,
             upload_seen: None,
             store_fetch,
+            fetchers: Vec::new(),
         };
         let join = spawn_actor(
             "consensus",
