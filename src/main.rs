@@ -32,6 +32,7 @@ use flintlog::{Config, FsyncPolicy, Policy, inspect};
     flintlog verify /var/lib/fl/n1                  check a directory; exit 1 on damage\n  \
     flintlog inspect /var/lib/fl/n1 --json          segments, snapshots, offsets\n  \
     flintlog verify --store s3://bkt/fl             download and check every chain in a store\n  \
+    flintlog keygen > store.key                     a key for --store-key-file store.key\n  \
     flintlog restore --from s3://bkt/fl --data-dir /var/lib/fl --node-id n1\n\
 \x20                                                 /var/lib/fl/n1/ from n1's newest chain\n\n\
 The first line a node expects:\n  \
@@ -178,6 +179,17 @@ struct StoreFlags {
     /// default, suits self-hosted stores).
     #[arg(long, help_heading = "Snapshot store")]
     store_virtual_hosted: bool,
+
+    /// Encrypt and authenticate every object in the store with the key in FILE (64
+    /// hexadecimal characters; `flintlog keygen` prints one). Repeatable: the first
+    /// encrypts, every one decrypts (key rotation).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FLINTLOG_STORE_KEY_FILE",
+        help_heading = "Snapshot store"
+    )]
+    store_key_file: Vec<PathBuf>,
 }
 
 impl StoreFlags {
@@ -193,15 +205,29 @@ impl StoreFlags {
                 .clone()
                 .or_else(|| outer.store_region.clone()),
             store_virtual_hosted: self.store_virtual_hosted || outer.store_virtual_hosted,
+            store_key_file: if self.store_key_file.is_empty() {
+                outer.store_key_file.clone()
+            } else {
+                self.store_key_file.clone()
+            },
         }
     }
 
-    fn config(&self, url: &str) -> flintlog::store::StoreConfig {
+    /// The store at `url` as these flags reach it.
+    ///
+    /// # Errors
+    /// A key file that cannot be read or holds no key: what and why.
+    fn config(&self, url: &str) -> Result<flintlog::store::StoreConfig, String> {
         let mut c = flintlog::store::StoreConfig::new(url);
         c.endpoint = self.store_endpoint.clone();
         c.region = self.store_region.clone();
         c.virtual_hosted = self.store_virtual_hosted;
-        c
+        c.keys = self
+            .store_key_file
+            .iter()
+            .map(|f| flintlog::store::seal::StoreKey::read(f))
+            .collect::<Result<_, _>>()?;
+        Ok(c)
     }
 }
 
@@ -245,6 +271,9 @@ enum Command {
         #[command(flatten)]
         flags: StoreFlags,
     },
+    /// Print a new random key for --store-key-file (64 hexadecimal characters): keep
+    /// it apart from the store; without it the store's objects cannot be read.
+    Keygen,
     /// Print a node directory's segments, snapshots and offsets, offline.
     Inspect {
         /// The node's own directory (DATA_DIR/<node_id>).
@@ -266,7 +295,10 @@ struct RestoreArgs {
 
 /// Runs `restore --from`: returns the exit code.
 fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
-    let store = match flintlog::store::open(&flags.config(&a.from)) {
+    let store = match flags
+        .config(&a.from)
+        .and_then(|c| flintlog::store::open(&c))
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -376,7 +408,7 @@ fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
 
 /// Runs `verify --store`: returns the exit code.
 fn verify_store(flags: &StoreFlags, url: &str) -> u8 {
-    let store = match flintlog::store::open(&flags.config(url)) {
+    let store = match flags.config(url).and_then(|c| flintlog::store::open(&c)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -418,6 +450,18 @@ fn offline(command: Command, flags: &StoreFlags) -> u8 {
         } => return verify_store(&own.or(flags), &url),
         Command::Verify { dir, .. } => (dir.expect("clap requires a dir"), false, true),
         Command::Inspect { dir, json } => (dir, json, false),
+        Command::Keygen => {
+            return match flintlog::store::seal::StoreKey::generate() {
+                Ok(key) => {
+                    println!("{key}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            };
+        }
         Command::Restore {
             from,
             data_dir,
@@ -524,14 +568,20 @@ fn main() -> ExitCode {
     node.payload_bytes_max = args.max_payload_bytes;
     node.snapshot_send_bytes_per_sec = args.snapshot_send_bytes_per_sec;
     node.snapshot_busy_bytes_per_sec = args.snapshot_busy_bytes_per_sec;
-    node.snapshot_store = args.snapshot_store.as_deref().map(|url| {
-        let mut c = args.store.config(url);
+    if let Some(url) = args.snapshot_store.as_deref() {
+        let mut c = match args.store.config(url) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(2);
+            }
+        };
         c.retain = args.store_retain;
         c.compact_after_upload = args.compact_after_upload;
         c.upload_bytes_per_sec = args.store_upload_bytes_per_sec;
         c.shutdown_wait = std::time::Duration::from_secs_f64(args.store_shutdown_wait.max(0.0));
-        c
-    });
+        node.snapshot_store = Some(c);
+    }
     node.policy = Policy {
         snapshot_entries: args.snapshot_entries,
         snapshot_bytes: args.snapshot_bytes,

@@ -322,7 +322,7 @@ impl Uploader {
                 }
             };
             let object = store::file_object(&node, &f.file, crc);
-            if present.get(&object) != Some(&f.size_bytes) {
+            if present.get(&object) != Some(&store.stored_size(f.size_bytes)) {
                 let mut source = store::FileSource::open(&*self.parts.fs, &self.parts.dir, f)
                     .map_err(|e| format!("reading {}: {e}", f.file))?
                     .expecting(crc)

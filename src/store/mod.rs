@@ -29,6 +29,7 @@ use crate::types::SnapshotFile;
 
 mod local;
 mod s3;
+pub mod seal;
 
 pub use local::LocalStore;
 pub use s3::S3Store;
@@ -62,7 +63,8 @@ impl std::fmt::Display for StoreError {
 pub struct Listed {
     /// Its name, relative to the store's root.
     pub name: String,
-    /// Its size in bytes.
+    /// Its size in bytes, as the store holds it (sealed, if it is: see
+    /// [`seal::sealed_size`]).
     pub size: u64,
 }
 
@@ -97,6 +99,11 @@ pub trait SnapshotStore: Send + Sync {
     /// # Errors
     /// The store failed.
     fn delete(&self, name: &str) -> Result<(), StoreError>;
+    /// How many bytes an object of `plain` bytes takes in this store, as
+    /// [`SnapshotStore::list`] reports it (more once sealed).
+    fn stored_size(&self, plain: u64) -> u64 {
+        plain
+    }
 }
 
 /// How to reach a store, from flags and the environment.
@@ -127,6 +134,10 @@ pub struct StoreConfig {
     /// store is). 0: it stops at once, abandoning the upload (the chain stays on disk
     /// and the next start offers it again).
     pub shutdown_wait: std::time::Duration,
+    /// Keys that seal the store's objects: the first seals what is written, every one
+    /// opens what is read (key rotation). None: objects are written in the clear, and
+    /// a sealed one is refused, naming its key's id (see [`seal`]).
+    pub keys: Vec<seal::StoreKey>,
 }
 
 /// An S3 access key and its secret; `Debug` shows neither.
@@ -156,6 +167,7 @@ impl StoreConfig {
             upload_bytes_per_sec: DEFAULT_UPLOAD_RATE,
             credentials: None,
             shutdown_wait: std::time::Duration::from_secs(30),
+            keys: Vec::new(),
         }
     }
 }
@@ -167,6 +179,18 @@ impl StoreConfig {
 /// # Errors
 /// An unsupported URL or an invalid S3 configuration, said in a sentence.
 pub fn open(config: &StoreConfig) -> Result<Box<dyn SnapshotStore>, String> {
+    Ok(Box::new(seal::Sealed::new(
+        open_unsealed(config)?,
+        config.keys.clone(),
+    )))
+}
+
+/// The store `config` names, its objects as they are, sealed or not (for tools and
+/// tests that look at the bytes); `config.keys` is not used.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_unsealed(config: &StoreConfig) -> Result<Box<dyn SnapshotStore>, String> {
     let url = config.url.trim();
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -644,7 +668,7 @@ pub fn fetch_file(
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|l| {
-            l.size == size
+            l.size == store.stored_size(size)
                 && l.name.split('/').nth(1) == Some("files")
                 && l.name
                     .rsplit('/')
@@ -739,7 +763,18 @@ fn verify_chain(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), Str
 /// # Errors
 /// The store could not be listed.
 pub fn node_ids(store: &dyn SnapshotStore) -> Result<Vec<String>, String> {
-    let (all, _) = manifests(store).map_err(|e| format!("{}: {e}", store.url()))?;
+    let (all, unreadable) = manifests(store).map_err(|e| format!("{}: {e}", store.url()))?;
+    if all.is_empty()
+        && let Some((name, why)) = unreadable.first()
+    {
+        // Say why rather than "no chain": an encrypted store read without its key,
+        // most often.
+        return Err(format!(
+            "{}: no manifest could be read ({} in all); {name}: {why}",
+            store.url(),
+            unreadable.len()
+        ));
+    }
     let mut ids: Vec<String> = all.into_iter().map(|m| m.node).collect();
     ids.sort();
     ids.dedup();
@@ -815,7 +850,13 @@ fn restore_into(
         let what = index.map_or(format!("no chain{of}"), |i| {
             format!("no chain{of} at index {i}")
         });
-        return Err(format!("{}: {what} in the store", store.url()));
+        let unread = skipped.first().map_or(String::new(), |(name, why)| {
+            format!(
+                "; {} manifest(s) could not be read, {name}: {why}",
+                skipped.len()
+            )
+        });
+        return Err(format!("{}: {what} in the store{unread}", store.url()));
     }
     for m in candidates {
         match fetch_chain(store, fs, staging, m).and_then(|bytes| {

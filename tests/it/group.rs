@@ -937,12 +937,8 @@ fn a_snapshot_gone_from_its_sender_is_replaced_by_a_newer_offer() {
 static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn with_store(c: &mut Config) {
-    small(c);
-    c.snapshot_send_bytes_per_sec = 256 * 1024;
-    let mut store = flintlog::store::StoreConfig::new(STORE.get().unwrap().display().to_string());
     // Some tests take the store away: a stop waits for it only briefly.
-    store.shutdown_wait = Duration::from_secs(1);
-    c.snapshot_store = Some(store);
+    with_store_at(c, STORE.get().unwrap());
 }
 
 /// Cuts n3 off while `n` writes go through n1 and n2 (the leader compacts past it),
@@ -1005,6 +1001,71 @@ fn a_follower_fetches_the_offered_snapshot_from_the_store_and_falls_back_to_the_
     let t = s[2].management.transfers;
     assert_eq!((t.completed, t.from_store), (1, 0), "{:#?}", s[2]);
     assert!(files(&g.dirs[2], ".part").is_empty());
+}
+
+static SEALED_STORE: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+
+fn with_sealed_store(c: &mut Config) {
+    with_store_at(c, &SEALED_STORE.get().unwrap().0);
+    let key = flintlog::store::seal::StoreKey::from_hex(&SEALED_STORE.get().unwrap().1);
+    c.snapshot_store.as_mut().unwrap().keys = vec![key.unwrap()];
+}
+
+fn with_store_at(c: &mut Config, dir: &Path) {
+    small(c);
+    c.snapshot_send_bytes_per_sec = 256 * 1024;
+    let mut store = flintlog::store::StoreConfig::new(dir.display().to_string());
+    store.shutdown_wait = Duration::from_secs(1);
+    c.snapshot_store = Some(store);
+}
+
+/// The members' store encrypted: the follower fetches and opens the chain the leader
+/// sealed, and nothing in the store is in the clear.
+#[test]
+fn a_follower_fetches_an_encrypted_chain_from_the_store() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let key = flintlog::store::seal::StoreKey::generate().unwrap();
+    SEALED_STORE.set((store.clone(), key)).unwrap();
+    let g = Group::start(with_sealed_store);
+    for i in 0..50u64 {
+        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
+    }
+    strand_n3_with_store(&g, 50, 400, true);
+    let s = g.converge(&[1, 2, 3]);
+    let t = s[2].management.transfers;
+    assert_eq!(
+        (t.completed, t.from_store),
+        (1, 1),
+        "n3 fetched the sealed snapshot from the store: {:#?}",
+        s[2]
+    );
+    drop(g);
+    let mut objects = 0;
+    for entry in walk(&store) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            bytes.starts_with(flintlog::store::seal::MAGIC),
+            "{} is not sealed",
+            entry.display()
+        );
+        objects += 1;
+    }
+    assert!(objects >= 2, "{objects} objects in the store");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 static WAITING_STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use flintlog::core::policy::SnapshotMode;
 use flintlog::fs::RealFs;
+use flintlog::store::seal::StoreKey;
 use flintlog::store::{self, Credentials, SnapshotStore, StoreConfig};
 use flintlog::{Config, Node, Offset, Policy};
 
@@ -771,4 +772,164 @@ fn end_of_input_waits_for_the_newest_chain_to_reach_the_store() {
         text.contains(&format!("chain at index {N} ")),
         "the store must hold the chain of every entry: {text}"
     );
+}
+
+/// Every object of the store as it holds it (sealed or not).
+fn raw_objects(raw: &dyn SnapshotStore) -> Vec<(String, Vec<u8>)> {
+    raw.list("")
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            let mut bytes = Vec::new();
+            raw.get(&l.name, &mut bytes).unwrap();
+            (l.name, bytes)
+        })
+        .collect()
+}
+
+fn with_keys(config: &StoreConfig, keys: &[&StoreKey]) -> Box<dyn SnapshotStore> {
+    let mut c = config.clone();
+    c.keys = keys.iter().map(|k| (*k).clone()).collect();
+    store::open(&c).unwrap()
+}
+
+#[test]
+fn an_encrypted_store_holds_nothing_in_the_clear_and_refuses_what_its_node_did_not_write() {
+    for b in backends("sealed") {
+        let key_a = StoreKey::from_hex(&StoreKey::generate().unwrap()).unwrap();
+        let key_b = StoreKey::from_hex(&StoreKey::generate().unwrap()).unwrap();
+        let mut sealed = b.config.clone();
+        sealed.keys = vec![key_a.clone()];
+        let base = tempfile::tempdir().unwrap();
+        let node = Node::open(config(&base.path().join("n1"), &sealed)).unwrap();
+        let mut model = BTreeMap::new();
+        write(&node, &mut model, 0, 500, "secret");
+        node.snapshotter()
+            .snapshot_mode(SnapshotMode::Full)
+            .unwrap();
+        wait_uploaded(&node, 500);
+        let sent = || {
+            node.appender()
+                .status()
+                .unwrap()
+                .store
+                .unwrap()
+                .bytes_uploaded
+        };
+        let base_sent = sent();
+        let at_500 = model.clone();
+        write(&node, &mut model, 400, 300, "secret");
+        node.snapshotter()
+            .snapshot_mode(SnapshotMode::Incremental)
+            .unwrap();
+        wait_uploaded(&node, 800);
+        // The delta's chain holds the base, which the store has (sealed): not sent again.
+        assert!(
+            sent() - base_sent < base_sent,
+            "{}: {} bytes sent for the delta's chain, {base_sent} for the base",
+            b.name,
+            sent() - base_sent
+        );
+        node.shutdown().unwrap();
+
+        // Snapshots, deltas and manifests: sealed, no key or value in the clear.
+        let raw = store::open_unsealed(&b.config).unwrap();
+        let objects = raw_objects(&*raw);
+        assert_eq!(objects.len(), 4, "{}: two files, two manifests", b.name);
+        for (name, bytes) in &objects {
+            assert!(bytes.starts_with(store::seal::MAGIC), "{}: {name}", b.name);
+            for clear in [&b"secret-4"[..], b"key0004", b"\"files\""] {
+                assert!(
+                    !bytes.windows(clear.len()).any(|w| w == clear),
+                    "{}: {name} holds {:?} in the clear",
+                    b.name,
+                    String::from_utf8_lossy(clear)
+                );
+            }
+        }
+        let restore = |store: &dyn SnapshotStore, to: &str| {
+            store::restore(store, &RealFs, &base.path().join(to), None, None)
+        };
+        // No key, another key: refused, naming the key the store needs.
+        let e = restore(&*with_keys(&b.config, &[]), "no-key").unwrap_err();
+        assert!(
+            e.contains(&format!("encrypted with key id {}", key_a.id()))
+                && e.contains("--store-key-file"),
+            "{}: {e}",
+            b.name
+        );
+        let e = restore(&*with_keys(&b.config, &[&key_b]), "wrong-key").unwrap_err();
+        assert!(e.contains("no key given has that id"), "{}: {e}", b.name);
+        // The key: the newest chain, whole.
+        let keyed = with_keys(&b.config, &[&key_a]);
+        let r = restore(&*keyed, "restored").unwrap();
+        assert_eq!((r.manifest.index, r.skipped.len()), (800, 0), "{}", b.name);
+        let node = Node::open(Config::new(base.path().join("restored"))).unwrap();
+        assert_state(&node, &model, &format!("{}: restored sealed", b.name));
+        node.shutdown().unwrap();
+
+        // The delta's object damaged, cut short, or replaced by the node's own older
+        // file (its base) under the delta's name: refused, and restore falls back.
+        let file = |index: &str| {
+            objects
+                .iter()
+                .find(|(n, _)| n.contains("/files/") && n.contains(index))
+                .expect("the chain's file")
+        };
+        let ((delta_name, delta), (_, base_bytes)) = (file("800"), file("500"));
+        let mut flipped = delta.clone();
+        flipped[delta.len() / 2] ^= 0x40;
+        let cut = delta[..delta.len() - 20].to_vec();
+        for (what, bytes) in [
+            ("a flipped byte", flipped),
+            ("cut short", cut),
+            ("the base under the delta's name", base_bytes.clone()),
+        ] {
+            raw.put(delta_name, &mut &bytes[..], bytes.len() as u64)
+                .unwrap();
+            let r = restore(&*keyed, &format!("fallback-{}", what.len())).unwrap();
+            assert_eq!(r.manifest.index, 500, "{}: {what}: fell back", b.name);
+            assert!(
+                r.skipped
+                    .iter()
+                    .any(|(_, why)| why.contains("failed authentication")),
+                "{}: {what}: {:?}",
+                b.name,
+                r.skipped
+            );
+        }
+        raw.put(delta_name, &mut &delta[..], delta.len() as u64)
+            .unwrap();
+
+        // Rotation: key B seals from now on; chains sealed with A still open with both.
+        let mut rotated = b.config.clone();
+        rotated.keys = vec![key_b.clone(), key_a.clone()];
+        let node = Node::open(config(&base.path().join("restored"), &rotated)).unwrap();
+        write(&node, &mut model, 2000, 100, "secret");
+        node.snapshotter()
+            .snapshot_mode(SnapshotMode::Full)
+            .unwrap();
+        wait_uploaded(&node, 900);
+        node.shutdown().unwrap();
+        let both = with_keys(&b.config, &[&key_b, &key_a]);
+        let r = restore(&*both, "rotated").unwrap();
+        assert_eq!(r.manifest.index, 900, "{}", b.name);
+        let r = store::restore(&*both, &RealFs, &base.path().join("old"), None, Some(500)).unwrap();
+        let node = Node::open(Config::new(base.path().join("old"))).unwrap();
+        assert_state(
+            &node,
+            &at_500,
+            &format!("{}: an old chain after rotation", b.name),
+        );
+        node.shutdown().unwrap();
+        assert_eq!(r.manifest.index, 500);
+        // With A alone, the newest chain (sealed with B) is refused, naming B.
+        let r = restore(&*keyed, "a-only").unwrap();
+        assert_eq!(r.manifest.index, 800, "{}", b.name);
+        assert!(
+            r.skipped.iter().any(|(_, why)| why.contains(&key_b.id())),
+            "{:?}",
+            r.skipped
+        );
+    }
 }
