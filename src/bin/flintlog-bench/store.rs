@@ -1,9 +1,11 @@
 //! The snapshot store on a real SeaweedFS started here (the same launcher as the
 //! tests'): a 1M-key snapshot uploaded by the node's uploader and restored by
 //! `restore`, against SeaweedFS's own `weed upload` / `weed download` of the same bytes
-//! (the ceiling), and a node's append latency while its uploader ships a snapshot
-//! against idle, side by side.
+//! (the ceiling), the same upload and restore with every object encrypted against in
+//! the clear, and a node's append latency while its uploader ships a snapshot against
+//! idle, side by side.
 
+use flintlog::store::seal::StoreKey;
 use flintlog::store::{self, Credentials, StoreConfig};
 
 use super::*;
@@ -73,8 +75,10 @@ pub(crate) fn bench_store(args: &Args, r: &mut Report) {
              multipart in 8 MiB parts, manifest) and restored by `restore` (download, \
              checksums, full verification of the file, the log started), against `weed \
              upload` / `weed download` of the same file (SeaweedFS's own client: the \
-             ceiling). Then a node's append latency (8 writers) while its uploader ships \
-             that snapshot, against the same node idle. Median of {} runs, interleaved.",
+             ceiling); the same upload and restore with `--store-key-file` (every object \
+             encrypted and authenticated), by a second node filled alike. Then a node's \
+             append latency (8 writers) while its uploader ships that snapshot, against \
+             the same node idle. Median of {} runs, interleaved.",
             args.runs
         ),
     );
@@ -88,22 +92,48 @@ pub(crate) fn bench_store(args: &Args, r: &mut Report) {
         return;
     };
     let d = fresh(&args.dir, "j");
-    let open = |rate: u64| {
-        let mut config = config(&d);
+    let sealed_dir = fresh(&args.dir, "j-sealed");
+    // The same work with every object encrypted (its own prefix and node).
+    let mut sealed_config = base_config.clone();
+    sealed_config.url.push_str("-sealed");
+    let key = StoreKey::generate().expect("a key");
+    sealed_config.keys = vec![StoreKey::from_hex(&key).expect("a key")];
+    let open_at = |dir: &Path, store: &StoreConfig, rate: u64| {
+        let mut config = config(dir);
         // No snapshot retired during the runs: a snapshot's answer comes when it is
         // durable, not after retention freed an old one, so the upload is timed from
         // there.
         config.policy.retain_snapshots = 100;
-        let mut store = base_config.clone();
+        let mut store = store.clone();
         store.upload_bytes_per_sec = rate;
         config.snapshot_store = Some(store);
         Node::open(config).expect("open")
     };
-    // Throughput: the uploader unpaced.
+    let open = |rate: u64| open_at(&d, &base_config, rate);
+    // Throughput: the uploader unpaced, in the clear and encrypted, interleaved.
     let node = open(0);
     fill(&node, keys, keys);
+    let sealed_node = open_at(&sealed_dir, &sealed_config, 0);
+    fill(&sealed_node, keys, keys);
     let (mut ups, mut restores, mut weed_ups, mut weed_downs) = (vec![], vec![], vec![], vec![]);
+    let (mut sealed_ups, mut sealed_restores) = (vec![], vec![]);
     let mut size = 0;
+    let restore_timed = |config: &StoreConfig, target: &Path, snap: &flintlog::SnapshotFile| {
+        let s = store::open(config).expect("store");
+        let started = Instant::now();
+        let restored = store::restore(
+            &*s,
+            &flintlog::fs::RealFs,
+            target,
+            None,
+            Some(snap.offset.get()),
+        )
+        .expect("restore");
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(restored.bytes, snap.size_bytes);
+        let _ = std::fs::remove_dir_all(target);
+        took
+    };
     for run in 0..args.runs {
         let (snap, took, _) = snapshot_and_upload(&node, false);
         size = snap.size_bytes;
@@ -112,22 +142,21 @@ pub(crate) fn bench_store(args: &Args, r: &mut Report) {
         let (wu, wd) = weed_ceiling(&file, &d.join(format!("weed-{run}")));
         weed_ups.push(wu);
         weed_downs.push(wd);
-        let target = d.join(format!("restored-{run}"));
-        let s = store::open(&base_config).expect("store");
-        let started = Instant::now();
-        let restored = store::restore(
-            &*s,
-            &flintlog::fs::RealFs,
-            &target,
-            None,
-            Some(snap.offset.get()),
-        )
-        .expect("restore");
-        restores.push(started.elapsed().as_secs_f64());
-        assert_eq!(restored.bytes, snap.size_bytes);
-        let _ = std::fs::remove_dir_all(&target);
+        restores.push(restore_timed(
+            &base_config,
+            &d.join(format!("restored-{run}")),
+            &snap,
+        ));
+        let (snap, took, _) = snapshot_and_upload(&sealed_node, false);
+        sealed_ups.push(took);
+        sealed_restores.push(restore_timed(
+            &sealed_config,
+            &sealed_dir.join(format!("restored-{run}")),
+            &snap,
+        ));
     }
     node.shutdown().expect("shutdown");
+    sealed_node.shutdown().expect("shutdown");
     // Latency: the same node at the uploader's default rate, and unpaced.
     let rate = store::DEFAULT_UPLOAD_RATE;
     let node = open(rate);
@@ -184,6 +213,44 @@ pub(crate) fn bench_store(args: &Args, r: &mut Report) {
             ],
         ],
     );
+    let (up_ratio, restore_ratio) = (
+        per_s(&sealed_ups) / per_s(&ups),
+        per_s(&sealed_restores) / per_s(&restores),
+    );
+    r.table(
+        &[
+            "encrypted (--store-key-file)",
+            "MB/s (median)",
+            "seconds per run",
+            "vs in the clear, same runs",
+        ],
+        &[
+            vec![
+                "upload by the uploader, unpaced".into(),
+                format!("{:.1}", per_s(&sealed_ups)),
+                secs(&sealed_ups),
+                format!("{up_ratio:.2}x"),
+            ],
+            vec![
+                "restore (download, open and authenticate, verify)".into(),
+                format!("{:.1}", per_s(&sealed_restores)),
+                secs(&sealed_restores),
+                format!("{restore_ratio:.2}x"),
+            ],
+        ],
+    );
+    r.target(
+        "encrypted upload vs in the clear",
+        format!("{up_ratio:.2}x"),
+        "≥ 0.8x",
+        up_ratio >= 0.8,
+    );
+    r.target(
+        "encrypted restore vs in the clear",
+        format!("{restore_ratio:.2}x"),
+        "≥ 0.8x",
+        restore_ratio >= 0.8,
+    );
     let (pi, pd) = (median(idle.clone()), median(during.clone()));
     let (pi0, pd0) = (median(idle0.clone()), median(during0.clone()));
     r.table(
@@ -230,6 +297,7 @@ pub(crate) fn bench_store(args: &Args, r: &mut Report) {
         ));
     }
     let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&sealed_dir);
 }
 
 /// Cuts a full snapshot and waits for the uploader to put it in the store: the
