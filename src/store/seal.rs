@@ -194,29 +194,29 @@ impl<'a> SealReader<'a> {
         })
     }
 
-    /// Seals the next chunk into `out`; false once the last one was sealed.
+    /// Seals the next chunk into `out` (in place: read, then encrypted where it lies);
+    /// false once the last one was sealed.
     fn next_chunk(&mut self) -> io::Result<bool> {
-        let Some(encryptor) = self.encryptor.as_mut() else {
+        if self.encryptor.is_none() {
             return Ok(false);
-        };
+        }
         let n = self.left.min(CHUNK_BYTES as u64) as usize;
-        let mut plain = vec![0u8; n];
-        self.src.read_exact(&mut plain)?;
+        self.out.clear();
+        self.out.resize(n, 0);
+        self.src.read_exact(&mut self.out)?;
         self.left -= n as u64;
-        let payload = Payload {
-            msg: &plain,
-            aad: &self.aad,
-        };
         let sealed = if self.left == 0 {
             self.encryptor
                 .take()
                 .expect("present")
-                .encrypt_last(payload)
+                .encrypt_last_in_place(&self.aad, &mut self.out)
         } else {
-            encryptor.encrypt_next(payload)
-        }
-        .map_err(|_| io::Error::other("the object is too large to seal"))?;
-        self.out = sealed;
+            self.encryptor
+                .as_mut()
+                .expect("present")
+                .encrypt_next_in_place(&self.aad, &mut self.out)
+        };
+        sealed.map_err(|_| io::Error::other("the object is too large to seal"))?;
         self.at = 0;
         Ok(true)
     }
@@ -260,6 +260,8 @@ struct OpenWriter<'a> {
     written: u64,
     /// Why the object was refused: the message `get` returns.
     refused: Option<String>,
+    /// The chunk being opened (kept to spare an allocation per chunk).
+    scratch: Vec<u8>,
 }
 
 impl OpenWriter<'_> {
@@ -370,26 +372,33 @@ impl OpenWriter<'_> {
                 return Ok(());
             }
             let take = if last { pending.len() } else { *chunk };
-            let sealed: Vec<u8> = pending.drain(..take).collect();
-            let payload = Payload { msg: &sealed, aad };
+            // Opened in place, in a buffer kept from chunk to chunk.
+            let mut buf = std::mem::take(&mut self.scratch);
+            buf.clear();
+            buf.extend(pending.drain(..take));
             let opened = if last {
-                decryptor.take().map(|d| d.decrypt_last(payload))
+                decryptor
+                    .take()
+                    .map(|d| d.decrypt_last_in_place(aad, &mut buf))
             } else {
-                decryptor.as_mut().map(|d| d.decrypt_next(payload))
+                decryptor
+                    .as_mut()
+                    .map(|d| d.decrypt_next_in_place(aad, &mut buf))
             };
             let at = *index;
             *index += 1;
-            match opened {
-                Some(Ok(plain)) => self.emit(&plain)?,
-                _ => {
-                    let why = format!(
-                        "{} failed authentication at chunk {at}{}: it is damaged, cut \
-                         short, or not the object written under this name",
-                        self.name,
-                        if last { " (the last)" } else { "" }
-                    );
-                    return Err(self.refuse(why));
-                }
+            let authentic = matches!(opened, Some(Ok(())));
+            let emitted = if authentic { self.emit(&buf) } else { Ok(()) };
+            self.scratch = buf;
+            emitted?;
+            if !authentic {
+                let why = format!(
+                    "{} failed authentication at chunk {at}{}: it is damaged, cut short, \
+                     or not the object written under this name",
+                    self.name,
+                    if last { " (the last)" } else { "" }
+                );
+                return Err(self.refuse(why));
             }
             if last {
                 return Ok(());
@@ -482,6 +491,7 @@ impl SnapshotStore for Sealed {
             state: Opening::Head(Vec::new()),
             written: 0,
             refused: None,
+            scratch: Vec::new(),
         };
         let got = self.inner.get(name, &mut w).and_then(|_| {
             w.finish()
