@@ -329,23 +329,13 @@ impl Sim {
     /// Carries out node `i`'s cycles until it has nothing ready.
     fn drive(&mut self, i: usize) -> Result<(), String> {
         loop {
-            let Some(peer) = self.nodes[i].peer.as_mut() else {
+            let node = &mut self.nodes[i];
+            let Some(peer) = node.peer.as_mut() else {
                 return Ok(());
             };
             let first = raft::Storage::first_index(peer.store()).expect("memory");
             let cycle = peer.cycle().expect("memory writes do not fail");
-            // A snapshot installed: durable when the install returns, as on a disk.
-            let now_first = raft::Storage::first_index(peer.store()).expect("memory");
-            if now_first != first {
-                let index = now_first - 1;
-                let term = raft::Storage::term(peer.store(), index).expect("memory");
-                let conf = raft::Storage::initial_state(peer.store())
-                    .expect("memory")
-                    .conf_state;
-                let durable = &mut self.nodes[i].durable;
-                super::LogStore::install(durable, index, term).expect("memory");
-                super::LogStore::configured(durable, &conf, index);
-            }
+            mirror_install(peer, first, &mut node.durable);
             // Messages the peer answers itself leave even when nothing was ready.
             for m in cycle.send {
                 self.send(m);
@@ -810,6 +800,22 @@ pub(super) fn founded(founders: &[u64]) -> super::Machine {
     let names = founders.iter().map(|f| (*f, format!("n{f}"))).collect();
     super::name_founders(&mut m, founders, &names);
     m
+}
+
+/// A snapshot installed by the cycle just run (the peer's log now starts later than
+/// `first`) is durable when the install returns, as on a disk: `durable` takes it too.
+pub(super) fn mirror_install(peer: &Peer<MemLog>, first: u64, durable: &mut MemLog) {
+    let now_first = raft::Storage::first_index(peer.store()).expect("memory");
+    if now_first == first {
+        return;
+    }
+    let index = now_first - 1;
+    let term = raft::Storage::term(peer.store(), index).expect("memory");
+    let conf = raft::Storage::initial_state(peer.store())
+        .expect("memory")
+        .conf_state;
+    super::LogStore::install(durable, index, term).expect("memory");
+    super::LogStore::configured(durable, &conf, index);
 }
 
 fn store_durably(durable: &mut MemLog, job: &Persist) {

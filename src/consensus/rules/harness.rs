@@ -15,7 +15,7 @@ use raft::StateRole;
 use raft::eraftpb::{Message, MessageType};
 
 use crate::consensus::image::Image;
-use crate::consensus::sim::founded;
+use crate::consensus::sim::{founded, mirror_install};
 use crate::consensus::{
     Change, Changed, Command, Effect, LogStore, MemLog, Outcome, Peer, PeerConfig, Persist,
     Refused, command,
@@ -331,20 +331,25 @@ impl Group {
             .peer_mut(id)
             .propose(&Command::Append(payload.clone()))
             .ok()?;
+        self.track(id, seq, key, Op::Write(value.into()), payload);
+        Some(seq)
+    }
+
+    /// Notes request `seq` of node `id` as invoked now, and drives the node.
+    fn track(&mut self, id: u64, seq: u64, key: &str, op: Op, payload: Vec<u8>) {
         let boot = self.node(id).boot;
         let invoked = self.tick_clock();
         self.pending.insert(
             (id, seq),
             Request {
                 key: key.into(),
-                op: Op::Write(value.into()),
+                op,
                 payload,
                 boot,
                 invoked,
             },
         );
         self.drive(id);
-        Some(seq)
     }
 
     /// The time a request is invoked: after everything that happened so far (an
@@ -357,19 +362,7 @@ impl Group {
     /// A client reads `key` through node `id` (see [`Group::write`]).
     pub fn read(&mut self, id: u64, key: &str) -> Option<u64> {
         let seq = self.peer_mut(id).read().ok()?;
-        let boot = self.node(id).boot;
-        let invoked = self.tick_clock();
-        self.pending.insert(
-            (id, seq),
-            Request {
-                key: key.into(),
-                op: Op::Read(None),
-                payload: Vec::new(),
-                boot,
-                invoked,
-            },
-        );
-        self.drive(id);
+        self.track(id, seq, key, Op::Read(None), Vec::new());
         Some(seq)
     }
 
@@ -547,23 +540,13 @@ impl Group {
             if self.nodes[i].paused {
                 return;
             }
-            let Some(peer) = self.nodes[i].peer.as_mut() else {
+            let node = &mut self.nodes[i];
+            let Some(peer) = node.peer.as_mut() else {
                 return;
             };
             let first = raft::Storage::first_index(peer.store()).expect("memory");
             let cycle = peer.cycle().expect("memory writes do not fail");
-            let now_first = raft::Storage::first_index(peer.store()).expect("memory");
-            if now_first != first {
-                // A snapshot installed: durable when the install returns, as on a disk.
-                let index = now_first - 1;
-                let term = raft::Storage::term(peer.store(), index).expect("memory");
-                let conf = raft::Storage::initial_state(peer.store())
-                    .expect("memory")
-                    .conf_state;
-                let durable = &mut self.nodes[i].durable;
-                durable.install(index, term).expect("memory");
-                durable.configured(&conf, index);
-            }
+            mirror_install(peer, first, &mut node.durable);
             for m in cycle.send {
                 self.send(m);
             }
