@@ -190,6 +190,12 @@ struct StoreFlags {
         help_heading = "Snapshot store"
     )]
     store_key_file: Vec<PathBuf>,
+
+    /// With no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, take credentials from this
+    /// cloud instance's metadata service (its role); without this flag, a node with no
+    /// credentials refuses to start, saying so.
+    #[arg(long, help_heading = "Snapshot store")]
+    store_instance_credentials: bool,
 }
 
 impl StoreFlags {
@@ -205,6 +211,8 @@ impl StoreFlags {
                 .clone()
                 .or_else(|| outer.store_region.clone()),
             store_virtual_hosted: self.store_virtual_hosted || outer.store_virtual_hosted,
+            store_instance_credentials: self.store_instance_credentials
+                || outer.store_instance_credentials,
             store_key_file: if self.store_key_file.is_empty() {
                 outer.store_key_file.clone()
             } else {
@@ -222,6 +230,7 @@ impl StoreFlags {
         c.endpoint = self.store_endpoint.clone();
         c.region = self.store_region.clone();
         c.virtual_hosted = self.store_virtual_hosted;
+        c.instance_credentials = self.store_instance_credentials;
         c.keys = self
             .store_key_file
             .iter()

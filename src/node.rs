@@ -121,6 +121,20 @@ fn log_options(config: &Config, fs: &dyn FileSystem) -> crate::wal::LogOptions {
 /// # Errors
 /// [`Error::InvalidArgument`] for a store that cannot be opened (a bad URL); [`Error::Open`]
 /// if the thread cannot start.
+/// Before a node with a snapshot store touches its directory: the store works (see
+/// [`crate::store::check`]), or the node refuses to start, saying why.
+///
+/// # Errors
+/// [`Error::Open`] with the cause in words.
+pub(crate) fn check_store(config: &Config) -> Result<()> {
+    let Some(store) = &config.snapshot_store else {
+        return Ok(());
+    };
+    let opened = crate::store::open(store).map_err(Error::InvalidArgument)?;
+    crate::store::check(store, &*opened, &config.store_name())
+        .map_err(|why| Error::Open(format!("the snapshot store does not work: {why}")))
+}
+
 pub(crate) fn start_uploader(
     config: &Config,
     store: &crate::store::StoreConfig,
@@ -190,6 +204,7 @@ impl Node {
     /// As [`Node::open`].
     pub fn open_with_fs(config: Config, fs: Arc<dyn FileSystem>) -> Result<Node> {
         config.validate()?;
+        check_store(&config)?;
         let started = Instant::now();
         let dir = config.dir.clone();
         let (lock, existed) = prepare_dir(&*fs, &dir)?;

@@ -47,6 +47,7 @@ impl ClusterNode {
         fs: Arc<dyn FileSystem>,
     ) -> Result<ClusterNode> {
         config.validate()?;
+        crate::node::check_store(config)?;
         let (lock, _existed) = crate::node::prepare_dir(&*fs, &config.dir)?;
         if founders.is_empty()
             && let Some(store) = &config.snapshot_store

@@ -289,6 +289,12 @@ impl Group {
     /// Starts node `id` on directory `dir` as a new member that joins the group (no
     /// founders: the group must have added it).
     pub fn join(&self, id: u64, dir: &Path) {
+        self.try_join(id, dir)
+            .unwrap_or_else(|e| panic!("n{id} does not start: {e}"));
+    }
+
+    /// Starts a new member `id` on `dir`, or says why it does not start.
+    pub fn try_join(&self, id: u64, dir: &Path) -> flintlog::Result<()> {
         let link = Box::new(Link {
             from: id,
             net: self.net.clone(),
@@ -296,13 +302,13 @@ impl Group {
         let mut c = Config::new(dir);
         patient(&mut c);
         (self.configure)(&mut c);
-        let node = ClusterNode::open(&c, id, &[], Arc::default(), link)
-            .unwrap_or_else(|e| panic!("n{id} does not start: {e}"));
+        let node = ClusterNode::open(&c, id, &[], Arc::default(), link)?;
         let mut nodes = self.net.nodes.write().unwrap();
         if nodes.len() < id as usize {
             nodes.resize(id as usize, None);
         }
         nodes[id as usize - 1] = Some(Arc::new(node));
+        Ok(())
     }
 
     /// The node among `ids` that leads with everything applied, waiting for one.
@@ -989,10 +995,12 @@ fn a_follower_fetches_the_offered_snapshot_from_the_store_and_falls_back_to_the_
     );
     assert!(files(&g.dirs[2], ".part").is_empty());
     drop(g);
-    // A group whose store is gone: the leader sends it.
+    // A group whose store goes away once it has started (a store down at start is
+    // refused): the leader sends the snapshot.
     std::fs::rename(&store, store.with_extension("away")).unwrap();
-    std::fs::write(&store, b"not a directory").unwrap();
     let g = Group::start(with_store);
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
     for i in 0..50u64 {
         g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
     }
@@ -1083,10 +1091,12 @@ fn compact_after_upload(c: &mut Config) {
 fn with_compaction_waiting_for_the_store_a_member_keeps_its_log_until_an_upload_lands() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().join("store");
-    // The store is down from the start: its directory is a file.
-    std::fs::write(&store, b"not a directory").unwrap();
     WAITING_STORE.set(store.clone()).unwrap();
     let g = Group::start(compact_after_upload);
+    // The store goes down once the members have started (they refuse to start with it
+    // down): its directory is a file.
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
     for i in 0..400u64 {
         g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
     }

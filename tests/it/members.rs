@@ -313,13 +313,23 @@ fn a_new_member_bootstraps_from_the_store_and_catches_up_from_the_log() {
     let s = g.converge(&[1, 2, 3, 4, 5]);
     assert_eq!(s[4].management.transfers.started, 0, "{:?}", s[4]);
 
-    // The store down: the next new member falls back to the leader's snapshot.
+    // The store down: a new member refuses to start, saying why.
     std::fs::rename(&root, root.with_extension("away")).unwrap();
     std::fs::write(&root, b"not a directory").unwrap();
     write_batch(&g, 1, 450, 50);
     let added = add(&g, "n6");
     assert!(matches!(added, Changed::Done { id: 6, .. }), "{added:?}");
-    g.join(6, &g.dirs[0].parent().unwrap().join("n6"));
+    let dir6 = g.dirs[0].parent().unwrap().join("n6");
+    let refused = g.try_join(6, &dir6).unwrap_err().to_string();
+    assert!(
+        refused.contains("the snapshot store does not work"),
+        "{refused}"
+    );
+    // A store that works but holds no chain of the group: the new member falls back
+    // to the leader's snapshot.
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    g.join(6, &dir6);
     let s = g.converge(&[1, 2, 3, 4, 5, 6]);
     assert_eq!(s[5].management.transfers.completed, 1, "{:?}", s[5]);
 }

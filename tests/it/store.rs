@@ -414,11 +414,38 @@ fn credentials_never_reach_the_log_or_the_status() {
         ));
     }
     lines.push(r#"{"src":"c0","dest":"n1","body":{"type":"wal_snapshot","msg_id":100}}"#.into());
-    // A store that does not answer, and a working one: both runs' output is searched.
-    for (endpoint, wait_upload) in [
-        ("http://127.0.0.1:9".to_string(), false),
-        (w.endpoint.clone(), true),
-    ] {
+    // A store that does not answer: refused at init, the secret nowhere.
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["--data-dir", &data.path().display().to_string()])
+        .args(["--snapshot-store", &format!("s3://{BUCKET}/{prefix}")])
+        .args(["--store-endpoint", "http://127.0.0.1:9"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("RUST_LOG", "trace")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "{}", lines[0])?;
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("\"code\": 13") && stdout.contains("cannot reach http://127.0.0.1:9"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains(SECRET_KEY) && !stderr.contains(SECRET_KEY));
+    // A working store: the secret is not in the replies, the status or the log.
+    for (endpoint, wait_upload) in [(w.endpoint.clone(), true)] {
         let data = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new(binary())
             .args(["--data-dir", &data.path().display().to_string()])
@@ -459,11 +486,7 @@ fn credentials_never_reach_the_log_or_the_status() {
             };
             let v: serde_json::Value = serde_json::from_str(&status).unwrap();
             let store = &v["body"]["status"]["snapshot_store"];
-            let done = if wait_upload {
-                store["uploaded_index"].as_u64() == Some(20)
-            } else {
-                store["failures"].as_u64().unwrap_or(0) >= 1
-            };
+            let done = wait_upload && store["uploaded_index"].as_u64() == Some(20);
             if done {
                 assert!(!store["url"].as_str().unwrap().contains(ACCESS_KEY));
                 break;
@@ -931,5 +954,59 @@ fn an_encrypted_store_holds_nothing_in_the_clear_and_refuses_what_its_node_did_n
             "{:?}",
             r.skipped
         );
+    }
+}
+
+/// A store that cannot work is said at start, in words, and the node does not start:
+/// a bucket that does not exist, an endpoint nobody answers on, no credentials, a
+/// local store whose directory is a file. Nothing is created in the node's directory.
+#[test]
+fn a_misconfigured_store_is_refused_at_start_with_its_cause() {
+    let root = tempfile::tempdir().unwrap();
+    let refused = |store: StoreConfig| {
+        let dir = root.path().join(format!("n{}", store.url.len()));
+        let e = Node::open(config(&dir, &store))
+            .err()
+            .unwrap_or_else(|| panic!("{}: the node started", store.url));
+        assert!(!dir.exists(), "{}: the node made {}", store.url, dir.display());
+        e.to_string()
+    };
+    // No credentials: said without asking a cloud instance's metadata service.
+    let mut none = StoreConfig::new(format!("s3://{BUCKET}/nocreds"));
+    none.endpoint = Some("http://127.0.0.1:9".into());
+    if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
+        let e = refused(none.clone());
+        assert!(
+            e.contains("no credentials") && e.contains("AWS_ACCESS_KEY_ID"),
+            "{e}"
+        );
+    }
+    // Nobody answers on the endpoint.
+    let mut closed = s3_config("closed", 9);
+    closed.url = format!("s3://{BUCKET}/closed");
+    let e = refused(closed);
+    assert!(e.contains("cannot reach http://127.0.0.1:9"), "{e}");
+    // A local store whose directory is a file.
+    let file = root.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let e = refused(StoreConfig::new(file.display().to_string()));
+    assert!(e.contains("the snapshot store does not work"), "{e}");
+    match weed::weed() {
+        Ok(w) => {
+            let mut missing = s3_config("x", w.s3_port);
+            missing.url = "s3://no-such-bucket-here/x".into();
+            let e = refused(missing);
+            assert!(
+                e.contains("bucket no-such-bucket-here does not exist"),
+                "{e}"
+            );
+            // And a store that works: the node starts, nothing left of the check.
+            let ok = s3_config("check", w.s3_port);
+            let node = Node::open(config(&root.path().join("ok"), &ok)).unwrap();
+            node.shutdown().unwrap();
+            let left = store::open(&ok).unwrap().list("").unwrap();
+            assert!(left.is_empty(), "{left:?}");
+        }
+        Err(why) => cannot_run("snapshot store on SeaweedFS", &why),
     }
 }
