@@ -600,6 +600,12 @@ MUTANTS = [
      [("src/store/seal.rs",
        "    let mut aad = header.to_vec();\n    aad.extend_from_slice(name.as_bytes());",
        "    let aad = header.to_vec();\n    let _ = name;")]),
+    ("store-not-checked-at-start",
+     "a node starts on a snapshot store that does not work, without a word",
+     "--test it -- store::a_misconfigured_store_is_refused_at_start_with_its_cause",
+     [("src/node.rs",
+       "    crate::store::check(store, &*opened, &config.store_name())",
+       "    let _ = (&opened, store);\n    Ok::<(), String>(())")]),
 ]
 
 
