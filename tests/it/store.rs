@@ -968,7 +968,12 @@ fn a_misconfigured_store_is_refused_at_start_with_its_cause() {
         let e = Node::open(config(&dir, &store))
             .err()
             .unwrap_or_else(|| panic!("{}: the node started", store.url));
-        assert!(!dir.exists(), "{}: the node made {}", store.url, dir.display());
+        assert!(
+            !dir.exists(),
+            "{}: the node made {}",
+            store.url,
+            dir.display()
+        );
         e.to_string()
     };
     // No credentials: said without asking a cloud instance's metadata service.
