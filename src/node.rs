@@ -116,15 +116,11 @@ fn log_options(config: &Config, fs: &dyn FileSystem) -> crate::wal::LogOptions {
     options
 }
 
-/// Opens the snapshot store and starts the uploader for the node in `config.dir`.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] for a store that cannot be opened (a bad URL); [`Error::Open`]
-/// if the thread cannot start.
 /// Before a node with a snapshot store touches its directory: the store works (see
 /// [`crate::store::check`]), or the node refuses to start, saying why.
 ///
 /// # Errors
+/// [`Error::InvalidArgument`] for a store that cannot be opened (a bad URL);
 /// [`Error::Open`] with the cause in words.
 pub(crate) fn check_store(config: &Config) -> Result<()> {
     let Some(store) = &config.snapshot_store else {
@@ -135,6 +131,11 @@ pub(crate) fn check_store(config: &Config) -> Result<()> {
         .map_err(|why| Error::Open(format!("the snapshot store does not work: {why}")))
 }
 
+/// Opens the snapshot store and starts the uploader for the node in `config.dir`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a store that cannot be opened (a bad URL); [`Error::Open`]
+/// if the thread cannot start.
 pub(crate) fn start_uploader(
     config: &Config,
     store: &crate::store::StoreConfig,
