@@ -29,6 +29,7 @@ mod membership;
 #[cfg(test)]
 mod rules;
 pub mod sim;
+mod state;
 pub mod store;
 
 use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};
