@@ -34,6 +34,7 @@ mod admin;
 mod catch_up;
 pub mod manage;
 mod node;
+mod snapshotter;
 mod syncer;
 pub mod transfer;
 pub mod wire;
