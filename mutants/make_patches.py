@@ -424,7 +424,7 @@ MUTANTS = [
        "        if delta.parent_offset > self.index {")]),
     ("retention-ranks-chains-by-their-base",
      "retention keeps the chains whose full snapshot is newest, dropping a received chain whose deltas are the newest files",
-     "--lib -- cluster::manage::tests::retention_keeps_whole_chains",
+     "--lib -- cluster::snapshotter::tests::retention_keeps_whole_chains",
      [("src/cluster/snapshotter.rs",
        "                Some(e) => e.0 = e.0.max(*index),",
        "                Some(_) => {}")]),
