@@ -24,8 +24,8 @@
 //!
 //! The files: `node.rs` opens a node and wires its threads ([`ClusterNode`]);
 //! `actor.rs` is the consensus actor's loop (requests, reads, timeouts, incarnations,
-//! uploads, status); `syncer.rs` the syncer thread; `manage.rs` the snapshotter and
-//! the compaction policy; `catch_up.rs` and `admin.rs` the actor's snapshot transfers
+//! uploads, status); `syncer.rs` the syncer thread; `snapshotter.rs` the snapshotter
+//! thread; `manage.rs` its handle and the log-management policy; `catch_up.rs` and `admin.rs` the actor's snapshot transfers
 //! and log-management requests; `transfer.rs` and `wire.rs` what travels between
 //! members.
 
