@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use flintlog::cluster::manage::Transfers;
 use flintlog::cluster::transfer::Part;
 use flintlog::cluster::{ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, Transport};
 use flintlog::consensus::{Change, Changed, Command, Effect};
@@ -975,23 +976,29 @@ fn strand_n3_with_store(g: &Group, from: u64, n: u64, uploaded: bool) {
     g.cut_off(3, false);
 }
 
+/// 50 writes, n3 stranded while 400 more go through and the leader compacts past it
+/// (see [`strand_n3_with_store`]), then back: n3's transfers once every node agrees.
+fn n3_caught_up_with_store(g: &Group, uploaded: bool) -> (ClusterStatus, Transfers) {
+    for i in 0..50u64 {
+        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
+    }
+    strand_n3_with_store(g, 50, 400, uploaded);
+    let n3 = g.converge(&[1, 2, 3]).swap_remove(2);
+    let t = n3.management.transfers;
+    (n3, t)
+}
+
 #[test]
 fn a_follower_fetches_the_offered_snapshot_from_the_store_and_falls_back_to_the_leader() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().join("store");
     STORE.set(store.clone()).unwrap();
     let g = Group::start(with_store);
-    for i in 0..50u64 {
-        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
-    }
-    strand_n3_with_store(&g, 50, 400, true);
-    let s = g.converge(&[1, 2, 3]);
-    let t = s[2].management.transfers;
+    let (n3, t) = n3_caught_up_with_store(&g, true);
     assert_eq!(
         (t.completed, t.from_store),
         (1, 1),
-        "n3 fetched the snapshot from the store: {:#?}",
-        s[2]
+        "n3 fetched the snapshot from the store: {n3:#?}"
     );
     assert!(files(&g.dirs[2], ".part").is_empty());
     drop(g);
@@ -1001,13 +1008,8 @@ fn a_follower_fetches_the_offered_snapshot_from_the_store_and_falls_back_to_the_
     let g = Group::start(with_store);
     std::fs::remove_dir_all(&store).unwrap();
     std::fs::write(&store, b"not a directory").unwrap();
-    for i in 0..50u64 {
-        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
-    }
-    strand_n3_with_store(&g, 50, 400, false);
-    let s = g.converge(&[1, 2, 3]);
-    let t = s[2].management.transfers;
-    assert_eq!((t.completed, t.from_store), (1, 0), "{:#?}", s[2]);
+    let (n3, t) = n3_caught_up_with_store(&g, false);
+    assert_eq!((t.completed, t.from_store), (1, 0), "{n3:#?}");
     assert!(files(&g.dirs[2], ".part").is_empty());
 }
 
@@ -1036,17 +1038,11 @@ fn a_follower_fetches_an_encrypted_chain_from_the_store() {
     let key = flintlog::store::seal::StoreKey::generate().unwrap();
     SEALED_STORE.set((store.clone(), key)).unwrap();
     let g = Group::start(with_sealed_store);
-    for i in 0..50u64 {
-        g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
-    }
-    strand_n3_with_store(&g, 50, 400, true);
-    let s = g.converge(&[1, 2, 3]);
-    let t = s[2].management.transfers;
+    let (n3, t) = n3_caught_up_with_store(&g, true);
     assert_eq!(
         (t.completed, t.from_store),
         (1, 1),
-        "n3 fetched the sealed snapshot from the store: {:#?}",
-        s[2]
+        "n3 fetched the sealed snapshot from the store: {n3:#?}"
     );
     drop(g);
     let mut objects = 0;
