@@ -25,9 +25,10 @@
 //! The files: `node.rs` opens a node and wires its threads ([`ClusterNode`]);
 //! `actor.rs` is the consensus actor's loop (requests, reads, timeouts, incarnations,
 //! uploads, status); `syncer.rs` the syncer thread; `snapshotter.rs` the snapshotter
-//! thread; `manage.rs` its handle and the log-management policy; `catch_up.rs` and `admin.rs` the actor's snapshot transfers
-//! and log-management requests; `transfer.rs` and `wire.rs` what travels between
-//! members.
+//! thread; `manage.rs` its handle and the log-management policy; `catch_up.rs` and
+//! `admin.rs` the actor's snapshot transfers and log-management requests; `transfer.rs`
+//! the parts of a transfer. How messages travel between members is the [`Transport`]'s
+//! business: the stdin/stdout one encodes them as JSON lines (`router::peer_json`).
 
 mod actor;
 mod admin;
@@ -37,7 +38,6 @@ mod node;
 mod snapshotter;
 mod syncer;
 pub mod transfer;
-pub mod wire;
 
 pub use node::ClusterNode;
 

@@ -28,10 +28,6 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Map, Value, json};
-
 /// Most file bytes in one chunk.
 pub const CHUNK_BYTES: u64 = 256 * 1024;
 /// Chunks asked at once.
@@ -64,95 +60,12 @@ pub enum Part {
     Gone { file: String, checksum: u32 },
 }
 
-/// The JSON of a part (the `part` field of a `snapshot_part` line).
-pub fn to_json(p: &Part) -> Value {
-    match p {
-        Part::Ask {
-            file,
-            checksum,
-            from,
-            count,
-        } => json!({"ask": file, "crc": checksum, "from": from, "count": count}),
-        Part::Chunk {
-            file,
-            checksum,
-            at,
-            size,
-            data,
-            crc,
-        } => json!({"chunk": file, "crc": checksum, "at": at, "size": size,
-                    "data": B64.encode(data), "data_crc": crc}),
-        Part::Gone { file, checksum } => json!({"gone": file, "crc": checksum}),
-    }
-}
-
-fn num(o: &Map<String, Value>, k: &str) -> Result<u64, String> {
-    o.get(k)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| format!("field {k:?} is missing or not an unsigned integer"))
-}
-
-fn crc(o: &Map<String, Value>, k: &str) -> Result<u32, String> {
-    u32::try_from(num(o, k)?).map_err(|_| format!("field {k:?} is not a 32-bit checksum"))
-}
-
-/// Reads a part from its JSON.
-///
-/// # Errors
-/// What is wrong with it.
-pub fn from_json(v: &Value) -> Result<Part, String> {
-    let o = v.as_object().ok_or("a snapshot part must be an object")?;
-    let name = |k: &str| -> Option<Result<String, String>> {
-        o.get(k).map(|n| {
-            n.as_str()
-                .filter(|n| crate::core::layout::parse_raft_snapshot(n).is_some())
-                .map(str::to_string)
-                .ok_or_else(|| format!("field {k:?} is not a cluster snapshot's name"))
-        })
-    };
-    if let Some(file) = name("ask") {
-        return Ok(Part::Ask {
-            file: file?,
-            checksum: crc(o, "crc")?,
-            from: num(o, "from")?,
-            count: u32::try_from(num(o, "count")?).map_err(|_| "count too large")?,
-        });
-    }
-    if let Some(file) = name("chunk") {
-        let data = o
-            .get("data")
-            .and_then(Value::as_str)
-            .ok_or("field \"data\" is missing")?;
-        let data = B64
-            .decode(data)
-            .map_err(|e| format!("field \"data\" is not base64: {e}"))?;
-        if data.len() as u64 > CHUNK_BYTES {
-            return Err(format!("a chunk of {} bytes", data.len()));
-        }
-        return Ok(Part::Chunk {
-            file: file?,
-            checksum: crc(o, "crc")?,
-            at: num(o, "at")?,
-            size: num(o, "size")?,
-            data,
-            crc: crc(o, "data_crc")?,
-        });
-    }
-    if let Some(file) = name("gone") {
-        return Ok(Part::Gone {
-            file: file?,
-            checksum: crc(o, "crc")?,
-        });
-    }
-    Err("a snapshot part is an ask, a chunk or a gone".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn identities_and_parts_round_trip_and_garbage_is_refused() {
+    fn identities_round_trip_and_garbage_is_refused() {
         let id = Identity {
             index: 1234,
             term: 7,
@@ -179,37 +92,5 @@ mod tests {
             assert!(Identity::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert!(Identity::decode(b"FLNTSNIDxxxxxxxxxxxxxxxxxxxxxxxxxxxx../etc/passwd").is_err());
-        let parts = [
-            Part::Ask {
-                file: id.file.clone(),
-                checksum: id.checksum,
-                from: 4096,
-                count: 4,
-            },
-            Part::Chunk {
-                file: id.file.clone(),
-                checksum: id.checksum,
-                at: 0,
-                size: 10,
-                data: b"0123456789".to_vec(),
-                crc: crc32c::crc32c(b"0123456789"),
-            },
-            Part::Gone {
-                file: id.file.clone(),
-                checksum: 1,
-            },
-        ];
-        for p in parts {
-            assert_eq!(from_json(&to_json(&p)), Ok(p));
-        }
-        for bad in [
-            json!({}),
-            json!({"ask": "../x", "crc": 1, "from": 0, "count": 1}),
-            json!({"ask": id.file, "crc": -1, "from": 0, "count": 1}),
-            json!({"chunk": id.file, "crc": 1, "at": 0, "size": 1, "data": "!!", "data_crc": 0}),
-            json!([]),
-        ] {
-            assert!(from_json(&bad).is_err(), "{bad}");
-        }
     }
 }

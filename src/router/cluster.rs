@@ -10,9 +10,10 @@ use raft::eraftpb::Message;
 use serde_json::{Value, json};
 
 use super::json as out_json;
+use super::peer_json;
 use super::{Answer, Body, Router, error_body, ok, wire};
 use crate::actor::Reply;
-use crate::cluster::transfer::{self, Part};
+use crate::cluster::transfer::Part;
 use crate::cluster::{
     ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, Roster, ToPeer, Transport,
 };
@@ -265,14 +266,14 @@ impl<W: Write> Router<W> {
             },
         };
         if part {
-            match transfer::from_json(&body["part"]) {
+            match peer_json::part_from_json(&body["part"]) {
                 Ok(p) => member.node.step_part(from, p),
                 Err(why) => log::warn!("a snapshot part that does not decode: {why}; dropped"),
             }
             return true;
         }
         let incarnation = body["inc"].as_u64().unwrap_or(0);
-        match crate::cluster::wire::decode(&body["msg"], from, member.id) {
+        match peer_json::decode(&body["msg"], from, member.id) {
             Ok(m) => member.node.step(m, incarnation),
             Err(why) => log::warn!("a raft message that does not decode: {why}; dropped"),
         }
@@ -290,7 +291,7 @@ impl<W: Write> Router<W> {
         let line = json!({
             "src": member.me(),
             "dest": dest,
-            "body": {"type": "snapshot_part", "fr": member.id, "part": transfer::to_json(part), "msg_id": self.next_msg_id},
+            "body": {"type": "snapshot_part", "fr": member.id, "part": peer_json::part_to_json(part), "msg_id": self.next_msg_id},
         });
         self.next_msg_id += 1;
         let mut out = String::with_capacity(256);
@@ -324,7 +325,7 @@ impl<W: Write> Router<W> {
             m.to,
             member.node.incarnation()
         ));
-        crate::cluster::wire::write(&mut out, m);
+        peer_json::write(&mut out, m);
         out.push_str(&format!(", \"msg_id\": {}}}}}\n", self.next_msg_id));
         self.next_msg_id += 1;
         if let Err(e) = self.out.write_all(out.as_bytes()) {

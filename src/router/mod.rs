@@ -23,6 +23,7 @@
 
 mod cluster;
 pub mod json;
+mod peer_json;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};

@@ -233,3 +233,49 @@ fn the_checker_finds_a_planted_cycle() {
         .insert("actor::appender".into());
     assert!(cycle(&graph).is_some());
 }
+
+/// The files of the library, with their code (comments and test modules left out),
+/// by path under `src/`.
+fn library_files() -> BTreeMap<String, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = BTreeMap::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path
+                    .strip_prefix(&src)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                out.insert(rel, code(&std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Only the edge speaks JSON: the router (the protocol, and the stdin/stdout
+/// transport's peer codec), and what is JSON by nature: the store's manifest,
+/// `inspect`'s report and the binaries. The actors, the cluster and consensus
+/// hand typed values to whoever encodes them, so that a transport can use another codec.
+#[test]
+fn json_is_spoken_only_at_the_edge() {
+    let allowed = |f: &str| {
+        f.starts_with("router/")
+            || f.starts_with("bin/")
+            || ["main.rs", "inspect.rs", "store/mod.rs"].contains(&f)
+    };
+    let speaking: Vec<_> = library_files()
+        .into_iter()
+        .filter(|(f, code)| code.contains("serde_json") && !allowed(f))
+        .map(|(f, _)| f)
+        .collect();
+    assert!(
+        speaking.is_empty(),
+        "these files speak JSON, which only the router and the binaries may: {speaking:?}"
+    );
+}

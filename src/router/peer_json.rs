@@ -1,4 +1,5 @@
-//! Raft messages between nodes, as JSON: the body of a `{"type": "raft"}` line.
+//! The stdin/stdout transport's peer codec: Raft messages and snapshot-transfer parts
+//! as JSON, the bodies of `{"type": "raft"}` and `{"type": "snapshot_part"}` lines.
 //!
 //! Each field of raft-rs's `Message` that the group uses has a short name; bytes
 //! (entry data, contexts) are base64. The protobuf encoding is never decoded from the
@@ -13,14 +14,25 @@
 //!  "sn": {"i": index, "t": term, "v": [voters], "l": [learners], "d": base64}}
 //! ```
 //! `sn` is a snapshot offer (`MsgSnapshot`): its data is the snapshot's identity, not
-//! its content (see [`super::transfer`]).
+//! its content (see [`crate::cluster::transfer`]).
 //! Zero and empty fields are left out. `from` and `to` travel in the line's `src`
 //! and `dest`.
+//!
+//! A part of a snapshot transfer:
+//!
+//! ```text
+//! {"ask": file, "crc": checksum, "from": byte, "count": n}
+//! {"chunk": file, "crc": checksum, "at": byte, "size": total, "data": base64,
+//!  "data_crc": crc32c of the bytes}
+//! {"gone": file, "crc": checksum}
+//! ```
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
+
+use crate::cluster::transfer::{CHUNK_BYTES, Part};
 
 fn kind_number(t: EntryType) -> u64 {
     match t {
@@ -234,6 +246,89 @@ pub fn decode(body: &Value, from: u64, to: u64) -> Result<Message, String> {
     })
 }
 
+/// The JSON of a part (the `part` field of a `snapshot_part` line).
+pub fn part_to_json(p: &Part) -> Value {
+    match p {
+        Part::Ask {
+            file,
+            checksum,
+            from,
+            count,
+        } => json!({"ask": file, "crc": checksum, "from": from, "count": count}),
+        Part::Chunk {
+            file,
+            checksum,
+            at,
+            size,
+            data,
+            crc,
+        } => json!({"chunk": file, "crc": checksum, "at": at, "size": size,
+                    "data": B64.encode(data), "data_crc": crc}),
+        Part::Gone { file, checksum } => json!({"gone": file, "crc": checksum}),
+    }
+}
+
+fn part_num(o: &Map<String, Value>, k: &str) -> Result<u64, String> {
+    o.get(k)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("field {k:?} is missing or not an unsigned integer"))
+}
+
+fn part_crc(o: &Map<String, Value>, k: &str) -> Result<u32, String> {
+    u32::try_from(part_num(o, k)?).map_err(|_| format!("field {k:?} is not a 32-bit checksum"))
+}
+
+/// Reads a part from its JSON.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn part_from_json(v: &Value) -> Result<Part, String> {
+    let o = v.as_object().ok_or("a snapshot part must be an object")?;
+    let name = |k: &str| -> Option<Result<String, String>> {
+        o.get(k).map(|n| {
+            n.as_str()
+                .filter(|n| crate::core::layout::parse_raft_snapshot(n).is_some())
+                .map(str::to_string)
+                .ok_or_else(|| format!("field {k:?} is not a cluster snapshot's name"))
+        })
+    };
+    if let Some(file) = name("ask") {
+        return Ok(Part::Ask {
+            file: file?,
+            checksum: part_crc(o, "crc")?,
+            from: part_num(o, "from")?,
+            count: u32::try_from(part_num(o, "count")?).map_err(|_| "count too large")?,
+        });
+    }
+    if let Some(file) = name("chunk") {
+        let data = o
+            .get("data")
+            .and_then(Value::as_str)
+            .ok_or("field \"data\" is missing")?;
+        let data = B64
+            .decode(data)
+            .map_err(|e| format!("field \"data\" is not base64: {e}"))?;
+        if data.len() as u64 > CHUNK_BYTES {
+            return Err(format!("a chunk of {} bytes", data.len()));
+        }
+        return Ok(Part::Chunk {
+            file: file?,
+            checksum: part_crc(o, "crc")?,
+            at: part_num(o, "at")?,
+            size: part_num(o, "size")?,
+            data,
+            crc: part_crc(o, "data_crc")?,
+        });
+    }
+    if let Some(file) = name("gone") {
+        return Ok(Part::Gone {
+            file: file?,
+            checksum: part_crc(o, "crc")?,
+        });
+    }
+    Err("a snapshot part is an ask, a chunk or a gone".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +427,51 @@ mod tests {
             json!({"t": 7, "sn": {"i": 5, "t": 1, "v": ["x"]}}),
         ] {
             assert!(decode(&bad, 1, 2).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_round_trip_and_garbage_is_refused() {
+        let file = crate::core::layout::raft_snapshot(1234);
+        let id = crate::cluster::transfer::Identity {
+            index: 1234,
+            term: 7,
+            file,
+            size: 99_999,
+            checksum: 0xdead_beef,
+            parents: vec![],
+        };
+        let parts = [
+            Part::Ask {
+                file: id.file.clone(),
+                checksum: id.checksum,
+                from: 4096,
+                count: 4,
+            },
+            Part::Chunk {
+                file: id.file.clone(),
+                checksum: id.checksum,
+                at: 0,
+                size: 10,
+                data: b"0123456789".to_vec(),
+                crc: crc32c::crc32c(b"0123456789"),
+            },
+            Part::Gone {
+                file: id.file.clone(),
+                checksum: 1,
+            },
+        ];
+        for p in parts {
+            assert_eq!(part_from_json(&part_to_json(&p)), Ok(p));
+        }
+        for bad in [
+            json!({}),
+            json!({"ask": "../x", "crc": 1, "from": 0, "count": 1}),
+            json!({"ask": id.file, "crc": -1, "from": 0, "count": 1}),
+            json!({"chunk": id.file, "crc": 1, "at": 0, "size": 1, "data": "!!", "data_crc": 0}),
+            json!([]),
+        ] {
+            assert!(part_from_json(&bad).is_err(), "{bad}");
         }
     }
 }
