@@ -45,6 +45,24 @@ impl<T: 'static> Reply<T> {
         self.wakes
     }
 
+    /// A reply to a request whose answer is a `U`, which `f` turns into this one's
+    /// outcome (or an error) before delivering it here.
+    pub fn map<U: 'static>(mut self, f: impl FnOnce(U) -> Result<T> + Send + 'static) -> Reply<U>
+    where
+        T: Send,
+    {
+        let wakes = self.wakes;
+        let inner = self.f.take();
+        Reply {
+            f: Some(Box::new(move |r: Result<U>| {
+                if let Some(g) = inner {
+                    g(r.and_then(f));
+                }
+            })),
+            wakes,
+        }
+    }
+
     /// Delivers the outcome.
     pub fn send(mut self, outcome: Result<T>) {
         if let Some(f) = self.f.take() {

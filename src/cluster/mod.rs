@@ -26,19 +26,22 @@
 //! `actor.rs` is the consensus actor's loop (requests, reads, timeouts, incarnations,
 //! uploads, status); `syncer.rs` the syncer thread; `snapshotter.rs` the snapshotter
 //! thread; `manage.rs` its handle and the log-management policy; `catch_up.rs` and
-//! `admin.rs` the actor's snapshot transfers and log-management requests; `transfer.rs`
+//! `admin.rs` the actor's snapshot transfers and log-management requests; `client.rs`
+//! a client's requests in its own terms (appends, keys) and their answers; `transfer.rs`
 //! the parts of a transfer. How messages travel between members is the [`Transport`]'s
 //! business: the stdin/stdout one encodes them as JSON lines (`router::peer_json`).
 
 mod actor;
 mod admin;
 mod catch_up;
+mod client;
 pub mod manage;
 mod node;
 mod snapshotter;
 mod syncer;
 pub mod transfer;
 
+pub use client::Members;
 pub use node::ClusterNode;
 
 use std::collections::HashMap;

@@ -11,15 +11,11 @@ use serde_json::{Value, json};
 
 use super::json as out_json;
 use super::peer_json;
-use super::{Answer, Body, Router, error_body, ok, wire};
+use super::{Answer, Body, Mode, Router, error_body, ok, wire};
 use crate::actor::Reply;
 use crate::cluster::transfer::Part;
-use crate::cluster::{
-    ClusterNode, ClusterStatus, ReadAnswer, ReadQuery, Roster, ToPeer, Transport,
-};
-use crate::consensus::{Change, Changed, Command, Effect};
-use crate::core::kv;
-use crate::error::Error;
+use crate::cluster::{ClusterNode, ClusterStatus, Members, Roster, ToPeer, Transport};
+use crate::consensus::Change;
 use wire::{Request, code};
 
 /// Peer messages waiting for the router to write them; beyond this they are dropped
@@ -153,7 +149,7 @@ impl<W: Write> Router<W> {
             (Some(who), _) => (who.id, who.founders),
             (None, _) if join => {
                 log::info!("{node_id} waits to join a group: add it with member_add on the leader");
-                self.joining = Some(Joining {
+                self.mode = Mode::Joining(Joining {
                     me: node_id,
                     config,
                 });
@@ -185,7 +181,7 @@ impl<W: Write> Router<W> {
         match ClusterNode::open(&config, id, founders, roster.clone(), transport) {
             Ok(node) => {
                 log::info!("{node_id} is Raft member {id}");
-                self.cluster = Some(Member {
+                self.mode = Mode::Member(Member {
                     me: node_id,
                     id,
                     roster,
@@ -220,20 +216,20 @@ impl<W: Write> Router<W> {
             return true;
         };
         let body = &v["body"];
-        if let Some(j) = self.joining.take() {
+        if let Mode::Joining(j) = &self.mode {
             // The group's first message to a joining node names its Raft id.
-            match body["to"].as_u64().filter(|_| dest == j.me && !part) {
-                Some(id) if id != 0 => {
-                    let roster: Roster = Arc::default();
-                    self.open_member(j.me, j.config, id, &[], roster);
-                }
-                _ => {
-                    self.joining = Some(j);
-                    return true;
-                }
-            }
+            let Some(id) = body["to"]
+                .as_u64()
+                .filter(|id| *id != 0 && dest == j.me && !part)
+            else {
+                return true;
+            };
+            let Mode::Joining(j) = std::mem::replace(&mut self.mode, Mode::Uninitialized) else {
+                unreachable!("matched above")
+            };
+            self.open_member(j.me, j.config, id, &[], Roster::default());
         }
-        let Some(member) = self.cluster.as_ref() else {
+        let Mode::Member(member) = &self.mode else {
             return true;
         };
         if dest != member.me || body["to"].as_u64().is_some_and(|to| to != member.id) {
@@ -282,7 +278,7 @@ impl<W: Write> Router<W> {
 
     /// Writes a snapshot part to peer `to` as a `snapshot_part` line.
     pub(super) fn part_line(&mut self, to: u64, part: &Part) {
-        let Some(member) = &self.cluster else {
+        let Mode::Member(member) = &self.mode else {
             return;
         };
         let Some(dest) = member.name(to) else {
@@ -304,7 +300,7 @@ impl<W: Write> Router<W> {
 
     /// Writes a message to a peer as a `raft` line.
     pub(super) fn peer_line(&mut self, m: &Message) {
-        let Some(member) = &self.cluster else {
+        let Mode::Member(member) = &self.mode else {
             return;
         };
         let Some(dest) = member.name(m.to) else {
@@ -347,63 +343,32 @@ impl<W: Write> Router<W> {
     }
 
     pub(super) fn dispatch_cluster(&mut self, src: String, seq: u64, request: Request) {
-        let member = self.cluster.as_ref().expect("cluster mode");
+        let member = self.member();
         let node = &member.node;
         match request {
             Request::Init { .. } => unreachable!("handled by the router"),
-            Request::WalAppend { payload } => node.propose_with(
-                Command::Append(payload.into_bytes()),
-                self.reply_with(src, seq, |e| match e {
-                    Effect::Applied(offset) => Ok(Answer::Appended(offset)),
-                    other => Err(Error::Crashed(format!("an append applied as {other:?}"))),
-                }),
+            Request::WalAppend { payload } => node.append_with(
+                payload.into_bytes(),
+                self.reply_with(src, seq, |o| Ok(Answer::Appended(o))),
             ),
-            Request::Write { key, value } => node.propose_with(
-                Command::Append(kv::set_payload(&key, &value).into_bytes()),
-                self.reply_with(src, seq, |_| Ok(Answer::Written)),
+            Request::Write { key, value } => node.put_with(
+                &key,
+                &value,
+                self.reply_with(src, seq, |()| Ok(Answer::Written)),
             ),
-            Request::Cas { key, from, to } => node.propose_with(
-                Command::Cas {
-                    key: key.clone(),
-                    from: wire::json_text(&from),
-                    to,
-                },
-                self.reply_with(src, seq, move |e| match e {
-                    Effect::Applied(_) => Ok(Answer::Swapped),
-                    Effect::CasAbsent => Err(Error::NotFound(format!("key {key} does not exist"))),
-                    Effect::CasMismatch(cur) => Err(Error::PreconditionFailed(format!(
-                        "key {key} does not hold the expected value (it holds {cur})"
-                    ))),
-                    Effect::Recorded => Err(Error::Crashed("a cas applied as a record".into())),
-                }),
+            Request::Cas { key, from, to } => node.cas_with(
+                key,
+                wire::json_text(&from),
+                to,
+                self.reply_with(src, seq, |()| Ok(Answer::Swapped)),
             ),
             Request::Read { key } => {
-                let shown = key.clone();
-                node.read_with(
-                    ReadQuery::Key(key),
-                    self.reply_with(src, seq, move |a| match a {
-                        ReadAnswer::Value(Some(v)) => Ok(Answer::Value(v)),
-                        ReadAnswer::Value(None) => {
-                            Err(Error::NotFound(format!("key {shown} does not exist")))
-                        }
-                        _ => Err(Error::Crashed("a key read answered otherwise".into())),
-                    }),
-                )
+                node.get_with(key, self.reply_with(src, seq, |v| Ok(Answer::Value(v))))
             }
-            Request::WalRead { offset } => node.read_with(
-                ReadQuery::Entry(offset),
-                self.reply_with(src, seq, |a| match a {
-                    ReadAnswer::Entry(e) => Ok(Answer::Read(e)),
-                    _ => Err(Error::Crashed("an entry read answered otherwise".into())),
-                }),
-            ),
-            Request::WalInfo => node.read_with(
-                ReadQuery::Info,
-                self.reply_with(src, seq, |a| match a {
-                    ReadAnswer::Info(i) => Ok(Answer::Info(i)),
-                    _ => Err(Error::Crashed("an info read answered otherwise".into())),
-                }),
-            ),
+            Request::WalRead { offset } => {
+                node.read_entry_with(offset, self.reply_with(src, seq, |e| Ok(Answer::Read(e))))
+            }
+            Request::WalInfo => node.info_with(self.reply_with(src, seq, |i| Ok(Answer::Info(i)))),
             Request::WalStatus => {
                 let roster = member.roster.clone();
                 node.status_with(self.reply_with(src, seq, move |s: ClusterStatus| {
@@ -450,29 +415,22 @@ impl<W: Write> Router<W> {
 }
 
 /// The answer to a membership change.
-pub(super) fn changed_body(kind: &'static str, (c, names): &(Changed, Names)) -> Body {
+pub(super) fn changed_body(kind: &'static str, (m, names): &(Members, Names)) -> Body {
     let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
-    match c {
-        Changed::Done {
-            id,
-            voters,
-            learners,
-        } => ok(
-            kind,
-            vec![
-                ("raft_id", json!(id)),
-                ("voters", json!(voters.iter().map(name).collect::<Vec<_>>())),
-                (
-                    "learners",
-                    json!(learners.iter().map(name).collect::<Vec<_>>()),
-                ),
-            ],
-        ),
-        Changed::Refused(why) => error_body(
-            code::PRECONDITION_FAILED,
-            format!("the group refused the change: {why}"),
-        ),
-    }
+    ok(
+        kind,
+        vec![
+            ("raft_id", json!(m.changed)),
+            (
+                "voters",
+                json!(m.voters.iter().map(name).collect::<Vec<_>>()),
+            ),
+            (
+                "learners",
+                json!(m.learners.iter().map(name).collect::<Vec<_>>()),
+            ),
+        ],
+    )
 }
 
 /// A cluster node's `wal_status`.
@@ -530,18 +488,25 @@ pub(super) fn status_json((s, names): &(ClusterStatus, Names)) -> Value {
 }
 
 impl<W: Write> Router<W> {
+    fn member(&self) -> &Member {
+        match &self.mode {
+            Mode::Member(member) => member,
+            _ => unreachable!("only a member dispatches cluster requests"),
+        }
+    }
+
     fn change(&mut self, src: String, seq: u64, kind: &'static str, change: Change) {
-        let member = self.cluster.as_ref().expect("cluster mode");
+        let member = self.member();
         let roster = member.roster.clone();
-        let reply = self.reply_with(src, seq, move |c: Changed| {
+        let reply = self.reply_with(src, seq, move |m: Members| {
             let names = roster.read().expect("roster lock").clone();
-            Ok(Answer::Changed(kind, Box::new((c, names))))
+            Ok(Answer::Changed(kind, Box::new((m, names))))
         });
-        member.node.change_with(change, reply);
+        member.node.change_members_with(change, reply);
     }
 
     fn unknown_member(&mut self, src: String, seq: u64, name: &str) {
-        let known = self.cluster.as_ref().expect("cluster mode").names();
+        let known = self.member().names();
         let body = error_body(
             code::KEY_DOES_NOT_EXIST,
             format!(

@@ -232,10 +232,7 @@ enum Answer {
     Written,
     Swapped,
     ClusterStatus(Box<(crate::cluster::ClusterStatus, cluster::Names)>),
-    Changed(
-        &'static str,
-        Box<(crate::consensus::Changed, cluster::Names)>,
-    ),
+    Changed(&'static str, Box<(crate::cluster::Members, cluster::Names)>),
 }
 
 impl Answer {
@@ -356,17 +353,37 @@ struct SourceQueue {
     slots: VecDeque<Slot>,
 }
 
+/// What the router serves, which `init` decides.
+enum Mode {
+    /// Waiting for `init`.
+    Uninitialized,
+    /// A single node, with its node id.
+    Single(String, Node),
+    /// A member of a group (`init` named more than one node).
+    Member(cluster::Member),
+    /// A node started to join a group, waiting for the group's first message to it
+    /// (which names its Raft id).
+    Joining(cluster::Joining),
+}
+
+impl Mode {
+    /// This node's id, once `init` gave it one.
+    fn me(&self) -> Option<&str> {
+        match self {
+            Mode::Uninitialized => None,
+            Mode::Single(id, _) => Some(id),
+            Mode::Member(member) => Some(member.me()),
+            Mode::Joining(joining) => Some(joining.me()),
+        }
+    }
+}
+
 /// The router's state.
 struct Router<W: Write> {
     config: RouterConfig,
     out: std::io::BufWriter<W>,
     next_msg_id: u64,
-    node: Option<(String, Node)>,
-    /// The cluster node, when `init` named more than one node.
-    cluster: Option<cluster::Member>,
-    /// A node started to join a group, waiting for the group's first message to it
-    /// (which names its Raft id).
-    joining: Option<cluster::Joining>,
+    mode: Mode,
     /// Messages the consensus actor sends to peers, written as `raft` lines.
     peer_tx: Sender<crate::cluster::ToPeer>,
     queues: HashMap<String, SourceQueue>,
@@ -388,13 +405,11 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
     let (peer_tx, peer_rx) = crossbeam_channel::bounded(cluster::PEER_QUEUE);
     let mut router = Router {
         config,
-        cluster: None,
-        joining: None,
+        mode: Mode::Uninitialized,
         peer_tx,
         // Replies ready together go out in one write: flushed before the router waits.
         out: std::io::BufWriter::with_capacity(64 * 1024, output),
         next_msg_id: 0,
-        node: None,
         queues: HashMap::new(),
         queued: 0,
         done_tx,
@@ -466,14 +481,15 @@ impl<W: Write> Router<W> {
         }
         self.flush();
         let mut code = if self.fatal { 1 } else { 0 };
-        if let Some(member) = self.cluster.take() {
-            member.node.shutdown();
-        }
-        if let Some((_, node)) = self.node.take()
-            && let Err(e) = node.shutdown()
-        {
-            log::error!("{e}");
-            code = 1;
+        match std::mem::replace(&mut self.mode, Mode::Uninitialized) {
+            Mode::Member(member) => member.node.shutdown(),
+            Mode::Single(_, node) => {
+                if let Err(e) = node.shutdown() {
+                    log::error!("{e}");
+                    code = 1;
+                }
+            }
+            Mode::Uninitialized | Mode::Joining(_) => {}
         }
         code
     }
@@ -502,12 +518,7 @@ impl<W: Write> Router<W> {
 
     /// This node's id, when `env` names another node as its `dest` (after `init`).
     fn misaddressed(&self, env: &wire::Envelope) -> Option<String> {
-        let me = match (&self.node, &self.cluster, &self.joining) {
-            (Some((id, _)), _, _) => id.as_str(),
-            (None, Some(member), _) => member.me(),
-            (None, None, Some(joining)) => joining.me(),
-            (None, None, None) => return None,
-        };
+        let me = self.mode.me()?;
         match env.dest.as_deref() {
             Some(dest) if dest != me => Some(me.to_string()),
             _ => None,
@@ -518,7 +529,7 @@ impl<W: Write> Router<W> {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
-        if (self.cluster.is_some() || self.joining.is_some()) && self.peer_message(line) {
+        if matches!(self.mode, Mode::Member(_) | Mode::Joining(_)) && self.peer_message(line) {
             return;
         }
         let (env, request) = match wire::parse_line(line) {
@@ -548,7 +559,7 @@ impl<W: Write> Router<W> {
                 );
                 self.finish(&env.src, seq, error_body(code::MALFORMED_REQUEST, why));
             }
-            Ok(_) if self.joining.is_some() => self.finish(
+            Ok(_) if matches!(self.mode, Mode::Joining(_)) => self.finish(
                 &env.src,
                 seq,
                 error_body(
@@ -557,7 +568,7 @@ impl<W: Write> Router<W> {
                      (member_add on the leader) and send it a snapshot",
                 ),
             ),
-            Ok(_) if self.node.is_none() && self.cluster.is_none() => self.finish(
+            Ok(_) if matches!(self.mode, Mode::Uninitialized) => self.finish(
                 &env.src,
                 seq,
                 error_body(
@@ -617,10 +628,10 @@ impl<W: Write> Router<W> {
             let slot = q.slots.pop_front().expect("front exists");
             q.base += 1;
             self.queued -= 1;
-            let from = match (&self.node, &self.cluster) {
-                (Some((id, _)), _) => id.as_str(),
-                (None, Some(member)) => member.me(),
-                (None, None) => slot.dest.as_deref().unwrap_or(""),
+            let from = match &self.mode {
+                Mode::Single(id, _) => id.as_str(),
+                Mode::Member(member) => member.me(),
+                Mode::Uninitialized | Mode::Joining(_) => slot.dest.as_deref().unwrap_or(""),
             };
             let body = slot.body.expect("finished");
             let line = render(from, src, slot.in_reply_to, self.next_msg_id, &body);
@@ -643,13 +654,7 @@ impl<W: Write> Router<W> {
         if let Err(why) = wire::check_node_id(&node_id) {
             return error_body(code::MALFORMED_REQUEST, why);
         }
-        let current = match (&self.node, &self.cluster, &self.joining) {
-            (Some((id, _)), _, _) => Some(id.as_str()),
-            (None, Some(member), _) => Some(member.me()),
-            (None, None, Some(j)) => Some(j.me()),
-            (None, None, None) => None,
-        };
-        if let Some(current) = current {
+        if let Some(current) = self.mode.me() {
             return if current == node_id {
                 ok("init_ok", vec![])
             } else {
@@ -680,7 +685,7 @@ impl<W: Write> Router<W> {
         self.flush();
         match Node::open(config) {
             Ok(node) => {
-                self.node = Some((node_id, node));
+                self.mode = Mode::Single(node_id, node);
                 ok("init_ok", vec![])
             }
             Err(e @ Error::Unavailable(_)) => {
@@ -708,10 +713,11 @@ impl<W: Write> Router<W> {
     }
 
     fn dispatch(&mut self, src: String, seq: u64, request: Request) {
-        if self.cluster.is_some() {
-            return self.dispatch_cluster(src, seq, request);
-        }
-        let node = &self.node.as_ref().expect("initialized").1;
+        let node = match &self.mode {
+            Mode::Single(_, node) => node,
+            Mode::Member(_) => return self.dispatch_cluster(src, seq, request),
+            Mode::Uninitialized | Mode::Joining(_) => unreachable!("refused in on_line"),
+        };
         let a = node.appender();
         match request {
             Request::Init { .. } => unreachable!("handled by the router"),
