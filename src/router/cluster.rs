@@ -483,7 +483,7 @@ pub(super) fn status_json((s, names): &(ClusterStatus, Names)) -> Value {
         "learners": all(&s.learners),
         "refused_messages": s.refused_messages,
         "poisoned": s.poisoned,
-        "snapshot_store": s.store.as_ref().map(super::store_json),
+        "snapshot_store": s.store.as_ref().map(super::answer::store_json),
     })
 }
 

@@ -21,6 +21,7 @@
 //! and that bound is below every inbox's capacity, so the router's sends never wait
 //! on a full actor and the completion channel never fills.
 
+mod answer;
 mod cluster;
 pub mod json;
 mod peer_json;
@@ -31,15 +32,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 
 use crossbeam_channel::{Receiver, Sender, select};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::actor::Reply;
 use crate::config::Config;
-use crate::core::position::Offset;
 use crate::error::Error;
 use crate::node::Node;
-use crate::types::Status;
-use wire::{Envelope, Request, WireError, code};
+use answer::{Answer, Body, error_body, from_error, from_wire, ok, render};
+pub use answer::{error_code, policy_json};
+use wire::{Envelope, Request, code};
 
 /// How the router opens its node.
 #[derive(Debug, Clone)]
@@ -177,153 +178,6 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Vec<Line>>) {
     }
     if !ready.is_empty() {
         let _ = tx.send(ready);
-    }
-}
-
-/// A reply body: type, then fields in order (`in_reply_to` and `msg_id` are added
-/// when written).
-pub struct Body {
-    kind: &'static str,
-    fields: Vec<(&'static str, Value)>,
-}
-
-fn ok(kind: &'static str, fields: Vec<(&'static str, Value)>) -> Body {
-    Body { kind, fields }
-}
-
-fn error_body(code: u64, text: impl Into<String>) -> Body {
-    Body {
-        kind: "error",
-        fields: vec![("code", json!(code)), ("text", Value::String(text.into()))],
-    }
-}
-
-/// The Maelstrom code of a library error.
-pub fn error_code(e: &Error) -> u64 {
-    match e {
-        Error::InvalidArgument(_) => code::MALFORMED_REQUEST,
-        Error::NotFound(_) => code::KEY_DOES_NOT_EXIST,
-        Error::PreconditionFailed(_) => code::PRECONDITION_FAILED,
-        Error::Unavailable(_) => code::TEMPORARILY_UNAVAILABLE,
-        Error::Crashed(_) | Error::Open(_) => code::CRASH,
-    }
-}
-
-fn from_error(e: &Error) -> Body {
-    error_body(error_code(e), e.text())
-}
-
-fn from_wire(e: WireError) -> Body {
-    error_body(e.code, e.text)
-}
-
-/// What an actor answered, typed: the router renders it as JSON on its own thread.
-enum Answer {
-    Appended(Offset),
-    Read(crate::ReadEntry),
-    Info(crate::Info),
-    SegmentBytes(u64),
-    Policy(crate::Policy),
-    Segments(crate::SegmentList),
-    Snapshot(crate::SnapshotFile),
-    Compaction(crate::Compaction),
-    Status(Box<Status>),
-    Value(String),
-    Written,
-    Swapped,
-    ClusterStatus(Box<(crate::cluster::ClusterStatus, cluster::Names)>),
-    Changed(&'static str, Box<(crate::cluster::Members, cluster::Names)>),
-}
-
-impl Answer {
-    fn status(s: Status) -> Answer {
-        Answer::Status(Box::new(s))
-    }
-
-    fn written(_offset: Offset) -> Answer {
-        Answer::Written
-    }
-
-    fn swapped(_offset: Offset) -> Answer {
-        Answer::Swapped
-    }
-
-    /// The reply body.
-    fn render(self) -> Body {
-        match self {
-            Answer::Appended(offset) => {
-                ok("wal_append_ok", vec![("offset", json!(offset.on_wire()))])
-            }
-            Answer::Read(e) => ok(
-                "wal_read_ok",
-                vec![
-                    (
-                        "payload",
-                        Value::String(String::from_utf8_lossy(&e.payload).into_owned()),
-                    ),
-                    ("checksum_valid", Value::Bool(e.checksum_valid)),
-                ],
-            ),
-            Answer::Info(i) => ok(
-                "wal_info_ok",
-                vec![
-                    ("entries", json!(i.entries)),
-                    ("total_bytes", json!(i.total_bytes)),
-                    ("fsynced", json!(i.fsynced)),
-                ],
-            ),
-            Answer::SegmentBytes(b) => ok(
-                "wal_segment_config_ok",
-                vec![("max_segment_bytes", json!(b))],
-            ),
-            Answer::Policy(p) => ok("wal_policy_ok", vec![("policy", policy_json(&p))]),
-            Answer::Segments(l) => {
-                let segments = l
-                    .segments
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "file": s.file,
-                            "start_offset": s.start_offset.on_wire(),
-                            "end_offset": s.end_offset.map(Offset::on_wire),
-                            "size_bytes": s.size_bytes,
-                            "sealed": s.sealed,
-                        })
-                    })
-                    .collect();
-                ok(
-                    "wal_segment_info_ok",
-                    vec![
-                        ("segments", Value::Array(segments)),
-                        ("active_segment", json!(l.active_segment)),
-                    ],
-                )
-            }
-            Answer::Snapshot(s) => ok(
-                "wal_snapshot_ok",
-                vec![
-                    ("snapshot_offset", json!(s.offset.on_wire())),
-                    ("snapshot_size_bytes", json!(s.size_bytes)),
-                ],
-            ),
-            Answer::Compaction(c) => ok(
-                "wal_compact_ok",
-                vec![
-                    ("snapshot_offset", json!(c.snapshot_offset.on_wire())),
-                    ("entries_before", json!(c.entries_before)),
-                    ("entries_after", json!(c.entries_after)),
-                    ("bytes_freed", json!(c.bytes_freed)),
-                ],
-            ),
-            Answer::Status(s) => ok("wal_status_ok", vec![("status", status_json(&s))]),
-            Answer::Value(text) => ok("read_ok", vec![("value", wire::stored_to_json(&text))]),
-            Answer::Written => ok("write_ok", vec![]),
-            Answer::Swapped => ok("cas_ok", vec![]),
-            Answer::Changed(kind, c) => cluster::changed_body(kind, &c),
-            Answer::ClusterStatus(s) => {
-                ok("wal_status_ok", vec![("status", cluster::status_json(&s))])
-            }
-        }
     }
 }
 
@@ -765,145 +619,10 @@ impl<W: Write> Router<W> {
     }
 }
 
-/// One output line, newline included.
-fn render(node_id: &str, dest: &str, in_reply_to: u64, msg_id: u64, body: &Body) -> String {
-    let mut out = String::with_capacity(128);
-    out.push_str("{\"src\": ");
-    json::write_str(&mut out, node_id);
-    out.push_str(", \"dest\": ");
-    json::write_str(&mut out, dest);
-    out.push_str(", \"body\": {\"type\": ");
-    json::write_str(&mut out, body.kind);
-    out.push_str(&format!(", \"in_reply_to\": {in_reply_to}"));
-    for (name, value) in &body.fields {
-        out.push_str(", ");
-        json::write_str(&mut out, name);
-        out.push_str(": ");
-        json::write_value(&mut out, value);
-    }
-    out.push_str(&format!(", \"msg_id\": {msg_id}}}}}\n"));
-    out
-}
-
-/// The log-management policy, field by field in a fixed order.
-pub fn policy_json(p: &crate::Policy) -> Value {
-    json!({
-        "snapshot_entries": p.snapshot_entries,
-        "snapshot_bytes": p.snapshot_bytes,
-        "snapshot_age_ms": p.snapshot_age_ms,
-        "jitter_percent": p.jitter_percent,
-        "auto_compact": p.auto_compact,
-        "trailing_entries": p.trailing_entries,
-        "retain_snapshots": p.retain_snapshots,
-        "max_chain": p.max_chain,
-        "delta_share_percent": p.delta_share_percent,
-    })
-}
-
-fn management_json(m: &crate::Management) -> Value {
-    let triggers: serde_json::Map<String, Value> = m
-        .triggers
-        .iter()
-        .map(|t| {
-            (
-                t.name.to_string(),
-                json!({"threshold": t.threshold, "current": t.current, "remaining": t.remaining}),
-            )
-        })
-        .collect();
-    let snapshots: Vec<Value> = m
-        .snapshots
-        .iter()
-        .map(|k| {
-            json!({
-                "file": k.file,
-                "kind": k.kind,
-                "offset": k.offset.on_wire(),
-                "size_bytes": k.size_bytes,
-                "age_ms": k.age_ms,
-            })
-        })
-        .collect();
-    json!({
-        "triggers": triggers,
-        "snapshots": snapshots,
-        "last_snapshot_bytes": m.last_snapshot_bytes,
-        "bytes_reclaimable": m.bytes_reclaimable,
-        "replay_entries": m.replay_entries,
-        "replay_estimate_ms": m.replay_estimate_ms,
-        "oldest_segment": m.oldest_segment.as_ref().map(|(file, why)| json!({"file": file, "kept_because": why})),
-    })
-}
-
-fn status_json(s: &Status) -> Value {
-    let snapshot = s.latest_snapshot.as_ref().map(
-        |snap| json!({"file": snap.file, "offset": snap.offset.on_wire(), "size_bytes": snap.size_bytes}),
-    );
-    let r = &s.recovery;
-    json!({
-        "first_offset": s.first_offset.on_wire(),
-        "next_offset": s.next_offset.on_wire(),
-        "entries": s.entries,
-        "total_bytes": s.total_bytes,
-        "segments": s.segments,
-        "active_segment": s.active_segment,
-        "keys": s.keys,
-        "other_payloads": s.other_payloads,
-        "fsynced": s.fsynced,
-        "poisoned": s.poisoned,
-        "policy": {
-            "fsync": s.fsync.to_string(),
-            "max_segment_bytes": s.segment_bytes_max,
-            "max_payload_bytes": s.payload_bytes_max,
-            "log_management": policy_json(&s.management.policy),
-        },
-        "log_management": management_json(&s.management),
-        "latest_snapshot": snapshot,
-        "last_snapshot_ms": s.last_snapshot_ms,
-        "counters": {
-            "appends": s.counters.appends,
-            "group_commits": s.counters.batches,
-            "fsyncs": s.counters.fsyncs,
-            "snapshots": s.counters.snapshots,
-            "compactions": s.counters.compactions,
-            "bytes_freed": s.counters.bytes_freed,
-        },
-        "last_recovery": {
-            "snapshot": r.snapshot.as_ref().map(|snap| snap.file.clone()),
-            "snapshot_offset": r.snapshot.as_ref().map(|snap| snap.offset.on_wire()),
-            "snapshots_skipped": r.snapshots_skipped,
-            "entries_replayed": r.entries_replayed,
-            "bytes_truncated": r.bytes_truncated,
-            "broken_file": r.broken_file,
-            "temp_files_removed": r.temp_files_removed,
-            "segments_deleted": r.segments_deleted,
-            "foreign_files": r.foreign_files,
-            "duration_ms": r.duration_ms,
-        },
-        "snapshot_store": s.store.as_ref().map(store_json),
-    })
-}
-
-/// The uploads to the snapshot store, as `wal_status` shows them.
-pub(crate) fn store_json(u: &crate::types::UploadStatus) -> Value {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    json!({
-        "url": u.url,
-        "uploaded_index": u.uploaded_index,
-        "uploaded_age_ms": u.uploaded_at_ms.map(|t| now_ms.saturating_sub(t)),
-        "chains_uploaded": u.chains_uploaded,
-        "bytes_uploaded": u.bytes_uploaded,
-        "queued": u.queued,
-        "failures": u.failures,
-        "last_error": u.last_error,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn renders_the_sample_init_reply_byte_for_byte() {
