@@ -71,7 +71,7 @@ pub struct Examination {
     pub raft_log: bool,
     /// On a cluster node: who it is in its group and its hard state, as `raft.state`
     /// records them (`term`, `vote`, `commit`; the commit index may lag).
-    pub raft_member: Option<(crate::consensus::durable::Identity, [u64; 3])>,
+    pub raft_member: Option<(crate::raftlog::Identity, [u64; 3])>,
     /// The process holding the directory's lock, when a node runs on it: the
     /// examination then sees a directory that is changing, and its temp files are the
     /// node's work in progress, not debris.
@@ -107,7 +107,7 @@ pub fn examine(fs: &dyn FileSystem, dir: &Path) -> Examination {
     report_files(fs, dir, &mut ex, &survey.listing);
     ex.raft_log = survey.listing.raft_state;
     if ex.raft_log {
-        match crate::consensus::durable::read_raft_state(fs, dir) {
+        match crate::raftlog::read_raft_state(fs, dir) {
             Ok(found) => {
                 ex.raft_member = found.map(|(who, hs)| (who, [hs.term, hs.vote, hs.commit]));
             }

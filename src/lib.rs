@@ -21,6 +21,7 @@ pub mod fuzz_entry;
 pub mod inspect;
 pub mod lincheck;
 mod node;
+pub mod raftlog;
 pub mod router;
 pub mod snapshot;
 pub mod store;

@@ -40,7 +40,7 @@ pub(super) struct Consensus {
     pub(super) download: Option<Download>,
     /// A snapshot received whole, waiting for a compaction in flight to end before
     /// raft-rs installs it.
-    pub(super) installing: Option<(Message, Box<image::Image>)>,
+    pub(super) installing: Option<(Message, Box<crate::consensus::Image>)>,
     /// On a leader: when each follower catching up from a snapshot was last heard of
     /// (offered one, or asked for chunks).
     pub(super) serving: HashMap<u64, (Instant, u64)>,
@@ -188,9 +188,9 @@ impl Consensus {
     }
 
     /// The snapshotter or the compactor finished a job.
-    pub(super) fn on_report(&mut self, r: manage::Report) {
+    pub(super) fn on_report(&mut self, r: snapshotter::Report) {
         match r {
-            manage::Report::Snapshot(r) => {
+            snapshotter::Report::Snapshot(r) => {
                 match self.manager.snapshot_done(&r) {
                     Ok(Some((id, compact))) => {
                         let index = id.index;
@@ -230,21 +230,21 @@ impl Consensus {
                 }
                 self.serve_admin();
             }
-            manage::Report::Compaction(r) => {
+            snapshotter::Report::Compaction(r) => {
                 self.manager.compaction_done(r);
                 self.install_when_idle();
                 self.serve_admin();
             }
-            manage::Report::Received { part, durable } => self.received(&part, durable),
-            manage::Report::Missing { file } => {
+            snapshotter::Report::Received { part, durable } => self.received(&part, durable),
+            snapshotter::Report::Missing { file } => {
                 // Offer nothing until a newer snapshot is durable: write one now.
                 if self.peer.store_mut().withdraw(&file) && !self.manager.cutting() {
                     let image = self.peer.image();
                     self.manager.cut(image);
                 }
             }
-            manage::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
-            manage::Report::Fetched { id, outcome } => self.fetched(id, outcome),
+            snapshotter::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
+            snapshotter::Report::Fetched { id, outcome } => self.fetched(id, outcome),
         }
     }
 
@@ -558,7 +558,7 @@ impl Consensus {
     }
 
     /// Offers a durable snapshot to the uploader, if the node has a store.
-    pub(super) fn upload(&self, w: &manage::Written) {
+    pub(super) fn upload(&self, w: &snapshotter::Written) {
         let Some((uploader, _)) = &self.uploader else {
             return;
         };

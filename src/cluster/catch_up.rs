@@ -2,7 +2,7 @@
 //! follower (see [`super::transfer`]); methods of the consensus actor.
 
 use super::*;
-use crate::consensus::image::Link;
+use crate::raftlog::image::Link;
 
 /// A snapshot being received: see [`transfer`].
 pub(super) struct Download {
@@ -163,7 +163,7 @@ impl Consensus {
                 String::new()
             }
         );
-        self.manager.job(manage::Job::Forget {
+        self.manager.job(snapshotter::Job::Forget {
             keep: need.iter().map(Link::part_name).collect(),
         });
         self.download = Some(d);
@@ -192,7 +192,7 @@ impl Consensus {
             let (reports, id) = (reports.clone(), id.clone());
             move |why: String| {
                 let outcome = Err(format!("the fetch failed: {why}"));
-                let _ = reports.send(manage::Report::Fetched { id, outcome });
+                let _ = reports.send(snapshotter::Report::Fetched { id, outcome });
             }
         };
         let spawned = spawn_actor("store-fetch", on_panic, move || {
@@ -206,7 +206,7 @@ impl Consensus {
                 }
                 Ok(objects.join(", "))
             });
-            let _ = reports.send(manage::Report::Fetched { id, outcome });
+            let _ = reports.send(snapshotter::Report::Fetched { id, outcome });
         });
         // Fetches that ended are joined here; the rest when the actor stops.
         let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fetchers)
@@ -261,7 +261,8 @@ impl Consensus {
                 );
                 d.restart();
                 // What the fetch left in the part files is not trusted.
-                self.manager.job(manage::Job::Forget { keep: Vec::new() });
+                self.manager
+                    .job(snapshotter::Job::Forget { keep: Vec::new() });
             }
         }
         self.ask();
@@ -286,7 +287,7 @@ impl Consensus {
                 d.id.clone(),
                 d.need.iter().map(|l| l.file.clone()).collect(),
             );
-            return self.manager.job(manage::Job::Finish { id, received });
+            return self.manager.job(snapshotter::Job::Finish { id, received });
         };
         d.expected = d.durable;
         d.asked = (d.durable + u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES).min(l.size);
@@ -318,7 +319,7 @@ impl Consensus {
                     .find(|(id, _)| *id == from)
                     .map_or(own, |(_, tip)| tip.max(own));
                 self.serving.insert(from, (Instant::now(), index));
-                self.manager.job(manage::Job::Serve {
+                self.manager.job(snapshotter::Job::Serve {
                     to: from,
                     file,
                     checksum,
@@ -350,7 +351,7 @@ impl Consensus {
                 d.asked_at = Instant::now();
                 // One sync per window: the window's last chunk makes it durable.
                 let sync = d.expected >= d.asked;
-                self.manager.job(manage::Job::Receive {
+                self.manager.job(snapshotter::Job::Receive {
                     part: crate::core::layout::snapshot_part(&file, checksum),
                     at,
                     data,
@@ -389,7 +390,10 @@ impl Consensus {
     pub(super) fn downloaded(
         &mut self,
         id: transfer::Identity,
-        outcome: std::result::Result<(image::Image, Vec<crate::snapshot::SnapshotFile>), String>,
+        outcome: std::result::Result<
+            (crate::consensus::Image, Vec<crate::snapshot::SnapshotFile>),
+            String,
+        >,
     ) {
         let Some(d) = self.download.take_if(|d| d.id == id) else {
             return;
@@ -508,7 +512,8 @@ impl Consensus {
             .map(|(id, m, _)| (id, m))
             .collect();
         self.serving.retain(|id, (at, index)| {
-            at.elapsed() < manage::PIN && matched.get(id).is_none_or(|m| *m < newest.max(*index))
+            at.elapsed() < snapshotter::PIN
+                && matched.get(id).is_none_or(|m| *m < newest.max(*index))
         });
     }
 }

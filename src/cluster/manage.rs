@@ -3,7 +3,7 @@
 //!
 //! The consensus actor cuts an [`Image`] (O(1): the map is shared) when the policy's
 //! entries or age trigger fires, and hands it to the **snapshotter** thread
-//! (`snapshotter.rs`; this file starts it and holds its jobs and reports), which
+//! (`snapshotter.rs`, with its jobs and reports; this file starts it), which
 //! writes it crash-safely, as a full snapshot `<index>.rsnap` or, when the policy's
 //! chain allows, as a delta `<index>.rdelta` on the newest one (what changed since:
 //! the persistent maps' diff), applies retention (whole chains), and reports back. Once a
@@ -20,14 +20,14 @@
 //! snapshot and replays the log from right after it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::actor::compactor::{Compactor, CompactorMsg};
 use crate::actor::{Feedback, Reply, spawn_actor};
 use crate::config::Config;
-use crate::consensus::image::Image;
+use crate::consensus::Image;
 use crate::core::policy::{self, Policy, Progress, Thresholds};
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
@@ -36,87 +36,8 @@ use crate::types::{Compaction, SnapshotFile};
 use crate::wal::SyncCount;
 
 use super::Transport;
-use super::snapshotter::Snapshotter;
+use super::snapshotter::{Cut, Job, Report, Snapshotter, Written};
 use super::transfer::Identity;
-
-/// A snapshot to write, with the policy in force (retention, chain length).
-pub(super) struct Cut {
-    pub(super) image: Image,
-    pub(super) policy: Policy,
-}
-
-/// Work for the snapshotter thread.
-pub(super) enum Job {
-    /// Write a snapshot.
-    Cut(Cut),
-    /// Send `count` chunks of one of this node's snapshots to member `to`.
-    Serve {
-        to: u64,
-        file: String,
-        checksum: u32,
-        from: u64,
-        count: u32,
-        /// When the ask arrived.
-        asked: Instant,
-    },
-    /// Write a received chunk at byte `at` of the part file `part` (created at 0),
-    /// and sync it if `sync` (the last chunk of a window, or of the file).
-    Receive {
-        part: String,
-        at: u64,
-        data: Vec<u8>,
-        sync: bool,
-    },
-    /// The chain `id` is whole (the files named in `received` in their part files,
-    /// the others in place): verify it and rename the received files into place.
-    Finish { id: Identity, received: Vec<String> },
-    /// Remove part files other than `keep` (a transfer that will not resume).
-    Forget { keep: Vec<String> },
-}
-
-/// Snapshot files pinned by a transfer stay this long after the last ask.
-pub(super) const PIN: Duration = Duration::from_secs(30);
-
-/// What the snapshotter and the compactor report to the consensus actor.
-pub(super) enum Report {
-    /// A snapshot is durable (and retention applied), or why not; `fatal` when a sync
-    /// failed.
-    Snapshot(std::result::Result<Written, (String, bool)>),
-    /// A compaction finished (its requester, if any, was answered).
-    Compaction(std::result::Result<Compaction, String>),
-    /// The part file `part` holds its first `durable` bytes durably.
-    Received { part: String, durable: u64 },
-    /// A member asked for snapshot `file`, which is not (or no longer) on this node's
-    /// disk: it must not be offered again.
-    Missing { file: String },
-    /// A received snapshot is whole, verified and in place (its chain's files, base
-    /// first), or why not (the part files are then gone: the transfer starts over).
-    Downloaded {
-        id: Identity,
-        outcome: std::result::Result<(Image, Vec<SnapshotFile>), String>,
-    },
-    /// A snapshot offered was fetched from the snapshot store into its part file
-    /// (whole and synced), or why not.
-    Fetched {
-        id: Identity,
-        outcome: std::result::Result<String, String>,
-    },
-}
-
-/// A durable snapshot.
-pub(super) struct Written {
-    /// Its tip: the file just written.
-    pub file: SnapshotFile,
-    /// Its chain, base first (the tip last).
-    pub chain: Vec<SnapshotFile>,
-    pub term: u64,
-    /// The configuration it records: voters and learners.
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-    pub duration_ms: u64,
-    /// The client offsets it covers: `[0, next_offset)`.
-    pub next_offset: Offset,
-}
 
 /// What the consensus actor knows of its log management, for `wal_status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -380,7 +301,7 @@ impl Manager {
         at: Offset,
         snapshot: u64,
         next_offset: Offset,
-        plan: crate::consensus::durable::CompactionPlan,
+        plan: crate::raftlog::CompactionPlan,
         then: Option<Reply<Compaction>>,
     ) {
         let Some(compactor) = &self.compactor else {

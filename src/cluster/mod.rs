@@ -55,16 +55,14 @@ use raft::eraftpb::Message;
 use crate::actor::uploader::{Upload, UploaderHandle};
 use crate::actor::{Feedback, Reply, spawn_actor};
 use crate::config::Config;
-use crate::consensus::durable::{SyncJob, Syncer};
-use crate::consensus::image;
-use crate::consensus::{
-    Change, Changed, Command, Effect, Outcome, Peer, PeerConfig, RaftLog, Refused,
-};
+use crate::consensus::{Change, Changed, Command, Effect, Outcome, Peer, PeerConfig, Refused};
 use crate::core::policy;
 use crate::core::policy::{Policy, PolicyUpdate};
 use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, RealFs};
+use crate::raftlog::image;
+use crate::raftlog::{RaftLog, SyncJob, Syncer};
 use crate::types::{Compaction, Info, ReadEntry, SegmentList, SnapshotFile};
 use actor::Consensus;
 use admin::Admin;
@@ -156,7 +154,7 @@ pub struct ClusterStatus {
     pub learners: Vec<u64>,
     /// This node's Raft id.
     pub id: u64,
-    /// Its directory's incarnation (see `consensus::durable::Identity`).
+    /// Its directory's incarnation (see `raftlog::Identity`).
     pub incarnation: u64,
     /// Peer messages refused since the node started because they came from another
     /// incarnation of a member than the one the group recorded.

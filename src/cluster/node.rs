@@ -361,7 +361,7 @@ fn bootstrap_from_store(
         let mut why = Vec::new();
         for m in ours {
             match crate::store::fetch_chain(&*store, fs, dir, m).and_then(|bytes| {
-                crate::consensus::durable::mark_install(fs, dir, m.index, m.term)
+                crate::raftlog::mark_install(fs, dir, m.index, m.term)
                     .map_err(|e| format!("cannot mark the install: {e}"))?;
                 Ok(bytes)
             }) {

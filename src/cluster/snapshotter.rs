@@ -7,20 +7,99 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Transport;
-use super::manage::{Cut, Job, PIN, Report, Written};
 use super::transfer::{CHUNK_BYTES, Identity, Part};
-use crate::consensus::image::{self, Image};
+use crate::consensus::Image;
 use crate::core::kv::KvState;
-use crate::core::policy::{self, ChainSize, SnapshotMode};
+use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
 use crate::core::position::Offset;
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
+use crate::raftlog::image;
 use crate::snapshot::WritePace;
-use crate::types::SnapshotFile;
+use crate::types::{Compaction, SnapshotFile};
+
+/// A snapshot to write, with the policy in force (retention, chain length).
+pub(super) struct Cut {
+    pub(super) image: Image,
+    pub(super) policy: Policy,
+}
+
+/// Work for the snapshotter thread.
+pub(super) enum Job {
+    /// Write a snapshot.
+    Cut(Cut),
+    /// Send `count` chunks of one of this node's snapshots to member `to`.
+    Serve {
+        to: u64,
+        file: String,
+        checksum: u32,
+        from: u64,
+        count: u32,
+        /// When the ask arrived.
+        asked: Instant,
+    },
+    /// Write a received chunk at byte `at` of the part file `part` (created at 0),
+    /// and sync it if `sync` (the last chunk of a window, or of the file).
+    Receive {
+        part: String,
+        at: u64,
+        data: Vec<u8>,
+        sync: bool,
+    },
+    /// The chain `id` is whole (the files named in `received` in their part files,
+    /// the others in place): verify it and rename the received files into place.
+    Finish { id: Identity, received: Vec<String> },
+    /// Remove part files other than `keep` (a transfer that will not resume).
+    Forget { keep: Vec<String> },
+}
+
+/// Snapshot files pinned by a transfer stay this long after the last ask.
+pub(super) const PIN: Duration = Duration::from_secs(30);
+
+/// What the snapshotter and the compactor report to the consensus actor.
+pub(super) enum Report {
+    /// A snapshot is durable (and retention applied), or why not; `fatal` when a sync
+    /// failed.
+    Snapshot(std::result::Result<Written, (String, bool)>),
+    /// A compaction finished (its requester, if any, was answered).
+    Compaction(std::result::Result<Compaction, String>),
+    /// The part file `part` holds its first `durable` bytes durably.
+    Received { part: String, durable: u64 },
+    /// A member asked for snapshot `file`, which is not (or no longer) on this node's
+    /// disk: it must not be offered again.
+    Missing { file: String },
+    /// A received snapshot is whole, verified and in place (its chain's files, base
+    /// first), or why not (the part files are then gone: the transfer starts over).
+    Downloaded {
+        id: Identity,
+        outcome: std::result::Result<(Image, Vec<SnapshotFile>), String>,
+    },
+    /// A snapshot offered was fetched from the snapshot store into its part file
+    /// (whole and synced), or why not.
+    Fetched {
+        id: Identity,
+        outcome: std::result::Result<String, String>,
+    },
+}
+
+/// A durable snapshot.
+pub(super) struct Written {
+    /// Its tip: the file just written.
+    pub file: SnapshotFile,
+    /// Its chain, base first (the tip last).
+    pub chain: Vec<SnapshotFile>,
+    pub term: u64,
+    /// The configuration it records: voters and learners.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub duration_ms: u64,
+    /// The client offsets it covers: `[0, next_offset)`.
+    pub next_offset: Offset,
+}
 
 /// The snapshotter thread's state (see the module documentation).
 pub(super) struct Snapshotter {
@@ -441,7 +520,7 @@ impl Snapshotter {
         // The chain's other files first, made durable, then the tip: a crash between
         // leaves no tip whose chain is not whole.
         let (tip, parents) = links.split_last().expect("a chain has a file");
-        let put = |l: &crate::consensus::image::Link| -> std::io::Result<()> {
+        let put = |l: &crate::raftlog::image::Link| -> std::io::Result<()> {
             if received.contains(&l.file) {
                 self.fs
                     .rename(&join(&self.dir, &l.part_name()), &join(&self.dir, &l.file))?;

@@ -7,8 +7,8 @@
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::actor::spawn_actor;
-use crate::consensus::durable::{SyncJob, Syncer};
 use crate::error::{Error, Result};
+use crate::raftlog::{SyncJob, Syncer};
 
 /// What the syncer reports: every Ready up to the number is durable (with the writes
 /// count of its job), or why a sync failed.

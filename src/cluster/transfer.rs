@@ -35,7 +35,7 @@ pub const WINDOW: u32 = 4;
 /// A transfer that made no progress for this long asks again from its durable length.
 pub const ASK_AGAIN: Duration = Duration::from_millis(400);
 
-pub use crate::consensus::image::Identity;
+pub use crate::raftlog::image::Identity;
 
 /// A message of a transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,7 @@ mod tests {
         assert!(Identity::decode(&id.encode()[..30]).is_err());
         let chain = Identity {
             file: crate::core::layout::raft_delta(1234),
-            parents: vec![crate::consensus::image::Link {
+            parents: vec![crate::raftlog::image::Link {
                 file: crate::core::layout::raft_snapshot(1000),
                 size: 5_000_000,
                 checksum: 7,

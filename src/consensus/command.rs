@@ -315,6 +315,26 @@ impl Machine {
     }
 }
 
+/// The replicated state machine at a Raft index: a snapshot's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The term of the entry at `machine.applied`.
+    pub term: u64,
+    /// The group's voters, sorted.
+    pub voters: Vec<u64>,
+    /// Its learners (members that receive the log but do not vote), sorted.
+    pub learners: Vec<u64>,
+    /// The state machine; `machine.applied` is the image's index.
+    pub machine: Machine,
+}
+
+impl Image {
+    /// The Raft index the image stands at.
+    pub fn index(&self) -> u64 {
+        self.machine.applied
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

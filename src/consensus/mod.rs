@@ -23,20 +23,16 @@
 //! leaves only after [`Peer::persisted`] covered it.
 
 pub mod command;
-pub mod durable;
-pub mod image;
 mod membership;
 #[cfg(test)]
 mod rules;
 pub mod sim;
-mod state;
 pub mod store;
 
 use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 
-pub use command::{Command, Effect, Machine, Ticket};
-pub use durable::RaftLog;
+pub use command::{Command, Effect, Image, Machine, Ticket};
 pub use membership::{Change, Changed, PROMOTE_LAG, members_of, name_founders};
 pub use store::{LogStore, MemLog};
 
@@ -134,7 +130,7 @@ pub struct Peer<S: LogStore> {
     asked_snapshot_at: Option<u64>,
     /// The state machine of the snapshot the driver stepped in last, until raft-rs
     /// installs it (or ignores it: it was not newer than what this node committed).
-    incoming: Option<image::Image>,
+    incoming: Option<Image>,
     /// A snapshot installed by a cycle: its index, once that cycle is durable.
     installed: Option<(u64, u64)>,
 }
@@ -197,13 +193,13 @@ impl<S: LogStore> Peer<S> {
 
     /// A snapshot's content: the state machine as applied so far, with the term of
     /// its last entry and the voters. O(1) in the state's size (the map is shared).
-    pub fn image(&self) -> image::Image {
+    pub fn image(&self) -> Image {
         let index = self.machine.applied;
         let term = self.node.raft.raft_log.term(index).unwrap_or_else(|e| {
             panic!("the term of applied entry {index} is unknown: {e}");
         });
         let (voters, learners) = self.members();
-        image::Image {
+        Image {
             term,
             voters,
             learners,
@@ -462,7 +458,7 @@ impl<S: LogStore> Peer<S> {
     /// driver has in full, verified and durable in the store's directory (`image`).
     /// raft-rs installs it in a later cycle, or ignores it if this node already
     /// committed past it.
-    pub fn step_snapshot(&mut self, msg: Message, image: image::Image) {
+    pub fn step_snapshot(&mut self, msg: Message, image: Image) {
         let meta = msg.get_snapshot().get_metadata();
         assert_eq!(
             (meta.index, meta.term),

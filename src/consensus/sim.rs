@@ -158,7 +158,7 @@ struct Sim {
     next_act: u64,
     target: u64,
     /// States offered as snapshots, by index (what a newcomer installs).
-    images: BTreeMap<u64, super::image::Image>,
+    images: BTreeMap<u64, super::Image>,
     /// Per (leader, follower): since when the leader waits for the follower to
     /// install a snapshot (the node's driver reports it failed after a while, so
     /// that a lost offer is sent again).

@@ -3,11 +3,14 @@
 
 use serde_json::{Value, json};
 
-use super::cluster;
 use super::wire::{self, WireError, code};
+use crate::cluster::{ClusterStatus, Members};
 use crate::core::position::Offset;
 use crate::error::Error;
 use crate::types::Status;
+
+/// The node id of each Raft id, as the router last read it from the roster.
+pub(super) type Names = std::collections::BTreeMap<u64, String>;
 
 /// A reply body: type, then fields in order (`in_reply_to` and `msg_id` are added
 /// when written).
@@ -60,8 +63,8 @@ pub(super) enum Answer {
     Value(String),
     Written,
     Swapped,
-    ClusterStatus(Box<(crate::cluster::ClusterStatus, cluster::Names)>),
-    Changed(&'static str, Box<(crate::cluster::Members, cluster::Names)>),
+    ClusterStatus(Box<(crate::cluster::ClusterStatus, Names)>),
+    Changed(&'static str, Box<(crate::cluster::Members, Names)>),
 }
 
 impl Answer {
@@ -148,9 +151,9 @@ impl Answer {
             Answer::Value(text) => ok("read_ok", vec![("value", wire::stored_to_json(&text))]),
             Answer::Written => ok("write_ok", vec![]),
             Answer::Swapped => ok("cas_ok", vec![]),
-            Answer::Changed(kind, c) => cluster::changed_body(kind, &c),
+            Answer::Changed(kind, c) => changed_body(kind, &c),
             Answer::ClusterStatus(s) => {
-                ok("wal_status_ok", vec![("status", cluster::status_json(&s))])
+                ok("wal_status_ok", vec![("status", cluster_status_json(&s))])
             }
         }
     }
@@ -295,5 +298,78 @@ pub(crate) fn store_json(u: &crate::types::UploadStatus) -> Value {
         "queued": u.queued,
         "failures": u.failures,
         "last_error": u.last_error,
+    })
+}
+
+/// The answer to a membership change.
+pub(super) fn changed_body(kind: &'static str, (m, names): &(Members, Names)) -> Body {
+    let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
+    ok(
+        kind,
+        vec![
+            ("raft_id", json!(m.changed)),
+            (
+                "voters",
+                json!(m.voters.iter().map(name).collect::<Vec<_>>()),
+            ),
+            (
+                "learners",
+                json!(m.learners.iter().map(name).collect::<Vec<_>>()),
+            ),
+        ],
+    )
+}
+
+/// A cluster node's `wal_status`.
+pub(super) fn cluster_status_json((s, names): &(ClusterStatus, Names)) -> Value {
+    let name = |id: u64| names.get(&id).cloned();
+    let all = |ids: &[u64]| {
+        ids.iter()
+            .map(|id| name(*id).unwrap_or_else(|| format!("#{id}")))
+            .collect::<Vec<_>>()
+    };
+    let matched: serde_json::Map<String, Value> = s
+        .match_index
+        .iter()
+        .filter_map(|(id, m)| name(*id).map(|n| (n, json!(m))))
+        .collect();
+    json!({
+        "role": s.role,
+        "term": s.term,
+        "leader": name(s.leader),
+        "commit_index": s.commit,
+        "applied_index": s.applied,
+        "last_index": s.last_index,
+        "next_offset": s.next_offset.on_wire(),
+        "match_index": matched,
+        "state_digest": format!("{:08x}", s.state_digest),
+        "first_index": s.first_index,
+        "snapshot_index": s.management.snapshot.as_ref().map(|f| f.offset.get()),
+        "snapshot_file": s.management.snapshot.as_ref().map(|f| f.file.clone()),
+        "snapshots_written": s.management.snapshots_written,
+        "compactions": s.management.compactions,
+        "bytes_freed": s.management.bytes_freed,
+        "snapshot_transfers": {
+            "started": s.management.transfers.started,
+            "resumed": s.management.transfers.resumed,
+            "asked_again": s.management.transfers.asked_again,
+            "restarted": s.management.transfers.restarted,
+            "completed": s.management.transfers.completed,
+            "from_store": s.management.transfers.from_store,
+            "bytes_held": s.management.transfers.bytes_held,
+            "last": s.management.transfers.last.map(|p| json!({
+                "bytes": p.bytes,
+                "transfer_ms": p.transfer_ms,
+                "verify_ms": p.verify_ms,
+                "install_ms": p.install_ms,
+            })),
+        },
+        "raft_id": s.id,
+        "incarnation": format!("{:016x}", s.incarnation),
+        "voters": all(&s.voters),
+        "learners": all(&s.learners),
+        "refused_messages": s.refused_messages,
+        "poisoned": s.poisoned,
+        "snapshot_store": s.store.as_ref().map(store_json),
     })
 }

@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 use raft::eraftpb::Message;
 use serde_json::{Value, json};
 
+use super::answer::Names;
 use super::json as out_json;
 use super::peer_json;
 use super::{Answer, Body, Mode, Router, error_body, ok, wire};
@@ -21,9 +22,6 @@ use wire::{Request, code};
 /// Peer messages waiting for the router to write them; beyond this they are dropped
 /// (Raft retries, as over a lossy network).
 pub(super) const PEER_QUEUE: usize = 4096;
-
-/// The node id of each Raft id, as the router last read it from the roster.
-pub(super) type Names = std::collections::BTreeMap<u64, String>;
 
 /// This node in its group.
 pub(super) struct Member {
@@ -117,15 +115,14 @@ impl<W: Write> Router<W> {
         self.flush();
         // The directory says who the node is, once it has been one: a node that
         // joined keeps the Raft id the group gave it.
-        let recorded =
-            match crate::consensus::durable::read_identity(&crate::fs::RealFs, &config.dir) {
-                Ok(r) => r.filter(|who| who.id != 0),
-                Err(e) => {
-                    log::error!("{e}");
-                    self.fatal = true;
-                    return error_body(code::CRASH, e.to_string());
-                }
-            };
+        let recorded = match crate::raftlog::read_identity(&crate::fs::RealFs, &config.dir) {
+            Ok(r) => r.filter(|who| who.id != 0),
+            Err(e) => {
+                log::error!("{e}");
+                self.fatal = true;
+                return error_body(code::CRASH, e.to_string());
+            }
+        };
         let (id, founders) = match (recorded, me) {
             (Some(who), Some(me))
                 if !who.founders.is_empty()
@@ -412,79 +409,6 @@ impl<W: Write> Router<W> {
             }
         }
     }
-}
-
-/// The answer to a membership change.
-pub(super) fn changed_body(kind: &'static str, (m, names): &(Members, Names)) -> Body {
-    let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| format!("#{id}"));
-    ok(
-        kind,
-        vec![
-            ("raft_id", json!(m.changed)),
-            (
-                "voters",
-                json!(m.voters.iter().map(name).collect::<Vec<_>>()),
-            ),
-            (
-                "learners",
-                json!(m.learners.iter().map(name).collect::<Vec<_>>()),
-            ),
-        ],
-    )
-}
-
-/// A cluster node's `wal_status`.
-pub(super) fn status_json((s, names): &(ClusterStatus, Names)) -> Value {
-    let name = |id: u64| names.get(&id).cloned();
-    let all = |ids: &[u64]| {
-        ids.iter()
-            .map(|id| name(*id).unwrap_or_else(|| format!("#{id}")))
-            .collect::<Vec<_>>()
-    };
-    let matched: serde_json::Map<String, Value> = s
-        .match_index
-        .iter()
-        .filter_map(|(id, m)| name(*id).map(|n| (n, json!(m))))
-        .collect();
-    json!({
-        "role": s.role,
-        "term": s.term,
-        "leader": name(s.leader),
-        "commit_index": s.commit,
-        "applied_index": s.applied,
-        "last_index": s.last_index,
-        "next_offset": s.next_offset.on_wire(),
-        "match_index": matched,
-        "state_digest": format!("{:08x}", s.state_digest),
-        "first_index": s.first_index,
-        "snapshot_index": s.management.snapshot.as_ref().map(|f| f.offset.get()),
-        "snapshot_file": s.management.snapshot.as_ref().map(|f| f.file.clone()),
-        "snapshots_written": s.management.snapshots_written,
-        "compactions": s.management.compactions,
-        "bytes_freed": s.management.bytes_freed,
-        "snapshot_transfers": {
-            "started": s.management.transfers.started,
-            "resumed": s.management.transfers.resumed,
-            "asked_again": s.management.transfers.asked_again,
-            "restarted": s.management.transfers.restarted,
-            "completed": s.management.transfers.completed,
-            "from_store": s.management.transfers.from_store,
-            "bytes_held": s.management.transfers.bytes_held,
-            "last": s.management.transfers.last.map(|p| json!({
-                "bytes": p.bytes,
-                "transfer_ms": p.transfer_ms,
-                "verify_ms": p.verify_ms,
-                "install_ms": p.install_ms,
-            })),
-        },
-        "raft_id": s.id,
-        "incarnation": format!("{:016x}", s.incarnation),
-        "voters": all(&s.voters),
-        "learners": all(&s.learners),
-        "refused_messages": s.refused_messages,
-        "poisoned": s.poisoned,
-        "snapshot_store": s.store.as_ref().map(super::answer::store_json),
-    })
 }
 
 impl<W: Write> Router<W> {

@@ -27,7 +27,7 @@
 //!
 //! ```text
 //! body: head (bincode byte string: the consensus layer's fields, see
-//!   `consensus::image`), then the full snapshot's body
+//!   `raftlog::image`), then the full snapshot's body
 //! ```
 //!
 //! A cluster node's delta (`<index>.rdelta`, magic `FLNTRDLT`, the same header with the

@@ -349,7 +349,7 @@ fn start_log(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), String
         .iter()
         .any(|f| layout::parse_raft_snapshot(&f.name).is_some())
     {
-        return crate::consensus::durable::mark_install(fs, dir, m.index, m.term)
+        return crate::raftlog::mark_install(fs, dir, m.index, m.term)
             .map_err(|e| format!("cannot mark the install: {e}"));
     }
     let header = crate::wal::segment::HEADER_BYTES;

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use flintlog::cluster::{ClusterNode, Transport};
-use flintlog::consensus::{Command, Effect, RaftLog};
+use flintlog::consensus::{Command, Effect};
 use flintlog::fs::FileSystem;
 use flintlog::fs::sim::{CrashMode, SimFs};
+use flintlog::raftlog::RaftLog;
 use flintlog::{Config, Reply};
 use raft::eraftpb::{Message, MessageType};
 

@@ -279,3 +279,91 @@ fn json_is_spoken_only_at_the_edge() {
         "these files speak JSON, which only the router and the binaries may: {speaking:?}"
     );
 }
+
+/// The files of one directory of `src/` as modules: an edge from a file to each
+/// sibling it names (`super::x`, `crate::<dir>::x`, or inside `use super::{…}`), with
+/// `mod.rs`, which holds what the files share, left out as the hub they all use.
+fn inner_graph(dir: &str) -> Graph {
+    let files = library_files();
+    let prefix = format!("{dir}/");
+    let siblings: BTreeSet<String> = files
+        .keys()
+        .filter_map(|f| {
+            f.strip_prefix(&prefix)?
+                .strip_suffix(".rs")
+                .map(str::to_string)
+        })
+        .filter(|f| !f.contains('/') && f != "mod")
+        .collect();
+    let mut graph = Graph::new();
+    for name in &siblings {
+        let code =
+            expand_braces(&files[&format!("{prefix}{name}.rs")]).replace("super::{", "super::{ ");
+        let deps = graph.entry(name.clone()).or_default();
+        let mut named: Vec<&str> = idents_after(&code, "super::");
+        named.extend(idents_after(&code, &format!("crate::{dir}::")));
+        // `use super::{a, b::c}`: each item in the braces.
+        for (i, _) in code.match_indices("super::{") {
+            let inner = &code[i + "super::{".len()..];
+            let inner = &inner[..inner.find('}').unwrap_or(inner.len())];
+            named.extend(
+                inner
+                    .split(',')
+                    .map(|s| s.trim().split("::").next().unwrap_or("")),
+            );
+        }
+        for n in named {
+            if siblings.contains(n) && n != name {
+                deps.insert(n.to_string());
+            }
+        }
+    }
+    graph
+}
+
+/// Inside the replicated wing and the router, files form layers too: no two files of
+/// one directory import each other through any path.
+#[test]
+fn the_files_inside_each_wing_have_no_cycle() {
+    for dir in ["cluster", "consensus", "raftlog", "router", "store"] {
+        let graph = inner_graph(dir);
+        assert!(graph.len() >= 2, "too few files found in {dir}: {graph:?}");
+        if let Some(c) = cycle(&graph) {
+            panic!("import cycle inside {dir}: {}", c.join(" -> "));
+        }
+    }
+    // The check sees the edges it must: the consensus actor drives the snapshotter.
+    assert!(inner_graph("cluster")["manage"].contains("snapshotter"));
+}
+
+/// The Raft core is pure: `consensus` (its simulation and hand-driven tests aside)
+/// uses nothing of the crate but `core` and `error`; the Raft log's disk is `raftlog`,
+/// below the cluster and beside the store, and never imports what drives it.
+#[test]
+fn the_raft_core_does_no_io_and_its_disk_imports_nothing_above_it() {
+    let graph = graph();
+    let files = library_files();
+    for (file, code) in &files {
+        let Some(rest) = file.strip_prefix("consensus/") else {
+            continue;
+        };
+        if rest == "sim.rs" || rest.starts_with("rules/") {
+            continue;
+        }
+        let code = expand_braces(code);
+        for dep in idents_after(&code, "crate::") {
+            assert!(
+                ["core", "error", "consensus"].contains(&dep),
+                "consensus/{rest} uses crate::{dep}: the Raft core does no I/O and knows \
+                 nothing above it (its disk is `raftlog`)"
+            );
+        }
+    }
+    for above in ["cluster", "router", "store", "actor", "node", "inspect"] {
+        assert!(
+            !graph["raftlog"].iter().any(|d| d.starts_with(above)),
+            "raftlog imports {above}, which sits above it"
+        );
+    }
+    assert!(graph["raftlog"].contains("consensus"));
+}

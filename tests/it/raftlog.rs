@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use flintlog::consensus::{LogStore, RaftLog};
+use flintlog::consensus::LogStore;
 use flintlog::fs::FileSystem;
 use flintlog::fs::sim::{CrashMode, Faults, SimFs};
+use flintlog::raftlog::RaftLog;
 use flintlog::wal::LogOptions;
 use raft::Storage;
 use raft::eraftpb::{Entry, HardState};
@@ -508,7 +509,7 @@ fn a_snapshot_over_a_conflicting_suffix_replaces_it_across_a_power_cut_at_every_
 /// that joins, and its identity stays the same across opens.
 #[test]
 fn a_version_1_state_is_upgraded_and_the_identity_then_holds() {
-    use flintlog::consensus::durable::read_identity;
+    use flintlog::raftlog::read_identity;
     let fs = SimFs::new();
     fs.create_dir_all(std::path::Path::new(DIR)).unwrap();
     // Version 1: magic, version, term, vote, commit, n, voters, crc32c.

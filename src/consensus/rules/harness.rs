@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use raft::StateRole;
 use raft::eraftpb::{Message, MessageType};
 
-use crate::consensus::image::Image;
+use crate::consensus::Image;
 use crate::consensus::sim::{founded, mirror_install};
 use crate::consensus::{
     Change, Changed, Command, Effect, LogStore, MemLog, Outcome, Peer, PeerConfig, Persist,

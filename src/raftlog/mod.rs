@@ -42,12 +42,10 @@ use std::sync::Arc;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use super::LogStore;
-pub use super::state::{
-    Identity, decode_state, encode_state, mark_install, new_incarnation, read_identity,
-    read_raft_state,
-};
-use super::state::{decode_install, encode_install, read_state, write_state};
+pub mod image;
+mod state;
+
+use crate::consensus::LogStore;
 use crate::core::layout::{RAFT_INSTALL, RAFT_STATE};
 use crate::core::position::Offset;
 use crate::core::recovery::classify;
@@ -55,6 +53,11 @@ use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join, sync_failed};
 use crate::wal::meta::LogStart;
 use crate::wal::{Log, LogOptions, RecoverLog};
+pub use state::{
+    Identity, decode_state, encode_state, mark_install, new_incarnation, read_identity,
+    read_raft_state,
+};
+use state::{decode_install, encode_install, read_state, write_state};
 
 /// Entries kept in memory after they are written, for the appends a leader sends.
 const TAIL_CACHED: usize = 4096;
@@ -232,7 +235,7 @@ pub struct RaftLog {
     /// When the last "a follower needs a snapshot" warning was logged.
     warned: std::cell::Cell<Option<std::time::Instant>>,
     /// The snapshot offered to followers that need one, with its configuration.
-    offered: Option<(super::image::Identity, ConfState)>,
+    offered: Option<(image::Identity, ConfState)>,
     last: u64,
     hard_state: HardState,
     /// The hard state last handed to a sync (in `raft.state` once that returned).
@@ -567,7 +570,7 @@ impl RaftLog {
 
     /// Whether file `link.file` in the log's directory is that very file (by the size
     /// and body checksum its header gives; the full check comes with the chain's).
-    pub fn holds(&self, link: &super::image::Link) -> bool {
+    pub fn holds(&self, link: &image::Link) -> bool {
         crate::snapshot::peek_machine(&*self.fs, &join(&self.dir, &link.file))
             .is_ok_and(|f| f.checksum == link.checksum && f.size_bytes == link.size)
     }
@@ -575,7 +578,7 @@ impl RaftLog {
     /// Makes `id` the snapshot offered to a follower that needs entries this log no
     /// longer holds (its file is durable in this directory), with the voters and
     /// learners of its configuration.
-    pub fn offer(&mut self, id: super::image::Identity, voters: &[u64], learners: &[u64]) {
+    pub fn offer(&mut self, id: image::Identity, voters: &[u64], learners: &[u64]) {
         if self
             .offered
             .as_ref()

@@ -23,27 +23,14 @@
 
 use std::path::Path;
 
-use crate::consensus::Machine;
 use crate::consensus::command::Session;
+use crate::consensus::{Image, Machine};
 use crate::core::layout;
 use crate::core::position::Offset;
 use crate::fs::FileSystem;
 use crate::snapshot::{self, SnapshotFile};
 
 const VERSION: u32 = 2;
-
-/// The replicated state machine at a Raft index: a snapshot's content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Image {
-    /// The term of the entry at `machine.applied`.
-    pub term: u64,
-    /// The group's voters, sorted.
-    pub voters: Vec<u64>,
-    /// Its learners (members that receive the log but do not vote), sorted.
-    pub learners: Vec<u64>,
-    /// The state machine; `machine.applied` is the image's index.
-    pub machine: Machine,
-}
 
 type SessionRow = (u64, u64, u64, Vec<u64>, u64);
 type HeadV1 = (u32, u64, Vec<u64>, u64, Vec<(u64, u64)>, Vec<SessionRow>);
@@ -59,106 +46,101 @@ type Head = (
     Vec<(u64, u64)>,
 );
 
-impl Image {
-    /// The Raft index the image stands at.
-    pub fn index(&self) -> u64 {
-        self.machine.applied
-    }
-
-    fn head(&self) -> Vec<u8> {
-        let m = &self.machine;
-        let sessions: Vec<SessionRow> = m
-            .sessions
-            .iter()
-            .map(|(&(node, boot), s)| {
-                (
-                    node,
-                    boot,
-                    s.floor,
-                    s.applied.iter().copied().collect(),
-                    s.last_index,
-                )
-            })
-            .collect();
-        let head: Head = (
-            VERSION,
-            self.term,
-            self.voters.clone(),
-            m.next_offset.on_disk(),
-            m.runs.clone(),
-            sessions,
-            self.learners.clone(),
-            m.names.iter().map(|(id, n)| (*id, n.clone())).collect(),
-            m.incarnations.iter().map(|(id, i)| (*id, *i)).collect(),
-        );
-        bincode::encode_to_vec(head, bincode::config::standard()).expect("to memory")
-    }
-
-    fn from_parts(file: snapshot::MachineFile) -> Result<Image, String> {
-        let config = bincode::config::standard();
-        let (version, _): (u32, usize) = bincode::decode_from_slice(&file.head, config)
-            .map_err(|e| format!("head does not decode: {e}"))?;
-        let (head, used): (Head, usize) = match version {
-            1 => {
-                let ((v, term, voters, next, runs, sessions), used): (HeadV1, usize) =
-                    bincode::decode_from_slice(&file.head, config)
-                        .map_err(|e| format!("head does not decode: {e}"))?;
-                let head = (
-                    v,
-                    term,
-                    voters,
-                    next,
-                    runs,
-                    sessions,
-                    vec![],
-                    vec![],
-                    vec![],
-                );
-                (head, used)
-            }
-            VERSION => bincode::decode_from_slice(&file.head, config)
-                .map_err(|e| format!("head does not decode: {e}"))?,
-            v => return Err(format!("unsupported cluster snapshot version {v}")),
-        };
-        if used != file.head.len() {
-            return Err("head has bytes after its fields".into());
-        }
-        let (_, term, voters, next_offset, runs, sessions, learners, names, incarnations) = head;
-        if runs
-            .windows(2)
-            .any(|w| w[0].0 >= w[1].0 || w[0].1 >= w[1].1)
-            || runs
-                .last()
-                .is_some_and(|&(o, i)| o >= next_offset || i > file.index)
-        {
-            return Err("its offset runs are out of order".into());
-        }
-        let machine = Machine {
-            kv: file.state,
-            next_offset: Offset::from_disk(next_offset),
-            applied: file.index,
-            runs,
-            sessions: sessions
-                .into_iter()
-                .map(|(node, boot, floor, applied, last_index)| {
-                    let session = Session {
-                        floor,
-                        applied: applied.into_iter().collect(),
-                        last_index,
-                    };
-                    ((node, boot), session)
-                })
-                .collect(),
-            names: names.into_iter().collect(),
-            incarnations: incarnations.into_iter().collect(),
-        };
-        Ok(Image {
-            term,
-            voters,
-            learners,
-            machine,
+/// The head of an image's file: everything but the key-value state.
+fn head(image: &Image) -> Vec<u8> {
+    let m = &image.machine;
+    let sessions: Vec<SessionRow> = m
+        .sessions
+        .iter()
+        .map(|(&(node, boot), s)| {
+            (
+                node,
+                boot,
+                s.floor,
+                s.applied.iter().copied().collect(),
+                s.last_index,
+            )
         })
+        .collect();
+    let head: Head = (
+        VERSION,
+        image.term,
+        image.voters.clone(),
+        m.next_offset.on_disk(),
+        m.runs.clone(),
+        sessions,
+        image.learners.clone(),
+        m.names.iter().map(|(id, n)| (*id, n.clone())).collect(),
+        m.incarnations.iter().map(|(id, i)| (*id, *i)).collect(),
+    );
+    bincode::encode_to_vec(head, bincode::config::standard()).expect("to memory")
+}
+
+/// An image from its file's parts.
+fn from_parts(file: snapshot::MachineFile) -> Result<Image, String> {
+    let config = bincode::config::standard();
+    let (version, _): (u32, usize) = bincode::decode_from_slice(&file.head, config)
+        .map_err(|e| format!("head does not decode: {e}"))?;
+    let (head, used): (Head, usize) = match version {
+        1 => {
+            let ((v, term, voters, next, runs, sessions), used): (HeadV1, usize) =
+                bincode::decode_from_slice(&file.head, config)
+                    .map_err(|e| format!("head does not decode: {e}"))?;
+            let head = (
+                v,
+                term,
+                voters,
+                next,
+                runs,
+                sessions,
+                vec![],
+                vec![],
+                vec![],
+            );
+            (head, used)
+        }
+        VERSION => bincode::decode_from_slice(&file.head, config)
+            .map_err(|e| format!("head does not decode: {e}"))?,
+        v => return Err(format!("unsupported cluster snapshot version {v}")),
+    };
+    if used != file.head.len() {
+        return Err("head has bytes after its fields".into());
     }
+    let (_, term, voters, next_offset, runs, sessions, learners, names, incarnations) = head;
+    if runs
+        .windows(2)
+        .any(|w| w[0].0 >= w[1].0 || w[0].1 >= w[1].1)
+        || runs
+            .last()
+            .is_some_and(|&(o, i)| o >= next_offset || i > file.index)
+    {
+        return Err("its offset runs are out of order".into());
+    }
+    let machine = Machine {
+        kv: file.state,
+        next_offset: Offset::from_disk(next_offset),
+        applied: file.index,
+        runs,
+        sessions: sessions
+            .into_iter()
+            .map(|(node, boot, floor, applied, last_index)| {
+                let session = Session {
+                    floor,
+                    applied: applied.into_iter().collect(),
+                    last_index,
+                };
+                ((node, boot), session)
+            })
+            .collect(),
+        names: names.into_iter().collect(),
+        incarnations: incarnations.into_iter().collect(),
+    };
+    Ok(Image {
+        term,
+        voters,
+        learners,
+        machine,
+    })
 }
 
 const IDENTITY_MAGIC: &[u8; 8] = b"FLNTSNID";
@@ -350,7 +332,7 @@ pub fn write(
         dir,
         layout::raft_snapshot(image.index()),
         image.index(),
-        &image.head(),
+        &head(image),
         &image.machine.kv,
         pace,
     )
@@ -375,7 +357,7 @@ pub fn write_delta(
         dir,
         layout::raft_delta(image.index()),
         image.index(),
-        &image.head(),
+        &head(image),
         parent,
         &parent_state.changes_to(kv),
         kv.other_payloads,
@@ -406,7 +388,7 @@ fn image_at(
     if tip.index != index {
         return Err(format!("its tip's header says index {}", tip.index));
     }
-    Ok((Image::from_parts(tip)?, chain))
+    Ok((from_parts(tip)?, chain))
 }
 
 /// Reads and verifies the chain of files `names` in `dir` (a snapshot then its deltas,
