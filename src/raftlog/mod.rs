@@ -39,11 +39,18 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
+mod entry;
 pub mod image;
+mod install;
 mod state;
+mod syncer;
+
+pub use entry::{decode_entry, encode_entry};
+use install::redo_install;
+pub use syncer::{SyncJob, Syncer};
 
 use crate::consensus::LogStore;
 use crate::core::layout::{RAFT_INSTALL, RAFT_STATE};
@@ -51,7 +58,6 @@ use crate::core::position::Offset;
 use crate::core::recovery::classify;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join, sync_failed};
-use crate::wal::meta::LogStart;
 use crate::wal::{Log, LogOptions, RecoverLog};
 pub use state::{
     Identity, decode_state, encode_state, mark_install, new_incarnation, read_identity,
@@ -62,97 +68,6 @@ use state::{decode_install, encode_install, read_state, write_state};
 /// Entries kept in memory after they are written, for the appends a leader sends.
 const TAIL_CACHED: usize = 4096;
 
-/// Encodes an entry as a log payload.
-pub fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut b = Vec::with_capacity(9 + e.data.len());
-    b.extend_from_slice(&e.term.to_le_bytes());
-    b.push(match e.entry_type {
-        EntryType::EntryNormal => 0,
-        EntryType::EntryConfChange => 1,
-        EntryType::EntryConfChangeV2 => 2,
-    });
-    b.extend_from_slice(&e.data);
-    b
-}
-
-/// Decodes a log payload at Raft index `index`.
-pub fn decode_entry(index: u64, b: &[u8]) -> std::result::Result<Entry, String> {
-    if b.len() < 9 {
-        return Err(format!(
-            "entry {index}: {} bytes, shorter than its header",
-            b.len()
-        ));
-    }
-    let entry_type = match b[8] {
-        0 => EntryType::EntryNormal,
-        1 => EntryType::EntryConfChange,
-        2 => EntryType::EntryConfChangeV2,
-        k => return Err(format!("entry {index}: unknown kind {k}")),
-    };
-    Ok(Entry {
-        entry_type,
-        term: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
-        index,
-        data: b[9..].to_vec().into(),
-        ..Entry::default()
-    })
-}
-
-/// Replaces every segment in `options.dir` by one starting at offset `index - 1` that
-/// holds only the snapshot's own entry (index `index`, term `term`, no data: Raft asks
-/// its term), and makes `log.meta` start there; then removes `raft.install`. Each step
-/// is durable before the next, and the whole is idempotent: while `raft.install`
-/// exists, opening the log runs it again from the start.
-fn redo_install(
-    fs: &Arc<dyn FileSystem>,
-    options: &LogOptions,
-    index: u64,
-    term: u64,
-) -> io::Result<Log> {
-    let dir = &options.dir;
-    let listing = classify(fs.list(dir)?);
-    for (_, name) in &listing.segments {
-        fs.remove(&join(dir, name))?;
-    }
-    fs.sync_dir(dir).map_err(sync_failed)?;
-    let at = index - 1;
-    // Preallocated, not zero-filled: zero-filling a segment here would hold up the
-    // consensus thread (the next segments are prepared in the background as usual).
-    drop(crate::wal::create_segment(
-        &**fs,
-        dir,
-        at,
-        options.preallocate_bytes(),
-        false,
-    )?);
-    let start = LogStart {
-        first_offset: Offset::new(at),
-        skip: None,
-    };
-    crate::wal::meta::write(&**fs, dir, &start)?;
-    let (mut log, _) = Log::recover(
-        fs.clone(),
-        RecoverLog {
-            options,
-            segments: vec![(at, crate::core::layout::segment(at))],
-            start,
-            replay_from: start.first_offset,
-        },
-        &mut |_, _| {},
-    )
-    .map_err(|e| io::Error::other(e.to_string()))?;
-    let own = Entry {
-        index,
-        term,
-        ..Entry::default()
-    };
-    log.append(std::iter::once(encode_entry(&own).as_slice()))?;
-    log.sync().map_err(sync_failed)?;
-    fs.remove(&join(dir, RAFT_INSTALL))?;
-    fs.sync_dir(dir).map_err(sync_failed)?;
-    Ok(log)
-}
-
 /// What compacting the Raft log deletes, and where its live part then starts.
 #[derive(Debug, Clone)]
 pub struct CompactionPlan {
@@ -160,56 +75,6 @@ pub struct CompactionPlan {
     pub segments: Vec<(Offset, String)>,
     /// Where the live log starts, and in which file.
     pub start: (crate::wal::meta::SkipTo, String),
-}
-
-/// What one sync must make durable: see [`RaftLog::take_sync_job`].
-#[derive(Debug, Default)]
-pub struct SyncJob {
-    /// Writes made before the job was taken (see [`RaftLog::synced_through`]).
-    pub writes: u64,
-    /// Segment files written since the previous job.
-    pub segments: std::collections::BTreeSet<String>,
-    /// The hard state to record in `raft.state`.
-    pub state: Option<HardState>,
-}
-
-/// Carries out [`SyncJob`]s on its own thread: an fdatasync of each segment written
-/// (through a handle of its own: a sync covers the file's writes whoever made them),
-/// then `raft.state`. Jobs waiting together share one sync of each file: group commit.
-pub struct Syncer {
-    fs: Arc<dyn FileSystem>,
-    dir: PathBuf,
-    who: Identity,
-}
-
-impl Syncer {
-    /// A syncer for the log in `dir` of node `who`.
-    pub fn new(fs: Arc<dyn FileSystem>, dir: PathBuf, who: Identity) -> Syncer {
-        Syncer { fs, dir, who }
-    }
-
-    /// Makes the jobs durable, in order.
-    ///
-    /// # Errors
-    /// The I/O error: fail-stop for the caller.
-    pub fn run(&mut self, jobs: &[SyncJob]) -> io::Result<()> {
-        let segments: std::collections::BTreeSet<&String> =
-            jobs.iter().flat_map(|j| j.segments.iter()).collect();
-        for name in segments {
-            // Opened by name each time: a truncation may have deleted the file, and a
-            // roll created another under the same name, since the last job.
-            match self.fs.open(&join(&self.dir, name), false) {
-                Ok(mut file) => file.sync_data().map_err(sync_failed)?,
-                // Deleted by a truncation since: what it held is gone on purpose.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if let Some(hs) = jobs.iter().rev().find_map(|j| j.state.as_ref()) {
-            write_state(&*self.fs, &self.dir, &self.who, hs)?;
-        }
-        Ok(())
-    }
 }
 
 /// Raft's log over the node's segments. See the module documentation.

@@ -44,11 +44,16 @@ fn the_protocol_reference_names_every_request_type() {
 #[test]
 fn the_protocol_reference_names_every_status_field() {
     let protocol = read("docs/PROTOCOL.md");
-    // A single node's status, and a cluster node's.
+    // A single node's status, a cluster node's, and the uploads to the store.
     let mut fields = Vec::new();
-    for (file, at_least) in [("src/router/mod.rs", 20), ("src/router/cluster.rs", 9)] {
-        let router = read(file);
-        let start = router.find("fn status_json").unwrap();
+    let file = "src/router/answer.rs";
+    let router = read(file);
+    for (function, at_least) in [
+        ("fn status_json", 20),
+        ("fn cluster_status_json", 9),
+        ("fn store_json", 8),
+    ] {
+        let start = router.find(function).unwrap();
         let body = &router[start..];
         let body = &body[..body.find("\n}\n").unwrap()];
         let before = fields.len();
@@ -62,7 +67,7 @@ fn the_protocol_reference_names_every_status_field() {
         }
         assert!(
             fields.len() - before >= at_least,
-            "found only {:?} in {file}",
+            "found only {:?} in {function} of {file}",
             &fields[before..]
         );
     }
