@@ -255,6 +255,8 @@ pub struct UploadStatus {
     pub bytes_uploaded: u64,
     /// Offers waiting.
     pub queued: usize,
+    /// The index of the chain being uploaded now, if one is.
+    pub uploading: Option<u64>,
     /// Failed attempts since the node started, and the latest failure's message (cleared
     /// by the next success).
     pub failures: u64,

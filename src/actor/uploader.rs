@@ -238,7 +238,10 @@ impl Uploader {
                 continue;
             };
             let started = Instant::now();
-            match self.upload(&upload) {
+            self.shared.status.lock().expect("status").uploading = Some(upload.index);
+            let outcome = self.upload(&upload);
+            self.shared.status.lock().expect("status").uploading = None;
+            match outcome {
                 Ok(bytes) => {
                     retry = RETRY_FIRST;
                     wait = Some(Duration::ZERO);

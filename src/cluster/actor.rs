@@ -719,11 +719,15 @@ impl Consensus {
             applied: m.applied,
             next_offset: m.next_offset,
             match_index: self.peer.progress(),
+            heard_from: (self.peer.followers().into_iter())
+                .filter_map(|(id, _, active)| active.then_some(id))
+                .collect(),
             state_digest: m.digest(),
             voters,
             learners,
             id: self.peer.id(),
             incarnation: self.incarnation,
+            recorded_incarnations: m.incarnations.iter().map(|(id, i)| (*id, *i)).collect(),
             refused_messages: self.refused_messages,
             last_index: self.peer.store().last_index(),
             first_index: self.peer.store().first_index(),

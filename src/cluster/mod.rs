@@ -146,6 +146,9 @@ pub struct ClusterStatus {
     pub next_offset: Offset,
     /// On the leader, each voter's match index by Raft id.
     pub match_index: Vec<(u64, u64)>,
+    /// On the leader, the followers it heard from within the last election timeout
+    /// (check-quorum's measure; the log is kept back only for these), by Raft id.
+    pub heard_from: Vec<u64>,
     /// CRC-32C of the state machine at `applied` (see `Machine::digest`).
     pub state_digest: u32,
     /// The voters of the configuration applied, by Raft id.
@@ -156,6 +159,9 @@ pub struct ClusterStatus {
     pub id: u64,
     /// Its directory's incarnation (see `raftlog::Identity`).
     pub incarnation: u64,
+    /// The incarnation the group recorded for each member it heard from, by Raft id,
+    /// as this node has applied it.
+    pub recorded_incarnations: Vec<(u64, u64)>,
     /// Peer messages refused since the node started because they came from another
     /// incarnation of a member than the one the group recorded.
     pub refused_messages: u64,

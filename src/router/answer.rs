@@ -296,6 +296,7 @@ pub(crate) fn store_json(u: &crate::types::UploadStatus) -> Value {
         "chains_uploaded": u.chains_uploaded,
         "bytes_uploaded": u.bytes_uploaded,
         "queued": u.queued,
+        "uploading": u.uploading,
         "failures": u.failures,
         "last_error": u.last_error,
     })

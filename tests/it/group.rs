@@ -217,6 +217,26 @@ impl Group {
         }
     }
 
+    /// Cuts node `id` off and waits until the leader among the others no longer counts
+    /// it as heard from recently (so the log is no longer kept back for it).
+    pub fn strand(&self, id: u64) {
+        self.cut_off(id, true);
+        let others: Vec<u64> = (1..=3).filter(|&i| i != id).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = self.leader(&others);
+            let s = self.status(leader);
+            if !s.heard_from.contains(&id) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{leader} still hears from n{id}: {s:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn node(&self, id: u64) -> Arc<ClusterNode> {
         self.net.nodes.read().unwrap()[id as usize - 1]
             .clone()
@@ -495,9 +515,7 @@ fn a_follower_behind_the_leaders_compacted_log_catches_up_from_a_snapshot() {
         g.append(1 + i % 2, format!("set k{}=old{i}", i % 5));
     }
     g.converge(&[1, 2, 3]);
-    g.cut_off(3, true);
-    // Long enough for the leader to stop counting n3 as recently active.
-    std::thread::sleep(Duration::from_millis(1500));
+    g.strand(3);
     for i in 50..450u64 {
         g.append(1 + i % 2, format!("set k{}=new{i}", i % 5));
     }
@@ -548,9 +566,8 @@ fn power_cuts_while_snapshots_and_compactions_run_lose_nothing_acknowledged() {
         // cuts may interrupt on either side.
         if i % 150 == 20 {
             let id = 1 + (i / 150) % 3;
-            g.cut_off(id, true);
+            g.strand(id);
             away = Some(id);
-            std::thread::sleep(Duration::from_millis(1200));
         } else if i % 150 == 120
             && let Some(id) = away.take()
         {
@@ -600,8 +617,7 @@ fn slow(c: &mut Config) {
 /// compacts past it), then lets it back.
 fn strand_n3(g: &Group) {
     g.converge(&[1, 2, 3]);
-    g.cut_off(3, true);
-    std::thread::sleep(Duration::from_millis(1500));
+    g.strand(3);
     let value = "x".repeat(100);
     for i in 0..3000u64 {
         g.append(1 + i % 2, format!("set k{i}={value}"));
@@ -830,8 +846,7 @@ fn a_follower_holding_the_base_of_the_offered_chain_receives_only_the_deltas() {
     for round in 1..=2u64 {
         // The follower is cut off while the log grows; the leader snapshots (a delta)
         // and compacts past it.
-        g.cut_off(lag, true);
-        std::thread::sleep(Duration::from_millis(1500));
+        g.strand(lag);
         let o = g.append_many(
             leader,
             (0..100).map(|i| format!("set r{round}k{i}=v{i}")).collect(),
@@ -910,8 +925,7 @@ fn a_received_snapshot_that_does_not_verify_is_received_again_never_installed() 
 fn a_snapshot_gone_from_its_sender_is_replaced_by_a_newer_offer() {
     let g = Group::start(small);
     g.converge(&[1, 2, 3]);
-    g.cut_off(3, true);
-    std::thread::sleep(Duration::from_millis(1500));
+    g.strand(3);
     for i in 0..450u64 {
         g.append(1 + i % 2, format!("set k{}=v{i}", i % 5));
     }
@@ -953,8 +967,7 @@ fn with_store(c: &mut Config) {
 /// n3 back.
 fn strand_n3_with_store(g: &Group, from: u64, n: u64, uploaded: bool) {
     g.converge(&[1, 2, 3]);
-    g.cut_off(3, true);
-    std::thread::sleep(Duration::from_millis(1500));
+    g.strand(3);
     for i in from..from + n {
         g.append(1 + i % 2, format!("set k{}=v{i}", i % 7));
     }

@@ -575,7 +575,18 @@ fn a_node_stops_promptly_in_the_middle_of_a_slow_upload() {
     write(&node, &mut model, 0, 2_000, &"v".repeat(1000));
     let s = node.snapshotter().snapshot().unwrap();
     assert!(s.size_bytes > 2_000_000, "{s:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node
+        .appender()
+        .status()
+        .unwrap()
+        .store
+        .and_then(|u| u.uploading)
+        != Some(s.offset.get())
+    {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let started = Instant::now();
     node.shutdown().unwrap();
     assert!(
