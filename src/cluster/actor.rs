@@ -23,11 +23,12 @@ pub(super) struct Consensus {
     pub(super) peer: Peer<RaftLog>,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) inbox: Receiver<Msg>,
-    /// Sync jobs for the syncer thread, by Ready number.
-    pub(super) jobs: Option<Sender<(u64, SyncJob)>>,
+    /// Sync jobs for the syncer thread, by Ready number (one waiting at most: see
+    /// `syncer.rs`).
+    pub(super) jobs: Option<Handoff<Numbered>>,
     /// The syncer's reports: every Ready up to this number is durable (with the
     /// writes count of its job), or why a sync failed.
-    pub(super) synced: Receiver<std::result::Result<(u64, u64), String>>,
+    pub(super) synced: Taker<Synced>,
     pub(super) syncer: Option<std::thread::JoinHandle<()>>,
     /// Readies written but not yet durable, with the messages that wait for that.
     pub(super) unsynced: std::collections::VecDeque<(u64, Vec<Message>)>,
@@ -101,8 +102,11 @@ impl Consensus {
                     Ok(msg) => self.take(msg),
                     Err(_) => break,
                 },
-                recv(self.synced) -> r => {
-                    if let Ok(r) = r {
+                recv(self.synced.woken()) -> woken => {
+                    if woken.is_err() {
+                        self.synced.stop_waking();
+                    }
+                    if let Some(r) = self.synced.take() {
                         self.on_synced(r);
                     }
                 }
@@ -124,7 +128,7 @@ impl Consensus {
                     Err(_) => break,
                 }
             }
-            while let Ok(r) = self.synced.try_recv() {
+            if let Some(r) = self.synced.take() {
                 self.on_synced(r);
             }
             let now = Instant::now();
@@ -433,7 +437,7 @@ impl Consensus {
             let sent = self
                 .jobs
                 .as_ref()
-                .is_some_and(|jobs| jobs.send((persist.number, job)).is_ok());
+                .is_some_and(|jobs| jobs.put((persist.number, job), merge_jobs));
             if !sent {
                 return self.poison("the syncer thread stopped".into());
             }

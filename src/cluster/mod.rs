@@ -62,12 +62,13 @@ use crate::core::position::Offset;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, RealFs};
 use crate::raftlog::image;
-use crate::raftlog::{RaftLog, SyncJob, Syncer};
+use crate::raftlog::{RaftLog, Syncer};
 use crate::types::{Compaction, Info, ReadEntry, SegmentList, SnapshotFile};
 use actor::Consensus;
 use admin::Admin;
 use catch_up::{Download, offer_wait};
 use manage::Manager;
+use syncer::{Handoff, Numbered, Synced, Taker, merge_jobs};
 
 /// Time per Raft tick. Fine-grained, so that two followers rarely time out in the same
 /// tick and split the vote (each election timeout is drawn among 50 ticks).

@@ -121,8 +121,8 @@ impl ClusterNode {
             peer.store().hard_state().term
         );
         let (tx, inbox) = crossbeam_channel::bounded(config.inbox_capacity.max(1024));
-        let (jobs_tx, jobs) = crossbeam_channel::unbounded::<(u64, SyncJob)>();
-        let (synced_tx, synced) = crossbeam_channel::unbounded();
+        let (jobs_tx, jobs) = syncer::handoff();
+        let (synced_tx, synced) = syncer::handoff();
         let transport: Arc<dyn Transport> = Arc::from(transport);
         if let Some(chain) = &newest {
             peer.store_mut().offer(
