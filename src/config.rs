@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 
@@ -75,15 +76,8 @@ pub struct Config {
     /// Where durable snapshots are copied off the node (`None`: nowhere). The node's
     /// name in the store is the last component of [`Config::dir`].
     pub snapshot_store: Option<crate::store::StoreConfig>,
-    /// In a group: how long a request waits for a leader to be known before it is
-    /// answered error 11 (nothing was done). 2 s: four election timeouts at most.
-    pub leader_wait: std::time::Duration,
-    /// In a group: how long a request waits for its outcome before a write is answered
-    /// error 13 (it may or may not be committed later) and a read error 11. 3 s: long
-    /// enough for an election and a retry, short enough that a client stuck behind a
-    /// lost quorum hears of it. Tests that load a busy machine raise it: the error is
-    /// correct there too, but it is not what they check.
-    pub request_timeout: std::time::Duration,
+    /// In a group: the consensus actor's timers, queues and transfer pace.
+    pub cluster: ClusterLimits,
 }
 
 impl Config {
@@ -134,8 +128,7 @@ impl Config {
             snapshot_send_bytes_per_sec: 8 * 1024 * 1024,
             clock: Arc::new(SystemClock),
             snapshot_store: None,
-            leader_wait: std::time::Duration::from_secs(2),
-            request_timeout: std::time::Duration::from_secs(3),
+            cluster: ClusterLimits::default(),
         }
     }
 
@@ -161,6 +154,92 @@ impl Config {
             return bad("the snapshot store must keep at least 1 chain");
         }
         self.policy.validate()?;
+        self.cluster.validate()?;
+        Ok(())
+    }
+}
+
+/// The limits of a group member, each with its reason. [`ClusterLimits::default`] gives
+/// what the binary runs with; tests on a loaded machine lengthen the deadlines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLimits {
+    /// Time per Raft tick. Fine-grained, so that two followers rarely time out in the
+    /// same tick and split the vote (each election timeout is drawn among
+    /// `election_ticks` ticks). 10 ms.
+    pub tick: Duration,
+    /// Ticks without hearing a leader before a follower campaigns (randomized up to
+    /// twice as many): 50, so 0.5 to 1 s.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats: 10, so 100 ms, a fifth of the shortest
+    /// election timeout.
+    pub heartbeat_ticks: usize,
+    /// How long a request waits for a leader to be known before it is answered error
+    /// 11 (nothing was done). 2 s: four election timeouts at most.
+    pub leader_wait: Duration,
+    /// How long a request waits for its outcome before a write is answered error 13
+    /// (it may or may not be committed later) and a read error 11. 3 s: long enough
+    /// for an election and a retry, short enough that a client stuck behind a lost
+    /// quorum hears of it. Tests that load a busy machine raise it: the error is
+    /// correct there too, but it is not what they check.
+    pub request_timeout: Duration,
+    /// How long a leader waits before it proposes again to record a member's
+    /// incarnation: 2 s, longer than a commit takes on a healthy group.
+    pub record_again: Duration,
+    /// Requests and peer messages waiting for the consensus actor: at least 1024,
+    /// whatever `inbox_capacity` says, so that a burst of peer messages (a window of
+    /// snapshot chunks, appends after a partition heals) is not dropped.
+    pub inbox_min: usize,
+    /// Snapshot work (cuts, chunks to serve or write) waiting for the cluster
+    /// snapshotter; beyond it transfer work is dropped and asked again (a cut waits
+    /// for the next trigger). 64: sixteen windows of chunks.
+    pub snapshot_jobs: usize,
+    /// Chunks a receiver asks for at once: 4, so 1 MiB in flight per transfer, which
+    /// keeps a link busy without crowding a peer's queue.
+    pub transfer_window: u32,
+    /// A transfer that made no progress for this long asks again from its durable
+    /// length: 400 ms, a few round trips with a window written and synced.
+    pub ask_again: Duration,
+    /// How long a sender keeps a snapshot it offered (and the log behind it) after its
+    /// last ask: 30 s, so a receiver that restarts mid-transfer finds it still there.
+    pub pin: Duration,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> ClusterLimits {
+        ClusterLimits {
+            tick: Duration::from_millis(10),
+            election_ticks: 50,
+            heartbeat_ticks: 10,
+            leader_wait: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(3),
+            record_again: Duration::from_secs(2),
+            inbox_min: 1024,
+            snapshot_jobs: 64,
+            transfer_window: 4,
+            ask_again: Duration::from_millis(400),
+            pin: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterLimits {
+    /// Checks every value against its range.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first value out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::InvalidArgument(what.to_string()));
+        if self.tick.is_zero() {
+            return bad("the Raft tick must be longer than zero");
+        }
+        if self.heartbeat_ticks < 1 || self.election_ticks <= self.heartbeat_ticks {
+            return bad(
+                "the election timeout must be longer than the heartbeat, itself a tick or more",
+            );
+        }
+        if self.snapshot_jobs < 1 || self.transfer_window < 1 || self.inbox_min < 1 {
+            return bad("the cluster's queues and transfer window must hold at least 1");
+        }
         Ok(())
     }
 }

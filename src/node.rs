@@ -295,6 +295,7 @@ impl Node {
             log::info!("created data directory {}", dir.display());
         }
 
+        // Unbounded, and holding at most `FEEDBACK_MAX` messages: see there.
         let (feedback_tx, feedback_rx) = crossbeam_channel::unbounded();
         let spawn_err = |e: std::io::Error| Error::Open(format!("cannot start a thread: {e}"));
         let upload_shutdown_wait = config

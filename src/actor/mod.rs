@@ -219,6 +219,16 @@ pub(crate) fn poison_on_panic(
     }
 }
 
+/// The most [`Feedback`] messages ever waiting at once. The channel that carries them
+/// stays unbounded, because its senders sit downstream of its reader (a full channel
+/// would let the snapshotter wait on the appender while the appender waits on it),
+/// but what it holds is bounded by construction: one snapshot and one compaction in
+/// flight at a time (a `SnapshotDurable`; a `Fence` and a `Compacted`), and at most
+/// two poisonings by each of the snapshotter, compactor and uploader (a failed sync,
+/// a panic). Its readers check the bound on every message (`debug_assert`, so every
+/// test run checks it).
+pub(crate) const FEEDBACK_MAX: usize = 9;
+
 /// News from the snapshotter and the compactor to the appender.
 pub(crate) enum Feedback {
     /// A snapshot is durable.

@@ -57,10 +57,8 @@ pub(super) struct Consensus {
     pub(super) newest_client: Offset,
     pub(super) roster: Roster,
     pub(super) incarnation: u64,
-    /// How long a request waits for a leader ([`Config::leader_wait`]).
-    pub(super) leader_wait: Duration,
-    /// How long a request waits for its outcome ([`Config::request_timeout`]).
-    pub(super) request_timeout: Duration,
+    /// Timers, queues and the transfer pace ([`Config::cluster`]).
+    pub(super) limits: crate::config::ClusterLimits,
     /// Membership changes proposed here, by request number, with their deadlines.
     pub(super) changes: HashMap<u64, (Reply<Changed>, Instant)>,
     /// On a leader: incarnations it proposed to record, and when.
@@ -94,7 +92,7 @@ pub(super) struct Consensus {
 
 impl Consensus {
     pub(super) fn run(mut self) {
-        let mut next_tick = Instant::now() + TICK;
+        let mut next_tick = Instant::now() + self.limits.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
@@ -131,10 +129,13 @@ impl Consensus {
             if let Some(r) = self.synced.take() {
                 self.on_synced(r);
             }
+            while let Ok(r) = self.manager.reports.try_recv() {
+                self.on_report(r);
+            }
             let now = Instant::now();
             if now >= next_tick {
                 self.peer.tick();
-                next_tick = now + TICK;
+                next_tick = now + self.limits.tick;
                 self.retry_waiting(now);
                 self.expire(now);
                 self.transfers_tick();
@@ -255,6 +256,11 @@ impl Consensus {
     /// The compactor's news: it is about to free, or freed, what lies below the new
     /// start (reads stopped there when the job was sent), or a sync failed.
     pub(super) fn on_feedback(&mut self, f: Feedback) {
+        debug_assert!(
+            self.manager.feedback.len() < crate::actor::FEEDBACK_MAX,
+            "{} feedback messages waiting: more than the bound allows",
+            self.manager.feedback.len() + 1
+        );
         match f {
             Feedback::Fence { first_offset, ack } => {
                 self.peer.store_mut().fence(first_offset);
@@ -300,7 +306,7 @@ impl Consensus {
                 if let Err(msg) = self.start(msg) {
                     self.waiting.push(Waiting {
                         msg,
-                        until: Instant::now() + self.leader_wait,
+                        until: Instant::now() + self.limits.leader_wait,
                     });
                 }
             }
@@ -309,7 +315,7 @@ impl Consensus {
 
     /// Proposes or starts a read; gives the message back when no leader is known.
     pub(super) fn start(&mut self, msg: Msg) -> std::result::Result<(), Msg> {
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = Instant::now() + self.limits.request_timeout;
         match msg {
             Msg::Propose(cmd, reply) => match self.peer.propose(&cmd) {
                 Ok(seq) => {
@@ -360,7 +366,7 @@ impl Consensus {
                 if now >= until {
                     let e = Error::Unavailable(format!(
                         "no leader known after {} ms: nothing was done",
-                        self.leader_wait.as_millis()
+                        self.limits.leader_wait.as_millis()
                     ));
                     match msg {
                         Msg::Propose(_, reply) => reply.send(Err(e)),
@@ -368,7 +374,7 @@ impl Consensus {
                         Msg::Change(_, reply) => reply.send(Err(Error::Unavailable(format!(
                             "this leader did not commit an entry of its term within {} ms: \
                              the membership change was not proposed",
-                            self.leader_wait.as_millis()
+                            self.limits.leader_wait.as_millis()
                         )))),
                         _ => {}
                     }
@@ -392,7 +398,7 @@ impl Consensus {
             reply.send(Err(Error::Crashed(format!(
                 "the membership change was not applied within {} ms: it may or may not \
                  happen (wal_status shows the members)",
-                self.request_timeout.as_millis()
+                self.limits.request_timeout.as_millis()
             ))));
         }
         let expired: Vec<u64> = self
@@ -407,11 +413,11 @@ impl Consensus {
             match p.waiter {
                 Waiter::Write(reply) => reply.send(Err(Error::Crashed(format!(
                     "not committed within {} ms: the write may or may not happen",
-                    self.request_timeout.as_millis()
+                    self.limits.request_timeout.as_millis()
                 )))),
                 Waiter::Read(_, reply) => reply.send(Err(Error::Unavailable(format!(
                     "the read was not confirmed by a quorum within {} ms: nothing was read",
-                    self.request_timeout.as_millis()
+                    self.limits.request_timeout.as_millis()
                 )))),
             }
         }
@@ -513,7 +519,7 @@ impl Consensus {
     }
 
     /// On a leader, proposes to record the incarnation of member `id` (not again
-    /// within [`RECORD_AGAIN`]).
+    /// within `ClusterLimits::record_again`).
     pub(super) fn record(&mut self, id: u64, incarnation: u64) {
         if incarnation == 0
             || self.peer.role().0 != StateRole::Leader
@@ -525,12 +531,13 @@ impl Consensus {
         if self
             .recording
             .get(&(id, incarnation))
-            .is_some_and(|at| now.duration_since(*at) < RECORD_AGAIN)
+            .is_some_and(|at| now.duration_since(*at) < self.limits.record_again)
         {
             return;
         }
+        let record_again = self.limits.record_again;
         self.recording
-            .retain(|_, at| now.duration_since(*at) < RECORD_AGAIN);
+            .retain(|_, at| now.duration_since(*at) < record_again);
         if self
             .peer
             .propose(&Command::Incarnation { id, incarnation })
@@ -618,7 +625,7 @@ impl Consensus {
         match self.peer.propose_change(&change) {
             Ok(seq) => {
                 self.changes
-                    .insert(seq, (reply, Instant::now() + self.request_timeout));
+                    .insert(seq, (reply, Instant::now() + self.limits.request_timeout));
             }
             Err(Refused::NotYet(_)) => return Err(Msg::Change(change, reply)),
             Err(Refused::NoLeader) => {

@@ -40,8 +40,8 @@ const FINISH_AGAIN: Duration = Duration::from_secs(10);
 /// How long a leader waits for a follower to ask for chunks of the snapshot it offered
 /// before it offers again (raft-rs sends a new offer once told the last one failed):
 /// 3 s, or twice the time a window takes at the send rate if that is longer.
-pub(super) fn offer_wait(rate: u64) -> Duration {
-    let window = u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES;
+pub(super) fn offer_wait(rate: u64, limits: &crate::config::ClusterLimits) -> Duration {
+    let window = u64::from(limits.transfer_window) * transfer::CHUNK_BYTES;
     let at_rate = if rate == 0 {
         Duration::ZERO
     } else {
@@ -271,6 +271,7 @@ impl Consensus {
     /// Asks the offering leader for the next window of chunks of the file being
     /// received (or, when the chain is whole, has it verified and put in place).
     pub(super) fn ask(&mut self) {
+        let window = self.limits.transfer_window;
         let Some(d) = &mut self.download else { return };
         if d.finishing || d.fetching.is_some() {
             return;
@@ -290,13 +291,13 @@ impl Consensus {
             return self.manager.job(snapshotter::Job::Finish { id, received });
         };
         d.expected = d.durable;
-        d.asked = (d.durable + u64::from(transfer::WINDOW) * transfer::CHUNK_BYTES).min(l.size);
+        d.asked = (d.durable + u64::from(window) * transfer::CHUNK_BYTES).min(l.size);
         d.asked_at = Instant::now();
         let part = transfer::Part::Ask {
             file: l.file,
             checksum: l.checksum,
             from: d.durable,
-            count: transfer::WINDOW,
+            count: window,
         };
         self.transport.send_part(d.msg.from, part);
     }
@@ -324,7 +325,7 @@ impl Consensus {
                     file,
                     checksum,
                     from: at,
-                    count: count.min(4 * transfer::WINDOW),
+                    count: count.min(4 * self.limits.transfer_window),
                     asked: Instant::now(),
                 });
             }
@@ -482,7 +483,7 @@ impl Consensus {
                     d.fetching = None;
                     self.ask();
                 }
-            } else if !d.finishing && d.asked_at.elapsed() >= transfer::ASK_AGAIN {
+            } else if !d.finishing && d.asked_at.elapsed() >= self.limits.ask_again {
                 self.manager.status.transfers.asked_again += 1;
                 self.ask();
             } else if d.finishing && d.asked_at.elapsed() >= FINISH_AGAIN {
@@ -512,7 +513,7 @@ impl Consensus {
             .map(|(id, m, _)| (id, m))
             .collect();
         self.serving.retain(|id, (at, index)| {
-            at.elapsed() < snapshotter::PIN
+            at.elapsed() < self.limits.pin
                 && matched.get(id).is_none_or(|m| *m < newest.max(*index))
         });
     }

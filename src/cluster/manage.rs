@@ -39,6 +39,12 @@ use super::Transport;
 use super::snapshotter::{Cut, Job, Report, Snapshotter, Written};
 use super::transfer::Identity;
 
+/// Reports waiting for the consensus actor. Their senders (the snapshotter, a fetch
+/// from the store, a compaction's waiter) wait when it is full: the actor never waits
+/// on any of them (jobs go by `try_send`) and drains every report on each turn of its
+/// loop, so the wait ends, and a flood of transfer work cannot grow memory.
+const REPORTS_QUEUED: usize = 1024;
+
 /// What the consensus actor knows of its log management, for `wal_status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Management {
@@ -133,8 +139,10 @@ impl Manager {
             chunk_bytes: config.delete_chunk_bytes,
             pause: config.delete_pause,
         };
-        let (report_tx, reports) = crossbeam_channel::unbounded();
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(64);
+        let (report_tx, reports) = crossbeam_channel::bounded(REPORTS_QUEUED);
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(config.cluster.snapshot_jobs);
+        // Unbounded, and holding at most `FEEDBACK_MAX` messages (one compaction at a
+        // time): the compactor's sends must never wait on the actor that drives it.
         let (feedback_tx, feedback) = crossbeam_channel::unbounded();
         let started = |e: std::io::Error| Error::Open(format!("cannot start a thread: {e}"));
         let snapshotter = Snapshotter {
@@ -149,6 +157,7 @@ impl Manager {
             reports: report_tx.clone(),
             transport,
             pinned: std::collections::HashMap::new(),
+            pin: config.cluster.pin,
             checksums: std::collections::HashMap::new(),
             send_rate: config.snapshot_send_bytes_per_sec,
             sent: (Instant::now(), 0),
@@ -349,6 +358,8 @@ impl Manager {
     pub(super) fn stop(&mut self) {
         self.jobs.take();
         self.compactor.take();
+        // A sender waiting on a full report channel must not hold up the join.
+        self.reports = crossbeam_channel::never();
         for join in self.joins.drain(..) {
             let _ = join.join();
         }

@@ -3,7 +3,8 @@
 //! The consensus actor is one thread that owns the [`Peer`] (raft-rs's `RawNode`,
 //! the replicated state machine) and its [`RaftLog`]. Its loop:
 //!
-//! 1. waits for a request, a peer message or the next tick (every [`TICK`]);
+//! 1. waits for a request, a peer message or the next tick (every
+//!    [`ClusterLimits::tick`](crate::config::ClusterLimits::tick));
 //! 2. takes in everything that is waiting (so one sync covers many requests: group
 //!    commit), proposes writes, starts reads (ReadIndex), steps peer messages;
 //! 3. runs each Ready: messages a leader may send at once go to the [`Transport`];
@@ -70,15 +71,6 @@ use catch_up::{Download, offer_wait};
 use manage::Manager;
 use syncer::{Handoff, Numbered, Synced, Taker, merge_jobs};
 
-/// Time per Raft tick. Fine-grained, so that two followers rarely time out in the same
-/// tick and split the vote (each election timeout is drawn among 50 ticks).
-pub const TICK: Duration = Duration::from_millis(10);
-/// Ticks without hearing a leader before a follower campaigns (randomized up to twice):
-/// 0.5 to 1 s.
-pub const ELECTION_TICKS: usize = 50;
-/// Ticks between a leader's heartbeats: 100 ms.
-pub const HEARTBEAT_TICKS: usize = 10;
-
 /// Where a node's messages to its peers go: the binary writes them to stdout as
 /// `raft` lines; an embedding program supplies its own.
 pub trait Transport: Send + Sync {
@@ -95,9 +87,6 @@ pub trait Transport: Send + Sync {
 /// peers heard from), shared by the consensus actor and whoever connects the node to
 /// its peers.
 pub type Roster = Arc<std::sync::RwLock<std::collections::BTreeMap<u64, String>>>;
-
-/// How long a leader waits before it proposes again to record a member's incarnation.
-const RECORD_AGAIN: Duration = Duration::from_secs(2);
 
 /// What a node sends to a peer, as the router's queue carries it.
 #[derive(Debug)]

@@ -105,8 +105,8 @@ impl ClusterNode {
         let mut peer = Peer::resume(
             &PeerConfig {
                 id,
-                election_ticks: ELECTION_TICKS,
-                heartbeat_ticks: HEARTBEAT_TICKS,
+                election_ticks: config.cluster.election_ticks,
+                heartbeat_ticks: config.cluster.heartbeat_ticks,
                 boot,
             },
             store,
@@ -120,7 +120,8 @@ impl ClusterNode {
             peer.store().last_index(),
             peer.store().hard_state().term
         );
-        let (tx, inbox) = crossbeam_channel::bounded(config.inbox_capacity.max(1024));
+        let (tx, inbox) =
+            crossbeam_channel::bounded(config.inbox_capacity.max(config.cluster.inbox_min));
         let (jobs_tx, jobs) = syncer::handoff();
         let (synced_tx, synced) = syncer::handoff();
         let transport: Arc<dyn Transport> = Arc::from(transport);
@@ -187,11 +188,10 @@ impl ClusterNode {
             compact_waiters: std::collections::VecDeque::new(),
             newest_client: newest_client_offset,
             serving: HashMap::new(),
-            offer_wait: offer_wait(config.snapshot_send_bytes_per_sec),
+            offer_wait: offer_wait(config.snapshot_send_bytes_per_sec, &config.cluster),
             roster,
             incarnation,
-            leader_wait: config.leader_wait,
-            request_timeout: config.request_timeout,
+            limits: config.cluster.clone(),
             changes: HashMap::new(),
             recording: HashMap::new(),
             refused_messages: 0,

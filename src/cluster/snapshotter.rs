@@ -57,9 +57,6 @@ pub(super) enum Job {
     Forget { keep: Vec<String> },
 }
 
-/// Snapshot files pinned by a transfer stay this long after the last ask.
-pub(super) const PIN: Duration = Duration::from_secs(30);
-
 /// What the snapshotter and the compactor report to the consensus actor.
 pub(super) enum Report {
     /// A snapshot is durable (and retention applied), or why not; `fatal` when a sync
@@ -121,6 +118,9 @@ pub(super) struct Snapshotter {
     pub(super) transport: Arc<dyn Transport>,
     /// Snapshots being sent, with the time of the last ask: retention keeps them.
     pub(super) pinned: std::collections::HashMap<String, Instant>,
+    /// How long a snapshot stays pinned after its last ask
+    /// ([`ClusterLimits::pin`](crate::config::ClusterLimits::pin)).
+    pub(super) pin: Duration,
     /// Body checksums of the snapshots on disk, as learned.
     pub(super) checksums: std::collections::HashMap<String, u32>,
     /// Most bytes per second sent to other members (0: no limit).
@@ -278,7 +278,8 @@ impl Snapshotter {
     /// before it is freed step by step, so no half-freed file is ever read as a
     /// snapshot.
     fn retain(&mut self, retain: u64) -> std::result::Result<(), (String, bool)> {
-        self.pinned.retain(|_, at| at.elapsed() < PIN);
+        let pin = self.pin;
+        self.pinned.retain(|_, at| at.elapsed() < pin);
         let on_disk = self.on_disk.clone();
         let mut root = std::collections::HashMap::new();
         for (_, name) in &on_disk {

@@ -7,11 +7,11 @@
 //! raft-rs until it holds the whole chain. Files of the chain it already holds (the
 //! same name, size and checksum: a base received with an earlier snapshot, say) are
 //! not sent again; the others it receives one after the other, base first. For each, it
-//! asks the sender for chunks ([`Part::Ask`]: a window of [`WINDOW`] chunks of at most
+//! asks the sender for chunks ([`Part::Ask`]: a window of `ClusterLimits::transfer_window` chunks of at most
 //! [`CHUNK_BYTES`] from the first byte it lacks), writes each in order to
 //! `<file>.<checksum>.part`, syncs it at the end of the window, and asks on from
 //! there; a chunk whose CRC-32C does not match, or that arrives out of order, is
-//! dropped and asked again after [`ASK_AGAIN`]. The part files survive a restart of
+//! dropped and asked again after `ClusterLimits::ask_again`. The part files survive a restart of
 //! either side, a lost chunk and a leader change: the transfer resumes at their durable
 //! lengths as long as the snapshot offered is the same one (same names and checksums);
 //! another one starts from zero. Once all are whole, the chain is verified (headers,
@@ -26,14 +26,8 @@
 //! {"type": "snapshot_part", "part": {"gone": file, "crc": checksum}}
 //! ```
 
-use std::time::Duration;
-
 /// Most file bytes in one chunk.
 pub const CHUNK_BYTES: u64 = 256 * 1024;
-/// Chunks asked at once.
-pub const WINDOW: u32 = 4;
-/// A transfer that made no progress for this long asks again from its durable length.
-pub const ASK_AGAIN: Duration = Duration::from_millis(400);
 
 pub use crate::raftlog::image::Identity;
 

@@ -387,8 +387,8 @@ pub fn files(dir: &Path, suffix: &str) -> Vec<String> {
 /// then gets (13, "may or may not happen") is right but is not what these tests check.
 /// A test of the timeouts themselves sets its own after this.
 pub fn patient(c: &mut Config) {
-    c.request_timeout = Duration::from_secs(60);
-    c.leader_wait = Duration::from_secs(30);
+    c.cluster.request_timeout = Duration::from_secs(60);
+    c.cluster.leader_wait = Duration::from_secs(30);
 }
 
 /// Small thresholds, so that a few hundred writes snapshot and compact several times.
@@ -509,7 +509,7 @@ fn a_follower_behind_the_leaders_compacted_log_catches_up_from_a_snapshot() {
     // n3, cut off, must refuse a read after the production wait for a leader.
     let g = Group::start(|c| {
         small(c);
-        c.leader_wait = Duration::from_secs(2);
+        c.cluster.leader_wait = Duration::from_secs(2);
     });
     for i in 0..50u64 {
         g.append(1 + i % 2, format!("set k{}=old{i}", i % 5));
@@ -1137,8 +1137,8 @@ fn with_compaction_waiting_for_the_store_a_member_keeps_its_log_until_an_upload_
 
 /// Deadlines short enough for a test to wait them out.
 fn quick_deadlines(c: &mut Config) {
-    c.request_timeout = Duration::from_millis(1500);
-    c.leader_wait = Duration::from_millis(500);
+    c.cluster.request_timeout = Duration::from_millis(1500);
+    c.cluster.leader_wait = Duration::from_millis(500);
 }
 
 /// A write that a leader proposed but could not commit before the request deadline (it

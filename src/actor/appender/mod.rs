@@ -274,6 +274,11 @@ impl Appender {
     }
 
     fn on_feedback(&mut self, ev: Feedback) {
+        debug_assert!(
+            self.feedback.len() < crate::actor::FEEDBACK_MAX,
+            "{} feedback messages waiting: more than the bound allows",
+            self.feedback.len() + 1
+        );
         match ev {
             Feedback::SnapshotDurable {
                 snapshot,

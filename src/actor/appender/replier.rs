@@ -23,6 +23,12 @@ use crate::error::Result;
 /// itself.
 const ANSWER_IN_PLACE_MAX: usize = 8;
 
+/// Batches handed over and not yet taken by the replier: beyond this the appender
+/// waits for it (it sits downstream of the appender, and answering never waits on the
+/// appender, so the wait always ends). Sixteen batches behind is a replier far slower
+/// than the disk: the appender had better slow down than queue answers without end.
+const BATCHES_QUEUED: usize = 16;
+
 type Answers = (Vec<Pending>, Result<()>);
 
 pub(super) struct Replier {
@@ -36,7 +42,7 @@ impl Replier {
     /// Starts the thread; without one (it could not be started), the appender answers
     /// everything itself.
     pub(super) fn start() -> Replier {
-        let (tx, rx) = crossbeam_channel::unbounded::<Answers>();
+        let (tx, rx) = crossbeam_channel::bounded::<Answers>(BATCHES_QUEUED);
         let queued = Arc::new(AtomicUsize::new(0));
         let count = queued.clone();
         let spawned = std::thread::Builder::new()
