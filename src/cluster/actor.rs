@@ -59,6 +59,9 @@ pub(super) struct Consensus {
     pub(super) incarnation: u64,
     /// Timers, queues and the transfer pace ([`Config::cluster`]).
     pub(super) limits: crate::config::ClusterLimits,
+    /// What every timer of the actor reads ([`Config::clock`]): tests move it forward
+    /// instead of waiting.
+    pub(super) clock: Arc<dyn crate::clock::Clock>,
     /// Membership changes proposed here, by request number, with their deadlines.
     pub(super) changes: HashMap<u64, (Reply<Changed>, Instant)>,
     /// On a leader: incarnations it proposed to record, and when.
@@ -92,9 +95,9 @@ pub(super) struct Consensus {
 
 impl Consensus {
     pub(super) fn run(mut self) {
-        let mut next_tick = Instant::now() + self.limits.tick;
+        let mut next_tick = self.clock.now() + self.limits.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wait = next_tick.saturating_duration_since(self.clock.now());
             crossbeam_channel::select! {
                 recv(self.inbox) -> msg => match msg {
                     Ok(msg) => self.take(msg),
@@ -132,7 +135,7 @@ impl Consensus {
             while let Ok(r) = self.manager.reports.try_recv() {
                 self.on_report(r);
             }
-            let now = Instant::now();
+            let now = self.clock.now();
             if now >= next_tick {
                 self.peer.tick();
                 next_tick = now + self.limits.tick;
@@ -306,7 +309,7 @@ impl Consensus {
                 if let Err(msg) = self.start(msg) {
                     self.waiting.push(Waiting {
                         msg,
-                        until: Instant::now() + self.limits.leader_wait,
+                        until: self.clock.now() + self.limits.leader_wait,
                     });
                 }
             }
@@ -315,7 +318,7 @@ impl Consensus {
 
     /// Proposes or starts a read; gives the message back when no leader is known.
     pub(super) fn start(&mut self, msg: Msg) -> std::result::Result<(), Msg> {
-        let deadline = Instant::now() + self.limits.request_timeout;
+        let deadline = self.clock.now() + self.limits.request_timeout;
         match msg {
             Msg::Propose(cmd, reply) => match self.peer.propose(&cmd) {
                 Ok(seq) => {
@@ -486,7 +489,7 @@ impl Consensus {
         match self.peer.machine().incarnations.get(&m.from) {
             Some(&recorded) if recorded != incarnation => {
                 self.refused_messages += 1;
-                let now = Instant::now();
+                let now = self.clock.now();
                 if self
                     .warned_incarnation
                     .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
@@ -527,7 +530,7 @@ impl Consensus {
         {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         if self
             .recording
             .get(&(id, incarnation))
@@ -555,7 +558,7 @@ impl Consensus {
             return;
         }
         self.record(self.peer.id(), self.incarnation);
-        let now = Instant::now();
+        let now = self.clock.now();
         if self.peer.store().offer_stale()
             && !self.manager.cutting()
             && self
@@ -625,7 +628,7 @@ impl Consensus {
         match self.peer.propose_change(&change) {
             Ok(seq) => {
                 self.changes
-                    .insert(seq, (reply, Instant::now() + self.limits.request_timeout));
+                    .insert(seq, (reply, self.clock.now() + self.limits.request_timeout));
             }
             Err(Refused::NotYet(_)) => return Err(Msg::Change(change, reply)),
             Err(Refused::NoLeader) => {

@@ -122,9 +122,9 @@ impl Consensus {
             durable: 0,
             asked: 0,
             expected: 0,
-            asked_at: Instant::now(),
+            asked_at: self.clock.now(),
             finishing: false,
-            started: Instant::now(),
+            started: self.clock.now(),
             received: None,
             fetching: None,
             store_tried: false,
@@ -184,7 +184,7 @@ impl Consensus {
             return false;
         }
         d.store_tried = true;
-        d.fetching = Some(Instant::now());
+        d.fetching = Some(self.clock.now());
         let (config, fs, dir) = (config.clone(), fs.clone(), dir.clone());
         let (id, need) = (d.id.clone(), d.need.clone());
         let reports = self.manager.reporter();
@@ -282,7 +282,7 @@ impl Consensus {
         }
         let Some(l) = d.current().cloned() else {
             d.finishing = true;
-            d.asked_at = Instant::now();
+            d.asked_at = self.clock.now();
             d.received.get_or_insert(d.asked_at);
             let (id, received) = (
                 d.id.clone(),
@@ -292,7 +292,7 @@ impl Consensus {
         };
         d.expected = d.durable;
         d.asked = (d.durable + u64::from(window) * transfer::CHUNK_BYTES).min(l.size);
-        d.asked_at = Instant::now();
+        d.asked_at = self.clock.now();
         let part = transfer::Part::Ask {
             file: l.file,
             checksum: l.checksum,
@@ -319,14 +319,14 @@ impl Consensus {
                     .into_iter()
                     .find(|(id, _)| *id == from)
                     .map_or(own, |(_, tip)| tip.max(own));
-                self.serving.insert(from, (Instant::now(), index));
+                self.serving.insert(from, (self.clock.now(), index));
                 self.manager.job(snapshotter::Job::Serve {
                     to: from,
                     file,
                     checksum,
                     from: at,
                     count: count.min(4 * self.limits.transfer_window),
-                    asked: Instant::now(),
+                    asked: self.clock.now(),
                 });
             }
             transfer::Part::Chunk {
@@ -349,7 +349,7 @@ impl Consensus {
                 }
                 d.expected += data.len() as u64;
                 // Progress: asked again only after a pause without any.
-                d.asked_at = Instant::now();
+                d.asked_at = self.clock.now();
                 // One sync per window: the window's last chunk makes it durable.
                 let sync = d.expected >= d.asked;
                 self.manager.job(snapshotter::Job::Receive {
@@ -405,7 +405,7 @@ impl Consensus {
                 if d.from_store {
                     self.manager.status.transfers.from_store += 1;
                 }
-                let now = Instant::now();
+                let now = self.clock.now();
                 let received = d.received.unwrap_or(now);
                 let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_millis() as u64;
                 self.manager.status.transfers.last = Some(manage::Phases {
@@ -464,7 +464,11 @@ impl Consensus {
         {
             self.install_timer = None;
             if let Some(last) = &mut self.manager.status.transfers.last {
-                last.install_ms = since.elapsed().as_millis() as u64;
+                last.install_ms = self
+                    .clock
+                    .now()
+                    .saturating_duration_since(since)
+                    .as_millis() as u64;
             }
         }
     }
@@ -475,7 +479,7 @@ impl Consensus {
     pub(super) fn transfers_tick(&mut self) {
         if let Some(d) = &mut self.download {
             if let Some(since) = d.fetching {
-                if since.elapsed() >= FETCH_MAX {
+                if self.clock.now().saturating_duration_since(since) >= FETCH_MAX {
                     log::warn!(
                         "fetching snapshot {} from the store takes too long: asking the leader",
                         d.id.file
@@ -483,22 +487,25 @@ impl Consensus {
                     d.fetching = None;
                     self.ask();
                 }
-            } else if !d.finishing && d.asked_at.elapsed() >= self.limits.ask_again {
+            } else if !d.finishing
+                && self.clock.now().saturating_duration_since(d.asked_at) >= self.limits.ask_again
+            {
                 self.manager.status.transfers.asked_again += 1;
                 self.ask();
-            } else if d.finishing && d.asked_at.elapsed() >= FINISH_AGAIN {
+            } else if d.finishing
+                && self.clock.now().saturating_duration_since(d.asked_at) >= FINISH_AGAIN
+            {
                 // The verification job was dropped (the snapshotter's queue was full).
                 d.finishing = false;
                 self.ask();
             }
         }
         for (id, index) in self.peer.followers_in_snapshot() {
-            let quiet = self
-                .serving
-                .get(&id)
-                .is_none_or(|(at, _)| at.elapsed() >= self.offer_wait);
+            let quiet = self.serving.get(&id).is_none_or(|(at, _)| {
+                self.clock.now().saturating_duration_since(*at) >= self.offer_wait
+            });
             if quiet {
-                self.serving.insert(id, (Instant::now(), index));
+                self.serving.insert(id, (self.clock.now(), index));
                 self.peer.snapshot_failed(id);
             }
         }
@@ -513,7 +520,7 @@ impl Consensus {
             .map(|(id, m, _)| (id, m))
             .collect();
         self.serving.retain(|id, (at, index)| {
-            at.elapsed() < self.limits.pin
+            self.clock.now().saturating_duration_since(*at) < self.limits.pin
                 && matched.get(id).is_none_or(|m| *m < newest.max(*index))
         });
     }

@@ -108,6 +108,8 @@ pub(super) struct Manager {
     thresholds: Thresholds,
     /// Where and when the last cut was taken (or the node opened).
     last_cut: (u64, Instant),
+    /// What the age trigger reads ([`Config::clock`]).
+    clock: Arc<dyn crate::clock::Clock>,
     cutting: bool,
     compacting: bool,
     pub status: Management,
@@ -182,7 +184,8 @@ impl Manager {
             policy,
             seed,
             round: 0,
-            last_cut: (applied, Instant::now()),
+            last_cut: (applied, config.clock.now()),
+            clock: config.clock.clone(),
             cutting: false,
             compacting: false,
             status: Management {
@@ -224,7 +227,9 @@ impl Manager {
         let progress = Progress {
             entries: applied.saturating_sub(self.last_cut.0),
             bytes: 0,
-            age_ms: self.last_cut.1.elapsed().as_millis() as u64,
+            age_ms: (self.clock.now())
+                .saturating_duration_since(self.last_cut.1)
+                .as_millis() as u64,
         };
         !self.cutting && policy::due(&self.thresholds, &progress).is_some()
     }
@@ -232,7 +237,7 @@ impl Manager {
     /// Hands a cut to the snapshotter.
     pub(super) fn cut(&mut self, image: Image) {
         let Some(jobs) = &self.jobs else { return };
-        self.last_cut = (image.index(), Instant::now());
+        self.last_cut = (image.index(), self.clock.now());
         self.round += 1;
         self.thresholds = self.policy.thresholds(self.seed, self.round);
         self.cutting = true;

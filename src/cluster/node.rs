@@ -192,6 +192,7 @@ impl ClusterNode {
             roster,
             incarnation,
             limits: config.cluster.clone(),
+            clock: config.clock.clone(),
             changes: HashMap::new(),
             recording: HashMap::new(),
             refused_messages: 0,

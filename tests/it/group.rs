@@ -1185,3 +1185,34 @@ fn a_write_past_its_deadline_is_unknown_and_one_refused_never_appears() {
     // the group agrees.
     assert!(g.read(now, ReadQuery::Key("held".into())).is_ok());
 }
+
+/// The consensus actor's timers read the configured clock, not the wall's: a request
+/// that finds no leader waits `leader_wait` of that clock (here an hour), and is
+/// answered error 11 as soon as the clock passes it.
+#[test]
+fn the_consensus_actors_timers_read_the_configured_clock() {
+    struct Nowhere;
+    impl Transport for Nowhere {
+        fn send(&self, _: Message) {}
+        fn send_part(&self, _: u64, _: Part) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(flintlog::clock::ManualClock::new());
+    let mut c = Config::new(dir.path().join("n1"));
+    c.clock = clock.clone();
+    c.cluster.leader_wait = Duration::from_secs(3600);
+    // One founder of three alone: no leader is ever elected.
+    let node = ClusterNode::open(&c, 1, &[1, 2, 3], Arc::default(), Box::new(Nowhere)).unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    node.append_with(b"x".to_vec(), Reply::new(move |r| drop(tx.send(r))));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "answered while the clock stood still"
+    );
+    clock.advance(Duration::from_secs(3601));
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Err(Error::Unavailable(why))) => assert!(why.contains("leader"), "{why}"),
+        other => panic!("after the clock passed the leader wait: {other:?}"),
+    }
+    node.shutdown();
+}
