@@ -34,7 +34,7 @@ pub use actor::appender::{AppenderHandle, CasPredicate};
 pub use actor::facades::{CompactorHandle, SnapshotterHandle};
 pub use config::{Config, FsyncPolicy};
 pub use core::policy::{Policy, PolicyUpdate};
-pub use core::position::Offset;
+pub use core::position::{Offset, RaftIndex};
 pub use error::{Error, Result};
 pub use node::{Node, check_data_dir};
 pub use snapshot::SnapshotFile;

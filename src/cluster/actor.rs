@@ -216,7 +216,7 @@ impl Consensus {
                 match r {
                     Ok(w) => {
                         self.newest_client = w.next_offset;
-                        let index = w.file.offset.get();
+                        let index = image::index_of(&w.file).get();
                         let file = SnapshotFile {
                             offset: w.next_offset,
                             ..w.file
@@ -583,7 +583,7 @@ impl Consensus {
                 .collect()
         };
         uploader.offer(Upload {
-            index: w.file.offset.get(),
+            index: image::index_of(&w.file).get(),
             term: w.term,
             voters: names(&w.voters),
             learners: names(&w.learners),
@@ -608,7 +608,7 @@ impl Consensus {
             .status
             .snapshot
             .as_ref()
-            .map(|s| s.offset.get());
+            .map(|s| image::index_of(s).get());
         if let Some(snapshot) = snapshot
             && self.manager.policy().auto_compact
             && !self.manager.compacting()

@@ -80,9 +80,9 @@ impl Consensus {
             }
             return;
         }
-        let at = Offset::new(keep - 2);
+        let at = RaftIndex::new(keep).prev().position();
         let plan = store.compaction_plan(at);
-        let next_offset = Offset::new(store.last_index());
+        let next_offset = RaftIndex::new(store.last_index()).position().next();
         // Reads stop below it now, before any file changes.
         self.peer.store_mut().fence(at);
         self.peer.forget_before(keep);

@@ -6,7 +6,7 @@ use crate::raftlog::image::Link;
 
 /// A snapshot being received: see [`transfer`].
 pub(super) struct Download {
-    id: transfer::Identity,
+    id: transfer::ChainId,
     /// The offer, stepped into raft-rs once the chain is whole and in place.
     msg: Message,
     /// The chain's files this node lacks, base first, and which one is being
@@ -88,7 +88,7 @@ impl Consensus {
     /// in full before raft-rs sees the offer. The same snapshot offered again goes on
     /// from what arrived; another one starts over.
     pub(super) fn offered(&mut self, m: Message) {
-        let id = match transfer::Identity::decode(&m.get_snapshot().data) {
+        let id = match transfer::ChainId::decode(&m.get_snapshot().data) {
             Ok(id) if id.index == m.get_snapshot().get_metadata().index => id,
             Ok(_) => return log::warn!("a snapshot offer whose identity names another index"),
             Err(why) => return log::warn!("a snapshot offer that does not decode: {why}"),
@@ -237,7 +237,7 @@ impl Consensus {
     /// leader had sent it), or the leader is asked.
     pub(super) fn fetched(
         &mut self,
-        id: transfer::Identity,
+        id: transfer::ChainId,
         outcome: std::result::Result<String, String>,
     ) {
         let Some(d) = self
@@ -390,7 +390,7 @@ impl Consensus {
     /// raft-rs, which installs it.
     pub(super) fn downloaded(
         &mut self,
-        id: transfer::Identity,
+        id: transfer::ChainId,
         outcome: std::result::Result<
             (crate::consensus::Image, Vec<crate::snapshot::SnapshotFile>),
             String,

@@ -30,14 +30,16 @@ use crate::config::Config;
 use crate::consensus::Image;
 use crate::core::policy::{self, Policy, Progress, Thresholds};
 use crate::core::position::Offset;
+use crate::core::position::RaftIndex;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Pacing};
+use crate::raftlog::image;
 use crate::types::{Compaction, SnapshotFile};
 use crate::wal::SyncCount;
 
 use super::Transport;
-use super::snapshotter::{Cut, Job, Report, Snapshotter, Written};
-use super::transfer::Identity;
+use super::snapshotter::{ChainSnapshotter, Cut, Job, Report, Written};
+use super::transfer::ChainId;
 
 /// Reports waiting for the consensus actor. Their senders (the snapshotter, a fetch
 /// from the store, a compaction's waiter) wait when it is full: the actor never waits
@@ -47,7 +49,7 @@ const REPORTS_QUEUED: usize = 1024;
 
 /// What the consensus actor knows of its log management, for `wal_status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Management {
+pub struct ClusterManagement {
     /// The newest durable snapshot: its file and index.
     pub snapshot: Option<SnapshotFile>,
     /// Snapshots written since the node started.
@@ -112,7 +114,7 @@ pub(super) struct Manager {
     clock: Arc<dyn crate::clock::Clock>,
     cutting: bool,
     compacting: bool,
-    pub status: Management,
+    pub status: ClusterManagement,
     jobs: Option<Sender<Job>>,
     pub reports: Receiver<Report>,
     report_tx: Sender<Report>,
@@ -147,7 +149,7 @@ impl Manager {
         // time): the compactor's sends must never wait on the actor that drives it.
         let (feedback_tx, feedback) = crossbeam_channel::unbounded();
         let started = |e: std::io::Error| Error::Open(format!("cannot start a thread: {e}"));
-        let snapshotter = Snapshotter {
+        let snapshotter = ChainSnapshotter {
             fs: fs.clone(),
             dir: config.dir.clone(),
             pace: config.snapshot_pace(log_syncs),
@@ -188,9 +190,9 @@ impl Manager {
             clock: config.clock.clone(),
             cutting: false,
             compacting: false,
-            status: Management {
+            status: ClusterManagement {
                 snapshot: newest_file,
-                ..Management::default()
+                ..ClusterManagement::default()
             },
             jobs: Some(job_tx),
             reports,
@@ -214,7 +216,10 @@ impl Manager {
 
     /// The Raft index of the newest durable snapshot (0 before the first).
     pub(super) fn newest_index(&self) -> u64 {
-        self.status.snapshot.as_ref().map_or(0, |f| f.offset.get())
+        self.status
+            .snapshot
+            .as_ref()
+            .map_or(0, |f| image::index_of(f).get())
     }
 
     /// Whether a snapshot is being written.
@@ -267,7 +272,7 @@ impl Manager {
     pub(super) fn snapshot_done(
         &mut self,
         r: &std::result::Result<Written, (String, bool)>,
-    ) -> std::result::Result<Option<(Identity, bool)>, String> {
+    ) -> std::result::Result<Option<(ChainId, bool)>, String> {
         self.cutting = false;
         match r {
             Ok(w) => {
@@ -278,7 +283,7 @@ impl Manager {
                     w.file.size_bytes,
                     w.term
                 );
-                let id = Identity::of(&w.chain, w.term);
+                let id = ChainId::of(&w.chain, w.term);
                 // (A cut taken before a snapshot from the leader was installed is older.)
                 if self
                     .status
@@ -328,7 +333,7 @@ impl Manager {
         self.compacting = true;
         let sent = compactor.send(CompactorMsg::Compact {
             at,
-            snapshot_offset: Offset::new(snapshot),
+            snapshot_offset: image::carrying(RaftIndex::new(snapshot)),
             next_offset,
             segments: plan.segments,
             start: plan.start,

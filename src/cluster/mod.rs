@@ -59,7 +59,7 @@ use crate::config::Config;
 use crate::consensus::{Change, Changed, Command, Effect, Outcome, Peer, PeerConfig, Refused};
 use crate::core::policy;
 use crate::core::policy::{Policy, PolicyUpdate};
-use crate::core::position::Offset;
+use crate::core::position::{Offset, RaftIndex};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, Lock, RealFs};
 use crate::raftlog::image;
@@ -160,7 +160,7 @@ pub struct ClusterStatus {
     /// The first index the log holds entries from (1 until compacted).
     pub first_index: u64,
     /// Snapshots and compactions.
-    pub management: manage::Management,
+    pub management: manage::ClusterManagement,
     /// Why the node stopped serving, after a failed write or sync.
     pub poisoned: Option<String>,
     /// The uploads to the snapshot store, if the node has one.

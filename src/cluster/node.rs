@@ -95,7 +95,9 @@ impl ClusterNode {
 
         let first_offset = match store.first_index() {
             1 => Offset::ZERO,
-            first => Offset::new(first - 2),
+            // The entry before the first one held (a snapshot's own, kept for its
+            // term) is where the segment log starts.
+            first => RaftIndex::new(first).prev().position(),
         };
         let applied = machine.applied;
         let boot = std::time::SystemTime::now()
@@ -127,7 +129,7 @@ impl ClusterNode {
         let transport: Arc<dyn Transport> = Arc::from(transport);
         if let Some(chain) = &newest {
             peer.store_mut().offer(
-                transfer::Identity::of(chain, loaded_term),
+                transfer::ChainId::of(chain, loaded_term),
                 &loaded_conf.0,
                 &loaded_conf.1,
             );

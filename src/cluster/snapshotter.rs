@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Transport;
-use super::transfer::{CHUNK_BYTES, Identity, Part};
+use super::transfer::{CHUNK_BYTES, ChainId, Part};
 use crate::consensus::Image;
 use crate::core::kv::KvState;
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
-use crate::core::position::Offset;
+use crate::core::position::{Offset, RaftIndex};
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::raftlog::image;
 use crate::snapshot::WritePace;
@@ -52,7 +52,7 @@ pub(super) enum Job {
     },
     /// The chain `id` is whole (the files named in `received` in their part files,
     /// the others in place): verify it and rename the received files into place.
-    Finish { id: Identity, received: Vec<String> },
+    Finish { id: ChainId, received: Vec<String> },
     /// Remove part files other than `keep` (a transfer that will not resume).
     Forget { keep: Vec<String> },
 }
@@ -72,13 +72,13 @@ pub(super) enum Report {
     /// A received snapshot is whole, verified and in place (its chain's files, base
     /// first), or why not (the part files are then gone: the transfer starts over).
     Downloaded {
-        id: Identity,
+        id: ChainId,
         outcome: std::result::Result<(Image, Vec<SnapshotFile>), String>,
     },
     /// A snapshot offered was fetched from the snapshot store into its part file
     /// (whole and synced), or why not.
     Fetched {
-        id: Identity,
+        id: ChainId,
         outcome: std::result::Result<String, String>,
     },
 }
@@ -99,7 +99,7 @@ pub(super) struct Written {
 }
 
 /// The snapshotter thread's state (see the module documentation).
-pub(super) struct Snapshotter {
+pub(super) struct ChainSnapshotter {
     pub(super) fs: Arc<dyn FileSystem>,
     pub(super) dir: PathBuf,
     pub(super) pace: WritePace,
@@ -131,7 +131,7 @@ pub(super) struct Snapshotter {
     pub(super) last_sent: std::collections::HashMap<u64, (String, u64, Instant)>,
 }
 
-impl Snapshotter {
+impl ChainSnapshotter {
     pub(super) fn run(mut self, jobs: &Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
             let cut = match job {
@@ -219,7 +219,9 @@ impl Snapshotter {
                     deltas_bytes: deltas.iter().map(|d| d.size_bytes).sum(),
                     base_bytes: base.size_bytes,
                 };
-                chain.last().is_some_and(|t| t.offset.get() < index)
+                chain
+                    .last()
+                    .is_some_and(|t| image::index_of(t).get() < index)
                     && chain
                         .iter()
                         .all(|f| self.on_disk.iter().any(|(_, n)| *n == f.file))
@@ -261,7 +263,7 @@ impl Snapshotter {
     /// if it cannot be, and the next snapshot is then a full one).
     fn read_loaded(&mut self) -> Option<(Vec<SnapshotFile>, KvState)> {
         let chain = std::mem::take(&mut self.loaded);
-        let tip = chain.last()?.offset.get();
+        let tip = image::index_of(chain.last()?).get();
         let names: Vec<String> = chain.iter().map(|f| f.file.clone()).collect();
         match image::read_files(&*self.fs, &self.dir, &names, tip) {
             Ok((image, _)) => Some((chain, image.machine.kv)),
@@ -477,7 +479,7 @@ impl Snapshotter {
     /// renames the received files into place, the tip last.
     fn finish(
         &mut self,
-        id: &Identity,
+        id: &ChainId,
         received: &[String],
     ) -> std::result::Result<(Image, Vec<SnapshotFile>), String> {
         let links = id.links();
@@ -548,7 +550,7 @@ impl Snapshotter {
             parent = Some(l.file.clone());
             chain.push(SnapshotFile {
                 file: l.file.clone(),
-                offset: Offset::new(index),
+                offset: image::carrying(RaftIndex::new(index)),
                 size_bytes: l.size,
                 checksum: l.checksum,
             });

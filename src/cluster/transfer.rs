@@ -1,7 +1,7 @@
 //! Snapshot transfer between members: the snapshot travels in chunks outside Raft.
 //!
 //! A leader whose follower needs entries it compacted lets raft-rs send a
-//! `MsgSnapshot` that carries only the snapshot's [`Identity`] (index, term, and each
+//! `MsgSnapshot` that carries only the snapshot's [`ChainId`] (index, term, and each
 //! file of its chain, a full snapshot then the deltas on it, with sizes and body
 //! checksums) in place of the data. The follower does not step that message into
 //! raft-rs until it holds the whole chain. Files of the chain it already holds (the
@@ -29,7 +29,7 @@
 /// Most file bytes in one chunk.
 pub const CHUNK_BYTES: u64 = 256 * 1024;
 
-pub use crate::raftlog::image::Identity;
+pub use crate::raftlog::image::ChainId;
 
 /// A message of a transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn identities_round_trip_and_garbage_is_refused() {
-        let id = Identity {
+        let id = ChainId {
             index: 1234,
             term: 7,
             file: crate::core::layout::raft_snapshot(1234),
@@ -68,9 +68,9 @@ mod tests {
             checksum: 0xdead_beef,
             parents: vec![],
         };
-        assert_eq!(Identity::decode(&id.encode()), Ok(id.clone()));
-        assert!(Identity::decode(&id.encode()[..30]).is_err());
-        let chain = Identity {
+        assert_eq!(ChainId::decode(&id.encode()), Ok(id.clone()));
+        assert!(ChainId::decode(&id.encode()[..30]).is_err());
+        let chain = ChainId {
             file: crate::core::layout::raft_delta(1234),
             parents: vec![crate::raftlog::image::Link {
                 file: crate::core::layout::raft_snapshot(1000),
@@ -79,12 +79,12 @@ mod tests {
             }],
             ..id.clone()
         };
-        assert_eq!(Identity::decode(&chain.encode()), Ok(chain.clone()));
+        assert_eq!(ChainId::decode(&chain.encode()), Ok(chain.clone()));
         assert_eq!(chain.total_size(), 5_099_999);
         let bytes = chain.encode();
         for cut in [10, 30, bytes.len() - 1] {
-            assert!(Identity::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(ChainId::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
-        assert!(Identity::decode(b"FLNTSNIDxxxxxxxxxxxxxxxxxxxxxxxxxxxx../etc/passwd").is_err());
+        assert!(ChainId::decode(b"FLNTSNIDxxxxxxxxxxxxxxxxxxxxxxxxxxxx../etc/passwd").is_err());
     }
 }

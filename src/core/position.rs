@@ -7,6 +7,12 @@
 //! off-by-one. Conversions: [`Offset::from_disk`] / [`Offset::on_disk`] in the file
 //! codecs, [`Offset::from_wire`] / [`Offset::on_wire`] in the protocol layer, and
 //! [`Offset::new`] / [`Offset::get`] for everything else (counts, tests).
+//!
+//! A [`RaftIndex`] is a position in a replicated log, from 1, as raft-rs counts. The
+//! Raft log keeps index `i` at the segment log's position `i - 1`: the one conversion,
+//! [`RaftIndex::position`] and [`RaftIndex::at_position`], is named, never written as
+//! arithmetic. (A cluster's client offsets are a third count, kept by its state
+//! machine, which maps each to the index that holds it.)
 
 use std::fmt;
 
@@ -77,6 +83,47 @@ impl Offset {
     }
 }
 
+/// A Raft log index, from 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RaftIndex(u64);
+
+impl RaftIndex {
+    /// The index `i`.
+    pub const fn new(i: u64) -> RaftIndex {
+        RaftIndex(i)
+    }
+
+    /// Its number, as raft-rs takes it.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Where the segment log keeps the entry at this index: position `index - 1`.
+    ///
+    /// # Panics
+    /// On index 0, which holds no entry.
+    pub fn position(self) -> Offset {
+        assert!(self.0 > 0, "Raft index 0 holds no entry");
+        Offset(self.0 - 1)
+    }
+
+    /// The index of the entry the segment log keeps at `position`.
+    pub const fn at_position(position: Offset) -> RaftIndex {
+        RaftIndex(position.0 + 1)
+    }
+
+    /// The index before this one (0 stays 0).
+    pub const fn prev(self) -> RaftIndex {
+        RaftIndex(self.0.saturating_sub(1))
+    }
+}
+
+impl fmt::Display for RaftIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl fmt::Display for Offset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -94,6 +141,15 @@ impl PartialEq<u64> for Offset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raft_index_sits_one_before_its_number_in_the_segment_log() {
+        assert_eq!(RaftIndex::new(1).position(), Offset::ZERO);
+        assert_eq!(RaftIndex::new(42).position(), Offset::new(41));
+        assert_eq!(RaftIndex::at_position(Offset::new(41)), RaftIndex::new(42));
+        assert_eq!(RaftIndex::new(42).prev(), RaftIndex::new(41));
+        assert!(std::panic::catch_unwind(|| RaftIndex::new(0).position()).is_err());
+    }
 
     #[test]
     fn offsets_count_and_compare() {

@@ -26,7 +26,7 @@ use std::path::Path;
 use crate::consensus::command::Session;
 use crate::consensus::{Image, Machine};
 use crate::core::layout;
-use crate::core::position::Offset;
+use crate::core::position::{Offset, RaftIndex};
 use crate::fs::FileSystem;
 use crate::snapshot::{self, SnapshotFile};
 
@@ -45,6 +45,18 @@ type Head = (
     Vec<(u64, String)>,
     Vec<(u64, u64)>,
 );
+
+/// The Raft index a cluster snapshot's file stands at. A cluster snapshot is written
+/// in the single node's file format, whose `SnapshotFile::offset` carries the index.
+pub fn index_of(file: &SnapshotFile) -> RaftIndex {
+    RaftIndex::new(file.offset.get())
+}
+
+/// The `offset` field of a cluster snapshot's [`SnapshotFile`] (and of the compaction
+/// it answers) for a snapshot at `index`: see [`index_of`].
+pub fn carrying(index: RaftIndex) -> Offset {
+    Offset::new(index.get())
+}
 
 /// The head of an image's file: everything but the key-value state.
 fn head(image: &Image) -> Vec<u8> {
@@ -150,7 +162,7 @@ const CHAIN_IDENTITY_MAGIC: &[u8; 8] = b"FLNTSNCH";
 /// the offer carries in place of the data. The snapshot is a chain: a full snapshot,
 /// then the deltas building on it; `file`, `size` and `checksum` are its tip's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub struct ChainId {
     /// Its Raft index.
     pub index: u64,
     /// The term of that entry.
@@ -188,7 +200,7 @@ fn cluster_name(file: String) -> Result<String, String> {
     Ok(file)
 }
 
-impl Identity {
+impl ChainId {
     /// The bytes a `MsgSnapshot`'s data carries: for a chain of one file, index,
     /// term, size, checksum and name; for a longer chain, index, term, then each
     /// file (base first) as size, checksum, name length and name.
@@ -215,11 +227,11 @@ impl Identity {
         b
     }
 
-    /// Reads what [`Identity::encode`] wrote.
+    /// Reads what [`ChainId::encode`] wrote.
     ///
     /// # Errors
     /// What is wrong with it.
-    pub fn decode(b: &[u8]) -> Result<Identity, String> {
+    pub fn decode(b: &[u8]) -> Result<ChainId, String> {
         let u64_at = |at: usize| -> Result<u64, String> {
             b.get(at..at + 8)
                 .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
@@ -232,7 +244,7 @@ impl Identity {
         };
         if b.len() >= 36 && &b[..8] == IDENTITY_MAGIC {
             let file = String::from_utf8(b[36..].to_vec()).map_err(|e| e.to_string())?;
-            return Ok(Identity {
+            return Ok(ChainId {
                 index: u64_at(8)?,
                 term: u64_at(16)?,
                 size: u64_at(24)?,
@@ -260,7 +272,7 @@ impl Identity {
             at += 16 + len as usize;
         }
         let tip = links.pop().ok_or("a chain of no files")?;
-        Ok(Identity {
+        Ok(ChainId {
             index: u64_at(8)?,
             term: u64_at(16)?,
             file: tip.file,
@@ -275,10 +287,10 @@ impl Identity {
     ///
     /// # Panics
     /// `chain` is empty.
-    pub fn of(chain: &[SnapshotFile], term: u64) -> Identity {
+    pub fn of(chain: &[SnapshotFile], term: u64) -> ChainId {
         let (tip, parents) = chain.split_last().expect("a chain has a file");
-        Identity {
-            index: tip.offset.get(),
+        ChainId {
+            index: index_of(tip).get(),
             term,
             file: tip.file.clone(),
             size: tip.size_bytes,

@@ -7,7 +7,7 @@ use raft::eraftpb::Entry;
 
 use super::entry::encode_entry;
 use crate::core::layout::RAFT_INSTALL;
-use crate::core::position::Offset;
+use crate::core::position::RaftIndex;
 use crate::core::recovery::classify;
 use crate::fs::{FileSystem, join, sync_failed};
 use crate::wal::meta::LogStart;
@@ -30,18 +30,18 @@ pub(super) fn redo_install(
         fs.remove(&join(dir, name))?;
     }
     fs.sync_dir(dir).map_err(sync_failed)?;
-    let at = index - 1;
+    let at = RaftIndex::new(index).position();
     // Preallocated, not zero-filled: zero-filling a segment here would hold up the
     // consensus thread (the next segments are prepared in the background as usual).
     drop(crate::wal::create_segment(
         &**fs,
         dir,
-        at,
+        at.get(),
         options.preallocate_bytes(),
         false,
     )?);
     let start = LogStart {
-        first_offset: Offset::new(at),
+        first_offset: at,
         skip: None,
     };
     crate::wal::meta::write(&**fs, dir, &start)?;
@@ -49,7 +49,7 @@ pub(super) fn redo_install(
         fs.clone(),
         RecoverLog {
             options,
-            segments: vec![(at, crate::core::layout::segment(at))],
+            segments: vec![(at.get(), crate::core::layout::segment(at.get()))],
             start,
             replay_from: start.first_offset,
         },

@@ -54,7 +54,7 @@ pub use syncer::{SyncJob, Syncer};
 
 use crate::consensus::LogStore;
 use crate::core::layout::{RAFT_INSTALL, RAFT_STATE};
-use crate::core::position::Offset;
+use crate::core::position::{Offset, RaftIndex};
 use crate::core::recovery::classify;
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join, sync_failed};
@@ -100,7 +100,7 @@ pub struct RaftLog {
     /// When the last "a follower needs a snapshot" warning was logged.
     warned: std::cell::Cell<Option<std::time::Instant>>,
     /// The snapshot offered to followers that need one, with its configuration.
-    offered: Option<(image::Identity, ConfState)>,
+    offered: Option<(image::ChainId, ConfState)>,
     last: u64,
     hard_state: HardState,
     /// The hard state last handed to a sync (in `raft.state` once that returned).
@@ -443,7 +443,7 @@ impl RaftLog {
     /// Makes `id` the snapshot offered to a follower that needs entries this log no
     /// longer holds (its file is durable in this directory), with the voters and
     /// learners of its configuration.
-    pub fn offer(&mut self, id: image::Identity, voters: &[u64], learners: &[u64]) {
+    pub fn offer(&mut self, id: image::ChainId, voters: &[u64], learners: &[u64]) {
         if self
             .offered
             .as_ref()
@@ -601,7 +601,9 @@ impl LogStore for RaftLog {
         );
         if first.index <= self.last {
             self.writes += 1;
-            self.log.get_mut().truncate(Offset::new(first.index - 1))?;
+            self.log
+                .get_mut()
+                .truncate(RaftIndex::new(first.index).position())?;
             self.last = first.index - 1;
             let keep = self.terms.partition_point(|&(f, _)| f <= self.last);
             self.terms.truncate(keep);
@@ -669,7 +671,7 @@ impl raft::Storage for RaftLog {
                 let read = self
                     .log
                     .borrow_mut()
-                    .read(Offset::new(index - 1))
+                    .read(RaftIndex::new(index).position())
                     .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?;
                 if !read.checksum_valid {
                     return Err(raft::Error::Store(StorageError::Other(

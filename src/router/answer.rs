@@ -345,7 +345,7 @@ pub(super) fn cluster_status_json((s, names): &(ClusterStatus, Names)) -> Value 
         "match_index": matched,
         "state_digest": format!("{:08x}", s.state_digest),
         "first_index": s.first_index,
-        "snapshot_index": s.management.snapshot.as_ref().map(|f| f.offset.get()),
+        "snapshot_index": s.management.snapshot.as_ref().map(|f| crate::raftlog::image::index_of(f).get()),
         "snapshot_file": s.management.snapshot.as_ref().map(|f| f.file.clone()),
         "snapshots_written": s.management.snapshots_written,
         "compactions": s.management.compactions,

@@ -433,7 +433,7 @@ mod tests {
     #[test]
     fn parts_round_trip_and_garbage_is_refused() {
         let file = crate::core::layout::raft_snapshot(1234);
-        let id = crate::cluster::transfer::Identity {
+        let id = crate::cluster::transfer::ChainId {
             index: 1234,
             term: 7,
             file,
