@@ -26,6 +26,7 @@ pub mod router;
 pub mod snapshot;
 pub mod store;
 pub mod survey;
+pub mod transport;
 pub mod types;
 pub mod wal;
 

@@ -36,6 +36,7 @@ mod actor;
 mod admin;
 mod catch_up;
 mod client;
+pub mod kinds;
 pub mod manage;
 mod node;
 mod snapshotter;

@@ -32,15 +32,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use serde_json::{Map, Value, json};
 
+use crate::cluster::kinds;
 use crate::cluster::transfer::{CHUNK_BYTES, Part};
-
-fn kind_number(t: EntryType) -> u64 {
-    match t {
-        EntryType::EntryNormal => 0,
-        EntryType::EntryConfChange => 1,
-        EntryType::EntryConfChangeV2 => 2,
-    }
-}
 
 /// Writes the JSON body of a message (without `type`, which the router adds), straight
 /// into the line, printed as the router prints every line.
@@ -74,7 +67,7 @@ pub fn write(out: &mut String, m: &Message) {
             }
             let _ = write!(out, "{{\"t\": {}, \"i\": {}", e.term, e.index);
             if e.entry_type != EntryType::EntryNormal {
-                let _ = write!(out, ", \"k\": {}", kind_number(e.entry_type));
+                let _ = write!(out, ", \"k\": {}", kinds::entry_number(e.entry_type));
             }
             if !e.data.is_empty() {
                 let _ = write!(out, ", \"d\": \"{}\"", B64.encode(&e.data));
@@ -111,32 +104,6 @@ pub fn write(out: &mut String, m: &Message) {
     out.push('}');
 }
 
-fn message_type(t: u64) -> Option<MessageType> {
-    use MessageType::*;
-    Some(match t {
-        0 => MsgHup,
-        1 => MsgBeat,
-        2 => MsgPropose,
-        3 => MsgAppend,
-        4 => MsgAppendResponse,
-        5 => MsgRequestVote,
-        6 => MsgRequestVoteResponse,
-        7 => MsgSnapshot,
-        8 => MsgHeartbeat,
-        9 => MsgHeartbeatResponse,
-        10 => MsgUnreachable,
-        11 => MsgSnapStatus,
-        12 => MsgCheckQuorum,
-        13 => MsgTransferLeader,
-        14 => MsgTimeoutNow,
-        15 => MsgReadIndex,
-        16 => MsgReadIndexResp,
-        17 => MsgRequestPreVote,
-        18 => MsgRequestPreVoteResponse,
-        _ => return None,
-    })
-}
-
 fn u64_field(o: &Map<String, Value>, k: &str) -> Result<u64, String> {
     match o.get(k) {
         None => Ok(0),
@@ -163,7 +130,7 @@ fn bytes_field(o: &Map<String, Value>, k: &str) -> Result<Vec<u8>, String> {
 pub fn decode(body: &Value, from: u64, to: u64) -> Result<Message, String> {
     let o = body.as_object().ok_or("a raft message must be an object")?;
     let t = u64_field(o, "t")?;
-    let msg_type = message_type(t).ok_or_else(|| format!("unknown message type {t}"))?;
+    let msg_type = kinds::message_type(t).ok_or_else(|| format!("unknown message type {t}"))?;
     let mut snapshot = raft::eraftpb::Snapshot::default();
     if msg_type == MessageType::MsgSnapshot {
         let sn = o
@@ -202,12 +169,9 @@ pub fn decode(body: &Value, from: u64, to: u64) -> Result<Message, String> {
         Some(Value::Array(list)) => {
             for e in list {
                 let e = e.as_object().ok_or("an entry must be an object")?;
-                let entry_type = match u64_field(e, "k")? {
-                    0 => EntryType::EntryNormal,
-                    1 => EntryType::EntryConfChange,
-                    2 => EntryType::EntryConfChangeV2,
-                    k => return Err(format!("unknown entry kind {k}")),
-                };
+                let k = u64_field(e, "k")?;
+                let entry_type =
+                    kinds::entry_type(k).ok_or_else(|| format!("unknown entry kind {k}"))?;
                 entries.push(Entry {
                     entry_type,
                     term: u64_field(e, "t")?,
