@@ -5,3 +5,4 @@
 //! another implementation of [`crate::cluster::Transport`].
 
 pub mod frame;
+pub mod peers;

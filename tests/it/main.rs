@@ -22,4 +22,5 @@ mod raftlog;
 mod store;
 mod strace;
 mod support;
+mod tcp;
 mod weed;
