@@ -284,6 +284,10 @@ struct Writer {
 /// How long a writer waits for its queue before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long one write to a peer may block (the peer reads nothing, its buffers are
+/// full) before the link is given up and dialled again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Writer {
     fn run<T>(&self, queue: Receiver<T>, frame: impl Fn(T) -> Frame) {
         let mut backoff = Duration::from_millis(20);
@@ -350,6 +354,10 @@ impl Writer {
             match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
                 Ok(mut s) => {
                     let _ = s.set_nodelay(true);
+                    // A peer that stops reading fails the write instead of holding
+                    // the writer (and its shutdown) forever: the link is dialled again.
+                    s.set_write_timeout(Some(WRITE_TIMEOUT))
+                        .map_err(|e| e.to_string())?;
                     let mut hello = Vec::new();
                     frame::encode(
                         &Frame::Hello(self.config.hello(

@@ -25,10 +25,18 @@ struct Member {
 struct TcpGroup {
     _dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// The listeners of the members that run no node.
+    fakes: Vec<TcpListener>,
 }
 
 impl TcpGroup {
     fn start(n: u64) -> TcpGroup {
+        TcpGroup::start_with(n, n, |_| {})
+    }
+
+    /// `n` members, of which the first `real` run a node; the others only hold their
+    /// listener (a test serves it). `links` adjusts each real member's link limits.
+    fn start_with(n: u64, real: u64, links_of: impl Fn(&mut LinkConfig)) -> TcpGroup {
         let _ = env_logger::builder().is_test(true).try_init();
         let dir = tempfile::tempdir().unwrap();
         let listeners: Vec<TcpListener> = (0..n)
@@ -51,11 +59,17 @@ impl TcpGroup {
             .collect();
         let founders: Vec<u64> = (1..=n).collect();
         let mut members = Vec::new();
+        let mut fakes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
+            if id > real {
+                fakes.push(listener);
+                continue;
+            }
             let mut links = LinkConfig::new(GROUP, &format!("n{id}"), id);
             links.peers = addrs.clone();
             links.peers.remove(&id);
+            links_of(&mut links);
             let slot: Arc<OnceLock<Arc<ClusterNode>>> = Arc::default();
             let sink = {
                 let slot = slot.clone();
@@ -84,7 +98,11 @@ impl TcpGroup {
             let _ = slot.set(node.clone());
             members.push(Member { node, links });
         }
-        TcpGroup { _dir: dir, members }
+        TcpGroup {
+            _dir: dir,
+            members,
+            fakes,
+        }
     }
 
     fn node(&self, id: u64) -> &ClusterNode {
@@ -236,4 +254,104 @@ fn a_peer_of_another_group_or_under_another_id_is_refused_and_a_bad_frame_closes
     let leader = g.leader();
     g.node(leader).append(b"after".to_vec()).unwrap();
     g.shutdown();
+}
+
+/// A member that answers every hello and then never reads: the leader goes on
+/// committing with the other member.
+#[test]
+fn a_peer_that_stops_reading_never_holds_up_the_leader() {
+    let mut g = TcpGroup::start_with(3, 2, |l| l.queue = 16);
+    let held = never_reading(g.fakes.pop().unwrap(), "n3", 3);
+    let payload = vec![b'x'; 4096];
+    let started = Instant::now();
+    let mut done = 0;
+    while done < 2000 {
+        let leader = g.leader();
+        match g.node(leader).append(payload.clone()) {
+            Ok(_) => done += 1,
+            Err(Error::Unavailable(_)) => {}
+            Err(e) => panic!("append {done}: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{done} of 2000 appends in a minute: the stalled peer holds the leader up"
+        );
+    }
+    g.shutdown();
+    drop(held);
+}
+
+/// Serves `listener` as member `me`: answers every hello, then never reads; returns the
+/// connections it holds open.
+fn never_reading(
+    listener: TcpListener,
+    me: &'static str,
+    id: u64,
+) -> Arc<std::sync::Mutex<Vec<TcpStream>>> {
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let Ok(Frame::Hello(h)) = frame::read(&mut s, 1 << 20) else {
+                continue;
+            };
+            let mut out = Vec::new();
+            frame::encode(&Frame::Hello(hello_as(GROUP, me, id, &h.node_id)), &mut out);
+            let _ = s.write_all(&out);
+            keep.lock().unwrap().push(s);
+        }
+    });
+    held
+}
+
+/// Sending to a peer that stopped reading never waits: once the socket's buffers and
+/// the peer's queue are full, messages are dropped (Raft sends again) and counted.
+#[test]
+fn a_full_queue_to_a_stalled_peer_drops_and_never_blocks_the_sender() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = LinkConfig::new(GROUP, "n1", 1);
+    config.queue = 16;
+    config.peers.insert(
+        2,
+        PeerAddr {
+            node_id: "n2".into(),
+            addr: peer.local_addr().unwrap().to_string(),
+        },
+    );
+    let held = never_reading(peer, "n2", 2);
+    let own = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (links, outgoing) = PeerLinks::start(config, own, |_| {}).unwrap();
+    links.set_incarnation(7);
+    let entry = raft::eraftpb::Entry {
+        data: vec![b'x'; 64 * 1024].into(),
+        ..Default::default()
+    };
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let sender = std::thread::spawn(move || {
+        use flintlog::cluster::Transport;
+        // 20,000 messages of 64 KiB: 1.3 GB for a peer that reads nothing.
+        for i in 0..20_000u64 {
+            outgoing.send(raft::eraftpb::Message {
+                msg_type: raft::eraftpb::MessageType::MsgAppend,
+                from: 1,
+                to: 2,
+                index: i,
+                entries: vec![entry.clone()].into(),
+                ..Default::default()
+            });
+        }
+        done_tx.send(()).unwrap();
+        outgoing
+    });
+    assert!(
+        done.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "the sender waited on a peer that does not read"
+    );
+    let outgoing = sender.join().unwrap();
+    assert!(links.counters.dropped.load(Ordering::Relaxed) > 10_000);
+    drop(outgoing);
+    links.shutdown();
+    drop(held);
 }
