@@ -175,8 +175,9 @@ pub struct PeerLinks {
 impl PeerLinks {
     /// Starts the writers (one per peer and channel) and the listener on `listener`,
     /// which hands what peers send to `sink`. Returns the links and the [`Transport`]
-    /// to give the node; the writers end when that transport is dropped and the
-    /// listener at [`PeerLinks::shutdown`].
+    /// to give the node. Every thread ends at [`PeerLinks::shutdown`] (within a dial's
+    /// timeouts: a few seconds at most); a writer also ends when the transport is
+    /// dropped.
     ///
     /// # Errors
     /// A thread could not be started, or the listener's address is unknown.
