@@ -18,9 +18,9 @@
 //!    out committed entries only up to the persisted index), and reads whose read
 //!    index this node has applied.
 //!
-//! A request that finds no leader waits up to [`Config::leader_wait`] for one, then
+//! A request that finds no leader waits up to [`ClusterLimits::leader_wait`](crate::config::ClusterLimits::leader_wait) for one, then
 //! gets error 11 (nothing happened). A write still unanswered after
-//! [`Config::request_timeout`] gets error 13 (it may or may not be committed later); a
+//! [`ClusterLimits::request_timeout`](crate::config::ClusterLimits::request_timeout) gets error 13 (it may or may not be committed later); a
 //! read, error 11.
 //!
 //! The files: `node.rs` opens a node and wires its threads ([`ClusterNode`]);

@@ -354,7 +354,7 @@ pub fn write(
 /// chain's tip, cut from `parent_state`), crash-safely; returns the file once durable.
 ///
 /// # Errors
-/// As [`write`].
+/// As [`write()`].
 pub fn write_delta(
     fs: &dyn FileSystem,
     dir: &Path,

@@ -521,7 +521,7 @@ impl RaftLog {
     /// Replaces the whole log by the start of one that continues from a snapshot at
     /// `index` (term `term`), which the caller made durable in this directory first:
     /// `raft.install` is written durably, then the segments are replaced (see
-    /// [`redo_install`]), then the marker removed. Entries are read from `index + 1`.
+    /// `redo_install`), then the marker removed. Entries are read from `index + 1`.
     ///
     /// # Errors
     /// The I/O error: fail-stop for the caller (recovery finishes the install).

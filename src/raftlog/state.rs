@@ -128,7 +128,7 @@ pub(super) fn encode_install(index: u64, term: u64) -> Vec<u8> {
 }
 
 /// Marks `dir`, where a snapshot at `index` (term `term`) was made durable, as a log
-/// to be replaced by one continuing from it: the next [`RaftLog::open`] finishes the
+/// to be replaced by one continuing from it: the next [`RaftLog::open`](super::RaftLog::open) finishes the
 /// install (a new member bootstrapped from a snapshot it fetched itself).
 ///
 /// # Errors

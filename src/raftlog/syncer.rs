@@ -10,10 +10,10 @@ use raft::eraftpb::HardState;
 use super::state::{Identity, write_state};
 use crate::fs::{FileSystem, join, sync_failed};
 
-/// What one sync must make durable: see [`RaftLog::take_sync_job`].
+/// What one sync must make durable: see [`RaftLog::take_sync_job`](super::RaftLog::take_sync_job).
 #[derive(Debug, Default)]
 pub struct SyncJob {
-    /// Writes made before the job was taken (see [`RaftLog::synced_through`]).
+    /// Writes made before the job was taken (see [`RaftLog::synced_through`](super::RaftLog::synced_through)).
     pub writes: u64,
     /// Segment files written since the previous job.
     pub segments: std::collections::BTreeSet<String>,

@@ -145,10 +145,10 @@ pub fn write(
 }
 
 /// Writes the delta at `offset` building on `parent`: `changes` (from
-/// [`KvState::changes_to`]) and the other-payload count, crash-safely as [`write`].
+/// [`KvState::changes_to`]) and the other-payload count, crash-safely as [`write()`].
 ///
 /// # Errors
-/// As [`write`].
+/// As [`write()`].
 pub fn write_delta(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -168,10 +168,10 @@ pub fn write_delta(
 
 /// Writes a cluster node's snapshot `name` at Raft index `index`: `head` (the
 /// consensus layer's own fields, opaque here) then the state's body, crash-safely as
-/// [`write`].
+/// [`write()`].
 ///
 /// # Errors
-/// As [`write`].
+/// As [`write()`].
 pub fn write_machine(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -192,10 +192,10 @@ pub fn write_machine(
 /// Writes a cluster node's delta `name` at Raft index `index`, building on `parent`
 /// (the cluster snapshot or delta before it): `head` (the consensus layer's fields at
 /// `index`, whole: they are small) then the changes since `parent`, crash-safely as
-/// [`write`].
+/// [`write()`].
 ///
 /// # Errors
-/// As [`write`].
+/// As [`write()`].
 #[allow(clippy::too_many_arguments)]
 pub fn write_machine_delta(
     fs: &dyn FileSystem,
@@ -296,7 +296,7 @@ pub(super) fn write_body(mut w: &mut dyn Write, state: &KvState) -> io::Result<(
     Ok(())
 }
 
-/// The bytes of the snapshot file of `state` at `offset`, in memory (what [`write`]
+/// The bytes of the snapshot file of `state` at `offset`, in memory (what [`write()`]
 /// puts on disk).
 pub fn to_bytes(offset: u64, state: &KvState) -> Vec<u8> {
     let mut body = Vec::new();

@@ -8,7 +8,7 @@
 //! or a byte allocated, and the body must decode to exactly its length; a frame that
 //! fails either is refused (the connection that sent it is closed by its reader).
 //! raft-rs's protobuf decoder never sees network bytes: a Raft message travels as our
-//! own [`WireMessage`], each field checked and built into raft-rs's struct directly.
+//! own `WireMessage`, each field checked and built into raft-rs's struct directly.
 //!
 //! Kinds: 1 [`Hello`] (the first frame on a connection, both ways), 2 a Raft message,
 //! 3 a part of a snapshot transfer, 4 a refusal of the connection (why, as text).
