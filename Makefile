@@ -31,7 +31,7 @@ all: build
 help:
 	@echo "make load           build, then load-test the node: 64 clients on a 1M-key state, snapshots and"
 	@echo "                    compactions during the run; throughput, latency percentiles, target/load/"
-	@echo "make test           formatting, clippy -D warnings, every unit, integration and doc test (what CI runs)"
+	@echo "make test           fmt, clippy and rustdoc -D warnings, every unit, integration, doc test (CI)"
 	@echo "make demo           a conversation with the node, a kill -9 in the middle of writes, the recovery"
 	@echo "make store          start a local S3 store (SeaweedFS) with a bucket; prints the lines to use it"
 	@echo "make store-stop     stop it"
@@ -58,6 +58,7 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --quiet
 
 # The crash enumeration and the kill -9 test keep both cores busy for minutes: they run
 # after the rest, so that the group tests, whose nodes keep timers, never share the
