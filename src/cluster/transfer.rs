@@ -31,8 +31,9 @@ pub const CHUNK_BYTES: u64 = 256 * 1024;
 
 pub use crate::raftlog::image::ChainId;
 
-/// A message of a transfer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message of a transfer. It travels as the stdin transport's JSON or, over TCP, in
+/// bincode (hence the derives); either way [`Part::check`] vets it on arrival.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum Part {
     /// The receiver asks for `count` chunks of `file` from byte `from`.
     Ask {
@@ -52,6 +53,27 @@ pub enum Part {
     },
     /// The sender no longer has that file: the receiver waits for a newer offer.
     Gone { file: String, checksum: u32 },
+}
+
+impl Part {
+    /// Whether a part received from a peer may be acted on: it names a cluster
+    /// snapshot's file (nothing outside the snapshots), and a chunk holds at most
+    /// [`CHUNK_BYTES`].
+    ///
+    /// # Errors
+    /// What is wrong with it.
+    pub fn check(&self) -> Result<(), String> {
+        let (Part::Ask { file, .. } | Part::Chunk { file, .. } | Part::Gone { file, .. }) = self;
+        if crate::core::layout::parse_raft_snapshot(file).is_none() {
+            return Err(format!("{file:?} is not a cluster snapshot's name"));
+        }
+        if let Part::Chunk { data, .. } = self
+            && data.len() as u64 > CHUNK_BYTES
+        {
+            return Err(format!("a chunk of {} bytes", data.len()));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use bincode::{Decode, Encode};
 use raft::eraftpb::{ConfState, Entry, Message, MessageType, Snapshot, SnapshotMetadata};
 
 use crate::cluster::kinds;
-use crate::cluster::transfer::{CHUNK_BYTES, Part};
+use crate::cluster::transfer::Part;
 
 /// The frame format's version, which [`Hello`] carries.
 pub const VERSION: u32 = 1;
@@ -131,28 +131,6 @@ struct WireMessage {
     snapshot: Option<WireSnapshot>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-enum WirePart {
-    Ask {
-        file: String,
-        checksum: u32,
-        from: u64,
-        count: u32,
-    },
-    Chunk {
-        file: String,
-        checksum: u32,
-        at: u64,
-        size: u64,
-        data: Vec<u8>,
-        crc: u32,
-    },
-    Gone {
-        file: String,
-        checksum: u32,
-    },
-}
-
 fn to_wire(m: &Message) -> WireMessage {
     let snapshot = (m.msg_type == MessageType::MsgSnapshot).then(|| {
         let s = m.get_snapshot();
@@ -258,85 +236,6 @@ fn from_wire(w: WireMessage) -> Result<Message, String> {
     Ok(m)
 }
 
-fn part_to_wire(p: &Part) -> WirePart {
-    match p.clone() {
-        Part::Ask {
-            file,
-            checksum,
-            from,
-            count,
-        } => WirePart::Ask {
-            file,
-            checksum,
-            from,
-            count,
-        },
-        Part::Chunk {
-            file,
-            checksum,
-            at,
-            size,
-            data,
-            crc,
-        } => WirePart::Chunk {
-            file,
-            checksum,
-            at,
-            size,
-            data,
-            crc,
-        },
-        Part::Gone { file, checksum } => WirePart::Gone { file, checksum },
-    }
-}
-
-fn part_from_wire(w: WirePart) -> Result<Part, String> {
-    let named = |file: String| {
-        if crate::core::layout::parse_raft_snapshot(&file).is_some() {
-            Ok(file)
-        } else {
-            Err(format!("{file:?} is not a cluster snapshot's name"))
-        }
-    };
-    Ok(match w {
-        WirePart::Ask {
-            file,
-            checksum,
-            from,
-            count,
-        } => Part::Ask {
-            file: named(file)?,
-            checksum,
-            from,
-            count,
-        },
-        WirePart::Chunk {
-            file,
-            checksum,
-            at,
-            size,
-            data,
-            crc,
-        } => {
-            if data.len() as u64 > CHUNK_BYTES {
-                return Err(format!("a chunk of {} bytes", data.len()));
-            }
-            Part::Chunk {
-                file: named(file)?,
-                checksum,
-                at,
-                size,
-                data,
-                crc,
-            }
-        }
-        WirePart::Gone { file, checksum } => Part::Gone {
-            file: named(file)?,
-            checksum,
-        },
-    })
-}
-
 /// The most bytes a frame's body may claim for its contents while it decodes: a length
 /// field inside the body (a list's, a byte string's) beyond it is refused before any
 /// allocation, whatever the frame's own limit.
@@ -367,8 +266,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             2
         }
         Frame::Part { from, to, part } => {
-            let body = (*from, *to, part_to_wire(part));
-            bincode::encode_into_std_write(body, out, config()).expect("to memory");
+            bincode::encode_into_std_write((*from, *to, part), out, config()).expect("to memory");
             3
         }
         Frame::Refused(why) => {
@@ -398,12 +296,9 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Frame, String> {
         1 => Ok(Frame::Hello(whole(body)?)),
         2 => Ok(Frame::Raft(from_wire(whole(body)?)?)),
         3 => {
-            let (from, to, part): (u64, u64, WirePart) = whole(body)?;
-            Ok(Frame::Part {
-                from,
-                to,
-                part: part_from_wire(part)?,
-            })
+            let (from, to, part): (u64, u64, Part) = whole(body)?;
+            part.check()?;
+            Ok(Frame::Part { from, to, part })
         }
         4 => Ok(Frame::Refused(whole(body)?)),
         k => Err(format!("unknown frame kind {k}")),
@@ -436,6 +331,7 @@ pub fn read(r: &mut impl Read, limit: u32) -> Result<Frame, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::transfer::CHUNK_BYTES;
     use raft::eraftpb::EntryType;
 
     fn append() -> Message {
@@ -655,7 +551,7 @@ mod tests {
         // A part naming a file outside the snapshots, and an oversized chunk.
         for (part, why) in [
             (
-                WirePart::Ask {
+                Part::Ask {
                     file: "../etc/passwd".into(),
                     checksum: 1,
                     from: 0,
@@ -664,7 +560,7 @@ mod tests {
                 "not a cluster snapshot",
             ),
             (
-                WirePart::Chunk {
+                Part::Chunk {
                     file: crate::core::layout::raft_snapshot(5),
                     checksum: 1,
                     at: 0,

@@ -86,55 +86,41 @@ fn graph() -> Graph {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let roots = root_reexports(&src);
     let mut graph = Graph::new();
-    let mut stack = vec![src.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let rel = path
-                .strip_prefix(&src)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
-            let Some(unit) = unit_of(&rel) else { continue };
-            let code = code(&std::fs::read_to_string(&path).unwrap());
-            let deps = graph.entry(unit.clone()).or_default();
-            // `crate::actor::x` names the actor file `x`, other paths their top module.
-            // `crate::{a, b::c}` stands for `crate::a` and `crate::b::c`.
-            let code = expand_braces(&code);
-            for (i, _) in code.match_indices("crate::") {
-                let rest = &code[i + "crate::".len()..];
-                let first = idents_after(rest, "").first().copied().unwrap_or_default();
-                let dep = if first == "actor" {
-                    let sub = rest.strip_prefix("actor::").map(|r| idents_after(r, "")[0]);
-                    match sub {
-                        Some(s) if is_actor(&src, s) => {
-                            format!("actor::{s}")
-                        }
-                        _ => "actor".to_string(),
+    for (rel, code) in library_files() {
+        let Some(unit) = unit_of(&rel) else { continue };
+        let deps = graph.entry(unit.clone()).or_default();
+        // `crate::actor::x` names the actor file `x`, other paths their top module.
+        // `crate::{a, b::c}` stands for `crate::a` and `crate::b::c`.
+        let code = expand_braces(&code);
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            let first = idents_after(rest, "").first().copied().unwrap_or_default();
+            let dep = if first == "actor" {
+                let sub = rest.strip_prefix("actor::").map(|r| idents_after(r, "")[0]);
+                match sub {
+                    Some(s) if is_actor(&src, s) => {
+                        format!("actor::{s}")
                     }
-                } else {
-                    first.to_string()
-                };
-                // `crate::Result` and the like: the module the root re-exports it from.
-                let dep = roots.get(&dep).cloned().unwrap_or(dep);
-                if !dep.is_empty() && dep != unit {
-                    deps.insert(dep);
+                    _ => "actor".to_string(),
                 }
+            } else {
+                first.to_string()
+            };
+            // `crate::Result` and the like: the module the root re-exports it from.
+            let dep = roots.get(&dep).cloned().unwrap_or(dep);
+            if !dep.is_empty() && dep != unit {
+                deps.insert(dep);
             }
-            if unit.starts_with("actor") {
-                for name in idents_after(&code, "super::") {
-                    let dep = if is_actor(&src, name) {
-                        format!("actor::{name}")
-                    } else {
-                        "actor".to_string()
-                    };
-                    if dep != unit {
-                        deps.insert(dep);
-                    }
+        }
+        if unit.starts_with("actor") {
+            for name in idents_after(&code, "super::") {
+                let dep = if is_actor(&src, name) {
+                    format!("actor::{name}")
+                } else {
+                    "actor".to_string()
+                };
+                if dep != unit {
+                    deps.insert(dep);
                 }
             }
         }
