@@ -44,7 +44,7 @@ mod syncer;
 pub mod transfer;
 
 pub use client::Members;
-pub use node::ClusterNode;
+pub use node::{ClusterNode, PeerInbox};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -241,6 +241,13 @@ impl ClusterNode {
         }
     }
 
+    /// Where peers' messages can be handed in from other threads (links that read
+    /// them). The consensus actor runs until every inbox is dropped too: drop them
+    /// before [`ClusterNode::shutdown`].
+    pub fn peer_inbox(&self) -> PeerInbox {
+        PeerInbox(self.tx.clone().expect("running"))
+    }
+
     /// Hands in a message from a peer, which says it is incarnation `incarnation` of
     /// its Raft id (`msg.from`): refused if the group recorded another one.
     pub fn step(&self, msg: Message, incarnation: u64) {
@@ -316,6 +323,29 @@ impl ClusterNode {
         self.tx.take();
         if let Some(join) = self.join.take() {
             let _ = join.join();
+        }
+    }
+}
+
+/// Hands peers' messages to a node's consensus actor (see [`ClusterNode::peer_inbox`]).
+/// A full inbox drops them, as the network may.
+#[derive(Clone)]
+pub struct PeerInbox(Sender<Msg>);
+
+impl PeerInbox {
+    /// As [`ClusterNode::step`].
+    pub fn step(&self, msg: Message, incarnation: u64) {
+        self.offer(Msg::Peer(Box::new(msg), incarnation));
+    }
+
+    /// As [`ClusterNode::step_part`].
+    pub fn step_part(&self, from: u64, part: transfer::Part) {
+        self.offer(Msg::Part(from, Box::new(part)));
+    }
+
+    fn offer(&self, msg: Msg) {
+        if let Err(TrySendError::Full(_)) = self.0.try_send(msg) {
+            log::debug!("consensus inbox full: a peer message dropped");
         }
     }
 }

@@ -30,6 +30,15 @@ pub(super) fn error_body(code: u64, text: impl Into<String>) -> Body {
     }
 }
 
+/// The text of an error body (`None`: the body is not an error).
+pub(super) fn error_text(body: &Body) -> Option<String> {
+    if body.kind != "error" {
+        return None;
+    }
+    let text = body.fields.iter().find(|(name, _)| *name == "text");
+    Some(text.and_then(|(_, v)| v.as_str()).unwrap_or("").to_string())
+}
+
 /// The Maelstrom code of a library error.
 pub fn error_code(e: &Error) -> u64 {
     match e {

@@ -2,7 +2,6 @@
 //! (`{"type": "raft"}` between node ids) in and out, and client requests handed to
 //! the consensus actor.
 
-use std::io::Write;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -12,7 +11,7 @@ use serde_json::{Value, json};
 use super::answer::Names;
 use super::json as out_json;
 use super::peer_json;
-use super::{Answer, Body, Mode, Router, error_body, ok, wire};
+use super::{Answer, Body, Mode, Outlet, Router, Source, error_body, ok, wire};
 use crate::actor::Reply;
 use crate::cluster::transfer::Part;
 use crate::cluster::{ClusterNode, ClusterStatus, Members, Roster, ToPeer, Transport};
@@ -82,7 +81,7 @@ impl Transport for ToRouter {
     }
 }
 
-impl<W: Write> Router<W> {
+impl<O: Outlet> Router<O> {
     pub(super) fn init_cluster(
         &mut self,
         node_id: String,
@@ -174,10 +173,14 @@ impl<W: Write> Router<W> {
         founders: &[u64],
         roster: Roster,
     ) -> Body {
-        let transport = Box::new(ToRouter(self.peer_tx.clone()));
+        let own = self.links.as_mut().and_then(|l| l.transport.take());
+        let transport = own.unwrap_or_else(|| Box::new(ToRouter(self.peer_tx.clone())));
         match ClusterNode::open(&config, id, founders, roster.clone(), transport) {
             Ok(node) => {
                 log::info!("{node_id} is Raft member {id}");
+                if let Some(opened) = self.links.as_mut().and_then(|l| l.opened.take()) {
+                    opened(node.peer_inbox(), node.incarnation());
+                }
                 self.mode = Mode::Member(Member {
                     me: node_id,
                     id,
@@ -290,9 +293,7 @@ impl<W: Write> Router<W> {
         let mut out = String::with_capacity(256);
         out_json::write_value(&mut out, &line);
         out.push('\n');
-        if let Err(e) = self.out.write_all(out.as_bytes()) {
-            log::error!("writing to stdout failed: {e}");
-        }
+        self.out.peer(out.as_bytes());
     }
 
     /// Writes a message to a peer as a `raft` line.
@@ -321,14 +322,12 @@ impl<W: Write> Router<W> {
         peer_json::write(&mut out, m);
         out.push_str(&format!(", \"msg_id\": {}}}}}\n", self.next_msg_id));
         self.next_msg_id += 1;
-        if let Err(e) = self.out.write_all(out.as_bytes()) {
-            log::error!("writing to stdout failed: {e}");
-        }
+        self.out.peer(out.as_bytes());
     }
 
     fn reply_with<T: Send + 'static>(
         &self,
-        src: String,
+        src: Source,
         seq: u64,
         f: impl FnOnce(T) -> crate::Result<Answer> + Send + 'static,
     ) -> Reply<T> {
@@ -339,7 +338,7 @@ impl<W: Write> Router<W> {
         })
     }
 
-    pub(super) fn dispatch_cluster(&mut self, src: String, seq: u64, request: Request) {
+    pub(super) fn dispatch_cluster(&mut self, src: Source, seq: u64, request: Request) {
         let member = self.member();
         let node = &member.node;
         match request {
@@ -411,7 +410,7 @@ impl<W: Write> Router<W> {
     }
 }
 
-impl<W: Write> Router<W> {
+impl<O: Outlet> Router<O> {
     fn member(&self) -> &Member {
         match &self.mode {
             Mode::Member(member) => member,
@@ -419,7 +418,7 @@ impl<W: Write> Router<W> {
         }
     }
 
-    fn change(&mut self, src: String, seq: u64, kind: &'static str, change: Change) {
+    fn change(&mut self, src: Source, seq: u64, kind: &'static str, change: Change) {
         let member = self.member();
         let roster = member.roster.clone();
         let reply = self.reply_with(src, seq, move |m: Members| {
@@ -429,7 +428,7 @@ impl<W: Write> Router<W> {
         member.node.change_members_with(change, reply);
     }
 
-    fn unknown_member(&mut self, src: String, seq: u64, name: &str) {
+    fn unknown_member(&mut self, src: Source, seq: u64, name: &str) {
         let known = self.member().names();
         let body = error_body(
             code::KEY_DOES_NOT_EXIST,

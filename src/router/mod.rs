@@ -72,7 +72,7 @@ impl RouterConfig {
     }
 }
 
-enum Line {
+pub(crate) enum Line {
     Data(Vec<u8>),
     /// A line over the limit, dropped: its length, and its first and last bytes
     /// (at most [`SALVAGE_BYTES`] each), in which its `src` and `msg_id` may be found.
@@ -101,15 +101,38 @@ const LINES_PER_HANDOVER: usize = 256;
 /// Batches of lines the reader may have queued for the router.
 const HANDOVERS_QUEUED: usize = 4;
 
-/// Reads lines of at most `max` bytes; longer ones are skipped to their newline.
-/// The lines already read are handed over together (at most [`LINES_PER_HANDOVER`])
-/// before the reader waits for more input: one wake-up of the router for all of them.
-fn read_lines(input: impl Read, max: usize, tx: Sender<Vec<Line>>) {
+/// What the router takes in, in order: lines, and (where clients connect) the
+/// opening and closing of their connections.
+pub(crate) enum Item {
+    /// A line from connection `conn` (0: stdin).
+    Line(u64, Line),
+    /// Connection `conn` opened: its replies go to the [`Connection`].
+    Opened(u64, Connection),
+    /// Connection `conn` sends nothing more (its replies are still written).
+    Closed(u64),
+}
+
+/// Where one client connection's replies go: a bounded queue of bytes written by a
+/// thread of its own, and how to close the connection when that queue stays full
+/// (a client that does not read its replies).
+pub(crate) struct Connection {
+    pub(crate) tx: Sender<Vec<u8>>,
+    pub(crate) close: Box<dyn Fn() + Send>,
+}
+
+/// The connection id of stdin (and stdout).
+pub(crate) const STDOUT: u64 = 0;
+
+/// Reads lines of at most `max` bytes from connection `conn`; longer ones are skipped
+/// to their newline. The lines already read are handed over together (at most
+/// [`LINES_PER_HANDOVER`]) before the reader waits for more input: one wake-up of the
+/// router for all of them. The last item is [`Item::Closed`].
+pub(crate) fn read_lines(input: impl Read, max: usize, conn: u64, tx: Sender<Vec<Item>>) {
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut line = Vec::new();
     let mut dropped = 0usize;
     let (mut head, mut tail) = (Vec::new(), Vec::new());
-    let mut ready: Vec<Line> = Vec::new();
+    let mut ready: Vec<Item> = Vec::new();
     loop {
         let hand_over =
             (reader.buffer().is_empty() && !ready.is_empty()) || ready.len() >= LINES_PER_HANDOVER;
@@ -120,20 +143,27 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Vec<Line>>) {
             Ok(buf) => buf,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                log::error!("reading stdin failed: {e}; treating it as end of input");
+                if conn == STDOUT {
+                    log::error!("reading stdin failed: {e}; treating it as end of input");
+                } else {
+                    log::debug!("reading client connection {conn} failed: {e}");
+                }
                 break;
             }
         };
         if buf.is_empty() {
             if dropped > 0 {
                 let (head, tail) = (std::mem::take(&mut head), std::mem::take(&mut tail));
-                ready.push(Line::TooLong {
-                    bytes: dropped,
-                    head,
-                    tail,
-                });
+                ready.push(Item::Line(
+                    conn,
+                    Line::TooLong {
+                        bytes: dropped,
+                        head,
+                        tail,
+                    },
+                ));
             } else if !line.is_empty() {
-                ready.push(Line::Data(std::mem::take(&mut line)));
+                ready.push(Item::Line(conn, Line::Data(std::mem::take(&mut line))));
             }
             break;
         }
@@ -173,17 +203,70 @@ fn read_lines(input: impl Read, max: usize, tx: Sender<Vec<Line>>) {
                 Line::Data(std::mem::take(&mut line))
             };
             dropped = 0;
-            ready.push(msg);
+            ready.push(Item::Line(conn, msg));
         }
     }
-    if !ready.is_empty() {
-        let _ = tx.send(ready);
+    ready.push(Item::Closed(conn));
+    let _ = tx.send(ready);
+}
+
+/// Where a request came from: its connection and the `src` it gave (a client's name
+/// is its own only within its connection).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Source {
+    conn: u64,
+    name: String,
+}
+
+/// Where the router's output goes: stdout (one stream for replies and peer lines), or
+/// each client connection's own.
+pub(crate) trait Outlet {
+    /// Connection `conn` opened (only where clients connect).
+    fn opened(&mut self, conn: u64, connection: Connection);
+    /// A request from `conn` was taken: a reply to it will follow.
+    fn request(&mut self, conn: u64);
+    /// The reply to one of `conn`'s requests, a whole line.
+    fn reply(&mut self, conn: u64, line: &[u8]);
+    /// `conn` sends nothing more; it is closed once its replies are out.
+    fn closed(&mut self, conn: u64);
+    /// A line for a peer, where peers are reached through stdout.
+    fn peer(&mut self, line: &[u8]);
+    /// Everything buffered goes out.
+    fn flush(&mut self);
+}
+
+/// Stdout: every line in one buffered stream, written when the router has nothing
+/// else ready.
+struct Stdout<W: Write>(std::io::BufWriter<W>);
+
+impl<W: Write> Stdout<W> {
+    fn write(&mut self, line: &[u8]) {
+        if let Err(e) = self.0.write_all(line) {
+            log::error!("writing to stdout failed: {e}");
+        }
+    }
+}
+
+impl<W: Write> Outlet for Stdout<W> {
+    fn opened(&mut self, _: u64, _: Connection) {}
+    fn request(&mut self, _: u64) {}
+    fn reply(&mut self, _: u64, line: &[u8]) {
+        self.write(line);
+    }
+    fn closed(&mut self, _: u64) {}
+    fn peer(&mut self, line: &[u8]) {
+        self.write(line);
+    }
+    fn flush(&mut self) {
+        if let Err(e) = self.0.flush() {
+            log::error!("writing to stdout failed: {e}");
+        }
     }
 }
 
 /// A finished request, on its way back to the router thread.
 struct Done {
-    src: String,
+    src: Source,
     seq: u64,
     outcome: crate::Result<Answer>,
 }
@@ -233,17 +316,34 @@ impl Mode {
 }
 
 /// The router's state.
-struct Router<W: Write> {
+struct Router<O: Outlet> {
     config: RouterConfig,
-    out: std::io::BufWriter<W>,
+    out: O,
     next_msg_id: u64,
     mode: Mode,
     /// Messages the consensus actor sends to peers, written as `raft` lines.
     peer_tx: Sender<crate::cluster::ToPeer>,
-    queues: HashMap<String, SourceQueue>,
+    /// Whether peers' messages arrive as lines (stdin); otherwise over links of
+    /// their own, and a `raft` line is a client's request like any other.
+    peer_lines: bool,
+    /// Where a member reaches its peers when not through stdout.
+    links: Option<Links>,
+    queues: HashMap<Source, SourceQueue>,
     queued: usize,
     done_tx: Sender<Done>,
     fatal: bool,
+}
+
+/// A member's own links to its peers (`flintlog serve`), handed to the router that
+/// opens it.
+pub struct Links {
+    /// Where the node's messages to its peers go.
+    pub transport: Option<Box<dyn crate::cluster::Transport>>,
+    /// Called once the member is open, with where its peers' messages go from then on
+    /// and its incarnation.
+    pub opened: Option<Box<dyn FnOnce(crate::cluster::PeerInbox, u64) + Send>>,
+    /// Called before the node stops: nothing reaches the inbox after it returns.
+    pub closing: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Runs the node's protocol over `input` and `output` until end of input; returns the
@@ -253,22 +353,11 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
     let line_bytes_max = config.line_bytes_max;
     let reader = std::thread::Builder::new()
         .name("flintlog-stdin".into())
-        .spawn(move || read_lines(input, line_bytes_max, line_tx))
+        .spawn(move || read_lines(input, line_bytes_max, STDOUT, line_tx))
         .expect("spawn the stdin reader");
-    let (done_tx, done_rx) = crossbeam_channel::bounded(config.queued_max.max(1));
-    let (peer_tx, peer_rx) = crossbeam_channel::bounded(cluster::PEER_QUEUE);
-    let mut router = Router {
-        config,
-        mode: Mode::Uninitialized,
-        peer_tx,
-        // Replies ready together go out in one write: flushed before the router waits.
-        out: std::io::BufWriter::with_capacity(64 * 1024, output),
-        next_msg_id: 0,
-        queues: HashMap::new(),
-        queued: 0,
-        done_tx,
-        fatal: false,
-    };
+    // Replies ready together go out in one write: flushed before the router waits.
+    let out = Stdout(std::io::BufWriter::with_capacity(64 * 1024, output));
+    let (mut router, done_rx, peer_rx) = Router::new(config, out);
     let code = router.run(line_rx, done_rx, peer_rx);
     // The reader thread ends at end of input; if we stop early (fatal), it is left
     // blocked on stdin and the process exits around it.
@@ -278,43 +367,93 @@ pub fn run(input: impl Read + Send + 'static, output: impl Write, config: Router
     code
 }
 
-impl<W: Write> Router<W> {
+/// Runs member `node_id` of the group founded by `founders` (node ids, in Raft id
+/// order), as `init` would start it, with its own `links` to its peers: requests
+/// come from `input` (lines of many connections) and replies go to each
+/// connection's [`Connection`]. Returns the exit code once `input` has ended (every
+/// sender dropped) and every request taken has been answered.
+pub(crate) fn serve(
+    config: RouterConfig,
+    node_id: String,
+    founders: &[String],
+    links: Links,
+    input: Receiver<Vec<Item>>,
+    out: impl Outlet,
+) -> i32 {
+    let (mut router, done_rx, peer_rx) = Router::new(config, out);
+    router.peer_lines = false;
+    router.links = Some(links);
+    let body = router.init(node_id, founders, false);
+    if let Some(why) = answer::error_text(&body) {
+        log::error!("the node cannot start: {why}");
+        router.fatal = true;
+    }
+    router.run(input, done_rx, peer_rx)
+}
+
+impl<O: Outlet> Router<O> {
+    fn new(
+        config: RouterConfig,
+        out: O,
+    ) -> (Router<O>, Receiver<Done>, Receiver<crate::cluster::ToPeer>) {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(config.queued_max.max(1));
+        let (peer_tx, peer_rx) = crossbeam_channel::bounded(cluster::PEER_QUEUE);
+        let router = Router {
+            config,
+            mode: Mode::Uninitialized,
+            peer_tx,
+            peer_lines: true,
+            links: None,
+            out,
+            next_msg_id: 0,
+            queues: HashMap::new(),
+            queued: 0,
+            done_tx,
+            fatal: false,
+        };
+        (router, done_rx, peer_rx)
+    }
+
     fn run(
         &mut self,
-        lines: Receiver<Vec<Line>>,
+        input: Receiver<Vec<Item>>,
         done: Receiver<Done>,
         peers: Receiver<crate::cluster::ToPeer>,
     ) -> i32 {
         let never = crossbeam_channel::never();
         let mut eof = false;
-        // Lines handed over by the reader and not taken yet: taken while fewer than
-        // `queued_max` replies are outstanding.
-        let mut read: VecDeque<Line> = VecDeque::new();
+        // Items handed over by the readers and not taken yet: lines are taken while
+        // fewer than `queued_max` replies are outstanding.
+        let mut read: VecDeque<Item> = VecDeque::new();
         loop {
             while self.queued < self.config.queued_max
                 && !self.fatal
-                && let Some(line) = read.pop_front()
+                && let Some(item) = read.pop_front()
             {
-                match line {
-                    Line::Data(bytes) => self.on_line(&bytes),
-                    Line::TooLong { bytes, head, tail } => self.on_too_long(bytes, &head, &tail),
+                match item {
+                    Item::Line(conn, Line::Data(bytes)) => self.on_line(conn, &bytes),
+                    Item::Line(conn, Line::TooLong { bytes, head, tail }) => {
+                        self.on_too_long(conn, bytes, &head, &tail)
+                    }
+                    Item::Opened(conn, connection) => self.out.opened(conn, connection),
+                    Item::Closed(conn) => self.out.closed(conn),
                 }
             }
             if self.fatal || eof && self.queued == 0 && read.is_empty() {
                 break;
             }
-            let input = if eof || !read.is_empty() || self.queued >= self.config.queued_max {
+            let lines = if eof || !read.is_empty() || self.queued >= self.config.queued_max {
                 &never
             } else {
-                &lines
+                &input
             };
             // Never wait with a reply in the buffer: flush when nothing is ready now.
-            if done.is_empty() && input.is_empty() && peers.is_empty() {
-                self.flush();
+            if done.is_empty() && lines.is_empty() && peers.is_empty() {
+                self.out.flush();
             }
             select! {
-                recv(input) -> lines => match lines {
-                    Ok(lines) => read.extend(lines),
+                recv(lines) -> items => match items {
+                    Ok(items) => read.extend(items),
                     Err(_) => eof = true,
                 },
                 recv(peers) -> m => {
@@ -333,8 +472,11 @@ impl<W: Write> Router<W> {
                 }
             }
         }
-        self.flush();
+        self.out.flush();
         let mut code = if self.fatal { 1 } else { 0 };
+        if let Some(closing) = self.links.as_mut().and_then(|l| l.closing.take()) {
+            closing();
+        }
         match std::mem::replace(&mut self.mode, Mode::Uninitialized) {
             Mode::Member(member) => member.node.shutdown(),
             Mode::Single(_, node) => {
@@ -349,13 +491,11 @@ impl<W: Write> Router<W> {
     }
 
     fn flush(&mut self) {
-        if let Err(e) = self.out.flush() {
-            log::error!("writing to stdout failed: {e}");
-        }
+        self.out.flush();
     }
 
     /// A line over the limit: answered with error 12 when its ends show where to.
-    fn on_too_long(&mut self, bytes: usize, head: &[u8], tail: &[u8]) {
+    fn on_too_long(&mut self, conn: u64, bytes: usize, head: &[u8], tail: &[u8]) {
         let why = format!(
             "the line is {bytes} bytes, over the limit of {} bytes (a payload may have at most \
              {} bytes)",
@@ -363,8 +503,8 @@ impl<W: Write> Router<W> {
         );
         match wire::salvage_envelope(&[head, tail]) {
             Some(env) => {
-                let seq = self.enqueue(&env);
-                self.finish(&env.src, seq, error_body(code::MALFORMED_REQUEST, why));
+                let (src, seq) = self.enqueue(conn, &env);
+                self.finish(&src, seq, error_body(code::MALFORMED_REQUEST, why));
             }
             None => log::warn!("dropped an input line: {why}; no src and msg_id to answer"),
         }
@@ -379,11 +519,14 @@ impl<W: Write> Router<W> {
         }
     }
 
-    fn on_line(&mut self, line: &[u8]) {
+    fn on_line(&mut self, conn: u64, line: &[u8]) {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
-        if matches!(self.mode, Mode::Member(_) | Mode::Joining(_)) && self.peer_message(line) {
+        if self.peer_lines
+            && matches!(self.mode, Mode::Member(_) | Mode::Joining(_))
+            && self.peer_message(line)
+        {
             return;
         }
         let (env, request) = match wire::parse_line(line) {
@@ -393,16 +536,16 @@ impl<W: Write> Router<W> {
                 return;
             }
         };
-        let seq = self.enqueue(&env);
+        let (src, seq) = self.enqueue(conn, &env);
         match request {
-            Err(e) => self.finish(&env.src, seq, from_wire(e)),
+            Err(e) => self.finish(&src, seq, from_wire(e)),
             Ok(Request::Init {
                 node_id,
                 node_ids,
                 join,
             }) => {
                 let body = self.init(node_id, &node_ids, join);
-                self.finish(&env.src, seq, body);
+                self.finish(&src, seq, body);
             }
             Ok(_) if self.misaddressed(&env).is_some() => {
                 let why = format!(
@@ -411,10 +554,10 @@ impl<W: Write> Router<W> {
                     self.misaddressed(&env).unwrap_or_default(),
                     env.dest.as_deref().unwrap_or_default()
                 );
-                self.finish(&env.src, seq, error_body(code::MALFORMED_REQUEST, why));
+                self.finish(&src, seq, error_body(code::MALFORMED_REQUEST, why));
             }
             Ok(_) if matches!(self.mode, Mode::Joining(_)) => self.finish(
-                &env.src,
+                &src,
                 seq,
                 error_body(
                     code::TEMPORARILY_UNAVAILABLE,
@@ -423,19 +566,19 @@ impl<W: Write> Router<W> {
                 ),
             ),
             Ok(_) if matches!(self.mode, Mode::Uninitialized) => self.finish(
-                &env.src,
+                &src,
                 seq,
                 error_body(
                     code::TEMPORARILY_UNAVAILABLE,
                     "the node is not initialized yet: send init first",
                 ),
             ),
-            Ok(request) => self.submit(env.src, seq, request),
+            Ok(request) => self.submit(src, seq, request),
         }
     }
 
     /// Dispatches a request, or holds it behind its source's barrier.
-    fn submit(&mut self, src: String, seq: u64, request: Request) {
+    fn submit(&mut self, src: Source, seq: u64, request: Request) {
         let q = self
             .queues
             .get_mut(&src)
@@ -453,8 +596,15 @@ impl<W: Write> Router<W> {
         self.dispatch(src, seq, request);
     }
 
-    fn enqueue(&mut self, env: &Envelope) -> u64 {
-        let q = self.queues.entry(env.src.clone()).or_default();
+    /// Gives a request from `conn` its slot in its source's queue: where its reply
+    /// goes, in order.
+    fn enqueue(&mut self, conn: u64, env: &Envelope) -> (Source, u64) {
+        let src = Source {
+            conn,
+            name: env.src.clone(),
+        };
+        self.out.request(conn);
+        let q = self.queues.entry(src.clone()).or_default();
         let seq = q.base + q.slots.len() as u64;
         q.slots.push_back(Slot {
             in_reply_to: env.msg_id,
@@ -462,11 +612,11 @@ impl<W: Write> Router<W> {
             body: None,
         });
         self.queued += 1;
-        seq
+        (src, seq)
     }
 
     /// Records a finished reply and writes every reply of `src` now in order.
-    fn finish(&mut self, src: &str, seq: u64, body: Body) {
+    fn finish(&mut self, src: &Source, seq: u64, body: Body) {
         let q = self
             .queues
             .get_mut(src)
@@ -488,17 +638,15 @@ impl<W: Write> Router<W> {
                 Mode::Uninitialized | Mode::Joining(_) => slot.dest.as_deref().unwrap_or(""),
             };
             let body = slot.body.expect("finished");
-            let line = render(from, src, slot.in_reply_to, self.next_msg_id, &body);
+            let line = render(from, &src.name, slot.in_reply_to, self.next_msg_id, &body);
             self.next_msg_id += 1;
-            if let Err(e) = self.out.write_all(line.as_bytes()) {
-                log::error!("writing to stdout failed: {e}");
-            }
+            self.out.reply(src.conn, line.as_bytes());
         }
         if q.slots.is_empty() {
             self.queues.remove(src);
         }
         for (seq, request) in released {
-            self.submit(src.to_string(), seq, request);
+            self.submit(src.clone(), seq, request);
         }
     }
 
@@ -558,7 +706,7 @@ impl<W: Write> Router<W> {
 
     /// A reply that hands the typed outcome back to the router thread, which renders
     /// it: no JSON is built on an actor's thread.
-    fn reply<T: Send + 'static>(&self, src: String, seq: u64, wrap: fn(T) -> Answer) -> Reply<T> {
+    fn reply<T: Send + 'static>(&self, src: Source, seq: u64, wrap: fn(T) -> Answer) -> Reply<T> {
         let done = self.done_tx.clone();
         Reply::new(move |r: crate::Result<T>| {
             let outcome = r.map(wrap);
@@ -566,7 +714,7 @@ impl<W: Write> Router<W> {
         })
     }
 
-    fn dispatch(&mut self, src: String, seq: u64, request: Request) {
+    fn dispatch(&mut self, src: Source, seq: u64, request: Request) {
         let node = match &self.mode {
             Mode::Single(_, node) => node,
             Mode::Member(_) => return self.dispatch_cluster(src, seq, request),
@@ -706,19 +854,21 @@ mod tests {
     fn long_lines_are_dropped_whole_and_reading_goes_on() {
         let input = format!("short\n{}\nafter\nend", "x".repeat(100));
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_lines(std::io::Cursor::new(input.into_bytes()), 10, tx);
+        read_lines(std::io::Cursor::new(input.into_bytes()), 10, 7, tx);
         let got: Vec<String> = rx
             .iter()
             .flatten()
-            .map(|l| match l {
-                Line::Data(d) => String::from_utf8(d).unwrap(),
-                Line::TooLong { bytes, head, tail } => format!(
+            .map(|item| match item {
+                Item::Line(7, Line::Data(d)) => String::from_utf8(d).unwrap(),
+                Item::Closed(7) => "<closed>".into(),
+                Item::Line(7, Line::TooLong { bytes, head, tail }) => format!(
                     "<{bytes} {} {}>",
                     String::from_utf8(head).unwrap().len(),
                     String::from_utf8(tail).unwrap().len()
                 ),
+                _ => panic!("an item of another connection, or an opening"),
             })
             .collect();
-        assert_eq!(got, ["short", "<100 100 100>", "after", "end"]);
+        assert_eq!(got, ["short", "<100 100 100>", "after", "end", "<closed>"]);
     }
 }
