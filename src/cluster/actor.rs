@@ -453,12 +453,13 @@ impl Consensus {
             for (seq, outcome) in cycle.answers {
                 self.answer(seq, outcome);
             }
+            // A change's answer names its members: the roster has them first.
+            self.share_names();
             for (seq, outcome) in self.peer.take_changed() {
                 if let Some((reply, _)) = self.changes.remove(&seq) {
                     reply.send(Ok(outcome));
                 }
             }
-            self.share_names();
             self.install_timed();
         }
     }
