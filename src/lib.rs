@@ -9,6 +9,7 @@
 //! requests in flight. See `ARCHITECTURE.md` for the threads and the invariants.
 
 pub mod actor;
+pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod lincheck;
 mod node;
 pub mod raftlog;
 pub mod router;
+pub mod serve;
 pub mod snapshot;
 pub mod store;
 pub mod survey;

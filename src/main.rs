@@ -15,6 +15,9 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "main/client.rs"]
+mod client;
+
 use clap::{Parser, Subcommand};
 use flintlog::fs::RealFs;
 use flintlog::router::{self, RouterConfig};
@@ -51,6 +54,13 @@ struct Args {
     #[arg(long, env = "FLINTLOG_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+/// The node's own flags: the stdin mode's, and `serve`'s.
+#[derive(clap::Args, Debug, Clone)]
+struct NodeFlags {
     /// When an append is acknowledged: `always` (after fdatasync; appends arriving
     /// during a sync share the next one), `batch=MS` (after the write; sync every MS
     /// milliseconds) or `never` (the OS decides when data reaches the disk).
@@ -283,6 +293,38 @@ enum Command {
     /// Print a new random key for --store-key-file (64 hexadecimal characters): keep
     /// it apart from the store; without it the store's objects cannot be read.
     Keygen,
+    /// Run a member of a group that reaches its peers and clients over TCP itself
+    /// (no message router): see "A group over the network" in docs/PROTOCOL.md.
+    #[command(
+        after_help = "Example, on three machines (the same --peers on each):\n  \
+        flintlog serve --data-dir /var/lib/fl --node-id n1 \\\n    \
+        --peer-listen 0.0.0.0:7001 --client-listen 0.0.0.0:7101 \\\n    \
+        --peers n1=10.0.0.1:7001,n2=10.0.0.2:7001,n3=10.0.0.3:7001\n\
+        Then: flintlog client --endpoints 10.0.0.1:7101,10.0.0.2:7101 status"
+    )]
+    Serve(Box<ServeArgs>),
+    /// Talk to served members: put, get, cas, append, read-log, status, snapshot,
+    /// compact, members, member add|promote|remove.
+    Client {
+        /// Members' client addresses (`host:port`, their --client-listen), tried in
+        /// turn: a member that cannot do the request sends the client to the next.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            env = "FLINTLOG_ENDPOINTS",
+            value_name = "HOST:PORT,..."
+        )]
+        endpoints: Vec<String>,
+        /// Print each reply as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds (retries included).
+        #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+        timeout: f64,
+        #[command(subcommand)]
+        op: client::Op,
+    },
     /// Print a node directory's segments, snapshots and offsets, offline.
     Inspect {
         /// The node's own directory (DATA_DIR/<node_id>).
@@ -291,6 +333,78 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `flintlog serve`'s flags.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Keep the node's files in DIR/<node_id>/.
+    #[arg(long, env = "FLINTLOG_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// This member's node id (one of --peers).
+    #[arg(long, value_name = "ID")]
+    node_id: String,
+    /// Where peers connect to this member.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer_listen: String,
+    /// Where clients connect (JSON lines, the protocol's envelope).
+    #[arg(long, value_name = "HOST:PORT")]
+    client_listen: String,
+    /// Every founding member and its peer address, this one included, in the same
+    /// order on every member (the order gives Raft ids).
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_peer, value_name = "ID=HOST:PORT,...")]
+    peers: Vec<flintlog::transport::peers::PeerAddr>,
+    /// Names the group with the founders' ids: two groups founded with different
+    /// tokens never take each other's messages, whatever their node ids.
+    #[arg(long, default_value = "flintlog", value_name = "TEXT")]
+    group_token: String,
+    /// Most client connections open at once; more are answered with error 11 and
+    /// closed.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    client_connections_max: u64,
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+fn parse_peer(text: &str) -> Result<flintlog::transport::peers::PeerAddr, String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ID=HOST:PORT"))?;
+    if !addr.contains(':') {
+        return Err(format!("{text:?}: the address {addr:?} has no port"));
+    }
+    Ok(flintlog::transport::peers::PeerAddr {
+        node_id: id.to_string(),
+        addr: addr.to_string(),
+    })
+}
+
+/// Runs `serve` until SIGTERM or SIGINT; returns the exit code.
+fn serve(a: ServeArgs) -> u8 {
+    let node = match node_config(&a.node) {
+        Ok(node) => node,
+        Err(code) => return code,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            log::error!("cannot handle signal {signal}: {e}");
+            return 1;
+        }
+    }
+    let config = flintlog::serve::ServeConfig {
+        router: RouterConfig::new(a.data_dir, node),
+        node_id: a.node_id,
+        peers: a.peers,
+        peer_listen: a.peer_listen,
+        client_listen: a.client_listen,
+        group_token: a.group_token,
+        clients: flintlog::serve::ClientLimits {
+            connections_max: a.client_connections_max as usize,
+            line_bytes_max: 0,
+        },
+    };
+    flintlog::serve::serve(config, stop) as u8
 }
 
 /// What `restore` is asked.
@@ -459,6 +573,7 @@ fn offline(command: Command, flags: &StoreFlags) -> u8 {
         } => return verify_store(&own.or(flags), &url),
         Command::Verify { dir, .. } => (dir.expect("clap requires a dir"), false, true),
         Command::Inspect { dir, json } => (dir, json, false),
+        Command::Serve(_) | Command::Client { .. } => unreachable!("run by main"),
         Command::Keygen => {
             return match flintlog::store::seal::StoreKey::generate() {
                 Ok(key) => {
@@ -525,23 +640,70 @@ fn offline(command: Command, flags: &StoreFlags) -> u8 {
     u8::from(ex.damaged())
 }
 
+/// The node's configuration from its flags (its directory is set later); `Err` is the
+/// exit code of a flag that cannot be used, already reported.
+fn node_config(flags: &NodeFlags) -> Result<Config, u8> {
+    let mut node = Config::new(PathBuf::new());
+    node.fsync = flags.fsync;
+    node.segment_bytes_max = flags.max_segment_bytes;
+    node.payload_bytes_max = flags.max_payload_bytes;
+    node.snapshot_send_bytes_per_sec = flags.snapshot_send_bytes_per_sec;
+    node.snapshot_busy_bytes_per_sec = flags.snapshot_busy_bytes_per_sec;
+    if let Some(url) = flags.snapshot_store.as_deref() {
+        let mut c = match flags.store.config(url) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("{e}");
+                return Err(2);
+            }
+        };
+        c.retain = flags.store_retain;
+        c.compact_after_upload = flags.compact_after_upload;
+        c.upload_bytes_per_sec = flags.store_upload_bytes_per_sec;
+        c.shutdown_wait = std::time::Duration::from_secs_f64(flags.store_shutdown_wait.max(0.0));
+        node.snapshot_store = Some(c);
+    }
+    node.policy = Policy {
+        snapshot_entries: flags.snapshot_entries,
+        snapshot_bytes: flags.snapshot_bytes,
+        snapshot_age_ms: flags.snapshot_age_ms,
+        jitter_percent: flags.jitter_percent,
+        auto_compact: flags.auto_compact,
+        trailing_entries: flags.trailing_entries,
+        retain_snapshots: flags.retain_snapshots,
+        max_chain: flags.max_chain,
+        delta_share_percent: flags.delta_share_percent,
+    };
+
+    Ok(node)
+}
+
 fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
     FsyncPolicy::parse(text).map_err(|e| e.text().to_string())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let default_level = if args.command.is_some() {
-        "warn"
-    } else {
-        "info"
-    };
+    let default_level =
+        if args.command.is_some() && !matches!(args.command, Some(Command::Serve(_))) {
+            "warn"
+        } else {
+            "info"
+        };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .target(env_logger::Target::Stderr)
         .format_timestamp_millis()
         .init();
-    if let Some(command) = args.command {
-        return ExitCode::from(offline(command, &args.store));
+    match args.command {
+        Some(Command::Serve(a)) => return ExitCode::from(serve(*a)),
+        Some(Command::Client {
+            endpoints,
+            json,
+            timeout,
+            op,
+        }) => return ExitCode::from(client::run(endpoints, timeout, json, op)),
+        Some(command) => return ExitCode::from(offline(command, &args.node.store)),
+        None => {}
     }
     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         eprintln!(
@@ -571,38 +733,10 @@ fn main() -> ExitCode {
             }
         },
     };
-    let mut node = Config::new(PathBuf::new());
-    node.fsync = args.fsync;
-    node.segment_bytes_max = args.max_segment_bytes;
-    node.payload_bytes_max = args.max_payload_bytes;
-    node.snapshot_send_bytes_per_sec = args.snapshot_send_bytes_per_sec;
-    node.snapshot_busy_bytes_per_sec = args.snapshot_busy_bytes_per_sec;
-    if let Some(url) = args.snapshot_store.as_deref() {
-        let mut c = match args.store.config(url) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("{e}");
-                return ExitCode::from(2);
-            }
-        };
-        c.retain = args.store_retain;
-        c.compact_after_upload = args.compact_after_upload;
-        c.upload_bytes_per_sec = args.store_upload_bytes_per_sec;
-        c.shutdown_wait = std::time::Duration::from_secs_f64(args.store_shutdown_wait.max(0.0));
-        node.snapshot_store = Some(c);
-    }
-    node.policy = Policy {
-        snapshot_entries: args.snapshot_entries,
-        snapshot_bytes: args.snapshot_bytes,
-        snapshot_age_ms: args.snapshot_age_ms,
-        jitter_percent: args.jitter_percent,
-        auto_compact: args.auto_compact,
-        trailing_entries: args.trailing_entries,
-        retain_snapshots: args.retain_snapshots,
-        max_chain: args.max_chain,
-        delta_share_percent: args.delta_share_percent,
+    let node = match node_config(&args.node) {
+        Ok(node) => node,
+        Err(code) => return ExitCode::from(code),
     };
-
     let code = router::run(
         std::io::stdin(),
         std::io::stdout().lock(),

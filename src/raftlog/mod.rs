@@ -60,8 +60,8 @@ use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join, sync_failed};
 use crate::wal::{Log, LogOptions, RecoverLog};
 pub use state::{
-    Identity, decode_state, encode_state, mark_install, new_incarnation, read_identity,
-    read_raft_state,
+    Identity, decode_state, encode_state, mark_install, new_incarnation, read_group, read_identity,
+    read_raft_state, write_group,
 };
 use state::{decode_install, encode_install, read_state, write_state};
 

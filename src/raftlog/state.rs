@@ -7,12 +7,13 @@ use std::path::Path;
 
 use raft::eraftpb::HardState;
 
-use crate::core::layout::{RAFT_INSTALL, RAFT_STATE};
+use crate::core::layout::{RAFT_GROUP, RAFT_INSTALL, RAFT_STATE};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, create_durably, join};
 
 const MAGIC: &[u8; 8] = b"FLNTRAFT";
 const INSTALL_MAGIC: &[u8; 8] = b"FLNTINST";
+const GROUP_MAGIC: &[u8; 8] = b"FLNTGRUP";
 const VERSION: u32 = 2;
 
 /// Who this node is in its group, as `raft.state` records it.
@@ -114,6 +115,49 @@ pub fn read_raft_state(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Identi
 /// [`Error::Open`] when it cannot be read or is damaged.
 pub fn read_identity(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Identity>> {
     Ok(read_state(fs, dir)?.map(|(who, _)| who))
+}
+
+/// The group id `dir`'s `raft.group` records, if there is one.
+///
+/// # Errors
+/// [`Error::Open`] when it cannot be read or is damaged.
+pub fn read_group(fs: &dyn FileSystem, dir: &Path) -> Result<Option<u64>> {
+    let path = join(dir, RAFT_GROUP);
+    let file = match fs.open(&path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::open_io(format!("reading {}", path.display()), &e)),
+    };
+    let len = file.len().map_err(|e| Error::open_io(path.display(), &e))?;
+    let mut b = vec![0u8; len.min(64) as usize];
+    file.read_exact_at(&mut b, 0)
+        .map_err(|e| Error::open_io(path.display(), &e))?;
+    decode_group(&b)
+        .map(Some)
+        .map_err(|why| Error::Open(format!("{} is damaged: {why}", path.display())))
+}
+
+/// Records durably that `dir` belongs to group `group`.
+///
+/// # Errors
+/// The I/O error.
+pub fn write_group(fs: &dyn FileSystem, dir: &Path, group: u64) -> io::Result<()> {
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(GROUP_MAGIC);
+    b.extend_from_slice(&group.to_le_bytes());
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    create_durably(fs, dir, RAFT_GROUP, |f| f.write_all_at(&b, 0))
+}
+
+fn decode_group(b: &[u8]) -> std::result::Result<u64, String> {
+    if b.len() != 20 || &b[0..8] != GROUP_MAGIC {
+        return Err("not a group file".into());
+    }
+    if crc32c::crc32c(&b[..16]) != u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    Ok(u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")))
 }
 
 /// Encodes `raft.install`: the snapshot the log is being replaced by.

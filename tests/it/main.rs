@@ -19,6 +19,7 @@ mod members;
 mod node;
 mod policy;
 mod raftlog;
+mod serve;
 mod store;
 mod strace;
 mod support;

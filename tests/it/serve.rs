@@ -1,0 +1,385 @@
+//! `flintlog serve`: three real processes on loopback that reach each other and their
+//! clients over TCP, with no router around them; `flintlog client` against them.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flintlog::client::{CallError, Client};
+use serde_json::{Value, json};
+
+use crate::support::binary;
+
+/// Ports free a moment ago (the listeners are closed when this returns).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+struct Group {
+    dir: tempfile::TempDir,
+    peer_ports: Vec<u16>,
+    client_ports: Vec<u16>,
+    procs: Vec<Option<Child>>,
+    /// Flags every member gets after the common ones.
+    extra: Vec<String>,
+}
+
+impl Group {
+    fn start(n: usize, extra: &[&str]) -> Group {
+        let ports = free_ports(2 * n);
+        let mut g = Group {
+            dir: tempfile::tempdir().unwrap(),
+            peer_ports: ports[..n].to_vec(),
+            client_ports: ports[n..].to_vec(),
+            procs: (0..n).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            g.start_member(i);
+        }
+        g
+    }
+
+    fn peers(&self) -> String {
+        self.peer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("n{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn command(&self, i: usize) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["--node-id", &format!("n{}", i + 1)])
+            .args([
+                "--peer-listen",
+                &format!("127.0.0.1:{}", self.peer_ports[i]),
+            ])
+            .args([
+                "--client-listen",
+                &format!("127.0.0.1:{}", self.client_ports[i]),
+            ])
+            .args(["--peers", &self.peers()])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let child = self.command(i).spawn().unwrap();
+        self.procs[i] = Some(child);
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.client_ports[i])
+    }
+
+    fn client(&self, members: &[usize]) -> Client {
+        let mut c = Client::new(members.iter().map(|&i| self.endpoint(i)).collect(), "t");
+        c.timeout = Duration::from_secs(20);
+        c
+    }
+
+    /// The member that leads, as every live member's status agrees.
+    fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut c = self.client(&[]);
+            let leaders: Vec<Option<String>> = (0..self.procs.len())
+                .filter(|&i| self.procs[i].is_some())
+                .map(|i| {
+                    c.call_at(&self.endpoint(i), json!({"type": "wal_status"}))
+                        .ok()
+                        .and_then(|a| a.body["status"]["leader"].as_str().map(String::from))
+                })
+                .collect();
+            if let Some(Some(l)) = leaders.first()
+                && leaders.iter().all(|x| x.as_ref() == Some(l))
+            {
+                return l[1..].parse::<usize>().unwrap() - 1;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        let mut child = self.procs[i].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM; returns the exit code and what the member logged.
+    fn terminate(&mut self, i: usize) -> (Option<i32>, String) {
+        let child = self.procs[i].take().unwrap();
+        let pid = child.id() as i32;
+        // SAFETY: a plain system call on a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for child in self.procs.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn get(c: &mut Client, key: &str) -> Value {
+    c.call(json!({"type": "read", "key": key})).unwrap().body["value"].clone()
+}
+
+#[test]
+fn a_served_group_answers_on_every_member_and_outlives_its_leader() {
+    let mut g = Group::start(3, &[]);
+    // Writes through every member (a follower forwards to the leader).
+    for i in 0..30 {
+        let mut c = g.client(&[i % 3]);
+        c.call(json!({"type": "write", "key": format!("k{i}"), "value": i}))
+            .unwrap();
+    }
+    for i in 0..3 {
+        let mut c = g.client(&[i]);
+        assert_eq!(get(&mut c, "k29"), json!(29), "read on n{}", i + 1);
+    }
+    let leader = g.leader();
+    g.kill(leader);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut c = g.client(&others);
+    for i in 30..60 {
+        c.call(json!({"type": "write", "key": format!("k{i}"), "value": i}))
+            .unwrap();
+    }
+    // The old leader comes back with its data and catches up.
+    g.start_member(leader);
+    let mut back = g.client(&[leader]);
+    assert_eq!(get(&mut back, "k59"), json!(59));
+    assert_eq!(get(&mut back, "k0"), json!(0));
+    for i in 0..3 {
+        let (code, log) = g.terminate(i);
+        assert_eq!(code, Some(0), "n{} on SIGTERM:\n{log}", i + 1);
+    }
+}
+
+/// Sends every line on one connection, then reads as many replies.
+fn pipeline(endpoint: &str, lines: &[String]) -> Vec<Value> {
+    let mut s = TcpStream::connect(endpoint).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let all: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    s.write_all(all.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    (0..lines.len())
+        .map(|_| {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            serde_json::from_str(&line).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_clients_name_is_its_own_within_its_connection() {
+    let g = Group::start(3, &[]);
+    g.leader();
+    let requests = |tag: &str| -> Vec<String> {
+        (0..100)
+            .map(|i| {
+                json!({"src": "c1", "body": {"type": "wal_append", "msg_id": i + 1,
+                    "payload": format!("set {tag}{i}=v")}})
+                .to_string()
+            })
+            .collect()
+    };
+    // Two connections both call themselves c1, each with 100 requests in flight.
+    let (a, b) = (g.endpoint(0), g.endpoint(1));
+    let (ra, rb) = (requests("a"), requests("b"));
+    let other = std::thread::spawn(move || pipeline(&b, &rb));
+    let mine = pipeline(&a, &ra);
+    let theirs = other.join().unwrap();
+    for replies in [&mine, &theirs] {
+        let mut last = None;
+        for (i, r) in replies.iter().enumerate() {
+            assert_eq!(r["dest"], "c1");
+            assert_eq!(r["body"]["type"], "wal_append_ok", "{r}");
+            assert_eq!(r["body"]["in_reply_to"], json!(i + 1), "in request order");
+            let offset = r["body"]["offset"].as_u64().unwrap();
+            assert!(last.is_none_or(|l| offset > l));
+            last = Some(offset);
+        }
+    }
+    // Each entry is the one its own connection appended.
+    let mut c = g.client(&[2]);
+    let at = mine[7]["body"]["offset"].as_u64().unwrap();
+    let entry = c.call(json!({"type": "wal_read", "offset": at})).unwrap();
+    assert_eq!(entry.body["payload"], "set a7=v");
+}
+
+#[test]
+fn a_client_that_does_not_read_is_cut_off_and_the_others_are_served() {
+    let g = Group::start(3, &[]);
+    g.leader();
+    // A client that sends requests and never reads: its replies pile up.
+    let mut hog = TcpStream::connect(g.endpoint(0)).unwrap();
+    hog.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let line = format!(
+        "{}\n",
+        json!({"src": "hog", "body": {"type": "wal_segment_info", "msg_id": 1}})
+    );
+    let burst = line.repeat(2000);
+    let started = Instant::now();
+    let mut cut_off = false;
+    let mut c = g.client(&[0]);
+    c.timeout = Duration::from_secs(5);
+    while started.elapsed() < Duration::from_secs(60) {
+        if hog.write_all(burst.as_bytes()).is_err() {
+            cut_off = true;
+            break;
+        }
+        // Another client on the same member is answered meanwhile.
+        c.call(json!({"type": "write", "key": "k", "value": 1}))
+            .unwrap();
+    }
+    assert!(
+        cut_off,
+        "the client that reads nothing was never disconnected"
+    );
+    assert_eq!(get(&mut c, "k"), json!(1));
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused_with_error_11() {
+    let g = Group::start(3, &["--client-connections-max", "2"]);
+    g.leader();
+    let endpoint = g.endpoint(1);
+    let held: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::new(vec![endpoint.clone()], "h");
+            c.call(json!({"type": "wal_info"})).unwrap();
+            c
+        })
+        .collect();
+    let mut third = Client::new(vec![endpoint.clone()], "x");
+    third.timeout = Duration::from_millis(500);
+    match third.call(json!({"type": "wal_info"})) {
+        Err(CallError::Refused { code: 11, text, .. }) => {
+            assert!(text.contains("too many connections"), "{text}")
+        }
+        Err(CallError::Unknown(why)) => {
+            // The refusal line raced the request: the connection was closed.
+            assert!(why.contains("closed") || why.contains("answered"), "{why}")
+        }
+        other => panic!("a third connection was served: {other:?}"),
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut again = Client::new(vec![endpoint], "y");
+    while again.call(json!({"type": "wal_info"})).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "closing connections freed no room"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_member_started_with_another_groups_flags_is_refused() {
+    let mut g = Group::start(3, &[]);
+    let mut c = g.client(&[0, 1, 2]);
+    c.call(json!({"type": "write", "key": "a", "value": 1}))
+        .unwrap();
+    let (code, _) = g.terminate(0);
+    assert_eq!(code, Some(0));
+    let out = g
+        .command(0)
+        .args(["--group-token", "another"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("belongs to group"), "{log}");
+    // With its own flags it comes back and serves.
+    g.start_member(0);
+    let mut back = g.client(&[0]);
+    assert_eq!(get(&mut back, "a"), json!(1));
+}
+
+#[test]
+fn the_command_line_client_follows_the_group() {
+    let g = Group::start(3, &[]);
+    g.leader();
+    let endpoints = (0..3).map(|i| g.endpoint(i)).collect::<Vec<_>>().join(",");
+    let cli = |args: &[&str]| {
+        let out = Command::new(binary())
+            .args(["client", "--endpoints", &endpoints])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(cli(&["put", "color", "blue"]).0, Some(0));
+    assert_eq!(cli(&["get", "color"]).1, "blue\n");
+    let (code, _, err) = cli(&["cas", "color", "red", "green"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("error 22"), "{err}");
+    assert_eq!(cli(&["cas", "color", "blue", "green"]).0, Some(0));
+    assert_eq!(cli(&["append", "hello"]).0, Some(0));
+    let (_, log, _) = cli(&["read-log", "0", "3"]);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(lines[2].ends_with("\thello"), "{log}");
+    let (code, table, _) = cli(&["status"]);
+    assert_eq!(code, Some(0), "{table}");
+    assert_eq!(table.matches("leader ").count(), 1, "{table}");
+    assert_eq!(table.matches("follower ").count(), 2, "{table}");
+    let (_, members, _) = cli(&["members"]);
+    assert!(members.contains("voters: n1, n2, n3"), "{members}");
+    let (_, json_out, _) = cli(&["--json", "get", "color"]);
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v["reply"]["value"], "green");
+    // Membership changes go to the leader, wherever the client starts.
+    let (code, added, err) = cli(&["member", "add", "n4"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(added.contains("learners: n4"), "{added}");
+    let (code, _, err) = cli(&["member", "remove", "n4"]);
+    assert_eq!(code, Some(0), "{err}");
+    // Nobody listening: exit 2, saying so.
+    let out = Command::new(binary())
+        .args([
+            "client",
+            "--endpoints",
+            "127.0.0.1:1",
+            "--timeout",
+            "0.5",
+            "get",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
+}
