@@ -362,6 +362,11 @@ struct ServeArgs {
     /// closed.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
     client_connections_max: u64,
+    /// Serve `GET /metrics` (Prometheus text format, `flintlog_` names) and `GET
+    /// /health` (200 when the node knows a leader and has applied what is committed,
+    /// 503 with the reason otherwise) on this address.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -403,6 +408,7 @@ fn serve(a: ServeArgs) -> u8 {
             connections_max: a.client_connections_max as usize,
             line_bytes_max: 0,
         },
+        metrics_listen: a.metrics_listen,
     };
     flintlog::serve::serve(config, stop) as u8
 }

@@ -327,8 +327,8 @@ impl ClusterNode {
     }
 }
 
-/// Hands peers' messages to a node's consensus actor (see [`ClusterNode::peer_inbox`]).
-/// A full inbox drops them, as the network may.
+/// Hands peers' messages to a node's consensus actor (see [`ClusterNode::peer_inbox`]),
+/// and asks it for its status. A full inbox drops peers' messages, as the network may.
 #[derive(Clone)]
 pub struct PeerInbox(Sender<Msg>);
 
@@ -341,6 +341,11 @@ impl PeerInbox {
     /// As [`ClusterNode::step_part`].
     pub fn step_part(&self, from: u64, part: transfer::Part) {
         self.offer(Msg::Part(from, Box::new(part)));
+    }
+
+    /// As [`ClusterNode::status_with`], for an observer on another thread (metrics).
+    pub fn status_with(&self, reply: Reply<ClusterStatus>) {
+        let _ = self.0.send(Msg::Status(reply));
     }
 
     fn offer(&self, msg: Msg) {

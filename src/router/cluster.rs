@@ -179,7 +179,11 @@ impl<O: Outlet> Router<O> {
             Ok(node) => {
                 log::info!("{node_id} is Raft member {id}");
                 if let Some(opened) = self.links.as_mut().and_then(|l| l.opened.take()) {
-                    opened(node.peer_inbox(), node.incarnation());
+                    opened(super::Opened {
+                        inbox: node.peer_inbox(),
+                        incarnation: node.incarnation(),
+                        roster: roster.clone(),
+                    });
                 }
                 self.mode = Mode::Member(Member {
                     me: node_id,

@@ -273,6 +273,8 @@ struct Done {
 
 struct Slot {
     in_reply_to: u64,
+    /// When the request was taken, and what it is, where latencies are observed.
+    timed: Option<(std::time::Instant, Timed)>,
     /// The request's `dest`: the reply's `src` while the node has no id yet.
     dest: Option<String>,
     body: Option<Body>,
@@ -339,11 +341,41 @@ struct Router<O: Outlet> {
 pub struct Links {
     /// Where the node's messages to its peers go.
     pub transport: Option<Box<dyn crate::cluster::Transport>>,
-    /// Called once the member is open, with where its peers' messages go from then on
-    /// and its incarnation.
-    pub opened: Option<Box<dyn FnOnce(crate::cluster::PeerInbox, u64) + Send>>,
+    /// Called once the member is open, with where its peers' messages go from then on,
+    /// its incarnation and its roster (node ids by Raft id).
+    pub opened: Option<Box<dyn FnOnce(Opened) + Send>>,
     /// Called before the node stops: nothing reaches the inbox after it returns.
     pub closing: Option<Box<dyn FnOnce() + Send>>,
+    /// Called with each write's and read's time from being taken to its answer.
+    pub observe: Option<Box<dyn Fn(Timed, std::time::Duration) + Send>>,
+}
+
+/// What a member's links learn when it opens.
+pub struct Opened {
+    pub inbox: crate::cluster::PeerInbox,
+    pub incarnation: u64,
+    pub roster: crate::cluster::Roster,
+}
+
+/// The requests whose latencies a served node observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timed {
+    /// `wal_append`, `write`, `cas`: from taken to committed and applied.
+    Write,
+    /// `read`, `wal_read`, `wal_info`: linearizable reads.
+    Read,
+}
+
+impl Timed {
+    fn of(request: &Request) -> Option<Timed> {
+        match request {
+            Request::WalAppend { .. } | Request::Write { .. } | Request::Cas { .. } => {
+                Some(Timed::Write)
+            }
+            Request::Read { .. } | Request::WalRead { .. } | Request::WalInfo => Some(Timed::Read),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the node's protocol over `input` and `output` until end of input; returns the
@@ -573,7 +605,16 @@ impl<O: Outlet> Router<O> {
                     "the node is not initialized yet: send init first",
                 ),
             ),
-            Ok(request) => self.submit(src, seq, request),
+            Ok(request) => {
+                if let Some(kind) = Timed::of(&request)
+                    && self.links.as_ref().is_some_and(|l| l.observe.is_some())
+                {
+                    let q = self.queues.get_mut(&src).expect("enqueued above");
+                    q.slots[(seq - q.base) as usize].timed =
+                        Some((std::time::Instant::now(), kind));
+                }
+                self.submit(src, seq, request)
+            }
         }
     }
 
@@ -608,6 +649,7 @@ impl<O: Outlet> Router<O> {
         let seq = q.base + q.slots.len() as u64;
         q.slots.push_back(Slot {
             in_reply_to: env.msg_id,
+            timed: None,
             dest: env.dest.clone(),
             body: None,
         });
@@ -638,6 +680,11 @@ impl<O: Outlet> Router<O> {
                 Mode::Uninitialized | Mode::Joining(_) => slot.dest.as_deref().unwrap_or(""),
             };
             let body = slot.body.expect("finished");
+            if let Some((taken, kind)) = slot.timed
+                && let Some(observe) = self.links.as_ref().and_then(|l| l.observe.as_ref())
+            {
+                observe(kind, taken.elapsed());
+            }
             let line = render(from, &src.name, slot.in_reply_to, self.next_msg_id, &body);
             self.next_msg_id += 1;
             self.out.reply(src.conn, line.as_bytes());

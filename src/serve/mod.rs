@@ -13,6 +13,7 @@
 //! refused, and so is every peer whose hello names another.
 
 mod clients;
+mod metrics;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -25,7 +26,7 @@ pub use clients::ClientLimits;
 use crate::actor::spawn_actor;
 use crate::cluster::PeerInbox;
 use crate::fs::RealFs;
-use crate::router::{Links, RouterConfig};
+use crate::router::{Links, Opened, RouterConfig};
 use crate::transport::peers::{Inbound, LinkConfig, PeerAddr, PeerLinks};
 
 /// How a served member starts.
@@ -47,6 +48,8 @@ pub struct ServeConfig {
     pub group_token: String,
     /// The client listener's limits.
     pub clients: ClientLimits,
+    /// Where `GET /metrics` and `GET /health` are served, if anywhere.
+    pub metrics_listen: Option<String>,
 }
 
 /// The group id of a group founded by `founders` (node ids) with `token`: FNV-1a of
@@ -151,6 +154,10 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
     check_group(&dir, group, &config.group_token)?;
     let peer_listener = bind("--peer-listen", &config.peer_listen)?;
     let client_listener = bind("--client-listen", &config.client_listen)?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(bind("--metrics-listen", addr)?),
+        None => None,
+    };
     log::info!(
         "{} (Raft id {raft_id}) of group {group:016x}: peers on {}, clients on {}",
         config.node_id,
@@ -177,26 +184,55 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
     };
     let (peer_links, outgoing) =
         PeerLinks::start(link, peer_listener, sink).map_err(|e| format!("peer links: {e}"))?;
+    let latencies = metrics::Latencies::new();
+    let roster: Arc<OnceLock<crate::cluster::Roster>> = Arc::default();
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let sources = metrics::Sources {
+                node: inbox.clone(),
+                roster: roster.clone(),
+                links: peer_links.counters.clone(),
+                latencies: latencies.clone(),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let thread = spawn_actor(
+                "metrics",
+                |why| log::error!("the metrics server stopped: {why}"),
+                move || metrics::run(listener, sources, flag),
+            )
+            .map_err(|e| format!("metrics server: {e}"))?;
+            Some((stop, thread))
+        }
+        None => None,
+    };
     let peer_links = Arc::new(Mutex::new(Some(peer_links)));
     let (on_open, on_close) = (peer_links.clone(), peer_links);
     let opened_dir = dir.clone();
     let links = Links {
         transport: Some(Box::new(outgoing)),
-        opened: Some(Box::new(move |peer_inbox, incarnation| {
+        opened: Some(Box::new(move |opened: Opened| {
             // The directory is locked now: pin it to its group.
             if let Err(e) = pin_group(&opened_dir, group) {
                 log::error!("{e}");
             }
-            let _ = inbox.set(peer_inbox);
+            let _ = inbox.set(opened.inbox);
+            let _ = roster.set(opened.roster);
             if let Some(l) = on_open.lock().expect("links lock").as_ref() {
-                l.set_incarnation(incarnation);
+                l.set_incarnation(opened.incarnation);
             }
         })),
+        // Everything that holds the node's inbox ends before the node stops.
         closing: Some(Box::new(move || {
+            if let Some((stop, thread)) = metrics {
+                stop.store(true, Ordering::Release);
+                let _ = thread.join();
+            }
             if let Some(l) = on_close.lock().expect("links lock").take() {
                 l.shutdown();
             }
         })),
+        observe: Some(Box::new(move |kind, took| latencies.observe(kind, took))),
     };
 
     let (input_tx, input_rx) = crossbeam_channel::bounded(64);

@@ -383,3 +383,95 @@ fn the_command_line_client_follows_the_group() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
 }
+
+/// `GET path` on `addr`: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = String::new();
+    std::io::Read::read_to_string(&mut s, &mut all).unwrap();
+    let code = all.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = all.split_once("\r\n\r\n").unwrap().1.to_string();
+    (code, body)
+}
+
+/// The value of the sample `name` (with its labels, as printed) in a metrics page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_and_health_show_the_group() {
+    let ports = free_ports(3);
+    let metrics: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut g = Group::start(3, &[]);
+    // Members with a metrics address each: started again with it.
+    for i in 0..3 {
+        g.kill(i);
+    }
+    for (i, addr) in metrics.iter().enumerate() {
+        let child = g
+            .command(i)
+            .args(["--metrics-listen", addr])
+            .spawn()
+            .unwrap();
+        g.procs[i] = Some(child);
+    }
+    let leader = g.leader();
+    let mut c = g.client(&[leader]);
+    for i in 0..20 {
+        c.call(json!({"type": "wal_append", "payload": format!("set k{i}=v")}))
+            .unwrap();
+    }
+    let (code, page) = http_get(&metrics[leader], "/metrics");
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(sample(&page, "flintlog_up"), Some(1.0), "{page}");
+    assert_eq!(
+        sample(&page, "flintlog_role{role=\"leader\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "flintlog_commit_index").unwrap() >= 20.0,
+        "{page}"
+    );
+    assert!(
+        sample(&page, "flintlog_write_seconds_count").unwrap() >= 1.0,
+        "{page}"
+    );
+    assert!(
+        page.contains("flintlog_replication_lag_entries{peer=\""),
+        "{page}"
+    );
+    assert!(page.contains("flintlog_peer_dials_total"), "{page}");
+    assert!(page.trim_end().ends_with("# EOF"), "{page}");
+    for addr in &metrics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (code, body) = http_get(addr, "/health");
+            if code == 200 {
+                assert_eq!(body, "ok\n");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr}: {code} {body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(http_get(&metrics[0], "/nothing").0, 404);
+    // A member cut off from the others knows no leader after a while: 503, saying so.
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    g.kill(others[0]);
+    g.kill(others[1]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = http_get(&metrics[leader], "/health");
+        if code == 503 {
+            assert!(body.contains("no leader"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still healthy alone: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
