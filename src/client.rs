@@ -52,10 +52,41 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// A connection to a member, in the clear or over TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl std::io::Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 struct Conn {
     endpoint: String,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    stream: BufReader<Stream>,
+    tcp: TcpStream,
 }
 
 /// A client of one group, through any of its members' client endpoints.
@@ -68,6 +99,9 @@ pub struct Client {
     conn: Option<Conn>,
     next_msg_id: u64,
     src: String,
+    /// TLS, when the members serve clients over it: their certificates checked
+    /// against the CA (and the endpoint's host), ours presented if the config has one.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A line's worth of reply that is not the protocol's.
@@ -87,6 +121,7 @@ impl Client {
             conn: None,
             next_msg_id: 1,
             src: src.to_string(),
+            tls: None,
         }
     }
 
@@ -209,13 +244,28 @@ impl Client {
                     .saturating_duration_since(Instant::now())
                     .clamp(Duration::from_millis(1), Duration::from_secs(2));
                 match TcpStream::connect_timeout(&addr, left) {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        let writer = stream.try_clone().map_err(|e| unreachable(e.to_string()))?;
+                    Ok(tcp) => {
+                        let _ = tcp.set_nodelay(true);
+                        let handle = tcp.try_clone().map_err(|e| unreachable(e.to_string()))?;
+                        let stream = match &self.tls {
+                            Some(config) => {
+                                let host = endpoint
+                                    .rsplit_once(':')
+                                    .map_or(endpoint, |(h, _)| h)
+                                    .trim_matches(|c| c == '[' || c == ']');
+                                let name =
+                                    rustls::pki_types::ServerName::try_from(host.to_string())
+                                        .map_err(|e| unreachable(format!("{host}: {e}")))?;
+                                let conn = rustls::ClientConnection::new(config.clone(), name)
+                                    .map_err(|e| unreachable(e.to_string()))?;
+                                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+                            }
+                            None => Stream::Plain(tcp),
+                        };
                         self.conn = Some(Conn {
                             endpoint: endpoint.to_string(),
-                            reader: BufReader::new(stream),
-                            writer,
+                            stream: BufReader::new(stream),
+                            tcp: handle,
                         });
                         break;
                     }
@@ -237,16 +287,16 @@ fn exchange(
     line: &str,
     deadline: Instant,
 ) -> Result<String, CallError> {
-    conn.writer
-        .write_all(line.as_bytes())
-        .map_err(|e| CallError::Unreachable(format!("{endpoint}: {e}")))?;
     let left = deadline.saturating_duration_since(Instant::now());
     let _ = conn
-        .reader
-        .get_ref()
+        .tcp
         .set_read_timeout(Some(left.max(Duration::from_millis(1))));
+    let w = conn.stream.get_mut();
+    w.write_all(line.as_bytes())
+        .and_then(|()| w.flush())
+        .map_err(|e| CallError::Unreachable(format!("{endpoint}: {e}")))?;
     let mut reply = String::new();
-    match conn.reader.read_line(&mut reply) {
+    match conn.stream.read_line(&mut reply) {
         Ok(0) => Err(CallError::Unknown(format!(
             "{endpoint} closed the connection before answering"
         ))),

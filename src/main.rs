@@ -322,6 +322,16 @@ enum Command {
         /// Give up after this many seconds (retries included).
         #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
         timeout: f64,
+        /// Connect over TLS, checking the members' certificates against this CA (PEM)
+        /// and the endpoint's host.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// Present this certificate (PEM) to members that require one.
+        #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         #[command(subcommand)]
         op: client::Op,
     },
@@ -367,6 +377,20 @@ struct ServeArgs {
     /// 503 with the reason otherwise) on this address.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// This member's certificate (PEM): peers over mutual TLS, clients over TLS. It
+    /// must name the node id (a DNS subject alternative name), and the names clients
+    /// connect to.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"], help_heading = "TLS")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = "TLS")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs every member's certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = "TLS")]
+    tls_ca: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert", help_heading = "TLS")]
+    client_ca: Option<PathBuf>,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -409,6 +433,15 @@ fn serve(a: ServeArgs) -> u8 {
             line_bytes_max: 0,
         },
         metrics_listen: a.metrics_listen,
+        tls: match (a.tls_cert, a.tls_key, a.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(flintlog::transport::tls::TlsFiles {
+                cert,
+                key,
+                ca,
+                client_ca: a.client_ca,
+            }),
+            _ => None,
+        },
     };
     flintlog::serve::serve(config, stop) as u8
 }
@@ -706,8 +739,26 @@ fn main() -> ExitCode {
             endpoints,
             json,
             timeout,
+            tls_ca,
+            tls_cert,
+            tls_key,
             op,
-        }) => return ExitCode::from(client::run(endpoints, timeout, json, op)),
+        }) => {
+            let tls = match tls_ca {
+                Some(ca) => {
+                    let identity = tls_cert.as_deref().zip(tls_key.as_deref());
+                    match flintlog::transport::tls::client_config(&ca, identity) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                None => None,
+            };
+            return ExitCode::from(client::run(endpoints, timeout, json, tls, op));
+        }
         Some(command) => return ExitCode::from(offline(command, &args.node.store)),
         None => {}
     }

@@ -52,8 +52,15 @@ pub enum Change {
 
 /// Runs `op` against `endpoints`; returns the exit code (0, 1 for a refusal, 2 when
 /// no member answered).
-pub fn run(endpoints: Vec<String>, timeout: f64, json_out: bool, op: Op) -> u8 {
+pub fn run(
+    endpoints: Vec<String>,
+    timeout: f64,
+    json_out: bool,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    op: Op,
+) -> u8 {
     let mut client = Client::new(endpoints, &format!("cli{}", std::process::id()));
+    client.tls = tls;
     client.timeout = std::time::Duration::from_secs_f64(timeout.max(0.001));
     let outcome = match op {
         Op::Status => return status(&mut client, json_out),

@@ -9,7 +9,7 @@
 //! client that sends faster than the node answers waits in TCP's flow control.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,6 +50,8 @@ pub(super) struct Listener {
     pub(super) stop: Arc<AtomicBool>,
     pub(super) input: Sender<Vec<Item>>,
     pub(super) writers: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    /// TLS for clients, if they must use it.
+    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Listener {
@@ -101,22 +103,29 @@ impl Listener {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        let mut write = stream.try_clone()?;
+        let raw = stream.try_clone()?;
         let closer = stream.try_clone()?;
         let handle = stream.try_clone()?;
+        let (input, mut write): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match &self.tls {
+            Some(config) => {
+                let (r, w) = crate::transport::tls::split(stream, config.clone())?;
+                (Box::new(r), Box::new(w))
+            }
+            None => (Box::new(stream.try_clone()?), Box::new(stream)),
+        };
         let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(REPLY_BATCHES);
         let writer = spawn_actor(
             "client-writer",
             |why| log::error!("a client writer stopped: {why}"),
             move || {
                 for batch in rx {
-                    if let Err(e) = write.write_all(&batch) {
+                    if let Err(e) = write.write_all(&batch).and_then(|()| write.flush()) {
                         log::debug!("writing to client connection {conn} failed: {e}");
-                        let _ = write.shutdown(Shutdown::Both);
+                        let _ = raw.shutdown(Shutdown::Both);
                         return;
                     }
                 }
-                let _ = write.shutdown(Shutdown::Write);
+                let _ = raw.shutdown(Shutdown::Write);
             },
         )?;
         self.writers.lock().expect("writers lock").push(writer);
@@ -135,12 +144,12 @@ impl Listener {
             return Err(std::io::Error::other("the router has stopped"));
         }
         open.fetch_add(1, Ordering::AcqRel);
-        let (input, max, open) = (self.input.clone(), self.limits.line_bytes_max, open.clone());
+        let (items, max, open) = (self.input.clone(), self.limits.line_bytes_max, open.clone());
         let reader = spawn_actor(
             "client-reader",
             |why| log::error!("a client reader stopped: {why}"),
             move || {
-                read_lines(stream, max, conn, input);
+                read_lines(input, max, conn, items);
                 open.fetch_sub(1, Ordering::AcqRel);
             },
         )?;

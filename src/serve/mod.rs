@@ -28,6 +28,7 @@ use crate::cluster::PeerInbox;
 use crate::fs::RealFs;
 use crate::router::{Links, Opened, RouterConfig};
 use crate::transport::peers::{Inbound, LinkConfig, PeerAddr, PeerLinks};
+use crate::transport::tls::{Tls, TlsFiles};
 
 /// How a served member starts.
 #[derive(Debug, Clone)]
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub clients: ClientLimits,
     /// Where `GET /metrics` and `GET /health` are served, if anywhere.
     pub metrics_listen: Option<String>,
+    /// TLS for peers (mutual) and clients; without it, plain TCP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The group id of a group founded by `founders` (node ids) with `token`: FNV-1a of
@@ -114,19 +117,20 @@ fn check_group(dir: &Path, group: u64, token: &str) -> Result<(), String> {
 }
 
 fn bind(what: &str, addr: &str) -> Result<TcpListener, String> {
-    let listener =
-        TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what} {addr}: {e}"))?;
-    if let Ok(local) = listener.local_addr() {
-        warn_if_exposed(what, local);
-    }
-    Ok(listener)
+    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what} {addr}: {e}"))
 }
 
-fn warn_if_exposed(what: &str, addr: SocketAddr) {
-    if !addr.ip().is_loopback() {
+/// One warning for the listeners bound beyond loopback in the clear, if any.
+fn warn_if_exposed(listeners: &[&TcpListener]) {
+    let exposed: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .filter(|a| !a.ip().is_loopback())
+        .collect();
+    if !exposed.is_empty() {
         log::warn!(
-            "listening on {what} {addr} beyond loopback without TLS: traffic is plain TCP, \
-             readable and forgeable by anyone on the network"
+            "listening on {exposed:?} beyond loopback without TLS: peers' and clients' traffic \
+             is plain TCP, readable and forgeable by anyone on the network (see --tls-cert)"
         );
     }
 }
@@ -152,8 +156,16 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
     crate::node::check_data_dir(&RealFs, data_dir, &config.node_id).map_err(|e| e.to_string())?;
     let dir = data_dir.join(&config.node_id);
     check_group(&dir, group, &config.group_token)?;
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(files)?),
+        None => None,
+    };
     let peer_listener = bind("--peer-listen", &config.peer_listen)?;
     let client_listener = bind("--client-listen", &config.client_listen)?;
+    if tls.is_none() {
+        warn_if_exposed(&[&peer_listener, &client_listener]);
+    }
+    // Metrics are read-only and served over plain HTTP, as Prometheus scrapes them.
     let metrics_listener = match &config.metrics_listen {
         Some(addr) => Some(bind("--metrics-listen", addr)?),
         None => None,
@@ -166,6 +178,7 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
     );
 
     let mut link = LinkConfig::new(group, &config.node_id, raft_id);
+    link.tls = tls.clone();
     for (i, p) in config.peers.iter().enumerate() {
         if p.node_id != config.node_id {
             link.peers.insert(i as u64 + 1, p.clone());
@@ -246,6 +259,7 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
         stop: stop.clone(),
         input: input_tx,
         writers: writers.clone(),
+        tls: tls.map(|t| t.clients),
     };
     let accepting = spawn_actor(
         "client-listener",

@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use raft::eraftpb::Message;
 
 use super::frame::{self, Channel, Frame, FrameError, Hello};
+use super::tls::{Tls, Wire};
 use crate::actor::spawn_actor;
 use crate::cluster::Transport;
 use crate::cluster::transfer::Part;
@@ -53,6 +54,9 @@ pub struct LinkConfig {
     pub frame_limit: u32,
     /// The longest wait between two dials of a peer that does not answer: 2 s.
     pub backoff_max: Duration,
+    /// Mutual TLS, if the links use it: each side's certificate checked against the
+    /// CA and against the node id it claims.
+    pub tls: Option<Tls>,
 }
 
 impl LinkConfig {
@@ -66,6 +70,7 @@ impl LinkConfig {
             queue: 4096,
             frame_limit: 64 << 20,
             backoff_max: Duration::from_secs(2),
+            tls: None,
         }
     }
 
@@ -292,7 +297,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 impl Writer {
     fn run<T>(&self, queue: Receiver<T>, frame: impl Fn(T) -> Frame) {
         let mut backoff = Duration::from_millis(20);
-        let mut conn: Option<TcpStream> = None;
+        let mut conn: Option<Wire> = None;
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut jitter = Jitter::new(self.config.raft_id ^ self.peer.addr.len() as u64);
         loop {
@@ -331,7 +336,7 @@ impl Writer {
             for item in queue.try_iter().take(1024) {
                 frame::encode(&frame(item), &mut buf);
             }
-            if let Err(e) = stream.write_all(&buf) {
+            if let Err(e) = stream.write_all(&buf).and_then(|()| stream.flush()) {
                 log::debug!("the link to {} broke: {e}", self.peer.node_id);
                 conn = None;
             }
@@ -339,7 +344,7 @@ impl Writer {
     }
 
     /// Connects to the peer (resolving its address now) and exchanges hellos.
-    fn dial(&self) -> Result<TcpStream, String> {
+    fn dial(&self) -> Result<Wire, String> {
         let incarnation = self.incarnation.load(Ordering::Acquire);
         if incarnation == 0 {
             return Err("this node's incarnation is not known yet".into());
@@ -353,12 +358,15 @@ impl Writer {
         let mut last = format!("{} resolves to no address", self.peer.addr);
         for a in addrs {
             match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
-                Ok(mut s) => {
-                    let _ = s.set_nodelay(true);
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
                     // A peer that stops reading fails the write instead of holding
                     // the writer (and its shutdown) forever: the link is dialled again.
-                    s.set_write_timeout(Some(WRITE_TIMEOUT))
+                    tcp.set_write_timeout(Some(WRITE_TIMEOUT))
                         .map_err(|e| e.to_string())?;
+                    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                        .map_err(|e| e.to_string())?;
+                    let mut s = Wire::dialled(tcp, self.config.tls.as_ref(), &self.peer.node_id)?;
                     let mut hello = Vec::new();
                     frame::encode(
                         &Frame::Hello(self.config.hello(
@@ -368,8 +376,8 @@ impl Writer {
                         )),
                         &mut hello,
                     );
-                    s.write_all(&hello).map_err(|e| e.to_string())?;
-                    s.set_read_timeout(Some(Duration::from_secs(5)))
+                    s.write_all(&hello)
+                        .and_then(|()| s.flush())
                         .map_err(|e| e.to_string())?;
                     let answer = frame::read(&mut s, 64 * 1024).map_err(|e| e.to_string())?;
                     return match answer {
@@ -462,12 +470,13 @@ struct Reader {
 
 impl Reader {
     fn run(self, stream: TcpStream, from: SocketAddr) {
-        let mut w = match stream.try_clone() {
-            Ok(w) => w,
-            Err(_) => return,
-        };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut r = BufReader::with_capacity(256 * 1024, stream);
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let wire = match Wire::accepted(stream, self.config.tls.as_ref()) {
+            Ok(w) => w,
+            Err(why) => return self.malformed(from, &why),
+        };
+        let mut r = BufReader::with_capacity(256 * 1024, wire);
         let hello = match frame::read(&mut r, 64 * 1024) {
             Ok(Frame::Hello(h)) => h,
             Ok(other) => return self.malformed(from, &format!("{other:?} before a hello")),
@@ -477,6 +486,11 @@ impl Reader {
         let incarnation = self.incarnation.load(Ordering::Acquire);
         let refusal = if incarnation == 0 {
             Some(format!("{} is still starting", self.config.node_id))
+        } else if r.get_ref().peer_named(&hello.node_id) == Some(false) {
+            Some(format!(
+                "its certificate does not name {}, the node id its hello claims",
+                hello.node_id
+            ))
         } else {
             self.config.refuse(&hello)
         };
@@ -484,7 +498,8 @@ impl Reader {
             log::warn!("refused a peer connection from {from}: {why}");
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             frame::encode(&Frame::Refused(why), &mut answer);
-            let _ = w.write_all(&answer);
+            let w = r.get_mut();
+            let _ = w.write_all(&answer).and_then(|()| w.flush());
             return;
         }
         frame::encode(
@@ -494,10 +509,11 @@ impl Reader {
             ),
             &mut answer,
         );
-        if w.write_all(&answer).is_err() {
+        let w = r.get_mut();
+        if w.write_all(&answer).and_then(|()| w.flush()).is_err() {
             return;
         }
-        let _ = r.get_ref().set_read_timeout(None);
+        r.get_ref().set_read_timeout(None);
         loop {
             match frame::read(&mut r, self.config.frame_limit) {
                 Ok(Frame::Raft(m)) if m.from == hello.raft_id && m.to == self.config.raft_id => {

@@ -73,8 +73,22 @@ impl Group {
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(self.log_file(i));
         c
+    }
+
+    /// Member `i`'s log, appended to by each of its runs (a pipe nobody reads would
+    /// stop the member once full).
+    fn log_file(&self, i: usize) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("n{}.log", i + 1)))
+            .unwrap()
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{}.log", i + 1))).unwrap_or_default()
     }
 
     fn start_member(&mut self, i: usize) {
@@ -127,11 +141,8 @@ impl Group {
         let pid = child.id() as i32;
         // SAFETY: a plain system call on a child this test started and has not reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        let status = child.wait_with_output().unwrap().status;
+        (status.code(), self.log(i))
     }
 }
 
@@ -315,7 +326,7 @@ fn a_member_started_with_another_groups_flags_is_refused() {
         .args(["--group-token", "another"])
         .output()
         .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = g.log(0);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("belongs to group"), "{log}");
     // With its own flags it comes back and serves.
@@ -474,4 +485,122 @@ fn metrics_and_health_show_the_group() {
         assert!(Instant::now() < deadline, "still healthy alone: {body}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A CA, a certificate for each member naming its node id and 127.0.0.1, one for a
+/// client, and one of that CA that names n2 for n1 to use: PEM files in `dir`.
+fn certificates(dir: &std::path::Path, members: usize) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    let authority = |file: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        write(file, params.self_signed(&key).unwrap().pem());
+        Issuer::new(params, key)
+    };
+    let ca = authority("ca.pem");
+    let issue = |name: &str, sans: Vec<String>, by: &Issuer<'_, KeyPair>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, by)
+            .unwrap();
+        write(&format!("{name}.pem"), cert.pem());
+        write(&format!("{name}.key"), key.serialize_pem());
+    };
+    for i in 1..=members {
+        let sans = vec![format!("n{i}"), "127.0.0.1".into(), "localhost".into()];
+        issue(&format!("n{i}"), sans, &ca);
+    }
+    // A certificate of the right CA that names another member.
+    issue("n1-as-n2", vec!["n2".into(), "127.0.0.1".into()], &ca);
+    issue("client", vec!["client".into()], &ca);
+}
+
+fn tls_flags(certs: &std::path::Path, cert: &str) -> Vec<String> {
+    let f = |name: &str| certs.join(name).display().to_string();
+    vec![
+        "--tls-cert".into(),
+        f(&format!("{cert}.pem")),
+        "--tls-key".into(),
+        f(&format!("{cert}.key")),
+        "--tls-ca".into(),
+        f("ca.pem"),
+        "--client-ca".into(),
+        f("ca.pem"),
+    ]
+}
+
+#[test]
+fn over_tls_members_prove_their_ids_and_clients_their_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path(), 3);
+    let mut g = Group::start(3, &[]);
+    // Every member again, over TLS.
+    for i in 0..3 {
+        g.kill(i);
+    }
+    for i in 0..3 {
+        let child = g
+            .command(i)
+            .args(tls_flags(certs.path(), &format!("n{}", i + 1)))
+            .spawn()
+            .unwrap();
+        g.procs[i] = Some(child);
+    }
+    let ca = certs.path().join("ca.pem");
+    let identity = (
+        certs.path().join("client.pem"),
+        certs.path().join("client.key"),
+    );
+    let tls =
+        flintlog::transport::tls::client_config(&ca, Some((&identity.0, &identity.1))).unwrap();
+    let mut c = g.client(&[0, 1, 2]);
+    c.tls = Some(tls.clone());
+    if let Err(e) = c.call(json!({"type": "write", "key": "k", "value": "secret"})) {
+        panic!("{e}\n{}", g.log(0));
+    }
+    let mut each = g.client(&[2]);
+    each.tls = Some(tls);
+    assert_eq!(get(&mut each, "k"), json!("secret"));
+    // A client without a certificate, and one in the clear, are not served.
+    let mut anonymous = g.client(&[0]);
+    anonymous.timeout = Duration::from_secs(2);
+    anonymous.tls = Some(flintlog::transport::tls::client_config(&ca, None).unwrap());
+    assert!(anonymous.call(json!({"type": "wal_info"})).is_err());
+    let mut plain = g.client(&[0]);
+    plain.timeout = Duration::from_secs(2);
+    assert!(plain.call(json!({"type": "wal_info"})).is_err());
+    // n1 again, with a certificate of the right CA that names n2: it cannot prove it is
+    // n1, so its peers refuse its connections, and it never joins the group again.
+    g.kill(0);
+    let impostor = g
+        .command(0)
+        .args(tls_flags(certs.path(), "n1-as-n2"))
+        .spawn()
+        .unwrap();
+    g.procs[0] = Some(impostor);
+    let mut others = g.client(&[1, 2]);
+    others.tls = each.tls.clone();
+    others
+        .call(json!({"type": "write", "key": "k", "value": "newer"}))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut direct = Client::new(vec![g.endpoint(0)], "d");
+    direct.timeout = Duration::from_secs(3);
+    direct.tls = each.tls.clone();
+    let status = direct
+        .call_at(&g.endpoint(0), json!({"type": "wal_status"}))
+        .unwrap();
+    let leader = status.body["status"]["leader"].clone();
+    assert!(
+        leader.is_null() || leader == "n1",
+        "n1 under another's certificate joined the group: {status:?}"
+    );
+    let (_, log) = g.terminate(1);
+    assert!(
+        log.contains("does not name n1"),
+        "n2 did not say why it refused n1:\n{log}"
+    );
 }
