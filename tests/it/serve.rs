@@ -321,13 +321,25 @@ fn a_member_started_with_another_groups_flags_is_refused() {
         .unwrap();
     let (code, _) = g.terminate(0);
     assert_eq!(code, Some(0));
-    let out = g
+    let mut refused = g
         .command(0)
         .args(["--group-token", "another"])
-        .output()
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = refused.kill();
+            let _ = refused.wait();
+            panic!("n1 under another group's flags started:\n{}", g.log(0));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let log = g.log(0);
-    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("belongs to group"), "{log}");
     // With its own flags it comes back and serves.
     g.start_member(0);
