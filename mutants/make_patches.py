@@ -14,6 +14,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (name, what it plants, cargo test arguments that must fail, [(file, old, new)])
 MUTANTS = [
+    ("peer-certificate-names-not-checked",
+     "a peer accepted over TLS may claim any node id its certificate does not name",
+     "--test it -- serve::over_tls_members_prove_their_ids_and_clients_their_certificates",
+     [("src/transport/peers.rs",
+       "        } else if r.get_ref().peer_named(&hello.node_id) == Some(false) {",
+       "        } else if r.get_ref().peer_named(&hello.node_id) == Some(false) && false {")]),
     ("a-directory-of-another-group-served",
      "serve starts on a directory pinned to another group, whatever the flags found",
      "--test it -- serve::a_member_started_with_another_groups_flags_is_refused",
