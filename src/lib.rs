@@ -22,6 +22,7 @@ pub mod fuzz_entry;
 pub mod inspect;
 pub mod lincheck;
 mod node;
+pub mod proxy;
 pub mod raftlog;
 pub mod router;
 pub mod serve;

@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -268,6 +268,17 @@ fn render(sources: &Sources, status: Option<&ClusterStatus>) -> String {
         "peer_dials",
         "Connections made to peers",
         l.dialled.load(Ordering::Relaxed),
+    );
+    let silence: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>> = Family::default();
+    for (id, longest) in l.longest_silences() {
+        silence
+            .get_or_create(&vec![("peer".into(), sources.name(id))])
+            .set(longest.as_secs_f64());
+    }
+    r.register(
+        "peer_longest_silence_seconds",
+        "The longest wait between two Raft messages from each peer on one connection",
+        silence,
     );
     r.register(
         "write_seconds",

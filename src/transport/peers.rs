@@ -137,15 +137,35 @@ pub struct LinkCounters {
     pub malformed: AtomicU64,
     /// Connections made to peers.
     pub dialled: AtomicU64,
+    /// The longest wait between two Raft frames from each peer (by Raft id) on one
+    /// connection: how late a heartbeat came at worst.
+    silences: std::sync::Mutex<BTreeMap<u64, Duration>>,
 }
 
+impl LinkCounters {
+    /// The longest silence of each peer's Raft connection so far, by Raft id.
+    pub fn longest_silences(&self) -> Vec<(u64, Duration)> {
+        let s = self.silences.lock().expect("silences lock");
+        s.iter().map(|(id, d)| (*id, *d)).collect()
+    }
+
+    fn heard(&self, from: u64, silence: Duration) {
+        let mut s = self.silences.lock().expect("silences lock");
+        let longest = s.entry(from).or_default();
+        *longest = (*longest).max(silence);
+    }
+}
+
+/// A peer's two queues, one per connection.
 struct Queues {
-    raft: Sender<Message>,
-    parts: Sender<Part>,
+    raft: Sender<Frame>,
+    parts: Sender<Frame>,
 }
 
 /// The outgoing side: implements [`Transport`]. Made by [`PeerLinks::start`].
 pub struct Outgoing {
+    /// This node's Raft id.
+    me: u64,
     queues: BTreeMap<u64, Queues>,
     counters: Arc<LinkCounters>,
 }
@@ -153,15 +173,17 @@ pub struct Outgoing {
 impl Transport for Outgoing {
     fn send(&self, msg: Message) {
         if let Some(q) = self.queues.get(&msg.to)
-            && let Err(TrySendError::Full(_)) = q.raft.try_send(msg)
+            && let Err(TrySendError::Full(_)) = q.raft.try_send(Frame::Raft(msg))
         {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn send_part(&self, to: u64, part: Part) {
+        let (from, to) = (self.me, to);
+        // Snapshot bytes on their own connection: heartbeats never wait behind them.
         if let Some(q) = self.queues.get(&to)
-            && let Err(TrySendError::Full(_)) = q.parts.try_send(part)
+            && let Err(TrySendError::Full(_)) = q.parts.try_send(Frame::Part { from, to, part })
         {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -194,12 +216,13 @@ impl PeerLinks {
         let stop = Arc::new(AtomicBool::new(false));
         let incarnation = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(LinkCounters::default());
+        let links_me = config.raft_id;
         let config = Arc::new(config);
         let mut threads = Vec::new();
         let mut queues = BTreeMap::new();
         for (&id, peer) in &config.peers {
-            let (raft_tx, raft_rx) = crossbeam_channel::bounded::<Message>(config.queue);
-            let (part_tx, part_rx) = crossbeam_channel::bounded::<Part>(config.queue);
+            let (raft_tx, raft_rx) = crossbeam_channel::bounded::<Frame>(config.queue);
+            let (part_tx, part_rx) = crossbeam_channel::bounded::<Frame>(config.queue);
             queues.insert(
                 id,
                 Queues {
@@ -215,7 +238,6 @@ impl PeerLinks {
                 incarnation: incarnation.clone(),
                 counters: counters.clone(),
             };
-            let (me, to) = (config.raft_id, id);
             let snapshot = Writer {
                 channel: Channel::Snapshot,
                 ..raft.clone()
@@ -223,12 +245,12 @@ impl PeerLinks {
             threads.push(spawn_actor(
                 "peer-writer",
                 |why| log::error!("a peer writer stopped: {why}"),
-                move || raft.run(raft_rx, |m: Message| Frame::Raft(m)),
+                move || raft.run(raft_rx),
             )?);
             threads.push(spawn_actor(
                 "peer-parts",
                 |why| log::error!("a peer writer stopped: {why}"),
-                move || snapshot.run(part_rx, move |part| Frame::Part { from: me, to, part }),
+                move || snapshot.run(part_rx),
             )?);
         }
         let local = listener.local_addr()?;
@@ -252,7 +274,15 @@ impl PeerLinks {
             local,
             counters: counters.clone(),
         };
-        Ok((links, Outgoing { queues, counters }))
+        let me = links_me;
+        Ok((
+            links,
+            Outgoing {
+                me,
+                queues,
+                counters,
+            },
+        ))
     }
 
     /// Sets this node's incarnation (known once the node has opened its directory):
@@ -295,7 +325,7 @@ const POLL: Duration = Duration::from_millis(50);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Writer {
-    fn run<T>(&self, queue: Receiver<T>, frame: impl Fn(T) -> Frame) {
+    fn run(&self, queue: Receiver<Frame>) {
         let mut backoff = Duration::from_millis(20);
         let mut conn: Option<Wire> = None;
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -332,9 +362,9 @@ impl Writer {
                 },
             };
             buf.clear();
-            frame::encode(&frame(first), &mut buf);
+            frame::encode(&first, &mut buf);
             for item in queue.try_iter().take(1024) {
-                frame::encode(&frame(item), &mut buf);
+                frame::encode(&item, &mut buf);
             }
             if let Err(e) = stream.write_all(&buf).and_then(|()| stream.flush()) {
                 log::debug!("the link to {} broke: {e}", self.peer.node_id);
@@ -514,9 +544,12 @@ impl Reader {
             return;
         }
         r.get_ref().set_read_timeout(None);
+        let mut last = std::time::Instant::now();
         loop {
             match frame::read(&mut r, self.config.frame_limit) {
                 Ok(Frame::Raft(m)) if m.from == hello.raft_id && m.to == self.config.raft_id => {
+                    self.counters.heard(hello.raft_id, last.elapsed());
+                    last = std::time::Instant::now();
                     (self.sink)(Inbound::Raft(m, hello.incarnation))
                 }
                 Ok(Frame::Part { from: f, to, part })

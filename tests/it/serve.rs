@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flintlog::client::{CallError, Client};
+use flintlog::proxy::Proxy;
 use serde_json::{Value, json};
 
 use crate::support::binary;
@@ -25,34 +26,81 @@ struct Group {
     dir: tempfile::TempDir,
     peer_ports: Vec<u16>,
     client_ports: Vec<u16>,
+    /// Each member serves its metrics here.
+    metrics_ports: Vec<u16>,
     procs: Vec<Option<Child>>,
     /// Flags every member gets after the common ones.
     extra: Vec<String>,
+    /// `proxies[i][j]`: the link from member `i` to member `j`, when the group runs
+    /// behind proxies (member `i` dials `j` through it).
+    proxies: Vec<Vec<Option<Proxy>>>,
 }
 
 impl Group {
     fn start(n: usize, extra: &[&str]) -> Group {
-        let ports = free_ports(2 * n);
-        let mut g = Group {
-            dir: tempfile::tempdir().unwrap(),
-            peer_ports: ports[..n].to_vec(),
-            client_ports: ports[n..].to_vec(),
-            procs: (0..n).map(|_| None).collect(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        for i in 0..n {
-            g.start_member(i);
-        }
-        g
+        let g = Group::new(n, extra, false);
+        g.start_all()
     }
 
-    fn peers(&self) -> String {
+    /// A group whose members reach each other only through proxies, one per link.
+    fn start_proxied(n: usize, extra: &[&str]) -> Group {
+        Group::new(n, extra, true).start_all()
+    }
+
+    fn new(n: usize, extra: &[&str], proxied: bool) -> Group {
+        // All at once: ports freed by one call may come back from the next.
+        let ports = free_ports(3 * n);
+        let peer_ports = ports[..n].to_vec();
+        let proxies = (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| {
+                        (proxied && i != j)
+                            .then(|| Proxy::start(&format!("127.0.0.1:{}", peer_ports[j])).unwrap())
+                    })
+                    .collect()
+            })
+            .collect();
+        Group {
+            dir: tempfile::tempdir().unwrap(),
+            peer_ports,
+            client_ports: ports[n..2 * n].to_vec(),
+            metrics_ports: ports[2 * n..].to_vec(),
+            procs: (0..n).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            proxies,
+        }
+    }
+
+    fn start_all(mut self) -> Group {
+        for i in 0..self.procs.len() {
+            self.start_member(i);
+        }
+        self
+    }
+
+    /// The `--peers` of member `i`: the others at their proxies, if there are.
+    fn peers(&self, i: usize) -> String {
         self.peer_ports
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("n{}=127.0.0.1:{p}", i + 1))
+            .map(|(j, p)| match &self.proxies[i][j] {
+                Some(proxy) => format!("n{}={}", j + 1, proxy.addr()),
+                None => format!("n{}=127.0.0.1:{p}", j + 1),
+            })
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Cuts (or heals) every link to and from member `i`.
+    fn isolate(&self, i: usize, cut: bool) {
+        for j in 0..self.procs.len() {
+            for (a, b) in [(i, j), (j, i)] {
+                if let Some(p) = &self.proxies[a][b] {
+                    p.block(cut);
+                }
+            }
+        }
     }
 
     fn command(&self, i: usize) -> Command {
@@ -69,7 +117,11 @@ impl Group {
                 "--client-listen",
                 &format!("127.0.0.1:{}", self.client_ports[i]),
             ])
-            .args(["--peers", &self.peers()])
+            .args(["--peers", &self.peers(i)])
+            .args([
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", self.metrics_ports[i]),
+            ])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -94,6 +146,10 @@ impl Group {
     fn start_member(&mut self, i: usize) {
         let child = self.command(i).spawn().unwrap();
         self.procs[i] = Some(child);
+    }
+
+    fn metrics(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.metrics_ports[i])
     }
 
     fn endpoint(&self, i: usize) -> String {
@@ -427,21 +483,8 @@ fn sample(page: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn metrics_and_health_show_the_group() {
-    let ports = free_ports(3);
-    let metrics: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let mut g = Group::start(3, &[]);
-    // Members with a metrics address each: started again with it.
-    for i in 0..3 {
-        g.kill(i);
-    }
-    for (i, addr) in metrics.iter().enumerate() {
-        let child = g
-            .command(i)
-            .args(["--metrics-listen", addr])
-            .spawn()
-            .unwrap();
-        g.procs[i] = Some(child);
-    }
+    let metrics: Vec<String> = (0..3).map(|i| g.metrics(i)).collect();
     let leader = g.leader();
     let mut c = g.client(&[leader]);
     for i in 0..20 {
@@ -615,4 +658,150 @@ fn over_tls_members_prove_their_ids_and_clients_their_certificates() {
         log.contains("does not name n1"),
         "n2 did not say why it refused n1:\n{log}"
     );
+}
+
+fn status(g: &Group, i: usize) -> Value {
+    let mut c = g.client(&[i]);
+    c.timeout = Duration::from_secs(5);
+    c.call_at(&g.endpoint(i), json!({"type": "wal_status"}))
+        .unwrap()
+        .body["status"]
+        .clone()
+}
+
+#[test]
+fn a_leader_cut_off_by_the_network_is_replaced_and_catches_up_once_healed() {
+    let g = Group::start_proxied(3, &[]);
+    let leader = g.leader();
+    let mut c = g.client(&[leader]);
+    c.call(json!({"type": "write", "key": "k", "value": 1}))
+        .unwrap();
+    g.isolate(leader, true);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut majority = g.client(&others);
+    majority
+        .call(json!({"type": "write", "key": "k", "value": 2}))
+        .unwrap();
+    // The cut-off leader cannot commit, and cannot serve a read.
+    let mut alone = g.client(&[leader]);
+    alone.timeout = Duration::from_secs(4);
+    assert!(alone.call(json!({"type": "read", "key": "k"})).is_err());
+    g.isolate(leader, false);
+    let mut back = g.client(&[leader]);
+    assert_eq!(get(&mut back, "k"), json!(2));
+    assert_ne!(g.leader(), usize::MAX);
+}
+
+/// The figure a metrics page gives `name`.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    sample(page, name)
+}
+
+#[test]
+fn heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it() {
+    // The leader sends its snapshot as fast as it can; the link to the follower
+    // carries each connection at `rate` bytes per second. Sizes can be raised to
+    // measure (FLINTLOG_TRANSFER_MB, FLINTLOG_TRANSFER_RATE).
+    let mb: u64 = std::env::var("FLINTLOG_TRANSFER_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let rate: u64 = std::env::var("FLINTLOG_TRANSFER_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 20);
+    let g = Group::new(
+        3,
+        &[
+            "--snapshot-send-bytes-per-sec",
+            "0",
+            "--snapshot-entries",
+            "0",
+            "--trailing-entries",
+            "10",
+        ],
+        true,
+    );
+    let mut g = g.start_all();
+    let leader = g.leader();
+    let follower = (leader + 1) % 3;
+    let bystander = (leader + 2) % 3;
+    g.kill(follower);
+    // Past an election timeout: the leader no longer keeps its log for the follower.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut c = g.client(&[leader]);
+    let value = "v".repeat(100 * 1024);
+    for i in 0..mb * 10 {
+        c.call(json!({"type": "write", "key": format!("big{i}"), "value": value}))
+            .unwrap();
+    }
+    let snap = c
+        .call_at(&g.endpoint(leader), json!({"type": "wal_snapshot"}))
+        .unwrap();
+    let at = snap.body["snapshot_offset"].as_u64().unwrap();
+    let compacted = c
+        .call_at(
+            &g.endpoint(leader),
+            json!({"type": "wal_compact", "snapshot_at_offset": at}),
+        )
+        .unwrap();
+    assert!(
+        compacted.body["entries_after"].as_u64().unwrap() < 20,
+        "{compacted:?}"
+    );
+    // The appends queued for the follower while it was down are dropped at the link's
+    // next failed dial (at most 2 s apart): after that, only a snapshot can bring it
+    // back.
+    std::thread::sleep(Duration::from_secs(3));
+    let term = status(&g, leader)["term"].clone();
+    let commit = status(&g, leader)["commit_index"].as_u64().unwrap();
+    if let Some(p) = &g.proxies[leader][follower] {
+        p.limit(rate);
+    }
+    let started = Instant::now();
+    g.start_member(follower);
+    let deadline = started + Duration::from_secs(30 + 2 * mb * (1 << 20) / rate);
+    loop {
+        let s = g
+            .client(&[follower])
+            .call_at(&g.endpoint(follower), json!({"type": "wal_status"}))
+            .ok()
+            .map(|a| a.body["status"].clone());
+        if let Some(s) = s
+            && s["applied_index"].as_u64().unwrap_or(0) >= commit
+        {
+            assert!(
+                s["snapshot_transfers"]["completed"].as_u64().unwrap() >= 1,
+                "the follower caught up without a snapshot: {s}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    let page = |i: usize| http_get(&g.metrics(i), "/metrics").1;
+    let from_leader = format!(
+        "flintlog_peer_longest_silence_seconds{{peer=\"n{}\"}}",
+        leader + 1
+    );
+    let late = metric(&page(follower), &from_leader).unwrap();
+    let bystander_late = metric(&page(bystander), &from_leader).unwrap();
+    crate::support::say(&format!(
+        "{mb} MiB snapshot at {rate} B/s per connection took {took:?}: longest wait for a \
+         Raft message from the leader {:.0} ms on the receiving follower, {:.0} ms on the other",
+        late * 1000.0,
+        bystander_late * 1000.0
+    ));
+    assert_eq!(status(&g, leader)["term"], term, "an election happened");
+    assert_eq!(status(&g, leader)["role"], "leader");
+    assert!(
+        late < 0.4,
+        "heartbeats waited {late} s behind the snapshot on the follower receiving it"
+    );
+    assert!(
+        bystander_late < 0.4,
+        "{bystander_late} s on the other follower"
+    );
+    g.kill(follower);
 }
