@@ -14,6 +14,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (name, what it plants, cargo test arguments that must fail, [(file, old, new)])
 MUTANTS = [
+    ("snapshot-on-the-raft-connection",
+     "snapshot parts go on the peer's Raft connection, where heartbeats wait behind them",
+     "--test it -- serve::heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it",
+     [("src/transport/peers.rs",
+       "q.parts.try_send(Frame::Part { from, to, part })",
+       "q.raft.try_send(Frame::Part { from, to, part })")]),
     ("peer-certificate-names-not-checked",
      "a peer accepted over TLS may claim any node id its certificate does not name",
      "--test it -- serve::over_tls_members_prove_their_ids_and_clients_their_certificates",
