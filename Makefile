@@ -23,7 +23,7 @@ BENCH_ARGS ?=
 # Flags for flintlog-peers, e.g. make bench-peers PEERS_ARGS="--runs 5 --seconds 3"
 PEERS_ARGS ?=
 
-.PHONY: all help build test fmt lint demo load cluster bench bench-cluster bench-peers crash soak fuzz mutants store store-stop clean
+.PHONY: all help build test fmt lint demo load cluster cluster-tcp bench bench-cluster bench-peers crash soak fuzz mutants store store-stop clean
 
 all: build
 
@@ -42,6 +42,8 @@ help:
 	@echo "make mutants        plant each bug of mutants/*.patch in a scratch copy; its tests must fail (~25 min)"
 	@echo "make bench          the node against side-by-side baselines; writes BENCHMARKS.md"
 	@echo "make bench-peers    the same appends against okaywal, raft-engine, SQLite; BENCHMARKS.md"
+	@echo "make cluster-tcp    the same over TCP: three flintlog serve members, a proxy per link cut for"
+	@echo "                    partitions, kill -9 and pauses; target/cluster-tcp/"
 	@echo "make bench-cluster  a 3-node group against one node, commit latency, failover; BENCHMARKS.md"
 	@echo "make fuzz           the fuzz targets (needs a nightly toolchain and cargo-fuzz)"
 	@echo "make build          the release binaries in target/release/"
@@ -73,6 +75,9 @@ load: build
 
 cluster: build
 	target/release/flintlog-cluster --replace --store --snapshot-entries 100 --trailing-entries 20 $(CLUSTER_ARGS)
+
+cluster-tcp: build
+	target/release/flintlog-cluster --transport tcp --store --snapshot-entries 100 --trailing-entries 20 --out target/cluster-tcp $(CLUSTER_ARGS)
 
 bench-cluster: build
 	target/release/flintlog-cluster --bench --out target/bench-cluster --markdown BENCHMARKS.md $(CLUSTER_ARGS)

@@ -394,3 +394,41 @@ fn a_directory_is_refused_for_another_group_or_member() {
         "{v}"
     );
 }
+
+/// The same group served over TCP (`flintlog serve`): peers dial each other through
+/// a proxy per link, which the harness cuts for partitions; members are killed,
+/// restarted and paused; snapshots are small and frequent, so that a member that was
+/// down or cut off comes back by snapshot, over its snapshot connection.
+#[test]
+fn three_served_members_over_tcp_under_partitions_kills_and_pauses() {
+    let r = harness(
+        "3 served members over TCP",
+        &[
+            "--transport",
+            "tcp",
+            "--nodes",
+            "3",
+            "--duration",
+            "14",
+            "--nemesis",
+            "partition,kill,pause",
+            "--nemesis-every",
+            "2",
+            "--seed",
+            "11",
+            "--snapshot-entries",
+            "50",
+            "--trailing-entries",
+            "20",
+        ],
+    );
+    assert_eq!(r["pass"], true);
+    assert!(r["nemesis"].as_array().unwrap().len() >= 3, "{r}");
+    assert!(r["requests"]["ok"].as_u64().unwrap() > 1000, "{r}");
+    assert!(r["appends"]["acknowledged"].as_u64().unwrap() > 100, "{r}");
+    // A member down for seconds misses thousands of entries: it comes back by snapshot.
+    assert!(
+        r["snapshot_transfers"]["completed"].as_u64().unwrap() >= 1,
+        "{r}"
+    );
+}

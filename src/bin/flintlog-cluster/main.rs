@@ -116,6 +116,20 @@ struct Args {
     /// group snapshot from it.
     #[arg(long)]
     store: bool,
+    /// How the nodes reach each other: `stdin` (each runs as a Maelstrom node and this
+    /// program carries their `raft` lines, with latency and loss) or `tcp` (each runs
+    /// `flintlog serve`, peers dial each other through a proxy per link that this
+    /// program cuts for partitions, and clients connect to the members' client ports;
+    /// no latency or loss is added).
+    #[arg(long, default_value = "stdin", value_parser = ["stdin", "tcp"])]
+    transport: String,
+}
+
+impl Args {
+    /// Whether the nodes run `flintlog serve` over TCP.
+    fn tcp(&self) -> bool {
+        self.transport == "tcp"
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,22 +143,27 @@ fn main() -> ExitCode {
             .expect("own path")
             .with_file_name("flintlog")
     });
+    if args.tcp() && args.replace {
+        eprintln!("--replace needs a new member to join, which needs --transport stdin");
+        return ExitCode::from(2);
+    }
     let _ = std::fs::remove_dir_all(&args.out);
     std::fs::create_dir_all(&args.out).expect("create --out");
     if args.bench {
         return bench::run(&args, &bin);
     }
+    let network = if args.tcp() {
+        "over TCP through proxies (no added latency or loss)".to_string()
+    } else {
+        format!(
+            "latency {} ms, loss {:.0}%",
+            args.latency_ms,
+            args.loss * 100.0
+        )
+    };
     println!(
-        "flintlog-cluster: {} nodes, {:.0} s, nemesis {}, latency {} ms, loss {:.0}%, {} lin-kv clients on {} keys, {} appenders, seed {}",
-        args.nodes,
-        args.duration,
-        args.nemesis,
-        args.latency_ms,
-        args.loss * 100.0,
-        args.clients,
-        args.keys,
-        args.appenders,
-        args.seed
+        "flintlog-cluster: {} nodes, {:.0} s, nemesis {}, {network}, {} lin-kv clients on {} keys, {} appenders, seed {}",
+        args.nodes, args.duration, args.nemesis, args.clients, args.keys, args.appenders, args.seed
     );
     let shared = start_cluster(&args, &bin, args.nodes, &args.out);
     let (logs, faults, replacement) = run_workload(&args, &shared);

@@ -103,12 +103,26 @@ pub(crate) fn set_partition(shared: &Shared, sides: &[Vec<usize>]) {
             net.cut[a][b] = !same;
         }
     }
+    cut_proxies(shared, &net.cut);
 }
 
 pub(crate) fn heal(shared: &Shared) {
     let mut net = shared.net.lock().expect("net");
     for row in &mut net.cut {
         row.iter_mut().for_each(|c| *c = false);
+    }
+    cut_proxies(shared, &net.cut);
+}
+
+/// Over TCP, a cut link is a blocked proxy.
+fn cut_proxies(shared: &Shared, cut: &[Vec<bool>]) {
+    let Some(tcp) = &shared.tcp else { return };
+    for (a, row) in tcp.proxies.iter().enumerate() {
+        for (b, proxy) in row.iter().enumerate() {
+            if let Some(p) = proxy {
+                p.block(cut[a][b]);
+            }
+        }
     }
 }
 

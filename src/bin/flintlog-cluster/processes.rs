@@ -11,6 +11,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Value, json};
 
+use flintlog::proxy::Proxy;
+
 use crate::Args;
 use crate::network::{Net, route};
 
@@ -21,12 +23,107 @@ pub(crate) struct NodeProc {
     pub(crate) paused: bool,
 }
 
+/// The members' addresses over TCP, and the proxy of each link.
+pub(crate) struct Tcp {
+    pub(crate) peer_ports: Vec<u16>,
+    pub(crate) client_ports: Vec<u16>,
+    /// `proxies[a][b]`: member `a` dials member `b` through it.
+    pub(crate) proxies: Vec<Vec<Option<Proxy>>>,
+}
+
+impl Tcp {
+    fn new(nodes: usize) -> Tcp {
+        let held: Vec<std::net::TcpListener> = (0..2 * nodes)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().expect("bound").port())
+            .collect();
+        let proxies = (0..nodes)
+            .map(|a| {
+                (0..nodes)
+                    .map(|b| {
+                        (a != b).then(|| {
+                            Proxy::start(&format!("127.0.0.1:{}", ports[b])).expect("a proxy")
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Tcp {
+            peer_ports: ports[..nodes].to_vec(),
+            client_ports: ports[nodes..].to_vec(),
+            proxies,
+        }
+    }
+
+    /// `serve`'s flags for member `i` of the founders `ids`.
+    fn flags(&self, ids: &[String], i: usize) -> Vec<String> {
+        let peers: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(j, id)| match &self.proxies[i][j] {
+                Some(p) => format!("{id}={}", p.addr()),
+                None => format!("{id}=127.0.0.1:{}", self.peer_ports[j]),
+            })
+            .collect();
+        vec![
+            "serve".into(),
+            format!("--node-id={}", ids[i]),
+            format!("--peer-listen=127.0.0.1:{}", self.peer_ports[i]),
+            format!("--client-listen=127.0.0.1:{}", self.client_ports[i]),
+            format!("--peers={}", peers.join(",")),
+        ]
+    }
+}
+
+/// Connects to member `i`'s client port (retrying while it starts) and carries lines
+/// both ways: `lines` to it, what it answers to `to_net`.
+fn connect(i: usize, port: u16, lines: Receiver<String>, to_net: Sender<(usize, String)>) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                eprintln!("n{}: cannot connect to its client port {port}: {e}", i + 1);
+                return;
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok(reader) = stream.try_clone() else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if to_net.send((i, line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = std::io::BufWriter::new(stream);
+    while let Ok(line) = lines.recv() {
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+        if lines.is_empty() && out.flush().is_err() {
+            break;
+        }
+    }
+}
+
 pub(crate) fn spawn_node(
     bin: &Path,
     out: &Path,
     policy: &[String],
     i: usize,
     to_net: Sender<(usize, String)>,
+    tcp: Option<(&Tcp, &[String])>,
 ) -> NodeProc {
     let name = format!("n{}", i + 1);
     let log = std::fs::OpenOptions::new()
@@ -34,7 +131,11 @@ pub(crate) fn spawn_node(
         .append(true)
         .open(out.join(format!("{name}.log")))
         .expect("node log file");
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    if let Some((tcp, ids)) = tcp {
+        command.args(tcp.flags(ids, i));
+    }
+    command
         .arg("--data-dir")
         .arg(out.join("data"))
         .args(policy)
@@ -42,9 +143,25 @@ pub(crate) fn spawn_node(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .stderr(Stdio::from(log));
+    if let Some((tcp, _)) = tcp {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let (input, lines) = crossbeam_channel::unbounded::<String>();
+        let port = tcp.client_ports[i];
+        std::thread::spawn(move || connect(i, port, lines, to_net));
+        return NodeProc {
+            child,
+            input,
+            paused: false,
+        };
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     let stdout = child.stdout.take().expect("stdout");
@@ -90,6 +207,8 @@ pub(crate) struct Shared {
     pub(crate) founders: usize,
     /// The nodes that are members now (clients and the nemesis use these).
     pub(crate) members: Mutex<Vec<usize>>,
+    /// With `--transport tcp`: the members' ports and the links' proxies.
+    pub(crate) tcp: Option<Tcp>,
 }
 
 impl Shared {
@@ -118,6 +237,10 @@ impl Shared {
     }
 
     pub(crate) fn init(&self, i: usize) {
+        if self.tcp.is_some() {
+            // A served member starts without init.
+            return;
+        }
         let body = if i < self.founders {
             json!({"type": "init", "msg_id": 0, "node_id": self.ids[i], "node_ids": self.ids[..self.founders]})
         } else {
@@ -128,7 +251,15 @@ impl Shared {
     }
 
     pub(crate) fn start(&self, i: usize) {
-        let p = spawn_node(&self.bin, &self.out, &self.policy, i, self.to_net.clone());
+        let tcp = self.tcp.as_ref().map(|t| (t, &self.ids[..self.founders]));
+        let p = spawn_node(
+            &self.bin,
+            &self.out,
+            &self.policy,
+            i,
+            self.to_net.clone(),
+            tcp,
+        );
         self.net.lock().expect("net").nodes[i] = Some(p);
         self.init(i);
     }
@@ -188,6 +319,7 @@ pub(crate) fn start_cluster(args: &Args, bin: &Path, nodes: usize, out: &Path) -
         ids,
         founders: nodes,
         members: Mutex::new((0..nodes).collect()),
+        tcp: args.tcp().then(|| Tcp::new(nodes)),
     });
     {
         let shared = shared.clone();
@@ -200,16 +332,25 @@ pub(crate) fn start_cluster(args: &Args, bin: &Path, nodes: usize, out: &Path) -
     shared
 }
 
-/// Ends every node's input and waits for the processes to exit.
+/// Ends every node's input (over TCP: sends it SIGTERM) and waits for the processes
+/// to exit; says which did not exit cleanly.
 pub(crate) fn stop_cluster(shared: &Shared) {
     let mut net = shared.net.lock().expect("net");
-    for slot in net.nodes.iter_mut() {
+    for (i, slot) in net.nodes.iter_mut().enumerate() {
         if let Some(mut p) = slot.take() {
             if p.paused {
                 signal(p.child.id(), libc::SIGCONT);
             }
+            if shared.tcp.is_some() {
+                signal(p.child.id(), libc::SIGTERM);
+            }
             drop(p.input);
-            let _ = p.child.wait();
+            match p.child.wait() {
+                Ok(status) if !status.success() => {
+                    eprintln!("n{}: exited with {status} when stopped", i + 1);
+                }
+                _ => {}
+            }
         }
     }
 }
