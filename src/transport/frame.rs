@@ -22,7 +22,7 @@ use crate::cluster::kinds;
 use crate::cluster::transfer::Part;
 
 /// The frame format's version, which [`Hello`] carries.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Bytes before a frame's body: its length and its kind.
 const HEADER_BYTES: usize = 5;
@@ -52,6 +52,8 @@ pub struct Hello {
     /// The node id the sender means to reach.
     pub to: String,
     pub channel: Channel,
+    /// Where the sender listens for peers (a member added later is dialled there).
+    pub advertise: String,
 }
 
 /// A frame.
@@ -400,6 +402,7 @@ mod tests {
                 incarnation: 77,
                 to: "n2".into(),
                 channel: Channel::Snapshot,
+                advertise: "10.0.0.1:7001".into(),
             }),
             Frame::Raft(append()),
             Frame::Raft(offer()),

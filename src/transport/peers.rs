@@ -42,12 +42,21 @@ pub struct PeerAddr {
 /// Who this node is, whom it talks to, and its links' limits.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// The group's id: a hello naming another group is refused.
+    /// The group's id: a hello naming another group is refused. 0 for a node that
+    /// joins a group it does not know yet: it takes the id its peers answer with.
     pub group: u64,
     pub node_id: String,
+    /// This node's Raft id (0 for a node that joins: the group's first message to it
+    /// names it, see [`PeerLinks::set_raft_id`]).
     pub raft_id: u64,
-    /// The peers by Raft id (this node left out).
+    /// The peers by Raft id (this node left out): the founders.
     pub peers: BTreeMap<u64, PeerAddr>,
+    /// For a node that joins: the members it may dial first, by node id (their Raft
+    /// ids are learnt from their hellos).
+    pub seeds: Vec<PeerAddr>,
+    /// Where peers should dial this node, told them in every hello (a member added
+    /// later is reached there).
+    pub advertise: String,
     /// Messages queued per peer and channel; beyond it they are dropped: 4096.
     pub queue: usize,
     /// The largest frame read: 64 MiB (an append of many large entries fits).
@@ -67,53 +76,12 @@ impl LinkConfig {
             node_id: node_id.to_string(),
             raft_id,
             peers: BTreeMap::new(),
+            seeds: Vec::new(),
+            advertise: String::new(),
             queue: 4096,
             frame_limit: 64 << 20,
             backoff_max: Duration::from_secs(2),
             tls: None,
-        }
-    }
-
-    fn hello(&self, to: &str, channel: Channel, incarnation: u64) -> Hello {
-        Hello {
-            version: frame::VERSION,
-            group: self.group,
-            node_id: self.node_id.clone(),
-            raft_id: self.raft_id,
-            incarnation,
-            to: to.to_string(),
-            channel,
-        }
-    }
-
-    /// Why a peer's hello is refused, if it is.
-    fn refuse(&self, h: &Hello) -> Option<String> {
-        if h.version != frame::VERSION {
-            return Some(format!(
-                "frame version {}, not {}",
-                h.version,
-                frame::VERSION
-            ));
-        }
-        if h.group != self.group {
-            return Some(format!(
-                "{} belongs to group {:016x}, not {:016x}",
-                h.node_id, h.group, self.group
-            ));
-        }
-        if h.to != self.node_id {
-            return Some(format!("it meant to reach {}, not {}", h.to, self.node_id));
-        }
-        match self.peers.get(&h.raft_id) {
-            Some(p) if p.node_id == h.node_id => None,
-            Some(p) => Some(format!(
-                "Raft id {} is {}, not {}",
-                h.raft_id, p.node_id, h.node_id
-            )),
-            None => Some(format!(
-                "{} (Raft id {}) is not a peer of {}",
-                h.node_id, h.raft_id, self.node_id
-            )),
         }
     }
 }
@@ -162,39 +130,201 @@ struct Queues {
     parts: Sender<Frame>,
 }
 
+/// What every thread of the links shares.
+struct Shared {
+    config: LinkConfig,
+    /// The group's id (for a joining node, 0 until a peer has told it).
+    group: AtomicU64,
+    /// This node's Raft id (for a joining node, 0 until the group's first message).
+    me: AtomicU64,
+    incarnation: AtomicU64,
+    stop: AtomicBool,
+    counters: Arc<LinkCounters>,
+    /// Each peer's queues by Raft id: the founders', then members met since.
+    queues: std::sync::RwLock<BTreeMap<u64, Queues>>,
+    /// Members met since the start: Raft id, node id, address.
+    met: std::sync::Mutex<BTreeMap<u64, PeerAddr>>,
+    /// Node ids by Raft id, as the node knows them (members added later included),
+    /// once it is open.
+    roster: std::sync::OnceLock<crate::cluster::Roster>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn hello(&self, to: &str, channel: Channel) -> Hello {
+        Hello {
+            version: frame::VERSION,
+            group: self.group.load(Ordering::Acquire),
+            node_id: self.config.node_id.clone(),
+            raft_id: self.me.load(Ordering::Acquire),
+            incarnation: self.incarnation.load(Ordering::Acquire),
+            to: to.to_string(),
+            channel,
+            advertise: self.config.advertise.clone(),
+        }
+    }
+
+    /// The node id `id` has in the node's roster, if it is open and knows it.
+    fn named(&self, id: u64) -> Option<String> {
+        let roster = self.roster.get()?;
+        roster.read().expect("roster lock").get(&id).cloned()
+    }
+
+    /// The Raft id the node's roster gives `node_id`, if it knows one.
+    fn id_of(&self, node_id: &str) -> Option<u64> {
+        let roster = self.roster.get()?;
+        let r = roster.read().expect("roster lock");
+        r.iter().find(|(_, n)| *n == node_id).map(|(id, _)| *id)
+    }
+
+    /// Whom a peer's hello says it is, as this node accepts it: the Raft id its frames
+    /// must come from, and where to dial it back (if it is a peer not dialled yet);
+    /// or why it is refused.
+    fn admit(&self, h: &Hello) -> Result<(u64, Option<PeerAddr>), String> {
+        if h.version != frame::VERSION {
+            return Err(format!(
+                "frame version {}, not {}",
+                h.version,
+                frame::VERSION
+            ));
+        }
+        let group = self.group.load(Ordering::Acquire);
+        // A node that joins knows no group until a peer answers it (`h.group` 0).
+        if h.group != group && !(h.group == 0 || group == 0) {
+            return Err(format!(
+                "{} belongs to group {:016x}, not {group:016x}",
+                h.node_id, h.group
+            ));
+        }
+        if h.to != self.config.node_id {
+            return Err(format!(
+                "it meant to reach {}, not {}",
+                h.to, self.config.node_id
+            ));
+        }
+        let back = || {
+            (!h.advertise.is_empty()).then(|| PeerAddr {
+                node_id: h.node_id.clone(),
+                addr: h.advertise.clone(),
+            })
+        };
+        // A founder, as every member's flags name it.
+        if let Some(p) = self.config.peers.get(&h.raft_id) {
+            return if p.node_id == h.node_id && group != 0 && h.group == group {
+                Ok((h.raft_id, None))
+            } else if p.node_id == h.node_id {
+                Err(format!("{} names no group", h.node_id))
+            } else {
+                Err(format!(
+                    "Raft id {} is {}, not {}",
+                    h.raft_id, p.node_id, h.node_id
+                ))
+            };
+        }
+        // A member added since: the group's log names it (its Raft id given by the
+        // leader); before it knows its Raft id, its hello says 0.
+        if let Some(id) = self.id_of(&h.node_id) {
+            if h.raft_id == id || h.raft_id == 0 {
+                return Ok((id, back()));
+            }
+            return Err(format!(
+                "Raft id {} is {}, not {}",
+                h.raft_id,
+                self.named(h.raft_id).unwrap_or_else(|| "no one".into()),
+                h.node_id
+            ));
+        }
+        // This node joins: its seeds, under whatever Raft id they give, once the group
+        // is known.
+        if h.raft_id != 0
+            && h.group != 0
+            && let Some(seed) = self.config.seeds.iter().find(|p| p.node_id == h.node_id)
+        {
+            return Ok((h.raft_id, Some(back().unwrap_or_else(|| seed.clone()))));
+        }
+        Err(format!(
+            "{} (Raft id {}) is not a member {} knows",
+            h.node_id, h.raft_id, self.config.node_id
+        ))
+    }
+}
+
+/// Starts the two writers of peer `id` at `peer`, unless it has them.
+fn add_peer(shared: &Arc<Shared>, id: u64, peer: PeerAddr) -> std::io::Result<()> {
+    let mut queues = shared.queues.write().expect("queues lock");
+    if queues.contains_key(&id) || id == 0 {
+        return Ok(());
+    }
+    let (raft_tx, raft_rx) = crossbeam_channel::bounded::<Frame>(shared.config.queue);
+    let (part_tx, part_rx) = crossbeam_channel::bounded::<Frame>(shared.config.queue);
+    let raft = Writer {
+        shared: shared.clone(),
+        peer: peer.clone(),
+        channel: Channel::Raft,
+    };
+    let snapshot = Writer {
+        channel: Channel::Snapshot,
+        ..raft.clone()
+    };
+    let mut threads = shared.threads.lock().expect("threads lock");
+    threads.push(spawn_actor(
+        "peer-writer",
+        |why| log::error!("a peer writer stopped: {why}"),
+        move || raft.run(raft_rx),
+    )?);
+    threads.push(spawn_actor(
+        "peer-parts",
+        |why| log::error!("a peer writer stopped: {why}"),
+        move || snapshot.run(part_rx),
+    )?);
+    queues.insert(
+        id,
+        Queues {
+            raft: raft_tx,
+            parts: part_tx,
+        },
+    );
+    if !shared.config.peers.contains_key(&id) {
+        log::info!(
+            "{} (Raft id {id}) is reached at {}",
+            peer.node_id,
+            peer.addr
+        );
+        shared.met.lock().expect("met lock").insert(id, peer);
+    }
+    Ok(())
+}
+
 /// The outgoing side: implements [`Transport`]. Made by [`PeerLinks::start`].
 pub struct Outgoing {
-    /// This node's Raft id.
-    me: u64,
-    queues: BTreeMap<u64, Queues>,
-    counters: Arc<LinkCounters>,
+    shared: Arc<Shared>,
 }
 
 impl Transport for Outgoing {
     fn send(&self, msg: Message) {
-        if let Some(q) = self.queues.get(&msg.to)
+        let queues = self.shared.queues.read().expect("queues lock");
+        if let Some(q) = queues.get(&msg.to)
             && let Err(TrySendError::Full(_)) = q.raft.try_send(Frame::Raft(msg))
         {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn send_part(&self, to: u64, part: Part) {
-        let (from, to) = (self.me, to);
+        let from = self.shared.me.load(Ordering::Acquire);
+        let queues = self.shared.queues.read().expect("queues lock");
         // Snapshot bytes on their own connection: heartbeats never wait behind them.
-        if let Some(q) = self.queues.get(&to)
+        if let Some(q) = queues.get(&to)
             && let Err(TrySendError::Full(_)) = q.parts.try_send(Frame::Part { from, to, part })
         {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// The links' threads, joined by [`PeerLinks::shutdown`].
 pub struct PeerLinks {
-    stop: Arc<AtomicBool>,
-    incarnation: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
     local: SocketAddr,
     pub counters: Arc<LinkCounters>,
 }
@@ -213,82 +343,110 @@ impl PeerLinks {
         listener: TcpListener,
         sink: impl Fn(Inbound) + Send + Sync + 'static,
     ) -> std::io::Result<(PeerLinks, Outgoing)> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let incarnation = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(LinkCounters::default());
-        let links_me = config.raft_id;
-        let config = Arc::new(config);
-        let mut threads = Vec::new();
-        let mut queues = BTreeMap::new();
-        for (&id, peer) in &config.peers {
-            let (raft_tx, raft_rx) = crossbeam_channel::bounded::<Frame>(config.queue);
-            let (part_tx, part_rx) = crossbeam_channel::bounded::<Frame>(config.queue);
-            queues.insert(
-                id,
-                Queues {
-                    raft: raft_tx,
-                    parts: part_tx,
-                },
-            );
-            let raft = Writer {
-                config: config.clone(),
-                peer: peer.clone(),
-                channel: Channel::Raft,
-                stop: stop.clone(),
-                incarnation: incarnation.clone(),
-                counters: counters.clone(),
-            };
-            let snapshot = Writer {
-                channel: Channel::Snapshot,
-                ..raft.clone()
-            };
-            threads.push(spawn_actor(
-                "peer-writer",
-                |why| log::error!("a peer writer stopped: {why}"),
-                move || raft.run(raft_rx),
-            )?);
-            threads.push(spawn_actor(
-                "peer-parts",
-                |why| log::error!("a peer writer stopped: {why}"),
-                move || snapshot.run(part_rx),
-            )?);
+        let shared = Arc::new(Shared {
+            group: AtomicU64::new(config.group),
+            me: AtomicU64::new(config.raft_id),
+            incarnation: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            counters: counters.clone(),
+            queues: std::sync::RwLock::default(),
+            met: std::sync::Mutex::default(),
+            roster: std::sync::OnceLock::new(),
+            threads: std::sync::Mutex::default(),
+            config,
+        });
+        for (&id, peer) in &shared.config.peers {
+            add_peer(&shared, id, peer.clone())?;
         }
         let local = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let acceptor = Acceptor {
-            config,
-            stop: stop.clone(),
-            incarnation: incarnation.clone(),
-            counters: counters.clone(),
+            shared: shared.clone(),
             sink: Arc::new(sink),
         };
-        threads.push(spawn_actor(
+        let t = spawn_actor(
             "peer-listener",
             |why| log::error!("the peer listener stopped: {why}"),
             move || acceptor.run(listener),
-        )?);
+        )?;
+        shared.threads.lock().expect("threads lock").push(t);
         let links = PeerLinks {
-            stop,
-            incarnation,
-            threads,
+            shared: shared.clone(),
             local,
-            counters: counters.clone(),
+            counters,
         };
-        let me = links_me;
-        Ok((
-            links,
-            Outgoing {
-                me,
-                queues,
-                counters,
-            },
-        ))
+        Ok((links, Outgoing { shared }))
     }
 
     /// Sets this node's incarnation (known once the node has opened its directory):
-    /// until then nothing is sent and no peer is answered.
+    /// until then nothing is sent and no peer is answered (but a node that joins
+    /// answers the group's first dial, which names its Raft id).
     pub fn set_incarnation(&self, incarnation: u64) {
-        self.incarnation.store(incarnation, Ordering::Release);
+        self.shared
+            .incarnation
+            .store(incarnation, Ordering::Release);
+    }
+
+    /// Sets this node's Raft id (a node that joins learns it from the group's first
+    /// message to it).
+    pub fn set_raft_id(&self, id: u64) {
+        self.shared.me.store(id, Ordering::Release);
+    }
+
+    /// The node's roster, which vets members added since the start.
+    pub fn set_roster(&self, roster: crate::cluster::Roster) {
+        let _ = self.shared.roster.set(roster);
+    }
+
+    /// The group's id as the links know it (a joining node learns it from its peers).
+    pub fn group(&self) -> u64 {
+        self.shared.group.load(Ordering::Acquire)
+    }
+
+    /// Members met since the start (not founders): Raft id, node id and address.
+    pub fn met(&self) -> Vec<(u64, PeerAddr)> {
+        let met = self.shared.met.lock().expect("met lock");
+        met.iter().map(|(id, p)| (*id, p.clone())).collect()
+    }
+
+    /// Dials `peer` (Raft id `id`) from now on, as a member met before (recorded by
+    /// the node across restarts).
+    ///
+    /// # Errors
+    /// Its writers could not be started.
+    pub fn meet(&self, id: u64, peer: PeerAddr) -> std::io::Result<()> {
+        add_peer(&self.shared, id, peer)
+    }
+
+    /// Dials each seed once to say where this node listens (a node that joins): the
+    /// members that added it then dial it, and the first message names its Raft id.
+    pub fn announce(&self) {
+        for seed in self.shared.config.seeds.clone() {
+            let w = Writer {
+                shared: self.shared.clone(),
+                peer: seed,
+                channel: Channel::Raft,
+            };
+            let handle = std::thread::Builder::new()
+                .name("peer-announce".into())
+                .spawn(move || {
+                    let mut wait = Duration::from_millis(100);
+                    while !w.shared.stop.load(Ordering::Acquire)
+                        && w.shared.me.load(Ordering::Acquire) == 0
+                    {
+                        match w.dial() {
+                            Ok(_) => {}
+                            Err(why) => log::debug!("announcing to {}: {why}", w.peer.node_id),
+                        }
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                });
+            if let Ok(h) = handle {
+                self.shared.threads.lock().expect("threads lock").push(h);
+            }
+        }
     }
 
     /// The address the listener is bound to.
@@ -298,10 +456,16 @@ impl PeerLinks {
 
     /// Stops the listener, every connection and the writers, and waits for their
     /// threads: then nothing more reaches the sink.
-    pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+    pub fn shutdown(self) {
+        self.shared.stop.store(true, Ordering::Release);
+        loop {
+            let next = self.shared.threads.lock().expect("threads lock").pop();
+            match next {
+                Some(t) => {
+                    let _ = t.join();
+                }
+                None => break,
+            }
         }
     }
 }
@@ -309,12 +473,9 @@ impl PeerLinks {
 /// One outgoing connection to one peer, and the thread that keeps it up.
 #[derive(Clone)]
 struct Writer {
-    config: Arc<LinkConfig>,
+    shared: Arc<Shared>,
     peer: PeerAddr,
     channel: Channel,
-    stop: Arc<AtomicBool>,
-    incarnation: Arc<AtomicU64>,
-    counters: Arc<LinkCounters>,
 }
 
 /// How long a writer waits for its queue before it looks at the stop flag.
@@ -329,9 +490,10 @@ impl Writer {
         let mut backoff = Duration::from_millis(20);
         let mut conn: Option<Wire> = None;
         let mut buf = Vec::with_capacity(64 * 1024);
-        let mut jitter = Jitter::new(self.config.raft_id ^ self.peer.addr.len() as u64);
+        let seed = self.shared.me.load(Ordering::Acquire) ^ self.peer.addr.len() as u64;
+        let mut jitter = Jitter::new(seed);
         loop {
-            if self.stop.load(Ordering::Acquire) {
+            if self.shared.stop.load(Ordering::Acquire) {
                 return;
             }
             let first = match queue.recv_timeout(POLL) {
@@ -349,14 +511,14 @@ impl Writer {
                     Err(why) => {
                         log::debug!(
                             "{} cannot reach {}: {why}",
-                            self.config.node_id,
+                            self.shared.config.node_id,
                             self.peer.node_id
                         );
                         // What was queued meanwhile is stale: Raft sends again.
                         drop(first);
                         while queue.try_recv().is_ok() {}
                         std::thread::sleep(jitter.around(backoff));
-                        backoff = (backoff * 2).min(self.config.backoff_max);
+                        backoff = (backoff * 2).min(self.shared.config.backoff_max);
                         continue;
                     }
                 },
@@ -375,8 +537,8 @@ impl Writer {
 
     /// Connects to the peer (resolving its address now) and exchanges hellos.
     fn dial(&self) -> Result<Wire, String> {
-        let incarnation = self.incarnation.load(Ordering::Acquire);
-        if incarnation == 0 {
+        let joining = self.shared.me.load(Ordering::Acquire) == 0;
+        if self.shared.incarnation.load(Ordering::Acquire) == 0 && !joining {
             return Err("this node's incarnation is not known yet".into());
         }
         let addrs: Vec<SocketAddr> = self
@@ -396,25 +558,19 @@ impl Writer {
                         .map_err(|e| e.to_string())?;
                     tcp.set_read_timeout(Some(Duration::from_secs(5)))
                         .map_err(|e| e.to_string())?;
-                    let mut s = Wire::dialled(tcp, self.config.tls.as_ref(), &self.peer.node_id)?;
+                    let tls = self.shared.config.tls.as_ref();
+                    let mut s = Wire::dialled(tcp, tls, &self.peer.node_id)?;
                     let mut hello = Vec::new();
-                    frame::encode(
-                        &Frame::Hello(self.config.hello(
-                            &self.peer.node_id,
-                            self.channel,
-                            incarnation,
-                        )),
-                        &mut hello,
-                    );
+                    let ours = self.shared.hello(&self.peer.node_id, self.channel);
+                    frame::encode(&Frame::Hello(ours), &mut hello);
                     s.write_all(&hello)
                         .and_then(|()| s.flush())
                         .map_err(|e| e.to_string())?;
                     let answer = frame::read(&mut s, 64 * 1024).map_err(|e| e.to_string())?;
                     return match answer {
-                        Frame::Hello(h)
-                            if h.group == self.config.group && h.node_id == self.peer.node_id =>
-                        {
-                            self.counters.dialled.fetch_add(1, Ordering::Relaxed);
+                        Frame::Hello(h) if h.node_id == self.peer.node_id => {
+                            self.answered(&h)?;
+                            self.shared.counters.dialled.fetch_add(1, Ordering::Relaxed);
                             Ok(s)
                         }
                         Frame::Hello(h) => Err(format!(
@@ -425,7 +581,7 @@ impl Writer {
                             log::warn!(
                                 "{} refused {}: {why}",
                                 self.peer.node_id,
-                                self.config.node_id
+                                self.shared.config.node_id
                             );
                             Err(format!("refused: {why}"))
                         }
@@ -437,21 +593,51 @@ impl Writer {
         }
         Err(last)
     }
+
+    /// Checks the peer's answering hello: its group is ours (a joining node takes it
+    /// from the first peer that answers).
+    fn answered(&self, h: &Hello) -> Result<(), String> {
+        let group = self.shared.group.load(Ordering::Acquire);
+        if group == 0 && h.group != 0 {
+            match self.shared.group.compare_exchange(
+                0,
+                h.group,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    log::info!("joining group {:016x}, as {} says", h.group, h.node_id);
+                    return Ok(());
+                }
+                Err(now) if now == h.group => return Ok(()),
+                Err(now) => {
+                    return Err(format!(
+                        "{} answered for group {:016x}, not {now:016x}",
+                        h.node_id, h.group
+                    ));
+                }
+            }
+        }
+        if h.group != group {
+            return Err(format!(
+                "{} answered for group {:016x}, not {group:016x}",
+                self.peer.addr, h.group
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The listener's side.
 struct Acceptor {
-    config: Arc<LinkConfig>,
-    stop: Arc<AtomicBool>,
-    incarnation: Arc<AtomicU64>,
-    counters: Arc<LinkCounters>,
+    shared: Arc<Shared>,
     sink: Arc<dyn Fn(Inbound) + Send + Sync>,
 }
 
 impl Acceptor {
     fn run(self, listener: TcpListener) {
         let mut readers = Vec::new();
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.shared.stop.load(Ordering::Acquire) {
             match listener.accept() {
                 Ok((stream, from)) => {
                     let _ = stream.set_nonblocking(false);
@@ -459,9 +645,7 @@ impl Acceptor {
                         continue;
                     };
                     let reader = Reader {
-                        config: self.config.clone(),
-                        incarnation: self.incarnation.clone(),
-                        counters: self.counters.clone(),
+                        shared: self.shared.clone(),
                         sink: self.sink.clone(),
                     };
                     match spawn_actor(
@@ -492,9 +676,7 @@ impl Acceptor {
 }
 
 struct Reader {
-    config: Arc<LinkConfig>,
-    incarnation: Arc<AtomicU64>,
-    counters: Arc<LinkCounters>,
+    shared: Arc<Shared>,
     sink: Arc<dyn Fn(Inbound) + Send + Sync>,
 }
 
@@ -502,7 +684,7 @@ impl Reader {
     fn run(self, stream: TcpStream, from: SocketAddr) {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let wire = match Wire::accepted(stream, self.config.tls.as_ref()) {
+        let wire = match Wire::accepted(stream, self.shared.config.tls.as_ref()) {
             Ok(w) => w,
             Err(why) => return self.malformed(from, &why),
         };
@@ -512,31 +694,45 @@ impl Reader {
             Ok(other) => return self.malformed(from, &format!("{other:?} before a hello")),
             Err(e) => return self.malformed(from, &e.to_string()),
         };
-        let mut answer = Vec::new();
-        let incarnation = self.incarnation.load(Ordering::Acquire);
-        let refusal = if incarnation == 0 {
-            Some(format!("{} is still starting", self.config.node_id))
+        let shared = &self.shared;
+        let joining = shared.me.load(Ordering::Acquire) == 0;
+        let admitted = if shared.incarnation.load(Ordering::Acquire) == 0 && !joining {
+            Err(format!("{} is still starting", shared.config.node_id))
         } else if r.get_ref().peer_named(&hello.node_id) == Some(false) {
-            Some(format!(
+            Err(format!(
                 "its certificate does not name {}, the node id its hello claims",
                 hello.node_id
             ))
         } else {
-            self.config.refuse(&hello)
+            shared.admit(&hello)
         };
-        if let Some(why) = refusal {
-            log::warn!("refused a peer connection from {from}: {why}");
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            frame::encode(&Frame::Refused(why), &mut answer);
-            let w = r.get_mut();
-            let _ = w.write_all(&answer).and_then(|()| w.flush());
-            return;
+        let mut answer = Vec::new();
+        let sender = match admitted {
+            Ok((id, back)) => {
+                if let Some(peer) = back
+                    && let Err(e) = add_peer(shared, id, peer)
+                {
+                    log::warn!("cannot dial {} back: {e}", hello.node_id);
+                }
+                id
+            }
+            Err(why) => {
+                log::warn!("refused a peer connection from {from}: {why}");
+                shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                frame::encode(&Frame::Refused(why), &mut answer);
+                let w = r.get_mut();
+                let _ = w.write_all(&answer).and_then(|()| w.flush());
+                return;
+            }
+        };
+        if shared.group.load(Ordering::Acquire) == 0 && hello.group != 0 {
+            let _ =
+                shared
+                    .group
+                    .compare_exchange(0, hello.group, Ordering::AcqRel, Ordering::Acquire);
         }
         frame::encode(
-            &Frame::Hello(
-                self.config
-                    .hello(&hello.node_id, hello.channel, incarnation),
-            ),
+            &Frame::Hello(shared.hello(&hello.node_id, hello.channel)),
             &mut answer,
         );
         let w = r.get_mut();
@@ -546,15 +742,15 @@ impl Reader {
         r.get_ref().set_read_timeout(None);
         let mut last = std::time::Instant::now();
         loop {
-            match frame::read(&mut r, self.config.frame_limit) {
-                Ok(Frame::Raft(m)) if m.from == hello.raft_id && m.to == self.config.raft_id => {
-                    self.counters.heard(hello.raft_id, last.elapsed());
+            let me = shared.me.load(Ordering::Acquire);
+            match frame::read(&mut r, shared.config.frame_limit) {
+                // A node that joins takes the first message's `to` as its Raft id.
+                Ok(Frame::Raft(m)) if m.from == sender && (m.to == me || me == 0) => {
+                    shared.counters.heard(sender, last.elapsed());
                     last = std::time::Instant::now();
                     (self.sink)(Inbound::Raft(m, hello.incarnation))
                 }
-                Ok(Frame::Part { from: f, to, part })
-                    if f == hello.raft_id && to == self.config.raft_id =>
-                {
+                Ok(Frame::Part { from: f, to, part }) if f == sender && to == me => {
                     (self.sink)(Inbound::Part(f, part))
                 }
                 Ok(other) => {
@@ -571,7 +767,10 @@ impl Reader {
 
     fn malformed(&self, from: SocketAddr, why: &str) {
         log::warn!("closed a peer connection from {from}: {why}");
-        self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .malformed
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 

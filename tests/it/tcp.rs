@@ -199,6 +199,7 @@ fn hello_as(group: u64, node_id: &str, raft_id: u64, to: &str) -> Hello {
         incarnation: 42,
         to: to.into(),
         channel: Channel::Raft,
+        advertise: String::new(),
     }
 }
 
@@ -223,7 +224,7 @@ fn a_peer_of_another_group_or_under_another_id_is_refused_and_a_bad_frame_closes
     let addr = n1.local_addr();
     for (hello, why) in [
         (hello_as(GROUP ^ 1, "n2", 2, "n1"), "group"),
-        (hello_as(GROUP, "n9", 9, "n1"), "not a peer"),
+        (hello_as(GROUP, "n9", 9, "n1"), "not a member"),
         (hello_as(GROUP, "n3", 2, "n1"), "Raft id 2 is n2"),
         (hello_as(GROUP, "n2", 2, "n3"), "meant to reach n3"),
     ] {
