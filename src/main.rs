@@ -361,13 +361,24 @@ struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     client_listen: String,
     /// Every founding member and its peer address, this one included, in the same
-    /// order on every member (the order gives Raft ids).
+    /// order on every member (the order gives Raft ids). With --join: members of the
+    /// group to reach (any of them, in any order).
     #[arg(long, value_delimiter = ',', required = true, value_parser = parse_peer, value_name = "ID=HOST:PORT,...")]
     peers: Vec<flintlog::transport::peers::PeerAddr>,
     /// Names the group with the founders' ids: two groups founded with different
     /// tokens never take each other's messages, whatever their node ids.
     #[arg(long, default_value = "flintlog", value_name = "TEXT")]
     group_token: String,
+    /// Join a running group as a new member: add it first with `member add ID` on the
+    /// leader; it catches up from a snapshot. Started again later, its directory says
+    /// who it is.
+    #[arg(long)]
+    join: bool,
+    /// The address peers should dial this member at (default: --peer-listen's),
+    /// told them in every handshake: needed when --peer-listen is 0.0.0.0 and the
+    /// member may be added to a group later.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_peer: Option<String>,
     /// Most client connections open at once; more are answered with error 11 and
     /// closed.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
@@ -433,6 +444,8 @@ fn serve(a: ServeArgs) -> u8 {
             line_bytes_max: 0,
         },
         metrics_listen: a.metrics_listen,
+        join: a.join,
+        advertise: a.advertise_peer,
         tls: match (a.tls_cert, a.tls_key, a.tls_ca) {
             (Some(cert), Some(key), Some(ca)) => Some(flintlog::transport::tls::TlsFiles {
                 cert,

@@ -201,6 +201,21 @@ impl<O: Outlet> Router<O> {
         }
     }
 
+    /// A joining node learnt its Raft id from the group's first message to it (over
+    /// its own links): it becomes that member.
+    pub(super) fn joined(&mut self, id: u64) {
+        if !matches!(self.mode, Mode::Joining(_)) || id == 0 {
+            return;
+        }
+        let Mode::Joining(j) = std::mem::replace(&mut self.mode, Mode::Uninitialized) else {
+            unreachable!("matched above")
+        };
+        let body = self.open_member(j.me, j.config, id, &[], Roster::default());
+        if let Some(why) = super::answer::error_text(&body) {
+            log::error!("the node cannot join: {why}");
+        }
+    }
+
     /// Steps a `raft` or `snapshot_part` line from a peer; returns whether the line was
     /// one (any other line is a client's).
     pub(super) fn peer_message(&mut self, line: &[u8]) -> bool {

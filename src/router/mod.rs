@@ -110,6 +110,8 @@ pub(crate) enum Item {
     Opened(u64, Connection),
     /// Connection `conn` sends nothing more (its replies are still written).
     Closed(u64),
+    /// The group's first message to this joining node named its Raft id.
+    Joined(u64),
 }
 
 /// Where one client connection's replies go: a bounded queue of bytes written by a
@@ -408,6 +410,7 @@ pub(crate) fn serve(
     config: RouterConfig,
     node_id: String,
     founders: &[String],
+    join: bool,
     links: Links,
     input: Receiver<Vec<Item>>,
     out: impl Outlet,
@@ -415,7 +418,7 @@ pub(crate) fn serve(
     let (mut router, done_rx, peer_rx) = Router::new(config, out);
     router.peer_lines = false;
     router.links = Some(links);
-    let body = router.init(node_id, founders, false);
+    let body = router.init(node_id, founders, join);
     if let Some(why) = answer::error_text(&body) {
         log::error!("the node cannot start: {why}");
         router.fatal = true;
@@ -469,6 +472,7 @@ impl<O: Outlet> Router<O> {
                     }
                     Item::Opened(conn, connection) => self.out.opened(conn, connection),
                     Item::Closed(conn) => self.out.closed(conn),
+                    Item::Joined(id) => self.joined(id),
                 }
             }
             if self.fatal || eof && self.queued == 0 && read.is_empty() {

@@ -52,6 +52,9 @@ pub(super) struct Listener {
     pub(super) writers: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     /// TLS for clients, if they must use it.
     pub(super) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Another sender of the router's input, dropped with the listener's own when it
+    /// stops (so that the input ends).
+    pub(super) also_input: Arc<std::sync::Mutex<Option<Sender<Vec<Item>>>>>,
 }
 
 impl Listener {
@@ -84,6 +87,7 @@ impl Listener {
             }
             readers.retain(|(t, _)| !t.is_finished());
         }
+        self.also_input.lock().expect("input lock").take();
         // No more requests: each reader sees the end of its input, hands over what it
         // read and ends; the router answers what it took.
         for (t, stream) in readers {

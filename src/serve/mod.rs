@@ -53,6 +53,11 @@ pub struct ServeConfig {
     pub metrics_listen: Option<String>,
     /// TLS for peers (mutual) and clients; without it, plain TCP.
     pub tls: Option<TlsFiles>,
+    /// A new member joining a running group (added with `member_add` first): `peers`
+    /// names members to reach, and the group's first message names its Raft id.
+    pub join: bool,
+    /// Where peers should dial this node (default: the address `peer_listen` binds).
+    pub advertise: Option<String>,
 }
 
 /// The group id of a group founded by `founders` (node ids) with `token`: FNV-1a of
@@ -75,7 +80,8 @@ pub fn group_id(token: &str, founders: &[String]) -> u64 {
     h.max(1)
 }
 
-/// Why `config` cannot start a member, if it cannot.
+/// Why `config` cannot start a member, if it cannot; its Raft id as a founder (0 for a
+/// node that joins).
 fn check(config: &ServeConfig) -> Result<u64, String> {
     crate::router::wire::check_node_id(&config.node_id)
         .map_err(|why| format!("--node-id: {why}"))?;
@@ -87,10 +93,17 @@ fn check(config: &ServeConfig) -> Result<u64, String> {
         }
     }
     match seen.get(&config.node_id) {
+        Some(_) if config.join => Err(format!(
+            "--join: {} is among --peers, the members it joins; a node that joins is not \
+             one of them yet",
+            config.node_id
+        )),
+        None if config.join => Ok(0),
         Some(&i) => Ok(i as u64 + 1),
         None => Err(format!(
             "--node-id {} is not among --peers ({}): every founding member is listed, this \
-             one included, in the same order on every member",
+             one included, in the same order on every member (a new member starts with \
+             --join)",
             config.node_id,
             config
                 .peers
@@ -149,13 +162,27 @@ pub fn serve(config: ServeConfig, stop: Arc<AtomicBool>) -> i32 {
 }
 
 fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
-    let raft_id = check(&config)?;
+    let mut raft_id = check(&config)?;
     let founders: Vec<String> = config.peers.iter().map(|p| p.node_id.clone()).collect();
-    let group = group_id(&config.group_token, &founders);
     let data_dir = &config.router.data_dir;
     crate::node::check_data_dir(&RealFs, data_dir, &config.node_id).map_err(|e| e.to_string())?;
     let dir = data_dir.join(&config.node_id);
-    check_group(&dir, group, &config.group_token)?;
+    let group = if config.join {
+        // The group it joined, once it has; its Raft id, once the group gave it one.
+        if let Some(who) = crate::raftlog::read_identity(&RealFs, &dir)
+            .map_err(|e| e.to_string())?
+            .filter(|who| who.id != 0)
+        {
+            raft_id = who.id;
+        }
+        crate::raftlog::read_group(&RealFs, &dir)
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0)
+    } else {
+        let group = group_id(&config.group_token, &founders);
+        check_group(&dir, group, &config.group_token)?;
+        group
+    };
     let tls = match &config.tls {
         Some(files) => Some(Tls::load(files)?),
         None => None,
@@ -179,21 +206,44 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
 
     let mut link = LinkConfig::new(group, &config.node_id, raft_id);
     link.tls = tls.clone();
-    for (i, p) in config.peers.iter().enumerate() {
-        if p.node_id != config.node_id {
-            link.peers.insert(i as u64 + 1, p.clone());
+    link.advertise = match &config.advertise {
+        Some(a) => a.clone(),
+        None => peer_listener
+            .local_addr()
+            .map_err(|e| e.to_string())?
+            .to_string(),
+    };
+    if config.join {
+        link.seeds = config.peers.clone();
+    } else {
+        for (i, p) in config.peers.iter().enumerate() {
+            if p.node_id != config.node_id {
+                link.peers.insert(i as u64 + 1, p.clone());
+            }
         }
     }
+    let (input_tx, input_rx) = crossbeam_channel::bounded(64);
+    // A joining node's first message from the group names its Raft id: the router
+    // opens it as that member. (Dropped when the listener stops, so that the router's
+    // input can end.)
+    let join_tx = Arc::new(Mutex::new(config.join.then(|| input_tx.clone())));
     // Peers' messages go straight to the consensus actor once the node is open.
     let inbox: Arc<OnceLock<PeerInbox>> = Arc::default();
     let sink_inbox = inbox.clone();
-    let sink = move |inbound: Inbound| {
-        if let Some(inbox) = sink_inbox.get() {
-            match inbound {
-                Inbound::Raft(m, incarnation) => inbox.step(m, incarnation),
-                Inbound::Part(from, part) => inbox.step_part(from, part),
+    let sink_join = join_tx.clone();
+    let sink = move |inbound: Inbound| match (sink_inbox.get(), inbound) {
+        (Some(inbox), Inbound::Raft(m, incarnation)) => inbox.step(m, incarnation),
+        (Some(inbox), Inbound::Part(from, part)) => inbox.step_part(from, part),
+        (None, Inbound::Raft(m, _)) => {
+            if let Some(tx) = sink_join.lock().expect("join lock").take() {
+                log::info!(
+                    "the group's first message names this node Raft member {}",
+                    m.to
+                );
+                let _ = tx.send(vec![crate::router::Item::Joined(m.to)]);
             }
         }
+        (None, Inbound::Part(..)) => {}
     };
     let (peer_links, outgoing) =
         PeerLinks::start(link, peer_listener, sink).map_err(|e| format!("peer links: {e}"))?;
@@ -220,18 +270,21 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
         None => None,
     };
     let peer_links = Arc::new(Mutex::new(Some(peer_links)));
-    let (on_open, on_close) = (peer_links.clone(), peer_links);
+    let (on_open, on_close) = (peer_links.clone(), peer_links.clone());
+    let peer_links_for_announce = peer_links;
     let opened_dir = dir.clone();
     let links = Links {
         transport: Some(Box::new(outgoing)),
         opened: Some(Box::new(move |opened: Opened| {
-            // The directory is locked now: pin it to its group.
-            if let Err(e) = pin_group(&opened_dir, group) {
-                log::error!("{e}");
-            }
             let _ = inbox.set(opened.inbox);
-            let _ = roster.set(opened.roster);
+            let _ = roster.set(opened.roster.clone());
             if let Some(l) = on_open.lock().expect("links lock").as_ref() {
+                // The directory is locked now: pin it to its group (a node that joined
+                // learnt the group's id from its peers).
+                if let Err(e) = pin_group(&opened_dir, l.group()) {
+                    log::error!("{e}");
+                }
+                l.set_roster(opened.roster);
                 l.set_incarnation(opened.incarnation);
             }
         })),
@@ -248,7 +301,6 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
         observe: Some(Box::new(move |kind, took| latencies.observe(kind, took))),
     };
 
-    let (input_tx, input_rx) = crossbeam_channel::bounded(64);
     let writers = Arc::new(Mutex::new(Vec::new()));
     let listener = clients::Listener {
         limits: ClientLimits {
@@ -260,6 +312,7 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
         input: input_tx,
         writers: writers.clone(),
         tls: tls.map(|t| t.clients),
+        also_input: join_tx,
     };
     let accepting = spawn_actor(
         "client-listener",
@@ -267,10 +320,16 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
         move || listener.run(client_listener),
     )
     .map_err(|e| format!("client listener: {e}"))?;
+    if config.join
+        && let Some(l) = peer_links_for_announce.lock().expect("links lock").as_ref()
+    {
+        l.announce();
+    }
     let code = crate::router::serve(
         config.router,
         config.node_id.clone(),
         &founders,
+        config.join,
         links,
         input_rx,
         clients::Conns::default(),

@@ -419,8 +419,10 @@ impl PeerLinks {
         add_peer(&self.shared, id, peer)
     }
 
-    /// Dials each seed once to say where this node listens (a node that joins): the
-    /// members that added it then dial it, and the first message names its Raft id.
+    /// Dials each seed to say where this node listens: a node that joins, until the
+    /// group's first message names its Raft id (the members that added it dial it
+    /// back); a member that joined earlier and starts again, once per seed (the seeds
+    /// dial it back, and it learns their Raft ids from their hellos).
     pub fn announce(&self) {
         for seed in self.shared.config.seeds.clone() {
             let w = Writer {
@@ -432,15 +434,18 @@ impl PeerLinks {
                 .name("peer-announce".into())
                 .spawn(move || {
                     let mut wait = Duration::from_millis(100);
-                    while !w.shared.stop.load(Ordering::Acquire)
-                        && w.shared.me.load(Ordering::Acquire) == 0
-                    {
+                    while !w.shared.stop.load(Ordering::Acquire) {
+                        let known = w.shared.me.load(Ordering::Acquire) != 0;
                         match w.dial() {
+                            Ok(_) if known => break,
                             Ok(_) => {}
                             Err(why) => log::debug!("announcing to {}: {why}", w.peer.node_id),
                         }
                         std::thread::sleep(wait);
                         wait = (wait * 2).min(Duration::from_secs(2));
+                        if !known && w.shared.me.load(Ordering::Acquire) != 0 {
+                            break;
+                        }
                     }
                 });
             if let Ok(h) = handle {
@@ -746,6 +751,14 @@ impl Reader {
             match frame::read(&mut r, shared.config.frame_limit) {
                 // A node that joins takes the first message's `to` as its Raft id.
                 Ok(Frame::Raft(m)) if m.from == sender && (m.to == me || me == 0) => {
+                    if me == 0 && m.to != 0 {
+                        let _ = shared.me.compare_exchange(
+                            0,
+                            m.to,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                    }
                     shared.counters.heard(sender, last.elapsed());
                     last = std::time::Instant::now();
                     (self.sink)(Inbound::Raft(m, hello.incarnation))

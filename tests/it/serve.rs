@@ -34,6 +34,8 @@ struct Group {
     /// `proxies[i][j]`: the link from member `i` to member `j`, when the group runs
     /// behind proxies (member `i` dials `j` through it).
     proxies: Vec<Vec<Option<Proxy>>>,
+    /// The first `founders` members found the group; the others join it.
+    founders: usize,
 }
 
 impl Group {
@@ -69,6 +71,7 @@ impl Group {
             procs: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             proxies,
+            founders: n,
         }
     }
 
@@ -81,7 +84,7 @@ impl Group {
 
     /// The `--peers` of member `i`: the others at their proxies, if there are.
     fn peers(&self, i: usize) -> String {
-        self.peer_ports
+        self.peer_ports[..self.founders]
             .iter()
             .enumerate()
             .map(|(j, p)| match &self.proxies[i][j] {
@@ -118,6 +121,11 @@ impl Group {
                 &format!("127.0.0.1:{}", self.client_ports[i]),
             ])
             .args(["--peers", &self.peers(i)])
+            .args(if i < self.founders {
+                &[][..]
+            } else {
+                &["--join"][..]
+            })
             .args([
                 "--metrics-listen",
                 &format!("127.0.0.1:{}", self.metrics_ports[i]),
@@ -804,4 +812,66 @@ fn heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it() {
         "{bystander_late} s on the other follower"
     );
     g.kill(follower);
+}
+
+#[test]
+fn a_new_member_joins_over_tcp_by_snapshot_votes_and_restarts() {
+    let mut g = Group::new(4, &["--trailing-entries", "10"], false);
+    g.founders = 3;
+    let mut g = {
+        for i in 0..3 {
+            g.start_member(i);
+        }
+        g
+    };
+    let leader = g.leader();
+    let mut c = g.client(&[0, 1, 2]);
+    for i in 0..50 {
+        c.call(json!({"type": "write", "key": format!("k{i}"), "value": i}))
+            .unwrap();
+    }
+    // The log behind a snapshot is gone: the new member can only start from one.
+    let snap = c
+        .call_at(&g.endpoint(leader), json!({"type": "wal_snapshot"}))
+        .unwrap();
+    let at = snap.body["snapshot_offset"].as_u64().unwrap();
+    c.call_at(
+        &g.endpoint(leader),
+        json!({"type": "wal_compact", "snapshot_at_offset": at}),
+    )
+    .unwrap();
+    let added = c
+        .call(json!({"type": "member_add", "member": "n4"}))
+        .unwrap();
+    assert_eq!(added.body["learners"], json!(["n4"]), "{added:?}");
+    g.start_member(3);
+    let mut n4 = g.client(&[3]);
+    n4.timeout = Duration::from_secs(30);
+    assert_eq!(get(&mut n4, "k49"), json!(49), "{}", g.log(3));
+    let s = status(&g, 3);
+    assert!(
+        s["snapshot_transfers"]["completed"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+    c.call(json!({"type": "member_promote", "member": "n4"}))
+        .unwrap();
+    // Four voters: a founder down leaves three, a majority only with n4's vote.
+    let down = (leader + 1) % 3;
+    g.kill(down);
+    let up: Vec<usize> = (0..4).filter(|&i| i != down).collect();
+    let mut rest = g.client(&up);
+    rest.call(json!({"type": "write", "key": "after", "value": 1}))
+        .unwrap();
+    // n4 restarted with the same flags is the member its directory says it is.
+    g.kill(3);
+    g.start_member(3);
+    let mut back = g.client(&[3]);
+    back.timeout = Duration::from_secs(30);
+    assert_eq!(get(&mut back, "after"), json!(1), "{}", g.log(3));
+    let s = status(&g, 3);
+    assert_eq!(s["raft_id"], 4, "{s}");
+    assert!(
+        s["voters"].as_array().unwrap().contains(&json!("n4")),
+        "{s}"
+    );
 }
