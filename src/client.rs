@@ -301,6 +301,11 @@ fn exchange(
             "{endpoint} closed the connection before answering"
         ))),
         Ok(_) => Ok(reply),
+        // A TLS alert (a certificate refused): the handshake failed, so the member
+        // never read the request.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(CallError::Unreachable(format!("{endpoint}: {e}")))
+        }
         Err(e) => Err(CallError::Unknown(format!("{endpoint}: {e}"))),
     }
 }
