@@ -709,7 +709,7 @@ fn metric(page: &str, name: &str) -> Option<f64> {
 fn heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it() {
     // The leader sends its snapshot as fast as it can; the link to the follower
     // carries each connection at `rate` bytes per second. Sizes can be raised to
-    // measure (FLINTLOG_TRANSFER_MB, FLINTLOG_TRANSFER_RATE).
+    // measure (FLINTLOG_TRANSFER_MB, FLINTLOG_TRANSFER_RATE; a rate of 0: no limit).
     let mb: u64 = std::env::var("FLINTLOG_TRANSFER_MB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -768,7 +768,7 @@ fn heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it() {
     }
     let started = Instant::now();
     g.start_member(follower);
-    let deadline = started + Duration::from_secs(30 + 2 * mb * (1 << 20) / rate);
+    let deadline = started + Duration::from_secs(30 + 2 * mb * (1 << 20) / rate.max(1 << 20));
     loop {
         let s = g
             .client(&[follower])
@@ -840,11 +840,26 @@ fn a_new_member_joins_over_tcp_by_snapshot_votes_and_restarts() {
         json!({"type": "wal_compact", "snapshot_at_offset": at}),
     )
     .unwrap();
+    // Started before the group added it, n4 is refused by every member it dials.
+    g.start_member(3);
+    let mut early = g.client(&[3]);
+    early.timeout = Duration::from_secs(2);
+    std::thread::sleep(Duration::from_secs(2));
+    match early.call(json!({"type": "read", "key": "k0"})) {
+        Err(CallError::Refused { code: 11, text, .. }) => {
+            assert!(text.contains("not a member yet"), "{text}")
+        }
+        other => panic!("n4 served before it was added: {other:?}"),
+    }
+    assert!(
+        g.log(leader).contains("n4 (Raft id 0) is not a member"),
+        "{}",
+        g.log(leader)
+    );
     let added = c
         .call(json!({"type": "member_add", "member": "n4"}))
         .unwrap();
     assert_eq!(added.body["learners"], json!(["n4"]), "{added:?}");
-    g.start_member(3);
     let mut n4 = g.client(&[3]);
     n4.timeout = Duration::from_secs(30);
     assert_eq!(get(&mut n4, "k49"), json!(49), "{}", g.log(3));
