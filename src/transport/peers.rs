@@ -210,15 +210,15 @@ impl Shared {
         };
         // A founder, as every member's flags name it.
         if let Some(p) = self.config.peers.get(&h.raft_id) {
-            return if p.node_id == h.node_id && group != 0 && h.group == group {
-                Ok((h.raft_id, None))
-            } else if p.node_id == h.node_id {
-                Err(format!("{} names no group", h.node_id))
-            } else {
+            return if p.node_id != h.node_id {
                 Err(format!(
                     "Raft id {} is {}, not {}",
                     h.raft_id, p.node_id, h.node_id
                 ))
+            } else if h.group == 0 {
+                Err(format!("{} names no group", h.node_id))
+            } else {
+                Ok((h.raft_id, None))
             };
         }
         // A member added since: the group's log names it (its Raft id given by the
