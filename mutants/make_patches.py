@@ -14,6 +14,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (name, what it plants, cargo test arguments that must fail, [(file, old, new)])
 MUTANTS = [
+    ("a-node-the-log-does-not-name-admitted",
+     "a member accepts a peer that neither its flags nor the group's log name",
+     "--test it -- serve::a_new_member_joins_over_tcp_by_snapshot_votes_and_restarts",
+     [("src/transport/peers.rs",
+       "        // This node joins: its seeds, under whatever Raft id they give, once the group\n",
+       "        #[allow(unreachable_code)]\n        return Ok((h.raft_id, back()));\n        // This node joins: its seeds, under whatever Raft id they give, once the group\n")]),
     ("snapshot-on-the-raft-connection",
      "snapshot parts go on the peer's Raft connection, where heartbeats wait behind them",
      "--test it -- serve::heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it",
@@ -315,8 +321,8 @@ MUTANTS = [
      "a peer's hello naming another group is accepted",
      "--test it -- tcp::a_peer_of_another_group_or_under_another_id_is_refused_and_a_bad_frame_closes_its_link",
      [("src/transport/peers.rs",
-       "        if h.group != self.group {",
-       "        if h.group != self.group && h.version == 0 {")]),
+       "        if h.group != group && !(h.group == 0 || group == 0) {",
+       "        if h.group != group && !(h.group == 0 || group == 0) && h.version == 0 {")]),
     ("full-peer-queue-blocks",
      "a message for a peer whose queue is full waits for room instead of being dropped",
      "--test it -- tcp::a_full_queue_to_a_stalled_peer_drops_and_never_blocks_the_sender",
