@@ -190,6 +190,7 @@ impl Consensus {
                         self.transport.send(m);
                     }
                 }
+                self.report_unreachable();
             }
             Err(e) => self.poison(format!("a sync of the Raft log failed: {e}")),
         }
@@ -436,6 +437,7 @@ impl Consensus {
             for m in cycle.send {
                 self.transport.send(m);
             }
+            self.report_unreachable();
             let Some(persist) = cycle.persist else {
                 break;
             };
@@ -461,6 +463,13 @@ impl Consensus {
                 }
             }
             self.install_timed();
+        }
+    }
+
+    /// Tells raft-rs of the peers whose messages the transport dropped.
+    fn report_unreachable(&mut self) {
+        for id in self.transport.unreachable() {
+            self.peer.unreachable(id);
         }
     }
 

@@ -82,6 +82,13 @@ pub trait Transport: Send + Sync {
     /// `snapshot_part` line in the binary). Never blocks; may drop it (the transfer
     /// asks again).
     fn send_part(&self, to: u64, part: transfer::Part);
+    /// The peers whose messages were dropped on a full queue since the last call:
+    /// the consensus actor reports them unreachable to raft-rs (etcd's rule), which
+    /// then stops streaming appends to them and probes instead. A transport with no
+    /// queue per peer has none.
+    fn unreachable(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// The node id of each Raft id this node knows of (founders, members added since,

@@ -267,6 +267,12 @@ impl<S: LogStore> Peer<S> {
     }
 
     /// The store, to sync it.
+    /// Tells raft-rs that messages to `id` were lost on the way (a full queue): it
+    /// stops streaming appends to it and probes it instead.
+    pub fn unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
     pub fn store_mut(&mut self) -> &mut S {
         self.node.mut_store()
     }

@@ -144,6 +144,8 @@ struct Shared {
     queues: std::sync::RwLock<BTreeMap<u64, Queues>>,
     /// Members met since the start: Raft id, node id, address.
     met: std::sync::Mutex<BTreeMap<u64, PeerAddr>>,
+    /// Peers whose Raft queue was full since the consensus actor last asked.
+    full: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// Node ids by Raft id, as the node knows them (members added later included),
     /// once it is open.
     roster: std::sync::OnceLock<crate::cluster::Roster>,
@@ -302,12 +304,19 @@ pub struct Outgoing {
 
 impl Transport for Outgoing {
     fn send(&self, msg: Message) {
+        let to = msg.to;
         let queues = self.shared.queues.read().expect("queues lock");
-        if let Some(q) = queues.get(&msg.to)
+        if let Some(q) = queues.get(&to)
             && let Err(TrySendError::Full(_)) = q.raft.try_send(Frame::Raft(msg))
         {
             self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared.full.lock().expect("full lock").insert(to);
         }
+    }
+
+    fn unreachable(&self) -> Vec<u64> {
+        let mut full = self.shared.full.lock().expect("full lock");
+        std::mem::take(&mut *full).into_iter().collect()
     }
 
     fn send_part(&self, to: u64, part: Part) {
@@ -352,6 +361,7 @@ impl PeerLinks {
             counters: counters.clone(),
             queues: std::sync::RwLock::default(),
             met: std::sync::Mutex::default(),
+            full: std::sync::Mutex::default(),
             roster: std::sync::OnceLock::new(),
             threads: std::sync::Mutex::default(),
             config,

@@ -354,6 +354,12 @@ fn a_full_queue_to_a_stalled_peer_drops_and_never_blocks_the_sender() {
     );
     let outgoing = sender.join().unwrap();
     assert!(links.counters.dropped.load(Ordering::Relaxed) > 10_000);
+    // The consensus actor is told, once, to report the peer unreachable to raft-rs.
+    {
+        use flintlog::cluster::Transport;
+        assert_eq!(outgoing.unreachable(), vec![2]);
+        assert!(outgoing.unreachable().is_empty());
+    }
     drop(outgoing);
     links.shutdown();
     drop(held);
