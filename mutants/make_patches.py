@@ -14,6 +14,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (name, what it plants, cargo test arguments that must fail, [(file, old, new)])
 MUTANTS = [
+    ("a-full-peer-never-reported-unreachable",
+     "a peer whose queue is full is never reported unreachable to raft-rs",
+     "--test it -- tcp::a_full_queue_to_a_stalled_peer_drops_and_never_blocks_the_sender",
+     [("src/transport/peers.rs",
+       "            self.shared.full.lock().expect(\"full lock\").insert(to);\n",
+       "")]),
     ("a-node-the-log-does-not-name-admitted",
      "a member accepts a peer that neither its flags nor the group's log name",
      "--test it -- serve::a_new_member_joins_over_tcp_by_snapshot_votes_and_restarts",
