@@ -14,6 +14,34 @@ use crate::wal::{LogOptions, SyncCount};
 
 pub use crate::wal::record::RECORD_PAYLOAD_MAX_BYTES;
 
+/// What a node reports the duration of (see [`Config::observer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measured {
+    /// One sync of the Raft log (its segments' fdatasync, then `raft.state`).
+    Fsync,
+    /// One snapshot, from the cut to the file durable.
+    Snapshot,
+    /// One compaction of the log behind a snapshot.
+    Compaction,
+}
+
+/// Receives durations (called on the thread that measured them: keep it short).
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn Fn(Measured, Duration) + Send + Sync>);
+
+impl Observer {
+    /// Reports that `what` took `took`.
+    pub fn saw(&self, what: Measured, took: Duration) {
+        (self.0)(what, took);
+    }
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
 /// Configuration of one node. [`Config::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -73,6 +101,9 @@ pub struct Config {
     /// The clock the log-management policy reads (its age trigger, the ages in
     /// `wal_status`); tests substitute a [`crate::clock::ManualClock`].
     pub clock: Arc<dyn Clock>,
+    /// Told how long each sync of a cluster node's Raft log, each snapshot and each
+    /// compaction took (metrics); `None`: nobody.
+    pub observer: Option<Observer>,
     /// Where durable snapshots are copied off the node (`None`: nowhere). The node's
     /// name in the store is the last component of [`Config::dir`].
     pub snapshot_store: Option<crate::store::StoreConfig>,
@@ -127,6 +158,7 @@ impl Config {
             delete_pause: std::time::Duration::from_millis(20),
             snapshot_send_bytes_per_sec: 8 * 1024 * 1024,
             clock: Arc::new(SystemClock),
+            observer: None,
             snapshot_store: None,
             cluster: ClusterLimits::default(),
         }

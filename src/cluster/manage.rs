@@ -119,6 +119,8 @@ pub(super) struct Manager {
     pub reports: Receiver<Report>,
     report_tx: Sender<Report>,
     compactor: Option<Sender<CompactorMsg>>,
+    /// Told how long snapshots and compactions took.
+    observer: Option<crate::config::Observer>,
     pub feedback: Receiver<Feedback>,
     joins: Vec<std::thread::JoinHandle<()>>,
 }
@@ -198,6 +200,7 @@ impl Manager {
             reports,
             report_tx,
             compactor: Some(compactor),
+            observer: config.observer.clone(),
             feedback,
             joins: vec![snapshotter, compactor_join],
         })
@@ -294,6 +297,10 @@ impl Manager {
                     self.status.snapshot = Some(w.file.clone());
                 }
                 self.status.snapshots_written += 1;
+                if let Some(o) = &self.observer {
+                    let took = std::time::Duration::from_millis(w.duration_ms);
+                    o.saw(crate::config::Measured::Snapshot, took);
+                }
                 Ok(Some((id, self.policy.auto_compact && !self.compacting)))
             }
             Err((why, true)) => Err(why.clone()),
@@ -331,6 +338,7 @@ impl Manager {
         };
         let reports = self.report_tx.clone();
         self.compacting = true;
+        let (observer, started) = (self.observer.clone(), std::time::Instant::now());
         let sent = compactor.send(CompactorMsg::Compact {
             at,
             snapshot_offset: image::carrying(RaftIndex::new(snapshot)),
@@ -339,6 +347,9 @@ impl Manager {
             start: plan.start,
             reply: Reply::new(move |r: Result<Compaction>| {
                 let summary = r.as_ref().map(|c| *c).map_err(|e| e.to_string());
+                if let Some(o) = &observer {
+                    o.saw(crate::config::Measured::Compaction, started.elapsed());
+                }
                 if let Some(then) = then {
                     then.send(r);
                 }

@@ -171,7 +171,12 @@ impl ClusterNode {
             .snapshot_store
             .clone()
             .map(|s| (s, fs.clone(), config.dir.clone()));
-        let syncer_join = syncer::spawn(Syncer::new(fs, config.dir.clone(), who), jobs, synced_tx)?;
+        let syncer_join = syncer::spawn(
+            Syncer::new(fs, config.dir.clone(), who),
+            jobs,
+            synced_tx,
+            config.observer.clone(),
+        )?;
         let actor = Consensus {
             peer,
             transport,

@@ -111,6 +111,7 @@ pub(super) fn spawn(
     mut syncer: Syncer,
     jobs: Taker<Numbered>,
     synced: Handoff<Synced>,
+    observer: Option<crate::config::Observer>,
 ) -> Result<std::thread::JoinHandle<()>> {
     spawn_actor(
         "syncer",
@@ -120,9 +121,13 @@ pub(super) fn spawn(
                 let closed = jobs.woken().recv().is_err();
                 if let Some((number, job)) = jobs.take() {
                     let writes = job.writes;
+                    let started = std::time::Instant::now();
                     let result = syncer
                         .run(std::slice::from_ref(&job))
                         .map(|()| (number, writes));
+                    if let Some(o) = &observer {
+                        o.saw(crate::config::Measured::Fsync, started.elapsed());
+                    }
                     let failed = result.is_err();
                     synced.put(result.map_err(|e| e.to_string()), merge_reports);
                     if failed {

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 
 use crate::actor::Reply;
 use crate::cluster::{ClusterStatus, PeerInbox, Roster};
+use crate::config::Measured;
 use crate::router::Timed;
 use crate::transport::peers::LinkCounters;
 
@@ -31,6 +32,9 @@ const STATUS_WAIT: Duration = Duration::from_secs(2);
 pub(super) struct Latencies {
     writes: Histogram,
     reads: Histogram,
+    fsyncs: Histogram,
+    snapshots: Histogram,
+    compactions: Histogram,
 }
 
 impl Latencies {
@@ -40,7 +44,24 @@ impl Latencies {
         Latencies {
             writes: Histogram::new(buckets()),
             reads: Histogram::new(buckets()),
+            fsyncs: Histogram::new(buckets()),
+            // 1 ms to about 33 s, doubling.
+            snapshots: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            compactions: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
+    }
+
+    /// An observer for the node's durations (see `Config::observer`).
+    pub(super) fn observer(&self) -> crate::config::Observer {
+        let me = self.clone();
+        crate::config::Observer(Arc::new(move |what, took: Duration| {
+            let h = match what {
+                Measured::Fsync => &me.fsyncs,
+                Measured::Snapshot => &me.snapshots,
+                Measured::Compaction => &me.compactions,
+            };
+            h.observe(took.as_secs_f64());
+        }))
     }
 
     pub(super) fn observe(&self, kind: Timed, took: Duration) {
@@ -289,6 +310,31 @@ fn render(sources: &Sources, status: Option<&ClusterStatus>) -> String {
         "read_seconds",
         "Linearizable reads (read, wal_read, wal_info) from taken to answered",
         sources.latencies.reads.clone(),
+    );
+    r.register(
+        "fsync_seconds",
+        "Syncs of the Raft log (its segments' fdatasync, then raft.state)",
+        sources.latencies.fsyncs.clone(),
+    );
+    r.register(
+        "snapshot_seconds",
+        "Snapshots, from the cut to the file durable",
+        sources.latencies.snapshots.clone(),
+    );
+    r.register(
+        "compaction_seconds",
+        "Compactions of the log behind a snapshot",
+        sources.latencies.compactions.clone(),
+    );
+    let up: Family<Vec<(String, String)>, Gauge> = Family::default();
+    for (id, connected) in l.connections() {
+        up.get_or_create(&vec![("peer".into(), sources.name(id))])
+            .set(i64::from(connected));
+    }
+    r.register(
+        "peer_connected",
+        "1 while this node's Raft connection to the peer is up",
+        up,
     );
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");

@@ -248,6 +248,8 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
     let (peer_links, outgoing) =
         PeerLinks::start(link, peer_listener, sink).map_err(|e| format!("peer links: {e}"))?;
     let latencies = metrics::Latencies::new();
+    let mut config = config;
+    config.router.node.observer = Some(latencies.observer());
     let roster: Arc<OnceLock<crate::cluster::Roster>> = Arc::default();
     let metrics = match metrics_listener {
         Some(listener) => {

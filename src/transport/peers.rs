@@ -108,6 +108,8 @@ pub struct LinkCounters {
     /// The longest wait between two Raft frames from each peer (by Raft id) on one
     /// connection: how late a heartbeat came at worst.
     silences: std::sync::Mutex<BTreeMap<u64, Duration>>,
+    /// Whether this node's Raft connection to each peer is up, by Raft id.
+    connected: std::sync::Mutex<BTreeMap<u64, bool>>,
 }
 
 impl LinkCounters {
@@ -115,6 +117,19 @@ impl LinkCounters {
     pub fn longest_silences(&self) -> Vec<(u64, Duration)> {
         let s = self.silences.lock().expect("silences lock");
         s.iter().map(|(id, d)| (*id, *d)).collect()
+    }
+
+    /// Whether this node's Raft connection to each peer is up now, by Raft id.
+    pub fn connections(&self) -> Vec<(u64, bool)> {
+        let c = self.connected.lock().expect("connected lock");
+        c.iter().map(|(id, up)| (*id, *up)).collect()
+    }
+
+    fn link(&self, to: u64, up: bool) {
+        self.connected
+            .lock()
+            .expect("connected lock")
+            .insert(to, up);
     }
 
     fn heard(&self, from: u64, silence: Duration) {
@@ -262,6 +277,7 @@ fn add_peer(shared: &Arc<Shared>, id: u64, peer: PeerAddr) -> std::io::Result<()
     let raft = Writer {
         shared: shared.clone(),
         peer: peer.clone(),
+        id,
         channel: Channel::Raft,
     };
     let snapshot = Writer {
@@ -438,6 +454,7 @@ impl PeerLinks {
             let w = Writer {
                 shared: self.shared.clone(),
                 peer: seed,
+                id: 0,
                 channel: Channel::Raft,
             };
             let handle = std::thread::Builder::new()
@@ -490,6 +507,8 @@ impl PeerLinks {
 struct Writer {
     shared: Arc<Shared>,
     peer: PeerAddr,
+    /// The peer's Raft id (0: not known, a seed announced to).
+    id: u64,
     channel: Channel,
 }
 
@@ -521,9 +540,11 @@ impl Writer {
                 None => match self.dial() {
                     Ok(s) => {
                         backoff = Duration::from_millis(20);
+                        self.up(true);
                         conn.insert(s)
                     }
                     Err(why) => {
+                        self.up(false);
                         log::debug!(
                             "{} cannot reach {}: {why}",
                             self.shared.config.node_id,
@@ -545,8 +566,16 @@ impl Writer {
             }
             if let Err(e) = stream.write_all(&buf).and_then(|()| stream.flush()) {
                 log::debug!("the link to {} broke: {e}", self.peer.node_id);
+                self.up(false);
                 conn = None;
             }
+        }
+    }
+
+    /// Records the Raft connection's state for the metrics.
+    fn up(&self, up: bool) {
+        if self.channel == Channel::Raft && self.id != 0 {
+            self.shared.counters.link(self.id, up);
         }
     }
 
