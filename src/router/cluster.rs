@@ -145,10 +145,10 @@ impl<O: Outlet> Router<O> {
             (Some(who), _) => (who.id, who.founders),
             (None, _) if join => {
                 log::info!("{node_id} waits to join a group: add it with member_add on the leader");
-                self.mode = Mode::Joining(Joining {
+                self.mode = Mode::Joining(Box::new(Joining {
                     me: node_id,
                     config,
-                });
+                }));
                 return ok("init_ok", vec![]);
             }
             (None, Some(me)) => (me as u64 + 1, (1..=node_ids.len() as u64).collect()),

@@ -299,12 +299,12 @@ enum Mode {
     /// Waiting for `init`.
     Uninitialized,
     /// A single node, with its node id.
-    Single(String, Node),
+    Single(String, Box<Node>),
     /// A member of a group (`init` named more than one node).
     Member(cluster::Member),
     /// A node started to join a group, waiting for the group's first message to it
     /// (which names its Raft id).
-    Joining(cluster::Joining),
+    Joining(Box<cluster::Joining>),
 }
 
 impl Mode {
@@ -738,7 +738,7 @@ impl<O: Outlet> Router<O> {
         self.flush();
         match Node::open(config) {
             Ok(node) => {
-                self.mode = Mode::Single(node_id, node);
+                self.mode = Mode::Single(node_id, Box::new(node));
                 ok("init_ok", vec![])
             }
             Err(e @ Error::Unavailable(_)) => {
