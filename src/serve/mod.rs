@@ -4,7 +4,7 @@
 //! The member is the one `init` starts in the stdin mode (the same router, the same
 //! cluster node); what differs is where its bytes go. Peers: [`PeerLinks`], binary
 //! frames on connections of their own, handed straight to the consensus actor's
-//! inbox. Clients: the listener of [`clients`], JSON lines per connection into the
+//! inbox. Clients: the listener of `clients`, JSON lines per connection into the
 //! router, each reply on its request's connection.
 //!
 //! The group's id is derived from `--group-token` and the founders' node ids (so that

@@ -4,7 +4,7 @@
 //!
 //! A peer connection is read and written by one thread at a time, so it is a rustls
 //! `StreamOwned`. A client connection is read by one thread and written by another:
-//! [`split`] gives each its half, sharing the TLS state under a lock that no thread
+//! `split` gives each its half, sharing the TLS state under a lock that no thread
 //! holds while it waits for the network to bring it bytes.
 
 use std::io::{self, Read, Write};
