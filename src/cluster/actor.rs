@@ -294,6 +294,7 @@ impl Consensus {
                 Msg::Propose(_, reply) => reply.send(Err(e)),
                 Msg::Read(_, reply) => reply.send(Err(e)),
                 Msg::Status(reply) => reply.send(Ok(self.status())),
+                Msg::HandOver(reply) => reply.send(Ok(None)),
             }
             return;
         }
@@ -306,6 +307,7 @@ impl Consensus {
             Msg::Peer(m, _) => self.peer.step(*m),
             Msg::Part(from, part) => self.on_part(from, *part),
             Msg::Status(reply) => reply.send(Ok(self.status())),
+            Msg::HandOver(reply) => reply.send(Ok(self.hand_over())),
             msg => {
                 if let Err(msg) = self.start(msg) {
                     self.waiting.push(Waiting {
@@ -464,6 +466,26 @@ impl Consensus {
             }
             self.install_timed();
         }
+    }
+
+    /// On the leader: asks the voter with the highest match index among those it heard
+    /// from lately to take over at once (raft-rs's leadership transfer: it catches
+    /// that follower up, then tells it to campaign without waiting for an election
+    /// timeout). Returns its Raft id.
+    fn hand_over(&mut self) -> Option<u64> {
+        let s = self.status();
+        if s.role != "leader" {
+            return None;
+        }
+        let to = s
+            .match_index
+            .iter()
+            .filter(|(id, _)| *id != s.id && s.voters.contains(id) && s.heard_from.contains(id))
+            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
+            .map(|(id, _)| *id)?;
+        log::info!("handing leadership over to Raft member {to}");
+        self.peer.transfer_leader(to);
+        Some(to)
     }
 
     /// Tells raft-rs of the peers whose messages the transport dropped.

@@ -183,4 +183,7 @@ enum Msg {
     Propose(Command, Reply<Effect>),
     Read(ReadQuery, Reply<ReadAnswer>),
     Status(Reply<ClusterStatus>),
+    /// On the leader: hand leadership to the most caught-up follower (answers its
+    /// Raft id; `None` when this node does not lead or has no follower to take it).
+    HandOver(Reply<Option<u64>>),
 }

@@ -353,6 +353,13 @@ impl PeerInbox {
         let _ = self.0.send(Msg::Status(reply));
     }
 
+    /// On the leader: hands leadership to the most caught-up follower (before the
+    /// node stops); `reply` gets its Raft id, or `None` when there is nobody to hand
+    /// it to (or this node does not lead).
+    pub fn hand_over_with(&self, reply: Reply<Option<u64>>) {
+        let _ = self.0.send(Msg::HandOver(reply));
+    }
+
     fn offer(&self, msg: Msg) {
         if let Err(TrySendError::Full(_)) = self.0.try_send(msg) {
             log::debug!("consensus inbox full: a peer message dropped");

@@ -267,6 +267,12 @@ impl<S: LogStore> Peer<S> {
     }
 
     /// The store, to sync it.
+    /// On the leader: transfers leadership to `to` (raft-rs catches it up, then tells
+    /// it to campaign at once).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
     /// Tells raft-rs that messages to `id` were lost on the way (a full queue): it
     /// stops streaming appends to it and probes it instead.
     pub fn unreachable(&mut self, id: u64) {

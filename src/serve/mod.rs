@@ -20,6 +20,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::actor::Reply;
 
 pub use clients::ClientLimits;
 
@@ -275,6 +278,7 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
     let (on_open, on_close) = (peer_links.clone(), peer_links.clone());
     let peer_links_for_announce = peer_links;
     let opened_dir = dir.clone();
+    let leaving = inbox.clone();
     let links = Links {
         transport: Some(Box::new(outgoing)),
         opened: Some(Box::new(move |opened: Opened| {
@@ -292,6 +296,10 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
         })),
         // Everything that holds the node's inbox ends before the node stops.
         closing: Some(Box::new(move || {
+            // A leader that stops hands over first: no election timeout for the others.
+            if let Some(inbox) = leaving.get() {
+                hand_over(inbox);
+            }
             if let Some((stop, thread)) = metrics {
                 stop.store(true, Ordering::Release);
                 let _ = thread.join();
@@ -344,6 +352,39 @@ fn start(config: ServeConfig, stop: Arc<AtomicBool>) -> Result<i32, String> {
     }
     log::info!("{} stopped", config.node_id);
     Ok(code)
+}
+
+/// How long a stopping leader waits for a follower to take over.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks the node, if it leads, to hand leadership over, and waits (a short while) until
+/// it no longer leads.
+fn hand_over(inbox: &PeerInbox) {
+    fn ask<T: Send + 'static>(send: impl FnOnce(Reply<T>)) -> Option<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        send(Reply::new(move |r: crate::Result<T>| {
+            let _ = tx.send(r);
+        }));
+        rx.recv_timeout(HAND_OVER_WAIT).ok()?.ok()
+    }
+    let Some(Some(to)) = ask(|r| inbox.hand_over_with(r)) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + HAND_OVER_WAIT;
+    while std::time::Instant::now() < deadline {
+        match ask(|r| inbox.status_with(r)) {
+            Some(s) if s.role != "leader" => {
+                log::info!("Raft member {to} took over as leader");
+                return;
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            None => return,
+        }
+    }
+    log::warn!(
+        "Raft member {to} did not take over within {} ms: stopping anyway",
+        HAND_OVER_WAIT.as_millis()
+    );
 }
 
 fn pin_group(dir: &Path, group: u64) -> Result<(), String> {

@@ -933,3 +933,27 @@ fn a_new_member_joins_over_tcp_by_snapshot_votes_and_restarts() {
         "{s}"
     );
 }
+
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_without_waiting_for_an_election() {
+    let mut g = Group::start(3, &[]);
+    let leader = g.leader();
+    let mut c = g.client(&[0, 1, 2]);
+    c.call(json!({"type": "write", "key": "k", "value": 1}))
+        .unwrap();
+    let (code, log) = g.terminate(leader);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("took over as leader"), "{log}");
+    // The follower it chose campaigned at once, told to by the leader, instead of
+    // waiting out an election timeout.
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    assert!(
+        others
+            .iter()
+            .any(|&i| g.log(i).contains("received MsgTimeoutNow")),
+        "no follower was told to take over"
+    );
+    let mut rest = g.client(&others);
+    rest.call(json!({"type": "write", "key": "k", "value": 2}))
+        .unwrap();
+}
