@@ -14,6 +14,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (name, what it plants, cargo test arguments that must fail, [(file, old, new)])
 MUTANTS = [
+    ("a-stopping-leader-keeps-leadership",
+     "a leader stopped with SIGTERM does not hand leadership over: the others wait out an election timeout",
+     "--test it -- serve::a_leader_stopped_with_sigterm_hands_over_without_waiting_for_an_election",
+     [("src/serve/mod.rs",
+       "            if let Some(inbox) = leaving.get() {",
+       "            if let Some(inbox) = leaving.get().filter(|_| false) {")]),
     ("a-full-peer-never-reported-unreachable",
      "a peer whose queue is full is never reported unreachable to raft-rs",
      "--test it -- tcp::a_full_queue_to_a_stalled_peer_drops_and_never_blocks_the_sender",
