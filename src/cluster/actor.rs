@@ -477,12 +477,19 @@ impl Consensus {
         if s.role != "leader" {
             return None;
         }
-        let to = s
+        let Some(to) = s
             .match_index
             .iter()
             .filter(|(id, _)| *id != s.id && s.voters.contains(id) && s.heard_from.contains(id))
             .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))
-            .map(|(id, _)| *id)?;
+            .map(|(id, _)| *id)
+        else {
+            log::info!(
+                "no follower to hand leadership over to (heard from {:?} lately)",
+                s.heard_from
+            );
+            return None;
+        };
         log::info!("handing leadership over to Raft member {to}");
         self.peer.transfer_leader(to);
         Some(to)
