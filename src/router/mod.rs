@@ -20,6 +20,12 @@
 //! (lines already handed over wait in the router's own queue),
 //! and that bound is below every inbox's capacity, so the router's sends never wait
 //! on a full actor and the completion channel never fills.
+//!
+//! A served member (`flintlog serve`) runs the same loop over other ends: its input
+//! is the lines of many client connections, each tagged with its connection (a
+//! source is a connection and a `src`), with their openings and closings in the same
+//! queue; its `Outlet` gathers each connection's replies for that connection's
+//! writer; and its peers' messages never pass through the router (see `serve`).
 
 mod answer;
 mod cluster;
