@@ -127,6 +127,10 @@ pub struct Peer<S: LogStore> {
     /// Ticks so far, and when this node (in no configuration yet) last asked for a
     /// snapshot.
     ticks: u64,
+    /// The leader known at the last tick: when another takes over, the proposals and
+    /// reads that wait are asked of the new one at once (the old one may have dropped
+    /// them while handing over).
+    leader_seen: u64,
     asked_snapshot_at: Option<u64>,
     /// The state machine of the snapshot the driver stepped in last, until raft-rs
     /// installs it (or ignores it: it was not newer than what this node committed).
@@ -180,6 +184,7 @@ impl<S: LogStore> Peer<S> {
             replies: Vec::new(),
             lost_data_warnings: 0,
             ticks: 0,
+            leader_seen: 0,
             asked_snapshot_at: None,
             incoming: None,
             installed: None,
@@ -315,6 +320,19 @@ impl<S: LogStore> Peer<S> {
         self.ticks += 1;
         self.node.tick();
         let again = 2 * self.node.raft.heartbeat_timeout();
+        let propose_again = 4 * self.node.raft.heartbeat_timeout();
+        let leader = self.node.raft.leader_id;
+        if leader != self.leader_seen {
+            self.leader_seen = leader;
+            if leader != 0 {
+                // A new leader: what waits goes to it now (a copy of a proposal
+                // changes nothing: the state machine applies each ticket once).
+                self.asked.values_mut().for_each(|t| *t = again);
+                self.proposals
+                    .values_mut()
+                    .for_each(|(_, t)| *t = propose_again);
+            }
+        }
         for (seq, ticks) in &mut self.asked {
             *ticks += 1;
             if *ticks >= again {
@@ -322,7 +340,6 @@ impl<S: LogStore> Peer<S> {
                 self.node.read_index(seq.to_le_bytes().to_vec());
             }
         }
-        let propose_again = 4 * self.node.raft.heartbeat_timeout();
         for (data, ticks) in self.proposals.values_mut() {
             *ticks += 1;
             if *ticks >= propose_again {

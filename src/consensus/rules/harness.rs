@@ -203,6 +203,12 @@ impl Group {
         })
     }
 
+    /// Leader `id` hands leadership to `to` (raft-rs's transfer).
+    pub fn transfer(&mut self, id: u64, to: u64) {
+        self.peer_mut(id).transfer_leader(to);
+        self.drive(id);
+    }
+
     /// Node `id` starts an election now.
     pub fn campaign(&mut self, id: u64) {
         self.peer_mut(id).node.campaign().expect("campaign");

@@ -321,3 +321,32 @@ fn a_leader_that_cannot_hear_its_followers_steps_down_and_the_others_go_on() {
     g.run(50);
     g.finish(l);
 }
+
+/// A follower's write forwarded to a leader that is handing leadership over is
+/// dropped there (raft-rs drops proposals during a transfer). The follower must ask
+/// the new leader as soon as it knows it, not after its usual wait for a lost
+/// proposal (four heartbeat intervals).
+#[test]
+fn a_write_forwarded_to_a_leader_handing_over_reaches_the_new_leader_at_once() {
+    let mut g = Group::with_leader(3, 1);
+    g.write_acked(1, "x", "1");
+    assert!(g.run_until(50, Group::quiet));
+    g.transfer(1, 2);
+    let seq = g.write(3, "x", "2").expect("n3 knows a leader: n1");
+    let mut rounds = 0;
+    while g.answer(3, seq).is_none() {
+        assert!(rounds < 100, "the write was never answered");
+        g.round();
+        rounds += 1;
+    }
+    assert!(g.is_leader(2), "the schedule needs n2 to have taken over");
+    // The election takes three rounds, the commit and its news to n3 five more: 9
+    // rounds when n3 proposes again as soon as it hears of n2, 13 when it waits out
+    // its timer (four heartbeat intervals of 2 ticks from its first proposal).
+    assert!(
+        rounds <= 10,
+        "the write waited {rounds} rounds: it was proposed again on the follower's \
+         timer, not when the new leader was known"
+    );
+    g.finish(2);
+}
