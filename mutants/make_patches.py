@@ -14,6 +14,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (name, what it plants, cargo test arguments that must fail, [(file, old, new)])
 MUTANTS = [
+    ("a-new-leader-waits-for-the-timer",
+     "a follower whose proposal was dropped by a leader handing over waits out its timer instead of asking the new leader",
+     "--lib -- consensus::rules::a_write_forwarded_to_a_leader_handing_over_reaches_the_new_leader_at_once",
+     [("src/consensus/mod.rs",
+       "        if leader != self.leader_seen {",
+       "        if leader != self.leader_seen && false {")]),
     ("a-stopping-leader-keeps-leadership",
      "a leader stopped with SIGTERM does not hand leadership over: the others wait out an election timeout",
      "--test it -- serve::a_leader_stopped_with_sigterm_hands_over_without_waiting_for_an_election",
