@@ -301,31 +301,36 @@ fn render(sources: &Sources, status: Option<&ClusterStatus>) -> String {
         "The longest wait between two Raft messages from each peer on one connection",
         silence,
     );
-    r.register(
-        "write_seconds",
-        "Writes (wal_append, write, cas) from taken to answered",
-        sources.latencies.writes.clone(),
-    );
-    r.register(
-        "read_seconds",
-        "Linearizable reads (read, wal_read, wal_info) from taken to answered",
-        sources.latencies.reads.clone(),
-    );
-    r.register(
-        "fsync_seconds",
-        "Syncs of the Raft log (its segments' fdatasync, then raft.state)",
-        sources.latencies.fsyncs.clone(),
-    );
-    r.register(
-        "snapshot_seconds",
-        "Snapshots, from the cut to the file durable",
-        sources.latencies.snapshots.clone(),
-    );
-    r.register(
-        "compaction_seconds",
-        "Compactions of the log behind a snapshot",
-        sources.latencies.compactions.clone(),
-    );
+    let t = &sources.latencies;
+    for (name, help, histogram) in [
+        (
+            "write_seconds",
+            "Writes (wal_append, write, cas) from taken to answered",
+            &t.writes,
+        ),
+        (
+            "read_seconds",
+            "Linearizable reads (read, wal_read, wal_info) from taken to answered",
+            &t.reads,
+        ),
+        (
+            "fsync_seconds",
+            "Syncs of the Raft log (its segments' fdatasync, then raft.state)",
+            &t.fsyncs,
+        ),
+        (
+            "snapshot_seconds",
+            "Snapshots, from the cut to the file durable",
+            &t.snapshots,
+        ),
+        (
+            "compaction_seconds",
+            "Compactions of the log behind a snapshot",
+            &t.compactions,
+        ),
+    ] {
+        r.register(name, help, histogram.clone());
+    }
     let up: Family<Vec<(String, String)>, Gauge> = Family::default();
     for (id, connected) in l.connections() {
         up.get_or_create(&vec![("peer".into(), sources.name(id))])

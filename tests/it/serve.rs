@@ -499,15 +499,7 @@ fn metrics_and_health_show_the_group() {
         c.call(json!({"type": "wal_append", "payload": format!("set k{i}=v")}))
             .unwrap();
     }
-    let snap = c
-        .call_at(&g.endpoint(leader), json!({"type": "wal_snapshot"}))
-        .unwrap();
-    let at = snap.body["snapshot_offset"].as_u64().unwrap();
-    c.call_at(
-        &g.endpoint(leader),
-        json!({"type": "wal_compact", "snapshot_at_offset": at}),
-    )
-    .unwrap();
+    snapshot_and_compact(&g, &mut c, leader);
     let (code, page) = http_get(&metrics[leader], "/metrics");
     assert_eq!(code, 200, "{page}");
     // Every line is a comment (`# HELP`, `# TYPE`, `# EOF`) or `name{labels} value`.
@@ -692,7 +684,8 @@ fn over_tls_members_prove_their_ids_and_clients_their_certificates() {
     others
         .call(json!({"type": "write", "key": "k", "value": "newer"}))
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Once n2 has refused it, n1 still knows no leader but itself.
+    assert!(logged(&g, 1, "does not name n1"), "{}", g.log(1));
     let mut direct = Client::new(vec![g.endpoint(0)], "d");
     direct.timeout = Duration::from_secs(3);
     direct.tls = each.tls.clone();
@@ -743,9 +736,30 @@ fn a_leader_cut_off_by_the_network_is_replaced_and_catches_up_once_healed() {
     assert_ne!(g.leader(), usize::MAX);
 }
 
-/// The figure a metrics page gives `name`.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    sample(page, name)
+/// Member `i` writes a snapshot and compacts its log behind it; its compaction's
+/// answer.
+fn snapshot_and_compact(g: &Group, c: &mut Client, i: usize) -> flintlog::client::Answer {
+    let snap = c
+        .call_at(&g.endpoint(i), json!({"type": "wal_snapshot"}))
+        .unwrap();
+    let at = snap.body["snapshot_offset"].as_u64().unwrap();
+    c.call_at(
+        &g.endpoint(i),
+        json!({"type": "wal_compact", "snapshot_at_offset": at}),
+    )
+    .unwrap()
+}
+
+/// Waits up to 20 s for member `i`'s log to say `what`.
+fn logged(g: &Group, i: usize, what: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !g.log(i).contains(what) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 #[test]
@@ -786,16 +800,7 @@ fn heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it() {
         c.call(json!({"type": "write", "key": format!("big{i}"), "value": value}))
             .unwrap();
     }
-    let snap = c
-        .call_at(&g.endpoint(leader), json!({"type": "wal_snapshot"}))
-        .unwrap();
-    let at = snap.body["snapshot_offset"].as_u64().unwrap();
-    let compacted = c
-        .call_at(
-            &g.endpoint(leader),
-            json!({"type": "wal_compact", "snapshot_at_offset": at}),
-        )
-        .unwrap();
+    let compacted = snapshot_and_compact(&g, &mut c, leader);
     assert!(
         compacted.body["entries_after"].as_u64().unwrap() < 20,
         "{compacted:?}"
@@ -836,8 +841,8 @@ fn heartbeats_reach_a_follower_on_time_while_a_snapshot_crawls_to_it() {
         "flintlog_peer_longest_silence_seconds{{peer=\"n{}\"}}",
         leader + 1
     );
-    let late = metric(&page(follower), &from_leader).unwrap();
-    let bystander_late = metric(&page(bystander), &from_leader).unwrap();
+    let late = sample(&page(follower), &from_leader).unwrap();
+    let bystander_late = sample(&page(bystander), &from_leader).unwrap();
     crate::support::say(&format!(
         "{mb} MiB snapshot at {rate} B/s per connection took {took:?}: longest wait for a \
          Raft message from the leader {:.0} ms on the receiving follower, {:.0} ms on the other",
@@ -874,31 +879,22 @@ fn a_new_member_joins_over_tcp_by_snapshot_votes_and_restarts() {
             .unwrap();
     }
     // The log behind a snapshot is gone: the new member can only start from one.
-    let snap = c
-        .call_at(&g.endpoint(leader), json!({"type": "wal_snapshot"}))
-        .unwrap();
-    let at = snap.body["snapshot_offset"].as_u64().unwrap();
-    c.call_at(
-        &g.endpoint(leader),
-        json!({"type": "wal_compact", "snapshot_at_offset": at}),
-    )
-    .unwrap();
+    snapshot_and_compact(&g, &mut c, leader);
     // Started before the group added it, n4 is refused by every member it dials.
     g.start_member(3);
     let mut early = g.client(&[3]);
     early.timeout = Duration::from_secs(2);
-    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        logged(&g, leader, "n4 (Raft id 0) is not a member"),
+        "{}",
+        g.log(leader)
+    );
     match early.call(json!({"type": "read", "key": "k0"})) {
         Err(CallError::Refused { code: 11, text, .. }) => {
             assert!(text.contains("not a member yet"), "{text}")
         }
         other => panic!("n4 served before it was added: {other:?}"),
     }
-    assert!(
-        g.log(leader).contains("n4 (Raft id 0) is not a member"),
-        "{}",
-        g.log(leader)
-    );
     let added = c
         .call(json!({"type": "member_add", "member": "n4"}))
         .unwrap();

@@ -98,15 +98,24 @@ fn connect(i: usize, port: u16, lines: Receiver<String>, to_net: Sender<(usize, 
     let Ok(reader) = stream.try_clone() else {
         return;
     };
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if to_net.send((i, line)).is_err() {
-                break;
-            }
+    std::thread::spawn(move || forward_lines(i, reader, to_net));
+    write_lines(stream, lines);
+}
+
+/// Hands every line node `i` writes to the network, until it stops writing.
+fn forward_lines(i: usize, from: impl std::io::Read, to_net: Sender<(usize, String)>) {
+    for line in BufReader::new(from).lines() {
+        let Ok(line) = line else { break };
+        if to_net.send((i, line)).is_err() {
+            break;
         }
-    });
-    let mut out = std::io::BufWriter::new(stream);
+    }
+}
+
+/// Writes each line of `lines` to a node, flushing when none waits, until the node
+/// is gone or the sender dropped.
+fn write_lines(to: impl Write, lines: Receiver<String>) {
+    let mut out = std::io::BufWriter::new(to);
     while let Ok(line) = lines.recv() {
         if writeln!(out, "{line}").is_err() {
             break;
@@ -150,6 +159,8 @@ pub(crate) fn spawn_node(
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        // Unbounded as the stdin one below: each of the harness's clients keeps a
+        // bounded number of requests in flight, so what waits here is bounded too.
         let (input, lines) = crossbeam_channel::unbounded::<String>();
         let port = tcp.client_ports[i];
         std::thread::spawn(move || connect(i, port, lines, to_net));
@@ -165,27 +176,10 @@ pub(crate) fn spawn_node(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if to_net.send((i, line)).is_err() {
-                break;
-            }
-        }
-    });
+    std::thread::spawn(move || forward_lines(i, stdout, to_net));
     let (input, lines) = crossbeam_channel::unbounded::<String>();
     let stdin: ChildStdin = child.stdin.take().expect("stdin");
-    std::thread::spawn(move || {
-        let mut stdin = std::io::BufWriter::new(stdin);
-        while let Ok(line) = lines.recv() {
-            if writeln!(stdin, "{line}").is_err() {
-                break;
-            }
-            if lines.is_empty() && stdin.flush().is_err() {
-                break;
-            }
-        }
-    });
+    std::thread::spawn(move || write_lines(stdin, lines));
     NodeProc {
         child,
         input,
