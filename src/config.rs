@@ -221,10 +221,14 @@ pub struct ClusterLimits {
     /// whatever `inbox_capacity` says, so that a burst of peer messages (a window of
     /// snapshot chunks, appends after a partition heals) is not dropped.
     pub inbox_min: usize,
-    /// Snapshot work (cuts, chunks to serve or write) waiting for the cluster
+    /// Snapshot work (cuts, asks for chunks to serve, offers) waiting for the cluster
     /// snapshotter; beyond it transfer work is dropped and asked again (a cut waits
-    /// for the next trigger). 64: sixteen windows of chunks.
+    /// for the next trigger). 64: sixteen windows of asks.
     pub snapshot_jobs: usize,
+    /// Received chunks waiting for the cluster snapshotter, which takes them straight
+    /// from the transport; beyond it a chunk is dropped and asked again. 16: four
+    /// windows (4 MiB) while a snapshot is being written, and no more memory than that.
+    pub chunks_queued: usize,
     /// Chunks a receiver asks for at once: 4, so 1 MiB in flight per transfer, which
     /// keeps a link busy without crowding a peer's queue.
     pub transfer_window: u32,
@@ -247,6 +251,7 @@ impl Default for ClusterLimits {
             record_again: Duration::from_secs(2),
             inbox_min: 1024,
             snapshot_jobs: 64,
+            chunks_queued: 16,
             transfer_window: 4,
             ask_again: Duration::from_millis(400),
             pin: Duration::from_secs(30),
@@ -269,7 +274,11 @@ impl ClusterLimits {
                 "the election timeout must be longer than the heartbeat, itself a tick or more",
             );
         }
-        if self.snapshot_jobs < 1 || self.transfer_window < 1 || self.inbox_min < 1 {
+        if self.snapshot_jobs < 1
+            || self.chunks_queued < 1
+            || self.transfer_window < 1
+            || self.inbox_min < 1
+        {
             return bad("the cluster's queues and transfer window must hold at least 1");
         }
         Ok(())

@@ -37,17 +37,15 @@ pub(super) struct Consensus {
     pub(super) poisoned: Option<String>,
     /// Snapshots and compaction.
     pub(super) manager: Manager,
-    /// The snapshot this node is receiving from its leader.
-    pub(super) download: Option<Download>,
+    /// The snapshot offer being received (by the snapshotter), stepped into raft-rs
+    /// once the chain is in place.
+    pub(super) offer: Option<(transfer::ChainId, Message)>,
     /// A snapshot received whole, waiting for a compaction in flight to end before
     /// raft-rs installs it.
     pub(super) installing: Option<(Message, Box<crate::consensus::Image>)>,
-    /// On a leader: when each follower catching up from a snapshot was last heard of
-    /// (offered one, or asked for chunks).
-    pub(super) serving: HashMap<u64, (Instant, u64)>,
-    /// How long a leader waits for an ask before it offers a snapshot again: longer
-    /// than a window takes at the configured send rate.
-    pub(super) offer_wait: Duration,
+    /// On a leader: the followers catching up from a snapshot, and the log held for
+    /// them.
+    pub(super) holds: transfer::Holds,
     /// `wal_snapshot` requests, with the index applied when each came: answered by the
     /// first snapshot cut at or after it.
     pub(super) snapshot_waiters: Vec<(u64, Reply<SnapshotFile>)>,
@@ -73,8 +71,10 @@ pub(super) struct Consensus {
     /// When the leader last cut a snapshot because its offer predated a membership
     /// change.
     pub(super) last_stale_cut: Option<Instant>,
-    /// A received snapshot being installed: its index, and since when.
+    /// A received snapshot being installed: its index, and since when; and how long
+    /// the last install took, with the count of transfers completed it belongs to.
     pub(super) install_timer: Option<(u64, Instant)>,
+    pub(super) install_ms: Option<(u64, u64)>,
     /// The uploader, if the node copies its snapshots to a store.
     pub(super) uploader: Option<(UploaderHandle, std::thread::JoinHandle<()>)>,
     /// How long a stop waits for the newest chain to reach the store.
@@ -82,15 +82,6 @@ pub(super) struct Consensus {
     /// Compaction waits for the store; the newest index uploaded, as last seen.
     pub(super) compact_after_upload: bool,
     pub(super) upload_seen: Option<u64>,
-    /// Where a follower looks for an offered snapshot before asking the leader: the
-    /// store, and this node's filesystem and directory.
-    pub(super) store_fetch: Option<(
-        crate::store::StoreConfig,
-        Arc<dyn FileSystem>,
-        std::path::PathBuf,
-    )>,
-    /// Fetches from the store under way or finished and not yet joined.
-    pub(super) fetchers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Consensus {
@@ -161,10 +152,6 @@ impl Consensus {
         self.jobs.take();
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
-        }
-        // A fetch ends within the store's own timeouts.
-        for fetcher in self.fetchers.drain(..) {
-            let _ = fetcher.join();
         }
         if let Some((uploader, join)) = self.uploader.take() {
             uploader.drain_at_shutdown(self.upload_shutdown_wait);
@@ -244,7 +231,6 @@ impl Consensus {
                 self.install_when_idle();
                 self.serve_admin();
             }
-            snapshotter::Report::Received { part, durable } => self.received(&part, durable),
             snapshotter::Report::Missing { file } => {
                 // Offer nothing until a newer snapshot is durable: write one now.
                 if self.peer.store_mut().withdraw(&file) && !self.manager.cutting() {
@@ -252,8 +238,10 @@ impl Consensus {
                     self.manager.cut(image);
                 }
             }
-            snapshotter::Report::Downloaded { id, outcome } => self.downloaded(id, outcome),
-            snapshotter::Report::Fetched { id, outcome } => self.fetched(id, outcome),
+            snapshotter::Report::Downloaded { id, image, chain } => {
+                self.downloaded(id, image, chain);
+            }
+            snapshotter::Report::Transfers(counts) => self.transfers_counted(counts),
         }
     }
 

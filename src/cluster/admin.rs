@@ -59,19 +59,8 @@ impl Consensus {
         if let Some((uploader, _)) = self.uploader.as_ref().filter(|_| self.compact_after_upload) {
             keep = keep.min(uploader.uploaded_index().map_or(0, |i| i + 1));
         }
-        // A follower receiving a snapshot goes on from the log right after it: that
-        // part stays, however long the transfer takes, or the follower would need
-        // another snapshot as soon as it installed this one.
-        for (_, sending) in self.peer.followers_in_snapshot() {
-            keep = keep.min(sending + 1);
-        }
-        // Also while a follower is still asking for one (raft-rs may have been told
-        // an offer failed, and offered again meanwhile).
-        for (_, sending) in self.serving.values() {
-            if *sending > 0 {
-                keep = keep.min(sending + 1);
-            }
-        }
+        // Followers catching up from a snapshot go on from the log right after it.
+        let keep = self.holds.keep(keep, &self.peer.followers_in_snapshot());
         let store = self.peer.store();
         // The entry before `keep` stays, for its term: compacting to its offset.
         if keep < 3 || keep <= store.first_index() {

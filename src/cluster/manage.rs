@@ -38,14 +38,28 @@ use crate::types::{Compaction, SnapshotFile};
 use crate::wal::SyncCount;
 
 use super::Transport;
-use super::snapshotter::{ChainSnapshotter, Cut, Job, Report, Written};
-use super::transfer::ChainId;
+use super::snapshotter::{ChainSnapshotter, Cut, Fetches, Job, Report, Written};
+use super::transfer::{ChainId, Part, Receiving};
+pub use super::transfer::{Phases, Transfers};
 
 /// Reports waiting for the consensus actor. Their senders (the snapshotter, a fetch
 /// from the store, a compaction's waiter) wait when it is full: the actor never waits
 /// on any of them (jobs go by `try_send`) and drains every report on each turn of its
 /// loop, so the wait ends, and a flood of transfer work cannot grow memory.
 const REPORTS_QUEUED: usize = 1024;
+
+/// Hands received chunks (and a sender's word that a file is gone) to the
+/// snapshotter, without waiting: a full queue drops them, and the transfer asks again.
+#[derive(Clone)]
+pub(super) struct Chunks(Sender<(u64, Part)>);
+
+impl Chunks {
+    pub(super) fn hand(&self, from: u64, part: Part) {
+        if self.0.try_send((from, part)).is_err() {
+            log::debug!("the snapshotter's chunk queue is full: a chunk dropped");
+        }
+    }
+}
 
 /// What the consensus actor knows of its log management, for `wal_status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,47 +76,6 @@ pub struct ClusterManagement {
     pub transfers: Transfers,
 }
 
-/// Counts of snapshot transfers received.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transfers {
-    /// Offers of a snapshot this node began to receive.
-    pub started: u64,
-    /// Of those, how many went on from a part file kept from an earlier attempt (a
-    /// restart of this node, a new offer of the same snapshot).
-    pub resumed: u64,
-    /// Times a stalled transfer asked again from its durable length (a chunk lost,
-    /// damaged or out of order, the sender slow or gone).
-    pub asked_again: u64,
-    /// Transfers that started over from zero: another snapshot was offered while one
-    /// was under way, or the whole file did not verify.
-    pub restarted: u64,
-    /// Snapshots received whole, verified and installed.
-    pub completed: u64,
-    /// Of those, how many were fetched from the snapshot store rather than sent by the
-    /// leader.
-    pub from_store: u64,
-    /// Bytes of offered chains this node held already (a base received with an earlier
-    /// snapshot) and did not receive again.
-    pub bytes_held: u64,
-    /// Where the time of the last snapshot installed went.
-    pub last: Option<Phases>,
-}
-
-/// The phases of one snapshot received and installed, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Phases {
-    /// The snapshot file's size.
-    pub bytes: u64,
-    /// From the offer to the last byte durable in the part file.
-    pub transfer_ms: u64,
-    /// Reading the whole file back, checking it and decoding its state, then putting
-    /// it in place (rename, directory sync).
-    pub verify_ms: u64,
-    /// From then until the state machine stood at the snapshot's index (the log
-    /// replaced, crash-safely; any compaction in flight waited for first).
-    pub install_ms: u64,
-}
-
 pub(super) struct Manager {
     policy: Policy,
     seed: u64,
@@ -116,6 +89,8 @@ pub(super) struct Manager {
     compacting: bool,
     pub status: ClusterManagement,
     jobs: Option<Sender<Job>>,
+    /// Where the transport hands received chunks to the snapshotter.
+    chunks: Sender<(u64, Part)>,
     pub reports: Receiver<Report>,
     report_tx: Sender<Report>,
     compactor: Option<Sender<CompactorMsg>>,
@@ -147,6 +122,7 @@ impl Manager {
         };
         let (report_tx, reports) = crossbeam_channel::bounded(REPORTS_QUEUED);
         let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(config.cluster.snapshot_jobs);
+        let (chunks, chunk_rx) = crossbeam_channel::bounded(config.cluster.chunks_queued);
         // Unbounded, and holding at most `FEEDBACK_MAX` messages (one compaction at a
         // time): the compactor's sends must never wait on the actor that drives it.
         let (feedback_tx, feedback) = crossbeam_channel::unbounded();
@@ -168,13 +144,22 @@ impl Manager {
             send_rate: config.snapshot_send_bytes_per_sec,
             sent: (Instant::now(), 0),
             last_sent: std::collections::HashMap::new(),
+            receiving: Receiving::new(
+                config.cluster.transfer_window,
+                config.cluster.ask_again,
+                config.snapshot_store.is_some(),
+            ),
+            reported: Transfers::default(),
+            fetches: Fetches::new(config.snapshot_store.clone()),
+            clock: config.clock.clone(),
+            tick: (config.cluster.ask_again / 8).max(std::time::Duration::from_millis(1)),
         };
         let snapshotter = spawn_actor(
             "snapshotter",
             |why: String| log::error!("{why}; the cluster node takes no more snapshots"),
             move || {
                 crate::actor::below_the_log();
-                snapshotter.run(&job_rx)
+                snapshotter.run(&job_rx, &chunk_rx)
             },
         )
         .map_err(started)?;
@@ -197,6 +182,7 @@ impl Manager {
                 ..ClusterManagement::default()
             },
             jobs: Some(job_tx),
+            chunks,
             reports,
             report_tx,
             compactor: Some(compactor),
@@ -255,13 +241,14 @@ impl Manager {
         }
     }
 
-    /// Hands transfer work to the snapshotter thread; dropped when its queue is full
-    /// (the transfer asks again).
-    /// A sender of reports, for work done on a thread of its own.
-    pub(super) fn reporter(&self) -> Sender<Report> {
-        self.report_tx.clone()
+    /// Where received chunks go: straight to the snapshotter, dropped when its queue
+    /// is full (the transfer asks again).
+    pub(super) fn chunks(&self) -> Chunks {
+        Chunks(self.chunks.clone())
     }
 
+    /// Hands transfer work to the snapshotter thread; dropped when its queue is full
+    /// (the transfer asks again).
     pub(super) fn job(&self, job: Job) {
         if let Some(jobs) = &self.jobs
             && jobs.try_send(job).is_err()

@@ -68,8 +68,7 @@ use crate::raftlog::{RaftLog, Syncer};
 use crate::types::{Compaction, Info, ReadEntry, SegmentList, SnapshotFile};
 use actor::Consensus;
 use admin::Admin;
-use catch_up::{Download, offer_wait};
-use manage::Manager;
+use manage::{Chunks, Manager};
 use syncer::{Handoff, Numbered, Synced, Taker, merge_jobs};
 
 /// Where a node's messages to its peers go: the binary writes them to stdout as

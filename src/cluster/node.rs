@@ -8,6 +8,8 @@ use super::*;
 /// A handle on a running cluster node.
 pub struct ClusterNode {
     tx: Option<Sender<Msg>>,
+    /// Received chunks, straight to the snapshotter.
+    chunks: Chunks,
     incarnation: u64,
     join: Option<std::thread::JoinHandle<()>>,
     /// Held until the node is dropped (in a mutex only so that handles are `Sync`).
@@ -144,6 +146,7 @@ impl ClusterNode {
             on_disk,
             peer.store().sync_count(),
         )?;
+        let chunks = manager.chunks();
         let incarnation = who.incarnation;
         let uploader = match &config.snapshot_store {
             Some(store) => {
@@ -167,10 +170,6 @@ impl ClusterNode {
             .snapshot_store
             .as_ref()
             .is_some_and(|s| s.compact_after_upload);
-        let store_fetch = config
-            .snapshot_store
-            .clone()
-            .map(|s| (s, fs.clone(), config.dir.clone()));
         let syncer_join = syncer::spawn(
             Syncer::new(fs, config.dir.clone(), who),
             jobs,
@@ -189,13 +188,15 @@ impl ClusterNode {
             waiting: Vec::new(),
             poisoned: None,
             manager,
-            download: None,
+            offer: None,
             installing: None,
             snapshot_waiters: Vec::new(),
             compact_waiters: std::collections::VecDeque::new(),
             newest_client: newest_client_offset,
-            serving: HashMap::new(),
-            offer_wait: offer_wait(config.snapshot_send_bytes_per_sec, &config.cluster),
+            holds: transfer::Holds::new(
+                transfer::offer_wait(config.snapshot_send_bytes_per_sec, &config.cluster),
+                config.cluster.pin,
+            ),
             roster,
             incarnation,
             limits: config.cluster.clone(),
@@ -207,6 +208,7 @@ impl ClusterNode {
             names_shared: 0,
             last_stale_cut: None,
             install_timer: None,
+            install_ms: None,
             uploader,
             upload_shutdown_wait: config
                 .snapshot_store
@@ -214,8 +216,6 @@ impl ClusterNode {
                 .map_or(Duration::ZERO, |s| s.shutdown_wait),
             compact_after_upload,
             upload_seen: None,
-            store_fetch,
-            fetchers: Vec::new(),
         };
         let join = spawn_actor(
             "consensus",
@@ -225,6 +225,7 @@ impl ClusterNode {
         .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))?;
         Ok(ClusterNode {
             tx: Some(tx),
+            chunks,
             incarnation,
             join: Some(join),
             _lock: std::sync::Mutex::new(lock),
@@ -250,7 +251,10 @@ impl ClusterNode {
     /// them). The consensus actor runs until every inbox is dropped too: drop them
     /// before [`ClusterNode::shutdown`].
     pub fn peer_inbox(&self) -> PeerInbox {
-        PeerInbox(self.tx.clone().expect("running"))
+        PeerInbox {
+            tx: self.tx.clone().expect("running"),
+            chunks: self.chunks.clone(),
+        }
     }
 
     /// Hands in a message from a peer, which says it is incarnation `incarnation` of
@@ -270,9 +274,14 @@ impl ClusterNode {
         self.submit(Msg::Change(change, reply));
     }
 
-    /// Hands in a part of a snapshot transfer from the peer with Raft id `from`.
+    /// Hands in a part of a snapshot transfer from the peer with Raft id `from`: an
+    /// ask to the consensus actor (which holds the log for the asker), a chunk (or a
+    /// file gone) straight to the snapshotter receiving the snapshot.
     pub fn step_part(&self, from: u64, part: transfer::Part) {
-        self.submit(Msg::Part(from, Box::new(part)));
+        match part {
+            transfer::Part::Ask { .. } => self.submit(Msg::Part(from, Box::new(part))),
+            _ => self.chunks.hand(from, part),
+        }
     }
 
     /// Proposes a command; `reply` gets its effect once committed and applied here.
@@ -335,7 +344,10 @@ impl ClusterNode {
 /// Hands peers' messages to a node's consensus actor (see [`ClusterNode::peer_inbox`]),
 /// and asks it for its status. A full inbox drops peers' messages, as the network may.
 #[derive(Clone)]
-pub struct PeerInbox(Sender<Msg>);
+pub struct PeerInbox {
+    tx: Sender<Msg>,
+    chunks: Chunks,
+}
 
 impl PeerInbox {
     /// As [`ClusterNode::step`].
@@ -345,23 +357,26 @@ impl PeerInbox {
 
     /// As [`ClusterNode::step_part`].
     pub fn step_part(&self, from: u64, part: transfer::Part) {
-        self.offer(Msg::Part(from, Box::new(part)));
+        match part {
+            transfer::Part::Ask { .. } => self.offer(Msg::Part(from, Box::new(part))),
+            _ => self.chunks.hand(from, part),
+        }
     }
 
     /// As [`ClusterNode::status_with`], for an observer on another thread (metrics).
     pub fn status_with(&self, reply: Reply<ClusterStatus>) {
-        let _ = self.0.send(Msg::Status(reply));
+        let _ = self.tx.send(Msg::Status(reply));
     }
 
     /// On the leader: hands leadership to the most caught-up follower (before the
     /// node stops); `reply` gets its Raft id, or `None` when there is nobody to hand
     /// it to (or this node does not lead).
     pub fn hand_over_with(&self, reply: Reply<Option<u64>>) {
-        let _ = self.0.send(Msg::HandOver(reply));
+        let _ = self.tx.send(Msg::HandOver(reply));
     }
 
     fn offer(&self, msg: Msg) {
-        if let Err(TrySendError::Full(_)) = self.0.try_send(msg) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
             log::debug!("consensus inbox full: a peer message dropped");
         }
     }

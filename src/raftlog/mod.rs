@@ -425,21 +425,6 @@ impl RaftLog {
         offered
     }
 
-    /// The length of file `name` in the log's directory, if it exists.
-    pub fn file_len(&self, name: &str) -> Option<u64> {
-        self.fs
-            .open(&join(&self.dir, name), false)
-            .and_then(|f| f.len())
-            .ok()
-    }
-
-    /// Whether file `link.file` in the log's directory is that very file (by the size
-    /// and body checksum its header gives; the full check comes with the chain's).
-    pub fn holds(&self, link: &image::Link) -> bool {
-        crate::snapshot::peek_machine(&*self.fs, &join(&self.dir, &link.file))
-            .is_ok_and(|f| f.checksum == link.checksum && f.size_bytes == link.size)
-    }
-
     /// Makes `id` the snapshot offered to a follower that needs entries this log no
     /// longer holds (its file is durable in this directory), with the voters and
     /// learners of its configuration.

@@ -31,6 +31,12 @@ pub const CHUNK_BYTES: u64 = 256 * 1024;
 
 pub use crate::raftlog::image::ChainId;
 
+mod hold;
+mod receive;
+
+pub(super) use hold::{Holds, offer_wait};
+pub(super) use receive::{Do, PartFiles, Receiving};
+
 /// A message of a transfer. It travels as the stdin transport's JSON or, over TCP, in
 /// bincode (hence the derives); either way [`Part::check`] vets it on arrival.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -74,6 +80,47 @@ impl Part {
         }
         Ok(())
     }
+}
+
+/// Counts of snapshot transfers received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    /// Offers of a snapshot this node began to receive.
+    pub started: u64,
+    /// Of those, how many went on from a part file kept from an earlier attempt (a
+    /// restart of this node, a new offer of the same snapshot).
+    pub resumed: u64,
+    /// Times a stalled transfer asked again from its durable length (a chunk lost,
+    /// damaged or out of order, the sender slow or gone).
+    pub asked_again: u64,
+    /// Transfers that started over from zero: another snapshot was offered while one
+    /// was under way, or the whole file did not verify.
+    pub restarted: u64,
+    /// Snapshots received whole, verified and installed.
+    pub completed: u64,
+    /// Of those, how many were fetched from the snapshot store rather than sent by the
+    /// leader.
+    pub from_store: u64,
+    /// Bytes of offered chains this node held already (a base received with an earlier
+    /// snapshot) and did not receive again.
+    pub bytes_held: u64,
+    /// Where the time of the last snapshot installed went.
+    pub last: Option<Phases>,
+}
+
+/// The phases of one snapshot received and installed, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// The snapshot file's size.
+    pub bytes: u64,
+    /// From the offer to the last byte durable in the part file.
+    pub transfer_ms: u64,
+    /// Reading the whole file back, checking it and decoding its state, then putting
+    /// it in place (rename, directory sync).
+    pub verify_ms: u64,
+    /// From then until the state machine stood at the snapshot's index (the log
+    /// replaced, crash-safely; any compaction in flight waited for first).
+    pub install_ms: u64,
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The cluster snapshotter: the thread that writes a member's snapshots (full, or
-//! deltas while the policy allows) and applies retention to whole chains, serves chunks
-//! of its snapshots to members catching up (paced, pinning what it sends), and writes,
-//! verifies and puts in place the chunks it receives. The consensus actor sends it
-//! [`Job`]s and hears back through [`Report`]s; the policy that decides when to cut and
-//! how much log to keep stays in `manage.rs`.
+//! deltas while the policy allows) and applies retention to whole chains (this file),
+//! serves chunks of its snapshots to members catching up, paced, pinning what it sends
+//! (`serve.rs`), and receives the snapshot its leader offers (`receive.rs`: chunks
+//! straight from the transport, written, verified and put in place, as the transfer's
+//! receiving side decides). The consensus actor sends it [`Job`]s and hears back through
+//! [`Report`]s; the policy that decides when to cut and how much log to keep stays in
+//! `manage.rs`, the transfer's rules in `transfer/`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,12 +13,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+mod receive;
+mod serve;
+
+pub(super) use receive::Fetches;
+
 use super::Transport;
-use super::transfer::{CHUNK_BYTES, ChainId, Part};
+use super::transfer::{ChainId, Part, Receiving, Transfers};
 use crate::consensus::Image;
 use crate::core::kv::KvState;
 use crate::core::policy::{self, ChainSize, Policy, SnapshotMode};
-use crate::core::position::{Offset, RaftIndex};
+use crate::core::position::Offset;
 use crate::fs::{FileSystem, Pacing, is_sync_failure, join};
 use crate::raftlog::image;
 use crate::snapshot::WritePace;
@@ -42,19 +49,9 @@ pub(super) enum Job {
         /// When the ask arrived.
         asked: Instant,
     },
-    /// Write a received chunk at byte `at` of the part file `part` (created at 0),
-    /// and sync it if `sync` (the last chunk of a window, or of the file).
-    Receive {
-        part: String,
-        at: u64,
-        data: Vec<u8>,
-        sync: bool,
-    },
-    /// The chain `id` is whole (the files named in `received` in their part files,
-    /// the others in place): verify it and rename the received files into place.
-    Finish { id: ChainId, received: Vec<String> },
-    /// Remove part files other than `keep` (a transfer that will not resume).
-    Forget { keep: Vec<String> },
+    /// Member `from` offers snapshot `id`, which this node lacks: receive it (its
+    /// chunks come from the transport straight to this thread).
+    Offer { id: ChainId, from: u64 },
 }
 
 /// What the snapshotter and the compactor report to the consensus actor.
@@ -64,23 +61,18 @@ pub(super) enum Report {
     Snapshot(std::result::Result<Written, (String, bool)>),
     /// A compaction finished (its requester, if any, was answered).
     Compaction(std::result::Result<Compaction, String>),
-    /// The part file `part` holds its first `durable` bytes durably.
-    Received { part: String, durable: u64 },
     /// A member asked for snapshot `file`, which is not (or no longer) on this node's
     /// disk: it must not be offered again.
     Missing { file: String },
-    /// A received snapshot is whole, verified and in place (its chain's files, base
-    /// first), or why not (the part files are then gone: the transfer starts over).
+    /// A received snapshot is whole, verified and in place: its image, and its chain's
+    /// files, base first.
     Downloaded {
         id: ChainId,
-        outcome: std::result::Result<(Image, Vec<SnapshotFile>), String>,
+        image: Box<Image>,
+        chain: Vec<SnapshotFile>,
     },
-    /// A snapshot offered was fetched from the snapshot store into its part file
-    /// (whole and synced), or why not.
-    Fetched {
-        id: ChainId,
-        outcome: std::result::Result<String, String>,
-    },
+    /// The counts of the transfers received, changed.
+    Transfers(Transfers),
 }
 
 /// A durable snapshot.
@@ -129,75 +121,92 @@ pub(super) struct ChainSnapshotter {
     pub(super) sent: (Instant, u64),
     /// Per member, the file, end and time of the last chunk sent to it.
     pub(super) last_sent: std::collections::HashMap<u64, (String, u64, Instant)>,
+    /// The snapshot being received, and the counts last reported.
+    pub(super) receiving: Receiving,
+    pub(super) reported: Transfers,
+    /// Fetches of offered snapshots from the store.
+    pub(super) fetches: Fetches,
+    /// What the receiving side's timers read ([`Config::clock`](crate::config::Config::clock)).
+    pub(super) clock: Arc<dyn crate::clock::Clock>,
+    /// How often the receiving side's timers are looked at.
+    pub(super) tick: Duration,
 }
 
 impl ChainSnapshotter {
-    pub(super) fn run(mut self, jobs: &Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            let cut = match job {
-                Job::Cut(cut) => cut,
-                Job::Serve {
-                    to,
-                    file,
-                    checksum,
-                    from,
-                    count,
-                    asked,
-                } => {
-                    // An ask for bytes sent after it arrived is one the follower
-                    // repeated while they were on their way: they will get there.
-                    let stale = self
-                        .last_sent
-                        .get(&to)
-                        .is_some_and(|(f, end, at)| *f == file && from < *end && asked < *at);
-                    if !stale {
-                        self.serve(to, &file, checksum, from, count);
-                    }
-                    continue;
-                }
-                Job::Receive {
-                    part,
-                    at,
-                    data,
-                    sync,
-                } => {
-                    match self.receive(&part, at, &data, sync) {
-                        Ok(Some(durable)) => {
-                            let _ = self.reports.send(Report::Received { part, durable });
+    /// Takes jobs from the consensus actor and parts from the transport until the jobs
+    /// channel closes (or a snapshot's sync fails).
+    pub(super) fn run(mut self, jobs: &Receiver<Job>, parts: &Receiver<(u64, Part)>) {
+        let mut parts = parts.clone();
+        loop {
+            crossbeam_channel::select! {
+                recv(jobs) -> job => match job {
+                    Ok(job) => {
+                        if !self.job(job) {
+                            break;
                         }
-                        Ok(None) => {}
-                        Err(e) => log::warn!("writing a received snapshot chunk to {part}: {e}"),
                     }
-                    continue;
+                    Err(_) => break,
+                },
+                recv(parts) -> part => match part {
+                    Ok((from, part)) => self.on_part(from, part),
+                    // Every transport handle dropped: nothing more arrives.
+                    Err(_) => parts = crossbeam_channel::never(),
+                },
+                recv(self.fetches.rx) -> fetched => {
+                    if let Ok(fetched) = fetched {
+                        self.fetched(fetched);
+                    }
                 }
-                Job::Finish { id, received } => {
-                    let outcome = self.finish(&id, &received);
-                    let _ = self.reports.send(Report::Downloaded { id, outcome });
-                    continue;
-                }
-                Job::Forget { keep } => {
-                    self.forget(&keep);
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            let r = self.write(&cut);
-            let failed = matches!(r, Err((_, true)));
-            let r = r.map(|chain| Written {
-                file: chain.last().cloned().expect("a chain has a file"),
-                chain,
-                term: cut.image.term,
-                voters: cut.image.voters.clone(),
-                learners: cut.image.learners.clone(),
-                duration_ms: started.elapsed().as_millis() as u64,
-                next_offset: cut.image.machine.next_offset,
-            });
-            let _ = self.reports.send(Report::Snapshot(r));
-            if failed {
-                break;
+                default(self.tick) => {}
             }
+            self.transfer_tick();
         }
+        self.fetches.stop();
         log::debug!("cluster snapshotter stopped");
+    }
+
+    /// Does a job; false once a snapshot's sync failed (the thread stops).
+    fn job(&mut self, job: Job) -> bool {
+        let cut = match job {
+            Job::Cut(cut) => cut,
+            Job::Serve {
+                to,
+                file,
+                checksum,
+                from,
+                count,
+                asked,
+            } => {
+                // An ask for bytes sent after it arrived is one the follower repeated
+                // while they were on their way: they will get there.
+                let stale = self
+                    .last_sent
+                    .get(&to)
+                    .is_some_and(|(f, end, at)| *f == file && from < *end && asked < *at);
+                if !stale {
+                    self.serve(to, &file, checksum, from, count);
+                }
+                return true;
+            }
+            Job::Offer { id, from } => {
+                self.offered(id, from);
+                return true;
+            }
+        };
+        let started = Instant::now();
+        let r = self.write(&cut);
+        let failed = matches!(r, Err((_, true)));
+        let r = r.map(|chain| Written {
+            file: chain.last().cloned().expect("a chain has a file"),
+            chain,
+            term: cut.image.term,
+            voters: cut.image.voters.clone(),
+            learners: cut.image.learners.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            next_offset: cut.image.machine.next_offset,
+        });
+        let _ = self.reports.send(Report::Snapshot(r));
+        !failed
     }
 
     /// Writes a cut, as a delta on the newest chain when the policy allows it, then
@@ -358,221 +367,6 @@ impl ChainSnapshotter {
             .checksum;
         self.checksums.insert(file.to_string(), crc);
         Some((crc, size))
-    }
-
-    /// Sends `count` chunks of `file` from byte `from` to member `to`, at most at the
-    /// configured rate; `Gone` when the file is not (or no longer) here.
-    fn serve(&mut self, to: u64, file: &str, checksum: u32, from: u64, count: u32) {
-        let gone = || Part::Gone {
-            file: file.to_string(),
-            checksum,
-        };
-        let Some((crc, size)) = self.identity_of(file) else {
-            self.missing(file);
-            return self.transport.send_part(to, gone());
-        };
-        if crc != checksum {
-            return self.transport.send_part(to, gone());
-        }
-        self.pinned.insert(file.to_string(), Instant::now());
-        let Ok(f) = self.fs.open(&join(&self.dir, file), false) else {
-            self.missing(file);
-            return self.transport.send_part(to, gone());
-        };
-        let mut at = from;
-        for _ in 0..count {
-            if at >= size {
-                break;
-            }
-            let n = CHUNK_BYTES.min(size - at);
-            let mut data = vec![0u8; n as usize];
-            if let Err(e) = f.read_exact_at(&mut data, at) {
-                log::warn!("reading {file} to send it: {e}");
-                return;
-            }
-            self.pace(n);
-            self.last_sent
-                .insert(to, (file.to_string(), at + n, Instant::now()));
-            let crc = crc32c::crc32c(&data);
-            self.transport.send_part(
-                to,
-                Part::Chunk {
-                    file: file.to_string(),
-                    checksum,
-                    at,
-                    size,
-                    data,
-                    crc,
-                },
-            );
-            at += n;
-        }
-    }
-
-    /// Forgets a snapshot that is not on disk (deleted by hand, say) and says so.
-    fn missing(&mut self, file: &str) {
-        let exists = self.fs.open(&join(&self.dir, file), false).is_ok();
-        if !exists {
-            log::warn!("snapshot {file} was asked for but is not on disk");
-            self.on_disk.retain(|(_, n)| n != file);
-            self.checksums.remove(file);
-            self.parents.remove(file);
-            let _ = self.reports.send(Report::Missing {
-                file: file.to_string(),
-            });
-        }
-    }
-
-    /// Sleeps as long as sending `bytes` more takes at the configured rate.
-    fn pace(&mut self, bytes: u64) {
-        if self.send_rate == 0 {
-            return;
-        }
-        let (since, sent) = &mut self.sent;
-        if since.elapsed() > std::time::Duration::from_secs(1) {
-            *since = Instant::now();
-            *sent = 0;
-        }
-        *sent += bytes;
-        let due = std::time::Duration::from_secs_f64(*sent as f64 / self.send_rate as f64);
-        if let Some(wait) = due.checked_sub(since.elapsed()) {
-            std::thread::sleep(wait);
-        }
-    }
-
-    /// Writes a chunk at `at` of the part file and, if `sync`, syncs it and returns
-    /// the part file's length, durable. A chunk past the file's end is not written.
-    fn receive(
-        &mut self,
-        part: &str,
-        at: u64,
-        data: &[u8],
-        sync: bool,
-    ) -> std::io::Result<Option<u64>> {
-        let path = join(&self.dir, part);
-        let mut f = match self.fs.open(&path, true) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && at == 0 => {
-                let f = self.fs.create(&path)?;
-                self.fs
-                    .sync_dir(&self.dir)
-                    .map_err(crate::fs::sync_failed)?;
-                f
-            }
-            Err(e) => return Err(e),
-        };
-        let len = f.len()?;
-        if at > len {
-            // A chunk before it was lost: what is there is what counts.
-            f.sync_data().map_err(crate::fs::sync_failed)?;
-            return Ok(Some(len));
-        }
-        f.write_all_at(data, at)?;
-        if !sync {
-            return Ok(None);
-        }
-        f.sync_data().map_err(crate::fs::sync_failed)?;
-        Ok(Some(at + data.len() as u64))
-    }
-
-    /// Verifies a whole chain (the files in `received` in their part files) and
-    /// renames the received files into place, the tip last.
-    fn finish(
-        &mut self,
-        id: &ChainId,
-        received: &[String],
-    ) -> std::result::Result<(Image, Vec<SnapshotFile>), String> {
-        let links = id.links();
-        let names: Vec<String> = links
-            .iter()
-            .map(|l| {
-                if received.contains(&l.file) {
-                    l.part_name()
-                } else {
-                    l.file.clone()
-                }
-            })
-            .collect();
-        let checked =
-            image::read_files(&*self.fs, &self.dir, &names, id.index).and_then(|(image, files)| {
-                for (f, l) in files.iter().zip(&links) {
-                    if f.checksum != l.checksum || f.size_bytes != l.size {
-                        return Err(format!(
-                            "{} is not the file offered (checksum {:08x}, {} bytes)",
-                            l.file, f.checksum, f.size_bytes
-                        ));
-                    }
-                }
-                if image.term != id.term {
-                    return Err(format!("its term is {}, not {}", image.term, id.term));
-                }
-                Ok(image)
-            });
-        let image = match checked {
-            Ok(image) => image,
-            Err(why) => {
-                for l in links.iter().filter(|l| received.contains(&l.file)) {
-                    let _ = self.fs.remove(&join(&self.dir, &l.part_name()));
-                }
-                return Err(format!(
-                    "the received snapshot {} does not verify: {why}",
-                    id.file
-                ));
-            }
-        };
-        // The chain's other files first, made durable, then the tip: a crash between
-        // leaves no tip whose chain is not whole.
-        let (tip, parents) = links.split_last().expect("a chain has a file");
-        let put = |l: &crate::raftlog::image::Link| -> std::io::Result<()> {
-            if received.contains(&l.file) {
-                self.fs
-                    .rename(&join(&self.dir, &l.part_name()), &join(&self.dir, &l.file))?;
-            }
-            Ok(())
-        };
-        parents
-            .iter()
-            .try_for_each(put)
-            .and_then(|()| self.fs.sync_dir(&self.dir).map_err(crate::fs::sync_failed))
-            .and_then(|()| put(tip))
-            .and_then(|()| self.fs.sync_dir(&self.dir).map_err(crate::fs::sync_failed))
-            .map_err(|e| format!("putting the received snapshot {} in place: {e}", id.file))?;
-        let mut chain = Vec::with_capacity(links.len());
-        let mut parent: Option<String> = None;
-        for l in &links {
-            let index = crate::core::layout::parse_raft_snapshot(&l.file).unwrap_or(0);
-            self.on_disk.retain(|(_, n)| *n != l.file);
-            self.on_disk.push((index, l.file.clone()));
-            self.checksums.insert(l.file.clone(), l.checksum);
-            if crate::core::layout::is_raft_delta(&l.file) {
-                self.parents.insert(l.file.clone(), parent.clone());
-            }
-            parent = Some(l.file.clone());
-            chain.push(SnapshotFile {
-                file: l.file.clone(),
-                offset: image::carrying(RaftIndex::new(index)),
-                size_bytes: l.size,
-                checksum: l.checksum,
-            });
-        }
-        self.on_disk.sort();
-        // The next delta builds on this chain, its state read back when needed (the
-        // installed state is not kept shared: the log applied after it would copy it).
-        self.tip = None;
-        self.loaded = chain.clone();
-        Ok((image, chain))
-    }
-
-    /// Removes the part files other than `keep`.
-    fn forget(&mut self, keep: &[String]) {
-        let Ok(names) = self.fs.list(&self.dir) else {
-            return;
-        };
-        for name in crate::core::recovery::classify(names).parts {
-            if !keep.contains(&name) {
-                let _ = self.fs.remove(&join(&self.dir, &name));
-            }
-        }
     }
 }
 
