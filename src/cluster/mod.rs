@@ -38,6 +38,7 @@ mod catch_up;
 mod client;
 pub mod kinds;
 pub mod manage;
+mod membership;
 mod node;
 mod snapshotter;
 mod syncer;

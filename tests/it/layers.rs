@@ -270,39 +270,63 @@ fn json_is_spoken_only_at_the_edge() {
 
 /// The files of one directory of `src/` as modules: an edge from a file to each
 /// sibling it names (`super::x`, `crate::<dir>::x`, or inside `use super::{…}`), with
-/// `mod.rs`, which holds what the files share, left out as the hub they all use.
+/// `mod.rs`, which holds what the files share, left out as the hub they all use. A
+/// subdirectory is one module (its files' `super::` is its own `mod.rs`: only
+/// `crate::<dir>::x` and `super::super::x` name a sibling from them).
 fn inner_graph(dir: &str) -> Graph {
     let files = library_files();
     let prefix = format!("{dir}/");
-    let siblings: BTreeSet<String> = files
-        .keys()
-        .filter_map(|f| {
-            f.strip_prefix(&prefix)?
-                .strip_suffix(".rs")
-                .map(str::to_string)
-        })
-        .filter(|f| !f.contains('/') && f != "mod")
-        .collect();
-    let mut graph = Graph::new();
-    for name in &siblings {
-        let code =
-            expand_braces(&files[&format!("{prefix}{name}.rs")]).replace("super::{", "super::{ ");
-        let deps = graph.entry(name.clone()).or_default();
-        let mut named: Vec<&str> = idents_after(&code, "super::");
-        named.extend(idents_after(&code, &format!("crate::{dir}::")));
-        // `use super::{a, b::c}`: each item in the braces.
-        for (i, _) in code.match_indices("super::{") {
-            let inner = &code[i + "super::{".len()..];
-            let inner = &inner[..inner.find('}').unwrap_or(inner.len())];
-            named.extend(
-                inner
-                    .split(',')
-                    .map(|s| s.trim().split("::").next().unwrap_or("")),
-            );
+    // Each sibling module with its files' code, and whether a file is in a
+    // subdirectory below `mod.rs`.
+    let mut modules: BTreeMap<String, Vec<(bool, &String)>> = BTreeMap::new();
+    for (f, code) in &files {
+        let Some(rest) = f.strip_prefix(&prefix) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.trim_end_matches(".rs").split('/').collect();
+        match parts.as_slice() {
+            ["mod"] => {}
+            [name] => modules
+                .entry(name.to_string())
+                .or_default()
+                .push((false, code)),
+            [name, "mod"] => modules
+                .entry(name.to_string())
+                .or_default()
+                .push((false, code)),
+            [name, ..] => modules
+                .entry(name.to_string())
+                .or_default()
+                .push((true, code)),
+            [] => {}
         }
-        for n in named {
-            if siblings.contains(n) && n != name {
-                deps.insert(n.to_string());
+    }
+    let mut graph = Graph::new();
+    for (name, codes) in &modules {
+        let deps = graph.entry(name.clone()).or_default();
+        for (below, code) in codes {
+            let code = expand_braces(code)
+                .replace("super::super::", "SIBLING::")
+                .replace("super::{", "super::{ ");
+            let mut named: Vec<&str> = idents_after(&code, "SIBLING::");
+            named.extend(idents_after(&code, &format!("crate::{dir}::")));
+            if !below {
+                named.extend(idents_after(&code, "super::"));
+                // `use super::{a, b::c}`: each item in the braces.
+                for (i, _) in code.match_indices("super::{") {
+                    let inner = &code[i + "super::{".len()..];
+                    let inner = &inner[..inner.find('}').unwrap_or(inner.len())];
+                    named.extend(
+                        inner
+                            .split(',')
+                            .map(|s| s.trim().split("::").next().unwrap_or("")),
+                    );
+                }
+            }
+            for n in named {
+                if modules.contains_key(n) && n != name {
+                    deps.insert(n.to_string());
+                }
             }
         }
     }
@@ -313,15 +337,47 @@ fn inner_graph(dir: &str) -> Graph {
 /// one directory import each other through any path.
 #[test]
 fn the_files_inside_each_wing_have_no_cycle() {
-    for dir in ["cluster", "consensus", "raftlog", "router", "store"] {
+    for dir in [
+        "cluster",
+        "consensus",
+        "raftlog",
+        "router",
+        "store",
+        "transport",
+    ] {
         let graph = inner_graph(dir);
         assert!(graph.len() >= 2, "too few files found in {dir}: {graph:?}");
         if let Some(c) = cycle(&graph) {
             panic!("import cycle inside {dir}: {}", c.join(" -> "));
         }
     }
-    // The check sees the edges it must: the consensus actor drives the snapshotter.
-    assert!(inner_graph("cluster")["manage"].contains("snapshotter"));
+    // The check sees the edges it must: the consensus actor drives the snapshotter,
+    // which carries out the transfer's state machines (from a file of its directory).
+    let cluster = inner_graph("cluster");
+    assert!(cluster["manage"].contains("snapshotter"));
+    assert!(cluster["snapshotter"].contains("transfer"));
+    assert!(!cluster["transfer"].contains("snapshotter"), "{cluster:?}");
+}
+
+/// No file of the library is longer than 800 lines, the two simulations excepted (a
+/// file that long does several jobs: split it where they part).
+#[test]
+fn no_library_file_is_longer_than_800_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let long: Vec<(String, usize)> = library_files()
+        .into_keys()
+        .filter(|f| !f.starts_with("bin/") && f != "main.rs" && !f.starts_with("main/"))
+        .filter(|f| !["consensus/sim.rs", "fs/sim.rs"].contains(&f.as_str()))
+        .map(|f| {
+            let lines = std::fs::read_to_string(src.join(&f))
+                .unwrap()
+                .lines()
+                .count();
+            (f, lines)
+        })
+        .filter(|(_, lines)| *lines > 800)
+        .collect();
+    assert!(long.is_empty(), "library files over 800 lines: {long:?}");
 }
 
 /// The Raft core is pure: `consensus` (its simulation and hand-driven tests aside)
