@@ -218,8 +218,8 @@ pub struct ClusterLimits {
     /// incarnation: 2 s, longer than a commit takes on a healthy group.
     pub record_again: Duration,
     /// Requests and peer messages waiting for the consensus actor: at least 1024,
-    /// whatever `inbox_capacity` says, so that a burst of peer messages (a window of
-    /// snapshot chunks, appends after a partition heals) is not dropped.
+    /// whatever `inbox_capacity` says, so that a burst of peer messages (appends after a
+    /// partition heals, many followers' answers) is not dropped.
     pub inbox_min: usize,
     /// Snapshot work (cuts, asks for chunks to serve, offers) waiting for the cluster
     /// snapshotter; beyond it transfer work is dropped and asked again (a cut waits
