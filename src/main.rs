@@ -169,6 +169,27 @@ struct NodeFlags {
     #[arg(long, help_heading = "Snapshot store")]
     compact_after_upload: bool,
 
+    /// Ship the log to the store too, not only the snapshot chains: every entry made
+    /// durable reaches the store within --ship-interval, and `flintlog restore` brings
+    /// a node back to its last shipped entry or to any point before it (a single
+    /// node's log; a group member ships its chains only).
+    #[arg(long, help_heading = "Snapshot store")]
+    ship_log: bool,
+
+    /// Do not ship the log (overrides --ship-log).
+    #[arg(long, help_heading = "Snapshot store")]
+    no_ship_log: bool,
+
+    /// With --ship-log: how often new entries are shipped, in seconds (the most a lost
+    /// disk loses of what was acknowledged, while the store is reachable).
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "SECONDS",
+        help_heading = "Snapshot store"
+    )]
+    ship_interval: f64,
+
     #[command(flatten)]
     store: StoreFlags,
 }
@@ -251,6 +272,21 @@ impl StoreFlags {
 }
 
 #[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// List the store's chains and shipped log per node, with sizes and ages, and the
+    /// newest and oldest points a restore reaches. Reads names and manifests only.
+    Ls {
+        /// The store: s3://BUCKET/PREFIX, file:///PATH or a path.
+        url: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        flags: StoreFlags,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Check a node's directory offline without changing it: headers, checksums and
     /// continuity of the log, every snapshot, which snapshot recovery would load and
@@ -284,15 +320,26 @@ enum Command {
         /// group made from another member's snapshot).
         #[arg(long = "as", value_name = "ID")]
         as_node: Option<String>,
-        /// Restore the chain at this index instead of the newest.
-        #[arg(long, value_name = "N")]
+        /// Restore the chain at this index alone instead of the newest state.
+        #[arg(long, value_name = "N", conflicts_with_all = ["to_offset", "to_time"])]
         index: Option<u64>,
+        /// Restore entries [0, N): the newest chain at or before N, then the shipped
+        /// log up to N (refused if the store cannot reach exactly N).
+        #[arg(long, value_name = "N", conflicts_with = "to_time")]
+        to_offset: Option<u64>,
+        /// Restore the state the store held at this time (RFC 3339, e.g.
+        /// 2026-12-08T10:00:00Z): the chains uploaded and the log shipped by then.
+        #[arg(long, value_name = "TIME")]
+        to_time: Option<String>,
         #[command(flatten)]
         flags: StoreFlags,
     },
     /// Print a new random key for --store-key-file (64 hexadecimal characters): keep
     /// it apart from the store; without it the store's objects cannot be read.
     Keygen,
+    /// What a snapshot store holds.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run a member of a group that reaches its peers and clients over TCP itself
     /// (no message router): see "A group over the network" in docs/PROTOCOL.md.
     #[command(
@@ -465,7 +512,7 @@ struct RestoreArgs {
     data_dir: PathBuf,
     node_id: Option<String>,
     as_node: Option<String>,
-    index: Option<u64>,
+    point: flintlog::store::Point,
 }
 
 /// Runs `restore --from`: returns the exit code.
@@ -551,7 +598,7 @@ fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
         return 2;
     }
     let dir = a.data_dir.join(&as_node);
-    match flintlog::store::restore(&*store, &RealFs, &dir, Some(&whose), a.index) {
+    match flintlog::store::restore_to(&*store, &RealFs, &dir, Some(&whose), a.point) {
         Ok(r) => {
             for (object, why) in &r.skipped {
                 println!("skipped {object}: {why}");
@@ -568,6 +615,27 @@ fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
                 store.url(),
                 dir.display()
             );
+            if r.log.entries > 0 || r.log.stopped.is_some() {
+                println!(
+                    "  + {} shipped entries ({} bytes, each verified) to offset {}{}: the node \
+                     goes on at offset {}",
+                    r.log.entries,
+                    r.log.bytes,
+                    r.log.next,
+                    r.log.written_ms.map_or(String::new(), |ms| format!(
+                        ", written {}",
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+                        )
+                    )),
+                    r.log.next
+                );
+            }
+            if let Some(why) = &r.log.stopped {
+                println!(
+                    "  the shipped log stops there, short of what the store holds after it: {why}"
+                );
+            }
             println!(
                 "start it with: flintlog --data-dir {} (then init as {as_node})",
                 a.data_dir.display()
@@ -579,6 +647,135 @@ fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
             1
         }
     }
+}
+
+/// Runs `store ls`: returns the exit code.
+fn store_ls(flags: &StoreFlags, url: &str, json: bool) -> u8 {
+    let store = match flags.config(url).and_then(|c| flintlog::store::open(&c)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let nodes = match flintlog::store::ls::listing(&*store) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{}: {e}", store.url());
+            return 1;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let when = |ms: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    };
+    let age = |ms: u64| format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0);
+    if json {
+        let doc: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node": n.node,
+                    "chains": n.chains.iter().map(|m| serde_json::json!({
+                        "index": m.index,
+                        "term": m.term,
+                        "files": m.files.len(),
+                        "bytes": m.files.iter().map(|f| f.size).sum::<u64>(),
+                        "uploaded_ms": m.created_ms,
+                        "age_ms": now.saturating_sub(m.created_ms),
+                        "history": m.history,
+                        "manifest": m.object(),
+                    })).collect::<Vec<_>>(),
+                    "shipped_log": n.histories.iter().map(|h| serde_json::json!({
+                        "history": h.history,
+                        "objects": h.objects,
+                        "bytes": h.bytes,
+                        "first_offset": h.first,
+                        "last_offset": h.last,
+                        "gaps": h.gaps.iter().map(|(a, b)| serde_json::json!([a, b])).collect::<Vec<_>>(),
+                        "newest_written_ms": h.newest_written_ms,
+                        "newest_age_ms": now.saturating_sub(h.newest_written_ms),
+                    })).collect::<Vec<_>>(),
+                    "newest_point": n.newest.map(|(o, ms)| serde_json::json!({
+                        "offset": o, "written_ms": ms, "age_ms": now.saturating_sub(ms),
+                    })),
+                    "oldest_point": n.oldest,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "store": store.url(),
+                "nodes": doc,
+            }))
+            .expect("JSON")
+        );
+        return 0;
+    }
+    println!("{}", store.url());
+    if nodes.is_empty() {
+        println!("  (no chain and no shipped log)");
+    }
+    for n in &nodes {
+        println!("node {}", n.node);
+        for m in &n.chains {
+            println!(
+                "  chain at {:>12}  term {:<4} {} file(s) {:>12} bytes  uploaded {} ({}){}",
+                m.index,
+                m.term,
+                m.files.len(),
+                m.files.iter().map(|f| f.size).sum::<u64>(),
+                when(m.created_ms),
+                age(m.created_ms),
+                m.history
+                    .as_ref()
+                    .map_or(String::new(), |h| format!("  history {h}"))
+            );
+        }
+        for h in &n.histories {
+            println!(
+                "  shipped log, history {}: offsets {}..={}, {} object(s), {} bytes, newest \
+                 written {} ({}){}",
+                h.history,
+                h.first,
+                h.last,
+                h.objects,
+                h.bytes,
+                when(h.newest_written_ms),
+                age(h.newest_written_ms),
+                if h.gaps.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; missing: {}",
+                        h.gaps
+                            .iter()
+                            .map(|(a, b)| format!("{a}..{b}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+        }
+        match (n.newest, n.oldest) {
+            (Some((offset, ms)), Some(oldest)) => println!(
+                "  a restore reaches offset {offset} at newest (written {}, {}), offset \
+                 {oldest} at oldest",
+                when(ms),
+                age(ms)
+            ),
+            _ => println!(
+                "  no chain: a restore reaches nothing (shipped log needs a chain before it)"
+            ),
+        }
+    }
+    0
 }
 
 /// Runs `verify --store`: returns the exit code.
@@ -626,6 +823,11 @@ fn offline(command: Command, flags: &StoreFlags) -> u8 {
         Command::Verify { dir, .. } => (dir.expect("clap requires a dir"), false, true),
         Command::Inspect { dir, json } => (dir, json, false),
         Command::Serve(_) | Command::Client { .. } => unreachable!("run by main"),
+        Command::Store(StoreCommand::Ls {
+            url,
+            json,
+            flags: own,
+        }) => return store_ls(&own.or(flags), &url, json),
         Command::Keygen => {
             return match flintlog::store::seal::StoreKey::generate() {
                 Ok(key) => {
@@ -644,14 +846,34 @@ fn offline(command: Command, flags: &StoreFlags) -> u8 {
             node_id,
             as_node,
             index,
+            to_offset,
+            to_time,
             flags: own,
         } => {
+            let point = match (index, to_offset, to_time) {
+                (Some(i), _, _) => flintlog::store::Point::Chain(i),
+                (_, Some(n), _) => flintlog::store::Point::Offset(n),
+                (_, _, Some(t)) => match humantime::parse_rfc3339_weak(&t) {
+                    Ok(at) => flintlog::store::Point::Time(
+                        at.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
+                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "--to-time {t}: {e} (give an RFC 3339 time, e.g. \
+                             2026-12-08T10:00:00Z)"
+                        );
+                        return 2;
+                    }
+                },
+                _ => flintlog::store::Point::Newest,
+            };
             let args = RestoreArgs {
                 from,
                 data_dir,
                 node_id,
                 as_node,
-                index,
+                point,
             };
             return restore(&own.or(flags), args);
         }
@@ -711,6 +933,15 @@ fn node_config(flags: &NodeFlags) -> Result<Config, u8> {
         };
         c.retain = flags.store_retain;
         c.compact_after_upload = flags.compact_after_upload;
+        c.ship_log = flags.ship_log && !flags.no_ship_log;
+        if !(flags.ship_interval > 0.0 && flags.ship_interval <= 3600.0) {
+            log::error!(
+                "--ship-interval {}: give a number of seconds above 0, at most 3600",
+                flags.ship_interval
+            );
+            return Err(2);
+        }
+        c.ship_interval = std::time::Duration::from_secs_f64(flags.ship_interval);
         c.upload_bytes_per_sec = flags.store_upload_bytes_per_sec;
         c.shutdown_wait = std::time::Duration::from_secs_f64(flags.store_shutdown_wait.max(0.0));
         node.snapshot_store = Some(c);

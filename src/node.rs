@@ -141,9 +141,25 @@ pub(crate) fn start_uploader(
     store: &crate::store::StoreConfig,
     fs: Arc<dyn FileSystem>,
     cluster: Vec<String>,
+    durable: Option<crate::wal::DurableEnd>,
 ) -> Result<(UploaderHandle, JoinHandle<()>)> {
     let opened = crate::store::open(store).map_err(Error::InvalidArgument)?;
     log::info!("snapshots are copied to {}", opened.url());
+    let ship = match durable.filter(|_| store.ship_log) {
+        Some(durable) => {
+            log::info!(
+                "the log is shipped to {} every {} ms",
+                opened.url(),
+                store.ship_interval.as_millis()
+            );
+            Some(crate::actor::shipper::ShipParts {
+                store: crate::store::open(store).map_err(Error::InvalidArgument)?,
+                durable,
+                interval: store.ship_interval,
+            })
+        }
+        None => None,
+    };
     uploader::spawn(uploader::UploaderParts {
         store: opened,
         fs,
@@ -152,6 +168,7 @@ pub(crate) fn start_uploader(
         cluster,
         retain: store.retain,
         rate: store.upload_bytes_per_sec,
+        ship,
     })
     .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))
 }
@@ -304,7 +321,8 @@ impl Node {
             .map_or(std::time::Duration::ZERO, |s| s.shutdown_wait);
         let uploader = match &config.snapshot_store {
             Some(store) => {
-                let (handle, join) = start_uploader(&config, store, fs.clone(), vec![])?;
+                let (handle, join) =
+                    start_uploader(&config, store, fs.clone(), vec![], Some(log.durable_end()))?;
                 if let Some(upload) = uploader::chain_upload(&chain) {
                     handle.offer(upload);
                 }

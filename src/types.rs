@@ -261,4 +261,18 @@ pub struct UploadStatus {
     /// by the next success).
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Whether the log is shipped too (see [`crate::store::shipped`]).
+    pub shipping: bool,
+    /// The offset of the newest entry shipped (this run or an earlier one), and when
+    /// the object holding it was written (milliseconds since the Unix epoch).
+    pub shipped_offset: Option<u64>,
+    pub shipped_at_ms: Option<u64>,
+    /// Log objects and bytes shipped since the node started.
+    pub log_objects_shipped: u64,
+    pub log_bytes_shipped: u64,
+    /// Times entries were compacted away before they could be shipped.
+    pub log_gaps: u64,
+    /// Failed shipping attempts, and the latest one's message (cleared by a success).
+    pub ship_failures: u64,
+    pub ship_error: Option<String>,
 }

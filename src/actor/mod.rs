@@ -11,6 +11,7 @@ pub mod appender;
 pub mod compactor;
 pub mod facades;
 mod oneshot;
+pub mod shipper;
 pub mod snapshotter;
 pub mod uploader;
 

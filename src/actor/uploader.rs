@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::shipper::{self, ShipParts, Shipper};
 use crate::fs::FileSystem;
 use crate::store::{self, ChainFile, Manifest, SnapshotStore, StoreError};
 use crate::types::{SnapshotFile, UploadStatus};
@@ -58,16 +59,20 @@ pub struct UploaderParts {
     pub retain: u64,
     /// Most bytes per second read and sent (0: no limit).
     pub rate: u64,
+    /// The log shipper's parts, when the log is shipped too.
+    pub ship: Option<ShipParts>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     queue: Mutex<VecDeque<Upload>>,
-    status: Mutex<UploadStatus>,
+    pub(super) status: Mutex<UploadStatus>,
+    /// The offset of the next entry to ship (0: none shipped, or not shipping).
+    pub(super) shipped: AtomicU64,
     /// One more than the index of the newest chain uploaded (0: none).
     uploaded: AtomicU64,
     /// One more than the index of the newest chain offered (0: none).
     offered: AtomicU64,
-    stop: AtomicBool,
+    pub(super) stop: AtomicBool,
 }
 
 /// Offers chains to the uploader and reads its status; cloneable.
@@ -75,6 +80,8 @@ struct Shared {
 pub struct UploaderHandle {
     shared: Arc<Shared>,
     wake: Sender<()>,
+    /// Wakes the log shipper, when there is one.
+    ship_wake: Option<Sender<()>>,
 }
 
 impl std::fmt::Debug for UploaderHandle {
@@ -106,6 +113,13 @@ impl UploaderHandle {
         let mut s = self.shared.status.lock().expect("status").clone();
         s.queued = self.shared.queue.lock().expect("queue").len();
         s
+    }
+
+    /// The offset after the newest entry shipped to the store (`None`: the log is not
+    /// shipped, or nothing was yet).
+    pub fn shipped_end(&self) -> Option<u64> {
+        let next = self.shared.shipped.load(Ordering::Acquire);
+        (self.ship_wake.is_some() && next > 0).then_some(next)
     }
 
     /// The index of the newest chain this node has in the store.
@@ -174,6 +188,9 @@ impl UploaderHandle {
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
         let _ = self.wake.try_send(());
+        if let Some(w) = &self.ship_wake {
+            let _ = w.try_send(());
+        }
     }
 }
 
@@ -181,34 +198,73 @@ impl UploaderHandle {
 ///
 /// # Errors
 /// The thread could not be started.
+/// Starts the uploader thread (and the log shipper's, which it joins when it stops).
+///
+/// # Errors
+/// A thread could not be started, or the directory's shipping history could not be
+/// read or made.
 pub fn spawn(
-    parts: UploaderParts,
+    mut parts: UploaderParts,
 ) -> std::io::Result<(UploaderHandle, std::thread::JoinHandle<()>)> {
     let (wake, woken) = crossbeam_channel::bounded(1);
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
         status: Mutex::new(UploadStatus {
             url: parts.store.url(),
+            shipping: parts.ship.is_some(),
             ..UploadStatus::default()
         }),
+        shipped: AtomicU64::new(0),
         uploaded: AtomicU64::new(0),
         offered: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
+    let mut ship_wake = None;
+    let mut history = None;
+    let mut shipper_join = None;
+    if let Some(ship) = parts.ship.take() {
+        let id = shipper::history(&*parts.fs, &parts.dir)?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let shipper = Shipper {
+            parts: ship,
+            fs: parts.fs.clone(),
+            dir: parts.dir.clone(),
+            node: parts.node.clone(),
+            history: id.clone(),
+        };
+        let shared = shared.clone();
+        shipper_join = Some(
+            std::thread::Builder::new()
+                .name("log-shipper".into())
+                .spawn(move || {
+                    crate::actor::below_the_log();
+                    shipper.run(&shared, &rx)
+                })?,
+        );
+        ship_wake = Some(tx);
+        history = Some(id);
+    }
     let handle = UploaderHandle {
         shared: shared.clone(),
         wake,
+        ship_wake,
     };
     let mut uploader = Uploader {
         parts,
         shared,
         crcs: HashMap::new(),
+        history,
     };
     let join = std::thread::Builder::new()
         .name("uploader".into())
         .spawn(move || {
             crate::actor::below_the_log();
-            uploader.run(&woken)
+            uploader.run(&woken);
+            if let Some(j) = shipper_join
+                && j.join().is_err()
+            {
+                log::error!("the log shipper panicked");
+            }
         })?;
     Ok((handle, join))
 }
@@ -218,6 +274,8 @@ struct Uploader {
     shared: Arc<Shared>,
     /// Whole-file checksums computed so far, by file name and body checksum.
     crcs: HashMap<(String, u32), u32>,
+    /// The shipping history its manifests name, when the log is shipped.
+    history: Option<String>,
 }
 
 impl Uploader {
@@ -352,6 +410,7 @@ impl Uploader {
             learners: upload.learners.clone(),
             created_ms: now_ms(),
             files,
+            history: self.history.clone(),
         };
         let bytes = manifest.to_json();
         sent += bytes.len() as u64;
@@ -395,7 +454,7 @@ impl Uploader {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -500,6 +559,7 @@ mod tests {
             cluster: vec![],
             retain: 1,
             rate: 0,
+            ship: None,
         })
         .unwrap();
         let check = LocalStore::open(store_dir.path()).unwrap();

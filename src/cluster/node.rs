@@ -157,11 +157,18 @@ impl ClusterNode {
                     .map(|id| roster.get(id).cloned().unwrap_or_else(|| format!("#{id}")))
                     .collect();
                 drop(roster);
+                if store.ship_log {
+                    log::warn!(
+                        "--ship-log: a group member ships its snapshot chains only; shipping \
+                         a group's log is not built yet"
+                    );
+                }
                 Some(crate::node::start_uploader(
                     config,
                     store,
                     fs.clone(),
                     founders,
+                    None,
                 )?)
             }
             None => None,

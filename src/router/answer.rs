@@ -308,6 +308,14 @@ pub(crate) fn store_json(u: &crate::types::UploadStatus) -> Value {
         "uploading": u.uploading,
         "failures": u.failures,
         "last_error": u.last_error,
+        "ship_log": u.shipping,
+        "shipped_offset": u.shipped_offset,
+        "shipped_age_ms": u.shipped_at_ms.map(|t| now_ms.saturating_sub(t)),
+        "log_objects_shipped": u.log_objects_shipped,
+        "log_bytes_shipped": u.log_bytes_shipped,
+        "log_gaps": u.log_gaps,
+        "ship_failures": u.ship_failures,
+        "ship_error": u.ship_error,
     })
 }
 

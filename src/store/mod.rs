@@ -29,18 +29,27 @@ use crate::types::SnapshotFile;
 
 mod check;
 mod local;
+pub mod ls;
 mod restore;
 mod s3;
 pub mod seal;
+pub mod shipped;
 
 pub use check::check;
-pub use restore::{Restored, Verdict, fetch_chain, fetch_file, node_ids, restore, verify};
+pub use restore::{
+    Point, Replayed, Restored, Verdict, fetch_chain, fetch_file, node_ids, restore, restore_to,
+    verify,
+};
 
 pub use local::LocalStore;
 pub use s3::S3Store;
 
 /// The uploader's default rate limit, bytes per second (see `make bench`, section j).
 pub const DEFAULT_UPLOAD_RATE: u64 = 4 * 1024 * 1024;
+
+/// How often the log shipper sends new entries by default: the most a lost disk
+/// loses of what was acknowledged, with the store reachable.
+pub const DEFAULT_SHIP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Files larger than this go to an object store in parts of this size.
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
@@ -147,6 +156,11 @@ pub struct StoreConfig {
     /// cloud instance's metadata service (its role). Off: a node with none refuses to
     /// start, instead of asking an address that answers only on a cloud instance.
     pub instance_credentials: bool,
+    /// Ship the log too (a single node's; see [`shipped`]): its durable entries reach
+    /// the store at least every `ship_interval`.
+    pub ship_log: bool,
+    /// See `ship_log`.
+    pub ship_interval: std::time::Duration,
 }
 
 /// An S3 access key and its secret; `Debug` shows neither.
@@ -178,6 +192,8 @@ impl StoreConfig {
             shutdown_wait: std::time::Duration::from_secs(30),
             keys: Vec::new(),
             instance_credentials: false,
+            ship_log: false,
+            ship_interval: DEFAULT_SHIP_INTERVAL,
         }
     }
 }
@@ -255,6 +271,9 @@ pub struct Manifest {
     pub created_ms: u64,
     /// The chain's files, the full snapshot first.
     pub files: Vec<ChainFile>,
+    /// The shipping history of the directory that uploaded it (see [`shipped`]):
+    /// the shipped log that continues it. `None`: the log was not shipped.
+    pub history: Option<String>,
 }
 
 /// The manifest format's version.
@@ -290,6 +309,10 @@ impl Manifest {
             "created_ms": self.created_ms,
             "files": files,
         });
+        let mut doc = doc;
+        if let Some(h) = &self.history {
+            doc["history"] = serde_json::json!(h);
+        }
         let mut bytes = serde_json::to_vec_pretty(&doc).expect("JSON");
         bytes.push(b'\n');
         bytes
@@ -364,6 +387,15 @@ impl Manifest {
             learners: names("learners")?,
             created_ms: u(&doc, "created_ms")?,
             files,
+            history: match doc.get("history") {
+                None => None,
+                Some(h) => Some(
+                    h.as_str()
+                        .filter(|h| shipped::is_history(h))
+                        .ok_or(format!("history {h}: not a history id"))?
+                        .to_string(),
+                ),
+            },
         })
     }
 }
@@ -555,7 +587,8 @@ pub(crate) fn file_crc(fs: &dyn FileSystem, dir: &Path, f: &SnapshotFile) -> io:
 }
 
 /// Which manifests retention deletes (oldest first) when `keep` chains of `node` are
-/// kept, and then which of its file objects no kept manifest lists.
+/// kept, and then which of its other objects go: the file objects no kept manifest
+/// lists, and the shipped log wholly below the oldest chain kept.
 pub fn retention_plan(
     node: &str,
     manifests: &[Manifest],
@@ -577,9 +610,15 @@ pub fn retention_plan(
                 .iter()
                 .any(|m| m.files.iter().any(|f| f.object == o.name))
         })
-        .map(|o| o.name.clone())
+        .map(|o| o.name.clone());
+    let log_prefix = shipped::prefix(node);
+    let log: Vec<shipped::ShippedRange> = objects
+        .iter()
+        .filter(|o| o.name.starts_with(&log_prefix))
+        .filter_map(shipped::parse)
         .collect();
-    (doomed_manifests, doomed_files)
+    let doomed_log = shipped::retention(&log, kept.last().map(|m| m.index));
+    (doomed_manifests, doomed_files.chain(doomed_log).collect())
 }
 
 #[cfg(test)]
@@ -595,6 +634,7 @@ mod tests {
             voters: vec![],
             learners: vec![],
             created_ms: index,
+            history: None,
             files: files
                 .iter()
                 .map(|(name, crc)| ChainFile {
@@ -617,6 +657,8 @@ mod tests {
         m.cluster = vec!["n1".into(), "n2".into()];
         m.voters = vec!["n1".into()];
         m.term = 4;
+        assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
+        m.history = Some("0123456789abcdef".into());
         assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
         assert_eq!(
             m.object(),
@@ -688,5 +730,35 @@ mod tests {
             vec![a.files[0].object.clone(), b.files[1].object.clone()]
         );
         assert_eq!(retention_plan("n1", &all, &objects, 5), (vec![], vec![]));
+    }
+
+    #[test]
+    fn retention_keeps_the_shipped_log_from_the_oldest_chain_kept_on() {
+        let chains = vec![
+            manifest("n1", 100, &[("a.snap", 1)]),
+            manifest("n1", 200, &[("b.snap", 2)]),
+        ];
+        let history = "0123456789abcdef";
+        let log = |first, last| shipped::object_name("n1", history, first, last, 5);
+        let other = shipped::object_name("n2", history, 0, 10, 5);
+        let objects: Vec<Listed> = [log(0, 99), log(100, 149), log(150, 250), other]
+            .into_iter()
+            .chain(
+                chains
+                    .iter()
+                    .flat_map(|m| m.files.iter().map(|f| f.object.clone()).chain([m.object()])),
+            )
+            .map(|name| Listed { name, size: 1 })
+            .collect();
+        let (_, doomed) = retention_plan("n1", &chains, &objects, 2);
+        assert_eq!(doomed, vec![log(0, 99)], "log below the chain at 100 goes");
+        let (_, mut doomed) = retention_plan("n1", &chains, &objects, 1);
+        doomed.sort();
+        let mut expected = vec![chains[0].files[0].object.clone(), log(0, 99), log(100, 149)];
+        expected.sort();
+        assert_eq!(
+            doomed, expected,
+            "the log 150..=250 holds the chain at 200's entries"
+        );
     }
 }

@@ -14,6 +14,40 @@ pub struct Restored {
     pub skipped: Vec<(String, String)>,
     /// Bytes downloaded for the chain restored.
     pub bytes: u64,
+    /// The shipped log replayed after the chain (a single node's).
+    pub log: Replayed,
+}
+
+/// The shipped log a restore wrote after its chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Entries written, each verified.
+    pub entries: u64,
+    /// The offset after the last: where the restored node goes on.
+    pub next: u64,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// When the object holding the last entry was written (ms since the Unix epoch).
+    pub written_ms: Option<u64>,
+    /// Why the log stopped there, when the store holds entries after it that a
+    /// restore may not cross: a missing or damaged object.
+    pub stopped: Option<String>,
+}
+
+/// Where a restore brings a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// The newest state the store holds: the newest chain that verifies, then its
+    /// shipped log as far as it goes.
+    Newest,
+    /// The chain at this index, alone.
+    Chain(u64),
+    /// Entries `[0, n)`: the newest chain at or before `n`, then the shipped log up
+    /// to `n`; refused if the store cannot reach exactly there.
+    Offset(u64),
+    /// The newest state the store held at this time (ms since the Unix epoch): the
+    /// chains uploaded and the log shipped by then.
+    Time(u64),
 }
 
 /// Downloads and verifies one chain into `dir` (each file made durable under its
@@ -231,6 +265,30 @@ pub fn restore(
     whose: Option<&str>,
     index: Option<u64>,
 ) -> Result<Restored, String> {
+    restore_to(
+        store,
+        fs,
+        dir,
+        whose,
+        index.map_or(Point::Newest, Point::Chain),
+    )
+}
+
+/// [`restore`] to `point`: for a single node, its chain and then the shipped log
+/// (see [`shipped`]) after it, each entry verified, written as the log's first
+/// segment.
+///
+/// # Errors
+/// As [`restore`]; and for [`Point::Offset`] and [`Point::Time`], a point before the
+/// oldest chain or past what the shipped log reaches (the message names the oldest
+/// and the newest points reachable).
+pub fn restore_to(
+    store: &dyn SnapshotStore,
+    fs: &dyn FileSystem,
+    dir: &Path,
+    whose: Option<&str>,
+    point: Point,
+) -> Result<Restored, String> {
     if let Ok(present) = fs.list(dir)
         && !present.is_empty()
     {
@@ -252,7 +310,7 @@ pub fn restore(
     }
     fs.create_dir_all(&staging)
         .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
-    let restored = restore_into(store, fs, &staging, dir, whose, index);
+    let restored = restore_into(store, fs, &staging, dir, whose, point);
     if restored.is_err() {
         for f in fs.list(&staging).unwrap_or_default() {
             let _ = fs.remove(&join(&staging, &f));
@@ -269,15 +327,55 @@ fn restore_into(
     staging: &Path,
     dir: &Path,
     whose: Option<&str>,
-    index: Option<u64>,
+    point: Point,
 ) -> Result<Restored, String> {
     let (all, unreadable) = manifests(store).map_err(|e| format!("{}: {e}", store.url()))?;
     let mut skipped = unreadable;
-    let candidates: Vec<&Manifest> = all
+    let index = match point {
+        Point::Chain(i) => Some(i),
+        _ => None,
+    };
+    let own: Vec<&Manifest> = all
         .iter()
         .filter(|m| whose.is_none_or(|w| m.node == w))
-        .filter(|m| index.is_none_or(|i| m.index == i))
         .collect();
+    let node = own.first().map(|m| m.node.clone());
+    let logs = match &node {
+        Some(n) => shipped::list(store, n).map_err(|e| format!("{}: {e}", store.url()))?,
+        None => Vec::new(),
+    };
+    // The offset to reach exactly, for a point before the newest.
+    let target = match point {
+        Point::Newest => None,
+        Point::Chain(i) => Some(i),
+        Point::Offset(n) => Some(n),
+        Point::Time(t) => Some(offset_at_time(&own, &logs, t)?),
+    };
+    let candidates: Vec<&Manifest> = own
+        .iter()
+        .copied()
+        .filter(|m| index.is_none_or(|i| m.index == i))
+        .filter(|m| target.is_none_or(|t| m.index <= t))
+        .collect();
+    if let (Some(t), true, Some(oldest)) = (target, candidates.is_empty(), own.last()) {
+        return Err(format!(
+            "{}: offset {t} is before the oldest chain of {} in the store, at {}: the oldest \
+             point a restore reaches",
+            store.url(),
+            oldest.node,
+            oldest.index
+        ));
+    }
+    let newest = own.iter().map(|m| super::ls::reach(m, &logs).0).max();
+    if let (Some(t), Some(newest), Some(m)) = (target, newest, own.first())
+        && t > newest
+    {
+        return Err(format!(
+            "{}: offset {t} is past the newest point the store reaches for {}: offset {newest}",
+            store.url(),
+            m.node
+        ));
+    }
     if candidates.is_empty() {
         let of = whose.map_or(String::new(), |w| format!(" of {w}"));
         let what = index.map_or(format!("no chain{of}"), |i| {
@@ -293,10 +391,10 @@ fn restore_into(
     }
     for m in candidates {
         match fetch_chain(store, fs, staging, m).and_then(|bytes| {
-            start_log(fs, staging, m)?;
-            Ok(bytes)
+            let log = start_log(store, fs, staging, m, &logs, target)?;
+            Ok((bytes, log))
         }) {
-            Ok(bytes) => {
+            Ok((bytes, log)) => {
                 fs.rename(staging, dir).map_err(|e| {
                     format!(
                         "cannot rename {} to {}: {e}",
@@ -312,6 +410,7 @@ fn restore_into(
                     manifest: m.clone(),
                     skipped,
                     bytes,
+                    log,
                 });
             }
             Err(why) => {
@@ -339,27 +438,140 @@ fn restore_into(
     ))
 }
 
-/// For a single node's chain: an empty log that starts at the chain's index (its
-/// first segment, then `log.meta`), so that the node opens on the snapshot and
-/// appends from there. For a group's snapshot: the install marker, so that a node
-/// started on the directory as a new member (`join`) finishes installing it and
+/// The offset a restore to time `t` reaches: after the newest entry shipped by then,
+/// or the newest chain uploaded by then if that is further.
+fn offset_at_time(
+    chains: &[&Manifest],
+    logs: &[shipped::ShippedRange],
+    t: u64,
+) -> Result<u64, String> {
+    let by_log = logs
+        .iter()
+        .filter(|o| o.written_ms <= t)
+        .map(|o| o.last + 1)
+        .max();
+    let by_chain = chains
+        .iter()
+        .filter(|m| m.created_ms <= t)
+        .map(|m| m.index)
+        .max();
+    by_log.max(by_chain).ok_or_else(|| {
+        let oldest = chains
+            .iter()
+            .map(|m| m.created_ms)
+            .chain(logs.iter().map(|o| o.written_ms))
+            .min();
+        match oldest {
+            Some(o) => format!(
+                "nothing in the store was written by {t} ms since the epoch: the oldest object \
+                 is from {o}"
+            ),
+            None => "the store holds nothing of this node".to_string(),
+        }
+    })
+}
+
+/// For a single node's chain: the log's first segment, starting at the chain's index,
+/// holding the shipped entries that follow the chain in its history (up to `target`,
+/// or as far as they go), each verified; then `log.meta`, so that the node opens on
+/// the snapshot and replays them. For a group's snapshot: the install marker, so that
+/// a node started on the directory as a new member (`join`) finishes installing it and
 /// continues from the leader's log.
-fn start_log(fs: &dyn FileSystem, dir: &Path, m: &Manifest) -> Result<(), String> {
+fn start_log(
+    store: &dyn SnapshotStore,
+    fs: &dyn FileSystem,
+    dir: &Path,
+    m: &Manifest,
+    logs: &[shipped::ShippedRange],
+    target: Option<u64>,
+) -> Result<Replayed, String> {
     if m.files
         .iter()
         .any(|f| layout::parse_raft_snapshot(&f.name).is_some())
     {
-        return crate::raftlog::mark_install(fs, dir, m.index, m.term)
-            .map_err(|e| format!("cannot mark the install: {e}"));
+        if target.is_some_and(|t| t != m.index) {
+            return Err(format!(
+                "a group's chain restores whole, at its index {} (a group's log is not \
+                 shipped)",
+                m.index
+            ));
+        }
+        crate::raftlog::mark_install(fs, dir, m.index, m.term)
+            .map_err(|e| format!("cannot mark the install: {e}"))?;
+        return Ok(Replayed {
+            next: m.index,
+            ..Replayed::default()
+        });
     }
     let header = crate::wal::segment::HEADER_BYTES;
-    crate::wal::create_segment(fs, dir, m.index, header, false)
+    let mut file = crate::wal::create_segment(fs, dir, m.index, header, false)
         .map_err(|e| format!("cannot create the log's first segment: {e}"))?;
+    let own: Vec<&shipped::ShippedRange> = logs
+        .iter()
+        .filter(|o| m.history.as_ref() == Some(&o.history))
+        .collect();
+    let mut done = Replayed {
+        next: m.index,
+        ..Replayed::default()
+    };
+    let mut pos = header;
+    while target.is_none_or(|t| done.next < t) {
+        let at = done.next;
+        let Some(o) = own.iter().find(|o| o.first <= at && at <= o.last) else {
+            if let Some(after) = own.iter().filter(|o| o.first > at).map(|o| o.first).min() {
+                done.stopped = Some(format!(
+                    "no shipped object holds offset {at} (the next one starts at {after})"
+                ));
+            }
+            break;
+        };
+        let mut bytes = Vec::new();
+        if let Err(e) = store.get(&o.object, &mut bytes) {
+            done.stopped = Some(format!("{}: {e}", o.object));
+            break;
+        }
+        let object = match shipped::decode(o, &bytes) {
+            Ok(object) => object,
+            Err(why) => {
+                done.stopped = Some(format!("{} does not verify: {why}", o.object));
+                break;
+            }
+        };
+        let wanted = object
+            .records
+            .iter()
+            .filter(|(offset, _)| *offset >= at && target.is_none_or(|t| *offset < t));
+        let mut run = Vec::new();
+        for (_, record) in wanted {
+            run.extend_from_slice(record);
+            done.entries += 1;
+        }
+        file.write_all_at(&run, pos)
+            .map_err(|e| format!("writing the log's first segment: {e}"))?;
+        pos += run.len() as u64;
+        done.bytes += bytes.len() as u64;
+        done.next = target.map_or(o.last + 1, |t| t.min(o.last + 1));
+        done.written_ms = Some(object.written_ms);
+    }
+    if let Some(t) = target.filter(|t| done.next < *t) {
+        return Err(format!(
+            "the shipped log after the chain at {} reaches offset {} only, not {t}{}",
+            m.index,
+            done.next,
+            done.stopped
+                .as_ref()
+                .map_or(String::new(), |why| format!(": {why}"))
+        ));
+    }
+    file.sync_data()
+        .map_err(|e| format!("cannot sync the log's first segment: {e}"))?;
+    drop(file);
     let start = crate::wal::meta::LogStart {
         first_offset: crate::core::position::Offset::new(m.index),
         skip: None,
     };
-    crate::wal::meta::write(fs, dir, &start).map_err(|e| format!("cannot write log.meta: {e}"))
+    crate::wal::meta::write(fs, dir, &start).map_err(|e| format!("cannot write log.meta: {e}"))?;
+    Ok(done)
 }
 
 /// One chain's verdict from [`verify`].

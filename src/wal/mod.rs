@@ -26,6 +26,7 @@ mod recover;
 mod roll;
 mod scan;
 pub mod segment;
+mod tail;
 
 pub use recover::{LogOptions, LogRecovery, RecoverLog};
 pub use roll::{RollError, create_segment};
@@ -36,6 +37,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use tail::{Tail, TailError};
 
 use crate::core::layout::{self, SPARE_SEGMENT};
 use crate::core::position::Offset;
@@ -76,6 +79,7 @@ pub struct Log {
     spare: Option<std::thread::JoinHandle<io::Result<()>>>,
     prefill: bool,
     syncs: SyncCount,
+    durable: DurableEnd,
 }
 
 /// How many syncs a log has done, readable from any thread: what tells a snapshot
@@ -91,6 +95,22 @@ impl SyncCount {
 
     fn bump(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One past the last entry the log knows is on disk (synced, or found there at
+/// recovery), readable from any thread: what the log shipper may send.
+#[derive(Debug, Clone, Default)]
+pub struct DurableEnd(Arc<AtomicU64>);
+
+impl DurableEnd {
+    /// The offset after the last durable entry.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, next: u64) {
+        self.0.store(next, Ordering::Release);
     }
 }
 
@@ -277,6 +297,7 @@ impl Log {
     /// that sync began.
     pub fn mark_synced(&mut self) {
         self.unsynced = false;
+        self.durable.set(self.next());
     }
 
     /// fdatasync of the active segment.
@@ -284,7 +305,13 @@ impl Log {
         self.active.sync_data()?;
         self.unsynced = false;
         self.syncs.bump();
+        self.durable.set(self.next());
         Ok(())
+    }
+
+    /// One past the last durable entry, shared.
+    pub fn durable_end(&self) -> DurableEnd {
+        self.durable.clone()
     }
 
     /// The count of this log's syncs, shared.
@@ -428,6 +455,7 @@ impl Log {
         seg.positions.truncate(keep);
         seg.data_end = cut;
         self.unsynced = false;
+        self.durable.set(offset);
         Ok(())
     }
 

@@ -199,7 +199,9 @@ impl Log {
             spare: None,
             prefill: options.prefill,
             syncs: SyncCount::default(),
+            durable: DurableEnd::default(),
         };
+        log.durable.set(log.next());
         log.start_spare();
         log
     }

@@ -5,7 +5,7 @@
 use super::*;
 
 /// Reads a segment file in chunks.
-struct Scanner<'f> {
+pub(super) struct Scanner<'f> {
     file: &'f dyn File,
     len: u64,
     buf: Vec<u8>,
@@ -13,7 +13,7 @@ struct Scanner<'f> {
 }
 
 impl<'f> Scanner<'f> {
-    fn new(file: &'f dyn File) -> io::Result<Scanner<'f>> {
+    pub(super) fn new(file: &'f dyn File) -> io::Result<Scanner<'f>> {
         Ok(Scanner {
             len: file.len()?,
             file,
@@ -57,7 +57,7 @@ impl<'f> Scanner<'f> {
     /// record that verifies at `pos` wins (records run across boundaries inside a
     /// batch); otherwise, if everything up to the boundary is zero, the record is at
     /// the boundary.
-    fn next_record_at(&mut self, pos: u64, offset: u64) -> io::Result<u64> {
+    pub(super) fn next_record_at(&mut self, pos: u64, offset: u64) -> io::Result<u64> {
         if pos.is_multiple_of(BATCH_ALIGN_BYTES) || self.record(pos, offset)?.is_ok() {
             return Ok(pos);
         }
@@ -94,7 +94,7 @@ impl<'f> Scanner<'f> {
     }
 
     /// Decodes the record at `pos`, expecting `offset`.
-    fn record(
+    pub(super) fn record(
         &mut self,
         pos: u64,
         offset: u64,

@@ -339,7 +339,9 @@ impl Appender {
                 if uploaded < at {
                     log::debug!("compaction to {at} held at {uploaded}: the store has no more");
                 }
-                at.min(uploaded)
+                // With the log shipped, entries not yet in the store stay too.
+                let shipped = u.shipped_end().map_or(at, Offset::new);
+                at.min(uploaded).min(shipped)
             }
             _ => at,
         }

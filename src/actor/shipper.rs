@@ -1,0 +1,211 @@
+//! The log shipper: copies the log's durable entries to the snapshot store beside the
+//! chains (see [`crate::store::shipped`]), so that a lost disk loses at most the
+//! entries of the last ship interval.
+//!
+//! It runs on a thread the uploader starts and joins, with a store connection of its
+//! own, so that a long chain upload never holds the log back. Every interval it reads
+//! the entries made durable since the last object from the segment files (a
+//! [`Tail`]; the appender is not asked anything) and stores them as one object, or
+//! several of at most [`shipped::OBJECT_BYTES_MAX`]. A failed put is retried at the
+//! next interval from the same entry: objects are immutable and never overlap within a
+//! history. Entries compacted away before they were shipped are a gap: the shipper
+//! says so, counts it, and goes on from the log's first entry (the next chain covers
+//! the gap; a restore never crosses one).
+//!
+//! A history (`ship.id` in the node's directory, a random id made at the first start
+//! with shipping) names the objects' folder: a directory restored from the store, or
+//! made anew, ships under a history of its own, so that its entries never mix with
+//! those of the directory it replaced. Each chain's manifest names the history it
+//! belongs to.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::uploader::{Shared, now_ms};
+use crate::fs::{FileSystem, create_durably, join};
+use crate::store::{SnapshotStore, shipped};
+use crate::wal::{DurableEnd, Tail, TailError};
+
+/// Name of the file holding the directory's shipping history id.
+pub const HISTORY_FILE: &str = "ship.id";
+
+/// What the shipper needs besides the uploader's parts.
+pub struct ShipParts {
+    /// Its own connection to the store.
+    pub store: Box<dyn SnapshotStore>,
+    /// One past the log's last durable entry.
+    pub durable: DurableEnd,
+    /// How often new entries are shipped.
+    pub interval: Duration,
+}
+
+/// The directory's shipping history id, made (durably) if it has none.
+///
+/// # Errors
+/// The file could not be read or made.
+pub fn history(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<String> {
+    let path = join(dir, HISTORY_FILE);
+    let existing = match fs.open(&path, false) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(f) = existing {
+        let mut buf = vec![0u8; f.len()? as usize];
+        f.read_exact_at(&mut buf, 0)?;
+        let id = String::from_utf8_lossy(&buf).trim().to_string();
+        if shipped::is_history(&id) {
+            return Ok(id);
+        }
+        return Err(std::io::Error::other(format!(
+            "{} holds {id:?}, not a history id (16 hexadecimal digits)",
+            path.display()
+        )));
+    }
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let id = format!("{:016x}", u64::from_le_bytes(random));
+    create_durably(fs, dir, HISTORY_FILE, |f| {
+        f.write_all_at(format!("{id}\n").as_bytes(), 0)
+    })?;
+    Ok(id)
+}
+
+pub(super) struct Shipper {
+    pub(super) parts: ShipParts,
+    pub(super) fs: Arc<dyn FileSystem>,
+    pub(super) dir: PathBuf,
+    pub(super) node: String,
+    pub(super) history: String,
+}
+
+impl Shipper {
+    pub(super) fn run(self, shared: &Shared, woken: &Receiver<()>) {
+        let prefix = shipped::history_prefix(&self.node, &self.history);
+        let mut tail: Option<Tail> = None;
+        let mut next_try = Instant::now();
+        loop {
+            if shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let wait = next_try.saturating_duration_since(Instant::now());
+            let _ = woken.recv_timeout(wait);
+            if shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if Instant::now() < next_try {
+                continue;
+            }
+            next_try = Instant::now() + self.parts.interval;
+            let tail = match &mut tail {
+                Some(t) => t,
+                None => match self.resume(&prefix) {
+                    Ok((next, stored)) => {
+                        shared.shipped.store(next, Ordering::Release);
+                        if let Some((last, written_ms)) = stored {
+                            let mut s = shared.status.lock().expect("status");
+                            s.shipped_offset = Some(last);
+                            s.shipped_at_ms = Some(written_ms);
+                        }
+                        tail.insert(Tail::new(self.fs.clone(), self.dir.clone(), next))
+                    }
+                    Err(why) => {
+                        self.failed(shared, format!("listing the shipped log: {why}"));
+                        continue;
+                    }
+                },
+            };
+            while tail.next() < self.parts.durable.get() && !shared.stop.load(Ordering::Acquire) {
+                match self.ship_one(tail, shared) {
+                    Ok(()) => {}
+                    Err(why) => {
+                        self.failed(shared, why);
+                        break;
+                    }
+                }
+            }
+        }
+        log::debug!("log shipper stopped");
+    }
+
+    /// Where shipping goes on: after the newest entry of this history in the store,
+    /// or from the start of the log for a history with nothing shipped yet.
+    /// Also returns the newest entry shipped before, and when its object was written.
+    fn resume(&self, prefix: &str) -> Result<(u64, Option<(u64, u64)>), String> {
+        let store = &*self.parts.store;
+        let shipped = store.list(prefix).map_err(|e| e.to_string())?;
+        let newest = shipped
+            .iter()
+            .filter_map(shipped::parse)
+            .map(|r| (r.last, r.written_ms))
+            .max();
+        Ok(match newest {
+            Some((last, written_ms)) => (last + 1, Some((last, written_ms))),
+            None => (
+                crate::wal::meta::read(&*self.fs, &self.dir).map_or(0, |m| m.first_offset.get()),
+                None,
+            ),
+        })
+    }
+
+    /// Reads the durable entries from the tail's position (up to one object's worth)
+    /// and stores them as one object.
+    fn ship_one(&self, tail: &mut Tail, shared: &Shared) -> Result<(), String> {
+        let first = tail.next();
+        let mut object = shipped::ObjectBuilder::new(first);
+        let read = tail.read(
+            self.parts.durable.get(),
+            shipped::OBJECT_BYTES_MAX,
+            &mut |offset, payload| object.push(offset, payload),
+        );
+        match read {
+            Ok(()) => {}
+            Err(TailError::Gone { offset, first }) if object.count() == 0 => {
+                log::warn!(
+                    "the log shipper fell behind compaction: entries {offset}..{first} were \
+                     compacted away before they were shipped; a restore reaches them only \
+                     through a chain at or after {first}"
+                );
+                tail.seek(first);
+                shared.status.lock().expect("status").log_gaps += 1;
+                return Ok(());
+            }
+            // What was read goes now; the error comes again at the next read.
+            Err(_) if object.count() > 0 => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let (range, bytes) = object
+            .finish(&self.node, &self.history, now_ms())
+            .expect("at least one entry");
+        let size = bytes.len() as u64;
+        if let Err(e) = self.parts.store.put(&range.object, &mut &bytes[..], size) {
+            // Those entries go again, in the next attempt's object.
+            tail.seek(first);
+            return Err(e.to_string());
+        }
+        shared.shipped.store(range.last + 1, Ordering::Release);
+        let mut s = shared.status.lock().expect("status");
+        s.shipped_offset = Some(range.last);
+        s.shipped_at_ms = Some(range.written_ms);
+        s.log_objects_shipped += 1;
+        s.log_bytes_shipped += size;
+        s.ship_error = None;
+        log::debug!("shipped {} ({size} bytes)", range.object);
+        Ok(())
+    }
+
+    fn failed(&self, shared: &Shared, why: String) {
+        log::warn!(
+            "shipping the log to {} failed: {why}; retrying in {} ms",
+            self.parts.store.url(),
+            self.parts.interval.as_millis()
+        );
+        let mut s = shared.status.lock().expect("status");
+        s.ship_failures += 1;
+        s.ship_error = Some(why);
+    }
+}
