@@ -604,17 +604,27 @@ fn restore(flags: &StoreFlags, a: RestoreArgs) -> u8 {
                 println!("skipped {object}: {why}");
             }
             let m = &r.manifest;
-            println!(
-                "restored {}'s chain at index {} (term {}, {} file(s), {} bytes) from {}, \
-                 verified, into {}",
-                m.node,
-                m.index,
-                m.term,
-                m.files.len(),
-                r.bytes,
-                store.url(),
-                dir.display()
-            );
+            if m.files.is_empty() {
+                println!(
+                    "restored {} from the start of its shipped log (no chain before it) from \
+                     {} into {}",
+                    m.node,
+                    store.url(),
+                    dir.display()
+                );
+            } else {
+                println!(
+                    "restored {}'s chain at index {} (term {}, {} file(s), {} bytes) from {}, \
+                     verified, into {}",
+                    m.node,
+                    m.index,
+                    m.term,
+                    m.files.len(),
+                    r.bytes,
+                    store.url(),
+                    dir.display()
+                );
+            }
             if r.log.entries > 0 || r.log.stopped.is_some() {
                 println!(
                     "  + {} shipped entries ({} bytes, each verified) to offset {}{}: the node \

@@ -88,9 +88,10 @@ pub fn listing(store: &dyn SnapshotStore) -> Result<Vec<NodeListing>, StoreError
                 }),
             }
         }
-        let newest = chains.iter().map(|m| reach(m, &logs)).max();
+        let origins = shipped::origins(&node, &logs);
+        let newest = chains.iter().chain(&origins).map(|m| reach(m, &logs)).max();
         out.push(NodeListing {
-            oldest: chains.iter().map(|m| m.index).min(),
+            oldest: chains.iter().chain(&origins).map(|m| m.index).min(),
             node,
             chains,
             histories,

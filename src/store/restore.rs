@@ -243,6 +243,17 @@ pub fn node_ids(store: &dyn SnapshotStore) -> Result<Vec<String>, String> {
         ));
     }
     let mut ids: Vec<String> = all.into_iter().map(|m| m.node).collect();
+    // Nodes whose log was shipped before any chain of theirs was uploaded.
+    let objects = store
+        .list("")
+        .map_err(|e| format!("{}: {e}", store.url()))?;
+    for o in &objects {
+        if shipped::parse(o).is_some()
+            && let Some((node, _)) = o.name.split_once("/log/")
+        {
+            ids.push(node.to_string());
+        }
+    }
     ids.sort();
     ids.dedup();
     Ok(ids)
@@ -335,15 +346,22 @@ fn restore_into(
         Point::Chain(i) => Some(i),
         _ => None,
     };
-    let own: Vec<&Manifest> = all
-        .iter()
-        .filter(|m| whose.is_none_or(|w| m.node == w))
-        .collect();
-    let node = own.first().map(|m| m.node.clone());
+    let node = whose
+        .map(str::to_string)
+        .or_else(|| all.first().map(|m| m.node.clone()));
     let logs = match &node {
         Some(n) => shipped::list(store, n).map_err(|e| format!("{}: {e}", store.url()))?,
         None => Vec::new(),
     };
+    // A history shipped from its first entry restores from the empty state too.
+    let origins = node
+        .as_ref()
+        .map_or_else(Vec::new, |n| shipped::origins(n, &logs));
+    let own: Vec<&Manifest> = all
+        .iter()
+        .filter(|m| whose.is_none_or(|w| m.node == w))
+        .chain(origins.iter())
+        .collect();
     // The offset to reach exactly, for a point before the newest.
     let target = match point {
         Point::Newest => None,
@@ -390,7 +408,12 @@ fn restore_into(
         return Err(format!("{}: {what} in the store{unread}", store.url()));
     }
     for m in candidates {
-        match fetch_chain(store, fs, staging, m).and_then(|bytes| {
+        let fetched = if m.files.is_empty() {
+            Ok(0)
+        } else {
+            fetch_chain(store, fs, staging, m)
+        };
+        match fetched.and_then(|bytes| {
             let log = start_log(store, fs, staging, m, &logs, target)?;
             Ok((bytes, log))
         }) {

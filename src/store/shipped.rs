@@ -23,7 +23,7 @@
 //! Retention keeps the log from the oldest chain the store keeps on: an object whose
 //! last entry is below that chain's index is deleted with the chains retention drops.
 
-use super::{Listed, SnapshotStore, StoreError};
+use super::{Listed, Manifest, SnapshotStore, StoreError};
 use crate::wal::record;
 
 /// Bytes of an object's header.
@@ -115,6 +115,30 @@ pub fn list(store: &dyn SnapshotStore, node: &str) -> Result<Vec<ShippedRange>, 
         ))
     });
     Ok(found)
+}
+
+/// Where each history shipped from the very first entry begins: a restore may start
+/// there, from the empty state, before any chain of it reached the store. Each as a
+/// manifest at index 0 that lists no file.
+pub fn origins(node: &str, logs: &[ShippedRange]) -> Vec<Manifest> {
+    let mut out: Vec<Manifest> = Vec::new();
+    for o in logs.iter().filter(|o| o.first == 0) {
+        if out.iter().any(|m| m.history.as_ref() == Some(&o.history)) {
+            continue;
+        }
+        out.push(Manifest {
+            node: node.to_string(),
+            cluster: vec![],
+            index: 0,
+            term: 0,
+            voters: vec![],
+            learners: vec![],
+            created_ms: o.written_ms,
+            files: vec![],
+            history: Some(o.history.clone()),
+        });
+    }
+    out
 }
 
 /// Builds one object from consecutive entries.

@@ -20,6 +20,7 @@ mod node;
 mod policy;
 mod raftlog;
 mod serve;
+mod shipping;
 mod store;
 mod strace;
 mod support;
