@@ -209,3 +209,125 @@ impl Shipper {
         s.ship_error = Some(why);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actor::uploader::{UploaderParts, spawn};
+    use crate::core::position::Offset;
+    use crate::fs::RealFs;
+    use crate::store::{Listed, LocalStore, StoreError};
+    use crate::wal::{Log, LogOptions, RecoverLog, meta};
+    use std::io::{Read, Write};
+    use std::sync::atomic::AtomicU64;
+
+    /// A local store whose first `fail` puts fail.
+    struct Failing {
+        inner: LocalStore,
+        fail: Arc<AtomicU64>,
+    }
+
+    impl SnapshotStore for Failing {
+        fn url(&self) -> String {
+            self.inner.url()
+        }
+        fn put(&self, name: &str, data: &mut dyn Read, size: u64) -> Result<(), StoreError> {
+            if self
+                .fail
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StoreError::Failed("planted failure".into()));
+            }
+            self.inner.put(name, data, size)
+        }
+        fn put_new(&self, name: &str, data: Vec<u8>) -> Result<bool, StoreError> {
+            self.inner.put_new(name, data)
+        }
+        fn get(&self, name: &str, into: &mut dyn Write) -> Result<u64, StoreError> {
+            self.inner.get(name, into)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.delete(name)
+        }
+    }
+
+    #[test]
+    fn entries_whose_object_failed_to_store_go_in_the_next_one_and_none_is_skipped() {
+        let node_dir = tempfile::tempdir().unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            dir: node_dir.path().to_path_buf(),
+            segment_bytes_max: 64 * 1024,
+            preallocate_bytes_max: 64 * 1024,
+            prefill: false,
+        };
+        let input = RecoverLog {
+            options: &options,
+            segments: vec![],
+            start: meta::LogStart::ORIGIN,
+            replay_from: Offset::ZERO,
+        };
+        let (mut log, _) = Log::recover(Arc::new(RealFs), input, &mut |_, _| {}).unwrap();
+        let fail = Arc::new(AtomicU64::new(3));
+        let (up, join) = spawn(UploaderParts {
+            store: Box::new(LocalStore::open(store_dir.path()).unwrap()),
+            fs: Arc::new(RealFs),
+            dir: node_dir.path().to_path_buf(),
+            node: "n1".into(),
+            cluster: vec![],
+            retain: 1,
+            rate: 0,
+            ship: Some(ShipParts {
+                store: Box::new(Failing {
+                    inner: LocalStore::open(store_dir.path()).unwrap(),
+                    fail: fail.clone(),
+                }),
+                durable: log.durable_end(),
+                interval: Duration::from_millis(5),
+            }),
+        })
+        .unwrap();
+        for batch in 0..50u32 {
+            let payloads: Vec<Vec<u8>> = (0..10)
+                .map(|i| format!("set k{batch}-{i}=v").into_bytes())
+                .collect();
+            if !log.fits(10, 400, 40) {
+                log.roll().unwrap();
+            }
+            log.append(payloads.iter().map(Vec::as_slice)).unwrap();
+            log.sync().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while up.shipped_end() != Some(500) {
+            assert!(Instant::now() < deadline, "not shipped: {:?}", up.status());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let s = up.status();
+        assert_eq!(
+            (s.ship_failures, s.shipped_offset, s.ship_error),
+            (3, Some(499), None)
+        );
+        assert_eq!(fail.load(Ordering::Acquire), 0);
+        let store = LocalStore::open(store_dir.path()).unwrap();
+        let mut objects = shipped::list(&store, "n1").unwrap();
+        objects.sort_by_key(|o| o.first);
+        let mut next = 0;
+        for o in &objects {
+            assert_eq!(o.first, next, "a gap or an overlap before {}", o.object);
+            let mut bytes = Vec::new();
+            store.get(&o.object, &mut bytes).unwrap();
+            shipped::decode(o, &bytes).unwrap();
+            next = o.last + 1;
+        }
+        assert_eq!(next, 500);
+        let history = history(&RealFs, node_dir.path()).unwrap();
+        assert!(objects.iter().all(|o| o.history == history));
+        up.stop();
+        join.join().unwrap();
+    }
+}

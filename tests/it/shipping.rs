@@ -291,7 +291,14 @@ fn a_restored_directory_ships_under_a_history_of_its_own() {
     let dir = root.path().join("again").join("n1");
     std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
     store::restore_to(&*store, &RealFs, &dir, None, Point::Offset(1500)).unwrap();
-    // The restored node writes other entries at the offsets the old one shipped.
+    assert!(
+        !dir.join("ship.id").exists(),
+        "a restore brings no history along"
+    );
+    // The restored node writes other entries at the offsets the old one shipped, under
+    // a history that lists before any other (so that a restore that looked at every
+    // history's objects would find this one's first).
+    std::fs::write(dir.join("ship.id"), "0000000000000000\n").unwrap();
     let node = Node::open(config(&dir, &store_config)).unwrap();
     for i in 1500..1600u64 {
         node.appender()
@@ -302,13 +309,18 @@ fn a_restored_directory_ships_under_a_history_of_its_own() {
     node.shutdown().unwrap();
     let listed = store::ls::listing(&*store).unwrap();
     assert_eq!(listed[0].histories.len(), 2, "{listed:?}");
-    // The newest restore still follows each chain's own history: the old line's.
-    let dir = root.path().join("newest");
-    let r = store::restore_to(&*store, &RealFs, &dir, None, Point::Newest).unwrap();
-    assert_eq!(r.log.next, 2500);
-    let node = Node::open(Config::new(&dir)).unwrap();
-    assert_eq!(node.appender().kv_get("k01550").unwrap(), "v1550");
-    node.shutdown().unwrap();
+    // A restore follows each chain's own history: the old line's, from either chain.
+    for (to, point, next) in [
+        ("newest", Point::Newest, 2500),
+        ("mid", Point::Offset(1560), 1560),
+    ] {
+        let dir = root.path().join(to);
+        let r = store::restore_to(&*store, &RealFs, &dir, None, point).unwrap();
+        assert_eq!(r.log.next, next);
+        let node = Node::open(Config::new(&dir)).unwrap();
+        assert_eq!(node.appender().kv_get("k01550").unwrap(), "v1550", "{to}");
+        node.shutdown().unwrap();
+    }
 }
 
 /// What the writer saw acknowledged: offset, key, and when.
