@@ -747,6 +747,12 @@ MUTANTS = [
      [("src/store/restore.rs",
        "        .filter(|o| m.history.as_ref() == Some(&o.history))\n        .collect();",
        "        .collect();")]),
+    ("a-stopping-node-leaves-its-log-unshipped",
+     "a node that stops waits for the shipper's next interval instead of having it ship what is left at once",
+     "--test it -- shipping::a_node_that_stops_ships_what_is_left_before_it_exits",
+     [("src/actor/uploader.rs",
+       "        let _ = wake.try_send(());\n        loop {",
+       "        loop {")]),
 ]
 
 

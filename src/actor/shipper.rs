@@ -8,7 +8,9 @@
 //! [`Tail`]; the appender is not asked anything) and stores them as one object, or
 //! several of at most [`shipped::OBJECT_BYTES_MAX`]. A failed put is retried at the
 //! next interval from the same entry: objects are immutable and never overlap within a
-//! history. Entries compacted away before they were shipped are a gap: the shipper
+//! history. When the node stops, it is woken to ship what is left at once, and the
+//! node waits for it as for the newest chain (`--store-shutdown-wait`). Entries
+//! compacted away before they were shipped are a gap: the shipper
 //! says so, counts it, and goes on from the log's first entry (the next chain covers
 //! the gap; a restore never crosses one).
 //!
@@ -93,11 +95,12 @@ impl Shipper {
                 break;
             }
             let wait = next_try.saturating_duration_since(Instant::now());
-            let _ = woken.recv_timeout(wait);
+            // Woken: ship at once (the node is stopping and waits for the log).
+            let woke = woken.recv_timeout(wait).is_ok();
             if shared.stop.load(Ordering::Acquire) {
                 break;
             }
-            if Instant::now() < next_try {
+            if !woke && Instant::now() < next_try {
                 continue;
             }
             next_try = Instant::now() + self.parts.interval;

@@ -80,8 +80,10 @@ pub(super) struct Shared {
 pub struct UploaderHandle {
     shared: Arc<Shared>,
     wake: Sender<()>,
-    /// Wakes the log shipper, when there is one.
+    /// Wakes the log shipper (to ship at once), when there is one.
     ship_wake: Option<Sender<()>>,
+    /// One past the log's last durable entry, when the log is shipped.
+    durable: Option<crate::wal::DurableEnd>,
 }
 
 impl std::fmt::Debug for UploaderHandle {
@@ -148,13 +150,46 @@ impl UploaderHandle {
         }
     }
 
-    /// [`UploaderHandle::wait_caught_up`] for up to `wait` when the node stops, saying
+    /// Waits until `wait` for every durable entry of the log to be shipped (at once:
+    /// the shipper is woken); the offset after the last one shipped if they are not.
+    ///
+    /// # Errors
+    /// The shipped log is still behind at `deadline`.
+    pub fn wait_shipped(&self, deadline: Instant) -> Result<(), u64> {
+        let (Some(wake), Some(durable)) = (&self.ship_wake, &self.durable) else {
+            return Ok(());
+        };
+        let _ = wake.try_send(());
+        loop {
+            let shipped = self.shared.shipped.load(Ordering::Acquire);
+            if shipped >= durable.get() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(shipped);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// [`UploaderHandle::wait_caught_up`] (and, with the log shipped,
+    /// [`UploaderHandle::wait_shipped`]) for up to `wait` when the node stops, saying
     /// on the log how far behind the store is if it gave up.
     pub fn drain_at_shutdown(&self, wait: Duration) {
         if wait.is_zero() {
             return;
         }
         let started = Instant::now();
+        if let Err(shipped) = self.wait_shipped(started + wait) {
+            log::warn!(
+                "stopping with the shipped log behind: the store has entries before offset \
+                 {shipped}, the log {} (they stay on disk: the next start ships them); gave up \
+                 after {} s",
+                self.durable.as_ref().map_or(0, crate::wal::DurableEnd::get),
+                wait.as_secs_f64()
+            );
+        }
+        let wait = wait.saturating_sub(started.elapsed());
         let behind = self.shared.uploaded.load(Ordering::Acquire)
             < self.shared.offered.load(Ordering::Acquire);
         if behind {
@@ -220,6 +255,7 @@ pub fn spawn(
         stop: AtomicBool::new(false),
     });
     let mut ship_wake = None;
+    let durable = parts.ship.as_ref().map(|s| s.durable.clone());
     let mut history = None;
     let mut shipper_join = None;
     if let Some(ship) = parts.ship.take() {
@@ -248,6 +284,7 @@ pub fn spawn(
         shared: shared.clone(),
         wake,
         ship_wake,
+        durable,
     };
     let mut uploader = Uploader {
         parts,

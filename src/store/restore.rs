@@ -348,7 +348,8 @@ fn restore_into(
     };
     let node = whose
         .map(str::to_string)
-        .or_else(|| all.first().map(|m| m.node.clone()));
+        .or_else(|| all.first().map(|m| m.node.clone()))
+        .or_else(|| node_ids(store).ok()?.into_iter().next());
     let logs = match &node {
         Some(n) => shipped::list(store, n).map_err(|e| format!("{}: {e}", store.url()))?,
         None => Vec::new(),

@@ -456,3 +456,27 @@ fn a_node_killed_and_its_disk_wiped_comes_back_with_every_entry_shipped_before()
     );
     node.shutdown().unwrap();
 }
+
+#[test]
+fn a_node_that_stops_ships_what_is_left_before_it_exits() {
+    let root = tempfile::tempdir().unwrap();
+    let store_config = local_store(&root.path().join("store"));
+    let mut c = config(&root.path().join("n1"), &store_config);
+    // An interval far longer than the wait at shutdown: only shipping at once serves.
+    let s = c.snapshot_store.as_mut().unwrap();
+    s.ship_interval = Duration::from_secs(600);
+    s.shutdown_wait = Duration::from_secs(5);
+    let node = Node::open(c).unwrap();
+    write(&node, 0, 300);
+    let stopping = Instant::now();
+    node.shutdown().unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "waited out the shutdown wait"
+    );
+    let store = store::open(&store_config).unwrap();
+    let dir = root.path().join("restored");
+    let r = store::restore_to(&*store, &RealFs, &dir, None, Point::Newest).unwrap();
+    assert_eq!((r.manifest.files.len(), r.log.next), (0, 300), "{r:?}");
+    assert_restored(&dir, 300);
+}
