@@ -16,6 +16,7 @@ mod latency;
 mod memory;
 mod protocol;
 mod recovery;
+mod shipping;
 mod snapshot;
 mod store;
 mod transfer;
@@ -26,6 +27,7 @@ use latency::*;
 use memory::*;
 use protocol::*;
 use recovery::*;
+use shipping::*;
 use snapshot::*;
 use store::*;
 use transfer::*;
@@ -60,7 +62,7 @@ struct Args {
     #[arg(long)]
     markdown: Option<PathBuf>,
     /// Only the benchmarks whose letter is given (e.g. `ac`).
-    #[arg(long, default_value = "abcdefghijk")]
+    #[arg(long, default_value = "abcdefghijkl")]
     only: String,
     /// Keys written while a follower is away, in the catch-up benchmark (i).
     #[arg(long, default_value_t = 200_000)]
@@ -106,6 +108,7 @@ fn main() {
             'i' => bench_transfer(&args, &mut r),
             'j' => bench_store(&args, &mut r),
             'k' => bench_protocol(&args, &mut r),
+            'l' => bench_shipping(&args, &mut r),
             other => eprintln!("no benchmark {other:?}"),
         }
         std::io::stdout().flush().ok();

@@ -33,7 +33,7 @@ pub(crate) fn store_config(prefix: &str) -> Option<StoreConfig> {
 
 /// Seconds `weed upload` then `weed download` take for `file` (SeaweedFS's own client,
 /// straight to its volume server).
-fn weed_ceiling(file: &Path, scratch: &Path) -> (f64, f64) {
+pub(crate) fn weed_ceiling(file: &Path, scratch: &Path) -> (f64, f64) {
     let w = weed::weed().expect("started");
     let started = Instant::now();
     let out = std::process::Command::new(&w.binary)
