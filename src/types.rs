@@ -267,6 +267,8 @@ pub struct UploadStatus {
     /// the object holding it was written (milliseconds since the Unix epoch).
     pub shipped_offset: Option<u64>,
     pub shipped_at_ms: Option<u64>,
+    /// Durable entries not yet in the store (what a lost disk would lose now).
+    pub unshipped_entries: Option<u64>,
     /// Log objects and bytes shipped since the node started.
     pub log_objects_shipped: u64,
     pub log_bytes_shipped: u64,

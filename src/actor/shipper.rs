@@ -122,8 +122,12 @@ impl Shipper {
                     }
                 },
             };
-            while tail.next() < self.parts.durable.get() && !shared.stop.load(Ordering::Acquire) {
-                match self.ship_one(tail, shared) {
+            // What is durable now, and no more: entries made durable meanwhile wait for
+            // the next interval, so that a busy log makes one object per interval, not
+            // one per read.
+            let until = self.parts.durable.get();
+            while tail.next() < until && !shared.stop.load(Ordering::Acquire) {
+                match self.ship_one(tail, until, shared) {
                     Ok(()) => {}
                     Err(why) => {
                         self.failed(shared, why);
@@ -155,16 +159,14 @@ impl Shipper {
         })
     }
 
-    /// Reads the durable entries from the tail's position (up to one object's worth)
-    /// and stores them as one object.
-    fn ship_one(&self, tail: &mut Tail, shared: &Shared) -> Result<(), String> {
+    /// Reads the durable entries from the tail's position up to `until` (at most one
+    /// object's worth) and stores them as one object.
+    fn ship_one(&self, tail: &mut Tail, until: u64, shared: &Shared) -> Result<(), String> {
         let first = tail.next();
         let mut object = shipped::ObjectBuilder::new(first);
-        let read = tail.read(
-            self.parts.durable.get(),
-            shipped::OBJECT_BYTES_MAX,
-            &mut |offset, payload| object.push(offset, payload),
-        );
+        let read = tail.read(until, shipped::OBJECT_BYTES_MAX, &mut |offset, payload| {
+            object.push(offset, payload)
+        });
         match read {
             Ok(()) => {}
             Err(TailError::Gone { offset, first }) if object.count() == 0 => {

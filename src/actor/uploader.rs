@@ -114,6 +114,10 @@ impl UploaderHandle {
     pub fn status(&self) -> UploadStatus {
         let mut s = self.shared.status.lock().expect("status").clone();
         s.queued = self.shared.queue.lock().expect("queue").len();
+        if let Some(durable) = &self.durable {
+            let shipped = self.shared.shipped.load(Ordering::Acquire);
+            s.unshipped_entries = Some(durable.get().saturating_sub(shipped));
+        }
         s
     }
 

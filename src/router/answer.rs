@@ -311,6 +311,7 @@ pub(crate) fn store_json(u: &crate::types::UploadStatus) -> Value {
         "ship_log": u.shipping,
         "shipped_offset": u.shipped_offset,
         "shipped_age_ms": u.shipped_at_ms.map(|t| now_ms.saturating_sub(t)),
+        "unshipped_entries": u.unshipped_entries,
         "log_objects_shipped": u.log_objects_shipped,
         "log_bytes_shipped": u.log_bytes_shipped,
         "log_gaps": u.log_gaps,

@@ -220,8 +220,37 @@ pub struct Shipped<'b> {
     pub first: u64,
     /// When it was written.
     pub written_ms: u64,
-    /// Each entry's offset and bytes in the log's framing (what a segment holds).
-    pub records: Vec<(u64, &'b [u8])>,
+    /// The object's bytes.
+    bytes: &'b [u8],
+    /// Where each entry's record starts in them, in offset order, then where the last
+    /// one ends.
+    starts: Vec<usize>,
+}
+
+impl<'b> Shipped<'b> {
+    /// Entries it holds.
+    pub fn len(&self) -> u64 {
+        self.starts.len() as u64 - 1
+    }
+
+    /// Whether it holds no entry (never, once decoded).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The records of the entries at offsets in `[from, to)` (clamped to what it
+    /// holds), back to back in the log's framing (what a segment holds), and how many.
+    pub fn span(&self, from: u64, to: u64) -> (&'b [u8], u64) {
+        let index = |o: u64| (o.clamp(self.first, self.first + self.len()) - self.first) as usize;
+        let (a, b) = (index(from), index(to.max(from)));
+        (&self.bytes[self.starts[a]..self.starts[b]], (b - a) as u64)
+    }
+
+    /// The record of the entry at `offset`.
+    pub fn record(&self, offset: u64) -> Option<&'b [u8]> {
+        let (r, n) = self.span(offset, offset + 1);
+        (n == 1).then_some(r)
+    }
 }
 
 /// Decodes and verifies an object that its name says holds `range`: the header, then
@@ -259,12 +288,12 @@ pub fn decode<'b>(range: &ShippedRange, bytes: &'b [u8]) -> Result<Shipped<'b>, 
             range.first, range.last, range.written_ms
         ));
     }
-    let mut records = Vec::with_capacity(count as usize);
+    let mut starts = Vec::with_capacity(count as usize + 1);
     let mut at = HEADER_BYTES;
     for offset in first..=last {
         match record::decode(&bytes[at..], offset) {
             Ok((_, n)) => {
-                records.push((offset, &bytes[at..at + n]));
+                starts.push(at);
                 at += n;
             }
             Err(e) => {
@@ -277,10 +306,12 @@ pub fn decode<'b>(range: &ShippedRange, bytes: &'b [u8]) -> Result<Shipped<'b>, 
     if at != bytes.len() {
         return Err(format!("{} bytes follow its last entry", bytes.len() - at));
     }
+    starts.push(at);
     Ok(Shipped {
         first,
         written_ms,
-        records,
+        bytes,
+        starts,
     })
 }
 
@@ -324,12 +355,27 @@ mod tests {
         };
         assert_eq!(parse(&listed), Some(range.clone()));
         let got = decode(&range, &bytes).unwrap();
-        assert_eq!(got.records.len(), 5);
-        for (i, (o, rec)) in got.records.iter().enumerate() {
-            assert_eq!(*o, 40 + i as u64);
-            let (payload, _) = record::decode(rec, *o).unwrap();
-            assert_eq!(payload, format!("set k{o}=v{o}").as_bytes());
+        assert_eq!(got.len(), 5);
+        for o in 40..45 {
+            let rec = got.record(o).unwrap();
+            let (payload, n) = record::decode(rec, o).unwrap();
+            assert_eq!(
+                (payload, n),
+                (format!("set k{o}=v{o}").as_bytes(), rec.len())
+            );
         }
+        assert_eq!(got.record(45), None);
+        assert_eq!(got.record(39), None);
+        // Spans: whole records back to back, clamped to what the object holds.
+        let (all, n) = got.span(0, 100);
+        assert_eq!((all, n), (&bytes[HEADER_BYTES..], 5));
+        let (mid, n) = got.span(41, 43);
+        assert_eq!(n, 2);
+        assert_eq!(
+            mid.len(),
+            got.record(41).unwrap().len() + got.record(42).unwrap().len()
+        );
+        assert_eq!(got.span(43, 41).1, 0);
         assert!(ObjectBuilder::new(3).finish("n1", HISTORY, 1).is_none());
         for bad in [
             "n1/log/00c0ffee00c0ffee/1-2-3.log",

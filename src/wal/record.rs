@@ -36,9 +36,12 @@ pub fn record_bytes(payload_len: usize) -> u64 {
 }
 
 fn checksum(len: u32, offset: u64, payload: &[u8]) -> u32 {
-    let mut crc = crc32c::crc32c(&len.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, &offset.to_le_bytes());
-    crc32c::crc32c_append(crc, payload)
+    // The two fields in one call: the same CRC as over each in turn, with one call's
+    // overhead fewer per record.
+    let mut head = [0u8; 12];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4..].copy_from_slice(&offset.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&head), payload)
 }
 
 /// Appends the encoding of one record to `out`.
