@@ -480,3 +480,85 @@ fn a_node_that_stops_ships_what_is_left_before_it_exits() {
     assert_eq!((r.manifest.files.len(), r.log.next), (0, 300), "{r:?}");
     assert_restored(&dir, 300);
 }
+
+#[test]
+fn store_ls_and_restore_on_the_command_line_say_what_a_restore_reaches() {
+    let root = tempfile::tempdir().unwrap();
+    let store_dir = root.path().join("store");
+    shipped_node(&root.path().join("n1"), &local_store(&store_dir));
+    let url = store_dir.display().to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+
+    let (code, text) = cli(&["store", "ls", &url]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("node n1"), "{text}");
+    assert!(
+        text.contains("chain at         2000") && text.contains("chain at         1000"),
+        "{text}"
+    );
+    // Retention dropped the log below the oldest chain kept.
+    assert!(text.contains("offsets 1000..=2499"), "{text}");
+    assert!(
+        text.contains("a restore reaches offset 2500 at newest"),
+        "{text}"
+    );
+    let (code, text) = cli(&["store", "ls", &url, "--json"]);
+    assert_eq!(code, Some(0), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let n1 = &doc["nodes"][0];
+    assert_eq!(n1["node"], "n1");
+    assert_eq!(n1["newest_point"]["offset"], 2500);
+    assert_eq!(n1["oldest_point"], 1000);
+    assert_eq!(n1["chains"].as_array().unwrap().len(), 2);
+    assert_eq!(n1["shipped_log"][0]["last_offset"], 2499);
+
+    let data = root.path().join("data").display().to_string();
+    let (code, text) = cli(&[
+        "restore",
+        "--from",
+        &url,
+        "--data-dir",
+        &data,
+        "--to-offset",
+        "2100",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("chain at index 2000")
+            && text.contains("+ 100 shipped entries")
+            && text.contains("offset 2100"),
+        "{text}"
+    );
+    assert_restored(&root.path().join("data").join("n1"), 2100);
+    let other = root.path().join("other").display().to_string();
+    let (code, text) = cli(&[
+        "restore",
+        "--from",
+        &url,
+        "--data-dir",
+        &other,
+        "--to-time",
+        "yesterday",
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("RFC 3339"), "{text}");
+    let (code, text) = cli(&[
+        "restore",
+        "--from",
+        &url,
+        "--data-dir",
+        &other,
+        "--to-offset",
+        "9999",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("past the newest point") && text.contains("2500"),
+        "{text}"
+    );
+}
