@@ -753,6 +753,18 @@ MUTANTS = [
      [("src/actor/uploader.rs",
        "        let _ = wake.try_send(());\n        loop {",
        "        loop {")]),
+    ("newest-restore-by-index",
+     "a restore of the newest state takes the chain of the highest index, the line a restore to an earlier point replaced",
+     "--test it -- shipping::a_restored_directory_ships_under_a_history_of_its_own",
+     [("src/store/restore.rs",
+       "        own.sort_by_key(|m| std::cmp::Reverse((m.created_ms, m.index)));",
+       "        own.sort_by_key(|m| std::cmp::Reverse((m.index, m.created_ms)));")]),
+    ("store-retention-by-index",
+     "the store's retention keeps the chains of the highest indexes, deleting the line a restored directory goes on with",
+     "--lib -- store::tests::retention_keeps_the_chains_uploaded_last_whatever_their_indexes",
+     [("src/store/mod.rs",
+       "    own.sort_by_key(|m| std::cmp::Reverse((m.created_ms, m.index)));",
+       "    own.sort_by_key(|m| std::cmp::Reverse((m.index, m.created_ms)));")]),
 ]
 
 

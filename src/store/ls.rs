@@ -89,7 +89,12 @@ pub fn listing(store: &dyn SnapshotStore) -> Result<Vec<NodeListing>, StoreError
             }
         }
         let origins = shipped::origins(&node, &logs);
-        let newest = chains.iter().chain(&origins).map(|m| reach(m, &logs)).max();
+        // Where a restore of the newest state goes: from the chain uploaded last.
+        let newest = chains
+            .iter()
+            .chain(&origins)
+            .max_by_key(|m| (m.created_ms, m.index))
+            .map(|m| reach(m, &logs));
         out.push(NodeListing {
             oldest: chains.iter().chain(&origins).map(|m| m.index).min(),
             node,

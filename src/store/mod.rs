@@ -283,7 +283,16 @@ impl Manifest {
     /// Its object name.
     pub fn object(&self) -> String {
         let tip = self.files.last().map_or(0, |f| f.crc32c);
-        format!("{}/manifests/{:020}-{tip:08x}.json", self.node, self.index)
+        // With a history: a directory restored to this very chain, and shipping,
+        // uploads it again under its own line.
+        let history = self
+            .history
+            .as_ref()
+            .map_or(String::new(), |h| format!("-{h}"));
+        format!(
+            "{}/manifests/{:020}-{tip:08x}{history}.json",
+            self.node, self.index
+        )
     }
 
     /// The manifest as a JSON document.
@@ -596,7 +605,9 @@ pub fn retention_plan(
     keep: u64,
 ) -> (Vec<String>, Vec<String>) {
     let mut own: Vec<&Manifest> = manifests.iter().filter(|m| m.node == node).collect();
-    own.sort_by_key(|m| std::cmp::Reverse((m.index, m.created_ms)));
+    // Most recent upload first: a directory restored to an earlier point uploads chains
+    // of lower indexes than the line it replaced, and those are the ones to keep.
+    own.sort_by_key(|m| std::cmp::Reverse((m.created_ms, m.index)));
     let keep = (keep.max(1) as usize).min(own.len());
     let (kept, dropped) = own.split_at(keep);
     let mut doomed_manifests: Vec<String> = dropped.iter().map(|m| m.object()).collect();
@@ -660,6 +671,13 @@ mod tests {
         assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
         m.history = Some("0123456789abcdef".into());
         assert_eq!(Manifest::from_json(&m.to_json()).unwrap(), m);
+        assert_eq!(
+            m.object(),
+            "n1/manifests/00000000000000001500-00000009-0123456789abcdef.json"
+        );
+        assert_eq!(manifest_index(&m.object()), Some(1500));
+        assert!(is_manifest(&m.object()));
+        m.history = None;
         assert_eq!(
             m.object(),
             "n1/manifests/00000000000000001500-00000009.json"
@@ -730,6 +748,23 @@ mod tests {
             vec![a.files[0].object.clone(), b.files[1].object.clone()]
         );
         assert_eq!(retention_plan("n1", &all, &objects, 5), (vec![], vec![]));
+    }
+
+    #[test]
+    fn retention_keeps_the_chains_uploaded_last_whatever_their_indexes() {
+        // A directory restored to 1000 uploads its chain again, then one at 1200,
+        // while the line it replaced had reached 2000.
+        let mut old = manifest("n1", 2000, &[("b.snap", 2)]);
+        old.created_ms = 10;
+        let mut again = manifest("n1", 1000, &[("a.snap", 1)]);
+        again.created_ms = 20;
+        again.history = Some("0123456789abcdef".into());
+        let mut next = manifest("n1", 1200, &[("c.snap", 3)]);
+        next.created_ms = 30;
+        next.history = again.history.clone();
+        let all = vec![old.clone(), again.clone(), next.clone()];
+        let (doomed, _) = retention_plan("n1", &all, &[], 2);
+        assert_eq!(doomed, vec![old.object()], "the replaced line goes first");
     }
 
     #[test]

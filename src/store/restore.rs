@@ -350,7 +350,7 @@ fn restore_into(
         .map(str::to_string)
         .or_else(|| all.first().map(|m| m.node.clone()))
         .or_else(|| node_ids(store).ok()?.into_iter().next());
-    let logs = match &node {
+    let mut logs = match &node {
         Some(n) => shipped::list(store, n).map_err(|e| format!("{}: {e}", store.url()))?,
         None => Vec::new(),
     };
@@ -358,17 +358,28 @@ fn restore_into(
     let origins = node
         .as_ref()
         .map_or_else(Vec::new, |n| shipped::origins(n, &logs));
-    let own: Vec<&Manifest> = all
+    let mut own: Vec<&Manifest> = all
         .iter()
         .filter(|m| whose.is_none_or(|w| m.node == w))
         .chain(origins.iter())
         .collect();
+    // One node's chains, most recent upload first: after a restore to an earlier point
+    // the line that goes on from it is the newest, whatever its indexes.
+    if whose.is_some() {
+        own.sort_by_key(|m| std::cmp::Reverse((m.created_ms, m.index)));
+    }
     // The offset to reach exactly, for a point before the newest.
     let target = match point {
         Point::Newest => None,
         Point::Chain(i) => Some(i),
         Point::Offset(n) => Some(n),
-        Point::Time(t) => Some(offset_at_time(&own, &logs, t)?),
+        Point::Time(t) => {
+            let at = offset_at_time(&own, &logs, t)?;
+            // Only what the store held then.
+            own.retain(|m| m.created_ms <= t);
+            logs.retain(|o| o.written_ms <= t);
+            Some(at)
+        }
     };
     let candidates: Vec<&Manifest> = own
         .iter()

@@ -306,19 +306,26 @@ fn a_restored_directory_ships_under_a_history_of_its_own() {
             .unwrap();
     }
     wait_shipped(&node, 1599);
+    // The chain it was restored from, uploaded again under the new line.
+    wait_uploaded(&node, 1000);
     node.shutdown().unwrap();
     let listed = store::ls::listing(&*store).unwrap();
     assert_eq!(listed[0].histories.len(), 2, "{listed:?}");
-    // A restore follows each chain's own history: the old line's, from either chain.
-    for (to, point, next) in [
-        ("newest", Point::Newest, 2500),
-        ("mid", Point::Offset(1560), 1560),
+    assert_eq!(listed[0].chains.len(), 3, "{listed:?}");
+    assert_eq!(listed[0].newest.map(|(o, _)| o), Some(1600));
+    // A restore follows each chain's own history: the newest state is the new line's,
+    // whatever the old line's indexes; a point only the old line reaches is the old
+    // line's, from its chain at 1000 along its own objects.
+    for (to, point, next, index, value) in [
+        ("newest", Point::Newest, 1600, 1000, "other"),
+        ("old", Point::Offset(1700), 1700, 1000, "v1550"),
+        ("old-newest", Point::Offset(2500), 2500, 2000, "v1550"),
     ] {
         let dir = root.path().join(to);
-        let r = store::restore_to(&*store, &RealFs, &dir, None, point).unwrap();
-        assert_eq!(r.log.next, next);
+        let r = store::restore_to(&*store, &RealFs, &dir, Some("n1"), point).unwrap();
+        assert_eq!((r.log.next, r.manifest.index), (next, index), "{to}");
         let node = Node::open(Config::new(&dir)).unwrap();
-        assert_eq!(node.appender().kv_get("k01550").unwrap(), "v1550", "{to}");
+        assert_eq!(node.appender().kv_get("k01550").unwrap(), value, "{to}");
         node.shutdown().unwrap();
     }
 }
