@@ -352,8 +352,9 @@ fn a_node_killed_and_its_disk_wiped_comes_back_with_every_entry_shipped_before()
             "--ship-log",
             "--ship-interval",
             "0.2",
+            // No snapshot in the run: what comes back came by the shipped log alone.
             "--snapshot-entries",
-            "3000",
+            "100000000",
         ])
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
@@ -428,9 +429,10 @@ fn a_node_killed_and_its_disk_wiped_comes_back_with_every_entry_shipped_before()
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    // The newest chain, then the log shipped after it (none, when the chain was
-    // uploaded after the last object was shipped).
-    assert!(text.contains("restored n1"), "{text}");
+    assert!(
+        text.contains("restored n1 from the start of its shipped log"),
+        "{text}"
+    );
 
     let node = Node::open(Config::new(data.join("n1"))).unwrap();
     let next = node.appender().status().unwrap().next_offset.get();
@@ -443,6 +445,11 @@ fn a_node_killed_and_its_disk_wiped_comes_back_with_every_entry_shipped_before()
         );
     }
     // What was lost was acknowledged in the last ship interval or so before the kill.
+    assert!(
+        next > acks.len() as u64 / 2,
+        "only {next} of {} acknowledged entries came back",
+        acks.len()
+    );
     let lost: Vec<Duration> = acks
         .range(next..)
         .map(|(_, (_, at))| killed.duration_since(*at))
@@ -457,7 +464,9 @@ fn a_node_killed_and_its_disk_wiped_comes_back_with_every_entry_shipped_before()
         interval.as_millis()
     );
     assert!(
-        oldest_lost <= interval * 2 + Duration::from_millis(800),
+        // Loosely: the shipper runs below the log's priority, and the tests beside
+        // this one keep the cores busy.
+        oldest_lost <= interval * 2 + Duration::from_secs(3),
         "an entry acknowledged {} ms before the kill was not in the store",
         oldest_lost.as_millis()
     );
