@@ -765,6 +765,12 @@ MUTANTS = [
      [("src/store/mod.rs",
        "    own.sort_by_key(|m| std::cmp::Reverse((m.created_ms, m.index)));",
        "    own.sort_by_key(|m| std::cmp::Reverse((m.index, m.created_ms)));")]),
+    ("the-history-file-taken-for-a-stranger",
+     "the shipping history's file is counted as a foreign file, warned about at every start",
+     "--lib -- core::recovery::tests::sorts_every_kind_of_file",
+     [("src/core/recovery.rs",
+       "        } else if name != LOCK && name != layout::SHIP_ID {",
+       "        } else if name != LOCK {")]),
 ]
 
 

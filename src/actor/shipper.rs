@@ -33,7 +33,7 @@ use crate::store::{SnapshotStore, shipped};
 use crate::wal::{DurableEnd, Tail, TailError};
 
 /// Name of the file holding the directory's shipping history id.
-pub const HISTORY_FILE: &str = "ship.id";
+pub use crate::core::layout::SHIP_ID as HISTORY_FILE;
 
 /// What the shipper needs besides the uploader's parts.
 pub struct ShipParts {

@@ -5,6 +5,7 @@
 //!   LOCK                              flock'd by the running node; holds its pid
 //!   raft.state, raft.install          a cluster node's hard state; its install marker
 //!   raft.group                        the id of the group a served node belongs to
+//!   ship.id                           the history its shipped log belongs to (--ship-log)
 //!   log.meta                          the first live offset after compaction
 //!   00000000000000000000.log          a segment: entries from offset 0
 //!   00000000000000001000.snap         a full snapshot covering [0, 1000)
@@ -35,6 +36,9 @@ pub const RAFT_INSTALL: &str = "raft.install";
 /// Name of the file that pins a node served over the network to its group: the
 /// group's id, checked against every start's flags and every peer's hello.
 pub const RAFT_GROUP: &str = "raft.group";
+/// Name of the file holding the directory's shipping history id (`--ship-log`: the
+/// line of entries its shipped log objects belong to; see `store::shipped`).
+pub const SHIP_ID: &str = "ship.id";
 /// Name of the next segment while it is prepared, zero-filled, in advance.
 pub const SPARE_SEGMENT: &str = "spare.log.tmp";
 /// Suffix of segment files.

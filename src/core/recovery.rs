@@ -58,7 +58,7 @@ pub fn classify(names: impl IntoIterator<Item = String>) -> DirListing {
             out.broken.push(name);
         } else if name.ends_with(layout::CUT_SUFFIX) {
             out.cuts.push(name);
-        } else if name != LOCK {
+        } else if name != LOCK && name != layout::SHIP_ID {
             out.foreign.push(name);
         }
     }
@@ -251,6 +251,7 @@ mod tests {
             "log.meta.tmp",
             "00000000000000000010.log.64.broken",
             "LOCK",
+            "ship.id",
             "notes.txt",
             "1.log",
         ];

@@ -495,6 +495,11 @@ fn a_node_that_stops_ships_what_is_left_before_it_exits() {
     let r = store::restore_to(&*store, &RealFs, &dir, None, Point::Newest).unwrap();
     assert_eq!((r.manifest.files.len(), r.log.next), (0, 300), "{r:?}");
     assert_restored(&dir, 300);
+    // The history file is the node's own, not a stranger's.
+    let again = Node::open(Config::new(root.path().join("n1"))).unwrap();
+    assert!(root.path().join("n1").join("ship.id").exists());
+    assert_eq!(again.recovery().foreign_files, Vec::<String>::new());
+    again.shutdown().unwrap();
 }
 
 #[test]
