@@ -771,6 +771,12 @@ MUTANTS = [
      [("src/core/recovery.rs",
        "        } else if name != LOCK && name != layout::SHIP_ID {",
        "        } else if name != LOCK {")]),
+    ("compaction-ignores-the-shipped-log",
+     "with compaction waiting for the store, the log is compacted behind an uploaded chain though its entries are not shipped yet",
+     "--test it -- shipping::with_compaction_waiting_for_the_store_no_entry_goes_before_it_is_shipped",
+     [("src/actor/appender/mod.rs",
+       "                at.min(uploaded).min(shipped)",
+       "                at.min(uploaded)")]),
 ]
 
 

@@ -121,11 +121,11 @@ impl UploaderHandle {
         s
     }
 
-    /// The offset after the newest entry shipped to the store (`None`: the log is not
-    /// shipped, or nothing was yet).
+    /// The offset after the newest entry shipped to the store (0 before the shipper
+    /// found where it left off; `None`: the log is not shipped).
     pub fn shipped_end(&self) -> Option<u64> {
         let next = self.shared.shipped.load(Ordering::Acquire);
-        (self.ship_wake.is_some() && next > 0).then_some(next)
+        self.ship_wake.is_some().then_some(next)
     }
 
     /// The index of the newest chain this node has in the store.

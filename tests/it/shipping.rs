@@ -583,3 +583,39 @@ fn store_ls_and_restore_on_the_command_line_say_what_a_restore_reaches() {
         "{text}"
     );
 }
+
+#[test]
+fn with_compaction_waiting_for_the_store_no_entry_goes_before_it_is_shipped() {
+    let root = tempfile::tempdir().unwrap();
+    let store_config = local_store(&root.path().join("store"));
+    let mut c = config(&root.path().join("n1"), &store_config);
+    let s = c.snapshot_store.as_mut().unwrap();
+    s.compact_after_upload = true;
+    // Nothing is shipped until the node stops.
+    s.ship_interval = Duration::from_secs(600);
+    let node = Node::open(c).unwrap();
+    write(&node, 0, 500);
+    node.snapshotter().snapshot().unwrap();
+    wait_uploaded(&node, 500);
+    node.compactor().compact(Offset::new(500)).unwrap();
+    node.appender().settle().unwrap();
+    // The shipper's first pass, as it started, may have shipped the first entries;
+    // none since.
+    let status = node.appender().status().unwrap();
+    let store_status = status.store.unwrap();
+    let shipped_end = store_status.shipped_offset.map_or(0, |o| o + 1);
+    assert!(shipped_end < 500, "shipped to {shipped_end}");
+    assert_eq!(store_status.unshipped_entries, Some(500 - shipped_end));
+    assert!(
+        status.first_offset.get() <= shipped_end,
+        "compacted to {} entries the store's log lacks (it has them up to {shipped_end})",
+        status.first_offset
+    );
+    node.shutdown().unwrap();
+    // The node stopping shipped the rest; compaction may now go on at its next start.
+    let store = store::open(&store_config).unwrap();
+    let dir = root.path().join("restored");
+    let r = store::restore_to(&*store, &RealFs, &dir, None, Point::Newest).unwrap();
+    assert_eq!((r.manifest.index, r.log.next), (500, 500));
+    assert_restored(&dir, 500);
+}
