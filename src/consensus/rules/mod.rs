@@ -304,6 +304,12 @@ fn a_leader_that_cannot_hear_its_followers_steps_down_and_the_others_go_on() {
         g.run_until(200, |g| !g.is_leader(1)),
         "n1 still leads, hearing nobody"
     );
+    // The others elect a leader (how soon depends on raft-rs's randomized election
+    // timeouts, which this schedule does not choose), then commit.
+    assert!(
+        g.run_until(300, |g| leader_among(g, &[2, 3]).is_some()),
+        "n2 and n3 elected no leader"
+    );
     let mut acked = 0;
     for i in 0..20 {
         acked += usize::from(write_through_the_leader(&mut g, "x", &i.to_string(), 30));
