@@ -387,7 +387,8 @@ fn restore_into(
         .filter(|m| index.is_none_or(|i| m.index == i))
         .filter(|m| target.is_none_or(|t| m.index <= t))
         .collect();
-    if let (Some(t), true, Some(oldest)) = (target, candidates.is_empty(), own.last()) {
+    let oldest = own.iter().min_by_key(|m| m.index);
+    if let (Some(t), true, Some(oldest)) = (target, candidates.is_empty(), oldest) {
         return Err(format!(
             "{}: offset {t} is before the oldest chain of {} in the store, at {}: the oldest \
              point a restore reaches",
@@ -496,10 +497,16 @@ fn offset_at_time(
             .map(|m| m.created_ms)
             .chain(logs.iter().map(|o| o.written_ms))
             .min();
+        let when = |ms: u64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+        };
         match oldest {
             Some(o) => format!(
-                "nothing in the store was written by {t} ms since the epoch: the oldest object \
-                 is from {o}"
+                "nothing in the store was written by {}: the oldest object is from {}",
+                when(t),
+                when(o)
             ),
             None => "the store holds nothing of this node".to_string(),
         }

@@ -122,7 +122,10 @@ fn shipped_node(data: &Path, store: &StoreConfig) -> u64 {
     std::thread::sleep(Duration::from_millis(30));
     let between = now_ms();
     std::thread::sleep(Duration::from_millis(30));
-    write(&node, 2000, 2500);
+    // In two objects at least, so that one can go missing with another after it.
+    write(&node, 2000, 2250);
+    wait_shipped(&node, 2249);
+    write(&node, 2250, 2500);
     wait_shipped(&node, 2499);
     node.shutdown().unwrap();
     between
@@ -185,11 +188,12 @@ fn a_damaged_or_missing_shipped_object_stops_a_restore_before_it() {
     let store_config = local_store(&store_dir);
     shipped_node(&root.path().join("n1"), &store_config);
     let store = store::open(&store_config).unwrap();
-    // An object after the chain at 2000, not its first.
+    // An object after the chain at 2000, not the last one.
     let objects = shipped(&*store);
+    let last = objects.last().unwrap().first;
     let victim = objects
         .iter()
-        .find(|o| o.first > 2000)
+        .find(|o| o.first >= 2000 && o.first < last)
         .expect("several objects after 2000")
         .clone();
     let path = store_dir.join(&victim.object);
