@@ -170,7 +170,7 @@ pub(crate) fn start_uploader(
         rate: store.upload_bytes_per_sec,
         ship,
     })
-    .map_err(|e| Error::Open(format!("cannot start a thread: {e}")))
+    .map_err(|e| Error::Open(format!("cannot start the uploader: {e}")))
 }
 
 /// A running node: the appender, snapshotter and compactor threads over one directory.

@@ -296,18 +296,30 @@ pub fn spawn(
         crcs: HashMap::new(),
         history,
     };
+    // The uploader joins the shipper when it stops; if it cannot start, this does.
+    let shipper_join = Arc::new(Mutex::new(shipper_join));
+    let joins = shipper_join.clone();
     let join = std::thread::Builder::new()
         .name("uploader".into())
         .spawn(move || {
             crate::actor::below_the_log();
             uploader.run(&woken);
-            if let Some(j) = shipper_join
+            if let Some(j) = joins.lock().expect("join").take()
                 && j.join().is_err()
             {
                 log::error!("the log shipper panicked");
             }
-        })?;
-    Ok((handle, join))
+        });
+    match join {
+        Ok(join) => Ok((handle, join)),
+        Err(e) => {
+            handle.stop();
+            if let Some(j) = shipper_join.lock().expect("join").take() {
+                let _ = j.join();
+            }
+            Err(e)
+        }
+    }
 }
 
 struct Uploader {
