@@ -21,15 +21,15 @@
 //! belongs to.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Receiver;
 
-use super::uploader::{Shared, now_ms};
 use crate::fs::{FileSystem, create_durably, join};
 use crate::store::{SnapshotStore, shipped};
+use crate::types::UploadStatus;
 use crate::wal::{DurableEnd, Tail, TailError};
 
 /// Name of the file holding the directory's shipping history id.
@@ -75,6 +75,23 @@ pub fn history(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<String> {
         f.write_all_at(format!("{id}\n").as_bytes(), 0)
     })?;
     Ok(id)
+}
+
+/// What the shipper shares with the uploader that started it.
+pub(super) struct Shared {
+    /// Set when the node stops.
+    pub(super) stop: Arc<AtomicBool>,
+    /// The uploader's status, whose shipping part the shipper keeps.
+    pub(super) status: Arc<Mutex<UploadStatus>>,
+    /// The offset of the next entry to ship (0: none yet).
+    pub(super) shipped: Arc<AtomicU64>,
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(super) struct Shipper {

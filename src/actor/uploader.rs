@@ -17,11 +17,11 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::shipper::{self, ShipParts, Shipper};
+use super::shipper::{self, ShipParts, Shipper, now_ms};
 use crate::fs::FileSystem;
 use crate::store::{self, ChainFile, Manifest, SnapshotStore, StoreError};
 use crate::types::{SnapshotFile, UploadStatus};
@@ -63,16 +63,17 @@ pub struct UploaderParts {
     pub ship: Option<ShipParts>,
 }
 
-pub(super) struct Shared {
+struct Shared {
     queue: Mutex<VecDeque<Upload>>,
-    pub(super) status: Mutex<UploadStatus>,
+    /// Shared with the log shipper, as are `shipped` and `stop`.
+    status: Arc<Mutex<UploadStatus>>,
     /// The offset of the next entry to ship (0: none shipped, or not shipping).
-    pub(super) shipped: AtomicU64,
+    shipped: Arc<AtomicU64>,
     /// One more than the index of the newest chain uploaded (0: none).
     uploaded: AtomicU64,
     /// One more than the index of the newest chain offered (0: none).
     offered: AtomicU64,
-    pub(super) stop: AtomicBool,
+    stop: Arc<AtomicBool>,
 }
 
 /// Offers chains to the uploader and reads its status; cloneable.
@@ -248,15 +249,15 @@ pub fn spawn(
     let (wake, woken) = crossbeam_channel::bounded(1);
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
-        status: Mutex::new(UploadStatus {
+        status: Arc::new(Mutex::new(UploadStatus {
             url: parts.store.url(),
             shipping: parts.ship.is_some(),
             ..UploadStatus::default()
-        }),
-        shipped: AtomicU64::new(0),
+        })),
+        shipped: Arc::new(AtomicU64::new(0)),
         uploaded: AtomicU64::new(0),
         offered: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
+        stop: Arc::new(AtomicBool::new(false)),
     });
     let mut ship_wake = None;
     let durable = parts.ship.as_ref().map(|s| s.durable.clone());
@@ -272,7 +273,11 @@ pub fn spawn(
             node: parts.node.clone(),
             history: id.clone(),
         };
-        let shared = shared.clone();
+        let shared = shipper::Shared {
+            stop: shared.stop.clone(),
+            status: shared.status.clone(),
+            shipped: shared.shipped.clone(),
+        };
         shipper_join = Some(
             std::thread::Builder::new()
                 .name("log-shipper".into())
@@ -505,12 +510,6 @@ impl Uploader {
         }
         Ok(())
     }
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A single node's chain (the full snapshot first) as an [`Upload`].
