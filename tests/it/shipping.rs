@@ -623,3 +623,41 @@ fn with_compaction_waiting_for_the_store_no_entry_goes_before_it_is_shipped() {
     assert_eq!((r.manifest.index, r.log.next), (500, 500));
     assert_restored(&dir, 500);
 }
+
+#[test]
+fn with_a_key_the_shipped_log_is_sealed_and_restores_only_with_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut store_config = local_store(&root.path().join("store"));
+    let key = store::seal::StoreKey::from_hex(&store::seal::StoreKey::generate().unwrap()).unwrap();
+    store_config.keys = vec![key];
+    shipped_node(&root.path().join("n1"), &store_config);
+    // Every log object, as the store holds it, shows no payload in the clear.
+    let raw = store::open_unsealed(&store_config).unwrap();
+    let logs = raw.list("n1/log/").unwrap();
+    assert!(!logs.is_empty());
+    for o in &logs {
+        let mut bytes = Vec::new();
+        raw.get(&o.name, &mut bytes).unwrap();
+        assert!(
+            !bytes.windows(6).any(|w| w == b"k02100"),
+            "{} holds a key in the clear",
+            o.name
+        );
+    }
+    let sealed = store::open(&store_config).unwrap();
+    let dir = root.path().join("restored");
+    let r = store::restore_to(&*sealed, &RealFs, &dir, None, Point::Offset(2100)).unwrap();
+    assert_eq!(r.log.next, 2100);
+    assert_restored(&dir, 2100);
+    let mut keyless = store_config.clone();
+    keyless.keys.clear();
+    let err = store::restore_to(
+        &*store::open(&keyless).unwrap(),
+        &RealFs,
+        &root.path().join("without"),
+        None,
+        Point::Offset(2100),
+    )
+    .unwrap_err();
+    assert!(err.contains("key"), "{err}");
+}
