@@ -236,10 +236,8 @@ impl Shipper {
 mod tests {
     use super::*;
     use crate::actor::uploader::{UploaderParts, spawn};
-    use crate::core::position::Offset;
     use crate::fs::RealFs;
     use crate::store::{Listed, LocalStore, StoreError};
-    use crate::wal::{Log, LogOptions, RecoverLog, meta};
     use std::io::{Read, Write};
     use std::sync::atomic::AtomicU64;
 
@@ -281,19 +279,7 @@ mod tests {
     fn entries_whose_object_failed_to_store_go_in_the_next_one_and_none_is_skipped() {
         let node_dir = tempfile::tempdir().unwrap();
         let store_dir = tempfile::tempdir().unwrap();
-        let options = LogOptions {
-            dir: node_dir.path().to_path_buf(),
-            segment_bytes_max: 64 * 1024,
-            preallocate_bytes_max: 64 * 1024,
-            prefill: false,
-        };
-        let input = RecoverLog {
-            options: &options,
-            segments: vec![],
-            start: meta::LogStart::ORIGIN,
-            replay_from: Offset::ZERO,
-        };
-        let (mut log, _) = Log::recover(Arc::new(RealFs), input, &mut |_, _| {}).unwrap();
+        let mut log = crate::wal::fresh_log(node_dir.path(), 64 * 1024);
         let fail = Arc::new(AtomicU64::new(3));
         let (up, join) = spawn(UploaderParts {
             store: Box::new(LocalStore::open(store_dir.path()).unwrap()),

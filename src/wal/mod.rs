@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(test)]
+pub(crate) use tail::fresh_log;
 pub use tail::{Tail, TailError};
 
 use crate::core::layout::{self, SPARE_SEGMENT};

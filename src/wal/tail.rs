@@ -200,28 +200,31 @@ impl Tail {
     }
 }
 
+/// A new log in `dir` (empty or absent) on the real disk, with segments of
+/// `segment_bytes`: for the tests of what reads a live log.
+#[cfg(test)]
+pub(crate) fn fresh_log(dir: &Path, segment_bytes: u64) -> Log {
+    let options = LogOptions {
+        dir: dir.to_path_buf(),
+        segment_bytes_max: segment_bytes,
+        preallocate_bytes_max: segment_bytes,
+        prefill: false,
+    };
+    let input = RecoverLog {
+        options: &options,
+        segments: vec![],
+        start: meta::LogStart::ORIGIN,
+        replay_from: Offset::ZERO,
+    };
+    Log::recover(Arc::new(crate::fs::RealFs), input, &mut |_, _| {})
+        .expect("a new log")
+        .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fs::RealFs;
-
-    fn open_log(dir: &Path, segment_bytes: u64) -> Log {
-        let options = LogOptions {
-            dir: dir.to_path_buf(),
-            segment_bytes_max: segment_bytes,
-            preallocate_bytes_max: segment_bytes,
-            prefill: false,
-        };
-        let input = RecoverLog {
-            options: &options,
-            segments: vec![],
-            start: meta::LogStart::ORIGIN,
-            replay_from: Offset::ZERO,
-        };
-        Log::recover(Arc::new(RealFs), input, &mut |_, _| {})
-            .unwrap()
-            .0
-    }
 
     fn read_all(tail: &mut Tail, until: u64) -> Vec<(u64, Vec<u8>)> {
         let mut got = Vec::new();
@@ -233,7 +236,7 @@ mod tests {
     #[test]
     fn a_tail_reads_every_durable_record_across_segments_while_the_log_grows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = open_log(dir.path(), 16 * 1024);
+        let mut log = crate::wal::fresh_log(dir.path(), 16 * 1024);
         let durable = log.durable_end();
         let mut tail = Tail::new(Arc::new(RealFs), dir.path().to_path_buf(), 0);
         let mut seen = Vec::new();
@@ -276,7 +279,7 @@ mod tests {
     #[test]
     fn a_tail_behind_compaction_says_the_entries_are_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = open_log(dir.path(), 8 * 1024);
+        let mut log = crate::wal::fresh_log(dir.path(), 8 * 1024);
         for _ in 0..30 {
             let payloads = vec![vec![7u8; 500]; 4];
             if !log.fits(4, 2000, 500) {

@@ -2,14 +2,14 @@
 
 use super::*;
 
-/// Appends from `writers` threads, each waiting for its answer, for `seconds`.
-/// Returns (appends/s, entries per fdatasync).
-pub(crate) fn group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) {
-    let node = Node::open(config(dir)).expect("open");
-    let before = node.appender().status().expect("status").counters;
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let handles: Vec<_> = (0..writers)
+/// `writers` threads appending `PAYLOAD` to `node`, each waiting for its answer, until
+/// `stop` is set; each returns how many it appended.
+pub(crate) fn append_writers(
+    node: &Node,
+    writers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..writers)
         .map(|_| {
             let a = node.appender().clone();
             let stop = stop.clone();
@@ -22,7 +22,17 @@ pub(crate) fn group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f6
                 n
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Appends from `writers` threads, each waiting for its answer, for `seconds`.
+/// Returns (appends/s, entries per fdatasync).
+pub(crate) fn group_commit(dir: &Path, writers: usize, seconds: f64) -> (f64, f64) {
+    let node = Node::open(config(dir)).expect("open");
+    let before = node.appender().status().expect("status").counters;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let handles = append_writers(&node, writers, &stop);
     std::thread::sleep(Duration::from_secs_f64(seconds));
     stop.store(true, Ordering::Relaxed);
     let total: u64 = handles.into_iter().map(|h| h.join().expect("writer")).sum();

@@ -15,20 +15,7 @@ use super::*;
 fn appends_with_age(node: &Node, writers: usize, seconds: f64) -> (f64, Vec<f64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let handles: Vec<_> = (0..writers)
-        .map(|_| {
-            let a = node.appender().clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    a.append(PAYLOAD).expect("append");
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
+    let handles = append_writers(node, writers, &stop);
     let mut ages = Vec::new();
     // When the log's end was where: (time, next offset), oldest first.
     let mut history: Vec<(Instant, u64)> = Vec::new();
@@ -61,11 +48,6 @@ fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-/// Seconds `weed upload` then `weed download` take for `file`.
-fn weed_download(file: &Path, scratch: &Path) -> f64 {
-    super::store::weed_ceiling(file, scratch).1
 }
 
 pub(crate) fn bench_shipping(args: &Args, r: &mut Report) {
@@ -173,7 +155,8 @@ pub(crate) fn bench_shipping(args: &Args, r: &mut Report) {
         .expect("restore");
         fixed.push(started.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&empty);
-        weeds.push(weed_download(&all, &target.join(format!("weed-{run}"))));
+        // `weed upload` then `weed download` of the same bytes: the download's time.
+        weeds.push(super::store::weed_ceiling(&all, &target.join(format!("weed-{run}"))).1);
         // The same objects fetched through the same client into one file, synced: the
         // restore's work without its checks and decoding (the ceiling).
         let copy = target.join(format!("copy-{run}"));
